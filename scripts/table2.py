@@ -1,0 +1,44 @@
+"""Write results/table2_<preset>.csv and the training-curve figure from finished ``zfviz train`` runs.
+
+usage: python scripts/table2.py --preset cpu --out results RUN_DIR [RUN_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+from zfviz.errors import UserError
+from zfviz.plotting.training import training_curves
+from zfviz.results import load_run, save_figure, table2, write_table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("runs", nargs="+")
+    args = parser.parse_args()
+    try:
+        df = table2(args.runs)
+        sources = []
+        histories: dict[str, pd.DataFrame] = {}
+        for run_dir in args.runs:
+            summary, history = load_run(run_dir)
+            histories[summary["model"]] = history
+            sources.append({k: summary[k] for k in ("model", "git_sha", "git_dirty", "wall_time_s", "config")})
+    except UserError as err:
+        print(f"table2: error: {err}", file=sys.stderr)
+        return 2
+    write_table(df, f"{args.out}/table2_{args.preset}.csv", sources=sources, wall_time_s=float(df["wall_time_s"].sum()))
+    fig = training_curves(histories, title=f"Training curves, {args.preset} preset ({df['dataset'].iloc[0]})")
+    save_figure(fig, f"{args.out}/fig_training_curves_{args.preset}.png")
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(df.drop(columns=["run_dir"]).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

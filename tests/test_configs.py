@@ -1,0 +1,113 @@
+"""Every config composes; the dispatcher's list rewriting; bad input is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from zfviz.cli import rewrite_lists
+from zfviz.commands import CONFIG_DIR
+
+GROUP_CHOICES = {
+    group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+    for group in ("model", "data", "optim", "preset", "experiment", "debug")
+}
+COMMANDS = ["train", "ablate", "transfer", "viz"]
+
+
+def compose_cfg(command: str, overrides: list[str]):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=command, overrides=overrides)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("group", sorted(GROUP_CHOICES))
+def test_every_group_choice_composes(command, group):
+    for choice in GROUP_CHOICES[group]:
+        cfg = compose_cfg(command, [f"{group}={choice}"])
+        assert cfg.model.name in GROUP_CHOICES["model"]
+
+
+def test_presets_set_the_documented_sizes():
+    cpu = compose_cfg("train", [])
+    paper = compose_cfg("train", ["preset=paper"])
+    assert (cpu.preset, cpu.model.input_size, cpu.model.width, cpu.model.fc_dims) == ("cpu", 64, 0.25, 512)
+    assert cpu.optim.schedule == "cosine"
+    assert (paper.model.input_size, paper.model.width, paper.model.fc_dims) == (224, 1.0, 4096)
+    assert paper.optim.schedule == "plateau" and paper.trainer.clip_rms == 0.1 and paper.model.init == "paper"
+
+
+def test_command_line_beats_preset_and_debug_beats_preset():
+    assert compose_cfg("train", ["model.width=0.5"]).model.width == 0.5
+    assert compose_cfg("train", ["preset=paper", "optim=cosine"]).optim.schedule == "cosine"
+    assert compose_cfg("train", ["debug=fast"]).trainer.epochs == 1
+
+
+def test_ablate_drop_reaches_the_model():
+    cfg = compose_cfg("ablate", ["drop=[fc6,fc7]"])
+    assert list(cfg.model.drop) == ["fc6", "fc7"]
+
+
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        (["drop=fc6,fc7"], ["drop=[fc6,fc7]"]),
+        (["model.drop=conv3,conv4", "seed=1"], ["model.drop=[conv3,conv4]", "seed=1"]),
+        (["drop=[fc6,fc7]"], ["drop=[fc6,fc7]"]),
+        (["seed=choice(1,2)"], ["seed=choice(1,2)"]),
+        (["name='a,b'"], ["name='a,b'"]),
+        (["--cfg", "job"], ["--cfg", "job"]),
+        (["drop=fc6"], ["drop=fc6"]),
+    ],
+)
+def test_rewrite_lists(given, expected):
+    assert rewrite_lists(given) == expected
+
+
+def zfviz(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zfviz", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "model=vgg"], "unknown model 'vgg'; choose one of: alexnet, zfnet, zfnet_b"),
+        (["train", "preset=gpu"], "unknown preset 'gpu'; choose one of: cpu, paper"),
+        (["train", "trainer.epoc=3"], "unknown option 'trainer.epoc'; valid keys there: trainer.epochs"),
+        (["train", "model.drop=fc9", "debug=fast"], "cannot drop fc9; droppable layers are: conv3, conv4, fc6, fc7"),
+        (["ablate", "drop=fc9"], "cannot drop fc9"),
+        (["train", "data.root=/nonexistent/fm"], "no Fashion-MNIST IDX files in /nonexistent/fm"),
+        (["fly"], "unknown command 'fly'; choose one of: train, ablate, transfer, viz"),
+        (["transfer"], "not implemented yet"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_non_zero(args, message):
+    result = zfviz(*args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_help_lists_the_subcommands():
+    result = zfviz("--help")
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+def test_cfg_job_prints_the_resolved_config():
+    result = zfviz("train", "model=alexnet", "--cfg", "job")
+    assert result.returncode == 0
+    assert "name: alexnet" in result.stdout and "input_size: 64" in result.stdout
+
+
+def test_viz_without_a_method_names_the_methods():
+    result = zfviz("viz")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("zfviz: error: name a method: zfviz viz <method>")

@@ -1,0 +1,94 @@
+"""The training engine: filter clipping, error counting, and a debug=fast run end to end."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from torch import nn
+
+from zfviz.checkpoint import model_from_checkpoint, save_checkpoint
+from zfviz.commands import CONFIG_DIR
+from zfviz.commands.train import run
+from zfviz.data import build_data
+from zfviz.engine import _topk_errors, clip_filter_rms, evaluate
+from zfviz.errors import UserError
+from zfviz.models import build_model
+
+
+def test_clip_filter_rms_rescales_only_filters_above_the_limit():
+    conv = nn.Conv2d(1, 3, 2)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([0.5, 0.05, -0.3]).reshape(3, 1, 1, 1) * torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
+    before = conv.weight.detach().clone()
+    clip_filter_rms(conv, 0.1)
+    rms = conv.weight.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert torch.allclose(rms, torch.tensor([0.1, 0.05, 0.1]))
+    assert torch.equal(conv.weight[1], before[1])
+    assert torch.allclose(conv.weight[0], before[0] * 0.2) and torch.allclose(conv.weight[2], before[2] / 3)
+
+
+def test_topk_errors_on_hand_made_logits():
+    logits = torch.tensor([[0.0, 1, 2, 3, 4, 5, 6], [6.0, 5, 4, 3, 2, 1, 0], [0.0, 0, 0, 0, 0, 0, 1]])
+    target = torch.tensor([6, 5, 0])
+    # sample 0: top-1 right; sample 1: rank 6 (wrong at 1 and 5); sample 2: ties, class 0 not in top 1
+    wrong1, wrong5 = _topk_errors(logits, target)
+    assert wrong1 == 2 and wrong5 == 1
+
+
+def cfg_for(root, *overrides):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=["debug=fast", f"data.root={root}", *overrides])
+
+
+def test_evaluate_does_not_depend_on_batch_size(fmnist_dir):
+    cfg = cfg_for(fmnist_dir)
+    model = build_model("zfnet", num_classes=10, input_size=64, width=0.25, fc_dims=64)
+    results = []
+    for batch in (7, 100):
+        data = build_data(OmegaConf.merge(cfg.data, {"eval_batch_size": batch}), input_size=64, batch_size=32)
+        results.append(evaluate(model, data.test, device=torch.device("cpu")))
+    assert results[0]["val_top1_err"] == results[1]["val_top1_err"]
+    assert math.isclose(results[0]["val_loss"], results[1]["val_loss"], rel_tol=1e-5)
+
+
+def test_same_seed_same_run_and_training_learns(fmnist_dir, tmp_path):
+    cfg = cfg_for(fmnist_dir, "trainer.epochs=6", "trainer.batch_size=32", "optim.warmup_epochs=0")
+    first = run(cfg, tmp_path / "a")
+    second = run(cfg, tmp_path / "b")
+    assert first["final"] == {**second["final"], "img_per_s": first["final"]["img_per_s"],
+                              "wall_time_s": first["final"]["wall_time_s"]}  # fmt: skip
+    assert first["final"]["val_top1_err"] < 50  # the fake classes are bars at distinct rows
+
+
+def test_debug_fast_cli_run_writes_metrics_and_a_loadable_checkpoint(fmnist_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "debug=fast", f"data.root={fmnist_dir}", f"hydra.run.dir={out}", "trainer.epochs=2"]
+    result = subprocess.run([sys.executable, "-m", "zfviz", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for key in ("train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "img_per_s", "lr", "wall_time_s"):
+        assert all(math.isfinite(float(r[key])) for r in rows), key
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["model"]["name"] == "zfnet"
+    # The checkpoint's weights reproduce the error its last epoch recorded.
+    model, _ = model_from_checkpoint(out / "checkpoint.pt")
+    data = build_data(cfg_for(fmnist_dir).data, input_size=64, batch_size=64)
+    assert evaluate(model, data.test, device=torch.device("cpu"))["val_top1_err"] == float(rows[-1]["val_top1_err"])
+    assert not list(out.glob("*.tmp"))
+
+
+def test_checkpoint_of_another_architecture_is_one_clear_error(tmp_path):
+    model = build_model("alexnet", num_classes=10, input_size=64, width=0.25, fc_dims=64)
+    config = {"model": {"name": "zfnet", "input_size": 64, "width": 0.25, "fc_dims": 64}, "num_classes": 10}
+    save_checkpoint(tmp_path / "c.pt", model, config, epoch=1)
+    with pytest.raises(UserError, match="does not fit model 'zfnet'"):
+        model_from_checkpoint(tmp_path / "c.pt")

@@ -1,0 +1,48 @@
+"""Checkpoints: weights, the resolved config and the epoch, loadable with ``weights_only=True``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zfviz.errors import UserError
+from zfviz.models import build_model
+from zfviz.utils import atomic_path
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: dict, epoch: int, metrics: dict | None = None) -> None:
+    """Write to a temporary file and rename, so a kill never leaves a truncated checkpoint."""
+    state = {
+        "model": model.state_dict(),
+        "config": config,
+        "epoch": epoch,
+        "metrics": dict(metrics or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle and zip errors differ by version
+        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint was trained as, with its weights; returns (model, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    model_cfg = dict(ckpt["config"]["model"])
+    name = model_cfg.pop("name")
+    model = build_model(name, num_classes=ckpt["config"]["num_classes"], **model_cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(f"checkpoint {path} does not fit model {name!r}: {first}") from None
+    return model.eval(), ckpt

@@ -1,0 +1,6 @@
+"""Model registry and the paper's nets (``build_model("zfnet")`` ...)."""
+
+from zfviz.models import convnets  # noqa: F401  (registers the builders)
+from zfviz.models.registry import build_model, list_models, register_model
+
+__all__ = ["build_model", "list_models", "register_model"]

@@ -1,0 +1,173 @@
+"""ZFNet (Fig. 3 of Zeiler & Fergus 2014) and the paper's single-tower AlexNet replication.
+
+Both nets are one ``nn.Sequential`` whose children carry the paper's names (``conv1`` .. ``conv5``,
+``fc6`` .. ``fc8``, with ``relu1``, ``pool1``, ``norm1`` ... around them), so
+``model.get_submodule("conv3")`` is the layer the paper calls layer 3, and a deconvnet or a hook
+can walk the children in order. Table 3's variants are made by the same builder: dropping
+conv3/conv4 connects the previous layer's output to the next conv that is kept; dropping fc6/fc7
+connects the flattened pooled conv5 features (or the kept fc layer) to the next linear layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from torch import nn
+
+from zfviz.errors import UserError
+from zfviz.models.registry import register_model
+
+DROPPABLE = ("conv3", "conv4", "fc6", "fc7")
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    name: str
+    channels: int
+    kernel: int
+    stride: int
+    padding: int
+    pool: bool
+    norm: bool
+
+
+# Fig. 3: conv1 7x7/2 pad 1 and ceil-mode 3x3/2 pools give 110 -> 55 -> 26 -> 13 -> 13 -> 13 -> 6.
+ZFNET = (
+    ConvSpec("conv1", 96, 7, 2, 1, pool=True, norm=True),
+    ConvSpec("conv2", 256, 5, 2, 0, pool=True, norm=True),
+    ConvSpec("conv3", 384, 3, 1, 1, pool=False, norm=False),
+    ConvSpec("conv4", 384, 3, 1, 1, pool=False, norm=False),
+    ConvSpec("conv5", 256, 3, 1, 1, pool=True, norm=False),
+)
+ZFNET_B = ZFNET[:2] + (
+    ConvSpec("conv3", 512, 3, 1, 1, pool=False, norm=False),
+    ConvSpec("conv4", 1024, 3, 1, 1, pool=False, norm=False),
+    ConvSpec("conv5", 512, 3, 1, 1, pool=True, norm=False),
+)
+# Krizhevsky et al. 2012 as one dense tower; pad 2 on conv1 gives 55 at 224 px.
+ALEXNET = (
+    ConvSpec("conv1", 96, 11, 4, 2, pool=True, norm=True),
+    ConvSpec("conv2", 256, 5, 1, 2, pool=True, norm=True),
+    ConvSpec("conv3", 384, 3, 1, 1, pool=False, norm=False),
+    ConvSpec("conv4", 384, 3, 1, 1, pool=False, norm=False),
+    ConvSpec("conv5", 256, 3, 1, 1, pool=True, norm=False),
+)
+
+
+def _lrn() -> nn.LocalResponseNorm:
+    # AlexNet's alpha = 1e-4 over n = 5; PyTorch divides alpha by n, hence 5e-4.
+    return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _pool_out(size: int, kernel: int, stride: int, ceil_mode: bool) -> int:
+    if not ceil_mode:
+        return (size - kernel) // stride + 1
+    out = math.ceil((size - kernel) / stride) + 1
+    # PyTorch drops a last window that would start outside the input.
+    return out - 1 if (out - 1) * stride >= size else out
+
+
+def _check_drop(drop) -> tuple[str, ...]:
+    drop = (drop,) if isinstance(drop, str) else tuple(drop or ())
+    bad = [d for d in drop if d not in DROPPABLE]
+    if bad:
+        raise UserError(f"cannot drop {', '.join(map(str, bad))}; droppable layers are: {', '.join(DROPPABLE)}")
+    return drop
+
+
+def build_convnet(
+    specs: tuple[ConvSpec, ...],
+    *,
+    norm_before_pool: bool,
+    ceil_mode: bool,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    input_size: int = 224,
+    width: float = 1.0,
+    fc_dims: int = 4096,
+    drop=(),
+    dropout: float = 0.5,
+    init: str = "paper",
+    init_std: float = 1e-2,
+) -> nn.Sequential:
+    """Assemble a paper convnet; ``width`` scales conv maps, ``fc_dims`` sets fc6/fc7 units."""
+    drop = _check_drop(drop)
+    if width <= 0:
+        raise UserError(f"model.width must be positive, got {width}")
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    channels, size = in_chans, input_size
+    for spec in specs:
+        if spec.name in drop:
+            continue
+        out = max(1, round(spec.channels * width))
+        idx = spec.name[-1]
+        layers[spec.name] = nn.Conv2d(channels, out, spec.kernel, spec.stride, spec.padding)
+        layers[f"relu{idx}"] = nn.ReLU()
+        size = _conv_out(size, spec.kernel, spec.stride, spec.padding)
+        steps = []
+        if spec.pool:
+            steps.append("pool")
+        if spec.norm:
+            steps.insert(0 if norm_before_pool else len(steps), "norm")
+        for step in steps:
+            if step == "pool":
+                layers[f"pool{idx}"] = nn.MaxPool2d(3, 2, ceil_mode=ceil_mode)
+                size = _pool_out(size, 3, 2, ceil_mode)
+            else:
+                layers[f"norm{idx}"] = _lrn()
+        if size < 1:
+            raise UserError(f"input_size={input_size} is too small: nothing is left after {spec.name}")
+        channels = out
+    layers["flatten"] = nn.Flatten()
+    features = channels * size * size
+    for name in ("fc6", "fc7"):
+        if name in drop:
+            continue
+        idx = name[-1]
+        layers[name] = nn.Linear(features, fc_dims)
+        layers[f"relu{idx}"] = nn.ReLU()
+        layers[f"drop{idx}"] = nn.Dropout(dropout)
+        features = fc_dims
+    layers["fc8"] = nn.Linear(features, num_classes)
+    model = nn.Sequential(layers)
+    if init == "paper":
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(m.weight, 0.0, init_std)
+                nn.init.zeros_(m.bias)
+    elif init == "kaiming":
+        # He et al. 2015 fan-in init for ReLU nets: signals keep their scale through all 8 layers,
+        # so a short cpu-preset run does not spend its first epoch waking the net up.
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+    elif init != "default":
+        raise UserError(f"unknown model.init {init!r}; choose 'paper', 'kaiming' or 'default'")
+    model.input_size = input_size
+    model.in_chans = in_chans
+    return model
+
+
+@register_model("zfnet")
+def zfnet(**kw) -> nn.Sequential:
+    """Fig. 3: 62,357,608 parameters at 1000 classes."""
+    return build_convnet(ZFNET, norm_before_pool=False, ceil_mode=True, **kw)
+
+
+@register_model("zfnet_b")
+def zfnet_b(**kw) -> nn.Sequential:
+    """Table 2's model (b): conv3-5 = 512/1024/512, 107,627,624 parameters."""
+    return build_convnet(ZFNET_B, norm_before_pool=False, ceil_mode=True, **kw)
+
+
+@register_model("alexnet")
+def alexnet(**kw) -> nn.Sequential:
+    """The paper's replication of Krizhevsky et al.: 62,378,344 parameters."""
+    return build_convnet(ALEXNET, norm_before_pool=True, ceil_mode=False, **kw)

@@ -1,0 +1,93 @@
+"""Result tables beside the paper's numbers, with a ``.meta.json`` provenance sidecar.
+
+The paper's tables ship inside the package (``zfviz/paper_tables``), so every table we write
+prints the published value next to ours.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from zfviz.errors import UserError
+from zfviz.utils import atomic_path, atomic_write_text, git_state, versions
+
+# Which row of the paper's Table 2 each of our models reproduces.
+TABLE2_ROWS = {
+    "zfnet": "ZFNet (Fig. 3), 1 convnet",
+    "zfnet_b": "ZFNet-b (layers 3,4,5: 512,1024,512), 1 convnet (b)",
+    "alexnet": "Replication of Krizhevsky et al., 1 convnet",
+}
+
+
+def paper_table(name: str) -> pd.DataFrame:
+    """One of the paper's tables, e.g. ``paper_table("table2_imagenet")``."""
+    with resources.files("zfviz.paper_tables").joinpath(f"{name}.csv").open() as f:
+        return pd.read_csv(f)
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
+    """A finished training run: its ``run.json`` summary and its ``metrics.csv`` history."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "run.json"
+    if not summary_path.is_file():
+        raise UserError(f"{run_dir} holds no finished run (no run.json); train it first")
+    return json.loads(summary_path.read_text()), pd.read_csv(run_dir / "metrics.csv")
+
+
+def table2(run_dirs: list[str | Path]) -> pd.DataFrame:
+    """Our final-epoch errors beside the matching rows of the paper's Table 2 (ImageNet val)."""
+    paper = paper_table("table2_imagenet").set_index("row")
+    rows = []
+    for run_dir in run_dirs:
+        summary, history = load_run(run_dir)
+        final = history.iloc[-1]
+        paper_row = TABLE2_ROWS.get(summary["model"])
+        cfg = summary["config"]
+        rows.append(
+            {
+                "model": summary["model"],
+                "preset": cfg.get("preset"),
+                "dataset": summary["data"],
+                "input_size": cfg["model"]["input_size"],
+                "width": cfg["model"]["width"],
+                "fc_dims": cfg["model"]["fc_dims"],
+                "parameters": summary["parameters"],
+                "train_images": summary["train_images"],
+                "test_images": summary["test_images"],
+                "epochs": int(final["epoch"]),
+                "train_top1_err": final["train_top1_err"],
+                "val_top1_err": final["val_top1_err"],
+                "val_top5_err": final["val_top5_err"],
+                "wall_time_s": summary["wall_time_s"],
+                "paper_row": paper_row,
+                "paper_val_top1_err": paper.loc[paper_row, "val_top1_err"] if paper_row else None,
+                "paper_val_top5_err": paper.loc[paper_row, "val_top5_err"] if paper_row else None,
+                "run_dir": str(run_dir),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write_table(df: pd.DataFrame, path: str | Path, *, sources: list[dict], wall_time_s: float | None = None) -> None:
+    """Write ``df`` as CSV and ``<path>.meta.json`` (git state, versions, the runs' configs)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    meta = {
+        "table": path.name,
+        **git_state(),
+        "versions": versions(),
+        "wall_time_s": wall_time_s,
+        "sources": sources,
+    }
+    atomic_write_text(path.with_suffix(".meta.json"), json.dumps(meta, indent=2, default=str))
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."))
