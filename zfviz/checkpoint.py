@@ -12,13 +12,19 @@ from zfviz.models import build_model
 from zfviz.utils import atomic_path
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, config: dict, epoch: int, metrics: dict | None = None) -> None:
-    """Write to a temporary file and rename, so a kill never leaves a truncated checkpoint."""
+def save_checkpoint(
+    path: str | Path, model: nn.Module, config: dict, epoch: int, metrics: dict | None = None, extra: dict | None = None
+) -> None:
+    """Write to a temporary file and rename, so a kill never leaves a truncated checkpoint.
+
+    ``epoch`` counts completed epochs; ``extra`` carries the training state a resume needs.
+    """
     state = {
         "model": model.state_dict(),
         "config": config,
         "epoch": epoch,
         "metrics": dict(metrics or {}),
+        **(extra or {}),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -1,14 +1,20 @@
 """The shared training and evaluation engine (Section 3 of the paper: how the nets are trained).
 
-Plain functions: ``train_one_epoch``, ``evaluate`` and ``fit``. The paper's filter clipping is an
-explicit step after each update (``clip_filter_rms``), switched by a flag.
+Plain functions: ``train_one_epoch``, ``evaluate`` and ``fit``. The paper's steps are explicit,
+named lines behind flags: filter RMS clipping after every update (``clip_filter_rms``) and the
+10-view test-time average (``evaluate`` on 5-D batches). ``fit`` never loses work: the full
+training state is checkpointed atomically every epoch and every N steps, and a run resumed from
+any checkpoint reaches the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,7 +25,13 @@ from torch import nn
 from tqdm import tqdm
 
 from zfviz.checkpoint import save_checkpoint
-from zfviz.utils import atomic_write_text
+from zfviz.distributed import DistInfo, all_reduce_sum
+from zfviz.errors import UserError
+from zfviz.utils import atomic_write_text, rng_state, set_rng_state
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
 @torch.no_grad()
@@ -39,6 +51,18 @@ def _topk_errors(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[
     return [int((~hit[:, : min(k, logits.shape[1])].any(dim=1)).sum()) for k in ks]
 
 
+def _autocast(device: torch.device, amp: str | None):
+    if not amp:
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
@@ -47,52 +71,82 @@ def train_one_epoch(
     device: torch.device,
     scheduler=None,
     clip_rms: float | None = None,
+    amp: str | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
+    start_step: int = 0,
+    partial: dict | None = None,
+    step_hook=None,
     desc: str = "train",
     progress: bool = True,
 ) -> dict:
-    """One pass over ``loader``; ``scheduler`` (if given) steps after every batch."""
+    """One pass over ``loader``; ``scheduler`` (if given) steps after every batch.
+
+    To continue an epoch from a checkpoint, ``start_step`` batches are drawn and skipped (so the
+    loader's random stream is where it was) and ``partial`` restores the running sums.
+    ``step_hook(step, partial)`` runs after every update (checkpointing, fault injection).
+    """
     model.train()
-    total_loss, wrong, seen = 0.0, 0, 0
-    start = time.perf_counter()
+    sums = dict(partial or {"loss": 0.0, "wrong": 0, "seen": 0})
+    start, seen_before = time.perf_counter(), sums["seen"]
     # In a log file (no terminal) a bar redrawn ten times a second is noise: redraw every 10 s.
     interval = 0.1 if sys.stderr.isatty() else 10.0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, mininterval=interval)
     for step, (x, y) in enumerate(bar):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        if step < start_step:
+            continue
+        x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step} of {desc}")
+            raise FloatingPointError(f"loss became {loss.item()} at step {step + 1} of {desc}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         if clip_rms is not None:
             clip_filter_rms(model, clip_rms)
         if scheduler is not None:
             scheduler.step()
-        n = len(y)
-        total_loss += loss.item() * n
-        wrong += int((logits.argmax(1) != y).sum())
-        seen += n
+        sums["loss"] += loss.item() * len(y)
+        sums["wrong"] += int((logits.argmax(1) != y).sum())
+        sums["seen"] += len(y)
         if progress and step % 10 == 0:
-            bar.set_postfix(
-                loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False
-            )
+            rate = (sums["seen"] - seen_before) / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", img_s=f"{rate:.0f}", refresh=False)
+        if step_hook is not None:
+            step_hook(step + 1, sums)
     elapsed = time.perf_counter() - start
-    return {"train_loss": total_loss / seen, "train_top1_err": 100 * wrong / seen, "img_per_s": seen / elapsed}
+    loss_sum, wrong, seen, fresh = all_reduce_sum(
+        [sums["loss"], sums["wrong"], sums["seen"], sums["seen"] - seen_before], device
+    )
+    return {"train_loss": loss_sum / seen, "train_top1_err": 100 * wrong / seen, "img_per_s": fresh / elapsed}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, *, device: torch.device, progress: bool = False) -> dict:
-    """Loss and top-1/top-5 error (in percent) over ``loader``."""
+def evaluate(model: nn.Module, loader, *, device: torch.device, amp: str | None = None, progress: bool = False) -> dict:
+    """Loss and top-1/top-5 error (percent). A 5-D batch (N, views, C, H, W) is scored by the
+    average of the softmax over its views (the paper's 10-view test)."""
     model.eval()
     total_loss, wrong1, wrong5, seen = 0.0, 0, 0, 0
     for x, y in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
         x, y = x.to(device), y.to(device)
-        logits = model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        w1, w5 = _topk_errors(logits, y)
+        with _autocast(device, amp):
+            if x.dim() == 5:
+                n, views = x.shape[:2]
+                probs = model(x.flatten(0, 1)).float().softmax(-1).view(n, views, -1).mean(1)
+                logp = probs.clamp_min(1e-12).log()
+            else:
+                logp = model(x).float().log_softmax(-1)
+        total_loss += F.nll_loss(logp, y, reduction="sum").item()
+        w1, w5 = _topk_errors(logp, y)
         wrong1, wrong5, seen = wrong1 + w1, wrong5 + w5, seen + len(y)
+    total_loss, wrong1, wrong5, seen = all_reduce_sum([total_loss, wrong1, wrong5, seen], device)
     return {"val_loss": total_loss / seen, "val_top1_err": 100 * wrong1 / seen, "val_top5_err": 100 * wrong5 / seen}
 
 
@@ -123,7 +177,7 @@ def build_optimizer(model: nn.Module, optim_cfg, steps_per_epoch: int, epochs: i
             optimizer, mode="min", factor=optim_cfg.get("factor", 0.1), patience=optim_cfg.get("patience", 3)
         )
     elif schedule != "constant":
-        raise ValueError(f"unknown schedule {schedule!r}")
+        raise UserError(f"unknown optim.schedule {schedule!r}; choose cosine, plateau or constant")
     return optimizer, step_sched, epoch_sched
 
 
@@ -135,43 +189,120 @@ def _metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _finite(model: nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def fit(
     model: nn.Module,
     train_loader,
     val_loader,
     optim_cfg,
+    trainer_cfg,
     *,
-    epochs: int,
     device: torch.device,
     out_dir: str | Path,
     config: dict,
-    clip_rms: float | None = None,
-    save_epochs=(),
-    progress: bool = True,
+    dist_info: DistInfo | None = None,
+    resume_state: dict | None = None,
 ) -> list[dict]:
-    """Train for ``epochs``; after each epoch write ``metrics.csv`` and ``checkpoint.pt`` atomically."""
+    """Train for ``trainer_cfg.epochs``; keep ``metrics.csv`` and ``checkpoint.pt`` current.
+
+    ``checkpoint.pt`` holds model, optimizer, schedulers, RNG states, epoch, step and the metrics
+    so far; it is rewritten after every epoch and every ``trainer_cfg.ckpt_every_steps`` steps
+    (0 = epochs only). ``resume_state`` is such a checkpoint to continue from.
+    """
     out_dir = Path(out_dir)
+    dist_info = dist_info or DistInfo()
+    epochs = int(trainer_cfg.epochs)
+    ckpt_every = int(trainer_cfg.get("ckpt_every_steps") or 0)
+    fault_at = trainer_cfg.get("fault_at_step")
+    amp = trainer_cfg.get("amp")
+    channels_last = bool(trainer_cfg.get("channels_last", False))
+    clip_rms = trainer_cfg.get("clip_rms")
+    save_epochs = set(trainer_cfg.get("save_epochs") or ())
+    progress = bool(trainer_cfg.get("progress", True)) and dist_info.is_main
+
     model.to(device)
-    optimizer, step_sched, epoch_sched = build_optimizer(model, optim_cfg, len(train_loader), epochs)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = model
+    if dist_info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer, step_sched, epoch_sched = build_optimizer(net, optim_cfg, len(train_loader), epochs)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+
     rows: list[dict] = []
+    done_epochs, start_step, partial = 0, 0, None
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        for sched, key in ((step_sched, "step_scheduler"), (epoch_sched, "epoch_scheduler")):
+            if sched is not None and resume_state.get(key):
+                sched.load_state_dict(resume_state[key])
+        if scaler is not None and resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        set_rng_state(resume_state["rng"])
+        rows = list(resume_state.get("rows", []))
+        done_epochs, start_step, partial = resume_state["epoch"], resume_state["step"], resume_state.get("partial")
+    global_step = done_epochs * len(train_loader) + start_step
+    wall_offset = rows[-1]["wall_time_s"] if rows else 0.0
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+
+    def checkpoint(path: Path, epoch: int, step: int, sums: dict | None) -> None:
+        if not _finite(model):
+            raise TrainingDiverged(f"weights became non-finite at epoch {epoch + 1}, step {step}")
+        if not dist_info.is_main:
+            return
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "step_scheduler": step_sched.state_dict() if step_sched else None,
+            "epoch_scheduler": epoch_sched.state_dict() if epoch_sched else None,
+            "scaler": scaler.state_dict() if scaler else None,
+            "rng": rng_state(),
+            "step": step,
+            "partial": dict(sums) if sums else None,
+            "rows": rows,
+        }
+        save_checkpoint(path, model, config, epoch, rows[-1] if rows else None, extra=state)
+
+    for epoch in range(done_epochs + 1, epochs + 1):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(
-            model, train_loader, optimizer, device=device, scheduler=step_sched, clip_rms=clip_rms,
-            desc=f"epoch {epoch}/{epochs}", progress=progress,
-        )  # fmt: skip
-        val = evaluate(model, val_loader, device=device)
+        # The lr an epoch started with; an interrupted epoch saved it with its partial sums.
+        lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
+
+        def step_hook(step: int, sums: dict, epoch: int = epoch, lr: float = lr) -> None:
+            nonlocal global_step
+            global_step += 1
+            if ckpt_every and global_step % ckpt_every == 0 and step < len(train_loader):
+                checkpoint(out_dir / "checkpoint.pt", epoch - 1, step, {**sums, "lr": lr})
+            if fault_at is not None and global_step == int(fault_at):
+                os.kill(os.getpid(), signal.SIGKILL)  # test-only fault injection: die as a crash would
+
+        try:
+            train = train_one_epoch(
+                net, train_loader, optimizer, device=device, scheduler=step_sched, clip_rms=clip_rms, amp=amp,
+                scaler=scaler, channels_last=channels_last, start_step=start_step, partial=partial,
+                step_hook=step_hook, desc=f"epoch {epoch}/{epochs}", progress=progress,
+            )  # fmt: skip
+        except FloatingPointError as err:
+            last = out_dir / "checkpoint.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written"
+            raise TrainingDiverged(f"{err} (epoch {epoch}); training stopped, {kept}") from None
+        start_step, partial = 0, None
+        val = evaluate(net, val_loader, device=device, amp=amp)
         if epoch_sched is not None:
             epoch_sched.step(val["val_top1_err"])
-        row = {"epoch": epoch, "lr": lr, **train, **val, "wall_time_s": time.perf_counter() - start}
+        wall = wall_offset + time.perf_counter() - start
+        row = {"epoch": epoch, "lr": lr, **train, **val, "wall_time_s": wall}
         rows.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-        atomic_write_text(out_dir / "metrics.csv", _metrics_csv(rows))
-        save_checkpoint(out_dir / "checkpoint.pt", model, config, epoch, rows[-1])
-        if epoch in set(save_epochs):
-            save_checkpoint(out_dir / f"checkpoint_epoch{epoch}.pt", model, config, epoch, rows[-1])
+        checkpoint(out_dir / "checkpoint.pt", epoch, 0, None)
+        if dist_info.is_main:
+            atomic_write_text(out_dir / "metrics.csv", _metrics_csv(rows))
+            if epoch in save_epochs:
+                save_checkpoint(out_dir / f"checkpoint_epoch{epoch}.pt", model, config, epoch, rows[-1])
         if progress:
             tqdm.write(
                 f"epoch {epoch}: train loss {train['train_loss']:.4f}, val top-1 {val['val_top1_err']:.2f}%, "

@@ -1,4 +1,8 @@
-"""``zfviz train``: train one of the paper's nets and evaluate it (Section 3, Table 2)."""
+"""``zfviz train``: train one of the paper's nets and evaluate it (Section 3, Table 2).
+
+Runs on one CPU or GPU, or on several processes under ``torchrun`` (DDP; rank 0 writes files).
+``resume=true`` continues the latest run folder whose saved config matches this one.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,17 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz import distributed
+from zfviz.checkpoint import load_checkpoint
 from zfviz.commands import CONFIG_DIR, guarded
 from zfviz.data import build_data
 from zfviz.engine import fit
+from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.utils import atomic_write_text, git_state, resolve_device, seed_everything, versions
+from zfviz.utils import atomic_write_text, git_state, seed_everything, versions
+
+# Keys that may differ between an interrupted run and its resumption.
+_RUNTIME_KEYS = {("resume",), ("device",), ("trainer", "progress"), ("trainer", "fault_at_step")}
 
 
 def model_kwargs(model_cfg) -> dict:
@@ -23,23 +33,71 @@ def model_kwargs(model_cfg) -> dict:
     return kw
 
 
+def _comparable(config: dict) -> dict:
+    config = json.loads(json.dumps(config))
+    for path in _RUNTIME_KEYS:
+        node = config
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    config.pop("num_classes", None)
+    return config
+
+
+def find_resume_dir(resume, config: dict, out_dir: Path) -> Path | None:
+    """The run folder to continue: ``resume`` as a path, or the newest matching run beside ``out_dir``."""
+    if resume in (False, None):
+        return None
+    if resume is not True:
+        folder = Path(str(resume))
+        if not (folder / "checkpoint.pt").is_file():
+            raise UserError(f"resume={resume}: no checkpoint.pt in that folder")
+        return folder
+    want = _comparable(config)
+    candidates = [out_dir, *sorted(out_dir.parent.glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True)]
+    for folder in candidates:
+        ckpt = folder / "checkpoint.pt"
+        if ckpt.is_file() and _comparable(load_checkpoint(ckpt)["config"]) == want:
+            return folder
+    return None
+
+
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     """Train ``cfg.model`` on ``cfg.data``; write metrics.csv, checkpoint.pt and run.json to ``out_dir``."""
     out_dir = Path(out_dir or HydraConfig.get().runtime.output_dir)
+    info, device = distributed.setup(cfg.device)
+    try:
+        return _run(cfg, out_dir, info, device)
+    finally:
+        distributed.teardown()
+
+
+def _run(cfg: DictConfig, out_dir: Path, info: distributed.DistInfo, device) -> dict:
     seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
     data = build_data(
-        cfg.data, input_size=cfg.model.input_size, batch_size=cfg.trainer.batch_size,
-        in_chans=cfg.model.in_chans, seed=cfg.seed,
+        cfg.data, input_size=cfg.model.input_size, batch_size=cfg.trainer.batch_size, in_chans=cfg.model.in_chans,
+        seed=cfg.seed, rank=info.rank, world_size=info.world_size, cache_dir=str(out_dir),
     )  # fmt: skip
     model = build_model(cfg.model.name, num_classes=data.num_classes, **model_kwargs(cfg.model))
     config = OmegaConf.to_container(cfg, resolve=True)
     config["num_classes"] = data.num_classes
+
+    resume_dir = find_resume_dir(cfg.resume, config, out_dir)
+    resume_state = None
+    if resume_dir is not None:
+        resume_state = load_checkpoint(resume_dir / "checkpoint.pt")
+        if _comparable(resume_state["config"]) != _comparable(config):
+            raise UserError(f"resume={cfg.resume}: {resume_dir} was trained with a different config")
+        if resume_dir.resolve() != out_dir.resolve() and info.is_main:
+            atomic_write_text(out_dir / "resumed.txt", f"this run continued {resume_dir}\n")
+        out_dir = resume_dir
+    elif cfg.resume is True and info.is_main:
+        print("zfviz: resume=true found no earlier run of this config; starting from scratch")
+
     start = time.perf_counter()
     rows = fit(
-        model, data.train, data.test, cfg.optim,
-        epochs=cfg.trainer.epochs, device=device, out_dir=out_dir, config=config,
-        clip_rms=cfg.trainer.clip_rms, save_epochs=cfg.trainer.save_epochs, progress=cfg.trainer.progress,
+        model, data.train, data.test, cfg.optim, cfg.trainer,
+        device=device, out_dir=out_dir, config=config, dist_info=info, resume_state=resume_state,
     )  # fmt: skip
     summary = {
         "model": cfg.model.name,
@@ -48,14 +106,17 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
         "train_images": data.train.dataset_size,
         "test_images": data.test.dataset_size,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "wall_time_s": round(time.perf_counter() - start, 2),
-        "final": rows[-1],
-        "best_val_top1_err": min(r["val_top1_err"] for r in rows),
+        "wall_time_s": round(rows[-1]["wall_time_s"] if rows else time.perf_counter() - start, 2),
+        "final": rows[-1] if rows else None,
+        "best_val_top1_err": min(r["val_top1_err"] for r in rows) if rows else None,
+        "processes": info.world_size,
+        "run_dir": str(out_dir),
         **git_state(),
         "versions": versions(),
         "config": config,
     }
-    atomic_write_text(out_dir / "run.json", json.dumps(summary, indent=2))
+    if info.is_main:
+        atomic_write_text(out_dir / "run.json", json.dumps(summary, indent=2))
     return summary
 
 

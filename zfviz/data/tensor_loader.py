@@ -1,0 +1,110 @@
+"""A batch loader over a data set that fits in memory as one uint8 tensor.
+
+Small data sets (Fashion-MNIST, scikit-learn's digits) are decoded and resized once; batches are
+then cut, augmented and normalized as whole tensors, which on 2 cores is several times faster than
+a per-item ``DataLoader``. The shuffle and the augmentation draw from a generator seeded by
+``(seed, epoch)``, so an epoch's batches are the same whatever came before it (resume, reruns)
+and however many processes share it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W) or (N, C, H, W) uint8 -> (N, C, size, size) uint8, bilinear, in chunks."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images.contiguous()
+    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
+    for start in range(0, len(images), 4096):
+        chunk = images[start : start + 4096].float()
+        chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False)
+        out[start : start + 4096] = chunk.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def random_crop(batch: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random translation by up to ``pad`` pixels (zero padding), as one gather."""
+    n, c, h, w = batch.shape
+    padded = F.pad(batch, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None].expand(n, c, h, w)
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :].expand(n, c, h, w)
+    flat = padded.reshape(n, c, -1)
+    index = (rows * (w + 2 * pad) + cols).reshape(n, c, -1)
+    return flat.gather(2, index).reshape(n, c, h, w)
+
+
+class TensorLoader:
+    """Iterate ``(x, y)`` batches of float images normalized by ``mean``/``std``.
+
+    ``images`` is uint8 (N, C, S, S); a 1-channel set is repeated to ``channels`` so the same
+    architectures serve gray and colour data.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        mean: float | list[float],
+        std: float | list[float],
+        channels: int = 3,
+        shuffle: bool = False,
+        flip: bool = False,
+        crop_pad: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.channels = channels
+        self.shuffle, self.flip, self.crop_pad = shuffle, flip, crop_pad
+        self.seed, self.epoch = seed, 0
+        # Under DDP every process draws the same global batch and keeps its slice, so N processes
+        # see exactly the batches (and augmentations) one process would.
+        self.rank, self.world_size = rank, world_size
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
+        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.labels)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, S, S) -> float, channels repeated to ``self.channels``, normalized."""
+        x = batch.float()
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1)
+        return (x - self.mean) / self.std
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.images[idx]
+            if self.crop_pad:
+                x = random_crop(x, self.crop_pad, gen)
+            if self.flip:
+                mask = torch.rand(len(idx), generator=gen) < 0.5
+                x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+            if self.world_size > 1:
+                x, idx = x[self.rank :: self.world_size], idx[self.rank :: self.world_size]
+            yield self.normalize(x), self.labels[idx]

@@ -1,0 +1,1 @@
+"""Visualization methods: one module per method (deconvnet, occlusion, ...); they return tensors."""
