@@ -31,8 +31,9 @@ lint: install
 	$(BIN)/ruff check zfviz tests scripts
 
 # A finished run leaves run.json; make skips runs that already have one (delete the folder to redo).
+# resume=true: an interrupted `make figures` continues its training runs where they stopped.
 $(RUNS)/%/run.json: | install data
-	$(BIN)/zfviz train model=$* preset=$(PRESET) experiment=table2 hydra.run.dir=$(RUNS)/$*
+	$(BIN)/zfviz train model=$* preset=$(PRESET) experiment=table2 resume=true hydra.run.dir=$(RUNS)/$*
 
 results/table2_$(PRESET).csv: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
 	$(BIN)/python scripts/table2.py --preset $(PRESET) --out results $(^D)

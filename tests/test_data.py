@@ -105,3 +105,15 @@ def test_shuffle_and_augmentation_depend_only_on_seed_and_epoch():
     assert torch.equal(y1, y1b) and torch.equal(x1, x1b)
     assert not torch.equal(y1, y2)
     assert sorted(y1.tolist()) == list(range(50))
+
+
+def test_an_epoch_started_mid_way_equals_the_tail_of_the_whole_epoch():
+    def batches(start):
+        loader = _loader(8, shuffle=True, flip=True, crop_pad=1, seed=2)
+        loader.set_epoch(3, start_batch=start)
+        return list(loader)
+
+    whole, tail = batches(0), batches(4)
+    assert len(whole) == 7 and len(tail) == 3
+    for (xa, ya), (xb, yb) in zip(whole[4:], tail, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -111,3 +111,23 @@ def test_bf16_autocast_trains_on_cpu(fmnist_dir, tmp_path):
     assert zfviz(*base_args(fmnist_dir, tmp_path / "amp", "trainer.amp=bf16")).returncode == 0
     (row,) = metrics(tmp_path / "amp")
     assert float(row["train_loss"]) < 10
+
+
+@pytest.mark.slow
+def test_preset_paper_on_an_imagenet_tree_runs_end_to_end(tmp_path):
+    from tests.imagenet_fixtures import make_tree
+
+    root, run_dir = tmp_path / "ilsvrc", tmp_path / "run"
+    make_tree(root, "imagefolder")
+    # Fig. 3 at 224 px with the paper's recipe; a narrow net and one tiny epoch keep it to seconds.
+    args = ["preset=paper", "data=imagenet", f"data.root={root}", "data.workers=0", "data.skip_bad=true",
+            "debug=fast", "model.width=0.125", "model.fc_dims=64", "trainer.batch_size=4", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    result = zfviz("train", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = metrics(run_dir)
+    assert float(row["lr"]) == 0.01 and 0 <= float(row["val_top1_err"]) <= 100
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    assert ckpt["config"]["trainer"]["clip_rms"] == 0.1 and ckpt["config"]["model"]["input_size"] == 224
+    assert (run_dir / "mean_image.pt").is_file()
+    convs = [w for k, w in ckpt["model"].items() if k.startswith("conv") and k.endswith("weight")]
+    assert max(w.pow(2).mean(dim=(1, 2, 3)).sqrt().max().item() for w in convs) <= 0.1 + 1e-6

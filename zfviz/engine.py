@@ -82,8 +82,9 @@ def train_one_epoch(
 ) -> dict:
     """One pass over ``loader``; ``scheduler`` (if given) steps after every batch.
 
-    To continue an epoch from a checkpoint, ``start_step`` batches are drawn and skipped (so the
-    loader's random stream is where it was) and ``partial`` restores the running sums.
+    To continue an epoch from a checkpoint, the loader is positioned with
+    ``set_epoch(epoch, start_batch=start_step)`` (nothing before it is read or decoded), ``start_step``
+    numbers the steps from there and ``partial`` restores the running sums.
     ``step_hook(step, partial)`` runs after every update (checkpointing, fault injection).
     """
     model.train()
@@ -92,9 +93,7 @@ def train_one_epoch(
     # In a log file (no terminal) a bar redrawn ten times a second is noise: redraw every 10 s.
     interval = 0.1 if sys.stderr.isatty() else 10.0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, mininterval=interval)
-    for step, (x, y) in enumerate(bar):
-        if step < start_step:
-            continue
+    for step, (x, y) in enumerate(bar, start=start_step):
         x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(x)
@@ -268,8 +267,7 @@ def fit(
         save_checkpoint(path, model, config, epoch, rows[-1] if rows else None, extra=state)
 
     for epoch in range(done_epochs + 1, epochs + 1):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
+        train_loader.set_epoch(epoch, start_batch=start_step)
         # The lr an epoch started with; an interrupted epoch saved it with its partial sums.
         lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
 

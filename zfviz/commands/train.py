@@ -52,12 +52,17 @@ def find_resume_dir(resume, config: dict, out_dir: Path) -> Path | None:
         folder = Path(str(resume))
         if not (folder / "checkpoint.pt").is_file():
             raise UserError(f"resume={resume}: no checkpoint.pt in that folder")
+        if "optimizer" not in load_checkpoint(folder / "checkpoint.pt"):
+            raise UserError(f"resume={resume}: that checkpoint holds weights only, no training state to continue")
         return folder
     want = _comparable(config)
     candidates = [out_dir, *sorted(out_dir.parent.glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True)]
     for folder in candidates:
         ckpt = folder / "checkpoint.pt"
-        if ckpt.is_file() and _comparable(load_checkpoint(ckpt)["config"]) == want:
+        if not ckpt.is_file():
+            continue
+        state = load_checkpoint(ckpt)
+        if "optimizer" in state and _comparable(state["config"]) == want:
             return folder
     return None
 

@@ -3,8 +3,8 @@
 Small data sets (Fashion-MNIST, scikit-learn's digits) are decoded and resized once; batches are
 then cut, augmented and normalized as whole tensors, which on 2 cores is several times faster than
 a per-item ``DataLoader``. The shuffle and the augmentation draw from a generator seeded by
-``(seed, epoch)``, so an epoch's batches are the same whatever came before it (resume, reruns)
-and however many processes share it.
+``(seed, epoch, batch)``, so an epoch's batches are the same whatever came before them (resume
+starts mid-epoch without drawing the earlier batches) and however many processes share them.
 """
 
 from __future__ import annotations
@@ -69,15 +69,16 @@ class TensorLoader:
         self.batch_size = batch_size
         self.channels = channels
         self.shuffle, self.flip, self.crop_pad = shuffle, flip, crop_pad
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.start_batch = seed, 0, 0
         # Under DDP every process draws the same global batch and keeps its slice, so N processes
         # see exactly the batches (and augmentations) one process would.
         self.rank, self.world_size = rank, world_size
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; ``start_batch`` > 0 resumes it there (the batches before are not drawn)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -94,11 +95,13 @@ class TensorLoader:
         return (x - self.mean) / self.std
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        key = self.seed * 100_003 + self.epoch
         n = len(self.labels)
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(key)) if self.shuffle else torch.arange(n)
+        for batch in range(self.start_batch, len(self)):
+            # Each batch draws its augmentation from its own generator, so any batch can come first.
+            gen = torch.Generator().manual_seed(key * 10_007 + batch)
+            idx = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             x = self.images[idx]
             if self.crop_pad:
                 x = random_crop(x, self.crop_pad, gen)
