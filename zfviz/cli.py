@@ -12,6 +12,7 @@ and ``--cfg job`` work as in any Hydra app. Two things happen first:
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 
@@ -19,8 +20,8 @@ from zfviz.errors import UserError
 
 COMMANDS = {
     "train": "train one of the paper's nets and evaluate it (Table 2)",
-    "ablate": "Table 3 layer ablations [not implemented yet]",
-    "transfer": "Tables 4-6 transfer to other data sets [not implemented yet]",
+    "ablate": "Table 3 layer ablations: train variants with layers removed or resized",
+    "transfer": "Tables 4-6 transfer to other data sets",
     "viz": "visualizations: zfviz viz <method> (see configs/viz/)",
 }
 USAGE = "usage: zfviz {" + ",".join(COMMANDS) + "} [key=value ...] [-m] [--cfg job] [--help]"
@@ -35,6 +36,28 @@ def rewrite_lists(args: list[str]) -> list[str]:
         plain = eq and not arg.startswith("-") and "," in value
         nested = any(ch in value for ch in "[]{}()'\"") or _SWEEP_FUNCS.match(value or "")
         out.append(f"{key}=[{value}]" if plain and not nested else arg)
+    return out
+
+
+_ROOT_KEYS = {"seed", "device", "deterministic", "resume", "checkpoint", "out_dir", "name"}
+
+
+def scope_method_keys(args: list[str]) -> list[str]:
+    """``zfviz viz deconv layer=conv4``: a key of the chosen method's config means ``viz.layer``."""
+    from omegaconf import OmegaConf
+
+    from zfviz.commands import CONFIG_DIR
+
+    method = next((a.partition("=")[2] for a in args if a.startswith("viz=")), None)
+    path = f"{CONFIG_DIR}/viz/{method}.yaml"
+    if not method or not re.fullmatch(r"\w+", method) or not os.path.isfile(path):
+        return args
+    keys = set(OmegaConf.load(path)) - _ROOT_KEYS
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        bare = key.lstrip("+~")
+        out.append(f"{key[: len(key) - len(bare)]}viz.{bare}={value}" if eq and bare.split(".")[0] in keys else arg)
     return out
 
 
@@ -99,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "viz" and rest and "=" not in rest[0] and not rest[0].startswith("-"):
         rest = [f"viz={rest[0]}", *rest[1:]]  # zfviz viz deconv ... selects configs/viz/deconv.yaml
+    if command == "viz":
+        rest = scope_method_keys(rest)
     try:
         if command not in COMMANDS:
             raise UserError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")

@@ -1,0 +1,353 @@
+"""The deconvnet (Section 2.1): exact values on a hand-weighted net, autograd and Captum oracles."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zfviz.errors import UserError
+from zfviz.models import build_model
+from zfviz.viz.deconv import project, project_with_values, unpool
+
+
+class _Stop(Exception):
+    pass
+
+
+class _DeconvReLUFn(torch.autograd.Function):
+    """The deconvnet's rectification as a backward rule: ReLU of the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0)
+
+
+class _PassLRNFn(torch.autograd.Function):
+    """Contrast normalization on the way up, the identity on the way down (the paper's choice)."""
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        return F.local_response_norm(x, size, alpha, beta, k)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None, None
+
+
+class _OracleReLU(nn.Module):
+    def forward(self, x):
+        return _DeconvReLUFn.apply(x)
+
+
+class _OracleLRN(nn.Module):
+    def __init__(self, lrn: nn.LocalResponseNorm):
+        super().__init__()
+        self.lrn = lrn
+
+    def forward(self, x):
+        return _PassLRNFn.apply(x, self.lrn.size, self.lrn.alpha, self.lrn.beta, self.lrn.k)
+
+
+def oracle(model: nn.Module, images: torch.Tensor, layer: str, seed_fn, lrn: str = "pass") -> torch.Tensor:
+    """Autograd with every ReLU's backward replaced by ReLU(grad_out); pools and convs keep autograd's own."""
+    swapped = []  # modules are swapped in place (no copy of a 138M-parameter net) and put back after
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.ReLU):
+            swapped.append((name, module, _OracleReLU()))
+        elif isinstance(module, nn.LocalResponseNorm) and lrn == "pass":
+            swapped.append((name, module, _OracleLRN(module)))
+    x = images.clone().requires_grad_(True)
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured["out"] = output
+        raise _Stop
+
+    for name, _, replacement in swapped:
+        model.set_submodule(name, replacement)
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        model.eval()(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+        for name, original, _ in swapped:
+            model.set_submodule(name, original)
+    out = captured["out"]
+    return torch.autograd.grad(out, x, seed_fn(out.detach()))[0]
+
+
+def strongest_seed(channel: int):
+    """Keep, in each image, only the largest activation of map ``channel`` (a plain loop)."""
+
+    def seed_fn(act: torch.Tensor) -> torch.Tensor:
+        seed = torch.zeros_like(act)
+        for i in range(len(act)):
+            flat = act[i, channel].reshape(-1)
+            j = int(torch.argmax(flat))
+            seed[i, channel].view(-1)[j] = flat[j]
+        return seed
+
+    return seed_fn
+
+
+def whole_map_seed(channel: int):
+    def seed_fn(act: torch.Tensor) -> torch.Tensor:
+        seed = torch.zeros_like(act)
+        seed[:, channel] = act[:, channel]
+        return seed
+
+    return seed_fn
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
+    # 1e-5 relative to the projection's scale: float32 sums in a different order differ in the last bits.
+    scale = max(float(expected.abs().max()), 1e-12)
+    assert expected.abs().sum() > 0, "a zero oracle proves nothing"
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale)
+
+
+def hooks_left(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def small_zfnet(norm: bool = True) -> nn.Sequential:
+    model = build_model("zfnet", num_classes=10, input_size=64, width=0.25, fc_dims=64, init="kaiming")
+    if norm:
+        return model.eval()
+    kept = [(n, m) for n, m in model.named_children() if not isinstance(m, nn.LocalResponseNorm)]
+    return nn.Sequential(OrderedDict(kept)).eval()
+
+
+# --- the hand-weighted net -------------------------------------------------------------------------
+
+
+def hand_net(conv2_weight, conv2_bias: float = 0.5) -> nn.Sequential:
+    """conv1 (1x1, w=2, b=-1) -> ReLU -> 3x3/1 max pool (all four cells share one argmax) -> conv2 (2x2)."""
+    conv1 = nn.Conv2d(1, 1, 1)
+    conv2 = nn.Conv2d(1, 1, 2)
+    with torch.no_grad():
+        conv1.weight.fill_(2.0)
+        conv1.bias.fill_(-1.0)
+        conv2.weight.copy_(torch.tensor(conv2_weight, dtype=torch.float32).reshape(1, 1, 2, 2))
+        conv2.bias.fill_(conv2_bias)
+    layers = dict(conv1=conv1, relu1=nn.ReLU(), pool1=nn.MaxPool2d(3, 1), conv2=conv2, relu2=nn.ReLU())
+    return nn.Sequential(OrderedDict(layers)).eval()
+
+
+HAND_INPUT = torch.tensor([[0, 1, 0, 0], [0, 2, 3, 0], [0, 0, 1, 0], [0, 0, 0, 0]], dtype=torch.float32)
+
+
+def test_hand_weighted_net_gives_the_exact_projection():
+    # relu1 = [[0,1,0,0],[0,3,5,0],[0,0,1,0],[0]*4]; every 3x3 window's max is the 5 at (1, 2), so
+    # pool1 = 5 everywhere and conv2 = 5*(1 - 1 + 2 + 0) + 0.5 = 10.5. Down: 10.5 * W^T spreads
+    # (10.5, -10.5, 21, 0) over the four pooled cells, unpooling adds them at (1, 2): 21, ReLU keeps
+    # 21, conv1^T multiplies by 2: 42 at (1, 2) and zero elsewhere.
+    x = HAND_INPUT.reshape(1, 1, 4, 4)
+    proj, value, where = project_with_values(hand_net([[1, -1], [2, 0]]), x, "conv2", 0)
+    expected = torch.zeros(1, 1, 4, 4)
+    expected[0, 0, 1, 2] = 42.0
+    assert float(value) == 10.5 and where.tolist() == [[0, 0]]
+    assert torch.equal(proj, expected)
+    # With W = [[1, -3], [0, 0]] and bias 15, conv2 = 5 * (1 - 3) + 15 = 5; the shared switch collects
+    # 5 - 15 = -10 and the deconvnet's ReLU zeroes it. An overwriting unpool (nn.MaxUnpool2d) would
+    # keep one of the four values instead of their sum, and give 10 or -30 before the ReLU.
+    net = hand_net([[1, -3], [0, 0]], conv2_bias=15.0)
+    proj, value, _ = project_with_values(net, x, "relu2", 0)
+    assert float(value) == 5.0 and torch.equal(proj, torch.zeros(1, 1, 4, 4))
+
+
+def test_unpool_adds_contributions_of_cells_sharing_a_switch():
+    x = HAND_INPUT.reshape(1, 1, 4, 4) * 2 - 1
+    _, switches = F.max_pool2d(x, 3, 1, return_indices=True)
+    signal = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2)
+    out = unpool(signal, switches, x.shape)
+    assert out[0, 0, 1, 2] == 10.0 and out.sum() == 10.0
+    assert F.max_unpool2d(signal, switches, 3, 1, output_size=(4, 4)).sum() < 10.0  # overwrites
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_unpool_equals_max_unpool_when_pools_do_not_overlap(kernel):
+    x = torch.randn(3, 5, 4 * kernel, 4 * kernel)
+    pooled, switches = F.max_pool2d(x, kernel, kernel, return_indices=True)
+    signal = torch.randn_like(pooled)
+    expected = F.max_unpool2d(signal, switches, kernel, kernel, output_size=x.shape[-2:])
+    assert torch.equal(unpool(signal, switches, x.shape), expected)
+
+
+# --- oracles ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", ["conv1", "pool1", "conv2", "conv3", "relu4", "conv5", "pool5", "fc6", "fc8"])
+def test_zfnet_without_normalization_equals_the_autograd_oracle(layer):
+    model = small_zfnet(norm=False)
+    x = torch.randn(3, 3, 64, 64)
+    channel = 5
+    assert_close(project(model, x, layer, channel), oracle(model, x, layer, strongest_seed(channel)))
+
+
+@pytest.mark.parametrize("layer", ["conv2", "conv5"])
+def test_whole_map_projection_equals_the_autograd_oracle(layer):
+    model = small_zfnet(norm=False)
+    x = torch.randn(2, 3, 64, 64)
+    assert_close(project(model, x, layer, 7, position="all"), oracle(model, x, layer, whole_map_seed(7)))
+
+
+def test_normalization_layers_pass_through_by_default_or_backpropagate():
+    model = small_zfnet(norm=True)
+    x = torch.randn(2, 3, 64, 64)
+    for norm in ("pass", "backprop"):
+        expected = oracle(model, x, "conv3", strongest_seed(2), lrn=norm)
+        assert_close(project(model, x, "conv3", 2, norm=norm), expected)
+    passed = project(model, x, "conv3", 2)
+    assert not torch.allclose(passed, project(model, x, "conv3", 2, norm="backprop"))
+
+
+def test_the_papers_alexnet_replication_with_lrn_before_pooling():
+    model = build_model("alexnet", num_classes=10, input_size=64, width=0.25, fc_dims=64, init="kaiming").eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert_close(project(model, x, "conv5", 1), oracle(model, x, "conv5", strongest_seed(1)))
+
+
+@pytest.fixture(scope="module")
+def tv_alexnet():
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    return alexnet(weights=None).eval()  # random weights, in-place ReLUs, functional flatten
+
+
+@pytest.mark.parametrize(
+    "size,layer",
+    [(224, "features.10"), (224, "classifier.4"), (100, "classifier.1"), (100, "features.3")],
+)
+def test_torchvision_alexnet_equals_the_autograd_oracle(tv_alexnet, size, layer):
+    # At 224 px the adaptive pool keeps 6x6 (identity); at 100 px it spreads 2x2 evenly over 6x6.
+    x = torch.randn(1 if size == 224 else 2, 3, size, size)
+    channel = 11
+    assert_close(project(tv_alexnet, x, layer, channel), oracle(tv_alexnet, x, layer, strongest_seed(channel)))
+    assert hooks_left(tv_alexnet) == 0
+
+
+@pytest.mark.slow
+def test_torchvision_vgg16_equals_the_autograd_oracle():
+    from torchvision.models import vgg16
+
+    model = vgg16(weights=None).eval()
+    x = torch.randn(1, 3, 48, 48)  # features end at 1x1: the adaptive pool spreads it over 7x7
+    for layer in ("features.28", "classifier.0"):
+        assert_close(project(model, x, layer, 3), oracle(model, x, layer, strongest_seed(3)))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Captum announces its ReLU hooks on every call
+def test_captum_neuron_deconvolution_agrees(tv_alexnet):
+    captum_attr = pytest.importorskip("captum.attr")
+    net = tv_alexnet
+    relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
+    x = torch.randn(2, 3, 224, 224)
+    # conv5's ReLU, in a map active in both images: with a positive value, seeding with 1 or the value agree.
+    layer = "features.11"
+    with torch.no_grad():
+        channel = int(net.features[:12](x).amax(dim=(2, 3)).min(dim=0).values.argmax())
+    ours, values, where = project_with_values(net, x, layer, channel)
+    assert (values > 0).all()
+    deconv = captum_attr.NeuronDeconvolution(net, net.get_submodule(layer))
+    try:
+        for module in relus:
+            module.inplace = False  # Captum's backward hooks refuse in-place modules
+        for i in range(len(x)):
+            y, w = where[i].tolist()
+            theirs = deconv.attribute(x[i : i + 1], neuron_selector=(channel, y, w))
+            # Captum seeds the neuron with 1; the paper (and we) seed it with its value.
+            assert_close(ours[i : i + 1], theirs * values[i])
+    finally:
+        for module in relus:
+            module.inplace = True
+
+
+# --- properties and mistakes -----------------------------------------------------------------------
+
+
+def test_batching_and_per_image_channels_do_not_change_a_projection():
+    model = small_zfnet()
+    x = torch.randn(4, 3, 64, 64)
+    channels = torch.tensor([0, 3, 3, 9])
+    batched = project(model, x, "conv4", channels)
+    for i in range(4):
+        single = project(model, x[i : i + 1], "conv4", int(channels[i]))
+        torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-5, atol=1e-6)
+
+
+def test_a_chosen_position_equals_the_strongest_when_it_is_the_argmax():
+    model = small_zfnet()
+    x = torch.randn(2, 3, 64, 64)
+    proj, _, where = project_with_values(model, x, "conv3", 4)
+    assert torch.equal(project(model, x, "conv3", 4, position=where), proj)
+    first = project(model, x[:1], "conv3", 4, position=tuple(where[0].tolist()))
+    torch.testing.assert_close(first, proj[:1], rtol=1e-5, atol=1e-6)  # batch of 1 vs 2: other conv kernels
+
+
+def test_hooks_are_gone_and_mode_restored_after_return_and_after_an_error():
+    model = small_zfnet().train()
+    model.drop6.eval()  # a part frozen in eval mode stays so
+    x = torch.randn(1, 3, 64, 64)
+    project(model, x, "conv2", 0)
+    assert hooks_left(model) == 0 and model.training and model.conv1.training and not model.drop6.training
+    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    with pytest.raises(UserError, match="BatchNorm2d"):
+        project(bad, x, "2", 0)
+    assert hooks_left(bad) == 0
+
+
+def test_mistakes_are_one_line_user_errors():
+    model = small_zfnet()
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(UserError, match="unknown layer 'conv9'; choose one of: conv1, relu1"):
+        project(model, x, "conv9", 0)
+    with pytest.raises(UserError, match="channel must lie in 0..23"):
+        project(model, x, "conv1", 24)
+    with pytest.raises(UserError, match="norm mode"):
+        project(model, x, "conv1", 0, norm="skip")
+    with pytest.raises(UserError, match="position"):
+        project(model, x, "conv1", 0, position="max")
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.conv(x) + x)
+
+    with pytest.raises(UserError, match="not a plain chain"):
+        project(Residual(), x, "relu", 0)
+
+
+# --- Fig. 6 numbers ----------------------------------------------------------------------------------
+
+
+def test_architecture_numbers_on_hand_made_filters():
+    from zfviz.viz.architecture import alias_energy, dead_fraction, high_frequency_energy, rms_dominance
+
+    bank = torch.ones(4, 1, 2, 2) * torch.tensor([1.0, 1.0, 1.0, 3.0])[:, None, None, None]
+    assert rms_dominance(bank) == pytest.approx(3.0)
+    assert dead_fraction(torch.tensor([0.0, -1.0, 2.0, 0.5])) == 0.5
+    x = torch.arange(64, dtype=torch.float64)
+    slow = torch.cos(2 * torch.pi * x / 16).expand(64, 64)  # 1/16 cycle per pixel, along columns
+    fast = torch.cos(2 * torch.pi * x * 3 / 8).expand(64, 64)  # 3/8 cycle per pixel
+    mixed = (slow + fast)[None, None]
+    assert float(alias_energy(mixed, stride=1)) == pytest.approx(0.0, abs=1e-12)  # nothing above 1/2
+    assert float(alias_energy(mixed, stride=2)) == pytest.approx(0.5)  # 3/8 > 1/4 aliases, 1/16 does not
+    assert float(alias_energy(slow[None, None], stride=4)) == pytest.approx(0.0, abs=1e-12)  # 1/16 < 1/8
+    assert float(high_frequency_energy(fast.T[None])) == pytest.approx(1.0)  # along rows: the max-norm sees it
+    assert float(high_frequency_energy(torch.full((1, 8, 8), 3.0))) == 0.0  # flat: no energy at all

@@ -1,0 +1,110 @@
+"""``zfviz viz architecture``: Fig. 6 (Section 4.1), AlexNet's layers 1-2 against ZFNet's, and clipping.
+
+Panels: layer-1 filters of AlexNet and ZFNet (and of a ZFNet trained with and without filter RMS
+clipping, when given), and layer-2 projections (each shown map's strongest activation over the
+split). The CSV puts numbers on what the paper reads off the picture (see ``zfviz.viz.architecture``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from zfviz.commands.viz_deconv import load_data, load_net, out_dir, pick_maps, save_arrays, split_images
+from zfviz.errors import UserError
+from zfviz.plotting import plt
+from zfviz.plotting.deconv import architecture_figure, as_image_channels
+from zfviz.results import save_figure, write_table
+from zfviz.utils import resolve_device
+from zfviz.viz.architecture import alias_energy, dead_fraction, high_frequency_energy, rms_dominance
+from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+
+# What Fig. 6 shows by eye, beside our numbers for the same nets.
+PAPER = {
+    "alexnet": "(b) mix of very high and low frequencies, dead filters; (d) aliasing from stride 4",
+    "zfnet": "(c) 7x7 stride 2: fewer dead filters, more mid frequencies; (e) cleaner, no aliasing",
+    "zfnet, no clipping": "(a) without feature scale clipping one filter dominates",
+    "zfnet, clipping": "trained with clipping (the paper's recipe)",
+}
+
+
+def run(cfg: DictConfig) -> dict:
+    v = cfg.viz
+    if not v.alexnet:
+        raise UserError("set viz.alexnet=path/to/checkpoint.pt (an AlexNet 'zfviz train' checkpoint) to compare")
+    if bool(v.clipped) != bool(v.unclipped):
+        raise UserError(
+            "give both viz.clipped and viz.unclipped (ZFNets trained with and without clip_rms), or neither"
+        )
+    device = resolve_device(cfg.device)
+    # label -> (checkpoint path, the key that set it, for error messages)
+    nets = {"alexnet": (v.alexnet, "viz.alexnet"), "zfnet": (cfg.checkpoint, "checkpoint")}
+    if v.clipped:
+        nets |= {"zfnet, no clipping": (v.unclipped, "viz.unclipped"), "zfnet, clipping": (v.clipped, "viz.clipped")}
+    start = time.perf_counter()
+    datasets: dict[str, tuple] = {}
+    rows, filters, projections, arrays, sources = [], {}, {}, {}, []
+    for label, (path, what) in nets.items():
+        model, ckpt = load_net(path, device, what)
+        config = ckpt["config"]
+        key = json.dumps([config["data"], config["model"]["input_size"]], sort_keys=True, default=str)
+        if key not in datasets:
+            datasets[key] = split_images(load_data(ckpt, cfg), v.split, v.limit, device)
+        images, prepare = datasets[key]
+        conv1 = model.get_submodule("conv1")
+        weight = conv1.weight.detach().cpu()
+        if images.shape[1] == 1:
+            weight = weight.sum(dim=1, keepdim=True)  # gray data: the filter the image actually meets
+        row = {
+            "net": label,
+            "model": config["model"]["name"],
+            "conv1": f"{conv1.kernel_size[0]}x{conv1.kernel_size[1]} stride {conv1.stride[0]}",
+            "clip_rms": config["trainer"].get("clip_rms"),
+            "epochs": ckpt["epoch"],
+            "l1_filters": weight.shape[0],
+            "l1_rms_dominance": rms_dominance(weight),
+            "l1_alias_energy": float(alias_energy(weight, conv1.stride[0]).mean()),
+        }
+        filters[label] = weight.numpy()
+        compare = label in ("alexnet", "zfnet")  # layer 2 and dead filters: the AlexNet-vs-ZFNet panels
+        layers = ["relu1", v.layer2] if compare else ["relu1"]
+        tops = top_activations(model, ordered_batches(images, prepare, v.batch_size), layers, k=1)
+        row["l1_dead_frac"] = dead_fraction(tops["relu1"].values[:, 0])
+        if compare:
+            out = project_top(model, v.layer2, tops[v.layer2], images, prepare, batch_size=v.batch_size, norm=v.norm)
+            proj = as_image_channels(out.projection[:, 0].numpy(), images.shape[1])
+            patch = out.patch[:, 0].float()
+            alive = out.values[:, 0] > 0  # a map that never fires projects nothing
+            row["l2_maps_alive"] = int(alive.sum())
+            row["l2_proj_hf_energy"] = float(high_frequency_energy(proj[alive.numpy()], v.cutoff).mean())
+            row["l2_patch_hf_energy"] = float(high_frequency_energy(patch[alive], v.cutoff).mean())
+            shown = pick_maps(v.maps, out.maps.numel(), cfg.seed, label)
+            projections[label] = proj[shown]
+            arrays[f"{label}/l2_projection"] = proj
+            arrays[f"{label}/l2_values"] = out.values[:, 0].numpy()
+            arrays[f"{label}/l2_shown"] = np.array(shown)
+        arrays[f"{label}/l1_filters"] = weight.numpy()
+        arrays[f"{label}/l1_max_activation"] = tops["relu1"].values[:, 0].numpy()
+        row["val_top1_err"] = ckpt.get("metrics", {}).get("val_top1_err")
+        row["paper_fig6"] = PAPER[label]
+        row["checkpoint"] = str(path)
+        rows.append(row)
+        sources.append({"net": label, "checkpoint": str(path), "epoch": ckpt["epoch"], "config": config})
+    df = pd.DataFrame(rows)
+    target = out_dir(cfg)
+    elapsed = time.perf_counter() - start
+    write_table(df, target / f"{v.stem}.csv", sources=sources, wall_time_s=round(elapsed, 2))
+    names = {"alexnet": "AlexNet", "zfnet": "ZFNet", "zfnet, no clipping": "ZFNet, no clipping"}
+    titled = {names.get(k, "ZFNet, clipping 0.1" if "clipping" in k else k): w for k, w in filters.items()}
+    fig = architecture_figure(titled, {names[k]: p for k, p in projections.items()}, title="Fig. 6: layers 1-2")
+    save_figure(fig, target / f"{v.stem}.png")
+    plt.close(fig)
+    save_arrays(target / f"{v.stem}.npz", **arrays)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(df.drop(columns=["checkpoint", "paper_fig6"]).to_string(index=False))
+    print(f"wrote {target / v.stem}.csv, .png and .npz ({elapsed:.1f} s)")
+    return {"rows": rows, "out": str(target / f"{v.stem}.csv")}

@@ -1,0 +1,57 @@
+"""``zfviz viz top9``: Fig. 2, the top 9 activations of feature maps over a data set (Section 2.1).
+
+One streaming pass over the split finds, for every map of every chosen layer, its 9 strongest
+activations (one per image); then a subset of maps is projected and cropped to the receptive field.
+Writes ``<stem>.png`` (one panel per layer) and ``<stem>.npz`` (the raw arrays, keys ``<layer>/...``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from omegaconf import DictConfig
+
+from zfviz.commands.viz_deconv import load_data, load_net, out_dir, pick_maps, save_arrays, split_images
+from zfviz.errors import UserError
+from zfviz.plotting import plt
+from zfviz.plotting.deconv import as_image_channels, top9_figure
+from zfviz.results import save_figure
+from zfviz.utils import resolve_device
+from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+
+
+def run(cfg: DictConfig) -> dict:
+    v = cfg.viz
+    if not v.layers:
+        raise UserError("viz.layers is empty; name at least one layer, e.g. viz.layers=[conv2,conv5]")
+    device = resolve_device(cfg.device)
+    model, ckpt = load_net(cfg.checkpoint, device)
+    images, prepare = split_images(load_data(ckpt, cfg), v.split, v.limit, device)
+    start = time.perf_counter()
+    tops = top_activations(model, ordered_batches(images, prepare, v.batch_size), list(v.layers), k=v.k)
+    search_s = time.perf_counter() - start
+    panels, arrays = {}, {}
+    for layer in v.layers:
+        top = tops[layer]
+        maps = pick_maps(v.maps, top.maps, cfg.seed, layer)
+        out = project_top(model, layer, top, images, prepare, maps, batch_size=v.batch_size, norm=v.norm)
+        projection = out.projection.numpy()
+        panels[layer] = {
+            "projection": as_image_channels(projection, images.shape[1]),
+            "patch": out.patch.numpy(),
+            "maps": out.maps.numpy(),
+        }
+        for key in ("maps", "values", "image", "position", "corner", "projection", "patch"):
+            arrays[f"{layer}/{key}"] = getattr(out, key).numpy()
+        # Every map's top k, not only the shown ones: the search result itself.
+        arrays[f"{layer}/all_values"], arrays[f"{layer}/all_image"] = top.values.numpy(), top.image.numpy()
+        arrays[f"{layer}/all_position"] = top.position.numpy()
+    folder = out_dir(cfg)
+    title = f"Top {v.k} activations over {len(images)} {v.split} images ({ckpt['config']['model']['name']})"
+    fig = top9_figure(panels, title=title)
+    save_figure(fig, folder / f"{v.stem}.png")
+    plt.close(fig)
+    save_arrays(folder / f"{v.stem}.npz", **arrays)
+    total_s = time.perf_counter() - start
+    print(f"searched {len(images)} images in {search_s:.1f} s; wrote {folder / v.stem}.png and .npz ({total_s:.1f} s)")
+    return {"images": len(images), "layers": list(v.layers), "search_s": search_s, "out": str(folder / f"{v.stem}.png")}

@@ -1,0 +1,174 @@
+"""Fig. 2's top 9 and Fig. 4's strongest activation: one streaming pass, then deconvnet projections.
+
+Section 2.1 / Fig. 2: "for a given feature map, we show the top 9 activations, each projected
+separately down to pixel space", next to the image patch that caused each. Each image counts once
+per map (its strongest cell), as in the paper's grids of nine different images.
+
+The pass over the data set keeps, per map of each chosen layer, only the running top ``k``
+(value, image index, position): memory proportional to maps x k, whatever the data set size.
+Each batch's per-image maxima are merged into the running top with a stable sort, so ties go to
+the earlier image and the result does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from zfviz.errors import UserError
+from zfviz.viz.deconv import evaluating, get_layer, project_with_values
+from zfviz.viz.receptive_field import crop, receptive_field, windows
+
+
+@dataclass
+class TopK:
+    """Per map, the ``k`` strongest activations, strongest first (fewer if the data set is smaller)."""
+
+    values: Tensor  # (maps, k) float
+    image: Tensor  # (maps, k) index of the image in the order the batches came
+    position: Tensor  # (maps, k, 2) (y, x) in the layer's map; (0, 0) for a fully connected layer
+
+    @property
+    def maps(self) -> int:
+        return self.values.shape[0]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _merge(running: TopK | None, values: Tensor, flat: Tensor, first: int, width: int, k: int) -> TopK:
+    """Merge one batch's per-image maxima ``values``/``flat`` (N, maps) into the running top ``k``."""
+    n = values.shape[0]
+    images = torch.arange(first, first + n).expand(values.shape[1], n)
+    cand_v, cand_i = values.T.float().cpu(), images
+    cand_p = torch.stack([flat.T // width, flat.T % width], dim=-1).cpu()
+    if running is not None:
+        # Running entries come first: they hold earlier images, so a stable sort breaks ties by index.
+        cand_v = torch.cat([running.values, cand_v], dim=1)
+        cand_i = torch.cat([running.image, cand_i], dim=1)
+        cand_p = torch.cat([running.position, cand_p], dim=1)
+    order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, :k]
+    return TopK(
+        cand_v.gather(1, order),
+        cand_i.gather(1, order),
+        cand_p.gather(1, order[..., None].expand(-1, -1, 2)),
+    )
+
+
+def top_activations(model: nn.Module, batches: Iterable[Tensor], layers: Sequence[str], k: int = 9) -> dict[str, TopK]:
+    """Stream ``batches`` (float images, data set order) through ``model``; per layer, the top ``k`` per map.
+
+    The forward pass stops once every chosen layer has produced its output; hooks are removed
+    and the train/eval mode restored when this returns or raises.
+    """
+    if k < 1:
+        raise UserError(f"k must be at least 1, got {k}")
+    targets = {name: get_layer(model, name) for name in layers}
+    running: dict[str, TopK | None] = dict.fromkeys(layers)
+    seen: dict[str, tuple[Tensor, Tensor, int]] = {}
+
+    def hook(name: str, output) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        # Reduce at once: an in-place ReLU after this layer would change the tensor later.
+        flat = out.detach().reshape(out.shape[0], out.shape[1], -1)
+        values, index = flat.max(dim=2)
+        seen[name] = (values, index, out.shape[-1] if out.dim() == 4 else 1)
+        if len(seen) == len(targets):
+            raise _Stop
+
+    handles = []
+    first = 0
+    try:
+        for name, module in targets.items():
+            handles.append(module.register_forward_hook(lambda m, i, o, name=name: hook(name, o)))
+        with evaluating(model), torch.no_grad():
+            for batch in batches:
+                seen.clear()
+                try:
+                    model(batch)
+                except _Stop:
+                    pass
+                missing = sorted(set(targets) - set(seen))
+                if missing:
+                    raise UserError(f"layer(s) {', '.join(missing)} are never called by the model's forward pass")
+                for name, (values, index, width) in seen.items():
+                    running[name] = _merge(running[name], values, index, first, width, k)
+                first += len(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if first == 0:
+        raise UserError("no images to search: the data set is empty")
+    return running
+
+
+def ordered_batches(images: Tensor, prepare: Callable[[Tensor], Tensor], batch_size: int) -> Iterator[Tensor]:
+    """``prepare(images[i:i+batch_size])`` in data set order (uint8 stored -> float model input)."""
+    for start in range(0, len(images), batch_size):
+        yield prepare(images[start : start + batch_size])
+
+
+@dataclass
+class Projections:
+    """The projections of a ``TopK`` (maps, k) and the image patches under their receptive fields."""
+
+    maps: Tensor  # (M,) map indices
+    values: Tensor  # (M, k)
+    image: Tensor  # (M, k)
+    position: Tensor  # (M, k, 2)
+    corner: Tensor  # (M, k, 2) top-left of the crop in the image
+    projection: Tensor  # (M, k, C, h, w) deconvnet output, cropped to the receptive field
+    patch: Tensor  # (M, k, C_img, h, w) the stored image, same crop
+
+
+def project_top(
+    model: nn.Module,
+    layer: str,
+    top: TopK,
+    images: Tensor,
+    prepare: Callable[[Tensor], Tensor],
+    maps: Sequence[int] | None = None,
+    *,
+    batch_size: int = 64,
+    norm: str = "pass",
+) -> Projections:
+    """Project every kept activation of ``maps`` (default: all) and crop it and its image to the field.
+
+    ``images`` are the stored images the indices in ``top`` refer to, ``prepare`` turns a batch
+    of them into model input. Projections run in batches of ``batch_size`` (map, rank) pairs, each
+    with its own map and position.
+    """
+    maps_t = torch.arange(top.maps) if maps is None else torch.as_tensor(list(maps), dtype=torch.long)
+    if len(maps_t) and (maps_t.min() < 0 or maps_t.max() >= top.maps):
+        raise UserError(f"maps must lie in 0..{top.maps - 1} for layer {layer}")
+    k = top.values.shape[1]
+    image_idx = top.image[maps_t].reshape(-1)
+    position = top.position[maps_t].reshape(-1, 2)
+    channel = maps_t[:, None].expand(-1, k).reshape(-1)
+    sample = prepare(images[:1])
+    field = receptive_field(model, layer, tuple(sample.shape[1:]))
+    corner = windows(field, position)
+    device = sample.device
+    projections, patches = [], []
+    for start in range(0, len(image_idx), batch_size):
+        part = slice(start, start + batch_size)
+        stored = images[image_idx[part]]
+        proj, _, _ = project_with_values(
+            model, prepare(stored), layer, channel[part].to(device), position[part].to(device), norm=norm
+        )
+        projections.append(crop(proj.cpu(), corner[part], field.window))
+        patches.append(crop(stored, corner[part], field.window))
+    shape = (len(maps_t), k)
+    return Projections(
+        maps=maps_t,
+        values=top.values[maps_t],
+        image=top.image[maps_t],
+        position=top.position[maps_t],
+        corner=corner.reshape(*shape, 2),
+        projection=torch.cat(projections).reshape(*shape, *projections[0].shape[1:]),
+        patch=torch.cat(patches).reshape(*shape, *patches[0].shape[1:]),
+    )
