@@ -45,3 +45,24 @@ def fmnist_dir(tmp_path: Path) -> Path:
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return tmp_path
+
+
+@pytest.fixture
+def viz_checkpoint(fmnist_dir: Path) -> Path:
+    """An untrained small ZFNet checkpoint (64 px, cpu preset) whose config points at ``fmnist_dir``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from zfviz.checkpoint import save_checkpoint
+    from zfviz.commands import CONFIG_DIR
+    from zfviz.models import build_model
+
+    overrides = ["debug=fast", f"data.root={fmnist_dir}", "model.width=0.25", "model.fc_dims=64"]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["num_classes"] = 10
+    kwargs = {k: v for k, v in config["model"].items() if k != "name"}
+    path = fmnist_dir / "checkpoint.pt"
+    save_checkpoint(path, build_model("zfnet", num_classes=10, **kwargs), config, epoch=1)
+    return path

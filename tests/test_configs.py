@@ -82,7 +82,7 @@ def zfviz(*args: str) -> subprocess.CompletedProcess:
         (["ablate", "drop=fc9"], "cannot drop fc9"),
         (["train", "data.root=/nonexistent/fm"], "no Fashion-MNIST IDX files in /nonexistent/fm"),
         (["fly"], "unknown command 'fly'; choose one of: train, ablate, transfer, viz"),
-        (["transfer"], "not implemented yet"),
+        (["transfer", "head=knn"], "unknown head 'knn' for caltech101; choose from: softmax, svm, scratch"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_non_zero(args, message):
@@ -111,3 +111,13 @@ def test_viz_without_a_method_names_the_methods():
     result = zfviz("viz")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("zfviz: error: name a method: zfviz viz <method>")
+
+
+def test_viz_method_keys_need_no_prefix():
+    from zfviz.cli import scope_method_keys
+
+    args = ["viz=deconv", "layer=conv4", "viz.maps=3", "checkpoint=c.pt", "seed=1", "+position=all"]
+    assert scope_method_keys(args) == [
+        "viz=deconv", "viz.layer=conv4", "viz.maps=3", "checkpoint=c.pt", "seed=1", "+viz.position=all"
+    ]  # fmt: skip
+    assert scope_method_keys(["viz=nosuch", "layer=1"]) == ["viz=nosuch", "layer=1"]

@@ -1,16 +1,241 @@
-"""``zfviz transfer``: not implemented yet (see ``zfviz.commands.pending``)."""
+"""``zfviz transfer``: Caltech-101/256 and PASCAL VOC 2012 with the frozen layers 1-7 (Section 5.2).
+
+Caltech (Tables 4, 5, Fig. 9): for every N in ``n_per_class`` and every split, each head is
+trained on N images per class and scored by the mean of per-class accuracies on the test images.
+PASCAL (Table 6): each head is trained on the training split, and scored by per-class AP and mAP.
+With ``root=null`` the data are the cpu preset's stand-ins built from scikit-learn's digits.
+Writes ``rows.csv`` (one row per split or class), ``summary.csv`` (mean and std over splits) and
+``run.json`` (provenance) to the run folder.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import hydra
-from omegaconf import DictConfig
+import numpy as np
+import pandas as pd
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
+from zfviz.checkpoint import model_from_checkpoint
 from zfviz.commands import CONFIG_DIR, guarded
-from zfviz.commands.pending import not_yet
+from zfviz.errors import UserError
+from zfviz.features import LAYERS, FeatureCache, ImageSet, cached_features, file_sha256, source_preprocess
+from zfviz.models import build_model
+from zfviz.transfer import (
+    fit_softmax,
+    fit_svm,
+    head_scores,
+    mean_per_class_accuracy,
+    per_class_ap,
+    predict,
+    split_per_class,
+    train_scratch,
+)
+from zfviz.utils import atomic_write_text, git_state, resolve_device, seed_everything, versions
+
+DATASETS = ("caltech101", "caltech256", "pascal2012")
+HEADS = {"caltech": ("softmax", "svm", "scratch"), "pascal": ("softmax", "multilabel", "svm")}
+TEST_PER_CLASS = {"caltech101": 50, "caltech256": None}
 
 
-def run(cfg: DictConfig) -> None:
-    not_yet("transfer", cfg)
+def as_list(value) -> list:
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_choices(cfg: DictConfig) -> tuple[str, list[str]]:
+    """(``caltech`` or ``pascal``, the heads), or a UserError naming the valid choices."""
+    if cfg.dataset not in DATASETS:
+        raise UserError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    kind = "pascal" if cfg.dataset == "pascal2012" else "caltech"
+    heads = [str(h) for h in as_list(cfg.head)]
+    bad = [h for h in heads if h not in HEADS[kind]]
+    if bad:
+        raise UserError(f"unknown head {bad[0]!r} for {cfg.dataset}; choose from: {', '.join(HEADS[kind])}")
+    if cfg.layer not in LAYERS:
+        raise UserError(f"unknown layer {cfg.layer!r}; choose one of: {', '.join(LAYERS)}")
+    if kind == "caltech" and any(int(n) < 1 for n in as_list(cfg.n_per_class)):
+        raise UserError(f"n_per_class must be 1 or more, got {as_list(cfg.n_per_class)}")
+    if not cfg.checkpoint:
+        raise UserError("set checkpoint=path/to/checkpoint.pt (a 'zfviz train' run's pretrained net)")
+    return kind, heads
+
+
+def load_sets(cfg: DictConfig, channels: int) -> tuple[list[ImageSet], str, bool]:
+    """The target data: ([all images] for Caltech, [train, test] for PASCAL), a note, stand-in or not."""
+    from zfviz.data import digits
+
+    if cfg.dataset == "pascal2012":
+        if cfg.root is None:
+            train, test = digits.digit_canvases(cfg.canvases.train, cfg.canvases.test, seed=cfg.seed)
+            return [train, test], train.note, True
+        from zfviz.data.voc import load_voc
+
+        train, test, note = load_voc(cfg.root, channels=channels)
+        return [train, test], note, False
+    if cfg.root is None:
+        images = digits.digits_caltech()
+        return [images], f"{cfg.dataset} {images.note}", True
+    from zfviz.data.caltech import load_caltech
+
+    exclude = None if cfg.exclude is None else [str(e) for e in as_list(cfg.exclude)]
+    images = load_caltech(cfg.dataset, cfg.root, exclude=exclude, channels=channels)
+    return [images], images.note, False
+
+
+def _chunks(images: ImageSet, index: np.ndarray, size: int, chunk: int = 512):
+    for start in range(0, len(index), chunk):
+        yield images.read(index[start : start + chunk], size)
+
+
+def caltech_rows(cfg, images, feats, ckpt, prep, heads, stand_in, device) -> list[dict]:
+    """One row per (head, N, split): the mean per-class accuracy in percent."""
+    if cfg.test_per_class == "auto":
+        test_cap = None if stand_in else TEST_PER_CLASS[cfg.dataset]
+    else:  # a number, or null for all the rest
+        test_cap = None if cfg.test_per_class is None else int(cfg.test_per_class)
+    model_cfg = dict(ckpt["config"]["model"])
+    name = model_cfg.pop("name")
+    data_cfg = ckpt["config"]["data"]
+    flip = (
+        (not stand_in and bool(data_cfg.get("flip", False))) if cfg.scratch.flip == "auto" else bool(cfg.scratch.flip)
+    )
+    crop_pad = round(float(data_cfg.get("crop_pad_frac", 0.0)) * prep.input_size)
+    rows = []
+    for n in [int(v) for v in as_list(cfg.n_per_class)]:
+        for split in range(int(cfg.splits)):
+            seed = int(cfg.seed) + split
+            train, test = split_per_class(
+                images.labels, n, seed=seed, test_per_class=test_cap, classes=images.classes
+            )  # fmt: skip
+            y_train, y_test = images.labels[train], images.labels[test]
+            for head in heads:
+                start = time.perf_counter()
+                if head == "softmax":
+                    fc8 = fit_softmax(feats[train], y_train, len(images.classes), seed=seed, **cfg.softmax)
+                    pred = head_scores(fc8, feats[test]).argmax(1)
+                elif head == "svm":
+                    pred = fit_svm(feats[train], y_train, C=cfg.svm.C)(feats[test]).argmax(1)
+                else:
+                    s = cfg.scratch
+                    net_s = train_scratch(
+                        lambda: build_model(name, num_classes=len(images.classes), **model_cfg),
+                        images.read(train, prep.input_size), y_train, prep, epochs=s.epochs, max_steps=s.max_steps,
+                        batch_size=s.batch_size, optim_cfg=s.optim, seed=seed, flip=flip, crop_pad=crop_pad,
+                        device=device,
+                    )  # fmt: skip
+                    pred = np.concatenate(
+                        [
+                            predict(net_s, x, prep, device=device).argmax(1)
+                            for x in _chunks(images, test, prep.input_size)
+                        ]
+                    )
+                rows.append(
+                    {
+                        "dataset": cfg.dataset, "stand_in": stand_in, "head": head, "pretrained": head != "scratch",
+                        "layer": cfg.layer if head != "scratch" else None, "n_per_class": n, "split": split,
+                        "seed": seed, "train_images": len(train), "test_images": len(test),
+                        "accuracy": 100 * mean_per_class_accuracy(y_test, pred),
+                        "wall_time_s": round(time.perf_counter() - start, 3),
+                    }
+                )  # fmt: skip
+            print(
+                f"N={n} split {split}: " + ", ".join(f"{r['head']} {r['accuracy']:.1f}%" for r in rows[-len(heads) :]),
+                flush=True,
+            )
+    return rows
+
+
+def pascal_rows(cfg, sets, feats, heads, stand_in) -> list[dict]:
+    """Per-class AP (percent) of every head on the evaluation set, and a ``mean`` row per head."""
+    train, test = sets
+    f_train, f_test = feats
+    rows = []
+    for head in heads:
+        start = time.perf_counter()
+        if head == "softmax":
+            # The paper's head: one exclusive label per image (the largest object).
+            fc8 = fit_softmax(f_train, train.labels, len(train.classes), seed=cfg.seed, **cfg.softmax)
+            scores = head_scores(fc8, f_test)
+        elif head == "multilabel":
+            fc8 = fit_softmax(
+                f_train, train.targets, len(train.classes), seed=cfg.seed, multilabel=True, ignore=train.ignore,
+                **cfg.softmax,
+            )  # fmt: skip
+            scores = head_scores(fc8, f_test)
+        else:
+            scores = fit_svm(f_train, train.targets, C=cfg.svm.C, ignore=train.ignore)(f_test)
+        ap = 100 * per_class_ap(test.targets, scores, test.ignore)
+        wall = round(time.perf_counter() - start, 3)
+        common = {"dataset": cfg.dataset, "stand_in": stand_in, "head": head, "layer": cfg.layer}
+        for k, name in enumerate(test.classes):
+            positives = int(((test.targets[:, k] == 1) & ~test.ignore[:, k]).sum())
+            rows.append({**common, "class": name, "ap": ap[k], "positives": positives, "wall_time_s": wall})
+        rows.append({**common, "class": "mean", "ap": float(np.nanmean(ap)), "positives": None, "wall_time_s": wall})
+        print(f"{head}: mAP {np.nanmean(ap):.1f}%", flush=True)
+    return rows
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation (over splits, ddof=1) per head and N."""
+    grouped = rows.groupby(["dataset", "head", "pretrained", "n_per_class"], sort=False)["accuracy"]
+    out = grouped.agg(accuracy="mean", std="std", splits="count").reset_index()
+    return out.round({"accuracy": 2, "std": 2})
+
+
+def run(cfg: DictConfig) -> dict:
+    kind, heads = check_choices(cfg)
+    start = time.perf_counter()
+    seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    net, ckpt = model_from_checkpoint(cfg.checkpoint)
+    cache = FeatureCache(cfg.features.cache_dir) if cfg.features.cache_dir else None
+    prep = source_preprocess(ckpt, cfg.checkpoint, cfg.features.cache_dir)
+    channels = 1 if ckpt["config"]["data"]["name"] == "fashion_mnist" else prep.in_chans
+    sets, note, stand_in = load_sets(cfg, channels)
+    print(f"zfviz transfer: {note}", flush=True)
+    model_key = file_sha256(cfg.checkpoint)
+    feats = []
+    if any(h != "scratch" for h in heads):
+        for images in sets:
+            feats.append(
+                cached_features(
+                    net, images, [cfg.layer], prep, model_key=model_key, cache=cache, grid=cfg.features.pool_grid,
+                    batch_size=cfg.features.batch_size, device=device,
+                )[cfg.layer]
+            )  # fmt: skip
+    else:
+        feats = [None] * len(sets)
+    if kind == "caltech":
+        rows = pd.DataFrame(caltech_rows(cfg, sets[0], feats[0], ckpt, prep, heads, stand_in, device))
+        summary = summarize(rows)
+    else:
+        rows = pd.DataFrame(pascal_rows(cfg, sets, feats, heads, stand_in))
+        summary = rows[rows["class"] == "mean"][["dataset", "head", "ap"]].rename(columns={"ap": "map"})
+    folder = Path(cfg.out_dir) if cfg.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "rows.csv", rows.to_csv(index=False))
+    atomic_write_text(folder / "summary.csv", summary.to_csv(index=False))
+    result = {
+        "dataset": cfg.dataset, "stand_in": stand_in, "note": note, "checkpoint": str(cfg.checkpoint),
+        "checkpoint_sha256": model_key, "preprocess": prep.key(),
+        "feature_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
+        "wall_time_s": round(time.perf_counter() - start, 2), **git_state(), "versions": versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }  # fmt: skip
+    atomic_write_text(folder / "run.json", json.dumps(result, indent=2, default=str))
+    with pd.option_context("display.width", 200):
+        print(summary.to_string(index=False))
+    print(f"wrote {folder}/rows.csv, summary.csv, run.json ({result['wall_time_s']:.0f} s)")
+    return {**result, "rows": rows, "summary": summary, "out": str(folder)}
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="transfer", version_base="1.3")

@@ -1,0 +1,232 @@
+"""Occlusion sensitivity (Fig. 7): a brute-force loop, Captum and a hand-weighted net as oracles.
+
+The fast path computes each occluded copy's convolutions on a rectangle and batches copies; on CPU
+float32 a batched or cropped convolution may differ from a single whole-image forward in the last
+bits, so maps are compared with ``assert_close`` at tight tolerances (atol 1e-6 on probabilities)
+and predicted classes exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from zfviz.errors import UserError
+from zfviz.models import build_model
+from zfviz.viz.occlusion import MAPS, _lrn, fill_image, grid, occlusion, resolve_layer
+
+PROB_TOL = dict(atol=1e-6, rtol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets run faster on one thread; on busy shared cores a second thread mostly waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(name: str = "zfnet", size: int = 64) -> nn.Sequential:
+    if name == "other":
+        return other_net()
+    return build_model(name, num_classes=10, input_size=size, width=0.25, fc_dims=64, init="kaiming").eval()
+
+
+def other_net() -> nn.Sequential:
+    """Batch norm, a padded strided pool, an even kernel, and an adaptive pool the fast path must paste before."""
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv2d(3, 4, 4, stride=1, padding=2))
+    net.add_module("bn1", nn.BatchNorm2d(4))
+    net.add_module("relu1", nn.ReLU())
+    net.add_module("pool1", nn.MaxPool2d(3, 2, padding=1, ceil_mode=True))
+    net.add_module("conv5", nn.Conv2d(4, 6, 3, stride=2))
+    net.add_module("relu5", nn.ReLU())
+    net.add_module("avg", nn.AdaptiveAvgPool2d(2))
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc8", nn.Linear(24, 10))
+    with torch.no_grad():
+        net.bn1.running_mean.uniform_(-0.5, 0.5)
+        net.bn1.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def brute_force(model, images, target, window, stride, fill, feature_layer):
+    """One forward per occluder position; the chosen map from a hook. Independent of the module's code."""
+    n, _, h, w = images.shape
+    seen = []
+    handle = model.get_submodule(feature_layer).register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            model(images)
+            channel = seen[-1].flatten(2).amax(dim=2).argmax(dim=1)
+            ys, xs = range(0, h - window + 1, stride), range(0, w - window + 1, stride)
+            out = {key: torch.zeros(n, len(ys), len(xs)) for key in MAPS}
+            out["top_class"] = out["top_class"].long()
+            for i in range(n):
+                for r, y in enumerate(ys):
+                    for c, x in enumerate(xs):
+                        copy = images[i : i + 1].clone()
+                        copy[..., y : y + window, x : x + window] = fill[..., y : y + window, x : x + window]
+                        probs = model(copy).softmax(dim=1)[0]
+                        out["p_true"][i, r, c] = probs[target[i]]
+                        out["top_prob"][i, r, c], out["top_class"][i, r, c] = probs.max(dim=0)
+                        out["feature_activation"][i, r, c] = seen[-1][0, channel[i]].sum()
+    finally:
+        handle.remove()
+    return out, channel
+
+
+def assert_maps_equal(got: dict, expected: dict) -> None:
+    assert_close(got["p_true"], expected["p_true"], **PROB_TOL)
+    assert_close(got["top_prob"], expected["top_prob"], **PROB_TOL)
+    assert_close(got["feature_activation"], expected["feature_activation"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(got["top_class"], expected["top_class"])
+
+
+@pytest.mark.parametrize(
+    "name,size,window,stride,fill",
+    [
+        ("zfnet", 64, 16, 12, "mean"),  # ceil-mode pools, norm after pool
+        ("alexnet", 67, 13, 11, "noise"),  # 11x11/4 conv1, norm before pool, a remainder at the border
+        ("other", 23, 5, 4, "noise"),
+    ],
+)
+def test_maps_equal_a_brute_force_loop(name, size, window, stride, fill):
+    model = tiny(name, size)
+    images = torch.randn(2, 3, size, size)
+    target = torch.tensor([3, 7])
+    fill_img = fill_image(fill, (3, size, size), seed=5)
+    expected, channel = brute_force(model, images, target, window, stride, fill_img, "relu5")
+    for fast in (True, False):
+        got = occlusion(model, images, target, window, stride, fill=fill, layer="conv5", seed=5, fast=fast)
+        assert torch.equal(got["channel"], channel)
+        assert_maps_equal(got, expected)
+
+
+@pytest.mark.parametrize("size", [5, 4])
+def test_the_sweeps_contrast_normalization_is_pytorchs_bit_for_bit(size):
+    lrn = nn.LocalResponseNorm(size, alpha=5e-4, beta=0.75, k=2.0)
+    x = torch.randn(7, 24, 5, 5).relu() * 30
+    assert torch.equal(_lrn(lrn, x), lrn(x))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(_lrn(lrn, cl), lrn(cl))
+
+
+def test_chunk_size_does_not_change_the_maps():
+    model = tiny()
+    images = torch.randn(2, 3, 64, 64)
+    target = torch.tensor([4, 9])
+    reference = occlusion(model, images, target, 16, 8, chunk_size=None)
+    assert reference["p_true"].shape == (2, 7, 7)
+    for chunk in (9, 49, 60):
+        assert_maps_equal(occlusion(model, images, target, 16, 8, chunk_size=chunk), reference)
+
+
+def test_p_true_drop_equals_captum_occlusion_with_window_equal_to_stride():
+    captum_attr = pytest.importorskip("captum.attr")
+    model = tiny()
+    images = torch.randn(2, 3, 64, 64)
+    target = torch.tensor([2, 5])
+    window = 16
+    maps = occlusion(model, images, target, window, window, fill="mean")
+    attribution = captum_attr.Occlusion(lambda x: model(x).softmax(dim=1)).attribute(
+        images, sliding_window_shapes=(3, window, window), strides=(3, window, window), baselines=0.0, target=target
+    )
+    sampled = attribution[:, 0, ::window, ::window]  # one value per window (they do not overlap)
+    assert_close(maps["p_true_clean"][:, None, None] - maps["p_true"], sampled, **PROB_TOL)
+
+
+def test_hand_weighted_net_gives_the_closed_form():
+    """conv 1x1 (weight 2) -> ReLU -> logits (12, sum of the map): p(class 1) = sigmoid(map sum - 12)."""
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv2d(1, 1, 1))
+    net.add_module("relu1", nn.ReLU())
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc8", nn.Linear(16, 2))
+    with torch.no_grad():
+        net.conv1.weight.fill_(2.0)
+        net.conv1.bias.zero_()
+        net.fc8.weight.copy_(torch.stack([torch.zeros(16), torch.ones(16)]))
+        net.fc8.bias.copy_(torch.tensor([12.0, 0.0]))
+    image = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4) / 16  # sums to 7.5
+    blocks = image[0, 0].reshape(2, 2, 2, 2).sum(dim=(1, 3))  # the 2x2 block under each occluder position
+    mean, std = torch.tensor(2.0), torch.tensor(4.0)  # black pixel = (0 - 2) / 4 = -0.5 after normalization
+    for fill, value in (("mean", 0.0), ("zero", -0.5), (0.25, 0.25)):
+        maps = occlusion(net, image, 1, window=2, stride=2, fill=fill, layer="conv1", mean=mean, std=std)
+        # The ReLU zeroes a negative fill: the map's sum is 2 * (7.5 - block) + 4 * relu(2 * fill).
+        map_sum = 2 * (image.sum() - blocks) + 4 * max(2 * value, 0.0)
+        assert_close(maps["feature_activation"][0], map_sum)
+        assert_close(maps["p_true"][0], torch.sigmoid(map_sum - 12))
+        assert torch.equal(maps["top_class"][0], (map_sum > 12).long())
+    assert maps["top_class"][0].tolist() == [[1, 1], [0, 0]]  # the fill of 0.25 adds 2: 15.75 13.75 / 11.75 10.75
+
+
+def test_nested_models_take_the_plain_path_and_agree():
+    class Wrapped(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+    model = tiny()
+    images = torch.randn(1, 3, 64, 64)
+    assert resolve_layer(Wrapped(model), "net.conv5") == "net.relu5"
+    direct = occlusion(model, images, 1, 16, 16, layer="conv5")
+    wrapped = occlusion(Wrapped(model), images, 1, 16, 16, layer="net.conv5")
+    assert_maps_equal(wrapped, direct)
+
+
+def test_model_state_and_hooks_are_restored():
+    model = tiny().train()
+    occlusion(model, torch.randn(1, 3, 64, 64), 0, 32, 32, fast=False)
+    occlusion(model, torch.randn(1, 3, 64, 64), 0, 32, 32, fast=True)
+    assert model.training
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_grid_keeps_the_occluder_inside():
+    assert grid(64, 16, 4).tolist() == list(range(0, 49, 4))
+    assert grid(10, 4, 4).tolist() == [0, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(layer="conv9"), "unknown layer 'conv9'; choose one of: conv1, relu1, pool1"),
+        (dict(layer="fc7"), r"needs a spatial \(conv\) layer"),
+        (dict(window=65), "occlusion window 65 must be between 1 and the image size 64"),
+        (dict(stride=0), "stride must be at least 1"),
+        (dict(fill="grey"), "unknown occlusion fill 'grey'; choose one of: mean, zero, noise"),
+        (dict(fill="zero"), "fill='zero' needs the input normalization"),
+    ],
+)
+def test_user_mistakes_name_the_valid_choices(kwargs, message):
+    args = dict(window=16, stride=16) | kwargs
+    with pytest.raises(UserError, match=message):
+        occlusion(tiny(), torch.randn(1, 3, 64, 64), 0, **args)
+
+
+@pytest.mark.slow
+def test_command_writes_fig7_with_deconv_projections(viz_checkpoint, tmp_path):
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from zfviz.commands import CONFIG_DIR
+    from zfviz.commands.viz_occlusion import run
+
+    overrides = [
+        "viz=occlusion", f"checkpoint={viz_checkpoint}", f"out_dir={tmp_path}", "device=cpu",
+        f"data.root={viz_checkpoint.parent}", "viz.images=[0,5]", "viz.stride=8", "viz.fill=zero",
+    ]  # fmt: skip
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="viz", overrides=overrides)
+    run(cfg)
+    saved = np.load(tmp_path / "fig7_occlusion.npz")
+    assert saved["p_true"].shape == (2, 7, 7) and saved["top_class"].shape == (2, 7, 7)
+    assert saved["origins"].tolist() == [0, 8, 16, 24, 32, 40, 48]
+    assert (tmp_path / "fig7_occlusion.png").is_file()

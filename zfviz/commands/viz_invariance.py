@@ -1,0 +1,64 @@
+"""``zfviz viz invariance``: Fig. 5, feature invariance to translation, scale and rotation (Section 4).
+
+Writes ``<stem>.csv`` (one row per image, transform and amount: the feature distance at each layer
+and p(true class)) with its ``.meta.json``, and ``<stem>.png`` (the paper's 3x4 grid).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from zfviz.commands.viz_deconv import load_data, load_net, out_dir
+from zfviz.commands.viz_occlusion import pick_images, pixels
+from zfviz.errors import UserError
+from zfviz.plotting import plt
+from zfviz.plotting.occlusion import invariance_figure
+from zfviz.results import save_figure, write_table
+from zfviz.utils import resolve_device
+from zfviz.viz.invariance import TRANSFORMS, invariance, sweep_values, transform
+
+BACKGROUNDS = ("zero", "mean")
+
+
+def run(cfg: DictConfig) -> dict:
+    v = cfg.viz
+    if v.background not in BACKGROUNDS:
+        raise UserError(f"unknown viz.background {v.background!r}; choose one of: {', '.join(BACKGROUNDS)}")
+    device = resolve_device(cfg.device)
+    model, ckpt = load_net(cfg.checkpoint, device)
+    data = load_data(ckpt, cfg)
+    loader, x, labels = pick_images(data, v.split, v.images, device)
+    # Normalized black (Fashion-MNIST's background) or the mean pixel (0 after normalization).
+    background = -loader.mean.flatten() / loader.std.flatten() if v.background == "zero" else torch.zeros(1)
+    background = background.to(device)
+    sweeps = {kind: sweep_values(v[kind]) for kind in TRANSFORMS}
+    start = time.perf_counter()
+    rows = invariance(model, x, labels, sweeps, tuple(v.layers), background)
+    wall = time.perf_counter() - start
+    df = pd.DataFrame(rows)
+    df.insert(1, "index", [int(v.images[i]) for i in df["image"]])
+    df.insert(2, "label", [data.classes[int(labels[i])] for i in df["image"]])
+    folder = out_dir(cfg)
+    source = {
+        "checkpoint": str(cfg.checkpoint),
+        "epoch": ckpt.get("epoch"),
+        "viz": OmegaConf.to_container(v, resolve=True),
+        "train_config": ckpt["config"],
+    }
+    write_table(df, folder / f"{v.stem}.csv", sources=[source], wall_time_s=round(wall, 2))
+    examples = {}
+    for kind, amounts in sweeps.items():
+        # An even spread of the sweep, applied to the first image.
+        picks = [amounts[round(j * (len(amounts) - 1) / max(1, v.examples - 1))] for j in range(v.examples)]
+        examples[kind] = [(a, pixels(transform(x[:1], kind, a, background), loader)[0]) for a in picks]
+    names = [f"{data.classes[int(labels[i])]} ({int(v.images[i])})" for i in range(len(x))]
+    title = f"Invariance ({ckpt['config']['model']['name']}, {v.background} background)"
+    fig = invariance_figure(df, examples, list(v.layers), names, x.shape[-2], title=title)
+    save_figure(fig, folder / f"{v.stem}.png")
+    plt.close(fig)
+    print(f"{len(df)} transformed images in {wall:.1f} s; wrote {folder / v.stem}.csv and .png")
+    return {"rows": len(df), "out": str(folder / f"{v.stem}.csv")}

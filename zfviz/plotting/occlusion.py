@@ -1,0 +1,159 @@
+"""Figures of the classifier probes: Fig. 7 (occlusion), Fig. 8 (correspondence), Fig. 5 (invariance).
+
+Arrays in, a matplotlib ``Figure`` out. Images come as (C, H, W) pixel values (0..255, any float),
+deconvnet projections as raw (C, H, W) arrays; tiles are drawn with the deconvnet figures' helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+from zfviz.plotting import plt
+from zfviz.plotting.deconv import mosaic, show_image, show_projection
+
+TRANSFORM_TITLES = {
+    "translate": "vertical translation (px)",
+    "scale": "scale factor",
+    "rotate": "rotation (degrees)",
+}
+
+
+def _heatmap(ax, values: np.ndarray, origins: np.ndarray, window: int, size: int, **kw):
+    """A map over occluder positions, placed in image pixels: each cell at its occluder's centre."""
+    step = float(origins[1] - origins[0]) if len(origins) > 1 else float(window)
+    lo, hi = origins[0] + window / 2 - step / 2, origins[-1] + window / 2 + step / 2
+    im = ax.imshow(values, extent=(lo, hi, hi, lo), interpolation="nearest", **kw)
+    ax.set(xlim=(0, size), ylim=(size, 0), xticks=[], yticks=[])
+    return im
+
+
+def occlusion_figure(
+    images: np.ndarray,
+    maps: dict[str, np.ndarray],
+    origins: np.ndarray,
+    window: int,
+    class_names: Sequence[str],
+    labels: Sequence[int],
+    feature_name: str,
+    projections: np.ndarray | None = None,
+    projection_titles: Sequence[str] = (),
+    projection_boxes: Sequence[Sequence[tuple[int, int] | None]] = (),
+    occluded: np.ndarray | None = None,
+    title: str = "",
+) -> Figure:
+    """The paper's 5-panel row per image: (a) input, (b) map total, (c) projections, (d) p(true), (e) top class.
+
+    ``maps`` holds (N, rows, cols) arrays; ``origins`` the occluder's top-left coordinates along an
+    axis. ``projections`` (N, k, C, H, W): the map projected for the unoccluded image then k - 1
+    occluded ones; ``projection_boxes[i][k]`` is tile k's occluder top-left corner (None = unoccluded).
+    Without projections panel (c) is left out. ``occluded``: each image occluded where p(true) is
+    lowest, shown in (a) in place of the plain image.
+    """
+    n, size = len(images), images.shape[-1]
+    panels = ["a", "b"] + (["c"] if projections is not None else []) + ["d", "e"]
+    fig, axes = plt.subplots(n, len(panels), figsize=(3.1 * len(panels), 3.0 * n), squeeze=False)
+    worst = maps["p_true"].reshape(n, -1).argmin(axis=1)
+    for i in range(n):
+        row = dict(zip(panels, axes[i], strict=True))
+        ax = row["a"]
+        ax.imshow(show_image(images[i] if occluded is None else occluded[i]))
+        if occluded is not None:  # outline the square it shows: where p(true) is lowest
+            r, c = divmod(int(worst[i]), maps["p_true"].shape[2])
+            ax.add_patch(Rectangle((origins[c] - 0.5, origins[r] - 0.5), window, window, fill=False, ec="w", lw=0.8))
+        ax.set(xticks=[], yticks=[], title=f"(a) {class_names[labels[i]]}, p={maps['p_true_clean'][i]:.2f}")
+        im = _heatmap(row["b"], maps["feature_activation"][i], origins, window, size, cmap="viridis")
+        fig.colorbar(im, ax=row["b"], fraction=0.046)
+        row["b"].set_title(f"(b) {feature_name} map {int(maps['channel'][i])}: total", fontsize=9)
+        if projections is not None:
+            tiles = [show_projection(tile) for tile in projections[i]]
+            cols = 2 if len(tiles) > 2 else len(tiles)
+            grid = [
+                tiles[k : k + cols] + [None] * (cols - len(tiles[k : k + cols])) for k in range(0, len(tiles), cols)
+            ]
+            row["c"].imshow(mosaic(grid, gap=2))
+            for k, box in enumerate(projection_boxes[i] if len(projection_boxes) else []):
+                if box is not None:
+                    y0, x0 = (k // cols) * (size + 2) + box[0], (k % cols) * (size + 2) + box[1]
+                    row["c"].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), window, window, fill=False, ec="k", lw=1))
+            row["c"].set(xticks=[], yticks=[])
+            row["c"].set_title("(c) " + " / ".join(projection_titles), fontsize=8)
+        im = _heatmap(row["d"], maps["p_true"][i], origins, window, size, cmap="magma", vmin=0, vmax=1)
+        fig.colorbar(im, ax=row["d"], fraction=0.046)
+        row["d"].set_title("(d) p(true class)", fontsize=9)
+        # Colours for the classes that occur here only, so 1000-class maps stay readable.
+        present = np.unique(maps["top_class"][i])
+        codes = np.searchsorted(present, maps["top_class"][i])
+        palette = plt.get_cmap("tab10" if len(present) <= 10 else "tab20").colors
+        cmap = ListedColormap([palette[k % len(palette)] for k in range(len(present))])
+        _heatmap(row["e"], codes, origins, window, size, cmap=cmap, vmin=-0.5, vmax=len(present) - 0.5)
+        handles = [Patch(color=cmap(k), label=class_names[int(c)]) for k, c in enumerate(present[:20])]
+        row["e"].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        row["e"].set_title("(e) most probable class", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def correspondence_figure(images: np.ndarray, occluded: dict[str, np.ndarray], title: str = "") -> Figure:
+    """Fig. 8: one row per image, the original then each occluded version (parts, then random)."""
+    columns = {"original": images, **occluded}
+    k = len(images)
+    fig, axes = plt.subplots(k, len(columns), figsize=(1.6 * len(columns), 1.6 * k + 0.4), squeeze=False)
+    for j, (name, stack) in enumerate(columns.items()):
+        for i in range(k):
+            axes[i, j].imshow(show_image(stack[i]))
+            axes[i, j].set(xticks=[], yticks=[])
+        axes[0, j].set_title(name.replace("_", " "), fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def invariance_figure(
+    rows: pd.DataFrame,
+    examples: dict[str, list[tuple[float, np.ndarray]]],
+    layers: Sequence[str],
+    image_names: Sequence[str],
+    height: int,
+    title: str = "",
+) -> Figure:
+    """Fig. 5: one row per transform; columns: examples, distance at ``layers[0]``, at ``layers[1]``, p(true).
+
+    Translations are given as fractions of the image ``height`` and drawn in pixels, as in the paper.
+    """
+    kinds = list(examples)
+    fig, axes = plt.subplots(len(kinds), 2 + len(layers), figsize=(4.0 * (2 + len(layers)), 3.2 * len(kinds)))
+    axes = np.atleast_2d(axes)
+    for r, kind in enumerate(kinds):
+        tiles = [show_image(img) for _, img in examples[kind]]
+        axes[r, 0].imshow(mosaic([tiles], gap=2))
+        axes[r, 0].set(xticks=[], yticks=[])
+        scale = height if kind == "translate" else 1
+        axes[r, 0].set_title(", ".join(f"{a * scale:.3g}" for a, _ in examples[kind]), fontsize=8)
+        axes[r, 0].set_ylabel(kind)
+        df = rows[rows["transform"] == kind]
+        columns = [f"dist_{layer}" for layer in layers] + ["p_true"]
+        ylabels = [f"Euclidean distance, {layer}" for layer in layers] + ["p(true class)"]
+        for c, (column, ylabel) in enumerate(zip(columns, ylabels, strict=True)):
+            ax = axes[r, c + 1]
+            for i, name in enumerate(image_names):
+                part = df[df["image"] == i].sort_values("amount")
+                ax.plot(part["amount"] * scale, part[column], marker=".", ms=3, label=name)
+            ax.set(xlabel=TRANSFORM_TITLES.get(kind, kind), ylabel=ylabel)
+            ax.grid(alpha=0.3)
+            if column == "p_true":
+                ax.set_ylim(-0.02, 1.02)
+        if r == 0:
+            axes[r, -1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
