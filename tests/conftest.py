@@ -11,6 +11,15 @@ import pytest
 import torch
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors run faster on one thread; on busy shared cores a second thread mostly waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

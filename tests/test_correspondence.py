@@ -23,13 +23,7 @@ from zfviz.viz.correspondence import (
 PARTS = {"toe": [40, 2, 16, 16], "heel": [44, 46, 16, 16]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets run faster on one thread; on busy shared cores a second thread mostly waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny():

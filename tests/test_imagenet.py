@@ -21,14 +21,8 @@ from zfviz.errors import UserError
 LAYOUTS = ("imagefolder", "torchvision", "torchvision_flat")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Decoding and cropping run image by image in this process (workers=0): on busy shared cores
-    # two intra-op threads per tiny tensor op cost more than they give.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Decoding and cropping run image by image in this process (workers=0): one thread is faster.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ from zfviz.models import build_model
 from zfviz.viz.invariance import IDENTITY, invariance, sweep_values, transform
 from zfviz.viz.occlusion import features
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets run faster on one thread; on busy shared cores a second thread mostly waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny():

@@ -20,13 +20,7 @@ from zfviz.viz.occlusion import MAPS, _lrn, fill_image, grid, occlusion, resolve
 PROB_TOL = dict(atol=1e-6, rtol=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets run faster on one thread; on busy shared cores a second thread mostly waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str = "zfnet", size: int = 64) -> nn.Sequential:
