@@ -43,8 +43,83 @@ FIGURES := results/table2_$(PRESET).csv
 CHECKPOINT := $(RUNS)/zfnet/checkpoint.pt
 
 # --- deconvnet figures (Figs. 2, 4, 6) ---
+# Fig. 6's clipping contrast: one short ZFNet recipe trained with and without filter RMS clipping.
+CLIP_EPOCHS ?= 5
+# Fig. 4 searches the first EVOLUTION_LIMIT training images per saved epoch (null = all).
+EVOLUTION_LIMIT_cpu := 20000
+EVOLUTION_LIMIT := $(or $(EVOLUTION_LIMIT_$(PRESET)),null)
+
+$(RUNS)/zfnet_clip/run.json: | install data
+	$(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=0.1 hydra.run.dir=$(@D)
+
+$(RUNS)/zfnet_noclip/run.json: | install data
+	$(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=null hydra.run.dir=$(@D)
+
+results/fig2_top9_$(PRESET).png: $(RUNS)/zfnet/run.json
+	$(BIN)/zfviz viz top9 checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig2_top9_$(PRESET)
+
+results/fig4_evolution_$(PRESET).png: $(RUNS)/zfnet/run.json
+	$(BIN)/zfviz viz evolution checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig4_evolution_$(PRESET) viz.limit=$(EVOLUTION_LIMIT)
+
+results/fig6_architecture_$(PRESET).csv: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(RUNS)/zfnet_clip/run.json $(RUNS)/zfnet_noclip/run.json
+	$(BIN)/zfviz viz architecture checkpoint=$(CHECKPOINT) viz.alexnet=$(RUNS)/alexnet/checkpoint.pt \
+		viz.clipped=$(RUNS)/zfnet_clip/checkpoint.pt viz.unclipped=$(RUNS)/zfnet_noclip/checkpoint.pt \
+		out_dir=results viz.stem=fig6_architecture_$(PRESET)
+
+FIGURES += results/fig2_top9_$(PRESET).png results/fig4_evolution_$(PRESET).png results/fig6_architecture_$(PRESET).csv
 
 # --- occlusion, correspondence, invariance (Figs. 5, 7, 8; Table 1) ---
+results/fig7_occlusion_$(PRESET).png: $(RUNS)/zfnet/run.json
+	$(BIN)/zfviz viz occlusion checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig7_occlusion_$(PRESET)
+
+results/table1_$(PRESET).csv: $(RUNS)/zfnet/run.json
+	$(BIN)/zfviz viz correspondence checkpoint=$(CHECKPOINT) out_dir=results viz.stem=table1_$(PRESET) \
+		viz.figure=fig8_correspondence_$(PRESET)
+
+results/fig5_invariance_$(PRESET).csv: $(RUNS)/zfnet/run.json
+	$(BIN)/zfviz viz invariance checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig5_invariance_$(PRESET)
+
+FIGURES += results/fig7_occlusion_$(PRESET).png results/table1_$(PRESET).csv results/fig5_invariance_$(PRESET).csv
+
+# --- ablations (Table 3) ---
+# One run trains every Table 3 variant; each is cached under runs/ablate/cache/<config hash>/,
+# so a re-run (delete $(ABLATE)/variants.json to force one) trains only what is missing.
+ABLATE := runs/ablate/table3_$(PRESET)
+$(ABLATE)/variants.json: | install data
+	$(BIN)/zfviz ablate experiment=table3 preset=$(PRESET) hydra.run.dir=$(ABLATE)
+
+results/table3_$(PRESET).csv: $(ABLATE)/variants.json
+	$(BIN)/python scripts/table3.py --preset $(PRESET) --out results $(ABLATE)
+
+FIGURES += results/table3_$(PRESET).csv
+
+# Table 7: linear SVM and softmax on each layer's features of the trained ZFNet (cached in runs/features).
+results/table7_$(PRESET).csv: $(RUNS)/zfnet/run.json
+	$(BIN)/python scripts/table7.py --checkpoint $(CHECKPOINT) --preset $(PRESET) --out results --cache runs/features
+
+FIGURES += results/table7_$(PRESET).csv
+
+# --- transfer (Tables 4-6, Fig. 9) ---
+# New heads on the frozen layers 1-7 of $(CHECKPOINT) (features cached in runs/features). With the
+# data roots unset the runs use the digits stand-ins; at the cpu preset both Caltech stand-ins are the
+# same digits under the same protocol, so Tables 4, 5 and Fig. 9 come from the one fig9 sweep.
+# Real data: make figures PRESET=paper CALTECH101=/data/caltech101 CALTECH256=... VOC2012=.../VOCdevkit
+TRANSFER := $(RUNS)/transfer
+TRANSFER_ROOT_table4 := $(CALTECH101)
+TRANSFER_ROOT_fig9 := $(CALTECH256)
+TRANSFER_ROOT_table6 := $(VOC2012)
+TABLE4_RUN := $(if $(filter cpu,$(PRESET)),fig9,table4)
+$(TRANSFER)/%/run.json: $(RUNS)/zfnet/run.json
+	$(BIN)/zfviz transfer experiment=$* preset=$(PRESET) checkpoint=$(CHECKPOINT) hydra.run.dir=$(@D) \
+		$(if $(TRANSFER_ROOT_$*),root=$(TRANSFER_ROOT_$*))
+
+TRANSFER_OUT := results/table4_$(PRESET).csv results/table5_$(PRESET).csv results/table6_$(PRESET).csv \
+	results/fig9_transfer_$(PRESET).png results/fig_table6_ap_$(PRESET).png
+$(TRANSFER_OUT) &: $(TRANSFER)/$(TABLE4_RUN)/run.json $(TRANSFER)/fig9/run.json $(TRANSFER)/table6/run.json
+	$(BIN)/python scripts/transfer_tables.py --preset $(PRESET) --out results --table4 $(TRANSFER)/$(TABLE4_RUN) \
+		--table5 $(TRANSFER)/fig9 --fig9 $(TRANSFER)/fig9 --table6 $(TRANSFER)/table6
+
+FIGURES += $(TRANSFER_OUT)
 
 figures: install data $(FIGURES)
 

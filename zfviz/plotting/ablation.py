@@ -1,0 +1,72 @@
+"""What each part of the net contributes: Table 3's ablation bars (Section 5.1) and Table 7's
+accuracy-per-layer lines (Section 5.3), ours beside the paper's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from zfviz.plotting import plt
+
+
+def ablation_bars(table: pd.DataFrame, title: str = "") -> Figure:
+    """Horizontal bars of ``val_top1_err`` per variant (one colour per base net); the paper's values,
+    where the variant reproduces a row of its Table 3, in a second panel (ImageNet: a different scale).
+
+    ``table`` has the columns ``zfviz.ablation.table3`` writes: label, base, val_top1_err,
+    train_top1_err, paper_val_top1_err.
+    """
+    table = table.reset_index(drop=True)
+    y = np.arange(len(table))[::-1]  # first row on top, as in the table
+    bases = list(dict.fromkeys(table["base"]))
+    colors = [f"C{bases.index(b)}" for b in table["base"]]
+    labels = [f"{b}: {lab}" for b, lab in zip(table["base"], table["label"], strict=True)]
+    fig, (ours, paper) = plt.subplots(
+        1, 2, figsize=(11, 0.32 * len(table) + 1.6), sharey=True, constrained_layout=True,
+        gridspec_kw={"width_ratios": [3, 2]},
+    )  # fmt: skip
+    ours.barh(y, table["val_top1_err"], color=colors)
+    ours.scatter(table["train_top1_err"], y, marker="|", s=120, color="k", zorder=3)
+    for yi, err in zip(y, table["val_top1_err"], strict=True):
+        ours.annotate(f"{err:.2f}", (err, yi), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    right = max(table["val_top1_err"].max(), table["train_top1_err"].max())
+    ours.set(yticks=y, xlabel="val top-1 error (%); | = train top-1 error", title="ours", xlim=(0, 1.15 * right))
+    ours.set_yticklabels(labels, fontsize=8)
+    paper_err = pd.to_numeric(table.get("paper_val_top1_err"), errors="coerce")
+    has = paper_err.notna().to_numpy()
+    paper.barh(y[has], paper_err[has], color=np.array(colors, dtype=object)[has])
+    paper.set(xlabel="val top-1 error (%)", title="paper (ImageNet 2012 val)")
+    for ax in (ours, paper):
+        ax.grid(axis="x", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def layer_accuracy_lines(summary: pd.DataFrame, title: str = "") -> Figure:
+    """Accuracy (mean +- std over splits) against layer 1..7, one line per classifier, one panel per
+    N per class; the paper's values for the matching column as dashed lines with markers.
+
+    ``summary`` has the columns ``zfviz.table7.table7`` writes.
+    """
+    ns = sorted(summary["n_per_class"].unique())
+    fig, axes = plt.subplots(1, len(ns), figsize=(5 * len(ns), 3.8), squeeze=False, constrained_layout=True)
+    for ax, n in zip(axes[0], ns, strict=True):
+        part = summary[summary["n_per_class"] == n]
+        for i, (name, rows) in enumerate(part.groupby("classifier", sort=False)):
+            color = f"C{i}"
+            std = rows["accuracy_std"].fillna(0)
+            ax.errorbar(rows["layer_index"], rows["accuracy_mean"], yerr=std, color=color, marker="o", capsize=3,
+                        label=f"{name} (ours)")  # fmt: skip
+            paper = rows.dropna(subset=["paper_accuracy"])
+            if len(paper):
+                ax.plot(paper["layer_index"], paper["paper_accuracy"].astype(float), color=color, ls="--",
+                        marker="s", mfc="none", label=f"{name} (paper, {paper['paper_dataset'].iloc[0]})")  # fmt: skip
+        ax.set(xlabel="layer", ylabel="mean per-class accuracy (%)", title=f"{n} training images per class",
+               xticks=range(1, 8))  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
