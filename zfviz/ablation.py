@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zfviz.errors import UserError
 from zfviz.models.convnets import DROPPABLE, _check_drop
-from zfviz.results import load_run, paper_table
+from zfviz.results import load_run, paper_table, run_metrics
 
 
 @dataclass(frozen=True)
@@ -204,13 +204,7 @@ def table3(entries: list[dict]) -> pd.DataFrame:
                 "parameters": summary["parameters"],
                 "preset": cfg.get("preset"),
                 "dataset": summary["data"],
-                "train_images": summary["train_images"],
-                "test_images": summary["test_images"],
-                "epochs": int(final["epoch"]),
-                "train_top1_err": final["train_top1_err"],
-                "val_top1_err": final["val_top1_err"],
-                "val_top5_err": final["val_top5_err"],
-                "wall_time_s": summary["wall_time_s"],
+                **run_metrics(summary, final),
                 "paper_row": v.paper_row if v else None,
                 "paper_train_top1_err": paper_row["train_top1_err"] if paper_row is not None else None,
                 "paper_val_top1_err": paper_row["val_top1_err"] if paper_row is not None else None,

@@ -38,6 +38,19 @@ def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
     return json.loads(summary_path.read_text()), pd.read_csv(run_dir / "metrics.csv")
 
 
+def run_metrics(summary: dict, final) -> dict:
+    """The columns every training-result table shares: data sizes, last epoch's errors, wall time."""
+    return {
+        "train_images": summary["train_images"],
+        "test_images": summary["test_images"],
+        "epochs": int(final["epoch"]),
+        "train_top1_err": final["train_top1_err"],
+        "val_top1_err": final["val_top1_err"],
+        "val_top5_err": final["val_top5_err"],
+        "wall_time_s": summary["wall_time_s"],
+    }
+
+
 def table2(run_dirs: list[str | Path]) -> pd.DataFrame:
     """Our final-epoch errors beside the matching rows of the paper's Table 2 (ImageNet val)."""
     paper = paper_table("table2_imagenet").set_index("row")
@@ -56,13 +69,7 @@ def table2(run_dirs: list[str | Path]) -> pd.DataFrame:
                 "width": cfg["model"]["width"],
                 "fc_dims": cfg["model"]["fc_dims"],
                 "parameters": summary["parameters"],
-                "train_images": summary["train_images"],
-                "test_images": summary["test_images"],
-                "epochs": int(final["epoch"]),
-                "train_top1_err": final["train_top1_err"],
-                "val_top1_err": final["val_top1_err"],
-                "val_top5_err": final["val_top5_err"],
-                "wall_time_s": summary["wall_time_s"],
+                **run_metrics(summary, final),
                 "paper_row": paper_row,
                 "paper_val_top1_err": paper.loc[paper_row, "val_top1_err"] if paper_row else None,
                 "paper_val_top5_err": paper.loc[paper_row, "val_top5_err"] if paper_row else None,
