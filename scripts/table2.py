@@ -5,22 +5,17 @@ usage: python scripts/table2.py --preset cpu --out results RUN_DIR [RUN_DIR ...]
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import pandas as pd
 
 from zfviz.errors import UserError
 from zfviz.plotting.training import training_curves
-from zfviz.results import load_run, save_figure, table2, write_table
+from zfviz.results import load_run, run_source, runs_parser, save_figure, table2, write_table
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="results")
-    parser.add_argument("runs", nargs="+")
-    args = parser.parse_args()
+    args = runs_parser(__doc__).parse_args()
     try:
         df = table2(args.runs)
         sources = []
@@ -28,7 +23,7 @@ def main() -> int:
         for run_dir in args.runs:
             summary, history = load_run(run_dir)
             histories[summary["model"]] = history
-            sources.append({k: summary[k] for k in ("model", "git_sha", "git_dirty", "wall_time_s", "config")})
+            sources.append(run_source(summary, model=summary["model"]))
     except UserError as err:
         print(f"table2: error: {err}", file=sys.stderr)
         return 2

@@ -4,45 +4,48 @@ usage: python scripts/table3.py --preset cpu --out results ABLATE_RUN_DIR [ABLAT
 
 Each ABLATE_RUN_DIR holds the ``variants.json`` a ``zfviz ablate`` run wrote (one folder for
 ``experiment=table3``, or every job folder of a ``-m`` sweep).
+
+``--repeat DIR [DIR ...]`` names the folders of a second run of the same variants (another
+``cache_dir``): results/table3_<preset>_repeat.csv then sets each row's two runs side by side, the
+yardstick for which gaps between rows are findings and which are run-to-run noise.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import pandas as pd
 
-from zfviz.ablation import read_manifests, table3
+from zfviz.ablation import read_manifests, repeat_table, table3
 from zfviz.errors import UserError
 from zfviz.plotting.ablation import ablation_bars
-from zfviz.results import load_run, save_figure, write_table
+from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="results")
-    parser.add_argument("runs", nargs="+")
+    parser = runs_parser(__doc__)
+    parser.add_argument("--repeat", nargs="+", default=[], metavar="DIR", help="a second run of the same variants")
     args = parser.parse_args()
     try:
         entries = read_manifests(args.runs)
         df = table3(entries)
-        sources = []
-        for entry in entries:
-            summary, _ = load_run(entry["cache_dir"])
-            sources.append(
-                {
-                    "variant": entry["variant"],
-                    **{k: summary[k] for k in ("git_sha", "git_dirty", "wall_time_s", "config")},
-                }
-            )
+        sources = [run_source(load_run(e["cache_dir"])[0], variant=e["variant"]) for e in entries]
+        repeats = read_manifests(args.repeat) if args.repeat else []
+        again = repeat_table(df, table3(repeats)) if repeats else None
     except UserError as err:
         print(f"table3: error: {err}", file=sys.stderr)
         return 2
     write_table(df, f"{args.out}/table3_{args.preset}.csv", sources=sources, wall_time_s=float(df["wall_time_s"].sum()))
     title = f"Table 3 ablations, {args.preset} preset ({df['dataset'].iloc[0]}, {int(df['epochs'].iloc[0])} epochs)"
     save_figure(ablation_bars(df, title=title), f"{args.out}/fig_table3_{args.preset}.png")
+    if again is not None:
+        repeat_sources = [run_source(load_run(e["cache_dir"])[0], variant=e["variant"]) for e in repeats]
+        write_table(again, f"{args.out}/table3_{args.preset}_repeat.csv", sources=sources + repeat_sources)
+        print(again.drop(columns=["run_dir", "run_dir_repeat"]).to_string(index=False))
+        print(
+            f"table3: |val top-1 diff| max {again['val_top1_diff'].abs().max():.2f}, "
+            f"mean {again['val_top1_diff'].abs().mean():.2f} points over {len(again)} variants"
+        )
     with pd.option_context("display.width", 220, "display.max_columns", 30):
         cols = ["variant", "parameters", "train_top1_err", "val_top1_err", "val_top5_err", "paper_val_top1_err"]
         print(df[cols].to_string(index=False))

@@ -75,3 +75,22 @@ def viz_checkpoint(fmnist_dir: Path) -> Path:
     path = fmnist_dir / "checkpoint.pt"
     save_checkpoint(path, build_model("zfnet", num_classes=10, **kwargs), config, epoch=1)
     return path
+
+
+@pytest.fixture
+def viz_config(viz_checkpoint: Path, tmp_path: Path):
+    """``viz_config("occlusion", "viz.stride=8")``: the composed ``zfviz viz <method>`` config for
+    ``viz_checkpoint`` on its data, writing to ``tmp_path``."""
+    from hydra import compose, initialize_config_dir
+
+    from zfviz.commands import CONFIG_DIR
+
+    def compose_viz(method: str, *overrides: str):
+        base = [
+            f"viz={method}", f"checkpoint={viz_checkpoint}", f"out_dir={tmp_path}", "device=cpu",
+            f"data.root={viz_checkpoint.parent}",
+        ]  # fmt: skip
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            return compose(config_name="viz", overrides=[*base, *overrides])
+
+    return compose_viz

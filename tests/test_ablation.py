@@ -225,6 +225,13 @@ def test_the_cache_trains_only_what_is_missing(fmnist_dir, tmp_path, monkeypatch
     row = table.set_index("variant").loc["alexnet_no3467"]
     assert (row["paper_val_top1_err"], row["paper_val_top5_err"], row["parameters"]) == (71.3, 50.1, 84_778)
     assert pd.isna(table.set_index("variant").loc["zfnet_no67", "paper_val_top1_err"])
+    # Trained again (a fresh cache), a variant's row sits beside its first run; one in one run only drops out.
+    again = ablate_command.run(_tiny(fmnist_dir, tmp_path / "cache2", "variant=[zfnet_no67]"), tmp_path / "e")
+    repeat = ablation.repeat_table(table, ablation.table3(again))
+    assert list(repeat["variant"]) == ["zfnet_no67"]
+    assert repeat["val_top1_err_repeat"].iloc[0] == again[0]["val_top1_err"]
+    assert repeat["val_top1_diff"].iloc[0] == round(again[0]["val_top1_err"] - first[0]["val_top1_err"], 2)
+    assert repeat["run_dir_repeat"].iloc[0] == again[0]["cache_dir"] != repeat["run_dir"].iloc[0]
     fig = ablation_bars(table)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     assert len(fig.axes[0].patches) == 2 and len(fig.axes[1].patches) == 1

@@ -78,6 +78,7 @@ def zfviz(*args: str) -> subprocess.CompletedProcess:
         (["train", "model=vgg"], "unknown model 'vgg'; choose one of: alexnet, zfnet, zfnet_b"),
         (["train", "preset=gpu"], "unknown preset 'gpu'; choose one of: cpu, paper"),
         (["train", "trainer.epoc=3"], "unknown option 'trainer.epoc'; valid keys there: trainer.epochs"),
+        (["viz", "deconv", "lyer=conv4"], "unknown option 'lyer'; valid keys there: layer, maps,"),
         (["train", "model.drop=fc9", "debug=fast"], "cannot drop fc9; droppable layers are: conv3, conv4, fc6, fc7"),
         (["ablate", "drop=fc9"], "cannot drop fc9"),
         (["train", "data.root=/nonexistent/fm"], "no Fashion-MNIST IDX files in /nonexistent/fm"),

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from zfviz.commands import CONFIG_DIR
 from zfviz.commands.viz_correspondence import run, table1
 from zfviz.errors import UserError
 from zfviz.models import build_model
@@ -123,13 +121,8 @@ def test_random_is_reserved_and_k_must_fit_the_pool():
 
 
 @pytest.mark.slow
-def test_command_writes_table1_and_fig8(viz_checkpoint, tmp_path):
-    overrides = [
-        "viz=correspondence", f"checkpoint={viz_checkpoint}", f"out_dir={tmp_path}", "device=cpu",
-        f"data.root={viz_checkpoint.parent}", "viz.class_index=3", "viz.draws=2",
-    ]  # fmt: skip
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="viz", overrides=overrides)
+def test_command_writes_table1_and_fig8(viz_config, tmp_path):
+    cfg = viz_config("correspondence", "viz.class_index=3", "viz.draws=2")
     run(cfg)
     table = pd.read_csv(tmp_path / "table1.csv")
     assert table["occluded_part"].tolist() == ["toe", "heel", "shaft", "random"]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch.testing import assert_close
 
-from zfviz.commands import CONFIG_DIR
 from zfviz.commands.viz_invariance import run
 from zfviz.errors import UserError
 from zfviz.models import build_model
@@ -85,13 +83,8 @@ def test_mistakes_are_user_errors():
 
 
 @pytest.mark.slow
-def test_command_writes_the_csv_and_fig5(viz_checkpoint, tmp_path):
-    overrides = [
-        "viz=invariance", f"checkpoint={viz_checkpoint}", f"out_dir={tmp_path}", "device=cpu",
-        f"data.root={viz_checkpoint.parent}", "viz.rotate.steps=4", "viz.scale.steps=3", "viz.translate.steps=3",
-    ]  # fmt: skip
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="viz", overrides=overrides)
+def test_command_writes_the_csv_and_fig5(viz_config, tmp_path):
+    cfg = viz_config("invariance", "viz.rotate.steps=4", "viz.scale.steps=3", "viz.translate.steps=3")
     run(cfg)
     df = pd.read_csv(tmp_path / "fig5_invariance.csv")
     assert len(df) == 5 * (4 + 3 + 3)

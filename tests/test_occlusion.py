@@ -206,19 +206,12 @@ def test_user_mistakes_name_the_valid_choices(kwargs, message):
 
 
 @pytest.mark.slow
-def test_command_writes_fig7_with_deconv_projections(viz_checkpoint, tmp_path):
+def test_command_writes_fig7_with_deconv_projections(viz_config, tmp_path):
     import numpy as np
-    from hydra import compose, initialize_config_dir
 
-    from zfviz.commands import CONFIG_DIR
     from zfviz.commands.viz_occlusion import run
 
-    overrides = [
-        "viz=occlusion", f"checkpoint={viz_checkpoint}", f"out_dir={tmp_path}", "device=cpu",
-        f"data.root={viz_checkpoint.parent}", "viz.images=[0,5]", "viz.stride=8", "viz.fill=zero",
-    ]  # fmt: skip
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="viz", overrides=overrides)
+    cfg = viz_config("occlusion", "viz.images=[0,5]", "viz.stride=8", "viz.fill=zero")
     run(cfg)
     saved = np.load(tmp_path / "fig7_occlusion.npz")
     assert saved["p_true"].shape == (2, 7, 7) and saved["top_class"].shape == (2, 7, 7)

@@ -213,3 +213,24 @@ def table3(entries: list[dict]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def repeat_table(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Two runs of the same Table 3 variants side by side: how far a row moves when it is trained again.
+
+    Rows are matched by variant; a variant in only one run is left out. ``diff`` is second - first
+    in val top-1 error (points). With one seed per row, a gap between two rows smaller than the
+    largest ``|diff|`` here is not a finding.
+    """
+    cols = ["variant", "train_top1_err", "val_top1_err", "run_dir"]
+    both = first[cols].merge(second[cols], on="variant", suffixes=("", "_repeat"))
+    both["val_top1_diff"] = (both["val_top1_err_repeat"] - both["val_top1_err"]).round(2)
+    order = [
+        "variant",
+        "val_top1_err",
+        "val_top1_err_repeat",
+        "val_top1_diff",
+        "train_top1_err",
+        "train_top1_err_repeat",
+    ]
+    return both[order + ["run_dir", "run_dir_repeat"]]

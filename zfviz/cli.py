@@ -77,18 +77,31 @@ def _one_line(err: Exception) -> str:
     return f"{first} {detail}".strip()
 
 
-def _valid_keys(command: str, key: str) -> str:
-    """The keys that do exist at the level where ``key`` was not found."""
+def _valid_keys(command: str, key: str, overrides: list[str]) -> str:
+    """The keys that do exist at the level where ``key`` was not found.
+
+    For ``zfviz viz <method>``, an unknown key at the top lists the method's own keys first, bare,
+    as they are typed (``layer=conv4``), then the shared ones.
+    """
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from zfviz.commands import CONFIG_DIR
 
     parent = key.lstrip("+~").rpartition(".")[0]
+    others = [o for o in overrides if o.partition("=")[0].lstrip("+~") != key.lstrip("+~")]
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=command)
+        try:
+            cfg = compose(config_name=command, overrides=others)
+        except Exception:  # another override is bad too: list the keys of the plain config
+            cfg = compose(config_name=command)
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return ", ".join(f"{parent + '.' if parent else ''}{k}" for k in node) if node is not None else ""
+    if node is None:
+        return ""
+    keys = [f"{parent + '.' if parent else ''}{k}" for k in node]
+    if command == "viz" and not parent and cfg.get("viz") is not None:
+        keys = [k for k in cfg.viz if k not in _ROOT_KEYS] + keys
+    return ", ".join(keys)
 
 
 def validate(command: str, overrides: list[str]) -> None:
@@ -106,7 +119,7 @@ def validate(command: str, overrides: list[str]) -> None:
         message = _one_line(err)
         found = re.search(r"Could not override '([^']+)'", str(err))
         if found and "not in struct" in str(err.__cause__ or ""):
-            message = f"unknown option {found.group(1)!r}; valid keys there: {_valid_keys(command, found.group(1))}"
+            message = f"unknown option {found.group(1)!r}; valid keys there: {_valid_keys(command, found.group(1), overrides)}"
         raise UserError(message) from None
 
 

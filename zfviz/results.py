@@ -6,6 +6,7 @@ prints the published value next to ours.
 
 from __future__ import annotations
 
+import argparse
 import json
 from importlib import resources
 from pathlib import Path
@@ -49,6 +50,20 @@ def run_metrics(summary: dict, final) -> dict:
         "val_top5_err": final["val_top5_err"],
         "wall_time_s": summary["wall_time_s"],
     }
+
+
+def run_source(summary: dict, **label) -> dict:
+    """A finished run's provenance for a table's sidecar: ``label``, git state, wall time, config."""
+    return {**label, **{k: summary[k] for k in ("git_sha", "git_dirty", "wall_time_s", "config")}}
+
+
+def runs_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every table script shares: ``--preset``, ``--out`` and the run folders."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("runs", nargs="+")
+    return parser
 
 
 def table2(run_dirs: list[str | Path]) -> pd.DataFrame:

@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.commands.viz_deconv import load_data, load_net, out_dir
+from zfviz.commands.viz_deconv import open_run, out_dir
 from zfviz.commands.viz_occlusion import SPLITS, fill_for, pixels
 from zfviz.errors import UserError
 from zfviz.plotting import plt
 from zfviz.plotting.occlusion import correspondence_figure
 from zfviz.results import paper_table, save_figure, write_table
-from zfviz.utils import atomic_path, resolve_device
+from zfviz.utils import atomic_path
 from zfviz.viz.correspondence import RANDOM, aligned_pool, correspondence, occlude_boxes, random_boxes
 
 PAPER_LAYERS = {"conv5": "layer5", "fc7": "layer7"}
@@ -54,9 +54,7 @@ def run(cfg: DictConfig) -> dict:
     v = cfg.viz
     if v.split not in SPLITS:
         raise UserError(f"unknown split {v.split!r}; choose one of: {', '.join(SPLITS)}")
-    device = resolve_device(cfg.device)
-    model, ckpt = load_net(cfg.checkpoint, device)
-    data = load_data(ckpt, cfg)
+    model, ckpt, data, device = open_run(cfg)
     loader = getattr(data, v.split)
     if not 0 <= v.class_index < data.num_classes:
         raise UserError(f"viz.class_index must be in 0..{data.num_classes - 1} ({', '.join(data.classes)})")

@@ -43,6 +43,14 @@ def load_data(ckpt: dict, cfg: DictConfig) -> DataBundle:
     return build_data(data_cfg, input_size=model_cfg["input_size"], batch_size=256, in_chans=model_cfg["in_chans"])
 
 
+def open_run(cfg: DictConfig) -> tuple[nn.Module, dict, DataBundle, torch.device]:
+    """What every ``zfviz viz`` method starts from: the net of ``cfg.checkpoint``, its checkpoint,
+    the data it was trained on, and the device it now sits on."""
+    device = resolve_device(cfg.device)
+    model, ckpt = load_net(cfg.checkpoint, device)
+    return model, ckpt, load_data(ckpt, cfg), device
+
+
 def split_images(data: DataBundle, split: str, limit: int | None, device: torch.device):
     """(uint8 images of ``split``, first ``limit``) and a function turning a batch of them into model input."""
     if split not in SPLITS:
@@ -84,9 +92,7 @@ def save_arrays(path: Path, **arrays) -> None:
 
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
-    device = resolve_device(cfg.device)
-    model, ckpt = load_net(cfg.checkpoint, device)
-    data = load_data(ckpt, cfg)
+    model, ckpt, data, device = open_run(cfg)
     images, prepare = split_images(data, v.split, None, device)
     index = torch.as_tensor(list(v.images), dtype=torch.long)
     if len(index) == 0 or index.min() < 0 or index.max() >= len(images):

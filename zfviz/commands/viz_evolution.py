@@ -14,12 +14,19 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from zfviz.commands.viz_deconv import load_data, load_net, map_count, out_dir, pick_maps, save_arrays, split_images
+from zfviz.commands.viz_deconv import (
+    load_net,
+    map_count,
+    open_run,
+    out_dir,
+    pick_maps,
+    save_arrays,
+    split_images,
+)
 from zfviz.errors import UserError
 from zfviz.plotting import plt
 from zfviz.plotting.deconv import as_image_channels, evolution_figure
 from zfviz.results import save_figure
-from zfviz.utils import resolve_device
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
 
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
@@ -45,9 +52,8 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(
             f"no checkpoint_epoch<N>.pt in {folder}; train with trainer.save_epochs=[1,2,5,...] (experiment=table2)"
         )
-    device = resolve_device(cfg.device)
-    final, ckpt = load_net(cfg.checkpoint, device)
-    images, prepare = split_images(load_data(ckpt, cfg), v.split, v.limit, device)
+    final, ckpt, data, device = open_run(cfg)
+    images, prepare = split_images(data, v.split, v.limit, device)
     layers = list(v.layers)
     sample = prepare(images[:1])
     start = time.perf_counter()

@@ -12,13 +12,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.commands.viz_deconv import load_data, load_net, out_dir
+from zfviz.commands.viz_deconv import open_run, out_dir
 from zfviz.commands.viz_occlusion import pick_images, pixels
 from zfviz.errors import UserError
 from zfviz.plotting import plt
 from zfviz.plotting.occlusion import invariance_figure
 from zfviz.results import save_figure, write_table
-from zfviz.utils import resolve_device
 from zfviz.viz.invariance import TRANSFORMS, invariance, sweep_values, transform
 
 BACKGROUNDS = ("zero", "mean")
@@ -28,9 +27,7 @@ def run(cfg: DictConfig) -> dict:
     v = cfg.viz
     if v.background not in BACKGROUNDS:
         raise UserError(f"unknown viz.background {v.background!r}; choose one of: {', '.join(BACKGROUNDS)}")
-    device = resolve_device(cfg.device)
-    model, ckpt = load_net(cfg.checkpoint, device)
-    data = load_data(ckpt, cfg)
+    model, ckpt, data, device = open_run(cfg)
     loader, x, labels = pick_images(data, v.split, v.images, device)
     # Normalized black (Fashion-MNIST's background) or the mean pixel (0 after normalization).
     background = -loader.mean.flatten() / loader.std.flatten() if v.background == "zero" else torch.zeros(1)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from zfviz.commands.viz_deconv import load_data, load_net, out_dir, save_arrays
+from zfviz.commands.viz_deconv import open_run, out_dir, save_arrays
 from zfviz.data import DataBundle
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.errors import UserError
@@ -21,7 +21,6 @@ from zfviz.plotting import plt
 from zfviz.plotting.deconv import as_image_channels
 from zfviz.plotting.occlusion import occlusion_figure
 from zfviz.results import save_figure
-from zfviz.utils import resolve_device
 from zfviz.viz.deconv import project
 from zfviz.viz.occlusion import fill_image, grid, occluded_copies, occlusion, resolve_layer
 
@@ -52,9 +51,7 @@ def fill_for(fill, loader: TensorLoader, shape, seed: int) -> torch.Tensor:
 
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
-    device = resolve_device(cfg.device)
-    model, ckpt = load_net(cfg.checkpoint, device)
-    data = load_data(ckpt, cfg)
+    model, ckpt, data, device = open_run(cfg)
     loader, x, labels = pick_images(data, v.split, v.images, device)
     start = time.perf_counter()
     fill = fill_for(v.fill, loader, tuple(x.shape[1:]), cfg.seed).to(device)

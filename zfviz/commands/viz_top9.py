@@ -11,12 +11,11 @@ import time
 
 from omegaconf import DictConfig
 
-from zfviz.commands.viz_deconv import load_data, load_net, out_dir, pick_maps, save_arrays, split_images
+from zfviz.commands.viz_deconv import open_run, out_dir, pick_maps, save_arrays, split_images
 from zfviz.errors import UserError
 from zfviz.plotting import plt
 from zfviz.plotting.deconv import as_image_channels, top9_figure
 from zfviz.results import save_figure
-from zfviz.utils import resolve_device
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
 
 
@@ -24,9 +23,8 @@ def run(cfg: DictConfig) -> dict:
     v = cfg.viz
     if not v.layers:
         raise UserError("viz.layers is empty; name at least one layer, e.g. viz.layers=[conv2,conv5]")
-    device = resolve_device(cfg.device)
-    model, ckpt = load_net(cfg.checkpoint, device)
-    images, prepare = split_images(load_data(ckpt, cfg), v.split, v.limit, device)
+    model, ckpt, data, device = open_run(cfg)
+    images, prepare = split_images(data, v.split, v.limit, device)
     start = time.perf_counter()
     tops = top_activations(model, ordered_batches(images, prepare, v.batch_size), list(v.layers), k=v.k)
     search_s = time.perf_counter() - start
