@@ -25,7 +25,7 @@ from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.viz.deconv import project_with_values
+from zfviz.viz.deconv import project_batches
 from zfviz.viz.top9 import project_top, top_activations
 
 
@@ -93,12 +93,13 @@ def main() -> None:
     channel = torch.arange(maps)[:, None].expand(-1, k).reshape(-1)
 
     def ours(norm: str):
-        out = []
-        for start in range(0, len(image), args.batch_size):
-            part = slice(start, start + args.batch_size)
-            proj = project_with_values(model, x[image[part]], args.layer, channel[part], position[part], norm=norm)
-            out.append(proj[0])
-        return torch.cat(out)
+        out = torch.empty(len(image), *x.shape[1:])
+        batches = project_batches(
+            model, x, args.layer, image, channel, position, batch_size=args.batch_size, norm=norm
+        )  # fmt: skip
+        for rows, proj in batches:
+            out[rows] = proj
+        return out
 
     deconv = NeuronDeconvolution(model, model.get_submodule(args.layer))
 

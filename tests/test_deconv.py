@@ -11,7 +11,7 @@ from torch import nn
 
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.viz.deconv import project, project_with_values, unpool
+from zfviz.viz.deconv import project, project_batches, project_with_values, unpool
 
 
 class _Stop(Exception):
@@ -285,6 +285,34 @@ def test_batching_and_per_image_channels_do_not_change_a_projection():
     for i in range(4):
         single = project(model, x[i : i + 1], "conv4", int(channels[i]))
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["pass", "backprop"])
+def test_many_projections_trace_each_image_once_and_match_one_at_a_time(norm):
+    model = small_zfnet()
+    x = torch.randn(6, 3, 64, 64)
+    image = torch.tensor([4, 1, 4, 0, 1, 4, 5, 1])
+    channel = torch.tensor([0, 3, 7, 3, 3, 2, 1, 9])
+    position = torch.tensor([[0, 0], [1, 2], [2, 2], [0, 1], [1, 2], [2, 0], [1, 1], [0, 2]])
+    traced = {}
+    for batch_size in (1, 3, 8):
+        seen = []
+        handle = model.conv1.register_forward_hook(lambda m, i, o, seen=seen: seen.append(len(i[0])))
+        got = torch.full((len(image), 3, 64, 64), float("nan"))
+        try:
+            for rows, proj in project_batches(
+                model, x, "conv3", image, channel, position, batch_size=batch_size, norm=norm
+            ):
+                got[rows] = proj
+        finally:
+            handle.remove()
+        traced[batch_size] = sum(seen)
+        for j in range(len(image)):
+            one = project(model, x[image[j] : image[j] + 1], "conv3", int(channel[j]), position[j], norm=norm)
+            torch.testing.assert_close(got[j : j + 1], one, rtol=1e-5, atol=1e-6)
+    # Taken in order of image, the 4 distinct images go up the net once each in one batch of 8;
+    # in batches of 3 (images 0 1 1 | 1 4 4 | 4 5) the ones split across batches go up twice.
+    assert traced == {1: 8, 3: 6, 8: 4}
 
 
 def test_a_chosen_position_equals_the_strongest_when_it_is_the_argmax():

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from zfviz.errors import UserError
-from zfviz.viz.deconv import evaluating, get_layer, project_with_values
+from zfviz.viz.deconv import evaluating, get_layer, project_batches
 from zfviz.viz.receptive_field import crop, receptive_field, windows
 
 
@@ -140,7 +140,8 @@ def project_top(
 
     ``images`` are the stored images the indices in ``top`` refer to, ``prepare`` turns a batch
     of them into model input. Projections run in batches of ``batch_size`` (map, rank) pairs, each
-    with its own map and position.
+    with its own map and position; an image among several maps' top ``k`` goes up the net once per
+    batch (``project_batches``).
     """
     maps_t = torch.arange(top.maps) if maps is None else torch.as_tensor(list(maps), dtype=torch.long)
     if len(maps_t) and (maps_t.min() < 0 or maps_t.max() >= top.maps):
@@ -153,15 +154,18 @@ def project_top(
     field = receptive_field(model, layer, tuple(sample.shape[1:]))
     corner = windows(field, position)
     device = sample.device
-    projections, patches = [], []
-    for start in range(0, len(image_idx), batch_size):
-        part = slice(start, start + batch_size)
-        stored = images[image_idx[part]]
-        proj, _, _ = project_with_values(
-            model, prepare(stored), layer, channel[part].to(device), position[part].to(device), norm=norm
-        )
-        projections.append(crop(proj.cpu(), corner[part], field.window))
-        patches.append(crop(stored, corner[part], field.window))
+    projections = patches = None
+    batches = project_batches(
+        model, images, layer, image_idx, channel.to(device), position.to(device),
+        batch_size=batch_size, norm=norm, prepare=prepare,
+    )  # fmt: skip
+    for rows, proj in batches:
+        proj = crop(proj.cpu(), corner[rows], field.window)
+        patch = crop(images[image_idx[rows]], corner[rows], field.window)
+        if projections is None:
+            projections = proj.new_empty(len(image_idx), *proj.shape[1:])
+            patches = patch.new_empty(len(image_idx), *patch.shape[1:])
+        projections[rows], patches[rows] = proj, patch
     shape = (len(maps_t), k)
     return Projections(
         maps=maps_t,
@@ -169,6 +173,6 @@ def project_top(
         image=top.image[maps_t],
         position=top.position[maps_t],
         corner=corner.reshape(*shape, 2),
-        projection=torch.cat(projections).reshape(*shape, *projections[0].shape[1:]),
-        patch=torch.cat(patches).reshape(*shape, *patches[0].shape[1:]),
+        projection=projections.reshape(*shape, *projections.shape[1:]),
+        patch=patches.reshape(*shape, *patches.shape[1:]),
     )
