@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pandas as pd
 import pytest
@@ -58,3 +59,24 @@ def test_write_table_leaves_csv_and_meta(tmp_path):
     assert meta["sources"] == [{"x": 1}] and "torch" in meta["versions"] and "git_sha" in meta
     assert pd.read_csv(tmp_path / "t.csv")["a"].tolist() == [1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.meta.json"]
+
+
+def test_git_state_is_dirty_for_changed_sources_but_not_for_written_results(tmp_path):
+    from zfviz.utils import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for path in ("zfviz/a.py", "results/table2_cpu.csv"):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text("1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    clean = git_state(tmp_path)
+    assert len(clean["git_sha"]) == 40 and clean["git_dirty"] is False
+    (tmp_path / "results/table2_cpu.csv").write_text("2\n")  # a table rewritten by make figures
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "zfviz/a.py").write_text("2\n")
+    assert git_state(tmp_path)["git_dirty"] is True

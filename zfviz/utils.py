@@ -53,16 +53,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def git_state() -> dict:
-    """The commit and dirty flag of the source tree this package runs from, if it is a checkout."""
-    root = Path(__file__).resolve().parent.parent
+def git_state(root: str | Path | None = None) -> dict:
+    """The commit and dirty flag of the source tree this package runs from, if it is a checkout.
+
+    Dirty means a tracked file outside ``results/`` differs from the commit: the tables and
+    figures in ``results/`` are outputs, and writing one must not mark the next one's source dirty.
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
 
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"))
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", False
     return {"git_sha": sha or None, "git_dirty": dirty if sha else None}
