@@ -8,10 +8,12 @@ Each ABLATE_RUN_DIR holds the ``variants.json`` a ``zfviz ablate`` run wrote (on
 ``--repeat DIR [DIR ...]`` names the folders of a second run of the same variants (another
 ``cache_dir``): results/table3_<preset>_repeat.csv then sets each row's two runs side by side, the
 yardstick for which gaps between rows are findings and which are run-to-run noise.
+``--repeat-name seed1`` names that file table3_<preset>_seed1.csv instead (a run with another seed).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pandas as pd
@@ -25,8 +27,11 @@ from zfviz.results import load_run, run_source, runs_parser, save_figure, write_
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--repeat", nargs="+", default=[], metavar="DIR", help="a second run of the same variants")
+    parser.add_argument("--repeat-name", default="repeat", help="writes table3_<preset>_<name>.csv (e.g. seed1)")
     args = parser.parse_args()
     try:
+        if not re.fullmatch(r"[\w-]+", args.repeat_name):
+            raise UserError(f"--repeat-name must be letters, digits, - or _, got {args.repeat_name!r}")
         entries = read_manifests(args.runs)
         df = table3(entries)
         sources = [run_source(load_run(e["cache_dir"])[0], variant=e["variant"]) for e in entries]
@@ -40,7 +45,7 @@ def main() -> int:
     save_figure(ablation_bars(df, title=title), f"{args.out}/fig_table3_{args.preset}.png")
     if again is not None:
         repeat_sources = [run_source(load_run(e["cache_dir"])[0], variant=e["variant"]) for e in repeats]
-        write_table(again, f"{args.out}/table3_{args.preset}_repeat.csv", sources=sources + repeat_sources)
+        write_table(again, f"{args.out}/table3_{args.preset}_{args.repeat_name}.csv", sources=sources + repeat_sources)
         print(again.drop(columns=["run_dir", "run_dir_repeat"]).to_string(index=False))
         print(
             f"table3: |val top-1 diff| max {again['val_top1_diff'].abs().max():.2f}, "

@@ -273,3 +273,15 @@ def test_cli_table3_end_to_end_writes_the_csv_and_figure(fmnist_dir, tmp_path):
     assert (out / "fig_table3_cpu.png").stat().st_size > 0
     meta = json.loads((out / "table3_cpu.meta.json").read_text())
     assert [s["variant"] for s in meta["sources"]] == ["zfnet", "zfnet_no3467"]
+    # The same run as its own repeat: every row matches itself, zero difference, under the given name.
+    repeat = [*script, "--repeat", str(run_dir), "--repeat-name", "seed1"]
+    result = subprocess.run(repeat, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    again = pd.read_csv(out / "table3_cpu_seed1.csv")
+    assert list(again["variant"]) == ["zfnet", "zfnet_no3467"] and (again["val_top1_diff"] == 0).all()
+    assert not (out / "table3_cpu_repeat.csv").exists()
+    bad = subprocess.run([*repeat[:-1], "../x"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert (
+        bad.returncode == 2
+        and bad.stderr.strip() == "table3: error: --repeat-name must be letters, digits, - or _, got '../x'"
+    )
