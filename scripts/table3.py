@@ -24,6 +24,10 @@ from zfviz.plotting.ablation import ablation_bars
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
 
 
+def provenance(entries: list[dict]) -> list[dict]:
+    return [run_source(load_run(e["cache_dir"])[0], variant=e["variant"]) for e in entries]
+
+
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--repeat", nargs="+", default=[], metavar="DIR", help="a second run of the same variants")
@@ -34,7 +38,7 @@ def main() -> int:
             raise UserError(f"--repeat-name must be letters, digits, - or _, got {args.repeat_name!r}")
         entries = read_manifests(args.runs)
         df = table3(entries)
-        sources = [run_source(load_run(e["cache_dir"])[0], variant=e["variant"]) for e in entries]
+        sources = provenance(entries)
         repeats = read_manifests(args.repeat) if args.repeat else []
         again = repeat_table(df, table3(repeats)) if repeats else None
     except UserError as err:
@@ -44,8 +48,8 @@ def main() -> int:
     title = f"Table 3 ablations, {args.preset} preset ({df['dataset'].iloc[0]}, {int(df['epochs'].iloc[0])} epochs)"
     save_figure(ablation_bars(df, title=title), f"{args.out}/fig_table3_{args.preset}.png")
     if again is not None:
-        repeat_sources = [run_source(load_run(e["cache_dir"])[0], variant=e["variant"]) for e in repeats]
-        write_table(again, f"{args.out}/table3_{args.preset}_{args.repeat_name}.csv", sources=sources + repeat_sources)
+        path = f"{args.out}/table3_{args.preset}_{args.repeat_name}.csv"
+        write_table(again, path, sources=sources + provenance(repeats))
         print(again.drop(columns=["run_dir", "run_dir_repeat"]).to_string(index=False))
         print(
             f"table3: |val top-1 diff| max {again['val_top1_diff'].abs().max():.2f}, "

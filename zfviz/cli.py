@@ -42,17 +42,27 @@ def rewrite_lists(args: list[str]) -> list[str]:
 _ROOT_KEYS = {"seed", "device", "deterministic", "resume", "checkpoint", "out_dir", "name"}
 
 
-def scope_method_keys(args: list[str]) -> list[str]:
-    """``zfviz viz deconv layer=conv4``: a key of the chosen method's config means ``viz.layer``."""
+def method_keys(method: str | None) -> list[str]:
+    """The keys of ``configs/viz/<method>.yaml`` a user may give bare (``layer=conv4``), in file order."""
     from omegaconf import OmegaConf
 
     from zfviz.commands import CONFIG_DIR
 
-    method = next((a.partition("=")[2] for a in args if a.startswith("viz=")), None)
     path = f"{CONFIG_DIR}/viz/{method}.yaml"
     if not method or not re.fullmatch(r"\w+", method) or not os.path.isfile(path):
+        return []
+    return [k for k in OmegaConf.load(path) if k not in _ROOT_KEYS]
+
+
+def _chosen_method(args: list[str]) -> str | None:
+    return next((a.partition("=")[2] for a in args if a.startswith("viz=")), None)
+
+
+def scope_method_keys(args: list[str]) -> list[str]:
+    """``zfviz viz deconv layer=conv4``: a key of the chosen method's config means ``viz.layer``."""
+    keys = set(method_keys(_chosen_method(args)))
+    if not keys:
         return args
-    keys = set(OmegaConf.load(path)) - _ROOT_KEYS
     out = []
     for arg in args:
         key, eq, value = arg.partition("=")
@@ -99,8 +109,8 @@ def _valid_keys(command: str, key: str, overrides: list[str]) -> str:
     if node is None:
         return ""
     keys = [f"{parent + '.' if parent else ''}{k}" for k in node]
-    if command == "viz" and not parent and cfg.get("viz") is not None:
-        keys = [k for k in cfg.viz if k not in _ROOT_KEYS] + keys
+    if command == "viz" and not parent:
+        keys = method_keys(_chosen_method(overrides)) + keys
     return ", ".join(keys)
 
 
