@@ -131,3 +131,27 @@ def test_preset_paper_on_an_imagenet_tree_runs_end_to_end(tmp_path):
     assert (run_dir / "mean_image.pt").is_file()
     convs = [w for k, w in ckpt["model"].items() if k.startswith("conv") and k.endswith("weight")]
     assert max(w.pow(2).mean(dim=(1, 2, 3)).sqrt().max().item() for w in convs) <= 0.1 + 1e-6
+
+
+def test_resume_and_the_ablation_cache_ignore_the_same_runtime_keys():
+    from omegaconf import OmegaConf
+
+    from zfviz.ablation import run_key
+    from zfviz.commands.train import _comparable
+
+    base = {
+        "seed": 0, "deterministic": True, "resume": False, "device": "auto", "model": {"name": "zfnet"}, "optim": {},
+        "data": {"name": "fashion_mnist", "workers": 0, "eval_batch_size": 256},
+        "trainer": {"epochs": 3, "progress": True, "fault_at_step": None, "ckpt_every_steps": 0, "save_epochs": []},
+    }  # fmt: skip
+    runtime = {
+        "resume": True, "device": "cpu",
+        "data": {**base["data"], "workers": 4, "eval_batch_size": 64},
+        "trainer": {**base["trainer"], "progress": False, "fault_at_step": 7, "ckpt_every_steps": 3, "save_epochs": [1]},
+    }  # fmt: skip
+    moved = {**base, **runtime}
+    assert _comparable(moved) == _comparable(base)
+    assert run_key(OmegaConf.create(moved)) == run_key(OmegaConf.create(base))
+    for changed in ({"seed": 1}, {"trainer": {**base["trainer"], "epochs": 4}}):
+        assert _comparable({**base, **changed}) != _comparable(base)
+        assert run_key(OmegaConf.create({**base, **changed})) != run_key(OmegaConf.create(base))

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz.checkpoint import without_runtime_keys
 from zfviz.errors import UserError
 from zfviz.models.convnets import DROPPABLE, _check_drop
 from zfviz.results import load_run, paper_table, run_metrics
@@ -84,11 +85,6 @@ VARIANTS: dict[str, Variant] = {
 
 # Keys of ``zfviz ablate``'s config that choose what to train, not how (see ``apply_variant``).
 _ABLATE_KEYS = ("variant", "cache_dir", "ablation")
-# Keys of a resolved config that change how a run is carried out or logged, never its result.
-_RUNTIME_KEYS = {
-    "trainer": ("progress", "fault_at_step", "ckpt_every_steps", "save_epochs"),
-    "data": ("eval_batch_size", "workers"),
-}
 
 
 def variant_names(value) -> list[str | None]:
@@ -149,10 +145,9 @@ def variant_model_kwargs(name: str, model_cfg: dict) -> tuple[str, dict]:
 def run_key(cfg: DictConfig) -> str:
     """A short hash of everything that determines a variant's training result."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    keyed = {k: config.get(k) for k in ("model", "data", "optim", "trainer", "seed", "deterministic")}
-    for section, keys in _RUNTIME_KEYS.items():
-        for key in keys:
-            (keyed[section] or {}).pop(key, None)
+    keyed = without_runtime_keys(
+        {k: config.get(k) for k in ("model", "data", "optim", "trainer", "seed", "deterministic")}
+    )
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -10,6 +11,22 @@ from torch import nn
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.utils import atomic_path
+
+# Keys of a resolved config that change how a run is carried out or logged, never its result: a run
+# may resume under other values, and the ablation cache does not key on them.
+RUNTIME_KEYS = {
+    "trainer": ("progress", "fault_at_step", "ckpt_every_steps", "save_epochs"),
+    "data": ("eval_batch_size", "workers"),
+}
+
+
+def without_runtime_keys(config: dict) -> dict:
+    """A copy of the resolved ``config`` without its ``RUNTIME_KEYS``."""
+    config = json.loads(json.dumps(config))
+    for section, keys in RUNTIME_KEYS.items():
+        for key in keys:
+            (config.get(section) or {}).pop(key, None)
+    return config
 
 
 def save_checkpoint(

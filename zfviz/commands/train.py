@@ -15,16 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from zfviz import distributed
-from zfviz.checkpoint import load_checkpoint
+from zfviz.checkpoint import load_checkpoint, without_runtime_keys
 from zfviz.commands import CONFIG_DIR, guarded
 from zfviz.data import build_data
 from zfviz.engine import fit
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.utils import atomic_write_text, git_state, seed_everything, versions
-
-# Keys that may differ between an interrupted run and its resumption.
-_RUNTIME_KEYS = {("resume",), ("device",), ("trainer", "progress"), ("trainer", "fault_at_step")}
 
 
 def model_kwargs(model_cfg) -> dict:
@@ -34,13 +31,10 @@ def model_kwargs(model_cfg) -> dict:
 
 
 def _comparable(config: dict) -> dict:
-    config = json.loads(json.dumps(config))
-    for path in _RUNTIME_KEYS:
-        node = config
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    config.pop("num_classes", None)
+    """What must match between an interrupted run and its resumption (not where or how it runs)."""
+    config = without_runtime_keys(config)
+    for key in ("resume", "device", "num_classes"):
+        config.pop(key, None)
     return config
 
 
