@@ -21,7 +21,7 @@ from zfviz.plotting import plt
 from zfviz.plotting.deconv import as_image_channels, projections_figure
 from zfviz.results import save_figure
 from zfviz.utils import atomic_path, resolve_device
-from zfviz.viz.deconv import project_with_values, trace
+from zfviz.viz.deconv import descend, select, trace
 
 SPLITS = ("train", "test")
 
@@ -99,7 +99,8 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"viz.images must be indices in 0..{len(images) - 1} of the {v.split} split")
     stored = images[index]
     x = prepare(stored)
-    activation = trace(model, x, v.layer).activation
+    result = trace(model, x, v.layer, norm=v.norm)  # once: every map's projection reuses its switches
+    activation = result.activation
     count = activation.shape[1]
     if isinstance(v.maps, int):
         # Each image's own most active maps (strongest single activation).
@@ -110,8 +111,8 @@ def run(cfg: DictConfig) -> dict:
     position = OmegaConf.to_container(v.position) if OmegaConf.is_config(v.position) else v.position
     projections, labels = [], []
     for j in range(chosen.shape[1]):
-        proj, values, _ = project_with_values(model, x, v.layer, chosen[:, j].to(device), position, norm=v.norm)
-        projections.append(proj.cpu())
+        seed, values, _ = select(activation, chosen[:, j].to(device), position)
+        projections.append(descend(result, seed, v.norm).reshape(x.shape).cpu())
         labels.append([f"{v.layer} #{int(c)} ({float(a):.2g})" for c, a in zip(chosen[:, j], values, strict=True)])
     projection = torch.stack(projections, dim=1).numpy()  # (images, maps, C, H, W)
     shown = as_image_channels(projection, stored.shape[1])
