@@ -74,15 +74,16 @@ def mosaic(tiles: Sequence[Sequence[np.ndarray | None]], gap: int = 1) -> np.nda
     return out
 
 
-def _square(items: list, ncols: int | None = None) -> list[list]:
+def square(items: list, ncols: int | None = None) -> list[list]:
+    """``items`` in rows of ``ncols`` (default: a near-square grid); the last row may be short."""
     ncols = ncols or math.ceil(math.sqrt(len(items)))
     return [items[i : i + ncols] for i in range(0, len(items), ncols)]
 
 
 def top9_block(projection: np.ndarray, patch: np.ndarray) -> np.ndarray:
     """One map's (k, C, h, w) projections as a square grid, its patches as a grid beside it."""
-    left = mosaic(_square([show_projection(p) for p in projection]))
-    right = mosaic(_square([show_image(p) for p in patch]))
+    left = mosaic(square([show_projection(p) for p in projection]))
+    right = mosaic(square([show_image(p) for p in patch]))
     gap = np.full((left.shape[0], max(2, left.shape[1] // 12), 3), GAP, dtype=np.float32)
     return np.concatenate([left, gap, right], axis=1)
 
@@ -96,7 +97,7 @@ def top9_figure(layers: dict[str, dict[str, np.ndarray]], title: str = "") -> Fi
     for name, arrays in layers.items():
         blocks = [top9_block(p, q) for p, q in zip(arrays["projection"], arrays["patch"], strict=True)]
         size = max(b.shape[0] for b in blocks)
-        panels.append((name, arrays, mosaic(_square(blocks), gap=max(3, size // 10))))
+        panels.append((name, arrays, mosaic(square(blocks), gap=max(3, size // 10))))
     width = 9.0
     heights = [width * image.shape[0] / image.shape[1] + 0.3 for _, _, image in panels]
     fig, axes = plt.subplots(
@@ -138,7 +139,7 @@ def evolution_figure(
 def filter_bank(weight: np.ndarray) -> np.ndarray:
     """Layer-1 filters (F, C, kh, kw) as one mosaic, scaled together (a dominant filter stands out)."""
     scale = float(np.abs(weight).max())
-    return mosaic(_square([resize(show_filter(w, scale), 4 * max(w.shape[-2:])) for w in weight]), gap=2)
+    return mosaic(square([resize(show_filter(w, scale), 4 * max(w.shape[-2:])) for w in weight]), gap=2)
 
 
 def architecture_figure(filters: dict[str, np.ndarray], projections: dict[str, np.ndarray], title: str = "") -> Figure:
@@ -154,7 +155,7 @@ def architecture_figure(filters: dict[str, np.ndarray], projections: dict[str, n
         ax.imshow(filter_bank(weight), interpolation="nearest")
         ax.set_title(f"{name}: layer-1 filters", fontsize=9)
     for ax, (name, proj) in zip(axes[1], projections.items(), strict=False):
-        ax.imshow(mosaic(_square([resize(show_projection(p), 48) for p in proj]), gap=2), interpolation="nearest")
+        ax.imshow(mosaic(square([resize(show_projection(p), 48) for p in proj]), gap=2), interpolation="nearest")
         ax.set_title(f"{name}: layer-2 projections", fontsize=9)
     if title:
         fig.suptitle(title)

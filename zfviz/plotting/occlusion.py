@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from zfviz.plotting import plt
-from zfviz.plotting.deconv import mosaic, show_image, show_projection
+from zfviz.plotting.deconv import mosaic, show_image, show_projection, square
 
 TRANSFORM_TITLES = {
     "translate": "vertical translation (px)",
@@ -73,10 +73,7 @@ def occlusion_figure(
         if projections is not None:
             tiles = [show_projection(tile) for tile in projections[i]]
             cols = 2 if len(tiles) > 2 else len(tiles)
-            grid = [
-                tiles[k : k + cols] + [None] * (cols - len(tiles[k : k + cols])) for k in range(0, len(tiles), cols)
-            ]
-            row["c"].imshow(mosaic(grid, gap=2))
+            row["c"].imshow(mosaic(square(tiles, cols), gap=2))
             for k, box in enumerate(projection_boxes[i] if len(projection_boxes) else []):
                 if box is not None:
                     y0, x0 = (k // cols) * (size + 2) + box[0], (k % cols) * (size + 2) + box[1]

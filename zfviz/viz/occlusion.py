@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfviz.errors import UserError
+from zfviz.viz.deconv import evaluating
 
 FILLS = ("mean", "zero", "noise")
 # Layers that act on each spatial position alone (in eval mode), so a rectangle passes through.
@@ -65,18 +66,16 @@ def features(
     names = {layer: resolve_layer(model, layer) for layer in layers}
     store: dict[str, list[Tensor]] = {layer: [] for layer in [*layers, "output"]}
     handles = []
-    was_training = model.training
-    model.eval()
     try:
         for layer, name in names.items():
             hook = lambda _m, _i, out, layer=layer: store[layer].append(out.flatten(1).clone())  # noqa: E731
             handles.append(model.get_submodule(name).register_forward_hook(hook))
-        for start in range(0, len(images), batch_size):
-            store["output"].append(model(images[start : start + batch_size]))
+        with evaluating(model):
+            for start in range(0, len(images), batch_size):
+                store["output"].append(model(images[start : start + batch_size]))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return {key: torch.cat(chunks) for key, chunks in store.items() if key != "output" or with_output}
 
 
@@ -360,9 +359,7 @@ def occlusion(
     ys, xs = grid(h, window, stride).to(dev), grid(w, window, stride).to(dev)
     fill = fill_image(fill, (c, h, w), mean, std, seed).to(dev)
     feat_name = resolve_layer(model, layer)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         clean, logits, act = _unoccluded(model, images, feat_name)
         if act.dim() != 4:
             raise UserError(f"layer {layer!r} gives {act.dim()}-d output; occlusion needs a spatial (conv) layer")
@@ -388,8 +385,6 @@ def occlusion(
                 lg, total = _copies_forward(model, feat_name, images, fill, n_idx, y_idx, x_idx, window, channel)
             logits_all.append(lg)
             totals.append(total)
-    finally:
-        model.train(was_training)
     probs = torch.cat(logits_all).softmax(dim=1)
     top_prob, top_class = probs.max(dim=1)
     shape = (n, len(ys), len(xs))
