@@ -50,10 +50,10 @@ EVOLUTION_LIMIT_cpu := 20000
 EVOLUTION_LIMIT := $(or $(EVOLUTION_LIMIT_$(PRESET)),null)
 
 $(RUNS)/zfnet_clip/run.json: | install data
-	$(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=0.1 hydra.run.dir=$(@D)
+	$(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=0.1 resume=true hydra.run.dir=$(@D)
 
 $(RUNS)/zfnet_noclip/run.json: | install data
-	$(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=null hydra.run.dir=$(@D)
+	$(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=null resume=true hydra.run.dir=$(@D)
 
 results/fig2_top9_$(PRESET).png: $(RUNS)/zfnet/run.json
 	$(BIN)/zfviz viz top9 checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig2_top9_$(PRESET)
