@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.commands.viz_deconv import open_run, out_dir
-from zfviz.commands.viz_occlusion import SPLITS, fill_for, pixels
+from zfviz.commands.viz_deconv import check_split, open_run, out_dir
+from zfviz.commands.viz_occlusion import fill_for, pixels
 from zfviz.errors import UserError
 from zfviz.plotting import plt
 from zfviz.plotting.occlusion import correspondence_figure
@@ -52,8 +52,7 @@ def table1(rows: list[dict], layers: list[str]) -> pd.DataFrame:
 
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
-    if v.split not in SPLITS:
-        raise UserError(f"unknown split {v.split!r}; choose one of: {', '.join(SPLITS)}")
+    check_split(v.split)
     model, ckpt, data, device = open_run(cfg)
     loader = getattr(data, v.split)
     if not 0 <= v.class_index < data.num_classes:

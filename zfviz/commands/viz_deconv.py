@@ -51,10 +51,14 @@ def open_run(cfg: DictConfig) -> tuple[nn.Module, dict, DataBundle, torch.device
     return model, ckpt, load_data(ckpt, cfg), device
 
 
-def split_images(data: DataBundle, split: str, limit: int | None, device: torch.device):
-    """(uint8 images of ``split``, first ``limit``) and a function turning a batch of them into model input."""
+def check_split(split: str) -> None:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+
+
+def split_images(data: DataBundle, split: str, limit: int | None, device: torch.device):
+    """(uint8 images of ``split``, first ``limit``) and a function turning a batch of them into model input."""
+    check_split(split)
     loader = getattr(data, split)
     images = loader.images if limit is None else loader.images[: int(limit)]
     return images, lambda batch: loader.normalize(batch).to(device)

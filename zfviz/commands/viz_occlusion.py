@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from zfviz.commands.viz_deconv import open_run, out_dir, save_arrays
+from zfviz.commands.viz_deconv import check_split, open_run, out_dir, save_arrays
 from zfviz.data import DataBundle
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.errors import UserError
@@ -24,13 +24,10 @@ from zfviz.results import save_figure
 from zfviz.viz.deconv import project
 from zfviz.viz.occlusion import fill_image, grid, occluded_copies, occlusion, resolve_layer
 
-SPLITS = ("train", "test")
-
 
 def pick_images(data: DataBundle, split: str, indices, device: torch.device):
     """(loader, model inputs, labels) for ``indices`` of ``split``; bad indices are a UserError."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    check_split(split)
     loader: TensorLoader = getattr(data, split)
     index = torch.as_tensor(list(indices), dtype=torch.long)
     if len(index) == 0 or index.min() < 0 or index.max() >= len(loader.images):

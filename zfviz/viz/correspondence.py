@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from zfviz.errors import UserError
-from zfviz.viz.occlusion import features
+from zfviz.viz.occlusion import features, occlude_boxes
 
 RANDOM = "random"
 
@@ -39,16 +39,6 @@ def check_box(box, size: tuple[int, int], name: str = "box") -> tuple[int, int, 
     if height < 1 or width < 1 or top < 0 or left < 0 or top + height > size[0] or left + width > size[1]:
         raise UserError(f"{name} {[top, left, height, width]} is not inside the {size[0]}x{size[1]} image")
     return top, left, height, width
-
-
-def occlude_boxes(images: Tensor, boxes: Tensor, fill: Tensor) -> Tensor:
-    """Copies of ``images`` (K, C, H, W) with box k (top, left, height, width) showing ``fill``'s pixels."""
-    h, w = images.shape[-2:]
-    top, left, height, width = (boxes[:, j, None] for j in range(4))
-    dy = torch.arange(h, device=images.device)[None] - top
-    dx = torch.arange(w, device=images.device)[None] - left
-    inside = ((dy >= 0) & (dy < height))[:, :, None] & ((dx >= 0) & (dx < width))[:, None, :]
-    return torch.where(inside[:, None], fill, images)
 
 
 def random_boxes(count: int, size: tuple[int, int], box: tuple[int, int], generator: torch.Generator) -> Tensor:

@@ -110,14 +110,20 @@ def fill_image(fill, shape: tuple[int, int, int], mean=None, std=None, seed: int
     raise UserError(f"unknown occlusion fill {fill!r}; choose one of: {', '.join(FILLS)}, or a number")
 
 
+def occlude_boxes(images: Tensor, boxes: Tensor, fill: Tensor) -> Tensor:
+    """Copies of ``images`` (K, C, H, W) with box k (top, left, height, width) showing ``fill``'s pixels."""
+    h, w = images.shape[-2:]
+    top, left, height, width = (boxes[:, j, None] for j in range(4))
+    dy = torch.arange(h, device=images.device)[None] - top
+    dx = torch.arange(w, device=images.device)[None] - left
+    inside = ((dy >= 0) & (dy < height))[:, :, None] & ((dx >= 0) & (dx < width))[:, None, :]
+    return torch.where(inside[:, None], fill, images)
+
+
 def occluded_copies(images: Tensor, fill: Tensor, n_idx: Tensor, ys: Tensor, xs: Tensor, window: int) -> Tensor:
     """Copies ``images[n_idx]`` with the square at (ys, xs) replaced by the fill image's pixels."""
-    h, w = images.shape[-2:]
-    dy = torch.arange(h, device=images.device)[None] - ys[:, None]
-    dx = torch.arange(w, device=images.device)[None] - xs[:, None]
-    rows, cols = (dy >= 0) & (dy < window), (dx >= 0) & (dx < window)
-    mask = (rows[:, :, None] & cols[:, None, :])[:, None]
-    return torch.where(mask, fill, images[n_idx])
+    side = torch.full_like(ys, window)
+    return occlude_boxes(images[n_idx], torch.stack([ys, xs, side, side], dim=1), fill)
 
 
 @dataclass
