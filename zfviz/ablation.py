@@ -125,21 +125,21 @@ def apply_variant(cfg: DictConfig, name: str | None) -> DictConfig:
     if name is None:
         cfg.model.drop = normalize_drop(cfg.model.drop)
     else:
-        v = VARIANTS[name]
-        cfg.model.name = v.model
-        cfg.model.drop = list(v.drop)
-        cfg.model.fc_dims = round(cfg.model.fc_dims * v.fc_scale)
+        cfg.model = variant_model(name, OmegaConf.to_container(cfg.model))
     cfg.drop = list(cfg.model.drop)
     return cfg
 
 
+def variant_model(name: str, model_cfg: dict) -> dict:
+    """The model section of variant ``name`` on top of ``model_cfg``: its net, drop list and fc width."""
+    v = VARIANTS[name]
+    return {**model_cfg, "name": v.model, "drop": list(v.drop), "fc_dims": round(model_cfg["fc_dims"] * v.fc_scale)}
+
+
 def variant_model_kwargs(name: str, model_cfg: dict) -> tuple[str, dict]:
     """(registered model, build_model keyword arguments) of variant ``name`` on top of ``model_cfg``."""
-    v = VARIANTS[name]
-    kw = {k: val for k, val in model_cfg.items() if k != "name"}
-    kw["drop"] = list(v.drop)
-    kw["fc_dims"] = round(kw.get("fc_dims", 4096) * v.fc_scale)
-    return v.model, kw
+    kw = variant_model(name, model_cfg)
+    return kw.pop("name"), kw
 
 
 def run_key(cfg: DictConfig) -> str:
