@@ -62,6 +62,19 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @classmethod
+    def in_memory(cls, images: np.ndarray, labels: np.ndarray, **fields) -> ImageSet:
+        """An ImageSet over uint8 (N, H, W) arrays: one channel, resized on read, named by a pixel hash."""
+        from zfviz.data.tensor_loader import resize_uint8
+
+        tensor = torch.from_numpy(images).unsqueeze(1)
+
+        def read(index: np.ndarray, size: int) -> torch.Tensor:
+            return resize_uint8(tensor[torch.as_tensor(index, dtype=torch.long)], size)
+
+        digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
+        return cls(labels=labels, read=read, fingerprint=digest, **fields)
+
 
 @dataclass(frozen=True)
 class Preprocess:

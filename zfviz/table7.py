@@ -14,12 +14,10 @@ at most 6x6 cells; fc6/fc7 are the rectified outputs. Both heads are the transfe
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from zfviz.features import LAYERS, ImageSet
 from zfviz.results import paper_table
@@ -36,19 +34,12 @@ def fashion_mnist_images(root: str | None = None, split: str = "test", limit: in
     The default is the test split: images the cpu-preset nets never trained on.
     """
     from zfviz.data import fashion_mnist
-    from zfviz.data.tensor_loader import resize_uint8
 
     folder = fashion_mnist.locate(root)
     images, labels = fashion_mnist.load_split(folder, split, limit)
-    tensor = images.unsqueeze(1)
-
-    def read(index: np.ndarray, size: int) -> torch.Tensor:
-        return resize_uint8(tensor[torch.as_tensor(index, dtype=torch.long)], size)
-
-    digest = hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()[:16]
-    return ImageSet(
-        name=f"fashion_mnist_{split}", classes=fashion_mnist.CLASSES, labels=labels.numpy(), read=read,
-        fingerprint=digest, source=str(folder),
+    return ImageSet.in_memory(
+        images.numpy(), labels.numpy(), name=f"fashion_mnist_{split}", classes=fashion_mnist.CLASSES,
+        source=str(folder),
     )  # fmt: skip
 
 

@@ -16,7 +16,6 @@ No Caltech or PASCAL images can be had here, so both are replaced by scikit-lear
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 
 import numpy as np
@@ -42,17 +41,10 @@ def digits_uint8() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _in_memory(name: str, images: np.ndarray, labels: np.ndarray, note: str, **extra) -> ImageSet:
-    """An ImageSet over uint8 (N, H, W) arrays; resized on read, one channel."""
-    tensor = torch.from_numpy(images).unsqueeze(1)
-
-    def read(index: np.ndarray, size: int) -> torch.Tensor:
-        return resize_uint8(tensor[torch.as_tensor(index, dtype=torch.long)], size)
-
-    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
-    return ImageSet(
-        name=name, classes=CLASSES, labels=labels, read=read, fingerprint=digest,
-        source="sklearn.datasets.load_digits", note=note, **extra,
-    )  # fmt: skip
+    """An ImageSet over uint8 (N, H, W) digit arrays."""
+    return ImageSet.in_memory(
+        images, labels, name=name, classes=CLASSES, source="sklearn.datasets.load_digits", note=note, **extra
+    )
 
 
 def digits_caltech(name: str = "digits") -> ImageSet:
