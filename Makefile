@@ -1,5 +1,6 @@
 # zfviz: `make figures` runs the paper's experiments at PRESET (default cpu) into results/;
-# `make test` runs the test suite. Both set up .venv and the data they need from nothing.
+# `make test` runs the test suite (`make test-fast`: without the slow tests). Both set up .venv and the
+# data they need from nothing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,12 +8,12 @@ PRESET ?= cpu
 RUNS := runs/figures/$(PRESET)
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data test figures lint clean-figures
+.PHONY: install data test test-fast figures lint clean-figures
 
 install: $(VENV)/.installed
 
 # torch/torchvision: the pair that lies on this workplace's disk (other pairs break torchvision's import).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev]'
@@ -24,8 +25,13 @@ data:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
 	else echo "Fashion-MNIST is missing: sudo apt-get install dataset-fashion-mnist (or see README, 'Data')"; exit 1; fi
 
+# test: the whole suite. test-fast: without the tests marked slow (CLI launches, trainings, 224 px
+# nets), for a check in under a minute while developing.
 test: install data
 	$(BIN)/python -m pytest -q
+
+test-fast: install data
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check zfviz tests scripts
@@ -95,7 +101,8 @@ FIGURES += results/table3_$(PRESET).csv
 
 # Table 7: linear SVM and softmax on each layer's features of the trained ZFNet (cached in runs/features).
 results/table7_$(PRESET).csv: $(RUNS)/zfnet/run.json
-	$(BIN)/python scripts/table7.py --checkpoint $(CHECKPOINT) --preset $(PRESET) --out results --cache runs/features
+	$(BIN)/python scripts/table7.py experiment=table7 preset=$(PRESET) checkpoint=$(CHECKPOINT) out_dir=results \
+		features.cache_dir=runs/features hydra.run.dir=$(RUNS)/table7
 
 FIGURES += results/table7_$(PRESET).csv
 

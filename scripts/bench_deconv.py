@@ -6,17 +6,19 @@
 2. The streaming top-9 pass against plain inference (``model(x)`` under ``no_grad``) on the same
    batches: the search must keep at least 80% of inference speed.
 
-Both ratios come from one run in one process; each timing is the best of ``--repeats``.
-usage: python scripts/bench_deconv.py [--images 500] [--checkpoint runs/figures/cpu/zfnet/checkpoint.pt]
+Both ratios come from one run in one process; the methods compared run in turn, round after
+round, and each timing is the best of its rounds. Without ``--checkpoint`` the net is the cpu
+preset's ZFNet as ``configs/`` builds it, with random weights.
+usage: python scripts/bench_deconv.py [--images 500] [--checkpoint runs/figures/cpu/zfnet/checkpoint.pt] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
+from _bench import interleaved, preset_model, ratio_line
 from captum.attr import NeuronDeconvolution
 from omegaconf import OmegaConf
 
@@ -24,28 +26,18 @@ from zfviz.checkpoint import model_from_checkpoint
 from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.errors import UserError
-from zfviz.models import build_model
 from zfviz.viz.deconv import project_batches
 from zfviz.viz.top9 import project_top, top_activations
 
 
-def best_of(repeats: int, fn) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
-
-def load_images(n: int):
-    """The first ``n`` Fashion-MNIST test images at 64 px (uint8) and their normalization, or noise if absent."""
+def load_images(n: int, size: int):
+    """The first ``n`` Fashion-MNIST test images at ``size`` px (uint8) and their normalization, or noise if absent."""
     try:
-        data = build_data(OmegaConf.create({"name": "fashion_mnist", "limit": n}), input_size=64, batch_size=256)
+        data = build_data(OmegaConf.create({"name": "fashion_mnist", "limit": n}), input_size=size, batch_size=256)
         return data.test.images[:n], data.test.normalize, "Fashion-MNIST test"
     except UserError as err:  # no data set on this machine: random images measure the same work
         print(f"(no Fashion-MNIST: {err}; using random images)")
-        stored = torch.randint(0, 256, (n, 1, 64, 64), dtype=torch.uint8)
+        stored = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8)
         loader = TensorLoader(stored, torch.zeros(n), 1, mean=0.29, std=0.34)
         return stored, loader.normalize, "random"
 
@@ -58,13 +50,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs of each zfviz timing")
     parser.add_argument("--search-repeats", type=int, default=7, help="interleaved runs of search and inference")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 images, one round of each timing")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.repeats, args.search_repeats = 20, 1, 1
     torch.manual_seed(0)
     if args.checkpoint:
         model, _ = model_from_checkpoint(args.checkpoint)
     else:
-        model = build_model("zfnet", num_classes=10, input_size=64, width=0.25, fc_dims=512, init="kaiming").eval()
-    stored, prepare, source = load_images(args.images)
+        model = preset_model("cpu", num_classes=10).eval()
+    stored, prepare, source = load_images(args.images, model.input_size)
     x = prepare(stored)
     batches = list(x.split(args.batch_size))
     print(f"ZFNet cpu preset ({'trained' if args.checkpoint else 'random'} weights), {len(x)} {source} images, "
@@ -80,11 +75,8 @@ def main() -> None:
         return top_activations(model, batches, [args.layer], k=9)[args.layer]
 
     plain()  # warm-up
-    t_plain = t_search = float("inf")
-    for _ in range(args.search_repeats):  # interleaved, so a change in the machine's load hits both alike
-        t_plain = min(t_plain, best_of(1, plain)[0])
-        elapsed, top = best_of(1, search)
-        t_search = min(t_search, elapsed)
+    timed = interleaved({"plain": plain, "search": search}, args.search_repeats)
+    t_plain, t_search, top = timed.best("plain"), timed.best("search"), timed.results["search"]
 
     # --- 1. top-9 projections: zfviz batched vs Captum per (map, image) ---------------------------------
     maps, k = top.maps, top.values.shape[1]
@@ -113,13 +105,19 @@ def main() -> None:
         return out
 
     ours("pass")  # warm-up
-    t_ours, _ = best_of(args.repeats, lambda: ours("pass"))
-    # Captum back-propagates through contrast normalization; compare with our norm="backprop" mode.
-    t_backprop, mine = best_of(args.repeats, lambda: ours("backprop"))
-    t_crops, _ = best_of(
-        args.repeats, lambda: project_top(model, args.layer, top, stored, prepare, batch_size=args.batch_size)
+    timed = interleaved(
+        {
+            "pass": lambda: ours("pass"),
+            # Captum back-propagates through contrast normalization; compare with our norm="backprop" mode.
+            "backprop": lambda: ours("backprop"),
+            "crops": lambda: project_top(model, args.layer, top, stored, prepare, batch_size=args.batch_size),
+        },
+        args.repeats,
     )
-    t_captum, captum = best_of(1, theirs)
+    t_ours, t_backprop, t_crops = timed.best("pass"), timed.best("backprop"), timed.best("crops")
+    mine = timed.results["backprop"]
+    slow = interleaved({"captum": theirs}, 1)  # once: it is the slow one
+    t_captum, captum = slow.best("captum"), slow.results["captum"]
     values = top.values.reshape(-1)
     positive = values > 0  # Captum's seed 1 scales to the deconvnet's seed only for positive values
     expected = captum[positive] * values[positive, None, None, None]
@@ -132,6 +130,7 @@ def main() -> None:
     print(f"   same, norm=backprop          {t_backprop:8.3f} s   {n / t_backprop:9.1f} projections/s")
     print(f"   zfviz project_top (+ crops)  {t_crops:8.3f} s   {n / t_crops:9.1f} projections/s")
     print(f"   Captum loop per (map, image) {t_captum:8.3f} s   {n / t_captum:9.1f} projections/s")
+    print(ratio_line("Captum time / zfviz time", t_captum / t_ours, ">= 10"))
     print(
         f"   speed-up vs Captum: {t_captum / t_ours:.1f}x (norm=backprop {t_captum / t_backprop:.1f}x, "
         f"with crops {t_captum / t_crops:.1f}x; goal >= 10x)"
@@ -141,7 +140,7 @@ def main() -> None:
     print(f"\n2. streaming top-9 search over {len(x)} images, layer {args.layer}")
     print(f"   plain inference {t_plain:7.3f} s   {len(x) / t_plain:8.1f} images/s")
     print(f"   top-9 search    {t_search:7.3f} s   {len(x) / t_search:8.1f} images/s")
-    print(f"   search speed / inference speed: {t_plain / t_search:.2f} (goal >= 0.80)")
+    print(ratio_line("search speed / inference speed", t_plain / t_search, ">= 0.80"))
     assert max_err < 1e-4, "zfviz and Captum disagree"
 
 

@@ -6,21 +6,21 @@
 2. At the paper preset (Fig. 3 ZFNet, 224 px) the training step's achieved GFLOP/s (3 x the
    forward multiply-adds x 2) against this machine's float32 matmul peak measured here.
 
-usage: python scripts/bench_train.py [--batches 20] [--repeats 3] [--paper-batch 16]
+The nets are the cpu and paper presets' ZFNet, built from ``configs/`` (``_bench.preset_model``).
+
+usage: python scripts/bench_train.py [--batches 20] [--repeats 3] [--paper-batch 16] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from _bench import interleaved, preset_model, ratio_line
 from torch import nn
 
 from zfviz.engine import build_optimizer, train_one_epoch
-from zfviz.models import build_model
 
 OPTIM = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "schedule": "constant"}
 
@@ -37,21 +37,17 @@ def make_batches(n: int, batch: int, size: int) -> list[tuple[torch.Tensor, torc
     ]
 
 
-def bare_loop(model: nn.Module, batches, optimizer) -> float:
+def bare_loop(model: nn.Module, batches, optimizer) -> None:
     model.train()
-    start = time.perf_counter()
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return sum(len(y) for _, y in batches) / (time.perf_counter() - start)
 
 
-def engine_loop(model: nn.Module, batches, optimizer) -> float:
-    start = time.perf_counter()
+def engine_loop(model: nn.Module, batches, optimizer) -> None:
     train_one_epoch(model, batches, optimizer, device=torch.device("cpu"), progress=False)
-    return sum(len(y) for _, y in batches) / (time.perf_counter() - start)
 
 
 def forward_macs(model: nn.Module, size: int) -> int:
@@ -79,14 +75,7 @@ def forward_macs(model: nn.Module, size: int) -> int:
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return 2 * n**3 / interleaved({"matmul": lambda: a @ b}, repeats).best("matmul") / 1e9
 
 
 def main() -> None:
@@ -95,39 +84,45 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--paper-batch", type=int, default=16)
     parser.add_argument("--paper-steps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 batches, 1 repeat, a tiny paper batch")
     args = parser.parse_args()
+    if args.quick:
+        args.batches, args.repeats, args.paper_batch, args.paper_steps = 2, 1, 2, 1
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     # 1. engine overhead at the cpu preset
-    model = build_model("zfnet", num_classes=10, input_size=64, width=0.25, fc_dims=512, init="kaiming")
+    model = preset_model("cpu", num_classes=10)
+    size = model.input_size
     optimizer, _, _ = build_optimizer(model, Cfg(OPTIM), args.batches, 1)
-    batches = make_batches(args.batches, 128, 64)
+    batches = make_batches(args.batches, 128, size)
     engine_loop(model, batches[:3], optimizer)  # warm-up
-    bare, ours = [], []
-    for _ in range(args.repeats):
-        bare.append(bare_loop(model, batches, optimizer))
-        ours.append(engine_loop(model, batches, optimizer))
-    b, o = statistics.median(bare), statistics.median(ours)
-    print(f"cpu preset ZFNet, batch 128, {args.batches} batches x {args.repeats} repeats (medians):")
+    timings = interleaved(
+        {"bare": lambda: bare_loop(model, batches, optimizer), "zfviz": lambda: engine_loop(model, batches, optimizer)},
+        args.repeats,
+    )
+    images = sum(len(y) for _, y in batches)
+    b, o = images / timings.median("bare"), images / timings.median("zfviz")
+    print(f"cpu preset ZFNet ({size} px), batch 128, {args.batches} batches x {args.repeats} repeats (medians):")
     print(f"  bare loop   {b:8.1f} img/s")
     print(f"  zfviz       {o:8.1f} img/s")
-    print(f"  ratio zfviz/bare = {o / b:.3f}   (goal >= 0.95)")
+    print(ratio_line("zfviz/bare", o / b, ">= 0.95"))
 
     # 2. the paper preset's achieved GFLOP/s against the matmul peak
-    model = build_model("zfnet", num_classes=1000)
+    model = preset_model("paper", num_classes=1000)
+    size = model.input_size
     optimizer, _, _ = build_optimizer(model, Cfg(OPTIM), args.paper_steps, 1)
-    macs = forward_macs(model, 224)
-    batches = make_batches(args.paper_steps, args.paper_batch, 224)
-    batches = [(x, y % 1000) for x, y in batches]
+    macs = forward_macs(model, size)
+    batches = make_batches(args.paper_steps, args.paper_batch, size)
     engine_loop(model, batches[:1], optimizer)  # warm-up
-    rate = engine_loop(model, batches, optimizer)
+    step = interleaved({"engine": lambda: engine_loop(model, batches, optimizer)}, 1)
+    rate = args.paper_steps * args.paper_batch / step.best("engine")
     achieved = rate * 3 * 2 * macs / 1e9  # backward ~ 2x forward
     peak = matmul_peak()
-    print(f"paper preset ZFNet at 224 px: {macs / 1e9:.3f} GMAC forward per image, batch {args.paper_batch}")
+    print(f"paper preset ZFNet at {size} px: {macs / 1e9:.3f} GMAC forward per image, batch {args.paper_batch}")
     print(f"  training       {rate:8.2f} img/s = {achieved:7.1f} GFLOP/s")
     print(f"  matmul peak    {peak:8.1f} GFLOP/s (2048^2 float32)")
-    print(f"  ratio achieved/peak = {achieved / peak:.3f}")
+    print(ratio_line("achieved/peak", achieved / peak))
 
 
 if __name__ == "__main__":

@@ -1,27 +1,41 @@
 """Write results/table7_<preset>.csv and its accuracy-per-layer figure for a trained net (Table 7).
 
-usage: python scripts/table7.py --checkpoint runs/figures/cpu/zfnet/checkpoint.pt --preset cpu --out results
+usage: python scripts/table7.py checkpoint=runs/figures/cpu/zfnet/checkpoint.pt preset=cpu out_dir=results
 
-Features of layers 1-7 are extracted once per (checkpoint, data set, layer) into --cache and reused
-by every split, N and classifier. --dataset fashion_mnist (default) uses the Fashion-MNIST test
-images, which the cpu-preset nets never trained on; --dataset digits uses the transfer issue's
-stand-in for Caltech (scikit-learn's digits), a data set the net has never seen at all.
+Without ``checkpoint=`` it takes the net ``zfviz transfer`` would: the newest finished zfnet run.
+
+A Hydra app on zfviz transfer's config with ``experiment=table7`` (configs/experiment/table7.yaml,
+added when no experiment is given): the heads, splits and feature settings are the transfer keys
+(``softmax.steps=50``, ``svm.C=0.5``, ``n_per_class=[3]``, ``features.cache_dir=...``). Features of
+layers 1-7 are extracted once per (checkpoint, data set, layer) into ``features.cache_dir`` and reused
+by every split, N and classifier. ``dataset=fashion_mnist`` (default) uses the Fashion-MNIST test
+images, which the cpu-preset nets never trained on; ``dataset=digits`` uses the transfer stand-in
+for Caltech (scikit-learn's digits), a data set the net has never seen at all.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from pathlib import Path
 
+import hydra
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zfviz.checkpoint import model_from_checkpoint
+from zfviz.commands import CONFIG_DIR
+from zfviz.commands.transfer import as_list, with_checkpoint
+from zfviz.data.preprocess import file_sha256, source_preprocess
 from zfviz.errors import UserError
-from zfviz.features import LAYERS, FeatureCache, cached_features, file_sha256, source_preprocess
+from zfviz.features import LAYERS, FeatureCache, cached_features
 from zfviz.plotting.ablation import layer_accuracy_lines
 from zfviz.results import save_figure, write_table
-from zfviz.table7 import fashion_mnist_images, layer_accuracies, table7
+from zfviz.table7 import CLASSIFIERS, fashion_mnist_images, layer_accuracies, table7
+from zfviz.utils import resolve_device
+
+DATASETS = ("fashion_mnist", "digits")
 
 
 def load_images(dataset: str, root: str | None):
@@ -31,54 +45,68 @@ def load_images(dataset: str, root: str | None):
         from zfviz.data.digits import digits_caltech
 
         return digits_caltech()
-    raise UserError(f"unknown dataset {dataset!r}; choose one of: fashion_mnist, digits")
+    raise UserError(f"unknown dataset {dataset!r} for Table 7; choose one of: {', '.join(DATASETS)}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--dataset", default="fashion_mnist")
-    parser.add_argument("--root", default=None, help="the data set's folder (default: where zfviz finds it)")
-    parser.add_argument("--n-per-class", type=int, nargs="+", default=[30, 60])
-    parser.add_argument("--splits", type=int, default=5)
-    parser.add_argument("--softmax-steps", type=int, default=500)
-    parser.add_argument("--cache", default="runs/features")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+def check(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """(layers, classifiers), or a UserError naming the valid choices."""
+    layers, heads = [str(x) for x in as_list(cfg.layer)], [str(h) for h in as_list(cfg.head)]
+    bad = [x for x in layers if x not in LAYERS] + [h for h in heads if h not in CLASSIFIERS]
+    if bad:
+        raise UserError(f"unknown {bad[0]!r}; layer: any of {', '.join(LAYERS)}; head: any of {', '.join(CLASSIFIERS)}")
+    return layers, heads
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
     start = time.perf_counter()
-    try:
-        model, ckpt = model_from_checkpoint(args.checkpoint)
-        prep = source_preprocess(ckpt, args.checkpoint, args.cache)
-        images = load_images(args.dataset, args.root)
-        cache = FeatureCache(args.cache)
-        features = cached_features(
-            model, images, LAYERS, prep, model_key=file_sha256(args.checkpoint), cache=cache, device=args.device
-        )
-        rows = layer_accuracies(
-            features, images.labels, n_per_class=args.n_per_class, splits=args.splits, softmax_steps=args.softmax_steps
-        )
-    except UserError as err:
-        print(f"table7: error: {err}", file=sys.stderr)
-        return 2
+    layers, heads = check(cfg)
+    cfg, chosen = with_checkpoint(cfg)  # without checkpoint=, the net zfviz transfer would take
+    if chosen:
+        print(f"table7: checkpoint={cfg.checkpoint}, {chosen}", flush=True)
+    model, ckpt = model_from_checkpoint(cfg.checkpoint)
+    cache_dir = cfg.features.cache_dir
+    prep = source_preprocess(ckpt, cfg.checkpoint, cache_dir)
+    images = load_images(cfg.dataset, cfg.root)
+    cache = FeatureCache(cache_dir) if cache_dir else None
+    features = cached_features(
+        model, images, layers, prep, model_key=file_sha256(cfg.checkpoint), cache=cache,
+        grid=cfg.features.pool_grid, batch_size=cfg.features.batch_size, device=resolve_device(cfg.device),
+    )  # fmt: skip
+    test_cap = None if cfg.test_per_class in (None, "auto") else int(cfg.test_per_class)
+    rows = layer_accuracies(
+        features, images.labels, n_per_class=[int(n) for n in as_list(cfg.n_per_class)], splits=int(cfg.splits),
+        classifiers=heads, test_per_class=test_cap, seed=int(cfg.seed), svm_c=cfg.svm.C, softmax=cfg.softmax,
+    )  # fmt: skip
     df = table7(rows)
     df.insert(0, "dataset", images.name)
     df.insert(1, "model", ckpt["config"]["model"]["name"])
+    hits = {"hits": cache.hits, "misses": cache.misses} if cache else None
     source = {
-        "checkpoint": args.checkpoint, "dataset": images.name, "data_source": images.source,
-        "images": len(images), "feature_cache": {"hits": cache.hits, "misses": cache.misses},
-        "config": ckpt["config"],
+        "checkpoint": cfg.checkpoint, "dataset": images.name, "data_source": images.source,
+        "images": len(images), "feature_cache": hits, "config": ckpt["config"],
+        "table7_config": OmegaConf.to_container(cfg, resolve=True),
     }  # fmt: skip
+    out = Path(cfg.out_dir) if cfg.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
     wall = time.perf_counter() - start
-    write_table(df, f"{args.out}/table7_{args.preset}.csv", sources=[source], wall_time_s=round(wall, 2))
-    title = f"Table 7: linear classifiers on each layer, {args.preset} preset ({images.name}, {args.splits} splits)"
-    save_figure(layer_accuracy_lines(df, title=title), f"{args.out}/fig_table7_{args.preset}.png")
+    write_table(df, out / f"table7_{cfg.preset}.csv", sources=[source], wall_time_s=round(wall, 2))
+    title = f"Table 7: linear classifiers on each layer, {cfg.preset} preset ({images.name}, {cfg.splits} splits)"
+    save_figure(layer_accuracy_lines(df, title=title), out / f"fig_table7_{cfg.preset}.png")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(df.drop(columns=["dataset", "model"]).round(2).to_string(index=False))
-    print(f"table7: {wall:.1f} s, feature cache {cache.hits} hits, {cache.misses} misses")
-    return 0
+    print(f"table7: {wall:.1f} s, feature cache {hits}, wrote {out}/table7_{cfg.preset}.csv")
+    return df
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="transfer", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except UserError as err:
+        print(f"table7: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if not any(arg.startswith(("experiment=", "+experiment=")) for arg in sys.argv[1:]):
+        sys.argv.insert(1, "experiment=table7")
+    main()

@@ -11,7 +11,6 @@ rows at 15, 30, 45 and 60 images per class). Any of the four may be left out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pandas as pd
 from zfviz.errors import UserError
 from zfviz.plotting import plt
 from zfviz.plotting.transfer import accuracy_vs_examples, ap_bars
-from zfviz.results import paper_table, save_figure, write_table
+from zfviz.results import load_run, paper_table, run_source, save_figure, write_table
 
 # Our heads -> the paper's row of the same method; the SVM's paper numbers are Table 7's layer-7 SVM.
 OURS = {
@@ -34,23 +33,14 @@ PAPER = {
     "table4_caltech101": ("Caltech-101", "caltech101_30_acc", "caltech101_30_std", 30),
     "table5_caltech256": ("Caltech-256", "caltech256_60_acc", "caltech256_60_std", 60),
 }
+TRANSFER = "zfviz transfer"  # what makes the runs this script reads
 DINING_NOTE = "the paper prints Cow's values here for the two prior methods (a typo); their printed means imply about 68.6 and 75.2"
 
 
-def load(run_dir: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
-        raise UserError(f"{run_dir} holds no finished transfer run (no run.json); run zfviz transfer first")
-    return (
-        json.loads((run_dir / "run.json").read_text()),
-        pd.read_csv(run_dir / "rows.csv"),
-        pd.read_csv(run_dir / "summary.csv"),
-    )
-
-
 def source(run: dict, run_dir: str) -> dict:
-    keep = ("dataset", "note", "checkpoint", "checkpoint_sha256", "git_sha", "git_dirty", "wall_time_s", "config")
-    return {"run_dir": run_dir, **{k: run.get(k) for k in keep}}
+    """A transfer run's provenance for a table's sidecar: ``run_source``'s, and the data and net it used."""
+    keep = ("dataset", "note", "checkpoint", "checkpoint_sha256")
+    return run_source(run, run_dir=run_dir, **{k: run.get(k) for k in keep})
 
 
 def caltech_table(run: dict, summary: pd.DataFrame, paper_name: str, ns: list[int]) -> pd.DataFrame:
@@ -123,17 +113,17 @@ def main() -> int:
     out = Path(args.out)
     try:
         if args.table4:
-            run, _, summary = load(args.table4)
+            run, summary = load_run(args.table4, "summary.csv", command=TRANSFER)
             table = caltech_table(run, summary, "table4_caltech101", [15, 30])
             write_table(table, out / f"table4_{args.preset}.csv", sources=[source(run, args.table4)], wall_time_s=run["wall_time_s"])  # fmt: skip
             print(table.to_string(index=False), "\n")
         if args.table5:
-            run, _, summary = load(args.table5)
+            run, summary = load_run(args.table5, "summary.csv", command=TRANSFER)
             table = caltech_table(run, summary, "table5_caltech256", [15, 30, 45, 60])
             write_table(table, out / f"table5_{args.preset}.csv", sources=[source(run, args.table5)], wall_time_s=run["wall_time_s"])  # fmt: skip
             print(table.to_string(index=False), "\n")
         if args.fig9:
-            run, _, summary = load(args.fig9)
+            run, summary = load_run(args.fig9, "summary.csv", command=TRANSFER)
             write_table(summary, out / f"fig9_transfer_{args.preset}.csv", sources=[source(run, args.fig9)], wall_time_s=run["wall_time_s"])  # fmt: skip
             where = "digits stand-in" if run.get("stand_in") else run["dataset"]
             fig = accuracy_vs_examples(
@@ -142,7 +132,7 @@ def main() -> int:
             save_figure(fig, out / f"fig9_transfer_{args.preset}.png")
             plt.close(fig)
         if args.table6:
-            run, rows, _ = load(args.table6)
+            run, rows = load_run(args.table6, "rows.csv", command=TRANSFER)
             table = pascal_table(run, rows)
             write_table(table, out / f"table6_{args.preset}.csv", sources=[source(run, args.table6)], wall_time_s=run["wall_time_s"])  # fmt: skip
             fig = ap_bars(rows, title=f"per-class AP, {run['dataset']} {'stand-in' if run.get('stand_in') else ''}")

@@ -171,6 +171,7 @@ def test_bad_variants_are_user_errors_before_any_data_is_read(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_exit_2():
     result = subprocess.run(
         [sys.executable, "-m", "zfviz", "ablate", "drop=conv1"], capture_output=True, text=True, timeout=120, cwd=REPO
@@ -187,6 +188,7 @@ def _tiny(fmnist_dir: Path, cache: Path, *overrides: str):
     )
 
 
+@pytest.mark.slow
 def test_the_cache_trains_only_what_is_missing(fmnist_dir, tmp_path, monkeypatch):
     trained = []
     real_run = ablate_command.train_command.run

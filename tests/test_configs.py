@@ -32,6 +32,25 @@ def test_every_group_choice_composes(command, group):
         assert cfg.model.name in GROUP_CHOICES["model"]
 
 
+VIZ_METHODS = sorted(p.stem for p in (Path(CONFIG_DIR) / "viz").glob("*.yaml"))
+
+
+def test_the_papers_viz_methods_have_configs():
+    expected = {"architecture", "correspondence", "deconv", "evolution", "invariance", "occlusion", "top9"}
+    assert expected <= set(VIZ_METHODS)
+
+
+@pytest.mark.parametrize("preset", GROUP_CHOICES["preset"])
+@pytest.mark.parametrize("method", VIZ_METHODS)
+def test_every_viz_method_composes_through_the_viz_config(method, preset):
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("viz", [f"viz={method}", f"preset={preset}"])
+    assert cfg.viz.name == method  # the key `zfviz viz` dispatches on
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation in the method's file resolves
+    assert resolved["viz"]["name"] == method and resolved["preset"] == preset
+
+
 def test_presets_set_the_documented_sizes():
     cpu = compose_cfg("train", [])
     paper = compose_cfg("train", ["preset=paper"])
@@ -72,6 +91,7 @@ def zfviz(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "zfviz", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # one CLI launch (Python, torch and Hydra start) per case
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -95,6 +115,7 @@ def test_user_mistakes_are_one_line_and_exit_non_zero(args, message):
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_help_lists_the_subcommands():
     result = zfviz("--help")
     assert result.returncode == 0
@@ -102,12 +123,14 @@ def test_help_lists_the_subcommands():
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_cfg_job_prints_the_resolved_config():
     result = zfviz("train", "model=alexnet", "--cfg", "job")
     assert result.returncode == 0
     assert "name: alexnet" in result.stdout and "input_size: 64" in result.stdout
 
 
+@pytest.mark.slow
 def test_viz_without_a_method_names_the_methods():
     result = zfviz("viz")
     assert result.returncode == 2

@@ -64,10 +64,23 @@ def test_build_data_resizes_repeats_channels_and_normalizes(fmnist_dir):
     assert torch.equal(full[:, 0], full[:, 2])
 
 
-def test_resize_matches_interpolate():
-    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
-    expected = F.interpolate(images[:, None].float(), size=(64, 64), mode="bilinear", align_corners=False)
-    assert torch.equal(resize_uint8(images, 64), expected.round().clamp(0, 255).to(torch.uint8))
+def test_resize_is_bilinear_with_half_pixel_centres_and_rounds_by_hand():
+    # 2 -> 4 px: output pixel d samples source (d + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 (clamped to the
+    # edge), so each row [a, b] becomes [a, (3a + b) / 4, (a + 3b) / 4, b], and the same down the columns.
+    image = torch.tensor([[0, 100], [200, 40]], dtype=torch.uint8)
+    expected = torch.tensor(
+        [[0, 25, 75, 100], [50, 59, 76, 85], [150, 126, 79, 55], [200, 160, 80, 40]], dtype=torch.uint8
+    )  # 58.75 -> 59 and 78.75 -> 79: rounded, not truncated
+    assert torch.equal(resize_uint8(image[None], 4), expected[None, None])
+    rgb = torch.stack([image, 255 - image])[None]  # (N, C, H, W): each channel on its own
+    assert torch.equal(resize_uint8(rgb, 4)[0, 1], 255 - expected)
+    assert resize_uint8(rgb, 2).data_ptr() == rgb.data_ptr()  # already that size: untouched
+
+
+def test_resize_keeps_image_order_across_its_chunks():
+    flat = (torch.arange(4100) % 251).to(torch.uint8)  # more than one 4096-image chunk; each image one value
+    out = resize_uint8(flat[:, None, None].expand(-1, 3, 3).contiguous(), 5)
+    assert out.shape == (4100, 1, 5, 5) and torch.equal(out, flat[:, None, None, None].expand(-1, 1, 5, 5))
 
 
 def test_random_crop_equals_a_per_image_loop():

@@ -287,7 +287,7 @@ def test_batching_and_per_image_channels_do_not_change_a_projection():
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("norm", ["pass", "backprop"])
+@pytest.mark.parametrize("norm", [pytest.param("pass", marks=pytest.mark.slow), "backprop"])  # ~5 s each
 def test_many_projections_trace_each_image_once_and_match_one_at_a_time(norm):
     model = small_zfnet()
     x = torch.randn(6, 3, 64, 64)
@@ -295,6 +295,7 @@ def test_many_projections_trace_each_image_once_and_match_one_at_a_time(norm):
     channel = torch.tensor([0, 3, 7, 3, 3, 2, 1, 9])
     position = torch.tensor([[0, 0], [1, 2], [2, 2], [0, 1], [1, 2], [2, 0], [1, 1], [0, 2]])
     traced = {}
+    ones = [project(model, x[image[j] : image[j] + 1], "conv3", int(channel[j]), position[j], norm=norm) for j in range(len(image))]  # fmt: skip
     for batch_size in (1, 3, 8):
         seen = []
         handle = model.conv1.register_forward_hook(lambda m, i, o, seen=seen: seen.append(len(i[0])))
@@ -307,8 +308,7 @@ def test_many_projections_trace_each_image_once_and_match_one_at_a_time(norm):
         finally:
             handle.remove()
         traced[batch_size] = sum(seen)
-        for j in range(len(image)):
-            one = project(model, x[image[j] : image[j] + 1], "conv3", int(channel[j]), position[j], norm=norm)
+        for j, one in enumerate(ones):
             torch.testing.assert_close(got[j : j + 1], one, rtol=1e-5, atol=1e-6)
     # Taken in order of image, the 4 distinct images go up the net once each in one batch of 8;
     # in batches of 3 (images 0 1 1 | 1 4 4 | 4 5) the ones split across batches go up twice.

@@ -20,6 +20,7 @@ from zfviz.data import build_data
 from zfviz.engine import _topk_errors, clip_filter_rms, evaluate
 from zfviz.errors import UserError
 from zfviz.models import build_model
+from zfviz.utils import seeded
 
 
 def test_clip_filter_rms_rescales_only_filters_above_the_limit():
@@ -54,19 +55,40 @@ def test_evaluate_does_not_depend_on_batch_size(fmnist_dir):
     for batch in (7, 100):
         data = build_data(OmegaConf.merge(cfg.data, {"eval_batch_size": batch}), input_size=64, batch_size=32)
         results.append(evaluate(model, data.test, device=torch.device("cpu")))
-    assert results[0]["val_top1_err"] == results[1]["val_top1_err"]
+    # Within one image of 100, not equal: batches of 7 and 100 run other conv kernels, and an image at a
+    # near-tie may flip; the loss, a mean over all images, catches a dropped or repeated batch.
+    assert abs(results[0]["val_top1_err"] - results[1]["val_top1_err"]) <= 1.0
     assert math.isclose(results[0]["val_loss"], results[1]["val_loss"], rel_tol=1e-5)
 
 
+def test_seeded_puts_the_callers_determinism_and_threads_back():
+    before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+    for deterministic in (True, False):
+        with seeded(3, deterministic):
+            assert torch.are_deterministic_algorithms_enabled() == deterministic
+            torch.set_num_threads(1)
+            a = torch.rand(3)
+        assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
+        with seeded(3, deterministic):
+            assert torch.equal(torch.rand(3), a)  # and it seeds
+    with pytest.raises(RuntimeError), seeded(0, not before[0]):
+        raise RuntimeError  # put back after an error too
+    assert torch.are_deterministic_algorithms_enabled() == before[0]
+
+
+@pytest.mark.slow
 def test_same_seed_same_run_and_training_learns(fmnist_dir, tmp_path):
     cfg = cfg_for(fmnist_dir, "trainer.epochs=6", "trainer.batch_size=32", "optim.warmup_epochs=0")
+    assert not torch.are_deterministic_algorithms_enabled()
     first = run(cfg, tmp_path / "a")
-    second = run(cfg, tmp_path / "b")
+    assert not torch.are_deterministic_algorithms_enabled()  # the run's deterministic=true does not leak out
+    second = run(cfg, tmp_path / "b")  # same process, same kernels, same data: bit for bit
     assert first["final"] == {**second["final"], "img_per_s": first["final"]["img_per_s"],
                               "wall_time_s": first["final"]["wall_time_s"]}  # fmt: skip
     assert first["final"]["val_top1_err"] < 50  # the fake classes are bars at distinct rows
 
 
+@pytest.mark.slow
 def test_debug_fast_cli_run_writes_metrics_and_a_loadable_checkpoint(fmnist_dir, tmp_path):
     out = tmp_path / "run"
     args = ["train", "debug=fast", f"data.root={fmnist_dir}", f"hydra.run.dir={out}", "trainer.epochs=2"]
@@ -79,10 +101,13 @@ def test_debug_fast_cli_run_writes_metrics_and_a_loadable_checkpoint(fmnist_dir,
         assert all(math.isfinite(float(r[key])) for r in rows), key
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["model"]["name"] == "zfnet"
-    # The checkpoint's weights reproduce the error its last epoch recorded.
+    # The checkpoint's weights reproduce the error its last epoch recorded: within one image of 100, as this
+    # process may run on another thread count than the CLI's (other kernel splits, other last bits).
     model, _ = model_from_checkpoint(out / "checkpoint.pt")
     data = build_data(cfg_for(fmnist_dir).data, input_size=64, batch_size=64)
-    assert evaluate(model, data.test, device=torch.device("cpu"))["val_top1_err"] == float(rows[-1]["val_top1_err"])
+    got = evaluate(model, data.test, device=torch.device("cpu"))
+    assert abs(got["val_top1_err"] - float(rows[-1]["val_top1_err"])) <= 1.0
+    assert math.isclose(got["val_loss"], float(rows[-1]["val_loss"]), rel_tol=1e-4)
     assert not list(out.glob("*.tmp"))
 
 

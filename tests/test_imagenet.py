@@ -260,6 +260,7 @@ def test_a_wrong_layout_is_one_line_that_describes_the_right_one(tmp_path, trees
     assert "n99999999" in message(str(stray))
 
 
+@pytest.mark.slow  # each case reads the whole tree for the mean image before the setting is checked
 def test_bad_settings_are_one_line(trees):
     root, _ = trees["imagefolder"]
     for extra, kwargs, needle in [

@@ -65,7 +65,10 @@ def test_distances_are_zero_at_the_identity_and_match_the_features():
     df = pd.DataFrame(invariance(model, images, target, sweeps, ("conv1", "fc7"), background=-0.5))
     assert len(df) == 3 * 6
     identity = df[df["amount"] == df["transform"].map(IDENTITY)]
-    assert (identity[["dist_conv1", "dist_fc7"]] == 0).all().all()
+    # Not == 0: the identity copies go up the net in a batch of 6, the originals in a batch of 3, and other
+    # conv kernels may round differently (2e-6 on fc7 seen on AVX2); moved images are 1 or more away.
+    assert (identity[["dist_conv1", "dist_fc7"]] < 1e-4).all().all()
+    assert (df.loc[~df.index.isin(identity.index), "dist_fc7"] > 1e-3).all()
     clean = model(images).softmax(dim=1)[torch.arange(3), target]
     assert_close(torch.tensor(identity["p_true"].to_numpy()[:3], dtype=torch.float32), clean)
     # One moved case against features computed here.
@@ -89,5 +92,6 @@ def test_command_writes_the_csv_and_fig5(viz_config, tmp_path):
     df = pd.read_csv(tmp_path / "fig5_invariance.csv")
     assert len(df) == 5 * (4 + 3 + 3)
     assert {"index", "label", "transform", "amount", "dist_conv1", "dist_fc7", "p_true"} <= set(df.columns)
-    assert (df[df["amount"] == df["transform"].map(IDENTITY)][["dist_conv1", "dist_fc7"]] == 0).all().all()
+    # < 1e-4, not == 0: the identity copies and the originals are computed in batches of different sizes.
+    assert (df[df["amount"] == df["transform"].map(IDENTITY)][["dist_conv1", "dist_fc7"]] < 1e-4).all().all()
     assert (tmp_path / "fig5_invariance.png").is_file() and (tmp_path / "fig5_invariance.meta.json").is_file()

@@ -101,12 +101,14 @@ def test_maps_equal_a_brute_force_loop(name, size, window, stride, fill):
 
 
 @pytest.mark.parametrize("size", [5, 4])
-def test_the_sweeps_contrast_normalization_is_pytorchs_bit_for_bit(size):
+def test_the_sweeps_contrast_normalization_equals_pytorchs(size):
     lrn = nn.LocalResponseNorm(size, alpha=5e-4, beta=0.75, k=2.0)
     x = torch.randn(7, 24, 5, 5).relu() * 30
-    assert torch.equal(_lrn(lrn, x), lrn(x))
+    # Tolerance, not bit equality: shifted slices and PyTorch's avg_pool3d sum the window in different orders.
+    assert_close(_lrn(lrn, x), lrn(x), rtol=1e-6, atol=1e-6)
     cl = x.contiguous(memory_format=torch.channels_last)
-    assert torch.equal(_lrn(lrn, cl), lrn(cl))
+    assert_close(_lrn(lrn, cl), lrn(cl), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(lrn(x), x, rtol=1e-2)  # the normalization does something at this scale
 
 
 def test_chunk_size_does_not_change_the_maps():

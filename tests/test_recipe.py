@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import math
 import random
+import re
 import subprocess
 import sys
 
@@ -57,6 +59,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(fmnist_d
     assert metrics(whole) == metrics(broken) and len(metrics(whole)) == 3
 
 
+@pytest.mark.slow
 def test_resume_of_a_different_config_is_one_line(fmnist_dir, tmp_path):
     run_dir = tmp_path / "r"
     assert zfviz(*base_args(fmnist_dir, run_dir)).returncode == 0
@@ -80,21 +83,28 @@ def test_ddp_on_two_cpu_processes_matches_one_process(fmnist_dir, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     ma, mb = metrics(single)[0], metrics(ddp)[0]
-    assert ma["val_top1_err"] == mb["val_top1_err"]
+    # Within one test image (of 100), not equal: two ranks sum gradients in another order, the weights
+    # agree to 1e-4 only, and an image at a near-tie between two classes may flip.
+    assert abs(float(ma["val_top1_err"]) - float(mb["val_top1_err"])) <= 1.0
     assert abs(float(ma["train_loss"]) - float(mb["train_loss"])) < 1e-4
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_the_step_and_keeps_a_finite_checkpoint(fmnist_dir, tmp_path):
     run_dir = tmp_path / "nan"
     result = zfviz(*base_args(fmnist_dir, run_dir, "optim.lr=1e6", "trainer.ckpt_every_steps=1", "trainer.epochs=2"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "at step" in lines[0] or "non-finite" in lines[0], result.stderr
-    if (run_dir / "checkpoint.pt").exists():
-        weights = load_checkpoint(run_dir / "checkpoint.pt")["model"]
-        assert all(torch.isfinite(w).all() for w in weights.values())
+    assert len(lines) == 1, result.stderr
+    # Either the loss or the weights are caught first (machines differ); both name the step.
+    assert re.match(r"zfviz: error: (loss became (nan|inf|-inf)|weights became non-finite) at .*step \d+", lines[0])
+    # Warm-up: step 1 takes lr / 9 on the initial weights and stays finite, so a checkpoint is always written.
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    assert ckpt["epoch"] * 8 + ckpt["step"] >= 1
+    assert all(torch.isfinite(w).all() for w in ckpt["model"].values())
 
 
+@pytest.mark.slow
 def test_filter_clipping_flag_bounds_every_conv_filter(fmnist_dir, tmp_path):
     def max_rms(run_dir):
         weights = load_checkpoint(run_dir / "checkpoint.pt")["model"]
@@ -107,10 +117,20 @@ def test_filter_clipping_flag_bounds_every_conv_filter(fmnist_dir, tmp_path):
     assert max_rms(tmp_path / "on") <= 0.1 + 1e-6 < max_rms(tmp_path / "off")
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu(fmnist_dir, tmp_path):
-    assert zfviz(*base_args(fmnist_dir, tmp_path / "amp", "trainer.amp=bf16")).returncode == 0
-    (row,) = metrics(tmp_path / "amp")
-    assert float(row["train_loss"]) < 10
+    result = zfviz(*base_args(fmnist_dir, tmp_path / "amp", "trainer.amp=bf16", "trainer.epochs=2"))
+    assert result.returncode == 0, result.stderr
+    first, second = metrics(tmp_path / "amp")
+    for key in ("train_loss", "val_loss", "val_top1_err"):
+        assert math.isfinite(float(first[key])) and math.isfinite(float(second[key])), key
+    # It learns: the bars are easy (2.83 -> 2.19 here); a run that only survived would not drop by 0.2.
+    assert float(second["train_loss"]) < float(first["train_loss"]) - 0.2
+    assert float(second["val_loss"]) < float(first["val_loss"])
+    ckpt = load_checkpoint(tmp_path / "amp" / "checkpoint.pt")
+    assert ckpt["config"]["trainer"]["amp"] == "bf16"
+    # Autocast computes in bf16 but keeps the weights float32: a model cast to bf16 would fail here.
+    assert {w.dtype for k, w in ckpt["model"].items() if w.is_floating_point()} == {torch.float32}
 
 
 @pytest.mark.slow

@@ -16,10 +16,13 @@ from matplotlib.figure import Figure
 
 from zfviz import features as features_module
 from zfviz.commands import CONFIG_DIR
-from zfviz.features import LAYERS, FeatureCache, ImageSet, Preprocess, cached_features, extract
+from zfviz.data.imageset import ImageSet
+from zfviz.data.preprocess import Preprocess
+from zfviz.features import LAYERS, FeatureCache, cached_features, extract
 from zfviz.models import build_model
 from zfviz.plotting.ablation import layer_accuracy_lines
 from zfviz.table7 import fashion_mnist_images, layer_accuracies, table7
+from zfviz.transfer import evaluate_heads, fit_softmax, fit_svm, head_scores, mean_per_class_accuracy, split_per_class
 
 REPO = Path(__file__).resolve().parents[1]
 # Feature length per layer: maps x min(6, map size)^2 for conv blocks, units for fc6/fc7.
@@ -46,7 +49,9 @@ def prep_for(size: int) -> Preprocess:
 
 
 @pytest.mark.parametrize(
-    "size,width,fc,dims", [(64, 0.25, 512, CPU_DIMS), (224, 1.0, 4096, PAPER_DIMS)], ids=["cpu", "paper"]
+    "size,width,fc,dims",
+    [(64, 0.25, 512, CPU_DIMS), pytest.param(224, 1.0, 4096, PAPER_DIMS, marks=pytest.mark.slow)],
+    ids=["cpu", "paper"],
 )
 def test_feature_extractor_returns_each_layers_documented_shape(size, width, fc, dims):
     model = build_model("zfnet", num_classes=10, input_size=size, width=width, fc_dims=fc, init="kaiming").eval()
@@ -88,13 +93,59 @@ def toy_features(n_per_class: int = 30, classes: int = 4, dim: int = 16, seed: i
 
 def test_svm_and_softmax_separate_a_separable_toy_set_and_not_noise():
     feats, labels = toy_features()
-    rows = layer_accuracies(feats, labels, n_per_class=[5], splits=3, test_per_class=20, softmax_steps=200)
+    rows = layer_accuracies(feats, labels, n_per_class=[5], splits=3, test_per_class=20, softmax={"steps": 200})
     assert len(rows) == 2 * 3 * 2  # layers x splits x classifiers
     by_layer = rows.groupby(["layer", "classifier"])["accuracy"]
     assert (by_layer.min().loc["conv5"] == 100.0).all()
     assert (by_layer.mean().loc["fc7"] < 60.0).all()  # chance is 25%; nothing to learn from noise
     # The same split (same seed) for every layer and classifier: the test sets have the same size.
     assert rows.groupby("split")["accuracy"].count().tolist() == [4, 4, 4]
+
+
+def test_evaluate_heads_is_the_hand_written_split_by_head_loop():
+    feats, labels = toy_features(n_per_class=12, classes=3, dim=6)
+    lines, calls = [], []
+
+    def scratch(train, test, seed):
+        calls.append((train.copy(), test.copy(), seed))
+        return labels[test]  # a perfect "net"
+
+    rows = evaluate_heads(
+        {"conv5": feats["conv5"]}, labels, ["softmax", "svm", "scratch"], n_per_class=[2, 4], splits=2, seed=7,
+        test_per_class=5, softmax={"steps": 30, "lr": 0.05}, svm_c=0.5, scratch=scratch, log=lines.append,
+    )  # fmt: skip
+    assert [(r["n_per_class"], r["split"], r["head"]) for r in rows] == [
+        (n, s, h) for n in (2, 4) for s in (0, 1) for h in ("softmax", "svm", "scratch")
+    ]
+    x = feats["conv5"]
+    for i, (n, s) in enumerate((n, s) for n in (2, 4) for s in (0, 1)):
+        train, test = split_per_class(labels, n, seed=7 + s, test_per_class=5)  # split s: seed + s
+        softmax = fit_softmax(x[train], labels[train], 3, seed=7 + s, steps=30, lr=0.05)
+        svm = fit_svm(x[train], labels[train], C=0.5)
+        expected = [
+            100 * mean_per_class_accuracy(labels[test], head_scores(softmax, x[test]).argmax(1)),
+            100 * mean_per_class_accuracy(labels[test], svm(x[test]).argmax(1)),
+            100.0,
+        ]
+        got = rows[3 * i : 3 * i + 3]
+        assert [r["accuracy"] for r in got] == expected  # the same calls on the same data: bit for bit
+        assert [r["layer"] for r in got] == ["conv5", "conv5", None] and got[0]["features"] == 6
+        assert (got[0]["train_images"], got[0]["test_images"], got[0]["seed"]) == (3 * n, 15, 7 + s)
+        assert np.array_equal(calls[i][0], train) and np.array_equal(calls[i][1], test) and calls[i][2] == 7 + s
+    first = f"N=2 split 0: softmax {rows[0]['accuracy']:.1f}%, svm {rows[1]['accuracy']:.1f}%, scratch 100.0%"
+    assert lines[0] == first and len(lines) == 4
+    with pytest.raises(ValueError, match="exactly one layer"):
+        evaluate_heads(feats, labels, ["scratch"], n_per_class=[2], splits=1, scratch=scratch)
+
+
+def test_the_table7_experiment_is_the_old_scripts_protocol_on_the_transfer_keys():
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="transfer", overrides=["experiment=table7"])
+    assert (cfg.dataset, list(cfg.head), tuple(cfg.layer)) == ("fashion_mnist", ["svm", "softmax"], LAYERS)
+    assert (list(cfg.n_per_class), cfg.splits, cfg.test_per_class, cfg.seed) == ([30, 60], 5, None, 0)
+    # the heads' settings are zfviz transfer's, at the values the old script's defaults had
+    assert dict(cfg.softmax) == {"steps": 500, "batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+    assert (cfg.svm.C, cfg.features.pool_grid, cfg.features.cache_dir) == (1.0, 6, "runs/features")
 
 
 def test_table7_takes_mean_and_std_over_splits_and_puts_the_papers_values_beside():
@@ -137,14 +188,15 @@ def test_table7_script_end_to_end(fmnist_dir, tmp_path):
     train_run(cfg, tmp_path / "run")
     out, cache = tmp_path / "results", tmp_path / "features"
     script = [
-        sys.executable, "scripts/table7.py", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--preset", "cpu",
-        "--out", str(out), "--root", str(fmnist_dir), "--n-per-class", "3", "--splits", "2", "--cache", str(cache),
-        "--softmax-steps", "50",
+        sys.executable, "scripts/table7.py", f"checkpoint={tmp_path / 'run' / 'checkpoint.pt'}", "preset=cpu",
+        f"out_dir={out}", f"root={fmnist_dir}", "n_per_class=[3]", "splits=2", f"features.cache_dir={cache}",
+        "softmax.steps=50", f"hydra.run.dir={tmp_path / 'hydra'}",
     ]  # fmt: skip
     result = subprocess.run(script, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
     meta = json.loads((out / "table7_cpu.meta.json").read_text())
     assert meta["sources"][0]["feature_cache"] == {"hits": 0, "misses": 7}
+    assert meta["sources"][0]["table7_config"]["softmax"]["steps"] == 50  # the transfer key reached the heads
     assert len(list((cache / "fashion_mnist_test").glob("*.npy"))) == 7
     table = pd.read_csv(out / "table7_cpu.csv")
     assert len(table) == 2 * 7 and set(table["splits"]) == {2}

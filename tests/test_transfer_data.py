@@ -3,6 +3,7 @@ and the digits stand-ins of the cpu preset."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from zfviz.data.caltech import load_caltech, load_square
+from zfviz.data.caltech import load_caltech
 from zfviz.data.digits import digit_canvases, digits_caltech, digits_uint8
+from zfviz.data.images import load_square
+from zfviz.data.preprocess import Preprocess
 from zfviz.data.voc import CLASSES as VOC_CLASSES
 from zfviz.data.voc import load_voc
 from zfviz.errors import UserError
+from zfviz.features import FeatureCache, cached_features
+from zfviz.models import build_model
 from zfviz.transfer import split_per_class
 
 
@@ -70,6 +75,25 @@ def test_load_square_keeps_the_centre_of_the_longer_side(tmp_path):
     square = load_square(tmp_path / "x.png", 10, 1)
     assert square.shape == (1, 10, 10)
     assert square[0, :, 1:-1].min() == 255  # the central square is the white band (edges blend bilinearly)
+
+
+def test_features_cached_under_the_old_decoder_are_not_served(caltech101, tmp_path):
+    images = load_caltech("caltech101", caltech101, channels=1)
+    folder = Path(images.source)
+    # The fingerprint Caltech/VOC sets had before the shared reader (DECODER_VERSION 1): files only.
+    digest = hashlib.sha256()
+    for key in images.keys:
+        digest.update(f"{key}:{(folder / key).stat().st_size}\n".encode())
+    old = f"{digest.hexdigest()[:16]}-c1"
+    assert images.fingerprint == f"{old}-decoder2"
+    net = build_model("zfnet", num_classes=10, input_size=64, width=0.125, fc_dims=32, init="kaiming").eval()
+    prep, cache = Preprocess(64, 3, (30.0,), (70.0,)), FeatureCache(tmp_path / "cache")
+    key = {"model": "m", "dataset": images.name, "images": old, "layer": "fc7", "pool_grid": None, **prep.key()}
+    stale = np.full((len(images), 32), -1.0, dtype=np.float32)
+    cache.save(key, stale)
+    assert np.array_equal(cache.load(key), stale)  # the key is what the old code read
+    fresh = cached_features(net, images, ["fc7"], prep, model_key="m", cache=cache)["fc7"]
+    assert (cache.hits, cache.misses) == (0, 1) and fresh.min() >= 0  # rectified features, not the stale -1s
 
 
 def test_caltech256_numbered_folders_and_clutter(tmp_path):

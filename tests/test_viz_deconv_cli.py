@@ -1,7 +1,10 @@
-"""``zfviz viz deconv|top9|evolution|architecture`` end to end on tiny checkpoints and a tiny Fashion-MNIST."""
+"""``zfviz viz deconv|top9|evolution|architecture`` end to end on tiny checkpoints and a tiny Fashion-MNIST,
+and every viz method's provenance sidecars."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,7 @@ from omegaconf import OmegaConf
 
 from zfviz.checkpoint import save_checkpoint
 from zfviz.commands import CONFIG_DIR, viz_architecture, viz_deconv, viz_evolution, viz_top9
+from zfviz.commands.viz import methods
 from zfviz.errors import UserError
 from zfviz.models import build_model
 
@@ -117,6 +121,43 @@ def test_mistakes_are_one_line_user_errors(zfnet_ckpt, tmp_path):
     (zfnet_ckpt.parent / "checkpoint_epoch2.pt").unlink()
     with pytest.raises(UserError, match="no checkpoint_epoch<N>.pt"):
         viz_evolution.run(viz_cfg("evolution", [f"checkpoint={zfnet_ckpt}", out]))
+
+
+# Small settings per method, so each runs in about a second; a new method runs with its defaults.
+QUICK = {
+    "top9": ["viz.layers=[conv1]", "viz.maps=2", "viz.limit=20"],
+    "evolution": ["viz.layers=[conv1]", "viz.maps=1", "viz.limit=20"],
+    "architecture": ["viz.maps=2", "viz.limit=20"],
+    "occlusion": ["viz.images=[0]", "viz.stride=16", "viz.projections=1"],
+    "correspondence": ["viz.draws=2", "viz.pool=10"],
+    "invariance": ["viz.images=[0]", "viz.translate.steps=2", "viz.scale.steps=2", "viz.rotate.steps=2"],
+}
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=pytest.mark.slow) if m == "architecture" else m for m in methods()]
+)
+def test_every_file_a_viz_method_writes_has_its_provenance(method, zfnet_ckpt, tmp_path, fmnist_dir):
+    out = tmp_path / "out"
+    overrides = [f"checkpoint={zfnet_ckpt}", f"out_dir={out}", "seed=3", *QUICK.get(method, [])]
+    if method == "architecture":
+        overrides.append(f"viz.alexnet={make_checkpoints(tmp_path, fmnist_dir, model='alexnet', epochs=(1,))}")
+    importlib.import_module(f"zfviz.commands.viz_{method}").run(viz_cfg(method, overrides))
+    written = sorted(p.name for p in out.iterdir() if not p.name.endswith(".meta.json"))
+    assert written, "the method wrote nothing"
+    for name in written:
+        sidecar = out / f"{Path(name).stem}.meta.json"
+        assert sidecar.is_file(), f"{name} has no {sidecar.name}"
+        meta = json.loads(sidecar.read_text())
+        assert name in meta["files"], f"{sidecar.name} does not name {name}"
+        assert meta["command"] == f"zfviz viz {method}" and meta["seed"] == 3
+        assert meta["config"]["viz"]["name"] == method and meta["config"]["checkpoint"] == str(zfnet_ckpt)
+        assert {"git_sha", "git_dirty", "versions"} <= set(meta) and meta["wall_time_s"] >= 0
+        checkpoints = [source.get("checkpoint") for source in meta["sources"]]
+        assert str(zfnet_ckpt) in checkpoints and meta["sources"][0]["epoch"] is not None
+    # A sidecar names only files that exist.
+    for sidecar in out.glob("*.meta.json"):
+        assert set(json.loads(sidecar.read_text())["files"]) <= set(written)
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zfviz.checkpoint import without_runtime_keys
 from zfviz.errors import UserError
-from zfviz.models.convnets import DROPPABLE, _check_drop
+from zfviz.models.convnets import DROPPABLE, check_drop
 from zfviz.results import load_run, paper_table, run_metrics
 
 
@@ -105,11 +105,7 @@ def normalize_drop(drop) -> list[str]:
     Any subset of conv3, conv4, fc6, fc7 leaves conv1 -> conv2 -> conv5 -> fc8, so every valid
     list still has a path from pixels to classes; what can fail is the name.
     """
-    drop = _check_drop(drop)
-    repeated = sorted({d for d in drop if drop.count(d) > 1})
-    if repeated:
-        raise UserError(f"drop names {', '.join(repeated)} twice; droppable layers are: {', '.join(DROPPABLE)}")
-    return sorted(drop, key=DROPPABLE.index)
+    return sorted(check_drop(drop), key=DROPPABLE.index)
 
 
 def apply_variant(cfg: DictConfig, name: str | None) -> DictConfig:

@@ -57,6 +57,24 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"cannot read checkpoint {path}: {err}") from None
 
 
+def checkpoint_header(path: str | Path) -> dict:
+    """A checkpoint's ``config``, ``epoch`` and whether it can be resumed, without reading its tensors.
+
+    ``resume=true`` compares the config of every sibling run; loading each whole checkpoint would
+    read all their weights and optimizer state. With ``mmap=True`` the tensors stay mapped, not
+    read, and are dropped unread, so only the small pickled header leaves the disk. Works on every
+    checkpoint ``save_checkpoint`` ever wrote (no sidecar file to be missing).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # pickle and zip errors differ by version
+        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+    return {"config": state["config"], "epoch": state.get("epoch"), "resumable": "optimizer" in state}
+
+
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint was trained as, with its weights; returns (model, checkpoint)."""
     ckpt = load_checkpoint(path)
@@ -69,3 +87,30 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise UserError(f"checkpoint {path} does not fit model {name!r}: {first}") from None
     return model.eval(), ckpt
+
+
+def newest_finished_run(runs: str | Path, model: str, preset: str | None) -> Path | None:
+    """The folder of the newest finished ``model`` training at ``preset`` under ``runs``, or None.
+
+    Looks where ``make figures`` (``runs/figures/<preset>/<model>/``) and ``zfviz train``
+    (``runs/train/<model>/<time>/``, sweeps ``runs/train/multirun/<time>/<n>/``) put their runs.
+    Finished: ``run.json`` (written once, after the last epoch) holds final metrics and
+    ``checkpoint.pt`` lies beside it. Newest: the ``run.json`` written last.
+    """
+    runs = Path(runs)
+    places = (f"figures/*/{model}/run.json", f"train/{model}/*/run.json", "train/multirun/*/*/run.json")
+    found = []
+    for path in (p for place in places for p in runs.glob(place)):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):  # a run.json being written or damaged is not a finished run
+            continue
+        config = summary.get("config") or {}
+        if (
+            summary.get("final")
+            and (config.get("model") or {}).get("name") == model
+            and config.get("preset") == preset
+            and (path.parent / "checkpoint.pt").is_file()
+        ):
+            found.append((path.stat().st_mtime, path.parent))
+    return max(found)[1] if found else None

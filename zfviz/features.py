@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zfviz.activations import resolve, stream
+from zfviz.data.imageset import ImageSet
+from zfviz.data.preprocess import Preprocess
 from zfviz.errors import UserError
 from zfviz.utils import atomic_path, atomic_write_text
 
@@ -38,131 +40,10 @@ LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 DEFAULT_GRID = 6
 
 
-@dataclass
-class ImageSet:
-    """The images of a transfer data set, decoded on demand.
-
-    ``read(indices, size)`` returns uint8 ``(n, channels, size, size)``. ``labels`` is one class per
-    image; multi-label sets (PASCAL) add ``targets`` (N, C) in {0, 1} and ``ignore`` (N, C), true
-    where a class is present only as "difficult" objects (not scored, as in VOC).
-    ``fingerprint`` names the content (file list or pixel hash) for the feature cache.
-    """
-
-    name: str
-    classes: tuple[str, ...]
-    labels: np.ndarray
-    read: Callable[[np.ndarray, int], torch.Tensor]
-    fingerprint: str
-    source: str
-    targets: np.ndarray | None = None
-    ignore: np.ndarray | None = None
-    note: str = ""
-    keys: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @classmethod
-    def in_memory(cls, images: np.ndarray, labels: np.ndarray, **fields) -> ImageSet:
-        """An ImageSet over uint8 (N, H, W) arrays: one channel, resized on read, named by a pixel hash."""
-        from zfviz.data.tensor_loader import resize_uint8
-
-        tensor = torch.from_numpy(images).unsqueeze(1)
-
-        def read(index: np.ndarray, size: int) -> torch.Tensor:
-            return resize_uint8(tensor[torch.as_tensor(index, dtype=torch.long)], size)
-
-        digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
-        return cls(labels=labels, read=read, fingerprint=digest, **fields)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How images become the net's input: size, channels and the source data set's normalization.
-
-    ``mean``/``std`` are per channel (or one value) on the 0-255 scale; ``std = 1`` means the
-    paper's raw pixels minus the mean.
-    """
-
-    input_size: int
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.float()
-        if x.shape[1] != self.in_chans:
-            x = x.expand(-1, self.in_chans, -1, -1)
-        mean = torch.tensor(self.mean).reshape(1, -1, 1, 1)
-        std = torch.tensor(self.std).reshape(1, -1, 1, 1)
-        return (x - mean) / std
-
-    def key(self) -> dict:
-        return {"input_size": self.input_size, "in_chans": self.in_chans, "mean": self.mean, "std": self.std}
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def source_preprocess(ckpt: dict, checkpoint_path: str | Path, cache_dir: str | Path | None = None) -> Preprocess:
-    """The normalization the checkpoint's net was trained with.
-
-    Fashion-MNIST checkpoints store ``data.mean = null`` (computed at load time from the training
-    pixels), so the statistics are recomputed once with ``build_data`` and the checkpoint's own data
-    config, then kept in ``<cache_dir>/norm-<hash>.json``. ImageNet checkpoints subtract a per-pixel
-    mean image: we use its per-channel average (std 1), read from ``mean_image.pt`` beside the
-    checkpoint or ``data.mean_cache``.
-    """
-    config = ckpt["config"]
-    model_cfg, data_cfg = config["model"], config["data"]
-    size, chans = int(model_cfg["input_size"]), int(model_cfg.get("in_chans", 3))
-    if data_cfg.get("mean") is not None and data_cfg.get("std") is not None:
-        mean, std = np.atleast_1d(data_cfg["mean"]) * 255.0, np.atleast_1d(data_cfg["std"]) * 255.0
-        return Preprocess(size, chans, tuple(map(float, mean)), tuple(map(float, std)))
-    if data_cfg["name"] == "imagenet":
-        candidates = [Path(p) for p in (data_cfg.get("mean_cache"),) if p] + [
-            Path(checkpoint_path).parent / "mean_image.pt"
-        ]
-        for path in candidates:
-            if path.is_file():
-                mean = torch.load(path, weights_only=True)["mean"].mean(dim=(1, 2))
-                return Preprocess(size, chans, tuple(map(float, mean)), (1.0,) * len(mean))
-        raise UserError(f"no mean image for {checkpoint_path}: expected {' or '.join(map(str, candidates))}")
-    stored = Path(cache_dir) / f"norm-{file_sha256(checkpoint_path)[:16]}.json" if cache_dir else None
-    if stored is not None and stored.is_file():
-        saved = json.loads(stored.read_text())
-        return Preprocess(size, chans, tuple(saved["mean"]), tuple(saved["std"]))
-    from omegaconf import OmegaConf
-
-    from zfviz.data import build_data
-
-    bundle = build_data(OmegaConf.create(data_cfg), input_size=size, batch_size=256, in_chans=chans)
-    mean = tuple(float(v) for v in bundle.train.mean.flatten())
-    std = tuple(float(v) for v in bundle.train.std.flatten())
-    if stored is not None:
-        atomic_write_text(stored, json.dumps({"mean": mean, "std": std, "data": data_cfg}, default=str))
-    return Preprocess(size, chans, mean, std)
-
-
-def layer_outputs(model: nn.Sequential) -> dict[str, str]:
-    """Paper layer -> the child whose output is its feature (see the module docstring)."""
-    names = [n for n, _ in model.named_children()]
-    out = {}
-    for i, name in enumerate(names):
-        if name.startswith("conv"):
-            j = i
-            while j + 1 < len(names) and names[j + 1].startswith(("relu", "pool", "norm")):
-                j += 1
-            out[name] = names[j]
-        elif name in ("fc6", "fc7"):
-            relu = f"relu{name[-1]}"
-            out[name] = relu if relu in names else name
-    return out
+def layer_outputs(model: nn.Module) -> dict[str, str]:
+    """Paper layer -> the module whose output is its feature: the layer's block (``zfviz.activations``)."""
+    names = [name for name, _ in model.named_children() if name.startswith("conv") or name in ("fc6", "fc7")]
+    return {name: resolve(model, name, "block") for name in names}
 
 
 def _check_layers(model: nn.Sequential, layers: Sequence[str]) -> dict[str, str]:
@@ -191,33 +72,21 @@ def extract(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
 ) -> dict[str, np.ndarray]:
-    """float32 features (N, D) of every image at each of ``layers``, in one pass over the set."""
+    """float32 features (N, D) of every image at each of ``layers``, in one pass over the set.
+
+    Each batch's pass stops after the deepest of ``layers``; the maps are pooled in the hook.
+    """
     where = _check_layers(model, layers)
     model = model.to(device).eval()
-    names = [n for n, _ in model.named_children()]
-    last = max(names.index(child) for child in where.values())
-    trunk = nn.Sequential(*[model.get_submodule(n) for n in names[: last + 1]])  # stop after the deepest layer
     chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
-    grabbed: dict[str, torch.Tensor] = {}
-
-    def keeper(layer: str):
-        def hook(module, inputs, output):
-            grabbed[layer] = output
-
-        return hook
-
-    handles = []
-    try:
-        for layer, child in where.items():
-            handles.append(model.get_submodule(child).register_forward_hook(keeper(layer)))
-        for start in range(0, len(images), batch_size):
-            index = np.arange(start, min(start + batch_size, len(images)))
-            trunk(prep(images.read(index, prep.input_size)).to(device))
+    batches = (
+        prep(images.read(np.arange(start, min(start + batch_size, len(images))), prep.input_size)).to(device)
+        for start in range(0, len(images), batch_size)
+    )
+    with stream(model, batches, where, keep=lambda out: _flatten(out, grid).float().cpu()) as passes:
+        for seen, _ in passes:
             for layer in layers:
-                chunks[layer].append(_flatten(grabbed[layer], grid).float().cpu())
-    finally:
-        for handle in handles:
-            handle.remove()
+                chunks[layer].append(seen[layer])
     return {layer: torch.cat(chunks[layer]).numpy() for layer in layers}
 
 

@@ -30,13 +30,16 @@ def paper_table(name: str) -> pd.DataFrame:
         return pd.read_csv(f)
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
-    """A finished training run: its ``run.json`` summary and its ``metrics.csv`` history."""
+def load_run(
+    run_dir: str | Path, table: str = "metrics.csv", *, command: str = "zfviz train"
+) -> tuple[dict, pd.DataFrame]:
+    """A finished run: its ``run.json`` summary and one of its CSVs (a training run's ``metrics.csv``
+    history by default; a ``zfviz transfer`` run's ``rows.csv`` or ``summary.csv``)."""
     run_dir = Path(run_dir)
     summary_path = run_dir / "run.json"
     if not summary_path.is_file():
-        raise UserError(f"{run_dir} holds no finished run (no run.json); train it first")
-    return json.loads(summary_path.read_text()), pd.read_csv(run_dir / "metrics.csv")
+        raise UserError(f"{run_dir} holds no finished run (no run.json); run {command} first")
+    return json.loads(summary_path.read_text()), pd.read_csv(run_dir / table)
 
 
 def run_metrics(summary: dict, final) -> dict:
@@ -97,16 +100,25 @@ def table2(run_dirs: list[str | Path]) -> pd.DataFrame:
 def write_table(df: pd.DataFrame, path: str | Path, *, sources: list[dict], wall_time_s: float | None = None) -> None:
     """Write ``df`` as CSV and ``<path>.meta.json`` (git state, versions, the runs' configs)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    write_csv(df, path)
+    write_meta(path, table=path.name, sources=sources, wall_time_s=wall_time_s)
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    """``df`` as CSV at ``path``, atomically; its provenance is ``write_meta``'s job."""
+    with atomic_path(Path(path)) as tmp:
         df.to_csv(tmp, index=False)
-    meta = {
-        "table": path.name,
-        **git_state(),
-        "versions": versions(),
-        "wall_time_s": wall_time_s,
-        "sources": sources,
-    }
-    atomic_write_text(path.with_suffix(".meta.json"), json.dumps(meta, indent=2, default=str))
+
+
+def write_meta(path: str | Path, *, sources: list[dict], wall_time_s: float | None = None, **fields) -> Path:
+    """Write ``<path without suffix>.meta.json``: ``fields``, git state, versions, wall time and ``sources``.
+
+    One sidecar per stem, so ``fig5.csv`` and ``fig5.png`` share ``fig5.meta.json``.
+    """
+    meta = {**fields, **git_state(), "versions": versions(), "wall_time_s": wall_time_s, "sources": sources}
+    target = Path(path).with_suffix(".meta.json")
+    atomic_write_text(target, json.dumps(meta, indent=2, default=str))
+    return target
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> None:

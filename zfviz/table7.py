@@ -14,14 +14,16 @@ at most 6x6 cells; fc6/fc7 are the rectified outputs. Both heads are the transfe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from zfviz.features import LAYERS, ImageSet
+from zfviz.data.imageset import ImageSet
+from zfviz.features import LAYERS
 from zfviz.results import paper_table
-from zfviz.transfer import fit_softmax, fit_svm, head_scores, mean_per_class_accuracy, split_per_class
+from zfviz.transfer import evaluate_heads
 
 CLASSIFIERS = ("svm", "softmax")
 # Which of the paper's columns our N per class sits beside.
@@ -53,36 +55,24 @@ def layer_accuracies(
     test_per_class: int | None = None,
     seed: int = 0,
     svm_c: float = 1.0,
-    softmax_steps: int = 500,
+    softmax: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """One row per (classifier, layer, N, split): the mean per-class accuracy (%) on that split's test set.
 
-    Split ``s`` is drawn with seed ``seed + s`` and is the same for every layer and classifier, so
-    layers are compared on the same images.
+    The transfer protocol (``zfviz.transfer.evaluate_heads``): split ``s`` is drawn with seed
+    ``seed + s`` and is the same for every layer and classifier, so layers are compared on the same
+    images. ``softmax``: ``fit_softmax``'s keywords (the ``softmax`` section of the transfer config).
     """
-    labels = np.asarray(labels)
-    num_classes = int(labels.max()) + 1
-    rows = []
-    for n in n_per_class:
-        for s in range(splits):
-            train, test = split_per_class(labels, n, seed=seed + s, test_per_class=test_per_class)
-            for layer, feats in features.items():
-                x_train, x_test = feats[train], feats[test]
-                for name in classifiers:
-                    if name == "svm":
-                        scores = fit_svm(x_train, labels[train], C=svm_c)(x_test)
-                    elif name == "softmax":
-                        head = fit_softmax(x_train, labels[train], num_classes, steps=softmax_steps, seed=seed + s)
-                        scores = head_scores(head, x_test)
-                    else:
-                        raise ValueError(f"unknown classifier {name!r}; choose from {CLASSIFIERS}")
-                    # LinearSVC's columns are its classes_ in sorted order: every class is in each split.
-                    accuracy = 100 * mean_per_class_accuracy(labels[test], scores.argmax(axis=1))
-                    rows.append(
-                        {"classifier": name, "layer": layer, "n_per_class": n, "split": s,
-                         "features": feats.shape[1], "accuracy": accuracy}
-                    )  # fmt: skip
-    return pd.DataFrame(rows)
+    bad = [name for name in classifiers if name not in CLASSIFIERS]
+    if bad:
+        raise ValueError(f"unknown classifier {bad[0]!r}; choose from {CLASSIFIERS}")
+    rows = evaluate_heads(
+        features, labels, classifiers, n_per_class=n_per_class, splits=splits, seed=seed,
+        test_per_class=test_per_class, softmax=softmax, svm_c=svm_c,
+    )  # fmt: skip
+    columns = {"head": "classifier", "layer": "layer", "n_per_class": "n_per_class", "split": "split",
+               "features": "features", "accuracy": "accuracy"}  # fmt: skip
+    return pd.DataFrame(rows)[list(columns)].rename(columns=columns)
 
 
 def table7(rows: pd.DataFrame) -> pd.DataFrame:

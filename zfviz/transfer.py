@@ -16,9 +16,10 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -217,23 +218,68 @@ def fit_svm(features: np.ndarray, labels: np.ndarray, *, C: float = 1.0, ignore:
     return multi_scores
 
 
-def with_new_head(model: nn.Sequential, head: nn.Linear) -> nn.Sequential:
-    """A copy of ``model`` whose layers 1-7 are frozen (no gradients) and whose fc8 is ``head``.
+# --- the protocol: splits x heads --------------------------------------------------------------
 
-    The head was trained on unit-RMS features, so a ``UnitRMS`` step sits before it.
+
+def evaluate_heads(
+    features: Mapping[str, np.ndarray | None],
+    labels: np.ndarray,
+    heads: Sequence[str],
+    *,
+    n_per_class: Sequence[int],
+    splits: int,
+    seed: int = 0,
+    test_per_class: int | None = None,
+    num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
+    softmax: Mapping[str, Any] | None = None,
+    svm_c: float = 1.0,
+    scratch: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """One row per (N, split, layer, head): the mean per-class accuracy (%) on that split's test images.
+
+    The protocol of Tables 4, 5, 7 and Fig. 9. Split ``s`` is drawn with seed ``seed + s``, which
+    also seeds its softmax head, and is the same for every layer and head, so they are compared on
+    the same images. ``features`` maps a layer to its (N, D) frozen features; ``softmax`` holds
+    ``fit_softmax``'s keywords (steps, batch_size, lr, ...). The non-pretrained head reads images,
+    not features: ``scratch(train, test, seed)`` returns its predicted classes of the test images
+    (its row's layer is None). ``log`` gets one line per split.
     """
-    net = copy.deepcopy(model)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    net.fc8 = nn.Sequential(UnitRMS(), copy.deepcopy(head))
-    for p in net.fc8.parameters():
-        p.requires_grad_(True)
-    return net
-
-
-class UnitRMS(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / x.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+    labels = np.asarray(labels)
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if "scratch" in heads and (scratch is None or len(features) != 1):
+        raise ValueError("the scratch head needs a scratch() trainer and exactly one layer")
+    rows: list[dict] = []
+    for n in n_per_class:
+        for split in range(splits):
+            split_seed = seed + split
+            train, test = split_per_class(labels, n, seed=split_seed, test_per_class=test_per_class, classes=classes)
+            y_train, y_test = labels[train], labels[test]
+            first = len(rows)
+            for layer, feats in features.items():
+                for head in heads:
+                    start = time.perf_counter()
+                    if head == "softmax":
+                        fc8 = fit_softmax(feats[train], y_train, num_classes, seed=split_seed, **(softmax or {}))
+                        pred = head_scores(fc8, feats[test]).argmax(1)
+                    elif head == "svm":
+                        # LinearSVC's columns are its classes_ in sorted order: every class is in each split.
+                        pred = fit_svm(feats[train], y_train, C=svm_c)(feats[test]).argmax(1)
+                    elif head == "scratch":
+                        pred = scratch(train, test, split_seed)
+                    else:
+                        raise ValueError(f"unknown head {head!r}; choose from softmax, svm, scratch")
+                    rows.append(
+                        {"head": head, "layer": None if head == "scratch" else layer, "n_per_class": n,
+                         "split": split, "seed": split_seed, "train_images": len(train), "test_images": len(test),
+                         "features": None if feats is None or head == "scratch" else feats.shape[1],
+                         "accuracy": 100 * mean_per_class_accuracy(y_test, pred),
+                         "wall_time_s": round(time.perf_counter() - start, 3)}
+                    )  # fmt: skip
+            if log is not None:
+                log(f"N={n} split {split}: " + ", ".join(f"{r['head']} {r['accuracy']:.1f}%" for r in rows[first:]))
+    return rows
 
 
 # --- the non-pretrained baseline ---------------------------------------------------------------

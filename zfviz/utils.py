@@ -7,6 +7,7 @@ import platform
 import random
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed every RNG and set the determinism flags for the rest of the process (a CLI run's choice);
+    code that trains inside someone else's process uses ``seeded`` so the flags are put back."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -22,6 +25,32 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = not deterministic
+
+
+@contextmanager
+def seeded(seed: int, deterministic: bool = True) -> Iterator[None]:
+    """``seed_everything`` for one block, then the determinism, cuDNN and thread settings as they were.
+
+    A notebook or a test that trains in-process must not be left in deterministic mode (or on the
+    run's thread count): what it computes afterwards would depend on whether a run came first.
+    """
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.get_num_threads(),
+    )
+    seed_everything(seed, deterministic)
+    try:
+        yield
+    finally:
+        enabled, warn_only, benchmark, cudnn_deterministic, threads = before
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)  # cheap now: seed_everything called it
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -15,13 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from zfviz import distributed
-from zfviz.checkpoint import load_checkpoint, without_runtime_keys
+from zfviz.checkpoint import checkpoint_header, load_checkpoint, without_runtime_keys
 from zfviz.commands import CONFIG_DIR, guarded
 from zfviz.data import build_data
 from zfviz.engine import fit
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.utils import atomic_write_text, git_state, seed_everything, versions
+from zfviz.utils import atomic_write_text, git_state, seeded, versions
 
 
 def model_kwargs(model_cfg) -> dict:
@@ -46,7 +46,7 @@ def find_resume_dir(resume, config: dict, out_dir: Path) -> Path | None:
         folder = Path(str(resume))
         if not (folder / "checkpoint.pt").is_file():
             raise UserError(f"resume={resume}: no checkpoint.pt in that folder")
-        if "optimizer" not in load_checkpoint(folder / "checkpoint.pt"):
+        if not checkpoint_header(folder / "checkpoint.pt")["resumable"]:
             raise UserError(f"resume={resume}: that checkpoint holds weights only, no training state to continue")
         return folder
     want = _comparable(config)
@@ -55,8 +55,8 @@ def find_resume_dir(resume, config: dict, out_dir: Path) -> Path | None:
         ckpt = folder / "checkpoint.pt"
         if not ckpt.is_file():
             continue
-        state = load_checkpoint(ckpt)
-        if "optimizer" in state and _comparable(state["config"]) == want:
+        header = checkpoint_header(ckpt)  # config only: a sibling's weights are never read
+        if header["resumable"] and _comparable(header["config"]) == want:
             return folder
     return None
 
@@ -66,13 +66,13 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     out_dir = Path(out_dir or HydraConfig.get().runtime.output_dir)
     info, device = distributed.setup(cfg.device)
     try:
-        return _run(cfg, out_dir, info, device)
+        with seeded(cfg.seed, cfg.deterministic):  # the caller's determinism flags come back afterwards
+            return _run(cfg, out_dir, info, device)
     finally:
         distributed.teardown()
 
 
 def _run(cfg: DictConfig, out_dir: Path, info: distributed.DistInfo, device) -> dict:
-    seed_everything(cfg.seed, cfg.deterministic)
     data = build_data(
         cfg.data, input_size=cfg.model.input_size, batch_size=cfg.trainer.batch_size, in_chans=cfg.model.in_chans,
         seed=cfg.seed, rank=info.rank, world_size=info.world_size, cache_dir=str(out_dir),

@@ -10,6 +10,7 @@ Writes ``rows.csv`` (one row per split or class), ``summary.csv`` (mean and std 
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -21,22 +22,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.checkpoint import model_from_checkpoint
+from zfviz.checkpoint import model_from_checkpoint, newest_finished_run
 from zfviz.commands import CONFIG_DIR, guarded
+from zfviz.data.imageset import ImageSet
+from zfviz.data.preprocess import file_sha256, source_preprocess
 from zfviz.errors import UserError
-from zfviz.features import LAYERS, FeatureCache, ImageSet, cached_features, file_sha256, source_preprocess
+from zfviz.features import LAYERS, FeatureCache, cached_features
 from zfviz.models import build_model
-from zfviz.transfer import (
-    fit_softmax,
-    fit_svm,
-    head_scores,
-    mean_per_class_accuracy,
-    per_class_ap,
-    predict,
-    split_per_class,
-    train_scratch,
-)
-from zfviz.utils import atomic_write_text, git_state, resolve_device, seed_everything, versions
+from zfviz.transfer import evaluate_heads, fit_softmax, fit_svm, head_scores, per_class_ap, predict, train_scratch
+from zfviz.utils import atomic_write_text, git_state, resolve_device, seeded, versions
 
 DATASETS = ("caltech101", "caltech256", "pascal2012")
 HEADS = {"caltech": ("softmax", "svm", "scratch"), "pascal": ("softmax", "multilabel", "svm")}
@@ -62,8 +56,6 @@ def check_choices(cfg: DictConfig) -> tuple[str, list[str]]:
         raise UserError(f"unknown layer {cfg.layer!r}; choose one of: {', '.join(LAYERS)}")
     if kind == "caltech" and any(int(n) < 1 for n in as_list(cfg.n_per_class)):
         raise UserError(f"n_per_class must be 1 or more, got {as_list(cfg.n_per_class)}")
-    if not cfg.checkpoint:
-        raise UserError("set checkpoint=path/to/checkpoint.pt (a 'zfviz train' run's pretrained net)")
     return kind, heads
 
 
@@ -107,49 +99,30 @@ def caltech_rows(cfg, images, feats, ckpt, prep, heads, stand_in, device) -> lis
         (not stand_in and bool(data_cfg.get("flip", False))) if cfg.scratch.flip == "auto" else bool(cfg.scratch.flip)
     )
     crop_pad = round(float(data_cfg.get("crop_pad_frac", 0.0)) * prep.input_size)
-    rows = []
-    for n in [int(v) for v in as_list(cfg.n_per_class)]:
-        for split in range(int(cfg.splits)):
-            seed = int(cfg.seed) + split
-            train, test = split_per_class(
-                images.labels, n, seed=seed, test_per_class=test_cap, classes=images.classes
-            )  # fmt: skip
-            y_train, y_test = images.labels[train], images.labels[test]
-            for head in heads:
-                start = time.perf_counter()
-                if head == "softmax":
-                    fc8 = fit_softmax(feats[train], y_train, len(images.classes), seed=seed, **cfg.softmax)
-                    pred = head_scores(fc8, feats[test]).argmax(1)
-                elif head == "svm":
-                    pred = fit_svm(feats[train], y_train, C=cfg.svm.C)(feats[test]).argmax(1)
-                else:
-                    s = cfg.scratch
-                    net_s = train_scratch(
-                        lambda: build_model(name, num_classes=len(images.classes), **model_cfg),
-                        images.read(train, prep.input_size), y_train, prep, epochs=s.epochs, max_steps=s.max_steps,
-                        batch_size=s.batch_size, optim_cfg=s.optim, seed=seed, flip=flip, crop_pad=crop_pad,
-                        device=device,
-                    )  # fmt: skip
-                    pred = np.concatenate(
-                        [
-                            predict(net_s, x, prep, device=device).argmax(1)
-                            for x in _chunks(images, test, prep.input_size)
-                        ]
-                    )
-                rows.append(
-                    {
-                        "dataset": cfg.dataset, "stand_in": stand_in, "head": head, "pretrained": head != "scratch",
-                        "layer": cfg.layer if head != "scratch" else None, "n_per_class": n, "split": split,
-                        "seed": seed, "train_images": len(train), "test_images": len(test),
-                        "accuracy": 100 * mean_per_class_accuracy(y_test, pred),
-                        "wall_time_s": round(time.perf_counter() - start, 3),
-                    }
-                )  # fmt: skip
-            print(
-                f"N={n} split {split}: " + ", ".join(f"{r['head']} {r['accuracy']:.1f}%" for r in rows[-len(heads) :]),
-                flush=True,
-            )
-    return rows
+
+    def scratch(train: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
+        s = cfg.scratch
+        net_s = train_scratch(
+            lambda: build_model(name, num_classes=len(images.classes), **model_cfg),
+            images.read(train, prep.input_size), images.labels[train], prep, epochs=s.epochs,
+            max_steps=s.max_steps, batch_size=s.batch_size, optim_cfg=s.optim, seed=seed, flip=flip,
+            crop_pad=crop_pad, device=device,
+        )  # fmt: skip
+        chunks = _chunks(images, test, prep.input_size)
+        return np.concatenate([predict(net_s, x, prep, device=device).argmax(1) for x in chunks])
+
+    rows = evaluate_heads(
+        {cfg.layer: feats}, images.labels, heads, n_per_class=[int(v) for v in as_list(cfg.n_per_class)],
+        splits=int(cfg.splits), seed=int(cfg.seed), test_per_class=test_cap, num_classes=len(images.classes),
+        classes=images.classes, softmax=cfg.softmax, svm_c=cfg.svm.C, scratch=scratch,
+        log=lambda line: print(line, flush=True),
+    )  # fmt: skip
+    keep = ("layer", "n_per_class", "split", "seed", "train_images", "test_images", "accuracy", "wall_time_s")
+    return [
+        {"dataset": cfg.dataset, "stand_in": stand_in, "head": r["head"], "pretrained": r["head"] != "scratch",
+         **{k: r[k] for k in keep}}
+        for r in rows
+    ]  # fmt: skip
 
 
 def pascal_rows(cfg, sets, feats, heads, stand_in) -> list[dict]:
@@ -182,6 +155,27 @@ def pascal_rows(cfg, sets, feats, heads, stand_in) -> list[dict]:
     return rows
 
 
+def with_checkpoint(cfg: DictConfig, runs: str | Path = "runs") -> tuple[DictConfig, str | None]:
+    """``cfg`` with ``checkpoint`` set, and a note saying which net was chosen (None if given).
+
+    Without ``checkpoint=``, the net ``make figures`` or ``zfviz train`` trained at this preset: the
+    newest finished run of ``cfg.model.name`` (zfnet by default) under ``runs/``, relative to the
+    current folder as Hydra's run folders are.
+    """
+    if cfg.checkpoint:
+        return cfg, None
+    model, preset = cfg.model.name, cfg.get("preset")
+    folder = newest_finished_run(runs, model, preset)
+    if folder is None:
+        raise UserError(
+            f"no finished {model} run at preset={preset} in {Path(runs).resolve()}; train one with "
+            f"'zfviz train model={model} preset={preset}', or set checkpoint=path/to/checkpoint.pt"
+        )
+    cfg = copy.deepcopy(cfg)
+    cfg.checkpoint = str(folder / "checkpoint.pt")
+    return cfg, f"the newest finished {model} run at preset={preset}"
+
+
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation (over splits, ddof=1) per head and N."""
     grouped = rows.groupby(["dataset", "head", "pretrained", "n_per_class"], sort=False)["accuracy"]
@@ -190,9 +184,17 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(cfg: DictConfig) -> dict:
+    """Fit the heads ``cfg`` names; the caller's determinism flags and thread count come back afterwards."""
+    with seeded(cfg.seed, cfg.deterministic):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict:
     kind, heads = check_choices(cfg)
+    cfg, chosen = with_checkpoint(cfg)
+    if chosen:
+        print(f"zfviz transfer: checkpoint={cfg.checkpoint}, {chosen} (checkpoint= picks another)", flush=True)
     start = time.perf_counter()
-    seed_everything(cfg.seed, cfg.deterministic)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
@@ -226,6 +228,7 @@ def run(cfg: DictConfig) -> dict:
     atomic_write_text(folder / "summary.csv", summary.to_csv(index=False))
     result = {
         "dataset": cfg.dataset, "stand_in": stand_in, "note": note, "checkpoint": str(cfg.checkpoint),
+        "checkpoint_chosen": chosen,
         "checkpoint_sha256": model_key, "preprocess": prep.key(),
         "feature_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
         "wall_time_s": round(time.perf_counter() - start, 2), **git_state(), "versions": versions(),

@@ -1,6 +1,8 @@
 """``zfviz viz <method>``: one visualization method per ``configs/viz/<method>.yaml``.
 
-Each method lives in ``zfviz/commands/viz_<method>.py`` with a ``run(cfg)`` of its own.
+Each method lives in ``zfviz/commands/viz_<method>.py`` with a ``run(cfg)`` of its own; what they
+share (opening a checkpoint and its data, picking images and maps, writing files with their
+``.meta.json``) is ``zfviz/vizio.py``, so no command imports another.
 """
 
 from __future__ import annotations

@@ -14,14 +14,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from zfviz.commands.viz_deconv import load_data, load_net, out_dir, pick_maps, save_arrays, split_images
 from zfviz.errors import UserError
-from zfviz.plotting import plt
 from zfviz.plotting.deconv import architecture_figure, as_image_channels
-from zfviz.results import save_figure, write_table
 from zfviz.utils import resolve_device
 from zfviz.viz.architecture import alias_energy, dead_fraction, high_frequency_energy, rms_dominance
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+from zfviz.vizio import Outputs, load_data, load_net, pick_maps, split_images
 
 # What Fig. 6 shows by eye, beside our numbers for the same nets.
 PAPER = {
@@ -95,15 +93,16 @@ def run(cfg: DictConfig) -> dict:
         rows.append(row)
         sources.append({"net": label, "checkpoint": str(path), "epoch": ckpt["epoch"], "config": config})
     df = pd.DataFrame(rows)
-    target = out_dir(cfg)
+    out = Outputs(cfg)
+    target = out.folder
     elapsed = time.perf_counter() - start
-    write_table(df, target / f"{v.stem}.csv", sources=sources, wall_time_s=round(elapsed, 2))
+    out.table(df, f"{v.stem}.csv")
     names = {"alexnet": "AlexNet", "zfnet": "ZFNet", "zfnet, no clipping": "ZFNet, no clipping"}
     titled = {names.get(k, "ZFNet, clipping 0.1" if "clipping" in k else k): w for k, w in filters.items()}
     fig = architecture_figure(titled, {names[k]: p for k, p in projections.items()}, title="Fig. 6: layers 1-2")
-    save_figure(fig, target / f"{v.stem}.png")
-    plt.close(fig)
-    save_arrays(target / f"{v.stem}.npz", **arrays)
+    out.figure(fig, f"{v.stem}.png")
+    out.arrays(f"{v.stem}.npz", **arrays)
+    out.provenance(sources, wall_time_s=elapsed)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.drop(columns=["checkpoint", "paper_fig6"]).to_string(index=False))
     print(f"wrote {target / v.stem}.csv, .png and .npz ({elapsed:.1f} s)")

@@ -14,14 +14,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.commands.viz_deconv import check_split, open_run, out_dir
-from zfviz.commands.viz_occlusion import fill_for, pixels
 from zfviz.errors import UserError
-from zfviz.plotting import plt
 from zfviz.plotting.occlusion import correspondence_figure
-from zfviz.results import paper_table, save_figure, write_table
-from zfviz.utils import atomic_path
+from zfviz.results import paper_table
 from zfviz.viz.correspondence import RANDOM, aligned_pool, correspondence, occlude_boxes, random_boxes
+from zfviz.vizio import Outputs, check_split, checkpoint_source, fill_for, open_run, pixels
 
 PAPER_LAYERS = {"conv5": "layer5", "fc7": "layer7"}
 
@@ -69,21 +66,14 @@ def run(cfg: DictConfig) -> dict:
     )
     wall = time.perf_counter() - start
     table = table1(rows, layers)
-    folder = out_dir(cfg)
-    source = {
-        "checkpoint": str(cfg.checkpoint),
-        "epoch": ckpt.get("epoch"),
-        "class": data.classes[v.class_index],
-        "pool_images": index.tolist(),
-        "viz": OmegaConf.to_container(v, resolve=True),
-        "train_config": ckpt["config"],
-    }
-    write_table(table, folder / f"{v.stem}.csv", sources=[source], wall_time_s=round(wall, 2))
-    with atomic_path(folder / f"{v.stem}_draws.csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    out = Outputs(cfg)
+    folder = out.folder
+    out.table(table, f"{v.stem}.csv")
+    out.table(pd.DataFrame(rows), f"{v.stem}_draws.csv")
     fig = _figure(images, parts, fill, loader, v, cfg.seed, data.classes[v.class_index])
-    save_figure(fig, folder / f"{v.figure}.png")
-    plt.close(fig)
+    out.figure(fig, f"{v.figure}.png")
+    source = checkpoint_source(cfg, ckpt, **{"class": data.classes[v.class_index], "pool_images": index.tolist()})
+    out.provenance([source], wall_time_s=wall)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
         print(table.to_string(index=False))
     print(f"wrote {folder / v.stem}.csv and {folder / v.figure}.png ({wall:.1f} s)")

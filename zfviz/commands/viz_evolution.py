@@ -3,6 +3,7 @@
 For every ``checkpoint_epoch<N>.pt`` beside ``checkpoint`` (saved by ``trainer.save_epochs``), the
 strongest activation of each shown map across the training set is found and projected with the
 deconvnet. One figure: rows = maps (the same map indices at every epoch), columns = epochs.
+Writes ``<stem>.png`` and ``<stem>.npz`` with their ``.meta.json`` (which names every epoch's checkpoint).
 """
 
 from __future__ import annotations
@@ -14,20 +15,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from zfviz.commands.viz_deconv import (
-    load_net,
-    map_count,
-    open_run,
-    out_dir,
-    pick_maps,
-    save_arrays,
-    split_images,
-)
 from zfviz.errors import UserError
-from zfviz.plotting import plt
 from zfviz.plotting.deconv import as_image_channels, evolution_figure
-from zfviz.results import save_figure
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+from zfviz.vizio import Outputs, checkpoint_source, load_net, map_count, open_run, pick_maps, split_images
 
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 
@@ -58,9 +49,10 @@ def run(cfg: DictConfig) -> dict:
     sample = prepare(images[:1])
     start = time.perf_counter()
     maps = {layer: pick_maps(v.maps, map_count(final, layer, sample), cfg.seed, layer) for layer in layers}
-    epochs, per_epoch = [], []
+    epochs, per_epoch, sources = [], [], [checkpoint_source(cfg, ckpt)]
     for epoch, path in saved:
         model, _ = load_net(path, device)
+        sources.append({"checkpoint": str(path), "epoch": epoch})
         tops = top_activations(model, ordered_batches(images, prepare, v.batch_size), layers, k=1)
         per_epoch.append(
             {
@@ -81,11 +73,12 @@ def run(cfg: DictConfig) -> dict:
         arrays[f"{layer}/projection"] = stacked
         for key in ("values", "image", "position"):
             arrays[f"{layer}/{key}"] = np.stack([getattr(out[layer], key)[:, 0].numpy() for out in per_epoch], axis=1)
-    target = out_dir(cfg)
+    out = Outputs(cfg)
+    target = out.folder
     title = f"Strongest activation per map over {len(images)} {v.split} images"
     fig = evolution_figure(rows, labels, epochs, title=title)
-    save_figure(fig, target / f"{v.stem}.png")
-    plt.close(fig)
-    save_arrays(target / f"{v.stem}.npz", **arrays)
+    out.figure(fig, f"{v.stem}.png")
+    out.arrays(f"{v.stem}.npz", **arrays)
+    out.provenance(sources, wall_time_s=time.perf_counter() - start)
     print(f"wrote {target / v.stem}.png and .npz ({time.perf_counter() - start:.1f} s)")
     return {"epochs": epochs, "maps": maps, "out": str(target / f"{v.stem}.png")}

@@ -10,15 +10,12 @@ import time
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from zfviz.commands.viz_deconv import open_run, out_dir
-from zfviz.commands.viz_occlusion import pick_images, pixels
 from zfviz.errors import UserError
-from zfviz.plotting import plt
 from zfviz.plotting.occlusion import invariance_figure
-from zfviz.results import save_figure, write_table
 from zfviz.viz.invariance import TRANSFORMS, invariance, sweep_values, transform
+from zfviz.vizio import Outputs, checkpoint_source, open_run, pick_images, pixels
 
 BACKGROUNDS = ("zero", "mean")
 
@@ -39,14 +36,9 @@ def run(cfg: DictConfig) -> dict:
     df = pd.DataFrame(rows)
     df.insert(1, "index", [int(v.images[i]) for i in df["image"]])
     df.insert(2, "label", [data.classes[int(labels[i])] for i in df["image"]])
-    folder = out_dir(cfg)
-    source = {
-        "checkpoint": str(cfg.checkpoint),
-        "epoch": ckpt.get("epoch"),
-        "viz": OmegaConf.to_container(v, resolve=True),
-        "train_config": ckpt["config"],
-    }
-    write_table(df, folder / f"{v.stem}.csv", sources=[source], wall_time_s=round(wall, 2))
+    out = Outputs(cfg)
+    folder = out.folder
+    out.table(df, f"{v.stem}.csv")
     examples = {}
     for kind, amounts in sweeps.items():
         # An even spread of the sweep, applied to the first image.
@@ -55,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
     names = [f"{data.classes[int(labels[i])]} ({int(v.images[i])})" for i in range(len(x))]
     title = f"Invariance ({ckpt['config']['model']['name']}, {v.background} background)"
     fig = invariance_figure(df, examples, list(v.layers), names, x.shape[-2], title=title)
-    save_figure(fig, folder / f"{v.stem}.png")
-    plt.close(fig)
+    out.figure(fig, f"{v.stem}.png")
+    out.provenance([checkpoint_source(cfg, ckpt)], wall_time_s=wall)
     print(f"{len(df)} transformed images in {wall:.1f} s; wrote {folder / v.stem}.csv and .png")
     return {"rows": len(df), "out": str(folder / f"{v.stem}.csv")}

@@ -1,8 +1,7 @@
 """``zfviz viz occlusion``: Fig. 7, occlusion sensitivity of a trained net (Section 4.2).
 
-Writes ``<stem>.png`` (the paper's 5-panel row per image) and ``<stem>.npz`` (the maps). Also holds
-what the correspondence and invariance commands share: picking images and turning model inputs
-back into pixels for display.
+Writes ``<stem>.png`` (the paper's 5-panel row per image) and ``<stem>.npz`` (the maps), with
+their ``.meta.json``.
 """
 
 from __future__ import annotations
@@ -13,37 +12,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from zfviz.commands.viz_deconv import check_split, open_run, out_dir, save_arrays
-from zfviz.data import DataBundle
-from zfviz.data.tensor_loader import TensorLoader
-from zfviz.errors import UserError
-from zfviz.plotting import plt
 from zfviz.plotting.deconv import as_image_channels
 from zfviz.plotting.occlusion import occlusion_figure
-from zfviz.results import save_figure
 from zfviz.viz.deconv import project
-from zfviz.viz.occlusion import fill_image, grid, occluded_copies, occlusion, resolve_layer
-
-
-def pick_images(data: DataBundle, split: str, indices, device: torch.device):
-    """(loader, model inputs, labels) for ``indices`` of ``split``; bad indices are a UserError."""
-    check_split(split)
-    loader: TensorLoader = getattr(data, split)
-    index = torch.as_tensor(list(indices), dtype=torch.long)
-    if len(index) == 0 or index.min() < 0 or index.max() >= len(loader.images):
-        raise UserError(f"viz.images must be indices in 0..{len(loader.images) - 1} of the {split} split")
-    return loader, loader.normalize(loader.images[index]).to(device), loader.labels[index].to(device)
-
-
-def pixels(x: torch.Tensor, loader: TensorLoader) -> np.ndarray:
-    """Model inputs back to pixel values (0..255) for display."""
-    return (x.detach().cpu() * loader.std + loader.mean).numpy()
-
-
-def fill_for(fill, loader: TensorLoader, shape, seed: int) -> torch.Tensor:
-    """The occluder's pixels for data from ``loader``; noise is gray when the data are."""
-    gray = loader.images.shape[1] == 1
-    return fill_image(fill, shape, loader.mean.flatten(), loader.std.flatten(), seed, gray=gray)
+from zfviz.viz.occlusion import grid, occluded_copies, occlusion, resolve_layer
+from zfviz.vizio import Outputs, checkpoint_source, fill_for, open_run, pick_images, pixels
 
 
 def run(cfg: DictConfig) -> dict:
@@ -54,24 +27,23 @@ def run(cfg: DictConfig) -> dict:
     fill = fill_for(v.fill, loader, tuple(x.shape[1:]), cfg.seed).to(device)
     maps = occlusion(model, x, labels, v.window, v.stride, fill, v.layer, chunk_size=v.chunk_size)
     sweep_s = time.perf_counter() - start
+    feature_name = maps.pop("layer")  # the module path the maps of panels (b), (c) come from
     maps = {key: value.cpu().numpy() for key, value in maps.items()}
     origins = grid(x.shape[-1], v.window, v.stride).numpy()
     projections, titles, boxes = None, [], []
     if v.projections:
         projections, titles, boxes = _projections(model, x, maps, origins, fill, v, loader.images.shape[1])
-    folder = out_dir(cfg)
-    feature_name = resolve_layer(model, v.layer)
+    out = Outputs(cfg)
+    folder = out.folder
     title = f"Occlusion, {v.window}-px {v.fill} square, stride {v.stride} ({ckpt['config']['model']['name']})"
     worst, _ = _at(x, maps["p_true"], origins, v.window, fill)
     fig = occlusion_figure(
         pixels(x, loader), maps, origins, v.window, data.classes, labels.tolist(), feature_name,
         projections, titles, boxes, occluded=pixels(worst, loader), title=title,
     )  # fmt: skip
-    save_figure(fig, folder / f"{v.stem}.png")
-    plt.close(fig)
-    save_arrays(
-        folder / f"{v.stem}.npz", images=np.asarray(list(v.images)), labels=labels.cpu(), origins=origins, **maps
-    )
+    out.figure(fig, f"{v.stem}.png")
+    out.arrays(f"{v.stem}.npz", images=np.asarray(list(v.images)), labels=labels.cpu(), origins=origins, **maps)
+    out.provenance([checkpoint_source(cfg, ckpt)], wall_time_s=sweep_s)
     print(
         f"{len(x)} images x {maps['p_true'][0].size} positions in {sweep_s:.1f} s; wrote {folder / v.stem}.png and .npz"
     )

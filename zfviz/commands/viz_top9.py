@@ -2,7 +2,8 @@
 
 One streaming pass over the split finds, for every map of every chosen layer, its 9 strongest
 activations (one per image); then a subset of maps is projected and cropped to the receptive field.
-Writes ``<stem>.png`` (one panel per layer) and ``<stem>.npz`` (the raw arrays, keys ``<layer>/...``).
+Writes ``<stem>.png`` (one panel per layer) and ``<stem>.npz`` (the raw arrays, keys ``<layer>/...``),
+with their ``.meta.json``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ import time
 
 from omegaconf import DictConfig
 
-from zfviz.commands.viz_deconv import open_run, out_dir, pick_maps, save_arrays, split_images
 from zfviz.errors import UserError
-from zfviz.plotting import plt
 from zfviz.plotting.deconv import as_image_channels, top9_figure
-from zfviz.results import save_figure
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+from zfviz.vizio import Outputs, checkpoint_source, open_run, pick_maps, split_images
 
 
 def run(cfg: DictConfig) -> dict:
@@ -44,12 +43,13 @@ def run(cfg: DictConfig) -> dict:
         # Every map's top k, not only the shown ones: the search result itself.
         arrays[f"{layer}/all_values"], arrays[f"{layer}/all_image"] = top.values.numpy(), top.image.numpy()
         arrays[f"{layer}/all_position"] = top.position.numpy()
-    folder = out_dir(cfg)
+    out = Outputs(cfg)
+    folder = out.folder
     title = f"Top {v.k} activations over {len(images)} {v.split} images ({ckpt['config']['model']['name']})"
     fig = top9_figure(panels, title=title)
-    save_figure(fig, folder / f"{v.stem}.png")
-    plt.close(fig)
-    save_arrays(folder / f"{v.stem}.npz", **arrays)
+    out.figure(fig, f"{v.stem}.png")
+    out.arrays(f"{v.stem}.npz", **arrays)
     total_s = time.perf_counter() - start
+    out.provenance([checkpoint_source(cfg, ckpt)], wall_time_s=total_s)
     print(f"searched {len(images)} images in {search_s:.1f} s; wrote {folder / v.stem}.png and .npz ({total_s:.1f} s)")
     return {"images": len(images), "layers": list(v.layers), "search_s": search_s, "out": str(folder / f"{v.stem}.png")}

@@ -9,25 +9,22 @@ Layouts (as the archives unpack, and as torchvision's ``Caltech101``/``Caltech25
 
 ``root`` may be that folder itself, its parent, or torchvision's ``<root>/caltech101`` /
 ``<root>/caltech256``. Images are decoded on demand (gray or RGB to match the pretrained net), their
-shorter side resized to the input size (bilinear) and the central square kept: one view per image.
+shorter side resized to the input size (bilinear) and the central square kept: one view per image
+(``zfviz.data.images``, the same reader as ImageNet's).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
+from zfviz.data.images import file_reader, files_fingerprint, image_files, subfolders
+from zfviz.data.imageset import ImageSet
 from zfviz.errors import UserError
-from zfviz.features import ImageSet
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp")
 FOLDERS = {"caltech101": "101_ObjectCategories", "caltech256": "256_ObjectCategories"}
 DEFAULT_EXCLUDE = {"caltech101": ("BACKGROUND_Google",), "caltech256": ("257.clutter",)}
 LAYOUTS = {
@@ -35,41 +32,6 @@ LAYOUTS = {
     "caltech256": "expected root=/path holding 256_ObjectCategories/NNN.<class>/*.jpg (Caltech-256 as unpacked)",
 }
 _NUMBERED = re.compile(r"^(\d{3})\.(.+)$")
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def load_square(path: str | Path, size: int, channels: int) -> np.ndarray:
-    """uint8 (channels, size, size): shorter side resized to ``size``, the central square kept."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            new = (max(size, round(w * scale)), max(size, round(h * scale)))
-            img = img.resize(new, Image.BILINEAR)
-            left, top = (new[0] - size) // 2, (new[1] - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-            array = np.asarray(img, dtype=np.uint8)
-    except DECODE_ERRORS as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
-
-
-def file_reader(paths: Sequence[Path], channels: int):
-    """``read(indices, size)`` over image files, for an ImageSet."""
-
-    def read(index: np.ndarray, size: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack([load_square(paths[int(i)], size, channels) for i in index]))
-
-    return read
-
-
-def files_fingerprint(root: Path, paths: Sequence[Path]) -> str:
-    """Which files (relative path and size), so moving the tree keeps the feature cache."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def find_folder(root: str | Path | None, dataset: str) -> Path:
@@ -84,11 +46,6 @@ def find_folder(root: str | Path | None, dataset: str) -> Path:
     raise UserError(f"{dataset}: no {want} folder in {root}; {LAYOUTS[dataset]}")
 
 
-def _images_in(folder: Path) -> list[Path]:
-    entries = (e for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
-    return sorted(Path(e.path) for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES))
-
-
 def load_caltech(
     dataset: str, root: str | Path | None, *, exclude: Sequence[str] | None = None, channels: int = 3
 ) -> ImageSet:
@@ -101,9 +58,8 @@ def load_caltech(
         raise UserError(f"unknown Caltech data set {dataset!r}; choose one of: {', '.join(FOLDERS)}")
     folder = find_folder(root, dataset)
     skip = set(DEFAULT_EXCLUDE[dataset] if exclude is None else exclude)
-    subfolders = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     classes, paths, labels = [], [], []
-    for name in subfolders:
+    for name in subfolders(folder):
         if name in skip:
             continue
         label = name
@@ -114,7 +70,7 @@ def load_caltech(
             label = match.group(2)
             if label in skip:
                 continue
-        files = _images_in(folder / name)
+        files = [folder / name / f for f in image_files(folder / name)]
         if not files:
             raise UserError(f"{dataset}: class folder {folder / name} holds no images; {LAYOUTS[dataset]}")
         paths += files
@@ -128,6 +84,6 @@ def load_caltech(
     )
     return ImageSet(
         name=dataset, classes=tuple(classes), labels=np.asarray(labels, dtype=np.int64),
-        read=file_reader(paths, channels), fingerprint=files_fingerprint(folder, paths) + f"-c{channels}",
+        read=file_reader(paths, channels), fingerprint=files_fingerprint(folder, paths, channels),
         source=str(folder), note=note, keys=[str(p.relative_to(folder)) for p in paths],
     )  # fmt: skip

@@ -21,8 +21,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from zfviz.data.imageset import ImageSet
 from zfviz.data.tensor_loader import resize_uint8
-from zfviz.features import ImageSet
 
 CLASSES = tuple(str(d) for d in range(10))
 CANVAS = 32

@@ -1,9 +1,9 @@
 """ImageNet 2012 from disk, prepared as in Section 3 of the paper (the training recipe).
 
 Every image is decoded to RGB (ImageNet holds CMYK and grayscale JPEGs too), its shorter side
-resized to 256 (bilinear), and its central 256x256 square kept. The per-pixel mean image of the
-training set is subtracted and nothing is divided: inputs are raw pixels minus the mean, roughly in
-[-128, 128]. Training takes a random ``S x S`` crop of the 256 square and mirrors it half of the
+resized to 256 (bilinear), and its central 256x256 square kept (``zfviz.data.images``). The per-pixel
+mean image of the training set is subtracted and nothing is divided: inputs are raw pixels minus the
+mean, roughly in [-128, 128]. Training takes a random ``S x S`` crop of the 256 square and mirrors it half of the
 time; evaluation takes the paper's 10 views or only the centre one (``data.eval_views``).
 
 The 10 views of a 256 square, with ``d = 256 - S``, as (top, left) of an ``S x S`` box, in order:
@@ -27,32 +27,20 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from zfviz.data import DataBundle
+from zfviz.data.images import DECODE_ERRORS, image_files, load_square, subfolders
 from zfviz.errors import UserError
 from zfviz.utils import atomic_path
 
 PREP_SIZE = 256  # shorter side and centre square, Section 3
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 META_FILE = "meta.bin"  # torchvision's ImageNet: (wnid -> class names, val wnids in sorted file order)
 LAYOUT = (
     "expected data.root=/path/to/ILSVRC2012 holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG "
     "(torchvision's ImageNet layout, meta.bin optional, or a plain ImageFolder layout)"
 )
-# What PIL raises on a file it cannot decode (truncated, corrupt, not an image, absurdly large).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def _subfolders(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-
-
-def _images_in(folder: Path) -> list[str]:
-    names = (e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
-    return sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES))
 
 
 def read_meta(root: str | os.PathLike) -> tuple[dict, list] | None:
@@ -79,7 +67,7 @@ def scan_split(
     folder = root / split
     if not folder.is_dir():
         raise UserError(f"ImageNet: {folder} is missing; {LAYOUT}")
-    found = _subfolders(folder)
+    found = subfolders(folder)
     if classes is None:
         classes = found
     paths: list[str] = []
@@ -90,11 +78,11 @@ def scan_split(
         if unknown:
             raise UserError(f"ImageNet: {folder} has classes that train/ lacks ({', '.join(unknown[:3])}); {LAYOUT}")
         for wnid in found:
-            names = _images_in(folder / wnid)
+            names = image_files(folder / wnid)
             paths += [f"{split}/{wnid}/{n}" for n in names]
             labels += [index[wnid]] * len(names)
-    elif split != "train" and meta is not None and _images_in(folder):
-        names, wnids = _images_in(folder), meta[1]
+    elif split != "train" and meta is not None and image_files(folder):
+        names, wnids = image_files(folder), meta[1]
         if len(names) != len(wnids):
             raise UserError(f"ImageNet: {folder} holds {len(names)} images, {META_FILE} names {len(wnids)}; {LAYOUT}")
         index = {c: i for i, c in enumerate(classes)}
@@ -132,17 +120,7 @@ def fingerprint(paths: list[str]) -> str:
 
 def load_256(path: str | os.PathLike) -> torch.Tensor:
     """Decode to RGB, shorter side to 256 (bilinear), centre 256x256: uint8 (3, 256, 256)."""
-    with Image.open(path) as img:
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")  # a palette with transparency converts cleanly only via RGBA
-        img = img.convert("RGB")  # CMYK, grayscale, palette: all become 3 channels here
-    w, h = img.size
-    # Same rounding as torchvision's Resize(256): the long side is truncated.
-    size = (PREP_SIZE, int(PREP_SIZE * h / w)) if w <= h else (int(PREP_SIZE * w / h), PREP_SIZE)
-    img = img.resize(size, Image.Resampling.BILINEAR)
-    left, top = round((size[0] - PREP_SIZE) / 2), round((size[1] - PREP_SIZE) / 2)
-    img = img.crop((left, top, left + PREP_SIZE, top + PREP_SIZE))
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return load_square(path, PREP_SIZE, 3)
 
 
 def view_boxes(crop: int, size: int = PREP_SIZE) -> list[tuple[int, int]]:

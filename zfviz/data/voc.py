@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zfviz.data.caltech import file_reader, files_fingerprint
+from zfviz.data.images import file_reader, files_fingerprint
+from zfviz.data.imageset import ImageSet
 from zfviz.errors import UserError
-from zfviz.features import ImageSet
 
 CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -117,7 +117,7 @@ def _split_set(folder: Path, name: str, ids: list[str], channels: int) -> ImageS
         labels.append(single)
     return ImageSet(
         name=f"pascal2012_{name}", classes=CLASSES, labels=np.asarray(labels, dtype=np.int64),
-        read=file_reader(paths, channels), fingerprint=files_fingerprint(folder, paths) + f"-c{channels}",
+        read=file_reader(paths, channels), fingerprint=files_fingerprint(folder, paths, channels),
         source=str(folder), targets=np.stack(targets), ignore=np.stack(ignore), keys=list(ids),
     )  # fmt: skip
 

@@ -73,11 +73,20 @@ def _pool_out(size: int, kernel: int, stride: int, ceil_mode: bool) -> int:
     return out - 1 if (out - 1) * stride >= size else out
 
 
-def _check_drop(drop) -> tuple[str, ...]:
+def check_drop(drop) -> tuple[str, ...]:
+    """``drop`` as a tuple of layer names; an unknown, undroppable or repeated name is a UserError.
+
+    A repeat is refused rather than ignored: ``drop=[fc6,fc6]`` is most likely a typo for another
+    layer, and silently building the one-layer variant would train the wrong Table 3 row.
+    """
     drop = (drop,) if isinstance(drop, str) else tuple(drop or ())
+    choices = f"droppable layers are: {', '.join(DROPPABLE)}"
     bad = [d for d in drop if d not in DROPPABLE]
     if bad:
-        raise UserError(f"cannot drop {', '.join(map(str, bad))}; droppable layers are: {', '.join(DROPPABLE)}")
+        raise UserError(f"cannot drop {', '.join(map(str, bad))}; {choices}")
+    repeated = sorted({d for d in drop if drop.count(d) > 1}, key=DROPPABLE.index)
+    if repeated:
+        raise UserError(f"drop names {', '.join(repeated)} twice; {choices}")
     return drop
 
 
@@ -97,7 +106,7 @@ def build_convnet(
     init_std: float = 1e-2,
 ) -> nn.Sequential:
     """Assemble a paper convnet; ``width`` scales conv maps, ``fc_dims`` sets fc6/fc7 units."""
-    drop = _check_drop(drop)
+    drop = check_drop(drop)
     if width <= 0:
         raise UserError(f"model.width must be positive, got {width}")
     layers: OrderedDict[str, nn.Module] = OrderedDict()

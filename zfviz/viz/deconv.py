@@ -22,22 +22,18 @@ forward pass, which stops as soon as the examined layer has produced its output.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zfviz.activations import Capture, evaluating, hooks, resolve
 from zfviz.errors import UserError
 
 NORM_MODES = ("pass", "backprop")
 _PASS_THROUGH = (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout, nn.Identity, nn.Flatten, nn.Unflatten)
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm, nn.AdaptiveAvgPool2d, nn.AvgPool2d)
-
-
-class _Stop(Exception):
-    """Raised by the hook on the examined layer: nothing above it is needed."""
 
 
 @dataclass
@@ -76,32 +72,6 @@ class Trace:
         return Trace(self.layer, steps, self.activation[index])
 
 
-def layer_names(model: nn.Module) -> list[str]:
-    """Every name ``project`` accepts: module paths (``features.10``) or paper names (``conv5``)."""
-    return [name for name, _ in model.named_modules() if name]
-
-
-def get_layer(model: nn.Module, layer: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if not layer or layer not in modules:
-        names = layer_names(model)
-        shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
-        raise UserError(f"unknown layer {layer!r}; choose one of: {shown}")
-    return modules[layer]
-
-
-@contextmanager
-def evaluating(model: nn.Module):
-    """Eval mode inside the block; afterwards every module gets its own train/eval flag back."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
 def _leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None
 
@@ -123,7 +93,7 @@ def trace(model: nn.Module, images: Tensor, layer: str, *, norm: str = "pass") -
     """
     if norm not in NORM_MODES:
         raise UserError(f"unknown norm mode {norm!r}; choose one of: {', '.join(NORM_MODES)}")
-    target = get_layer(model, layer)
+    path = resolve(model, layer, "output")
     result = Trace(layer)
 
     def record(name: str, module: nn.Module, inputs, output) -> None:
@@ -140,28 +110,13 @@ def trace(model: nn.Module, images: Tensor, layer: str, *, norm: str = "pass") -
             step.saved = x.detach().clone()
         result.steps.append(step)
 
-    def stop(module: nn.Module, inputs, output) -> None:
-        out = output[0] if isinstance(output, tuple) else output
-        # Stopping here also means no later in-place op (torchvision's ReLU(inplace=True)) touches it.
-        result.activation = out.detach()
-        raise _Stop
-
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            if _leaf(module):
-                handles.append(module.register_forward_hook(lambda m, i, o, name=name: record(name, m, i, o)))
-        handles.append(target.register_forward_hook(stop))
+    # The chain's hooks go first, so the examined module's own step is recorded before the pass stops;
+    # stopping there also means no later in-place op (torchvision's ReLU(inplace=True)) touches it.
+    chain = [(name, lambda m, i, o, name=name: record(name, m, i, o)) for name, m in model.named_modules() if _leaf(m)]
+    with hooks(model, chain), Capture(model, {layer: path}, stop=True) as capture:
         with evaluating(model), torch.no_grad():
-            try:
-                model(images)
-            except _Stop:
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    if result.activation is None:
-        raise UserError(f"layer {layer!r} is never called by the model's forward pass")
+            capture(images)
+    result.activation = capture.outputs[layer]
     _check_chain(result, images)
     return result
 

@@ -15,7 +15,8 @@ carries just a rectangle of every map, the one its square can reach, computed on
 activations around it; the rectangle is pasted into the unoccluded map where it grows to the whole
 map or at the first layer that mixes positions (flatten, fc6). The rectangles have one size per
 layer for all positions (clamped at the borders), so a chunk of copies runs as one batched conv.
-Contrast normalization runs as sums of shifted channel slices, bit for bit PyTorch's result.
+Contrast normalization runs as sums of shifted channel slices: PyTorch's result to float rounding
+(the window is summed in another order; bit for bit on some CPUs, not all).
 ``fast=False`` (and any model that is not a flat ``nn.Sequential``) forwards whole occluded copies.
 """
 
@@ -27,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zfviz.activations import Capture, evaluating, resolve, stream
 from zfviz.errors import UserError
-from zfviz.viz.deconv import evaluating
 
 FILLS = ("mean", "zero", "noise")
 # Layers that act on each spatial position alone (in eval mode), so a rectangle passes through.
@@ -38,21 +39,13 @@ MAPS = ("p_true", "top_class", "top_prob", "feature_activation")
 CHUNK_BYTES = 256 * 2**20
 
 
-def resolve_layer(model: nn.Module, layer: str) -> str:
-    """The module whose output is "layer n": a conv/fc name means its rectified output (the next ReLU)."""
-    modules = dict(model.named_modules())
-    if not layer or layer not in modules:
-        named = [n for n, m in model.named_children()] if isinstance(model, nn.Sequential) else []
-        choices = named or [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        raise UserError(f"unknown layer {layer!r}; choose one of: {', '.join(choices)}")
-    parent_name, _, own = layer.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if isinstance(parent, nn.Sequential) and isinstance(modules[layer], (nn.Conv2d, nn.Linear)):
-        siblings = [n for n, _ in parent.named_children()]
-        following = siblings[siblings.index(own) + 1] if siblings.index(own) + 1 < len(siblings) else None
-        if following is not None and isinstance(parent.get_submodule(following), nn.ReLU):
-            return f"{parent_name}.{following}" if parent_name else following
-    return layer
+def resolve_layer(model: nn.Module, layer: str | None = None) -> str:
+    """The module whose output is "layer n" here: a conv/fc name means its rectified output (the next ReLU).
+
+    ``None`` is the last conv block's rectified output (``relu5`` on our nets, ``features.11`` on
+    torchvision's AlexNet, ``layer4`` on a ResNet: see ``zfviz.activations``).
+    """
+    return resolve(model, layer, "rectified")
 
 
 @torch.no_grad()
@@ -61,21 +54,17 @@ def features(
 ) -> dict[str, Tensor]:
     """Flattened outputs of ``layers`` (see ``resolve_layer``) for every image, in eval mode.
 
-    ``with_output`` adds the model's own output (the logits) under ``"output"``.
+    ``with_output`` adds the model's own output (the logits) under ``"output"``; without it each
+    pass stops after the deepest of ``layers``.
     """
     names = {layer: resolve_layer(model, layer) for layer in layers}
     store: dict[str, list[Tensor]] = {layer: [] for layer in [*layers, "output"]}
-    handles = []
-    try:
-        for layer, name in names.items():
-            hook = lambda _m, _i, out, layer=layer: store[layer].append(out.flatten(1).clone())  # noqa: E731
-            handles.append(model.get_submodule(name).register_forward_hook(hook))
-        with evaluating(model):
-            for start in range(0, len(images), batch_size):
-                store["output"].append(model(images[start : start + batch_size]))
-    finally:
-        for handle in handles:
-            handle.remove()
+    batches = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+    with stream(model, batches, names, stop=not with_output, keep=lambda out: out.flatten(1)) as passes:
+        for seen, logits in passes:
+            for layer in layers:
+                store[layer].append(seen[layer])
+            store["output"].append(logits)
     return {key: torch.cat(chunks) for key, chunks in store.items() if key != "output" or with_output}
 
 
@@ -208,7 +197,7 @@ def _gather(base_nhwc: Tensor, n_idx: Tensor, rows: Tensor, cols: Tensor, patch:
 
 
 def _lrn(module: nn.LocalResponseNorm, x: Tensor) -> Tensor:
-    """``module(x)``, bit for bit, as a sum of shifted channel slices: about twice as fast as PyTorch's
+    """``module(x)`` to float rounding, as a sum of shifted channel slices: about twice as fast as PyTorch's
     average-pool formulation on the many small maps of a sweep."""
     c, size = x.shape[1], module.size
     padded = F.pad(x * x, (0, 0, 0, 0, size // 2, (size - 1) // 2))
@@ -304,14 +293,11 @@ class _Sweep:
 
 
 def _copies_forward(model, feat_name, images, fill, n_idx, ys, xs, window, channel) -> tuple[Tensor, Tensor]:
-    """The plain path: whole occluded copies, batched, with a hook on the chosen layer."""
-    store: list[Tensor] = []
-    handle = model.get_submodule(feat_name).register_forward_hook(lambda _m, _i, out: store.append(out))
-    try:
-        logits = model(occluded_copies(images, fill, n_idx, ys, xs, window))
-    finally:
-        handle.remove()
-    return logits, store[0][torch.arange(len(n_idx), device=images.device), channel[n_idx]].sum(dim=(1, 2))
+    """The plain path: whole occluded copies, batched; the chosen map's total taken in the layer's hook."""
+    rows = torch.arange(len(n_idx), device=images.device)
+    with Capture(model, [feat_name], keep=lambda out: out[rows, channel[n_idx]].sum(dim=(1, 2))) as capture:
+        logits = capture(occluded_copies(images, fill, n_idx, ys, xs, window))
+    return logits, capture.outputs[feat_name]
 
 
 def _unoccluded(model: nn.Module, images: Tensor, feat_name: str) -> tuple[list[Tensor] | None, Tensor, Tensor]:
@@ -322,13 +308,9 @@ def _unoccluded(model: nn.Module, images: Tensor, feat_name: str) -> tuple[list[
             clean.append(module(clean[-1]))
         index = [name for name, _ in model.named_children()].index(feat_name)
         return clean, clean[-1], clean[index + 1]
-    store: list[Tensor] = []
-    handle = model.get_submodule(feat_name).register_forward_hook(lambda _m, _i, out: store.append(out))
-    try:
-        logits = model(images)
-    finally:
-        handle.remove()
-    return None, logits, store[0]
+    with Capture(model, [feat_name]) as capture:
+        logits = capture(images)
+    return None, logits, capture.outputs[feat_name]
 
 
 @torch.no_grad()
@@ -339,7 +321,7 @@ def occlusion(
     window: int,
     stride: int,
     fill: str | float | Tensor = "mean",
-    layer: str = "conv5",
+    layer: str | None = None,
     *,
     mean=None,
     std=None,
@@ -352,7 +334,9 @@ def occlusion(
     Returns ``p_true``, ``top_class``, ``top_prob`` and ``feature_activation``, each (N, rows, cols)
     over occluder positions (top-left corners ``grid(H, window, stride)``), plus ``channel`` (N,):
     the map of ``layer`` (rectified) with the largest single activation on the unoccluded image,
-    and ``p_true_clean`` (N,). ``mean``/``std`` (the normalization) are needed only for ``fill="zero"``.
+    ``p_true_clean`` (N,) and ``layer``, the module path whose maps those are (``None``: the last
+    conv block's rectified output, on our nets ``relu5``, the paper's layer 5; on any other net see
+    ``resolve_layer``). ``mean``/``std`` (the normalization) are needed only for ``fill="zero"``.
     ``chunk_size`` copies run per forward (None: as many as keep the largest map under
     ``CHUNK_BYTES``); the maps do not depend on it. ``fast=False`` forwards whole occluded copies.
     """
@@ -368,7 +352,7 @@ def occlusion(
     with evaluating(model):
         clean, logits, act = _unoccluded(model, images, feat_name)
         if act.dim() != 4:
-            raise UserError(f"layer {layer!r} gives {act.dim()}-d output; occlusion needs a spatial (conv) layer")
+            raise UserError(f"layer {feat_name!r} gives {act.dim()}-d output; occlusion needs a spatial (conv) layer")
         channel = act.flatten(2).amax(dim=2).argmax(dim=1)
         sweep = None
         if fast and clean is not None:
@@ -401,4 +385,5 @@ def occlusion(
         "feature_activation": torch.cat(totals).reshape(shape),
         "channel": channel,
         "p_true_clean": logits.softmax(dim=1)[torch.arange(n, device=dev), target],
+        "layer": feat_name,
     }

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from zfviz.activations import resolve, stream
 from zfviz.errors import UserError
-from zfviz.viz.deconv import evaluating, get_layer, project_batches
+from zfviz.viz.deconv import project_batches
 from zfviz.viz.receptive_field import crop, receptive_field, windows
 
 
@@ -34,10 +35,6 @@ class TopK:
     @property
     def maps(self) -> int:
         return self.values.shape[0]
-
-
-class _Stop(Exception):
-    pass
 
 
 def _merge(running: TopK | None, values: Tensor, flat: Tensor, first: int, width: int, k: int) -> TopK:
@@ -62,45 +59,26 @@ def _merge(running: TopK | None, values: Tensor, flat: Tensor, first: int, width
 def top_activations(model: nn.Module, batches: Iterable[Tensor], layers: Sequence[str], k: int = 9) -> dict[str, TopK]:
     """Stream ``batches`` (float images, data set order) through ``model``; per layer, the top ``k`` per map.
 
-    The forward pass stops once every chosen layer has produced its output; hooks are removed
-    and the train/eval mode restored when this returns or raises.
+    ``layers`` are module paths (paper names on our nets), each examined at its own output, as the
+    deconvnet projects it. The forward pass stops once every chosen layer has produced its output;
+    hooks are removed and the train/eval mode restored when this returns or raises.
     """
     if k < 1:
         raise UserError(f"k must be at least 1, got {k}")
-    targets = {name: get_layer(model, name) for name in layers}
+    paths = {name: resolve(model, name, "output") for name in layers}
     running: dict[str, TopK | None] = dict.fromkeys(layers)
-    seen: dict[str, tuple[Tensor, Tensor, int]] = {}
 
-    def hook(name: str, output) -> None:
-        out = output[0] if isinstance(output, tuple) else output
-        # Reduce at once: an in-place ReLU after this layer would change the tensor later.
-        flat = out.detach().reshape(out.shape[0], out.shape[1], -1)
-        values, index = flat.max(dim=2)
-        seen[name] = (values, index, out.shape[-1] if out.dim() == 4 else 1)
-        if len(seen) == len(targets):
-            raise _Stop
+    def per_image_max(out: Tensor) -> tuple[Tensor, Tensor, int]:
+        # Reduced in the hook: the maxima are all the search keeps of a batch.
+        values, index = out.reshape(out.shape[0], out.shape[1], -1).max(dim=2)
+        return values, index, out.shape[-1] if out.dim() == 4 else 1
 
-    handles = []
     first = 0
-    try:
-        for name, module in targets.items():
-            handles.append(module.register_forward_hook(lambda m, i, o, name=name: hook(name, o)))
-        with evaluating(model), torch.no_grad():
-            for batch in batches:
-                seen.clear()
-                try:
-                    model(batch)
-                except _Stop:
-                    pass
-                missing = sorted(set(targets) - set(seen))
-                if missing:
-                    raise UserError(f"layer(s) {', '.join(missing)} are never called by the model's forward pass")
-                for name, (values, index, width) in seen.items():
-                    running[name] = _merge(running[name], values, index, first, width, k)
-                first += len(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with stream(model, batches, paths, keep=per_image_max) as passes:
+        for seen, _ in passes:
+            for name, (values, index, width) in seen.items():
+                running[name] = _merge(running[name], values, index, first, width, k)
+            first += len(values)
     if first == 0:
         raise UserError("no images to search: the data set is empty")
     return running

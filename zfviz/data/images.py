@@ -1,0 +1,106 @@
+"""Reading image files the one way every on-disk data set does (Sections 3 and 5.2).
+
+ImageNet (the training recipe), Caltech-101/256 and PASCAL VOC (transfer) all decode a file, take
+its shorter side to a size and keep the central square. One copy of that, so the data sets cannot
+drift apart again. Where the copies had drifted, the kept behaviour is:
+
+- suffixes: the widest list (``.tif``, ``.tiff`` and ``.webp`` too), so no readable image is skipped;
+- resize and crop: torchvision's ``Resize(size)`` + ``CenterCrop(size)`` exactly (the longer side is
+  truncated, the crop offset rounded half to even), what ImageNet always did and what the
+  published preprocessing of most pretrained nets means;
+- palette images with transparency go through RGBA, as PIL asks (a direct conversion warns);
+- 16-bit grayscale (PNG ``I;16``) keeps its top 8 bits instead of PIL's clipping at 255.
+
+``DECODER_VERSION`` names this behaviour in the feature cache's key of file-backed sets: bump it
+whenever a change here can change a pixel, so no features of the old pixels are served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zfviz.errors import UserError
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# What PIL raises on a file it cannot decode (truncated, corrupt, not an image, absurdly large).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODER_VERSION = 2  # 1: Caltech/VOC's own copy (rounded long side, floor offsets, no RGBA step)
+
+
+def subfolders(folder: str | os.PathLike) -> list[str]:
+    """Names of the folders in ``folder`` (class folders), hidden ones left out, sorted."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """Names of the image files in ``folder`` (not recursive, no hidden files), sorted."""
+    names = (e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
+    return sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES))
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``size``; the longer one truncated, as torchvision's Resize."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def centre_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """PIL's (left, top, right, bottom) of the central ``size`` square, offsets as torchvision's CenterCrop."""
+    left, top = round((width - size) / 2), round((height - size) / 2)
+    return left, top, left + size, top + size
+
+
+def _decoded(img: Image.Image, channels: int) -> Image.Image:
+    if img.mode.startswith("I;16"):  # PIL's own conversion clips 16-bit values at 255
+        img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8), "L")
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # a palette with transparency converts cleanly only via RGBA
+    return img.convert("L" if channels == 1 else "RGB")  # CMYK, gray, palette: the channels asked for
+
+
+def load_square(path: str | os.PathLike, size: int, channels: int = 3) -> torch.Tensor:
+    """uint8 (channels, size, size): decoded, shorter side resized to ``size`` (bilinear), centre kept.
+
+    Raises one of ``DECODE_ERRORS`` on an unreadable file; the caller decides (skip it or stop).
+    """
+    with Image.open(path) as img:
+        img = _decoded(img, channels)
+    new = resized_size(*img.size, size)
+    img = img.resize(new, Image.Resampling.BILINEAR).crop(centre_box(*new, size))
+    array = np.asarray(img, dtype=np.uint8)
+    array = array[None] if channels == 1 else array.transpose(2, 0, 1)
+    return torch.from_numpy(array.copy())
+
+
+def file_reader(paths: Sequence[Path], channels: int) -> Callable[[np.ndarray, int], torch.Tensor]:
+    """``read(indices, size)`` over image files, for an ImageSet; a bad file is a UserError naming it."""
+
+    def read(index: np.ndarray, size: int) -> torch.Tensor:
+        squares = []
+        for i in index:
+            try:
+                squares.append(load_square(paths[int(i)], size, channels))
+            except DECODE_ERRORS as err:
+                raise UserError(f"cannot read image {paths[int(i)]}: {err}") from None
+        return torch.stack(squares)
+
+    return read
+
+
+def files_fingerprint(root: Path, paths: Sequence[Path], channels: int) -> str:
+    """Which files (relative path and size), read how: the feature cache's name for a file-backed set.
+
+    Moving the tree keeps the cache; another decoder (``DECODER_VERSION``) or channel count does not.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
+    return f"{digest.hexdigest()[:16]}-c{channels}-decoder{DECODER_VERSION}"
