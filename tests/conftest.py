@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from zfviz.utils import restore_torch_state, torch_state
+
 
 @pytest.fixture
 def one_thread():
@@ -31,21 +33,9 @@ def _torch_global_state():
     """Whatever a test sets process-wide (determinism, cuDNN flags, threads) is put back after it, so
     no test's result depends on which tests ran before it. The library restores these itself
     (``zfviz.utils.seeded``); this is the net under code that does not."""
-    before = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-        torch.get_num_threads(),
-    )
+    before = torch_state()
     yield
-    enabled, warn_only, benchmark, cudnn_deterministic, threads = before
-    now = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    if now != (enabled, warn_only):  # only on a change: the first call in a process costs seconds
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_deterministic
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    restore_torch_state(before)
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:

@@ -273,6 +273,8 @@ def test_cli_table3_end_to_end_writes_the_csv_and_figure(fmnist_dir, tmp_path):
     assert list(table["variant"]) == ["zfnet", "zfnet_no3467"]
     assert list(table["paper_val_top1_err"].fillna(-1)) == [38.4, -1]
     assert (out / "fig_table3_cpu.png").stat().st_size > 0
+    fig_meta = json.loads((out / "fig_table3_cpu.meta.json").read_text())
+    assert fig_meta["figure"] == "fig_table3_cpu.png" and fig_meta["table"] == "table3_cpu.csv" and fig_meta["sources"]
     meta = json.loads((out / "table3_cpu.meta.json").read_text())
     assert [s["variant"] for s in meta["sources"]] == ["zfnet", "zfnet_no3467"]
     # The same run as its own repeat: every row matches itself, zero difference, under the given name.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -80,3 +81,15 @@ def test_git_state_is_dirty_for_changed_sources_but_not_for_written_results(tmp_
     assert git_state(tmp_path)["git_dirty"] is False
     (tmp_path / "zfviz/a.py").write_text("2\n")
     assert git_state(tmp_path)["git_dirty"] is True
+
+
+def test_every_file_in_results_has_its_provenance_sidecar():
+    """Each committed result names where it came from: ``<stem>.meta.json`` with git state and sources."""
+    folder = Path(__file__).resolve().parents[1] / "results"
+    outputs = [p for p in folder.iterdir() if p.is_file() and not p.name.endswith(".meta.json")]
+    assert outputs, "results/ is empty"
+    missing = [p.name for p in outputs if not p.with_suffix(".meta.json").is_file()]
+    assert not missing, f"no .meta.json for: {missing}"
+    for p in outputs:
+        meta = json.loads(p.with_suffix(".meta.json").read_text())
+        assert "git_sha" in meta and meta["sources"], p.name

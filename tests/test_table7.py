@@ -202,3 +202,5 @@ def test_table7_script_end_to_end(fmnist_dir, tmp_path):
     assert len(table) == 2 * 7 and set(table["splits"]) == {2}
     assert table["accuracy_mean"].between(0, 100).all()
     assert (out / "fig_table7_cpu.png").stat().st_size > 0
+    fig_meta = json.loads((out / "fig_table7_cpu.meta.json").read_text())
+    assert fig_meta["figure"] == "fig_table7_cpu.png" and fig_meta["table"] == "table7_cpu.csv" and fig_meta["sources"]

@@ -121,7 +121,10 @@ def write_meta(path: str | Path, *, sources: list[dict], wall_time_s: float | No
     return target
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
+def save_figure(fig, path: str | Path, dpi: int = 120, *, sources: list[dict] | None = None, **fields) -> None:
+    """``fig`` at ``path``, atomically; with ``sources``, also its ``.meta.json`` (``write_meta``'s fields)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."))
+    if sources is not None:
+        write_meta(path, figure=path.name, sources=sources, **fields)

@@ -27,6 +27,31 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.benchmark = not deterministic
 
 
+def torch_state() -> tuple:
+    """The process-wide torch settings a run may change: determinism, cuDNN flags, thread count."""
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.get_num_threads(),
+    )
+
+
+def restore_torch_state(state: tuple) -> None:
+    """Put back what ``torch_state`` read, touching only what changed (the first
+    ``use_deterministic_algorithms`` call in a process costs seconds)."""
+    enabled, warn_only, benchmark, cudnn_deterministic, threads = state
+    if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != (
+        enabled,
+        warn_only,
+    ):
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_deterministic
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @contextmanager
 def seeded(seed: int, deterministic: bool = True) -> Iterator[None]:
     """``seed_everything`` for one block, then the determinism, cuDNN and thread settings as they were.
@@ -34,23 +59,12 @@ def seeded(seed: int, deterministic: bool = True) -> Iterator[None]:
     A notebook or a test that trains in-process must not be left in deterministic mode (or on the
     run's thread count): what it computes afterwards would depend on whether a run came first.
     """
-    before = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-        torch.get_num_threads(),
-    )
+    before = torch_state()
     seed_everything(seed, deterministic)
     try:
         yield
     finally:
-        enabled, warn_only, benchmark, cudnn_deterministic, threads = before
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)  # cheap now: seed_everything called it
-        torch.backends.cudnn.benchmark = benchmark
-        torch.backends.cudnn.deterministic = cudnn_deterministic
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        restore_torch_state(before)
 
 
 def resolve_device(name: str) -> torch.device:
