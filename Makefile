@@ -87,6 +87,12 @@ results/fig5_invariance_$(PRESET).csv: $(RUNS)/zfnet/run.json
 
 FIGURES += results/fig7_occlusion_$(PRESET).png results/table1_$(PRESET).csv results/fig5_invariance_$(PRESET).csv
 
+# --- the visualization family (issue 13): the same test images under every attribution method ---
+results/fig_attribution_$(PRESET).png: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
+	$(BIN)/python scripts/attribution_figure.py --preset $(PRESET) --out results $(RUNS)/zfnet $(RUNS)/alexnet
+
+FIGURES += results/fig_attribution_$(PRESET).png
+
 # --- ablations (Table 3) ---
 # One run trains every Table 3 variant; each is cached under runs/ablate/cache/<config hash>/,
 # so a re-run (delete $(ABLATE)/variants.json to force one) trains only what is missing.

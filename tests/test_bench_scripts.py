@@ -16,13 +16,15 @@ RATIO = re.compile(r"^\s*ratio \S.* = \d+\.\d{3}\b", re.MULTILINE)
 
 
 def test_every_benchmark_is_covered():
-    assert SCRIPTS == ["bench_deconv.py", "bench_occlusion.py", "bench_train.py"]
+    assert SCRIPTS == ["bench_attribution.py", "bench_deconv.py", "bench_occlusion.py", "bench_train.py"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_quick_run_prints_its_ratios(script, tmp_path):
-    pytest.importorskip("captum")  # the deconv and occlusion benchmarks compare against Captum
+    pytest.importorskip("captum")  # the deconv, occlusion and attribution benchmarks compare against Captum
+    if script == "bench_attribution.py":
+        pytest.importorskip("zennit")  # and LRP against Zennit
     # From a temporary folder: no trained checkpoint under runs/ is picked up, so the net is the preset's.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

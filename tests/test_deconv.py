@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zfviz.attribution import attribute
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.viz.deconv import project, project_batches, project_with_values, unpool
+from zfviz.viz.deconv import project, project_batches, project_with_values, trace, unpool
 
 
 class _Stop(Exception):
@@ -330,8 +331,8 @@ def test_hooks_are_gone_and_mode_restored_after_return_and_after_an_error():
     x = torch.randn(1, 3, 64, 64)
     project(model, x, "conv2", 0)
     assert hooks_left(model) == 0 and model.training and model.conv1.training and not model.drop6.training
-    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
-    with pytest.raises(UserError, match="BatchNorm2d"):
+    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 4, 1))
+    with pytest.raises(UserError, match="deconvnet cannot handle 1 \\(GELU\\)"):
         project(bad, x, "2", 0)
     assert hooks_left(bad) == 0
 
@@ -341,7 +342,7 @@ def test_mistakes_are_one_line_user_errors():
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(UserError, match="unknown layer 'conv9'; choose one of: conv1, relu1"):
         project(model, x, "conv9", 0)
-    with pytest.raises(UserError, match="channel must lie in 0..23"):
+    with pytest.raises(UserError, match="channel of conv1 must lie in 0..23"):
         project(model, x, "conv1", 24)
     with pytest.raises(UserError, match="norm mode"):
         project(model, x, "conv1", 0, norm="skip")
@@ -357,8 +358,52 @@ def test_mistakes_are_one_line_user_errors():
         def forward(self, x):
             return self.relu(self.conv(x) + x)
 
-    with pytest.raises(UserError, match="not a plain chain"):
-        project(Residual(), x, "relu", 0)
+    with pytest.raises(UserError, match="not a plain chain"):  # trace, project_batches' fast path
+        trace(Residual(), x, "relu")
+
+
+def test_residual_nets_and_batch_norm_project_on_the_one_mechanism():
+    """Not a chain: project and project_batches take attribution's deconvnet; autograd is the oracle."""
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    with torch.no_grad():
+        block[1].running_mean.uniform_(-0.5, 0.5)
+        block[1].running_var.uniform_(0.5, 2.0)
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.conv, self.relu = block, nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+
+        def forward(self, x):
+            h = self.block(x)
+            return self.relu(self.conv(h) + h)
+
+    model = Residual().eval()
+    x = torch.randn(3, 3, 12, 12)
+    assert_close(project(model, x, "relu", 2), oracle(model, x, "relu", strongest_seed(2)))
+    image, channel = torch.tensor([2, 0, 2]), torch.tensor([1, 3, 0])
+    got = torch.empty(3, 3, 12, 12)
+    for rows, proj in project_batches(model, x, "relu", image, channel, batch_size=2):
+        got[rows] = proj
+    for j in range(3):
+        one = project(model, x[image[j] : image[j] + 1], "relu", int(channel[j]))
+        torch.testing.assert_close(got[j : j + 1], one, rtol=1e-5, atol=1e-6)  # batch of 1 vs 2: other kernels
+
+
+@pytest.mark.parametrize("norm", ["pass", "backprop"])
+def test_project_batches_fast_path_equals_attribution_deconvnet(norm):
+    """The trace-and-reuse path of project_batches gives attribute(..., "deconvnet")'s projections."""
+    model = small_zfnet()
+    x = torch.randn(5, 3, 64, 64)
+    image = torch.tensor([3, 0, 3, 1, 3, 4])
+    channel = torch.tensor([0, 5, 7, 5, 2, 11])
+    position = torch.tensor([[0, 0], [1, 2], [2, 2], [0, 1], [1, 0], [2, 1]])
+    got = torch.empty(len(image), 3, 64, 64)
+    for rows, proj in project_batches(model, x, "conv3", image, channel, position, batch_size=4, norm=norm):
+        got[rows] = proj
+    expected = attribute(model, x[image], ("conv3", channel, position), "deconvnet", norm=norm)
+    # Same kernels on other batch sizes (4 traced images vs 6 rows): float32 sums may differ in the last bits.
+    assert_close(got, expected)
 
 
 # --- Fig. 6 numbers ----------------------------------------------------------------------------------

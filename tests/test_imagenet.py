@@ -296,3 +296,70 @@ def test_two_processes_share_the_mean_image_pass(trees, tmp_path):
     saved = torch.load(tmp_path / "mean_image.pt", weights_only=True)
     assert saved["images"] == 14 and torch.equal(saved["mean"], results[0]["mean"])
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+# --- issue 12: what a tree on disk can hide ---------------------------------------------------------
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_saturated(tmp_path):
+    # A mid-grey ramp at 16 bits, as a PNG (PIL: mode I;16) and as a PGM (PIL: 32-bit mode I, the one
+    # that came out white, mean 254.5): both must give the ramp's top 8 bits, mean about 127.5.
+    ramp = np.linspace(0, 65535, 280 * 300).reshape(280, 300).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    header = b"P5\n300 280\n65535\n"
+    (tmp_path / "ramp.pgm").write_bytes(header + ramp.astype(">u2").tobytes())
+    with Image.open(tmp_path / "ramp.png") as png, Image.open(tmp_path / "ramp.pgm") as pgm:
+        assert (png.mode, pgm.mode) == ("I;16", "I")
+    expected = imagenet.load_256(tmp_path / "ramp.png")
+    eight = Image.fromarray((ramp >> 8).astype(np.uint8)).convert("RGB")
+    exact = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(256), transforms.PILToTensor()])(eight)
+    assert torch.equal(expected, exact)  # the 8-bit image of the top bits, through the same PIL kernels
+    assert torch.equal(imagenet.load_256(tmp_path / "ramp.pgm"), expected)
+    assert abs(expected.float().mean().item() - 127.5) < 1.5  # the ramp's centre crop; white would be 255
+
+
+def test_an_empty_class_folder_is_one_line_naming_it(tmp_path):
+    root = tmp_path / "tree"
+    make_tree(root, "imagefolder")
+    (root / "train" / "n09999999").mkdir()  # sorts last; would become class 3 with no image
+    (root / "train" / "n09999999" / "notes.txt").write_text("no images here")
+    with pytest.raises(
+        UserError, match=r"class folder .*train/n09999999 holds no images; restore its images or remove"
+    ):
+        build(root, tmp_path)
+
+
+def test_skipped_images_are_said_on_screen(trees, tmp_path, capsys):
+    root, special = trees["imagefolder"]
+    build(root, tmp_path)
+    err = capsys.readouterr().err
+    assert f"data.skip_bad=true skipped 1 unreadable training images: {special['truncated']}" in err
+    build(root, tmp_path)  # from the mean-image cache: said again
+    assert str(special["truncated"]) in capsys.readouterr().err
+
+
+def test_the_viz_view_is_the_centre_crop_minus_the_mean_and_leaves_out_bad_files(trees, tmp_path):
+    from zfviz.data.imagenet_view import DecodedImages, viz_bundle
+
+    root, special = trees["imagefolder"]
+    data = build(root, tmp_path, eval_views=1)
+    view = viz_bundle(build(root, tmp_path, eval_views=1))
+    for split in ("train", "test"):
+        loader, seen = getattr(data, split), getattr(view, split)
+        paths = [p for p in loader.images.paths if str(root / p) != str(special["truncated"])]
+        assert len(seen.images) == seen.dataset_size == len(paths) == len(seen.labels)
+        assert seen.images.shape == (len(paths), 3, 224, 224)
+        keep = [i for i, p in enumerate(loader.images.paths) if p in paths]
+        assert torch.equal(seen.labels, torch.as_tensor(loader.images.labels[keep]))
+    # The eval loader's centre view (1 view) is what the viz commands see, to the bit: the same
+    # subtraction of the same numbers, only cropped before instead of after.
+    xs = torch.cat([x for x, _ in data.test])
+    assert torch.equal(view.test.normalize(view.test.images[torch.arange(6)]), xs)
+    assert torch.equal(view.test.images[2:4], view.test.images[torch.tensor([2, 3])])
+    assert view.test.images.head(2).shape == (2, 3, 224, 224)
+    assert torch.equal(view.test.images[1], view.test.images[[1]][0])
+    threaded = DecodedImages(view.test.images.images, view.test.images.keep, threads=3)
+    assert torch.equal(threaded[torch.arange(6)], view.test.images[:6])
+    # pixels back: x * std + mean is the stored crop again (0..255, within float rounding of the subtraction)
+    back = view.test.normalize(view.test.images[:2]) * view.test.std + view.test.mean
+    assert torch.allclose(back, view.test.images[:2].float(), atol=1e-4)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from zfviz.data.caltech import load_caltech
 from zfviz.data.digits import digit_canvases, digits_caltech, digits_uint8
-from zfviz.data.images import load_square
+from zfviz.data.images import DECODER_VERSION, load_square
 from zfviz.data.preprocess import Preprocess
 from zfviz.data.voc import CLASSES as VOC_CLASSES
 from zfviz.data.voc import load_voc
@@ -85,7 +85,7 @@ def test_features_cached_under_the_old_decoder_are_not_served(caltech101, tmp_pa
     for key in images.keys:
         digest.update(f"{key}:{(folder / key).stat().st_size}\n".encode())
     old = f"{digest.hexdigest()[:16]}-c1"
-    assert images.fingerprint == f"{old}-decoder2"
+    assert images.fingerprint == f"{old}-decoder{DECODER_VERSION}"
     net = build_model("zfnet", num_classes=10, input_size=64, width=0.125, fc_dims=32, init="kaiming").eval()
     prep, cache = Preprocess(64, 3, (30.0,), (70.0,)), FeatureCache(tmp_path / "cache")
     key = {"model": "m", "dataset": images.name, "images": old, "layer": "fc7", "pool_grid": None, **prep.key()}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -47,14 +50,55 @@ def save_checkpoint(
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
+def _read(path: Path, mmap: bool = False) -> dict:
+    """``torch.load(path, weights_only=True)`` of a zfviz checkpoint, or a UserError saying in one line
+    why ``path`` is not one. PyTorch's own messages are not passed on: for a file that is not a
+    checkpoint they suggest ``weights_only=False``, which would run whatever code the file holds."""
+    if path.is_dir():
+        inside = path / "checkpoint.pt"
+        hint = f"give {inside}" if inside.is_file() else "give the checkpoint.pt inside a run folder"
+        raise UserError(f"checkpoint {path} is a folder, not a file; {hint}")
+    if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle and zip errors differ by version
-        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as err:
+        raise UserError(f"cannot read checkpoint {path}: {err.strerror}") from None
+    if size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): a copy or download that did not finish?")
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive; this is something else
+        raise UserError(
+            f"{path} is not a zfviz checkpoint (not a file torch.save wrote); give a 'zfviz train' checkpoint.pt"
+        )
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"checkpoint {path} is truncated or damaged ({size} bytes, the end of the archive is missing)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (a {found.group(1)})" if found else ""
+        raise UserError(
+            f"{path} is not a zfviz checkpoint: it holds Python objects{what}, and zfviz reads only tensors and plain values"
+        ) from None
+    except Exception as err:  # zip and storage errors differ by version; their first sentence says enough
+        reason = str(err).split(". ")[0].splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"checkpoint {path} is damaged: {reason}") from None
+    if not (isinstance(state, dict) and "model" in state and isinstance(state.get("config"), dict)):
+        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            kind = "a bare state_dict (weights without the config that says which net they belong to)"
+        else:
+            kind = f"a {type(state).__name__} without zfviz's 'model' and 'config' entries"
+        raise UserError(
+            f"{path} is not a zfviz checkpoint: it is {kind}; give a checkpoint.pt written by 'zfviz train'"
+        )
+    return state
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The whole checkpoint (weights, config, epoch, training state), or a one-line UserError."""
+    return _read(Path(path))
 
 
 def checkpoint_header(path: str | Path) -> dict:
@@ -65,13 +109,7 @@ def checkpoint_header(path: str | Path) -> dict:
     read, and are dropped unread, so only the small pickled header leaves the disk. Works on every
     checkpoint ``save_checkpoint`` ever wrote (no sidecar file to be missing).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # pickle and zip errors differ by version
-        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+    state = _read(Path(path), mmap=True)
     return {"config": state["config"], "epoch": state.get("epoch"), "resumable": "optimizer" in state}
 
 

@@ -5,8 +5,10 @@ and ``--cfg job`` work as in any Hydra app. Two things happen first:
 
 - Without ``-m``, a comma-separated value is one list, not a sweep: ``drop=fc6,fc7`` becomes
   ``drop=[fc6,fc7]`` (the paper's "removed layers 6,7" is one variant).
-- Without ``-m`` or other flags, the overrides are composed once up front, so an unknown option,
+- The overrides are composed up front (under ``-m``, each swept value once), so an unknown option,
   group choice or key is reported as one line with the valid choices, not as Hydra's page.
+- Overrides go before Hydra's flags (``zfviz viz deconv -m layer=conv4,conv5``); ``--help`` is the
+  command's page (configs/hydra/help/), ``zfviz viz <method> --help`` that method's keys.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import importlib
 import os
 import re
 import sys
+from pathlib import Path
 
 from zfviz.errors import UserError
+from zfviz.validate import check_command_line, check_config
 
 COMMANDS = {
     "train": "train one of the paper's nets and evaluate it (Table 2)",
@@ -39,6 +43,30 @@ def rewrite_lists(args: list[str]) -> list[str]:
     return out
 
 
+def quote_home(args: list[str]) -> list[str]:
+    """``images=~/photos``: a value starting with ``~`` (bash expands it, zsh and quoting do not) is one
+    Hydra's grammar rejects; quoted, it reaches the command, which expands it (``key=~/a,~/b``: a list)."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        parts = value.split(",")
+        plain = eq and not arg.startswith("-") and not any(ch in value for ch in "[]{}()'\"")
+        if plain and any(part.startswith("~") for part in parts):
+            quoted = [f"'{part}'" for part in parts]
+            arg = f"{key}={quoted[0]}" if len(quoted) == 1 else f"{key}=[{','.join(quoted)}]"
+        out.append(arg)
+    return out
+
+
+# Hydra's flags followed by a value (--info's is optional, one of its choices).
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                "-cd", "--experimental-rerun"}  # fmt: skip
+_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+# The config comes from elsewhere, or nothing runs: no up-front check against our configs.
+_UNCHECKED = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun",
+              "--hydra-help", "--version", "--shell-completion", "-sc"}  # fmt: skip
+# Flags whose output is a page or a config: no debug note in it.
+_QUIET = {"--cfg", "-c", "--help", "-h", "--info", "-i", "--hydra-help", "--version", "--shell-completion", "-sc"}
 _ROOT_KEYS = {"seed", "device", "deterministic", "resume", "checkpoint", "out_dir", "name"}
 
 
@@ -114,8 +142,12 @@ def _valid_keys(command: str, key: str, overrides: list[str]) -> str:
     return ", ".join(keys)
 
 
-def validate(command: str, overrides: list[str]) -> None:
-    """Compose ``command``'s config with ``overrides``; raise UserError with one line if it fails."""
+def validate(command: str, overrides: list[str], values: bool = False) -> None:
+    """Compose ``command``'s config with ``overrides``; raise UserError with one line if it fails.
+
+    ``values``: also check what the keys hold (``zfviz.validate``), as the command itself does when it
+    runs; for a sweep's points, so that a bad point stops the sweep before its first job.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -124,41 +156,166 @@ def validate(command: str, overrides: list[str]) -> None:
 
     try:
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-            compose(config_name=command, overrides=overrides)
+            cfg = compose(config_name=command, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         message = _one_line(err)
         found = re.search(r"Could not override '([^']+)'", str(err))
         if found and "not in struct" in str(err.__cause__ or ""):
             message = f"unknown option {found.group(1)!r}; valid keys there: {_valid_keys(command, found.group(1), overrides)}"
         raise UserError(message) from None
+    if values:
+        check_config(cfg)
+
+
+def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """(overrides, flags). Hydra's argparse reads its overrides as one run of words, so an override after
+    ``-m`` or ``--cfg job`` is "unrecognized"; the dispatcher passes the overrides first, the flags after."""
+    overrides, flags = [], []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-"):
+            overrides.append(arg)
+        else:
+            following = args[i + 1 : i + 2]
+            takes_value = arg in _VALUE_FLAGS or arg in ("--info", "-i") and set(following) <= _INFO_CHOICES
+            flags += [arg, *following] if takes_value else [arg]
+            i += len(following) if takes_value else 0
+        i += 1
+    return overrides, flags
+
+
+def sweep_points(overrides: list[str]) -> list[list[str]]:
+    """The override lists that check a ``-m`` sweep: every swept key at its first value, then each other
+    value of each swept key with the rest at their first (every key and group choice is composed once;
+    not the whole grid). Sweeps Hydra cannot list here (``interval``, ``glob``) are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise UserError(_one_line(err)) from None
+    base, swept = [], []
+    for override in parsed:
+        key = override.input_line.partition("=")[0]
+        if not override.is_sweep_override():
+            base.append(override.input_line)
+            continue
+        try:
+            values = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        except Exception:  # an interval or glob: only the sweeper can enumerate it
+            continue
+        swept.append((len(base), values))
+        base.append(values[0])
+    points = [base]
+    for index, values in swept:
+        points += [[*base[:index], value, *base[index + 1 :]] for value in values[1:]]
+    return points
+
+
+def method_page(method: str) -> str:
+    """``zfviz viz <method> --help``: the method's description and keys, read from configs/viz/<method>.yaml."""
+    from zfviz.commands import CONFIG_DIR
+
+    header, keys, parent = [], [], ""
+    for line in Path(CONFIG_DIR, "viz", f"{method}.yaml").read_text().splitlines():
+        found = re.match(r"^(\s*)(\w+):\s*(.*?)\s*(?:#\s?(.*))?$", line)
+        comment = re.match(r"^\s*#\s?(.*)$", line)
+        if found and found.group(2) != "name":
+            indent, key, value, note = found.groups()
+            parent = parent if indent else key
+            keys.append([f"{parent}.{key}" if indent else key, value, note or ""])
+        elif comment and keys and line.startswith(" "):
+            keys[-1][2] += " " + comment.group(1).strip()
+        elif comment and not keys and not comment.group(1).startswith("@package"):
+            header.append(comment.group(1))
+    example = next((f"{k}={v.replace(' ', '')}" for k, v, _ in keys if v and not v.startswith("{")), "")
+    rows = []
+    for key, value, note in keys:
+        typed = f"{key}={value}" if value else f"{key}:"  # a key with nested keys under it: parts.toe=...
+        rows.append(f"  {typed:<34} {note}".rstrip() if len(typed) <= 34 else f"  {typed}\n{'':<37}{note}".rstrip())
+    return "\n".join([
+        *header, "",
+        f"usage: zfviz viz {method} checkpoint=.../checkpoint.pt [key=value ...] [-m] [--cfg job]", "",
+        f"Keys, with their defaults (bare, or under viz.: {keys[0][0]}=... is viz.{keys[0][0]}=...):" if keys else "Keys:",
+        *rows, "",
+        "Shared keys: checkpoint (a zfviz train checkpoint.pt), out_dir (default: the run folder,",
+        f"runs/viz/{method}/<time>/), seed, device; zfviz viz --help lists the methods.", "",
+        "Example:",
+        f"  zfviz viz {method} checkpoint=runs/figures/cpu/zfnet/checkpoint.pt {example}".rstrip(),
+    ])  # fmt: skip
+
+
+def debug_note(overrides: list[str]) -> str | None:
+    """``debug=fast`` says what it does: the first comment line of configs/debug/<name>.yaml."""
+    from zfviz.commands import CONFIG_DIR
+
+    name = next((a.partition("=")[2] for a in overrides if a.lstrip("+").startswith("debug=")), None)
+    path = f"{CONFIG_DIR}/debug/{name}.yaml"
+    if not name or not re.fullmatch(r"\w+", name) or not os.path.isfile(path):
+        return None
+    notes = [
+        ln.lstrip("# ").strip()
+        for ln in Path(path).read_text().splitlines()
+        if ln.startswith("#") and "@package" not in ln
+    ]
+    note = notes[0] if notes else "a debugging config"
+    return f"zfviz: debug={name}: {note[:1].lower()}{note[1:]}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The ``zfviz`` entry point; stdout closed early (``zfviz train --help | head``) is not an error."""
+    try:
+        try:
+            return dispatch(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C while starting (imports, Hydra); a command's own: commands.guarded
+        print("zfviz: interrupted; the files written before are whole, none is half-written", file=sys.stderr)
+        return 130
+
+
+def dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         print("\ncommands:")
         for name, text in COMMANDS.items():
             print(f"  {name:<9} {text}")
-        print("\n'zfviz <command> --help' shows a command's config; 'zfviz <command> --cfg job' prints it resolved.")
+        print("\n'zfviz <command> --help' says what a command does, its keys and an example;")
+        print("'zfviz <command> --cfg job' prints the resolved config.")
         return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "viz" and rest and "=" not in rest[0] and not rest[0].startswith("-"):
-        rest = [f"viz={rest[0]}", *rest[1:]]  # zfviz viz deconv ... selects configs/viz/deconv.yaml
+    command, (rest, flags) = argv[0], split_flags(argv[1:])
     if command == "viz":
+        bare = next((i for i, a in enumerate(rest) if "=" not in a and not a.startswith(("+", "~"))), None)
+        if bare is not None:  # zfviz viz deconv ... selects configs/viz/deconv.yaml
+            rest = [f"viz={rest[bare]}", *rest[:bare], *rest[bare + 1 :]]
         rest = scope_method_keys(rest)
+    multirun = any(f in ("-m", "--multirun") for f in flags)
     try:
         if command not in COMMANDS:
             raise UserError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
-        if not any(a in ("-m", "--multirun") for a in rest):
-            rest = rewrite_lists(rest)
-            if not any(a.startswith("-") for a in rest):
-                validate(command, rest)
+        check_command_line(rest)  # a path with spaces the shell split: say how to quote it
+        if not multirun:
+            rest = rewrite_lists(quote_home(rest))
+        if not _UNCHECKED.intersection(f.partition("=")[0] for f in flags):
+            for overrides in sweep_points(rest) if multirun else [rest]:
+                validate(command, overrides, values=multirun)
     except UserError as err:
         print(f"zfviz: error: {err}", file=sys.stderr)
         return 2
+    method = _chosen_method(rest)
+    if command == "viz" and method_keys(method) and {"-h", "--help"}.intersection(flags):
+        print(method_page(method))
+        return 0
+    note = debug_note(rest)
+    if note and not _QUIET.intersection(f.partition("=")[0] for f in flags):
+        print(note, flush=True)
     module = importlib.import_module(f"zfviz.commands.{command}")
-    sys.argv = [f"zfviz {command}", *rest]
+    sys.argv = [f"zfviz {command}", *rest, *flags]
     module.main()
     return 0
 

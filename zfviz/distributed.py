@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from zfviz.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -29,8 +31,23 @@ class DistInfo:
         return self.world_size > 1
 
 
+def check_device(name) -> None:
+    """A UserError unless ``name`` is a device this machine has: auto, cpu, cuda, cuda:N or mps."""
+    name = str(name)
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"device={name} is not a device zfviz can use; choose auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name}, but PyTorch sees no GPU on this machine; use device=cpu (or auto)")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"device={name}, but PyTorch sees {torch.cuda.device_count()} GPU(s): cuda:0 and up")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={name}, but Apple's MPS is not available here; use device=cpu (or auto)")
+
+
 def setup(device_name: str) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun; pick this process's device."""
+    check_device(device_name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     if device_name == "auto":

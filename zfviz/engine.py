@@ -3,8 +3,9 @@
 Plain functions: ``train_one_epoch``, ``evaluate`` and ``fit``. The paper's steps are explicit,
 named lines behind flags: filter RMS clipping after every update (``clip_filter_rms``) and the
 10-view test-time average (``evaluate`` on 5-D batches). ``fit`` never loses work: the full
-training state is checkpointed atomically every epoch and every N steps, and a run resumed from
-any checkpoint reaches the same weights as one that was never interrupted.
+training state is checkpointed atomically every epoch and every N steps (and on Ctrl-C, at the end
+of the step under way), and a run resumed from any checkpoint reaches the same weights as one that
+was never interrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,12 +28,59 @@ from tqdm import tqdm
 
 from zfviz.checkpoint import save_checkpoint
 from zfviz.distributed import DistInfo, all_reduce_sum
-from zfviz.errors import UserError
+from zfviz.errors import Interrupted, UserError
 from zfviz.utils import atomic_write_text, rng_state, set_rng_state
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+class _Stop(Exception):
+    """Raised at a step's end after the first Ctrl-C, once the checkpoint is saved."""
+
+
+class _StopRequest:
+    """While active, the first Ctrl-C asks training to stop at the end of the step under way (so the
+    checkpoint saved there resumes exactly); a second one stops at once, as Python's default does.
+    Either way the block ends in the ``Interrupted`` that ``interrupted()`` describes.
+
+    Only in the main thread of a single process, and only over Python's own handler: DDP ranks would
+    stop at different steps, and someone else's handler is theirs to keep.
+    """
+
+    def __init__(self, interrupted, enabled: bool = True) -> None:
+        self.requested, self.interrupted = False, interrupted
+        self.enabled = (
+            enabled
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+
+    def __enter__(self) -> _StopRequest:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, kind, err, tb) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        # After a Ctrl-C, a failure (not a UserError) is one it caused: a loader whose workers it stopped too.
+        caused = self.requested and isinstance(err, Exception) and not isinstance(err, UserError)
+        if isinstance(err, (_Stop, KeyboardInterrupt)) or caused:
+            raise self.interrupted() from None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # os.write, not print: a handler may run in the middle of another print to stderr.
+        note = "zfviz: stopping after this step (or epoch's evaluation) to save a checkpoint; Ctrl-C again stops now"
+        os.write(2, f"\n{note}\n".encode())
+
+
+def _position(epoch_done: int, step: int) -> str:
+    """A checkpoint's place in words, from its ``epoch`` (completed epochs) and ``step`` fields."""
+    return f"epoch {epoch_done}" if step == 0 else f"epoch {epoch_done + 1}, step {step}"
 
 
 @torch.no_grad()
@@ -214,6 +263,8 @@ def fit(
     out_dir = Path(out_dir)
     dist_info = dist_info or DistInfo()
     epochs = int(trainer_cfg.epochs)
+    if epochs < 1:  # zero epochs would return no rows and leave a run that looks finished
+        raise UserError(f"trainer.epochs={epochs} is not valid; train 1 epoch or more")
     ckpt_every = int(trainer_cfg.get("ckpt_every_steps") or 0)
     fault_at = trainer_cfg.get("fault_at_step")
     amp = trainer_cfg.get("amp")
@@ -250,6 +301,7 @@ def fit(
     start = time.perf_counter()
 
     def checkpoint(path: Path, epoch: int, step: int, sums: dict | None) -> None:
+        nonlocal saved
         if not _finite(model):
             raise TrainingDiverged(f"weights became non-finite at epoch {epoch + 1}, step {step}")
         if not dist_info.is_main:
@@ -265,45 +317,68 @@ def fit(
             "rows": rows,
         }
         save_checkpoint(path, model, config, epoch, rows[-1] if rows else None, extra=state)
+        saved = (epoch, step)
 
-    for epoch in range(done_epochs + 1, epochs + 1):
-        train_loader.set_epoch(epoch, start_batch=start_step)
-        # The lr an epoch started with; an interrupted epoch saved it with its partial sums.
-        lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
+    saved = (done_epochs, start_step) if resume_state is not None else None  # the newest checkpoint.pt
+    at = (done_epochs + 1, start_step)  # the epoch under way and the steps done in it
 
-        def step_hook(step: int, sums: dict, epoch: int = epoch, lr: float = lr) -> None:
-            nonlocal global_step
-            global_step += 1
-            if ckpt_every and global_step % ckpt_every == 0 and step < len(train_loader):
-                checkpoint(out_dir / "checkpoint.pt", epoch - 1, step, {**sums, "lr": lr})
-            if fault_at is not None and global_step == int(fault_at):
-                os.kill(os.getpid(), signal.SIGKILL)  # test-only fault injection: die as a crash would
+    def interrupted() -> Interrupted:
+        epoch, step = at
+        if step == 0:
+            where = f"after epoch {epoch - 1} of {epochs}"
+        else:
+            where = f"at epoch {epoch} of {epochs}, step {step} of {len(train_loader)}"
+        if saved is None:
+            return Interrupted(f"interrupted {where}; no checkpoint had been written yet")
+        kept = "checkpoint" if saved == (epoch - 1, step) else f"the checkpoint of {_position(*saved)}"
+        return Interrupted(f"interrupted {where}; {kept} kept at {out_dir / 'checkpoint.pt'}", out_dir)
 
-        try:
-            train = train_one_epoch(
-                net, train_loader, optimizer, device=device, scheduler=step_sched, clip_rms=clip_rms, amp=amp,
-                scaler=scaler, channels_last=channels_last, start_step=start_step, partial=partial,
-                step_hook=step_hook, desc=f"epoch {epoch}/{epochs}", progress=progress,
-            )  # fmt: skip
-        except FloatingPointError as err:
-            last = out_dir / "checkpoint.pt"
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written"
-            raise TrainingDiverged(f"{err} (epoch {epoch}); training stopped, {kept}") from None
-        start_step, partial = 0, None
-        val = evaluate(net, val_loader, device=device, amp=amp)
-        if epoch_sched is not None:
-            epoch_sched.step(val["val_top1_err"])
-        wall = wall_offset + time.perf_counter() - start
-        row = {"epoch": epoch, "lr": lr, **train, **val, "wall_time_s": wall}
-        rows.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-        checkpoint(out_dir / "checkpoint.pt", epoch, 0, None)
-        if dist_info.is_main:
-            atomic_write_text(out_dir / "metrics.csv", _metrics_csv(rows))
-            if epoch in save_epochs:
-                save_checkpoint(out_dir / f"checkpoint_epoch{epoch}.pt", model, config, epoch, rows[-1])
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}: train loss {train['train_loss']:.4f}, val top-1 {val['val_top1_err']:.2f}%, "
-                f"top-5 {val['val_top5_err']:.2f}%, {train['img_per_s']:.0f} img/s"
-            )
+    with _StopRequest(interrupted, enabled=not dist_info.enabled) as stop:
+        for epoch in range(done_epochs + 1, epochs + 1):
+            train_loader.set_epoch(epoch, start_batch=start_step)
+            # The lr an epoch started with; an interrupted epoch saved it with its partial sums.
+            lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
+
+            def step_hook(step: int, sums: dict, epoch: int = epoch, lr: float = lr) -> None:
+                nonlocal global_step, at
+                global_step, at = global_step + 1, (epoch, step)
+                if ckpt_every and global_step % ckpt_every == 0 and step < len(train_loader):
+                    checkpoint(out_dir / "checkpoint.pt", epoch - 1, step, {**sums, "lr": lr})
+                if fault_at is not None and global_step == int(fault_at):
+                    os.kill(os.getpid(), signal.SIGKILL)  # test-only fault injection: die as a crash would
+                if stop.requested and step < len(train_loader):  # at an epoch's last step: finish the epoch
+                    if saved != (epoch - 1, step):
+                        checkpoint(out_dir / "checkpoint.pt", epoch - 1, step, {**sums, "lr": lr})
+                    raise _Stop
+
+            try:
+                train = train_one_epoch(
+                    net, train_loader, optimizer, device=device, scheduler=step_sched, clip_rms=clip_rms, amp=amp,
+                    scaler=scaler, channels_last=channels_last, start_step=start_step, partial=partial,
+                    step_hook=step_hook, desc=f"epoch {epoch}/{epochs}", progress=progress,
+                )  # fmt: skip
+            except FloatingPointError as err:
+                last = out_dir / "checkpoint.pt"
+                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written"
+                raise TrainingDiverged(f"{err} (epoch {epoch}); training stopped, {kept}") from None
+            start_step, partial = 0, None
+            val = evaluate(net, val_loader, device=device, amp=amp)
+            if epoch_sched is not None:
+                epoch_sched.step(val["val_top1_err"])
+            wall = wall_offset + time.perf_counter() - start
+            row = {"epoch": epoch, "lr": lr, **train, **val, "wall_time_s": wall}
+            rows.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+            checkpoint(out_dir / "checkpoint.pt", epoch, 0, None)
+            if dist_info.is_main:
+                atomic_write_text(out_dir / "metrics.csv", _metrics_csv(rows))
+                if epoch in save_epochs:
+                    save_checkpoint(out_dir / f"checkpoint_epoch{epoch}.pt", model, config, epoch, rows[-1])
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch}: train loss {train['train_loss']:.4f}, val top-1 {val['val_top1_err']:.2f}%, "
+                    f"top-5 {val['val_top5_err']:.2f}%, {train['img_per_s']:.0f} img/s"
+                )
+            at = (epoch + 1, 0)
+            if stop.requested and epoch < epochs:
+                raise _Stop
     return rows

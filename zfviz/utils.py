@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import platform
 import random
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from zfviz.errors import UserError
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -73,22 +78,64 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class OutputError(UserError):
+    """A file could not be written: the disk is full, the folder read-only or not ours. What was there is kept."""
+
+
+# The errors that mean the place cannot take the file (not a bug of ours), in words.
+CANNOT_WRITE = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def write_failure(err: BaseException, folder: str | os.PathLike) -> str | None:
+    """Why a write into ``folder`` failed, in words, when the place is the cause; None for anything else."""
+    if isinstance(err, OSError):
+        return CANNOT_WRITE.get(err.errno)
+    text = str(err)
+    if isinstance(err, RuntimeError) and ("unexpected pos" in text or "PytorchStreamWriter failed" in text):
+        # torch's zip writer drops the errno ("unexpected pos ..."); a full disk is what leaves it so.
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(folder).free < 1 << 20:
+                return "the disk is full"
+        return f"the write stopped short ({text.strip().splitlines()[0]})"
+    return None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    Every file zfviz writes goes through here, so whatever happens (an error, Ctrl-C, a full disk)
+    no temporary file stays behind and ``path`` holds its old content or the new one, whole. A full
+    disk, a read-only folder or a missing permission becomes one ``OutputError`` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should read like any other file
+    existed, tmp = False, None
     try:
+        existed = path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should read like any other file
         yield Path(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        reason = write_failure(err, path.parent)
+        if reason is None:
+            raise
+        kept = f"the previous {path.name} is intact" if existed else "nothing was written"
+        raise OutputError(f"cannot write {path}: {reason}; {kept}") from err
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # gone already, or the folder became unwritable
+                os.unlink(tmp)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,7 +1,8 @@
 """What every ``zfviz viz <method>`` command shares: its inputs and its outputs.
 
 Inputs: the trained net of a checkpoint and the data set it was trained on, normalized as in
-training; images picked from a split; maps picked from a layer; model inputs back to pixels.
+training; images picked from a split; maps picked from a layer; model inputs back to pixels; a
+torchvision net with local weights and image files read as it expects (``zfviz viz attribution``).
 Outputs: ``Outputs`` writes figures, arrays and tables into the command's folder and gives every
 file it wrote a ``<stem>.meta.json`` sidecar (git state, versions, the resolved config, seed, wall
 time, the checkpoints read), as ``zfviz.results`` does for the tables, so each file in
@@ -19,8 +20,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from zfviz.activations import evaluating
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.data import DataBundle, build_data
+from zfviz.data.images import IMAGE_SUFFIXES, centre_box, file_reader, image_files
+from zfviz.data.preprocess import file_sha256
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.errors import UserError
 from zfviz.plotting import plt
@@ -43,13 +47,29 @@ def load_net(path, device: torch.device, what: str = "checkpoint") -> tuple[nn.M
     return model.to(device).eval(), ckpt
 
 
-def load_data(ckpt: dict, cfg: DictConfig) -> DataBundle:
-    """The data set the checkpoint was trained on, normalized as in training (same config, same statistics)."""
+def load_data(ckpt: dict, cfg: DictConfig, path=None) -> DataBundle:
+    """The data set the checkpoint (at ``path``) was trained on, normalized as in training (same
+    config, same statistics). Sets read from disk (ImageNet) come as ``ImageNetView``s, decoded when
+    indexed, with the mean image the training run left beside its checkpoint."""
     data_cfg = OmegaConf.create(ckpt["config"]["data"])
     if cfg.data.get("root"):
         data_cfg.root = cfg.data.root
     model_cfg = ckpt["config"]["model"]
-    return build_data(data_cfg, input_size=model_cfg["input_size"], batch_size=256, in_chans=model_cfg["in_chans"])
+    beside = Path(path).parent / "mean_image.pt" if path else None
+    if data_cfg.name == "imagenet" and not data_cfg.get("mean_cache") and beside is not None and beside.is_file():
+        data_cfg.mean_cache = str(beside)  # not recomputed over the training set, and the same mean
+    data = build_data(data_cfg, input_size=model_cfg["input_size"], batch_size=256, in_chans=model_cfg["in_chans"])
+    trained = ckpt["config"].get("num_classes", data.num_classes)
+    if data.num_classes != trained:  # labels would index outputs that mean other classes, or none
+        raise UserError(
+            f"{data.source} has {data.num_classes} classes, the checkpoint's net {trained}; "
+            "give data.root the data set it was trained on"
+        )
+    if data_cfg.name == "imagenet":
+        from zfviz.data.imagenet_view import viz_bundle  # imported here: only ImageNet runs need it
+
+        data = viz_bundle(data)
+    return data
 
 
 def open_run(cfg: DictConfig) -> tuple[nn.Module, dict, DataBundle, torch.device]:
@@ -57,7 +77,7 @@ def open_run(cfg: DictConfig) -> tuple[nn.Module, dict, DataBundle, torch.device
     the data it was trained on, and the device it now sits on."""
     device = resolve_device(cfg.device)
     model, ckpt = load_net(cfg.checkpoint, device)
-    return model, ckpt, load_data(ckpt, cfg), device
+    return model, ckpt, load_data(ckpt, cfg, cfg.checkpoint), device
 
 
 def check_split(split: str) -> None:
@@ -69,7 +89,9 @@ def split_images(data: DataBundle, split: str, limit: int | None, device: torch.
     """(uint8 images of ``split``, first ``limit``) and a function turning a batch of them into model input."""
     check_split(split)
     loader = getattr(data, split)
-    images = loader.images if limit is None else loader.images[: int(limit)]
+    images = loader.images
+    if limit is not None:  # files (ImageNet) stay undecoded until a batch is asked for
+        images = images.head(int(limit)) if hasattr(images, "head") else images[: int(limit)]
     return images, lambda batch: loader.normalize(batch).to(device)
 
 
@@ -106,9 +128,192 @@ def pixels(x: torch.Tensor, loader: TensorLoader) -> np.ndarray:
 
 
 def fill_for(fill, loader: TensorLoader, shape, seed: int) -> torch.Tensor:
-    """The occluder's pixels for data from ``loader``; noise is gray when the data are."""
+    """The occluder's pixels for data from ``loader``; noise is gray when the data are.
+
+    ``loader.mean`` is per channel (1, C, 1, 1) or, for ImageNet, the mean image (1, C, H, W)."""
     gray = loader.images.shape[1] == 1
-    return fill_image(fill, shape, loader.mean.flatten(), loader.std.flatten(), seed, gray=gray)
+    return fill_image(fill, shape, loader.mean[0], loader.std[0], seed, gray=gray)
+
+
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top class, its softmax probability) per image, in eval mode; the model's flags are left as they were."""
+    classes, probs = [], []
+    with evaluating(model), torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            p = model(x[start : start + batch_size]).softmax(dim=1)
+            top = p.max(dim=1)
+            classes.append(top.indices.cpu())
+            probs.append(top.values.cpu())
+    return torch.cat(classes), torch.cat(probs)
+
+
+# --- inputs from outside: torchvision nets with local weights, image files --------------------------
+
+TORCHVISION = "torchvision:"
+# torchvision's published preprocessing of its ImageNet nets: resize 256, centre crop 224, these statistics.
+IMAGENET_MEAN, IMAGENET_STD, IMAGENET_RESIZE, IMAGENET_CROP = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 256, 224
+
+
+def load_torchvision(spec: str, weights, device: torch.device) -> tuple[nn.Module, dict]:
+    """``net=torchvision:<name>``: the architecture built with no weights, then the LOCAL state_dict
+    ``weights`` (``torch.load(weights_only=True)``); nothing is downloaded. A last layer with another
+    class count than 1000 is built to match the file. Returns (model in eval mode on ``device``,
+    provenance: name, file, its sha256, class count, class names when torchvision knows them)."""
+    import torchvision
+
+    name = torchvision_name(spec)
+    if not weights:
+        raise UserError(f"net={spec} needs weights=path/to/state_dict.pth (torch.save(model.state_dict(), path))")
+    path = Path(str(weights)).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights={weights}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip or format errors: the message is all the user can act on
+        raise UserError(
+            f"weights={path} is not a file torch.load(weights_only=True) can read: {_first_line(err)}"
+        ) from None
+    state = _state_dict(state, path)
+    model = torchvision.models.get_model(name, weights=None)
+    head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+    if head and f"{head[0][0]}.weight" in state and state[f"{head[0][0]}.weight"].dim() == 2:
+        classes = state[f"{head[0][0]}.weight"].shape[0]
+        if classes != head[0][1].out_features:  # a net fine-tuned to other classes
+            model = torchvision.models.get_model(name, weights=None, num_classes=classes)
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        raise UserError(f"weights={path} do not fit torchvision's {name}: {problem}")
+    model.load_state_dict(state)
+    classes = model.get_submodule(head[0][0]).out_features if head else None  # squeezenet: a conv head
+    info = {"net": str(spec), "weights": str(path), "weights_sha256": file_sha256(path), "num_classes": classes}
+    try:  # class names are metadata in torchvision's code, no download
+        names = list(torchvision.models.get_model_weights(name))[0].meta.get("categories")
+    except (ValueError, IndexError, KeyError):
+        names = None
+    info["categories"] = names if names and classes in (None, len(names)) else None
+    return model.to(device).eval(), info
+
+
+def torchvision_name(spec) -> str:
+    """``torchvision:<name>`` -> ``<name>``, a classification net torchvision knows; else one line listing them."""
+    import torchvision
+
+    if not str(spec).startswith(TORCHVISION):
+        raise UserError(
+            f"net={spec}: give net=torchvision:<name> (e.g. torchvision:resnet18), or checkpoint= for our nets"
+        )
+    name = str(spec)[len(TORCHVISION) :]
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise UserError(f"unknown torchvision classification net {name!r}; choose one of: {', '.join(known)}")
+    return name
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _state_dict(state, path: Path) -> dict:
+    """The dict of tensors in a weights file: a plain state_dict, or one under "state_dict"/"model";
+    DDP's "module." prefix removed."""
+    if isinstance(state, dict):
+        inner = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), dict)), None)
+        state = inner if inner is not None else state
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"weights={path} holds no state_dict (a dict of tensors, torch.save(model.state_dict(), path))")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def state_dict_mismatch(model: nn.Module, state: dict) -> str | None:
+    """The first key of ``model``'s state_dict missing from ``state`` or shaped otherwise, else the first key
+    ``state`` has in excess, with shapes and how many keys differ; None when they fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    extra = [k for k in state if k not in own]
+    count = len(missing) + len(shaped) + len(extra)
+    first = next((k for k in own if k in missing or k in shaped), None)
+    if first in shaped:
+        what = f"{first} is {tuple(state[first].shape)} in the file, {tuple(own[first].shape)} in the net"
+    elif first is not None:
+        what = f"{first} {tuple(own[first].shape)} is missing from the file"
+    elif extra:
+        what = f"the file has {extra[0]} {tuple(state[extra[0]].shape)}, which the net does not"
+    else:
+        return None
+    return f"{what} ({count} key{'s' if count > 1 else ''} differ)"
+
+
+def imagenet_normalize(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, torchvision's ImageNet mean/std."""
+    mean = torch.tensor(IMAGENET_MEAN).reshape(1, -1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).reshape(1, -1, 1, 1)
+    return (batch.float() / 255 - mean) / std
+
+
+def image_paths(images) -> list[Path]:
+    """``images=``: a folder (its image files, sorted) or a list of files and folders; ``~`` expanded."""
+    entries = [images] if isinstance(images, (str, Path)) else list(images)
+    paths = []
+    for entry in entries:
+        path = Path(str(entry)).expanduser()
+        if path.is_dir():
+            paths += [path / name for name in image_files(path)]
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"images: no such file or folder: {path}")
+    if not paths:
+        shown = ", ".join(str(Path(str(e)).expanduser()) for e in entries)
+        raise UserError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) in images={shown}")
+    return paths
+
+
+def read_images(paths, size: int, channels: int = 3, resize: int | None = None) -> torch.Tensor:
+    """uint8 (N, channels, size, size): each file's shorter side resized to ``resize`` (default ``size``),
+    then the centre ``size`` square, as torchvision's Resize + CenterCrop (``zfviz.data.images``).
+    A file that cannot be decoded is a UserError naming it."""
+    resize = resize or size
+    if resize < size:
+        raise UserError(f"cannot crop {size} px from images resized to {resize} px")
+    squares = file_reader([Path(p) for p in paths], channels)(np.arange(len(paths)), resize)
+    left, top, right, bottom = centre_box(resize, resize, size)
+    return squares[..., top:bottom, left:right].contiguous()
+
+
+def attribution_options(method: str, given: dict) -> dict:
+    """The options of ``given`` that are set (not None) for ``zfviz.attribution.attribute(..., method)``,
+    checked first: an unknown method, or an option the method does not take, is one line listing the
+    valid ones. SmoothGrad's options belong to every gradient method."""
+    from zfviz.attribution import METHODS, _load_methods
+
+    _load_methods()
+    if method not in METHODS:
+        raise UserError(f"unknown attribution method {method!r}; choose one of: {', '.join(sorted(METHODS))}")
+    valid = method_option_names(method)
+    options = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in given.items() if v is not None}
+    wrong = [k for k in options if k not in valid]
+    if wrong:
+        takes = f"its options: {', '.join(valid)}" if valid else "it takes none"
+        raise UserError(f"{wrong[0]} is not an option of {method}; {takes}")
+    return options
+
+
+def method_option_names(method: str) -> list[str]:
+    """The keyword options of an attribution method (``lrp``: its composite's), then SmoothGrad's if it applies."""
+    import inspect
+
+    from zfviz.attribution import METHODS
+    from zfviz.attribution.composites import lrp_from_options
+
+    spec = METHODS[method]
+    params = list(inspect.signature(spec.fn).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):  # lrp hands its options on to its composite
+        params = list(inspect.signature(lrp_from_options).parameters.values())
+    names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty]
+    return names + (["smooth_samples", "smooth_sigma", "smooth_seed", "smooth_batch"] if spec.gradient else [])
 
 
 # --- outputs ------------------------------------------------------------------------------------

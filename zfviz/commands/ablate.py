@@ -22,6 +22,7 @@ from zfviz.commands import CONFIG_DIR, guarded
 from zfviz.commands import train as train_command
 from zfviz.errors import UserError
 from zfviz.utils import atomic_write_text
+from zfviz.validate import check_config
 
 
 def train_variant(cfg: DictConfig, cache_root: str | Path) -> tuple[dict, bool]:
@@ -38,7 +39,8 @@ def train_variant(cfg: DictConfig, cache_root: str | Path) -> tuple[dict, bool]:
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> list[dict]:
     """Train every variant ``cfg`` names (missing ones only); write ``variants.json`` to ``out_dir``."""
-    # Bad input first, before any data is read: a bad drop list, an unknown name, or both kinds at once.
+    # Bad input first, before any data is read: bad values, a bad drop list, an unknown name, or both kinds at once.
+    check_config(cfg)
     drop = ablation.normalize_drop(cfg.drop)
     names = ablation.variant_names(cfg.variant)
     if drop and names != [None]:

@@ -31,6 +31,7 @@ from zfviz.features import LAYERS, FeatureCache, cached_features
 from zfviz.models import build_model
 from zfviz.transfer import evaluate_heads, fit_softmax, fit_svm, head_scores, per_class_ap, predict, train_scratch
 from zfviz.utils import atomic_write_text, git_state, resolve_device, seeded, versions
+from zfviz.validate import check_config
 
 DATASETS = ("caltech101", "caltech256", "pascal2012")
 HEADS = {"caltech": ("softmax", "svm", "scratch"), "pascal": ("softmax", "multilabel", "svm")}
@@ -185,6 +186,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 def run(cfg: DictConfig) -> dict:
     """Fit the heads ``cfg`` names; the caller's determinism flags and thread count come back afterwards."""
+    check_config(cfg)  # bad values as one line, before seeding with them
     with seeded(cfg.seed, cfg.deterministic):
         return _run(cfg)
 

@@ -15,15 +15,37 @@ from omegaconf import DictConfig
 
 from zfviz.commands import CONFIG_DIR, guarded
 from zfviz.errors import UserError
+from zfviz.validate import check_config
 
 
 def methods() -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / "viz").glob("*.yaml"))
 
 
+# Keys naming output files: each a file name inside the output folder, never a path out of it.
+NAME_KEYS = ("stem", "figure")
+
+
+def check_names(v: DictConfig) -> None:
+    """``viz.stem``/``viz.figure`` are file names: ``../x`` or ``/tmp/x`` would write outside ``out_dir``.
+
+    A number (``viz.stem=2024``, an int to Hydra) becomes the name it spells."""
+    for key in NAME_KEYS:
+        if v.get(key) is None:
+            continue
+        name = v[key] = str(v[key])
+        if name in ("", ".", "..") or Path(name).name != name:
+            raise UserError(
+                f"viz.{key}={name} is not a file name; give a name without folders (e.g. viz.{key}=fig2) "
+                "and the folder as out_dir=..."
+            )
+
+
 def run(cfg: DictConfig):
+    check_config(cfg)  # seed, device, ...: one line before any checkpoint is read
     if cfg.get("viz") is None:
         raise UserError(f"name a method: zfviz viz <method> ...; methods: {', '.join(methods()) or 'none yet'}")
+    check_names(cfg.viz)
     module = importlib.import_module(f"zfviz.commands.viz_{cfg.viz.name}")
     return module.run(cfg)
 

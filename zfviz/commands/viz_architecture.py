@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from zfviz.checkpoint import checkpoint_header
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import architecture_figure, as_image_channels
 from zfviz.utils import resolve_device
@@ -30,6 +31,21 @@ PAPER = {
 }
 
 
+def check_nets(nets: dict[str, tuple]) -> None:
+    """Every checkpoint holds the net its key says, read from the configs alone, before any work:
+    swapped ``checkpoint=`` and ``viz.alexnet=`` would give a mislabelled figure and table."""
+    for label, (path, what) in nets.items():
+        if not path:
+            raise UserError(f"set {what}=path/to/checkpoint.pt (a 'zfviz train' checkpoint)")
+        found = checkpoint_header(path)["config"]["model"]["name"]
+        wanted = "alexnet" if label == "alexnet" else "zfnet"
+        if found.split("_")[0] != wanted:  # zfnet_b (Table 3's variant) is a ZFNet too
+            raise UserError(
+                f"{what}={path} holds a {found}, but {what} takes a {wanted} checkpoint "
+                "(viz.alexnet: the AlexNet; checkpoint, viz.clipped, viz.unclipped: ZFNets)"
+            )
+
+
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
     if not v.alexnet:
@@ -43,6 +59,7 @@ def run(cfg: DictConfig) -> dict:
     nets = {"alexnet": (v.alexnet, "viz.alexnet"), "zfnet": (cfg.checkpoint, "checkpoint")}
     if v.clipped:
         nets |= {"zfnet, no clipping": (v.unclipped, "viz.unclipped"), "zfnet, clipping": (v.clipped, "viz.clipped")}
+    check_nets(nets)
     start = time.perf_counter()
     datasets: dict[str, tuple] = {}
     rows, filters, projections, arrays, sources = [], {}, {}, {}, []
@@ -51,7 +68,7 @@ def run(cfg: DictConfig) -> dict:
         config = ckpt["config"]
         key = json.dumps([config["data"], config["model"]["input_size"]], sort_keys=True, default=str)
         if key not in datasets:
-            datasets[key] = split_images(load_data(ckpt, cfg), v.split, v.limit, device)
+            datasets[key] = split_images(load_data(ckpt, cfg, path), v.split, v.limit, device)
         images, prepare = datasets[key]
         conv1 = model.get_submodule("conv1")
         weight = conv1.weight.detach().cpu()

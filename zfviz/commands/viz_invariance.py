@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> dict:
     model, ckpt, data, device = open_run(cfg)
     loader, x, labels = pick_images(data, v.split, v.images, device)
     # Normalized black (Fashion-MNIST's background) or the mean pixel (0 after normalization).
-    background = -loader.mean.flatten() / loader.std.flatten() if v.background == "zero" else torch.zeros(1)
+    background = (-loader.mean / loader.std)[0] if v.background == "zero" else torch.zeros(1)
     background = background.to(device)
     sweeps = {kind: sweep_values(v[kind]) for kind in TRANSFORMS}
     start = time.perf_counter()

@@ -2,6 +2,8 @@
 
 One streaming pass over the split finds, for every map of every chosen layer, its 9 strongest
 activations (one per image); then a subset of maps is projected and cropped to the receptive field.
+``method=`` projects with another method of the family (``zfviz.attribution``) instead of the
+paper's deconvnet, so Fig. 2 can be read under any rule; the default path is the paper's.
 Writes ``<stem>.png`` (one panel per layer) and ``<stem>.npz`` (the raw arrays, keys ``<layer>/...``),
 with their ``.meta.json``.
 """
@@ -15,13 +17,17 @@ from omegaconf import DictConfig
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, top9_figure
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
-from zfviz.vizio import Outputs, checkpoint_source, open_run, pick_maps, split_images
+from zfviz.vizio import Outputs, attribution_options, checkpoint_source, open_run, pick_maps, split_images
 
 
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
     if not v.layers:
         raise UserError("viz.layers is empty; name at least one layer, e.g. viz.layers=[conv2,conv5]")
+    options = attribution_options(v.method, v.options or {})  # checked before the search
+    if v.method == "deconvnet" and options:
+        options.setdefault("norm", v.norm)
+    stem = v.stem or ("fig2_top9" if v.method == "deconvnet" else f"fig2_top9_{v.method}")
     model, ckpt, data, device = open_run(cfg)
     images, prepare = split_images(data, v.split, v.limit, device)
     start = time.perf_counter()
@@ -31,7 +37,10 @@ def run(cfg: DictConfig) -> dict:
     for layer in v.layers:
         top = tops[layer]
         maps = pick_maps(v.maps, top.maps, cfg.seed, layer)
-        out = project_top(model, layer, top, images, prepare, maps, batch_size=v.batch_size, norm=v.norm)
+        out = project_top(
+            model, layer, top, images, prepare, maps, batch_size=v.batch_size, norm=v.norm, method=v.method,
+            options=options,
+        )  # fmt: skip
         projection = out.projection.numpy()
         panels[layer] = {
             "projection": as_image_channels(projection, images.shape[1]),
@@ -46,10 +55,11 @@ def run(cfg: DictConfig) -> dict:
     out = Outputs(cfg)
     folder = out.folder
     title = f"Top {v.k} activations over {len(images)} {v.split} images ({ckpt['config']['model']['name']})"
+    title += "" if v.method == "deconvnet" else f", {v.method}"
     fig = top9_figure(panels, title=title)
-    out.figure(fig, f"{v.stem}.png")
-    out.arrays(f"{v.stem}.npz", **arrays)
+    out.figure(fig, f"{stem}.png")
+    out.arrays(f"{stem}.npz", **arrays)
     total_s = time.perf_counter() - start
     out.provenance([checkpoint_source(cfg, ckpt)], wall_time_s=total_s)
-    print(f"searched {len(images)} images in {search_s:.1f} s; wrote {folder / v.stem}.png and .npz ({total_s:.1f} s)")
-    return {"images": len(images), "layers": list(v.layers), "search_s": search_s, "out": str(folder / f"{v.stem}.png")}
+    print(f"searched {len(images)} images in {search_s:.1f} s; wrote {folder / stem}.png and .npz ({total_s:.1f} s)")
+    return {"images": len(images), "layers": list(v.layers), "search_s": search_s, "out": str(folder / f"{stem}.png")}

@@ -20,6 +20,10 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def skipped_files(self) -> list[str]:
+        """The unreadable files skipped so far (``data.skip_bad=true``, sets read from disk), sorted."""
+        return sorted({p for loader in (self.train, self.test) for p in getattr(loader, "bad_files", ())})
+
 
 def build_data(
     data_cfg,

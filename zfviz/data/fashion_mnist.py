@@ -91,6 +91,10 @@ def load_split(folder: Path, split: str, limit: int | None = None) -> tuple[torc
     labels = read_idx(_find(folder, lbl_stem))
     if len(images) != len(labels):
         raise UserError(f"{folder}: {split} has {len(images)} images but {len(labels)} labels")
-    if limit:
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise UserError(
+                f"data.limit={limit} is not valid; give null (every image) or a number of images, 1 or more"
+            )
         images, labels = images[:limit], labels[:limit]
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))

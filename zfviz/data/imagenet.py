@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from zfviz.data import DataBundle
-from zfviz.data.images import DECODE_ERRORS, image_files, load_square, subfolders
+from zfviz.data.images import DECODE_ERRORS, image_files, load_square, skipped_line, subfolders
 from zfviz.errors import UserError
 from zfviz.utils import atomic_path
 
@@ -77,8 +78,15 @@ def scan_split(
         unknown = [c for c in found if c not in index]
         if unknown:
             raise UserError(f"ImageNet: {folder} has classes that train/ lacks ({', '.join(unknown[:3])}); {LAYOUT}")
-        for wnid in found:
-            names = image_files(folder / wnid)
+        listed = {wnid: image_files(folder / wnid) for wnid in found}
+        empty = [wnid for wnid, names in listed.items() if not names]
+        if 0 < len(empty) < len(listed):  # a class of no images would still take an index (all empty: below)
+            raise UserError(
+                f"ImageNet: class folder {folder / empty[0]} holds no images"
+                f"{f' (and {len(empty) - 1} more empty class folders)' if len(empty) > 1 else ''}; "
+                "restore its images or remove the folder (the classes are the sorted folders of train/)"
+            )
+        for wnid, names in listed.items():
             paths += [f"{split}/{wnid}/{n}" for n in names]
             labels += [index[wnid]] * len(names)
     elif split != "train" and meta is not None and image_files(folder):
@@ -393,6 +401,8 @@ def build_imagenet(
     cache = Path(cache) if cache else (Path(cache_dir) / "mean_image.pt" if cache_dir is not None else None)
     full = ImageNetImages(root, train_paths, train_labels)
     mean, bad = mean_image(full, cache, workers=workers, skip_bad=skip_bad, rank=rank, world_size=world_size)
+    if bad and rank == 0:
+        print(skipped_line(bad, "training "), file=sys.stderr)
 
     common = dict(seed=seed, rank=rank, world_size=world_size, workers=workers, skip_bad=skip_bad)
     train_images = ImageNetImages(root, train_paths, train_labels, mean, crop=input_size)

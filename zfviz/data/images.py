@@ -9,7 +9,9 @@ drift apart again. Where the copies had drifted, the kept behaviour is:
   truncated, the crop offset rounded half to even), what ImageNet always did and what the
   published preprocessing of most pretrained nets means;
 - palette images with transparency go through RGBA, as PIL asks (a direct conversion warns);
-- 16-bit grayscale (PNG ``I;16``) keeps its top 8 bits instead of PIL's clipping at 255.
+- 16-bit grayscale keeps its top 8 bits instead of PIL's clipping at 255: PIL opens it as ``I;16``
+  (PNG, TIFF) or as 32-bit ``I`` holding 0..65535 (16-bit PGM, which PIL scales to 16 bits whatever
+  its maxval, and 16-bit PNGs under older PIL); 16-bit RGB(A) PIL itself reduces to 8 bits.
 
 ``DECODER_VERSION`` names this behaviour in the feature cache's key of file-backed sets: bump it
 whenever a change here can change a pixel, so no features of the old pixels are served.
@@ -31,7 +33,8 @@ from zfviz.errors import UserError
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # What PIL raises on a file it cannot decode (truncated, corrupt, not an image, absurdly large).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-DECODER_VERSION = 2  # 1: Caltech/VOC's own copy (rounded long side, floor offsets, no RGBA step)
+DECODER_VERSION = 3  # 1: Caltech/VOC's own copy (rounded long side, floor offsets, no RGBA step);
+# 2: 32-bit "I" images (16-bit PGM) clipped at 255 (white)
 
 
 def subfolders(folder: str | os.PathLike) -> list[str]:
@@ -43,6 +46,12 @@ def image_files(folder: str | os.PathLike) -> list[str]:
     """Names of the image files in ``folder`` (not recursive, no hidden files), sorted."""
     names = (e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
     return sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES))
+
+
+def skipped_line(paths: Sequence[str], what: str = "") -> str:
+    """The screen's one line on the unreadable images ``data.skip_bad=true`` skipped: how many, the first few."""
+    shown = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"zfviz: warning: data.skip_bad=true skipped {len(paths)} unreadable {what}images: {shown}"
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -59,8 +68,9 @@ def centre_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
 
 
 def _decoded(img: Image.Image, channels: int) -> Image.Image:
-    if img.mode.startswith("I;16"):  # PIL's own conversion clips 16-bit values at 255
-        img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8), "L")
+    if img.mode.startswith("I;16") or img.mode == "I":  # PIL's own conversion clips at 255
+        sixteen = np.asarray(img).astype(np.int64).clip(0, 65535)
+        img = Image.fromarray((sixteen >> 8).astype(np.uint8), "L")
     elif img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # a palette with transparency converts cleanly only via RGBA
     return img.convert("L" if channels == 1 else "RGB")  # CMYK, gray, palette: the channels asked for

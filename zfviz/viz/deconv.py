@@ -14,9 +14,15 @@ down through the layers below, each inverted as the paper describes:
 - average pooling (``AdaptiveAvgPool2d``, ``AvgPool2d``) -> its transpose: each output spreads its
   value evenly over its window (the identity when the adaptive pool keeps the size).
 
-The model may be any module tree whose forward is a chain of these standard layers (ours,
-torchvision's ``alexnet`` and ``vgg16``): the chain is recorded with forward hooks during one
-forward pass, which stops as soon as the examined layer has produced its output.
+``project`` is the ``deconvnet`` method of ``zfviz.attribution`` (the one backward mechanism of
+issue 13) started from the activation's value, so it runs on any model that mechanism handles
+(residual nets, batch norm). ``project_batches`` (the top 9 of Fig. 2) keeps a path of its own for
+chains of the layers above (ours, torchvision's ``alexnet`` and ``vgg16``): ``trace`` records the
+chain and its switches in one forward pass per distinct image, stopping at the examined layer, and
+``descend`` inverts it for every projection of that image. The deconvnet's backward reads nothing
+of the forward pass but the switches, so one pass serves all of an image's projections, where an
+autograd backward needs a forward pass per projection (measured 1.5-2.4x slower on the top 9).
+Both paths give the same projections (``tests/test_deconv.py``); other models take the mechanism.
 """
 
 from __future__ import annotations
@@ -29,11 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfviz.activations import Capture, evaluating, hooks, resolve
+from zfviz.attribution import attribute
 from zfviz.errors import UserError
 
 NORM_MODES = ("pass", "backprop")
 _PASS_THROUGH = (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout, nn.Identity, nn.Flatten, nn.Unflatten)
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm, nn.AdaptiveAvgPool2d, nn.AvgPool2d)
+
+
+class NotTraceable(UserError):
+    """``trace`` cannot record the model as a chain of invertible layers (``project`` still can)."""
 
 
 @dataclass
@@ -79,10 +90,12 @@ def _leaf(module: nn.Module) -> bool:
 def _check_supported(name: str, module: nn.Module) -> None:
     if isinstance(module, _SUPPORTED + _PASS_THROUGH):
         if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-            raise UserError(f"layer {name}: the deconvnet inverts zero-padded convolutions only")
+            raise NotTraceable(f"layer {name}: the deconvnet inverts zero-padded convolutions only")
         return
     kinds = ", ".join(t.__name__ for t in _SUPPORTED + _PASS_THROUGH)
-    raise UserError(f"layer {name} is a {type(module).__name__}, which the deconvnet cannot invert; supported: {kinds}")
+    raise NotTraceable(
+        f"layer {name} is a {type(module).__name__}, which the deconvnet cannot invert; supported: {kinds}"
+    )
 
 
 def trace(model: nn.Module, images: Tensor, layer: str, *, norm: str = "pass") -> Trace:
@@ -127,13 +140,13 @@ def _check_chain(result: Trace, images: Tensor) -> None:
     for step in result.steps:
         numel = step.in_shape[1:].numel()
         if step.in_ptr != prev_ptr or numel != prev_numel:
-            raise UserError(
+            raise NotTraceable(
                 f"the model is not a plain chain of layers: {step.name} does not read the output of {prev_name} "
                 "(residual branches and functional operations cannot be inverted)"
             )
         prev_name, prev_ptr, prev_numel = step.name, step.out_ptr, step.out_shape[1:].numel()
     if result.activation[0].numel() != prev_numel:
-        raise UserError(f"layer {result.layer!r} does not output what its last module {prev_name} computed")
+        raise NotTraceable(f"layer {result.layer!r} does not output what its last module {prev_name} computed")
 
 
 def unpool(signal: Tensor, switches: Tensor, input_shape: torch.Size) -> Tensor:
@@ -256,18 +269,21 @@ def project(model: nn.Module, images: Tensor, layer: str, channel, position=None
     examined activation is that module's output. ``position=None`` projects each image's
     strongest activation of the map, ``"all"`` the whole map, ``(y, x)`` or an ``(N, 2)`` tensor one
     chosen cell. ``channel`` may be one index or one per image. ``norm``: ``"pass"`` (the paper)
-    or ``"backprop"`` for contrast-normalization layers.
+    or ``"backprop"`` for contrast-normalization layers. The projection starts from the
+    activation's value, as the paper's does (``attribute(..., "deconvnet")``'s default seed).
     """
-    return project_with_values(model, images, layer, channel, position, norm=norm)[0]
+    return attribute(model, images, (layer, channel, position), "deconvnet", norm=norm)
 
 
 def project_with_values(
     model: nn.Module, images: Tensor, layer: str, channel, position=None, *, norm: str = "pass"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``project`` plus the projected activations' values and (y, x) positions, one per image."""
-    result = trace(model, images, layer, norm=norm)
-    seed, values, where = select(result.activation, channel, position)
-    return descend(result, seed, norm).reshape(images.shape), values, where
+    """``project`` plus the projected activations' values and (y, x) positions, one per image
+    (for ``position="all"``: the map's maximum and where it is)."""
+    with Capture(model, {"act": resolve(model, layer, "output")}) as capture:  # records during project's pass
+        projection = project(model, images, layer, channel, position, norm=norm)
+    _, values, where = select(capture.outputs["act"], channel, position)
+    return projection, values, where
 
 
 def project_batches(
@@ -285,18 +301,30 @@ def project_batches(
     """Project many activations, the ``j``-th of map ``channel[j]`` in ``images[image[j]]``.
 
     Yields ``(rows, projections)``: which ``j`` each batch of ``batch_size`` projections holds and
-    their projections (shaped like the model input). The projections are taken in order of image,
-    so a batch traces each distinct image once and every projection of that image reuses its
-    switches (Fig. 2's top 9 of all maps hit far fewer images than maps x 9). ``prepare`` turns
-    stored images into model input; ``position`` is as in ``select`` (``None``: the strongest).
+    their projections (shaped like the model input), equal to ``project``'s. The projections are
+    taken in order of image; on a chain of layers (``trace``) a batch traces each distinct image
+    once and every projection of that image reuses its switches (Fig. 2's top 9 of all maps hit far
+    fewer images than maps x 9); any other model projects the batch's rows with ``project``.
+    ``prepare`` turns stored images into model input; ``position`` is as in ``select`` (``None``:
+    the strongest).
     """
     image = torch.as_tensor(image, dtype=torch.long)
     order = torch.argsort(image, stable=True)
+    chain = True
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         unique, inverse = torch.unique(image[rows], return_inverse=True)
         x = images[unique] if prepare is None else prepare(images[unique])
-        result = trace(model, x, layer, norm=norm).take(inverse.to(x.device))
+        inverse = inverse.to(x.device)
         where = None if position is None else position[rows.to(position.device)]
-        seed, _, _ = select(result.activation, channel[rows.to(channel.device)], where)
+        chosen = channel[rows.to(channel.device)]
+        if chain:
+            try:
+                result = trace(model, x, layer, norm=norm).take(inverse)
+            except NotTraceable:
+                chain = False  # a residual net, batch norm, ...: the general mechanism from here on
+        if not chain:
+            yield rows, project(model, x[inverse], layer, chosen, where, norm=norm)
+            continue
+        seed, _, _ = select(result.activation, chosen, where)
         yield rows, descend(result, seed, norm).reshape(len(rows), *x.shape[1:])

@@ -50,7 +50,9 @@ def transform(images: Tensor, kind: str, amount: float, background: float | Tens
         theta[:, :2] = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     theta = theta.to(images.device).expand(len(images), 2, 3)
     sample_grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    background = torch.as_tensor(background, dtype=images.dtype, device=images.device).reshape(-1, 1, 1)
+    background = torch.as_tensor(background, dtype=images.dtype, device=images.device)
+    if background.dim() != 3:  # one value or one per channel; (C, H, W) is per pixel (ImageNet's mean image)
+        background = background.reshape(-1, 1, 1)
     # Resample (x - background) with zero padding: bilinear weights are linear, so borders get background.
     moved = F.grid_sample(images - background, sample_grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return moved + background

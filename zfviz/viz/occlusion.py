@@ -92,7 +92,8 @@ def fill_image(fill, shape: tuple[int, int, int], mean=None, std=None, seed: int
         if mean is None or std is None:
             raise UserError("fill='zero' needs the input normalization (mean and std) to know what black is")
         black = (0 - torch.as_tensor(mean, dtype=torch.float32)) / torch.as_tensor(std, dtype=torch.float32)
-        return black.reshape(-1, 1, 1).expand(shape).contiguous()
+        # per channel (C,) or (C, 1, 1); or per pixel (C, H, W) where the mean is an image (ImageNet)
+        return (black if black.dim() == 3 else black.reshape(-1, 1, 1)).expand(shape).contiguous()
     if fill == "noise":
         noise_shape = (1, *shape[1:]) if gray else shape
         return torch.randn(noise_shape, generator=torch.Generator().manual_seed(seed)).expand(shape).contiguous()
@@ -353,6 +354,11 @@ def occlusion(
         clean, logits, act = _unoccluded(model, images, feat_name)
         if act.dim() != 4:
             raise UserError(f"layer {feat_name!r} gives {act.dim()}-d output; occlusion needs a spatial (conv) layer")
+        classes = logits.shape[1]
+        if target.min() < 0 or target.max() >= classes:
+            bad = sorted({int(t) for t in target.tolist() if not 0 <= t < classes})
+            shown = ", ".join(map(str, bad))
+            raise UserError(f"occlusion target {shown} is not a class of this net: it has classes 0..{classes - 1}")
         channel = act.flatten(2).amax(dim=2).argmax(dim=1)
         sweep = None
         if fast and clean is not None:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from zfviz.activations import resolve, stream
+from zfviz.attribution import attribute
 from zfviz.errors import UserError
 from zfviz.viz.deconv import project_batches
 from zfviz.viz.receptive_field import crop, receptive_field, windows
@@ -113,13 +114,17 @@ def project_top(
     *,
     batch_size: int = 64,
     norm: str = "pass",
+    method: str = "deconvnet",
+    options: dict | None = None,
 ) -> Projections:
     """Project every kept activation of ``maps`` (default: all) and crop it and its image to the field.
 
     ``images`` are the stored images the indices in ``top`` refer to, ``prepare`` turns a batch
     of them into model input. Projections run in batches of ``batch_size`` (map, rank) pairs, each
     with its own map and position; an image among several maps' top ``k`` goes up the net once per
-    batch (``project_batches``).
+    batch (``project_batches``). ``method``: any method of ``zfviz.attribution``, with its
+    ``options``, explains each activation instead (Fig. 2 under another rule of the family); the
+    default is the paper's deconvnet.
     """
     maps_t = torch.arange(top.maps) if maps is None else torch.as_tensor(list(maps), dtype=torch.long)
     if len(maps_t) and (maps_t.min() < 0 or maps_t.max() >= top.maps):
@@ -133,10 +138,16 @@ def project_top(
     corner = windows(field, position)
     device = sample.device
     projections = patches = None
-    batches = project_batches(
-        model, images, layer, image_idx, channel.to(device), position.to(device),
-        batch_size=batch_size, norm=norm, prepare=prepare,
-    )  # fmt: skip
+    if method == "deconvnet" and not options:
+        batches = project_batches(
+            model, images, layer, image_idx, channel.to(device), position.to(device),
+            batch_size=batch_size, norm=norm, prepare=prepare,
+        )  # fmt: skip
+    else:
+        batches = attributed_batches(
+            model, images, layer, image_idx, channel, position, batch_size=batch_size, prepare=prepare,
+            method=method, options=options or {},
+        )  # fmt: skip
     for rows, proj in batches:
         proj = crop(proj.cpu(), corner[rows], field.window)
         patch = crop(images[image_idx[rows]], corner[rows], field.window)
@@ -154,3 +165,25 @@ def project_top(
         projection=projections.reshape(*shape, *projections.shape[1:]),
         patch=patches.reshape(*shape, *patches.shape[1:]),
     )
+
+
+def attributed_batches(
+    model: nn.Module,
+    images: Tensor,
+    layer: str,
+    image: Tensor,
+    channel: Tensor,
+    position: Tensor,
+    *,
+    batch_size: int,
+    prepare: Callable[[Tensor], Tensor],
+    method: str,
+    options: dict,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``project_batches``' ``(rows, maps)`` by ``method`` of ``zfviz.attribution``: row ``j`` explains
+    the activation of map ``channel[j]`` at ``position[j]`` of ``layer`` in ``images[image[j]]``."""
+    for start in range(0, len(image), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(image)))
+        x = prepare(images[image[rows]])
+        target = (layer, channel[rows].to(x.device), position[rows].to(x.device))
+        yield rows, attribute(model, x, target, method, **options)

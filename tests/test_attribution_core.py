@@ -1,0 +1,197 @@
+"""The one backward mechanism (issue 13): saliency, input x gradient, deconvnet, guided backprop.
+
+Oracles: ``torch.autograd.grad`` (saliency), Captum's Saliency/InputXGradient/GuidedBackprop/
+Deconvolution, and today's ``zfviz.viz.deconv.project`` (the deconvnet's unit targets). Properties:
+batch size does not change a map; the model is left exactly as it was, also after an exception;
+an unsupported module ends in one line naming the methods that work on it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from captum.attr import Deconvolution, GuidedBackprop, InputXGradient, Saliency
+from torch import nn
+
+from zfviz.ablation import VARIANTS, variant_model_kwargs
+from zfviz.activations import Capture
+from zfviz.attribution import attribute
+from zfviz.errors import UserError
+from zfviz.models import build_model
+from zfviz.viz.deconv import project
+
+CPU = {"input_size": 64, "width": 0.25, "fc_dims": 512, "init": "kaiming", "drop": []}
+METHODS = ("saliency", "input_x_gradient", "deconvnet", "guided_backprop", "lrp")
+
+
+def zfnet(name: str = "zfnet") -> nn.Module:
+    model_name, kw = variant_model_kwargs(name, {"name": "zfnet", **CPU})
+    return build_model(model_name, num_classes=10, **kw)
+
+
+def random_biases(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything a call might change: values, parameter objects, flags, hooks, attributes, children."""
+    hook_dicts = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+    )
+    return {
+        "values": {k: v.clone() for k, v in model.state_dict().items()},
+        "objects": [(n, id(p)) for n, p in model.named_parameters()] + [(n, id(b)) for n, b in model.named_buffers()],
+        "modules": [
+            (n, type(m), m.training, getattr(m, "inplace", None), sorted(m.__dict__), list(m._modules))
+            + tuple(dict(getattr(m, d, {})) for d in hook_dicts)
+            for n, m in model.named_modules()
+        ],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["objects"] == before["objects"] and after["modules"] == before["modules"]
+    for key, value in before["values"].items():
+        assert torch.equal(after["values"][key], value), key
+
+
+def test_saliency_equals_autograd():
+    model = zfnet().eval()
+    x = torch.randn(3, 3, 64, 64)
+    ours = attribute(model, x, [1, 2, 3], "saliency")
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg)[torch.arange(3), torch.tensor([1, 2, 3])].sum(), xg)
+    assert torch.equal(ours, grad)  # the same kernels on the same data
+
+
+@pytest.mark.parametrize("net", ["zfnet", "vgg11", "alexnet"])
+def test_gradient_family_equals_captum(net):
+    if net == "zfnet":
+        model, size = zfnet(), 64
+    else:  # torchvision: in-place ReLUs, adaptive pools
+        model, size = getattr(torchvision.models, net)(weights=None, num_classes=10), 64 if net == "alexnet" else 32
+    model.eval()
+    x, cls = torch.randn(2, 3, size, size), torch.tensor([3, 7])
+    peers = {
+        "saliency": (Saliency, {"abs": False}, {}),
+        "input_x_gradient": (InputXGradient, {}, {}),
+        "guided_backprop": (GuidedBackprop, {}, {}),
+        # Captum's deconvolution starts from 1 and backpropagates through LRN.
+        "deconvnet": (Deconvolution, {}, {"seed": "one", "norm": "backprop"}),
+    }
+    for method, (peer, peer_kw, ours_kw) in peers.items():
+        expected = peer(model).attribute(x.clone(), target=cls, **peer_kw)
+        # The same backward kernels in a different order of hooks: equal to float rounding.
+        torch.testing.assert_close(attribute(model, x, cls, method, **ours_kw), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_deconvnet_unit_targets_equal_project_on_every_table3_variant(variant):
+    model = zfnet(variant).eval()
+    x = torch.randn(2, 3, 64, 64)
+    for layer, position in (("conv5", None), ("conv5", "all"), ("conv2", (3, 4)), ("fc8", None)):
+        for norm in ("pass", "backprop"):
+            ours = attribute(model, x, (layer, [1, 2], position), "deconvnet", norm=norm)
+            expected = project(model, x, layer, torch.tensor([1, 2]), position, norm=norm)
+            # conv backward vs conv_transpose2d: the same arithmetic, possibly another summation order.
+            torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_size_does_not_change_a_map(method):
+    model = random_biases(zfnet()).eval()
+    x, cls = torch.randn(4, 3, 64, 64), [0, 5, 9, 2]
+    batched = attribute(model, x, cls, method)
+    single = torch.cat([attribute(model, x[i : i + 1], cls[i], method) for i in range(4)])
+    # Batched convolutions may sum in another order: float tolerance, not equality.
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-6 * single.abs().max().item())
+
+
+def test_seeds_one_and_value_and_the_whole_map():
+    model = zfnet().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with Capture(model, ["conv5"]) as capture, torch.no_grad():
+        capture(x)
+    act = capture.outputs["conv5"][:, 3, 2, 2]
+    one = attribute(model, x, ("conv5", 3, (2, 2)), "deconvnet", seed="one")
+    value = attribute(model, x, ("conv5", 3, (2, 2)), "deconvnet")
+    torch.testing.assert_close(value, one * act.reshape(-1, 1, 1, 1))  # linear in the seed: rounding only
+    xg = x.clone().requires_grad_(True)
+    h = xg
+    for name, module in model.named_children():
+        h = module(h)
+        if name == "conv5":
+            break
+    (grad,) = torch.autograd.grad(h[:, 3].sum(), xg)
+    # "all" seeds 1 on the whole map: the gradient of its sum (same kernels, same data)
+    torch.testing.assert_close(attribute(model, x, ("conv5", 3, "all"), "saliency"), grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_model_unchanged_after_a_call_and_after_an_exception(method):
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    model.train()
+    model.layer2.eval()  # mixed flags must come back as they were
+    user_hook = model.layer1.register_forward_hook(lambda m, i, o: None)
+    before = snapshot(model)
+    attribute(model, torch.randn(2, 3, 32, 32), [1, 2], method)
+    assert_unchanged(model, before)
+    with pytest.raises(UserError):
+        attribute(model, torch.randn(2, 3, 32, 32), [1, 99], method)  # fails after the forward pass
+    assert_unchanged(model, before)
+
+    def boom(*_):
+        raise RuntimeError("user hook")
+
+    handle = model.layer3.register_forward_hook(boom)
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="user hook"):
+        attribute(model, torch.randn(2, 3, 32, 32), [1, 2], method)  # fails inside the canonized forward
+    assert_unchanged(model, before)
+    handle.remove()
+    user_hook.remove()
+
+
+def test_unsupported_module_is_one_line_naming_the_methods_that_work():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    before = snapshot(model)
+    with pytest.raises(UserError) as err:
+        attribute(model, torch.randn(2, 3, 8, 8), 1, "guided_backprop")
+    message = str(err.value)
+    assert "\n" not in message and "1 (GELU)" in message and "saliency" in message
+    assert "deconvnet" not in message.partition("work on it")[2]
+    assert_unchanged(model, before)
+    attribute(model, torch.randn(2, 3, 8, 8), 1, "saliency")  # the gradient handles anything
+
+
+@pytest.mark.parametrize(
+    ("target", "options", "match"),
+    [
+        (1, {"method": "nope"}, "unknown attribution method"),
+        (1, {"method": "saliency", "rule": "epsilon"}, "rule"),
+        (1, {"method": "lrp", "rule": "gamma"}, "unknown LRP rule"),
+        (1, {"method": "lrp", "rule": "alpha_beta", "alpha": 2, "beta": 2}, "alpha - beta = 1"),
+        (1, {"method": "lrp", "first_rule": "zbox"}, "low= and high="),
+        (1, {"method": "deconvnet", "norm": "skip"}, "norm mode"),
+        (("conv9", 0), {"method": "saliency"}, "unknown layer 'conv9'"),
+        (("conv5", 999), {"method": "saliency"}, "channel of conv5"),
+        (("conv5", 0, (40, 0)), {"method": "saliency"}, "inside the"),
+        (2.5, {"method": "saliency"}, "class index"),
+        ([1, 2, 3], {"method": "saliency"}, "one integer per image"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(target, options, match):
+    with pytest.raises(UserError, match=match) as err:
+        attribute(zfnet(), torch.randn(2, 3, 64, 64), target, **options)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,214 @@
+"""The README's command lines are tests (issue 12): every line of its ```bash blocks runs at debug=fast.
+
+Placeholders become fixtures made once per session: ``checkpoint=...`` a ZFNet trained with ``debug=fast``
+where ``make figures`` puts it (``runs/figures/cpu/zfnet/``; an AlexNet beside it for Fig. 6),
+``/data/ILSVRC2012``, ``/data/caltech256``, ``/data/VOCdevkit`` tiny trees in the real layouts, and
+``$HOME`` / ``~`` a folder holding the README's own ``my_configs/`` files (its ```yaml blocks), a
+torchvision resnet18's random weights and two photos. The lines
+run in README order in one working folder, each as its own test; a line that no rule here can run fails
+``test_every_readme_line_is_run``, so the README cannot drift from what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.imagenet_fixtures import make_tree
+from tests.test_transfer_data import caltech_tree, voc_object, voc_tree
+from zfviz.data.voc import CLASSES as VOC_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+README = (REPO / "README.md").read_text()
+
+# README lines no test here runs, and who runs them instead.
+NOT_RUN_HERE = {
+    "make figures": "the whole pipeline itself (about an hour); its pieces are the zfviz/scripts lines tested here",
+    "make test": "this test suite itself; CI (.ci/run) runs it",
+    "pip install /path/to/zfviz": "tests/test_install.py installs a wheel into a fresh venv and trains with it",
+}
+# Where a placeholder in a README line points (values of key=... after $HOME and ~ are expanded).
+FIGURES = "runs/figures/cpu"
+CHECKPOINTS = {
+    "...": f"{FIGURES}/zfnet/checkpoint.pt",
+    "runs/.../checkpoint.pt": f"{FIGURES}/zfnet/checkpoint.pt",
+    ".../zfnet/checkpoint.pt": f"{FIGURES}/zfnet/checkpoint.pt",
+    ".../alexnet/checkpoint.pt": f"{FIGURES}/alexnet/checkpoint.pt",
+}
+DATA = {"/data/...": "ILSVRC2012", "...": "ILSVRC2012", "/data/ILSVRC2012": "ILSVRC2012",
+        "/data/caltech256": "caltech256", "/data/VOCdevkit": "VOCdevkit"}  # fmt: skip
+# debug=fast shrinks a training run; these shrink what it leaves large, added unless the line sets the key:
+# the transfer heads (Table 7 too) get one split and a few steps (experiment=fig9 is 9 N x 3 heads x 5
+# splits), and preset=paper a narrow net, as in test_recipe.py (still 224 px, the paper's recipe, the
+# mean image and 10-view evaluation; the full net's 0.5 GB checkpoint per run would dominate).
+TRANSFER_FAST = ["splits=1", "softmax.steps=20", "scratch.max_steps=4", "scratch.epochs=1"]
+PAPER_FAST = ["model.width=0.125", "model.fc_dims=64"]
+
+
+def bash_lines() -> list[str]:
+    """Each command of the README's ```bash blocks once, in order: continuations joined, comments dropped."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = " ".join(re.sub(r"(^|\s)#.*$", "", line).split())
+            if line:
+                lines.append(line)
+    return list(dict.fromkeys(lines))
+
+
+def readme_configs(home: Path) -> None:
+    """The README's ```yaml blocks that name a file under my_configs/ on their first lines, written there."""
+    for block in re.findall(r"```yaml\n(.*?)```", README, re.S):
+        name = re.search(r"^# (my_configs/\S+\.yaml)", block, re.M)
+        if name:
+            (home / name.group(1)).parent.mkdir(parents=True, exist_ok=True)
+            (home / name.group(1)).write_text(block)
+
+
+def torchvision_inputs(home: Path) -> None:
+    """``~/resnet18.pth`` (a torchvision resnet18's random weights) and ``~/photos`` (scikit-learn's two
+    sample photos as JPEGs) for the ``zfviz viz attribution net=torchvision:resnet18`` line."""
+    import torch
+    import torchvision
+    from sklearn.datasets import load_sample_images
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.get_model("resnet18", weights=None).state_dict(), home / "resnet18.pth")
+    (home / "photos").mkdir()
+    sample = load_sample_images()
+    for name, image in zip(sample.filenames, sample.images, strict=True):
+        Image.fromarray(image).save(home / "photos" / f"{Path(name).stem}.jpg")
+
+
+def run(argv: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory) -> Path:
+    """The working folder: trained ZFNet and AlexNet under runs/figures/cpu/, data trees, a HOME."""
+    work = tmp_path_factory.mktemp("readme")
+    data = work / "data_trees"
+    make_tree(data / "ILSVRC2012", "imagefolder")
+    (data / "ILSVRC2012" / "train" / "n01484850" / "n01484850_truncated.JPEG").unlink()  # no data.skip_bad here
+    classes = {"001.ak47": 36, "002.american-flag": 36, "003.backpack": 36, "257.clutter": 3}
+    caltech_tree(data / "caltech256" / "256_ObjectCategories", classes)
+    images = {f"2008_{i:06d}": [voc_object(VOC_CLASSES[i % 20], (1, 1, 8 + i % 5, 9))] for i in range(40)}
+    ids = sorted(images)
+    voc_tree(data / "VOCdevkit_parent", images, {"train": ids[:20], "val": ids[20:]})
+    (data / "VOCdevkit_parent" / "VOCdevkit").rename(data / "VOCdevkit")
+    for i, image_id in enumerate(ids):  # distinct pictures, so the heads see more than one feature vector
+        Image.new("RGB", (16, 12), (40 + 5 * i, 200 - 4 * i, 90)).save(data / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{image_id}.jpg")  # fmt: skip
+    readme_configs(work / "home")
+    (work / "home" / "experiments").mkdir()
+    torchvision_inputs(work / "home")
+    # Both nets at once, one thread each; evolution reads the epoch-1 checkpoint beside checkpoint.pt.
+    train = [str(BIN / "zfviz"), "train", "debug=fast", "trainer.save_epochs=[1]"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    jobs = [
+        subprocess.Popen([*train, f"model={net}", f"hydra.run.dir={FIGURES}/{net}"], cwd=work, env=env, **pipes)
+        for net in ("zfnet", "alexnet")
+    ]
+    for job in jobs:
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err[-2000:]
+    return work
+
+
+def command(line: str, work: Path) -> tuple[list[str], Path]:
+    """(argv, cwd) for a README line, placeholders filled; AssertionError if it has one this module lacks."""
+    home, cwd = work / "home", work
+    line = line.replace("$HOME", str(home)).replace("~/", f"{home}/")
+    if line.startswith("cd "):
+        folder, _, line = line[3:].partition(" && ")
+        cwd = work / folder
+    words = shlex.split(line)
+    program, args = words[0], words[1:]
+    if program == "torchrun":  # no 8 GPUs here: 2 CPU processes (gloo), the same code path
+        args = ["--nproc_per_node=2" if a.startswith("--nproc_per_node") else a for a in args]
+    filled = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key.endswith(("checkpoint", "viz.alexnet")) and value in CHECKPOINTS:
+            value = CHECKPOINTS[value]
+        elif eq and key.endswith("root") and value in DATA:
+            value = str(work / "data_trees" / DATA[value])
+        assert "..." not in value and not value.startswith("/data/"), f"{line!r}: no fixture for {arg!r}"
+        filled.append(f"{key}{eq}{value}")
+    given = {a.partition("=")[0] for a in filled}
+    if filled[:1] == ["transfer"] or filled[0].endswith("table7.py"):
+        filled += [a for a in TRANSFER_FAST if a.partition("=")[0] not in given]
+    if "preset=paper" in filled and "train" in filled:
+        filled += [a for a in PAPER_FAST if a.partition("=")[0] not in given]
+    hydra_app = program in ("zfviz", "torchrun") or program == "python" and "table7" in filled[0]
+    if hydra_app and not any(a.startswith("debug=") for a in filled):
+        filled.append("debug=fast")
+    where = {"zfviz": [str(BIN / "zfviz")], "torchrun": [str(BIN / "torchrun")], "python": [sys.executable]}
+    assert program in where, f"{line!r}: no rule runs a {program!r} line"
+    if program == "python":
+        filled[0] = str(REPO / filled[0])
+    return [*where[program], *filled], cwd
+
+
+def new_run_folders(work: Path, before: set[Path]) -> list[Path]:
+    return sorted(p.parent for p in work.rglob(".hydra") if p.parent not in before)
+
+
+LINES = bash_lines()
+
+
+def test_every_readme_line_is_run():
+    unrun = [ln for ln in LINES if ln not in NOT_RUN_HERE and not ln.split(" && ")[-1].startswith(
+        ("zfviz ", "python scripts/", "torchrun "))]  # fmt: skip
+    assert not unrun, f"README lines no test runs (add a rule to tests/test_readme.py): {unrun}"
+    for kind in (" -m ", "zfviz viz ", "preset=paper", "zfviz transfer ", "zfviz ablate ", "python scripts/"):
+        assert any(kind in ln for ln in LINES), (
+            f"the README's bash blocks lost every {kind!r} line; is the parser broken?"
+        )
+
+
+def sweep_size(args: list[str]) -> int:
+    """How many jobs a -m sweep runs: the product of its swept values (Hydra's own override parser)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    size = 1
+    for override in OverridesParser.create().parse_overrides([a for a in args if "=" in a]):
+        size *= len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+    return size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", [ln for ln in LINES if ln not in NOT_RUN_HERE])
+def test_readme_line_runs(line, work):
+    argv, cwd = command(line, work)
+    before, start = {p.parent for p in work.rglob(".hydra")}, time.time()
+    result = run(argv, cwd)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, f"{shlex.join(argv)}\n{result.stderr[-3000:]}"
+    made = new_run_folders(cwd, before)
+    zfviz, page = argv[0].endswith("zfviz"), {"--cfg", "--help"} & set(argv)
+    if page:  # the resolved config or the help page, and no run
+        assert result.stdout.startswith(("seed: 0", f"zfviz {argv[1]}: ")) and not made, result.stdout[:300]
+    elif zfviz and "-m" in argv:  # one job folder per sweep point
+        assert len(made) == sweep_size(argv), made
+    elif argv[1].endswith("table3.py"):  # the table and its figure, from runs/ablate/table3_cpu
+        assert (cwd / "results" / "table3_cpu.csv").is_file() and (cwd / "results" / "fig_table3_cpu.png").is_file()
+    else:
+        assert made, result.stdout[-2000:]
+    out_dir = next((cwd / a.partition("=")[2] for a in argv if a.startswith("out_dir=")), None)
+    if out_dir is None:
+        assert all(len(list(folder.iterdir())) > 1 for folder in made), made  # each wrote more than .hydra/
+    else:
+        assert any(p.stat().st_mtime >= start for p in out_dir.iterdir()), sorted(out_dir.iterdir())
+    if zfviz and argv[1] == "train" and not page:
+        assert re.search(r"^zfviz train: run folder \S+", result.stdout, re.M), result.stdout

@@ -1,0 +1,161 @@
+"""Composites: which rule each module gets, by its type and whether it is the first layer.
+
+Leaf modules of a type a composite does not list are refused (``core.Unsupported``): a rule that
+silently fell back to the gradient on, say, a GELU would give a map that is neither method.
+Containers are not rules' business; what they add functionally (ResNet's ``+=``) is rewritten by a
+canonizer into a module first (``canonize.ResidualSum``), else it passes the plain gradient.
+
+Named LRP composites follow the LRP literature (Montavon et al. 2019, Sec. 10.3; Kohlbrenner et al.
+2020): epsilon on the dense layers near the output, z+ or alpha2-beta1 on the convolutions, and a
+first-layer rule for the pixels (z^B with pixel bounds, or flat).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from zfviz.attribution import rules
+from zfviz.attribution.canonize import MergeBatchNorm, ResidualSum, Sum
+from zfviz.errors import UserError
+
+WEIGHTED = (nn.Conv2d, nn.Linear)
+PASS_THROUGH = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.Flatten, nn.Unflatten)
+MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+AVG_POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+MERGED_ONLY = "merged"  # a batch norm: fine once merged into its layer, else unsupported
+
+
+@dataclass
+class Composite:
+    """``rules``: (module types, rule) pairs, first match wins; rule ``None`` is autograd's gradient.
+
+    ``first`` replaces the rule of the first conv/linear layer the forward pass calls (the pixels'
+    layer). ``canonizers`` run for the call, before the hooks.
+    """
+
+    name: str
+    rules: list[tuple[tuple[type, ...], object]]
+    first: object = None
+    canonizers: tuple = field(default_factory=tuple)
+
+    def is_weighted(self, module: nn.Module) -> bool:
+        return isinstance(module, WEIGHTED)
+
+    def supports(self, module: nn.Module) -> bool:
+        return any(isinstance(module, types) for types, _ in self.rules)
+
+    def rule_for(self, name: str, module: nn.Module, *, first: bool = False, merged: bool = False):
+        from zfviz.attribution.core import Unsupported
+
+        for types, rule in self.rules:
+            if isinstance(module, types):
+                if rule == MERGED_ONLY:
+                    if not merged:
+                        raise Unsupported(name, module, ": LRP merges a batch norm into the conv/linear before it")
+                    return None
+                if first and self.first is not None:
+                    return self.first
+                return rule
+        raise Unsupported(name, module)
+
+
+_COMMON = [(PASS_THROUGH, None), (MAX_POOLS, None), (AVG_POOLS, None), (NORMS, None), ((Sum,), None)]
+
+
+def gradient_composite(name: str, relu_rule, *, norm: str = "backprop") -> Composite:
+    """Saliency-like methods: a ReLU rule, everything else the gradient (or ``norm="pass"`` for LRN)."""
+    lrn = rules.Pass() if norm == "pass" else None
+    return Composite(name, [((nn.ReLU,), relu_rule), ((nn.LocalResponseNorm,), lrn), (WEIGHTED, None), *_COMMON])
+
+
+def lrp_composite(name: str, conv, dense, first=None) -> Composite:
+    """LRP: ``conv``/``dense`` rules, ReLU and LRN pass, max pool to the winner, average pools and
+    residual sums split in proportion; batch norms merged and residual additions made modules."""
+    return Composite(
+        name,
+        [
+            ((nn.Conv2d,), conv),
+            ((nn.Linear,), dense),
+            ((nn.ReLU, nn.LocalResponseNorm), rules.Pass()),
+            (MAX_POOLS, None),
+            (AVG_POOLS + (Sum,), rules.Proportional()),
+            (NORMS, MERGED_ONLY),
+            (PASS_THROUGH, None),
+        ],
+        first,
+        (MergeBatchNorm(), ResidualSum()),
+    )
+
+
+DECONVNET = gradient_composite("deconvnet", rules.ReluDeconvnet(), norm="pass")  # the paper: LRN passes
+GUIDED_BACKPROP = gradient_composite("guided_backprop", rules.ReluGuided())
+LRP = lrp_composite("lrp-epsilon", rules.Epsilon(), rules.Epsilon())
+
+RULES = ("epsilon", "alpha_beta", "zplus")
+FIRST_RULES = ("zbox", "flat", *RULES)
+# name -> (conv rule, dense rule, first-layer rule), by rule name
+COMPOSITES = {
+    "epsilon": ("epsilon", "epsilon", None),
+    "epsilon_plus": ("zplus", "epsilon", None),
+    "epsilon_plus_flat": ("zplus", "epsilon", "flat"),
+    "epsilon_plus_box": ("zplus", "epsilon", "zbox"),
+    "epsilon_alpha2_beta1": ("alpha_beta", "epsilon", None),
+    "epsilon_alpha2_beta1_flat": ("alpha_beta", "epsilon", "flat"),
+    "epsilon_alpha2_beta1_box": ("alpha_beta", "epsilon", "zbox"),
+}
+
+
+def make_rule(
+    name: str, *, epsilon: float = 1e-6, alpha: float | None = None, beta: float | None = None, low=None, high=None
+):
+    """A rule by name with its options (``alpha``/``beta`` default to 2 and 1)."""
+    if name == "epsilon":
+        return rules.Epsilon(epsilon)
+    if name == "zplus":
+        return rules.ZPlus()
+    if name == "alpha_beta":
+        alpha = 2.0 if alpha is None else alpha
+        return rules.AlphaBeta(alpha, alpha - 1 if beta is None else beta)
+    if name == "flat":
+        return rules.Flat()
+    if name == "zbox":
+        if low is None or high is None:
+            raise UserError("first_rule=zbox needs the pixel bounds low= and high= (in the model's input space)")
+        return rules.ZBox(low, high)
+    raise UserError(f"unknown LRP rule {name!r}; choose one of: {', '.join(FIRST_RULES)}")
+
+
+def lrp_from_options(
+    composite: str | None = None,
+    rule: str | None = None,
+    first_rule: str | None = None,
+    epsilon: float = 1e-6,
+    alpha: float | None = None,
+    beta: float | None = None,
+    low=None,
+    high=None,
+) -> Composite:
+    """The composite ``lrp`` runs: a named ``composite``, or ``rule`` on every conv/linear layer
+    (default ``epsilon``); ``first_rule`` replaces the first layer's rule in either case."""
+    if composite is not None and rule is not None:
+        raise UserError("give either composite= or rule= for LRP, not both")
+    if composite is not None and composite not in COMPOSITES:
+        raise UserError(f"unknown LRP composite {composite!r}; choose one of: {', '.join(COMPOSITES)}")
+    if rule is not None and rule not in RULES:
+        raise UserError(f"unknown LRP rule {rule!r}; choose one of: {', '.join(RULES)}")
+    conv, dense, first = COMPOSITES[composite] if composite else (rule or "epsilon", rule or "epsilon", None)
+    first = first_rule or first
+    kw = {"epsilon": epsilon, "alpha": alpha, "beta": beta, "low": low, "high": high}
+    if (alpha is not None or beta is not None) and "alpha_beta" not in (conv, dense, first):
+        raise UserError("alpha= and beta= belong to rule=alpha_beta (or an alpha2_beta1 composite)")
+    if (low is not None or high is not None) and first != "zbox":
+        raise UserError("low= and high= belong to first_rule=zbox")
+    return lrp_composite(
+        composite or f"lrp-{conv}",
+        make_rule(conv, **kw),
+        make_rule(dense, **kw),
+        None if first is None else make_rule(first, **kw),
+    )

@@ -1,0 +1,235 @@
+"""The one backward mechanism of the visualization family (the taxonomy paper's point, issue 13).
+
+Saliency (Simonyan et al. 2014), the deconvnet (Zeiler & Fergus 2014), guided backprop (Springenberg
+et al. 2015) and LRP (Bach et al. 2015) are the same backward pass with different *rules* for how a
+signal crosses a module. Here a rule is an object with ``backward(module, x, out, grad) -> grad_x``;
+a composite (``composites.py``) says which module gets which rule. For one call, a forward hook on
+every leaf module swaps the module's output for an identical tensor whose backward is the rule's
+(a ``torch.autograd.Function``); modules without a rule keep autograd's gradient. The hooks are gone,
+and the canonizers' rewrites undone, when the call returns or raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zfviz.activations import evaluating
+from zfviz.attribution.canonize import Canonizer, OutOfPlace, canonized
+from zfviz.attribution.targets import Target, parse_target, seed_backward
+from zfviz.errors import UserError
+
+
+class Unsupported(UserError):
+    """A module the rules of a method cannot handle; ``attribute`` names the methods that can."""
+
+    def __init__(self, name: str, module: nn.Module, why: str = "") -> None:
+        self.name, self.module = name, module
+        super().__init__(f"{name} ({type(module).__name__}){why}")
+
+
+@dataclass
+class CallState:
+    """What the hooks of one call share: which weighted layer came first, the merged batch norms."""
+
+    first_done: bool = False
+    merged: dict[int, nn.Module] = field(default_factory=dict)  # id(batch norm) -> its conv/linear
+    last_output: dict[int, int] = field(default_factory=dict)  # id(conv/linear) -> data_ptr of its output
+
+
+class _Routed(torch.autograd.Function):
+    """The module's output, unchanged; its backward is ``rule.backward`` instead of the module's."""
+
+    @staticmethod
+    def forward(ctx, rule, module, x, out):
+        ctx.rule, ctx.module = rule, module
+        ctx.save_for_backward(x, out)
+        return out.clone()  # a new tensor: a later in-place op must not touch the saved one
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        return None, None, ctx.rule.backward(ctx.module, x, out, grad), None
+
+
+def _leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None
+
+
+def _hook(composite, name: str, state: CallState) -> Callable:
+    def hook(module, inputs, output):
+        merged_into = state.merged.get(id(module))
+        if merged_into is not None and state.last_output.get(id(merged_into)) != inputs[0].data_ptr():
+            raise RuntimeError(f"{name} does not read the output of the layer it was merged into")
+        first = composite.is_weighted(module) and not state.first_done
+        state.first_done |= first
+        rule = composite.rule_for(name, module, first=first, merged=merged_into is not None)
+        if rule is not None:
+            if len(inputs) != 1 or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
+                raise Unsupported(name, module, ": a rule needs one input tensor and one output tensor")
+            output = _Routed.apply(rule, module, inputs[0], output.detach())
+        if any(module is m for m in state.merged.values()):
+            state.last_output[id(module)] = output.data_ptr()
+        return output
+
+    return hook
+
+
+@contextmanager
+def rules_applied(model: nn.Module, composite, state: CallState | None = None) -> Iterator[CallState]:
+    """Inside the block, every leaf module of ``model`` passes signals back by ``composite``'s rules."""
+    state = state or CallState()
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if _leaf(module):
+                handles.append(module.register_forward_hook(_hook(composite, name, state)))
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _Stop(Exception):
+    """The targeted layer ran: nothing after it is needed."""
+
+
+@dataclass
+class Backward:
+    """One backward pass: the gradient (or relevance) at the inputs, and at ``wrt`` if asked for."""
+
+    inputs: Tensor
+    scores: Tensor  # the target's value per image (a whole map: its sum)
+    layer: Tensor | None = None  # the output of ``wrt``, detached
+    layer_grad: Tensor | None = None
+
+
+def backward(
+    model: nn.Module,
+    inputs: Tensor,
+    target,
+    *,
+    composite=None,
+    seed: str = "one",
+    wrt: str | None = None,
+    canonizers: tuple[Canonizer, ...] = (),
+) -> Backward:
+    """The signal at ``inputs`` (and at layer ``wrt``'s output) after one batched backward pass.
+
+    ``composite=None`` is autograd's gradient; otherwise its rules (and its canonizers) apply for
+    this call only. ``seed``: ``"one"`` starts from 1 at the target, ``"value"`` from its value
+    (``targets.py``). Eval mode throughout; the model is left as it was, also on an exception.
+    """
+    target: Target = parse_target(model, target, len(inputs))
+    wrt_path = None
+    if wrt is not None:
+        from zfviz.activations import resolve
+
+        wrt_path = resolve(model, wrt, "output")
+    found: dict[str, Tensor] = {}
+    extra = tuple(composite.canonizers) if composite is not None else ()
+    with ExitStack() as stack:
+        stack.enter_context(evaluating(model))
+        state = stack.enter_context(canonized(model, (OutOfPlace(), *extra, *canonizers)))
+        if composite is not None:
+            stack.enter_context(rules_applied(model, composite, state))
+        stack.enter_context(torch.enable_grad())
+        for key, path in (("wrt", wrt_path), ("target", target.layer)):
+            if path is not None:
+                stack.callback(model.get_submodule(path).register_forward_hook(_keep(found, key)).remove)
+        x = inputs.detach().clone().requires_grad_(True)
+        try:
+            out = model(x)
+        except _Stop:
+            out = None
+        point = found["target"] if target.layer is not None else out
+        if point is None:
+            raise UserError(f"layer {target.layer} is never called by the model's forward pass")
+        if wrt is not None and "wrt" not in found:
+            raise UserError(f"layer {wrt} does not run before the target in the model's forward pass")
+        grad_seed, scores = seed_backward(point, target, seed)
+        wanted = [x] + ([found["wrt"]] if wrt is not None else [])
+        grads = torch.autograd.grad(point, wanted, grad_seed, allow_unused=True)
+    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wanted, strict=True)]
+    layer = found["wrt"].detach() if wrt is not None else None
+    return Backward(grads[0], scores, layer, grads[1] if wrt is not None else None)
+
+
+def _keep(found: dict, key: str) -> Callable:
+    def hook(_module, _inputs, output):
+        found.setdefault(key, output)  # a module called twice: its first call
+        if key == "target":
+            raise _Stop
+
+    return hook
+
+
+# The registry of methods: name -> how to run it and what it can handle.
+@dataclass(frozen=True)
+class Method:
+    fn: Callable[..., Tensor]
+    supports: Callable[[nn.Module], bool]
+    gradient: bool  # SmoothGrad applies (a gradient method)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def _anything(_module: nn.Module) -> bool:
+    return True
+
+
+def register_method(
+    name: str, *, supports: Callable[[nn.Module], bool] = _anything, gradient: bool = False
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """``@register_method("saliency", gradient=True)`` on ``fn(model, inputs, target, **options)``.
+
+    ``supports(module)`` says whether the method handles a leaf module (for the one-line error);
+    ``gradient=True`` lets ``smooth_samples``/``smooth_sigma`` (SmoothGrad) wrap it.
+    """
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in METHODS:
+            raise ValueError(f"attribution method {name!r} is already registered")
+        METHODS[name] = Method(fn, supports, gradient)
+        return fn
+
+    return register
+
+
+def attribute(model: nn.Module, inputs: Tensor, target, method: str = "saliency", **options: Any) -> Tensor:
+    """The attribution map of ``method`` for ``target`` on a batch ``inputs``; shaped like ``inputs``.
+
+    ``target``: see ``zfviz.attribution.targets``. Options are the method's own; SmoothGrad
+    (``smooth_samples``, ``smooth_sigma``) applies to any gradient method.
+    """
+    from zfviz.attribution import _load_methods
+
+    _load_methods()
+    if method not in METHODS:
+        raise UserError(f"unknown attribution method {method!r}; choose one of: {', '.join(sorted(METHODS))}")
+    spec = METHODS[method]
+    smooth_keys = ("smooth_samples", "smooth_sigma", "smooth_seed", "smooth_batch")
+    smooth = {k: options.pop(k) for k in smooth_keys if k in options}
+    if smooth and not {"smooth_samples", "smooth_sigma"} & smooth.keys():
+        raise UserError(f"{', '.join(smooth)} set without SmoothGrad: give smooth_samples and/or smooth_sigma too")
+    try:
+        if smooth:
+            if not spec.gradient:
+                raise UserError(f"SmoothGrad ({', '.join(smooth_keys)}) applies to gradient methods, not {method}")
+            from zfviz.attribution.gradients import smooth as smoothgrad
+
+            return smoothgrad(spec.fn, model, inputs, target, **smooth, **options)
+        return spec.fn(model, inputs, target, **options)
+    except Unsupported as err:
+        able = [name for name, m in METHODS.items() if m.supports(err.module)]
+        raise UserError(f"{method} cannot handle {err}; methods that work on it: {', '.join(able) or 'none'}") from None
+    except TypeError as err:
+        if err.__traceback__.tb_next is None and "keyword argument" in str(err):  # the call itself: a bad option
+            raise UserError(f"{method}: {str(err).partition('() ')[2] or err}") from None
+        raise

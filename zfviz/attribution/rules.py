@@ -1,0 +1,189 @@
+"""Rules: how a signal crosses one module on the way back (the taxonomy paper's one degree of freedom).
+
+A rule is ``backward(module, x, out, grad) -> grad_x``: ``x`` and ``out`` are the module's input and
+output in the forward pass, ``grad`` the signal arriving at ``out``. Modules without a rule keep
+autograd's gradient, which already is the right thing for convolutions and linear layers under
+saliency, the deconvnet and guided backprop (the transposed filters, without bias), and for max
+pooling everywhere (the switches; PyTorch's backward adds where overlapping pools share an argmax).
+
+ReLU rules: the deconvnet passes the rectified signal, ``relu(grad)`` (Zeiler & Fergus 2014, Sec.
+2.1); guided backprop also keeps the forward mask, ``relu(grad) * (x > 0)`` (Springenberg et al. 2015).
+
+LRP rules (Bach et al. 2015; Montavon et al. 2019, "Layer-wise relevance propagation: an overview"),
+for a layer ``z = W x + b`` with relevance ``R`` at its output, ``T(s; W)`` the transpose of ``W``
+applied to ``s`` and ``stab(z) = z + epsilon * sign(z)`` (sign(0) = 1; a zero denominator divides by 1):
+
+- ``Epsilon``: ``R_in = x * T(R / stab(z); W)``; epsilon = 0 is LRP-0.
+- ``AlphaBeta``: positive and negative contributions apart, ``alpha - beta = 1``;
+  ``z+ = W+ x+ + W- x- + b+``, ``z- = W- x+ + W+ x- + b-``,
+  ``R_in = alpha (x+ T(R/z+; W+) + x- T(R/z+; W-)) - beta (x+ T(R/z-; W-) + x- T(R/z-; W+))``.
+- ``ZPlus``: the positive part only (alpha = 1, beta = 0).
+- ``ZBox`` (z^B, for the pixels, bounded by ``low`` and ``high``):
+  ``z = W x - W+ low - W- high``, ``R_in = x T(R/z; W) - low T(R/z; W+) - high T(R/z; W-)``.
+- ``Flat``: every input of a unit's receptive field gets an equal share (W = 1, x = 1, no bias).
+- ``Proportional``: any linear map without parameters (average pooling, the residual ``Sum``):
+  ``R_in = x * J^T (R / stab(out))``, a split in proportion to the inputs' contributions.
+- ``Pass``: the signal crosses unchanged (ReLU and contrast normalization under LRP; the latter also
+  under the deconvnet, as the paper does).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Pass:
+    """The signal crosses unchanged."""
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        return grad.reshape(x.shape)
+
+
+class ReluDeconvnet:
+    """The deconvnet's ReLU: rectify the signal coming down (Zeiler & Fergus 2014)."""
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        return grad.clamp(min=0)
+
+
+class ReluGuided:
+    """Guided backprop's ReLU: the gradient's mask and the deconvnet's rectification (Springenberg et al.)."""
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        return grad.clamp(min=0) * (out > 0)
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """``z + epsilon * sign(z)`` with sign(0) = 1; a denominator still zero becomes 1 (its share is 0)."""
+    den = z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z)
+    return torch.where(den == 0, torch.ones_like(den), den)
+
+
+def _params(module: nn.Module) -> tuple[Tensor, Tensor | None]:
+    return module.weight.detach(), None if module.bias is None else module.bias.detach()
+
+
+def linear_forward(module: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The conv/linear layer ``module`` applied to ``x`` with other parameters."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    return module._conv_forward(x, weight, bias)
+
+
+def transpose(module: nn.Module, s: Tensor, x_shape: torch.Size, weight: Tensor) -> Tensor:
+    """``T(s; weight)``: the layer's input gradient for output gradient ``s`` (no forward pass needed)."""
+    if isinstance(module, nn.Linear):
+        return s @ weight
+    if module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        return torch.nn.grad.conv2d_input(
+            x_shape, weight, s, module.stride, module.padding, module.dilation, module.groups
+        )
+    return vjp(lambda t: module._conv_forward(t, weight, None), torch.zeros(x_shape).to(s), s)
+
+
+def vjp(fn, x: Tensor, s: Tensor) -> Tensor:
+    """``s`` times the Jacobian of ``fn`` at ``x``, by autograd."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(fn(x), x, s)
+    return grad
+
+
+class Epsilon:
+    """LRP-epsilon (Bach et al. 2015); ``epsilon=0`` is LRP-0."""
+
+    def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False):
+        self.epsilon, self.zero_bias = float(epsilon), zero_bias
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        weight, bias = _params(module)
+        z = linear_forward(module, x, weight, None) if self.zero_bias and bias is not None else out
+        return x * transpose(module, grad / stabilize(z, self.epsilon), x.shape, weight)
+
+
+class AlphaBeta:
+    """LRP-alpha-beta (Bach et al. 2015); ``alpha - beta = 1`` keeps relevance conserved."""
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-6):
+        from zfviz.errors import UserError
+
+        if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-9:
+            raise UserError(f"LRP alpha-beta needs alpha >= 0, beta >= 0 and alpha - beta = 1, got {alpha}, {beta}")
+        self.alpha, self.beta, self.epsilon = float(alpha), float(beta), float(epsilon)
+
+    def _part(self, module, xp, xn, wa, wb, bias, grad) -> Tensor:
+        """``xp T(R/z; wa) + xn T(R/z; wb)`` with ``z = wa xp + wb xn + bias``."""
+        z = linear_forward(module, xp, wa, bias)
+        if xn is not None:
+            z = z + linear_forward(module, xn, wb, None)
+        s = grad / stabilize(z, self.epsilon)
+        part = xp * transpose(module, s, xp.shape, wa)
+        return part if xn is None else part + xn * transpose(module, s, xn.shape, wb)
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        weight, bias = _params(module)
+        wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+        bp, bn = (None, None) if bias is None else (bias.clamp(min=0), bias.clamp(max=0))
+        xp = x.clamp(min=0)
+        xn = x.clamp(max=0) if (x < 0).any() else None  # after a ReLU: no negative inputs, half the work
+        relevance = self.alpha * self._part(module, xp, xn, wp, wn, bp, grad)
+        if self.beta:
+            relevance = relevance - self.beta * self._part(module, xp, xn, wn, wp, bn, grad)
+        return relevance
+
+
+class ZPlus(AlphaBeta):
+    """LRP-z+ (Montavon et al. 2017): alpha-beta with alpha = 1, beta = 0."""
+
+    def __init__(self, epsilon: float = 1e-6):
+        super().__init__(1.0, 0.0, epsilon)
+
+
+class ZBox:
+    """LRP-z^B for the first layer, inputs bounded by ``low`` and ``high`` (Montavon et al. 2017).
+
+    ``low``/``high`` are numbers or tensors broadcasting to one image (e.g. ``3 x 1 x 1`` per channel),
+    in the model's input space (after normalization).
+    """
+
+    def __init__(self, low, high, epsilon: float = 1e-6):
+        self.low, self.high, self.epsilon = low, high, float(epsilon)
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        weight, _ = _params(module)
+        wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+        low = torch.as_tensor(self.low).to(x).expand_as(x)
+        high = torch.as_tensor(self.high).to(x).expand_as(x)
+        z = linear_forward(module, x, weight, None)
+        z = z - linear_forward(module, low, wp, None) - linear_forward(module, high, wn, None)
+        s = grad / stabilize(z, self.epsilon)
+        return (
+            x * transpose(module, s, x.shape, weight)
+            - low * transpose(module, s, x.shape, wp)
+            - high * transpose(module, s, x.shape, wn)
+        )
+
+
+class Flat:
+    """LRP-flat (Lapuschkin et al. 2019): a unit's relevance spread evenly over its receptive field."""
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = float(epsilon)
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        ones = torch.ones_like(module.weight)
+        z = linear_forward(module, torch.ones_like(x[:1]), ones, None)
+        return transpose(module, grad / stabilize(z, self.epsilon), x.shape, ones)
+
+
+class Proportional:
+    """A parameter-free linear map (average pooling, the residual ``Sum``) split by contribution."""
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = float(epsilon)
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        # module.forward, not module(...): the call's hooks must not fire again inside the backward pass
+        return x * vjp(module.forward, x, grad / stabilize(out, self.epsilon))

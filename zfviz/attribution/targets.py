@@ -1,0 +1,115 @@
+"""What an attribution explains, and where its backward pass starts.
+
+A target is a class score of the model's output, or a unit of a layer (as the deconvnet of Zeiler &
+Fergus 2014, Section 2.1, examines one activation of ``conv5``):
+
+- ``int`` / list / 1-D tensor: a class index, one for all images or one per image;
+- ``(layer, channel)`` or ``(layer, channel, position)``: map ``channel`` (one or one per image) of
+  the layer's output (``zfviz.activations.resolve(model, layer, "output")``), at ``position``:
+  ``None`` the strongest cell of the map in each image (as ``viz.deconv.project``), ``"all"`` the
+  whole map, ``(y, x)`` one cell, or an ``(N, 2)`` tensor of cells.
+
+The backward pass starts from a seed shaped like the targeted tensor, zero outside the target:
+``"one"`` puts 1 at the target, so the result is the gradient of the target (its sum, for a whole
+map) -- the gradient methods; ``"value"`` puts the target's own value there -- LRP (the relevance
+to distribute is the score, Bach et al. 2015) and the deconvnet (the paper projects the activation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from zfviz.activations import resolve
+from zfviz.errors import UserError
+
+SEEDS = ("one", "value")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed target: ``layer`` None means the model's output (classes); ``channel`` has one entry per image."""
+
+    layer: str | None
+    channel: Tensor
+    position: Tensor | str | None = None
+
+
+def parse_target(model: nn.Module, target, n: int) -> Target:
+    """``target`` in any accepted form (module docstring) as a ``Target`` for ``n`` images."""
+    if isinstance(target, tuple) and target and isinstance(target[0], str):
+        if len(target) not in (2, 3):
+            raise UserError(f"a unit target is (layer, channel) or (layer, channel, position), got {target!r}")
+        layer = resolve(model, target[0], "output")
+        position = target[2] if len(target) == 3 else None
+        if isinstance(position, str) and position != "all":
+            raise UserError(f"a unit's position is None, 'all', (y, x) or an (N, 2) tensor, got {position!r}")
+        if position is not None and not isinstance(position, str):
+            position = torch.as_tensor(position).long().reshape(-1, 2)
+            if len(position) not in (1, n):
+                raise UserError(f"give one (y, x) position or one per image ({n}), got {len(position)}")
+            position = position.expand(n, 2)
+        return Target(layer, _per_image(target[1], n, "channel"), position)
+    if isinstance(target, str):
+        raise UserError(f"a target is a class index or a (layer, channel[, position]) tuple, got {target!r}")
+    return Target(None, _per_image(target, n, "class index"))
+
+
+def _per_image(value, n: int, what: str) -> Tensor:
+    try:
+        index = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError(f"{what} must be an integer or one integer per image, got {value!r}") from None
+    if index.is_floating_point() or index.dim() > 1 or (index.dim() == 1 and len(index) not in (1, n)):
+        raise UserError(f"{what} must be an integer or one integer per image ({n}), got {value!r}")
+    return index.long().reshape(-1).expand(n).clone()
+
+
+def strongest(maps: Tensor) -> Tensor:
+    """Per image, the (y, x) of the largest value of its map (``maps``: N x H x W); first one on ties."""
+    width = maps.shape[-1]
+    index = maps.reshape(len(maps), -1).argmax(dim=1)
+    return torch.stack([index // width, index % width], dim=1)
+
+
+def target_mask(point: Tensor, target: Target) -> Tensor:
+    """A 0/1 tensor shaped like ``point`` (the model output or the layer's output), 1 at the target."""
+    n, size = point.shape[0], point.shape[1]
+    channel = target.channel.to(point.device)
+    if channel.min() < 0 or channel.max() >= size:
+        what = "class index" if target.layer is None else f"channel of {target.layer}"
+        raise UserError(f"{what} must lie in 0..{size - 1}, got {channel.unique().tolist()}")
+    rows = torch.arange(n, device=point.device)
+    mask = torch.zeros_like(point)
+    if point.dim() == 2 or target.layer is None:
+        mask[rows, channel] = 1
+        return mask
+    if point.dim() != 4:
+        raise UserError(f"unit targets need a 2-D or 4-D layer output, {target.layer} gives {point.dim()}-D")
+    if isinstance(target.position, str):
+        mask[rows, channel] = 1
+        return mask
+    if target.position is None:
+        where = strongest(point.detach()[rows, channel])
+    else:
+        where = target.position.to(point.device)
+        height, width = point.shape[-2:]
+        if where.min() < 0 or where[:, 0].max() >= height or where[:, 1].max() >= width:
+            raise UserError(f"position must lie inside the {height}x{width} map of {target.layer}")
+    mask[rows, channel, where[:, 0], where[:, 1]] = 1
+    return mask
+
+
+def seed_backward(point: Tensor, target: Target, seed: str = "one") -> tuple[Tensor, Tensor]:
+    """The backward seed at ``point`` and each image's target score (the sum over a whole map).
+
+    ``seed="one"``: 1 at the target (the gradient of the target); ``"value"``: the target's value.
+    """
+    if seed not in SEEDS:
+        raise UserError(f"unknown seed {seed!r}; choose one of: {', '.join(SEEDS)}")
+    mask = target_mask(point, target)
+    chosen = mask * point.detach()
+    scores = chosen.reshape(len(point), -1).sum(dim=1)
+    return (mask if seed == "one" else chosen), scores
