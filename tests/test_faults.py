@@ -291,3 +291,13 @@ def test_every_torch_load_reads_weights_only():
                 if not (isinstance(flags.get("weights_only"), ast.Constant) and flags["weights_only"].value is True):
                     unsafe.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert seen >= 4 and unsafe == []  # the checkpoint, header, mean-image and ImageNet-meta loads at least
+
+
+def test_a_read_only_run_folder_is_one_line_before_hydra_starts(read_only, tmp_path, monkeypatch, capsys):
+    folder = read_only()
+    monkeypatch.chdir(tmp_path)
+    assert zfviz_main(["train", "debug=fast", f"hydra.run.dir={folder}/run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"zfviz: error: cannot make the run folder {folder}/run: {folder} is not writable; "
+                   "choose another with hydra.run.dir=..."]  # fmt: skip
+    assert list(folder.iterdir()) == []

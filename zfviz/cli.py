@@ -264,6 +264,18 @@ def debug_note(overrides: list[str]) -> str | None:
     return f"zfviz: debug={name}: {note[:1].lower()}{note[1:]}"
 
 
+def check_run_folder(overrides: list[str], multirun: bool) -> None:
+    """Hydra makes the run folder (and its ``.hydra/``) before any command code runs, so a read-only
+    place would end in Hydra's traceback: check the nearest existing folder on its path first."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+") == key), "runs")
+    path = Path(given.strip("'\"")).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not os.access(path, os.W_OK):  # also false for root on a read-only file system
+        raise UserError(f"cannot make the run folder {given}: {path} is not writable; choose another with {key}=...")
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``zfviz`` entry point; stdout closed early (``zfviz train --help | head``) is not an error."""
     try:
@@ -304,6 +316,7 @@ def dispatch(argv: list[str]) -> int:
         if not _UNCHECKED.intersection(f.partition("=")[0] for f in flags):
             for overrides in sweep_points(rest) if multirun else [rest]:
                 validate(command, overrides, values=multirun)
+            check_run_folder(rest, multirun)
     except UserError as err:
         print(f"zfviz: error: {err}", file=sys.stderr)
         return 2
