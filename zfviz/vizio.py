@@ -287,11 +287,9 @@ def attribution_options(method: str, given: dict) -> dict:
     """The options of ``given`` that are set (not None) for ``zfviz.attribution.attribute(..., method)``,
     checked first: an unknown method, or an option the method does not take, is one line listing the
     valid ones. SmoothGrad's options belong to every gradient method."""
-    from zfviz.attribution import METHODS, _load_methods
+    from zfviz.attribution.core import method_spec
 
-    _load_methods()
-    if method not in METHODS:
-        raise UserError(f"unknown attribution method {method!r}; choose one of: {', '.join(sorted(METHODS))}")
+    method_spec(method)  # an unknown method is one line before its options are read
     valid = method_option_names(method)
     options = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in given.items() if v is not None}
     wrong = [k for k in options if k not in valid]
@@ -305,15 +303,15 @@ def method_option_names(method: str) -> list[str]:
     """The keyword options of an attribution method (``lrp``: its composite's), then SmoothGrad's if it applies."""
     import inspect
 
-    from zfviz.attribution import METHODS
     from zfviz.attribution.composites import lrp_from_options
+    from zfviz.attribution.core import SMOOTH_KEYS, method_spec
 
-    spec = METHODS[method]
+    spec = method_spec(method)
     params = list(inspect.signature(spec.fn).parameters.values())
     if any(p.kind is p.VAR_KEYWORD for p in params):  # lrp hands its options on to its composite
         params = list(inspect.signature(lrp_from_options).parameters.values())
     names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty]
-    return names + (["smooth_samples", "smooth_sigma", "smooth_seed", "smooth_batch"] if spec.gradient else [])
+    return names + (list(SMOOTH_KEYS) if spec.gradient else [])
 
 
 # --- outputs ------------------------------------------------------------------------------------

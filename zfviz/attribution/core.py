@@ -202,26 +202,34 @@ def register_method(
     return register
 
 
+# SmoothGrad's options, which any gradient method takes (``zfviz.attribution.gradients.smooth``).
+SMOOTH_KEYS = ("smooth_samples", "smooth_sigma", "smooth_seed", "smooth_batch")
+
+
+def method_spec(method: str) -> Method:
+    """The registered method ``method``; an unknown name is one line listing the registered ones."""
+    from zfviz.attribution import _load_methods
+
+    _load_methods()
+    if method not in METHODS:
+        raise UserError(f"unknown attribution method {method!r}; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[method]
+
+
 def attribute(model: nn.Module, inputs: Tensor, target, method: str = "saliency", **options: Any) -> Tensor:
     """The attribution map of ``method`` for ``target`` on a batch ``inputs``; shaped like ``inputs``.
 
     ``target``: see ``zfviz.attribution.targets``. Options are the method's own; SmoothGrad
     (``smooth_samples``, ``smooth_sigma``) applies to any gradient method.
     """
-    from zfviz.attribution import _load_methods
-
-    _load_methods()
-    if method not in METHODS:
-        raise UserError(f"unknown attribution method {method!r}; choose one of: {', '.join(sorted(METHODS))}")
-    spec = METHODS[method]
-    smooth_keys = ("smooth_samples", "smooth_sigma", "smooth_seed", "smooth_batch")
-    smooth = {k: options.pop(k) for k in smooth_keys if k in options}
+    spec = method_spec(method)
+    smooth = {k: options.pop(k) for k in SMOOTH_KEYS if k in options}
     if smooth and not {"smooth_samples", "smooth_sigma"} & smooth.keys():
         raise UserError(f"{', '.join(smooth)} set without SmoothGrad: give smooth_samples and/or smooth_sigma too")
     try:
         if smooth:
             if not spec.gradient:
-                raise UserError(f"SmoothGrad ({', '.join(smooth_keys)}) applies to gradient methods, not {method}")
+                raise UserError(f"SmoothGrad ({', '.join(SMOOTH_KEYS)}) applies to gradient methods, not {method}")
             from zfviz.attribution.gradients import smooth as smoothgrad
 
             return smoothgrad(spec.fn, model, inputs, target, **smooth, **options)
