@@ -8,7 +8,7 @@ PRESET ?= cpu
 RUNS := runs/figures/$(PRESET)
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data test test-fast figures lint clean-figures
+.PHONY: install data test test-fast figures lint clean-figures concepts
 
 install: $(VENV)/.installed
 
@@ -28,7 +28,7 @@ data:
 # test: the whole suite. test-fast: without the tests marked slow (CLI launches, trainings, 224 px
 # nets), for a check in under a minute while developing.
 test: install data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install data
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -133,6 +133,23 @@ $(TRANSFER_OUT) &: $(TRANSFER)/$(TABLE4_RUN)/run.json $(TRANSFER)/fig9/run.json 
 		--table5 $(TRANSFER)/fig9 --fig9 $(TRANSFER)/fig9 --table6 $(TRANSFER)/table6
 
 FIGURES += $(TRANSFER_OUT)
+
+# --- network dissection (issue 15): the Fashion-MNIST concept set in the Broden layout, built once ---
+CONCEPTS := data/concepts
+$(CONCEPTS)/index.csv: | install data
+	$(BIN)/python -m zfviz.dissection.concepts $(CONCEPTS)
+
+concepts: install data $(CONCEPTS)/index.csv
+
+# Dissection of ZFNet, the AlexNet replication and every Table 3 variant (conv1-conv5) on the concept set.
+# The concept set is decoded once and each net runs once (its maps kept in memory): about 100 s for
+# the 18 nets here (scripts/bench_dissect.py predicts it; issue 15's budget is 4 minutes).
+DISSECTION_OUT := results/dissection_$(PRESET).csv results/fig_dissection_$(PRESET).png
+$(DISSECTION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(ABLATE)/variants.json $(CONCEPTS)/index.csv
+	$(BIN)/python scripts/dissection_figure.py --preset $(PRESET) --out results --concepts $(CONCEPTS) \
+		--ablate $(ABLATE) $(RUNS)/zfnet $(RUNS)/alexnet
+
+FIGURES += $(DISSECTION_OUT)
 
 figures: install data $(FIGURES)
 

@@ -12,7 +12,8 @@ Models: the cpu preset's ZFNet (64 px, as ``configs/`` builds it) and torchvisio
 depend on them). Captum's ReLU hooks fail on in-place ReLUs, so Captum gets a copy of a torchvision
 net with ``inplace=False`` (the same weights); zfviz gets the net as torchvision builds it.
 The verdict lines read ``ratio <model> <method> zfviz/peer = t_zfviz / t_peer`` (below 1: faster).
-usage: python scripts/bench_attribution.py [--models zfnet,vgg16,resnet18] [--size 64] [--batch 8] [--quick]
+usage: python scripts/bench_attribution.py [--models zfnet,vgg16,resnet18] [--methods saliency,lrp_zbox]
+       [--size 64] [--batch 8] [--threads N] [--quick]
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ from zfviz.activations import resolve
 from zfviz.attribution import attribute
 
 MODELS = ("zfnet", "vgg16", "resnet18")
+LABELS = (
+    "saliency", "input_x_gradient", "integrated_gradients", "guided_backprop", "deconvnet",
+    "lrp_epsilon", "gradcam", "guided_gradcam", "lrp_alpha2_beta1", "lrp_zbox",
+)  # fmt: skip
 
 
 def build(name: str, size: int) -> tuple[nn.Module, int]:
@@ -171,6 +176,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="images per call (one target class each)")
     parser.add_argument("--steps", type=int, default=16, help="integrated gradients' steps")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per pair; best of them")
+    parser.add_argument(
+        "--methods", default="", help="comma-separated method labels (e.g. guided_backprop,lrp_zbox); all if empty"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 images at 32 px, 4 steps, one round")
     args = parser.parse_args()
     if args.quick:
@@ -179,6 +188,11 @@ def main() -> None:
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    methods = {m.strip() for m in args.methods.split(",") if m.strip()}
+    if methods - set(LABELS):
+        parser.error(f"unknown method(s) {', '.join(sorted(methods - set(LABELS)))}; choose from {', '.join(LABELS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     warnings.simplefilter("ignore", UserWarning)  # Captum announces its hooks on every call
     print(f"{args.batch} images per call, {torch.get_num_threads()} threads, best of {args.rounds} interleaved rounds")
@@ -188,6 +202,8 @@ def main() -> None:
         target = torch.randint(0, 10 if name == "zfnet" else 1000, (args.batch,))
         print(f"\n{name} at {size} px")
         for method, ours, peer_name, peer in pairs(name, model, x, target, args.steps):
+            if methods and method not in methods:
+                continue
             compare(f"{name} {method}", ours, peer_name, peer, args.rounds)
 
 

@@ -5,11 +5,16 @@
    The outputs are checked equal (Captum seeds a neuron with 1, the deconvnet with its value).
 2. The streaming top-9 pass against plain inference (``model(x)`` under ``no_grad``) on the same
    batches: the search must keep at least 80% of inference speed.
+3. ``project(model, x, layer, channel=[...])``, every map of the layer for a few images in one call
+   (one forward pass, one batched backward), against a loop over the maps calling Captum's
+   ``NeuronDeconvolution`` once per map on the same images (each image's strongest cell), and
+   against our own loop of one ``project`` per map. The top-9 projections also run on the one
+   mechanism (``path="mechanism"``, what residual nets take) beside the traced chain.
 
 Both ratios come from one run in one process; the methods compared run in turn, round after
 round, and each timing is the best of its rounds. Without ``--checkpoint`` the net is the cpu
 preset's ZFNet as ``configs/`` builds it, with random weights.
-usage: python scripts/bench_deconv.py [--images 500] [--checkpoint runs/figures/cpu/zfnet/checkpoint.pt] [--quick]
+usage: python scripts/bench_deconv.py [--images 500] [--maps-images 16] [--checkpoint runs/figures/cpu/zfnet/checkpoint.pt] [--quick]
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from zfviz.checkpoint import model_from_checkpoint
 from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.errors import UserError
-from zfviz.viz.deconv import project_batches
+from zfviz.viz.deconv import project, project_batches
 from zfviz.viz.top9 import project_top, top_activations
 
 
@@ -50,10 +55,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs of each zfviz timing")
     parser.add_argument("--search-repeats", type=int, default=7, help="interleaved runs of search and inference")
+    parser.add_argument("--maps-images", type=int, default=16, help="images of the several-maps comparison (3.)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 images, one round of each timing")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.repeats, args.search_repeats = 20, 1, 1
+        args.images, args.repeats, args.search_repeats, args.maps_images = 20, 1, 1, 4
     torch.manual_seed(0)
     if args.checkpoint:
         model, _ = model_from_checkpoint(args.checkpoint)
@@ -84,10 +90,10 @@ def main() -> None:
     position = top.position.reshape(-1, 2)
     channel = torch.arange(maps)[:, None].expand(-1, k).reshape(-1)
 
-    def ours(norm: str):
+    def ours(norm: str, path: str = "auto"):
         out = torch.empty(len(image), *x.shape[1:])
         batches = project_batches(
-            model, x, args.layer, image, channel, position, batch_size=args.batch_size, norm=norm
+            model, x, args.layer, image, channel, position, batch_size=args.batch_size, norm=norm, path=path
         )  # fmt: skip
         for rows, proj in batches:
             out[rows] = proj
@@ -110,11 +116,14 @@ def main() -> None:
             "pass": lambda: ours("pass"),
             # Captum back-propagates through contrast normalization; compare with our norm="backprop" mode.
             "backprop": lambda: ours("backprop"),
+            "mechanism": lambda: ours("pass", "mechanism"),
             "crops": lambda: project_top(model, args.layer, top, stored, prepare, batch_size=args.batch_size),
         },
         args.repeats,
     )
     t_ours, t_backprop, t_crops = timed.best("pass"), timed.best("backprop"), timed.best("crops")
+    t_mech = timed.best("mechanism")
+    assert torch.allclose(timed.results["mechanism"], timed.results["pass"], rtol=1e-5, atol=1e-7), "paths disagree"
     mine = timed.results["backprop"]
     slow = interleaved({"captum": theirs}, 1)  # once: it is the slow one
     t_captum, captum = slow.best("captum"), slow.results["captum"]
@@ -128,6 +137,7 @@ def main() -> None:
     print(f"\n1. top-{k} projections of all {maps} {args.layer} maps = {n} projections")
     print(f"   zfviz batched deconvnet      {t_ours:8.3f} s   {n / t_ours:9.1f} projections/s")
     print(f"   same, norm=backprop          {t_backprop:8.3f} s   {n / t_backprop:9.1f} projections/s")
+    print(f"   same, one mechanism          {t_mech:8.3f} s   {n / t_mech:9.1f} projections/s  (residual nets' path)")
     print(f"   zfviz project_top (+ crops)  {t_crops:8.3f} s   {n / t_crops:9.1f} projections/s")
     print(f"   Captum loop per (map, image) {t_captum:8.3f} s   {n / t_captum:9.1f} projections/s")
     print(ratio_line("Captum time / zfviz time", t_captum / t_ours, ">= 10"))
@@ -141,6 +151,59 @@ def main() -> None:
     print(f"   plain inference {t_plain:7.3f} s   {len(x) / t_plain:8.1f} images/s")
     print(f"   top-9 search    {t_search:7.3f} s   {len(x) / t_search:8.1f} images/s")
     print(ratio_line("search speed / inference speed", t_plain / t_search, ">= 0.80"))
+    print(ratio_line("mechanism top-9 time / traced-chain time", t_mech / t_ours))
+    assert max_err < 1e-4, "zfviz and Captum disagree"
+    several_maps(model, x[: args.maps_images], args.layer, args.repeats)
+
+
+def several_maps(model, x, layer: str, repeats: int) -> None:
+    """3. every map of ``layer`` for the images ``x``: one ``project`` call against per-map loops."""
+    with torch.no_grad():
+        maps = top_activations(model, [x], [layer], k=1)[layer].maps
+    channels = list(range(maps))
+    deconv = NeuronDeconvolution(model, model.get_submodule(layer))
+
+    def captum_loop():
+        out = torch.empty(len(x), maps, *x.shape[1:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Captum warns on every call that it sets ReLU hooks
+            for c in channels:  # each image's strongest cell of map c (Captum sums the selected cells)
+                out[:, c] = deconv.attribute(x, neuron_selector=lambda act, c=c: act[:, c].flatten(1).amax(dim=1))
+        return out
+
+    def per_map(norm: str):
+        return torch.stack([project(model, x, layer, c, norm=norm) for c in channels], dim=1)
+
+    timed = interleaved(
+        {
+            "maps": lambda: project(model, x, layer, channels),
+            "maps_backprop": lambda: project(model, x, layer, channels, norm="backprop"),
+            "loop": lambda: per_map("pass"),
+            "captum": captum_loop,
+        },
+        max(repeats, 1),
+    )
+    t_maps, t_bp, t_loop, t_captum = (timed.best(k) for k in ("maps", "maps_backprop", "loop", "captum"))
+    with torch.no_grad():
+        values = top_activations(model, [x], [layer], k=len(x))[layer]
+    # Captum seeds each cell with 1, the deconvnet with its value: scale Captum's maps to compare.
+    best = torch.empty(len(x), maps)
+    best[values.image, torch.arange(maps)[:, None].expand_as(values.image)] = values.values
+    positive = best > 0
+    expected = timed.results["captum"][positive] * best[positive][:, None, None, None]
+    max_err = float((timed.results["maps_backprop"][positive] - expected).abs().max() / expected.abs().max())
+    n = len(x) * maps
+    print(f"\n3. all {maps} {layer} maps of {len(x)} images in one call = {n} projections")
+    print(f"   project(..., channel=[...])    {t_maps:8.3f} s   {n / t_maps:9.1f} projections/s")
+    print(f"   same, norm=backprop            {t_bp:8.3f} s   {n / t_bp:9.1f} projections/s")
+    print(f"   loop of project per map        {t_loop:8.3f} s   {n / t_loop:9.1f} projections/s")
+    print(f"   Captum NeuronDeconvolution per map {t_captum:8.3f} s   {n / t_captum:9.1f} projections/s")
+    print(ratio_line("Captum per-map loop time / several-maps call time", t_captum / t_maps))
+    print(ratio_line("per-map project loop time / several-maps call time", t_loop / t_maps))
+    print(
+        f"   Captum / norm=backprop call: {t_captum / t_bp:.1f}x; equal outputs (norm=backprop): max |zfviz - "
+        f"Captum*value| / max|Captum*value| = {max_err:.2e} over {int(positive.sum())}/{n} positive activations"
+    )
     assert max_err < 1e-4, "zfviz and Captum disagree"
 
 

@@ -8,6 +8,8 @@ an unsupported module ends in one line naming the methods that work on it.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -16,7 +18,9 @@ from torch import nn
 
 from zfviz.ablation import VARIANTS, variant_model_kwargs
 from zfviz.activations import Capture
-from zfviz.attribution import attribute
+from zfviz.attribution import attribute, backward, rules
+from zfviz.attribution.composites import GUIDED_BACKPROP, Composite
+from zfviz.attribution.core import rules_applied
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.viz.deconv import project
@@ -195,3 +199,62 @@ def test_user_mistakes_are_one_line_errors(target, options, match):
     with pytest.raises(UserError, match=match) as err:
         attribute(zfnet(), torch.randn(2, 3, 64, 64), target, **options)
     assert "\n" not in str(err.value)
+
+
+class OwnRelu(nn.ReLU):
+    """A ReLU with its own forward: the mechanism cannot assume autograd's ReLU node, so rules run
+    through their general ``backward`` (the path every other module takes)."""
+
+    def forward(self, x):
+        return torch.relu(x)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu_rules_on_autograds_relu_node_equal_their_general_backward(inplace):
+    model = random_biases(zfnet()).eval()
+    general = copy.deepcopy(model)
+    for name, module in list(general.named_children()):
+        if isinstance(module, nn.ReLU):
+            setattr(general, name, OwnRelu())
+    for module in model.children():
+        if isinstance(module, nn.ReLU):
+            module.inplace = inplace  # an in-place ReLU stays in place on the fast path
+    x, cls = torch.randn(2, 3, 64, 64), [1, 2]
+    for method in ("deconvnet", "guided_backprop", "lrp"):
+        # the same elementwise kernels on the same values: equal, not close
+        assert torch.equal(attribute(model, x, cls, method), attribute(general, x, cls, method)), method
+
+
+def test_only_modules_a_rule_can_reach_are_hooked():
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    relus = {name for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    with rules_applied(model, GUIDED_BACKPROP):
+        hooked = {name for name, m in model.named_modules() if m._forward_hooks}
+    assert hooked == relus
+    first = Composite("first", GUIDED_BACKPROP.rules, first=rules.Flat())  # the first layer must be found
+    with rules_applied(model, first):
+        hooked = {name for name, m in model.named_modules() if m._forward_hooks}
+    weighted = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert hooked == relus | weighted
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_in_place_relus_stay_in_place_and_a_layer_read_after_them_is_kept_before():
+    model = torchvision.models.vgg11(weights=None, num_classes=10).eval()
+    flags = []
+    model.features[1].register_forward_hook(lambda m, i, o: flags.append(m.inplace))
+    x = torch.randn(2, 3, 32, 32)
+    got = backward(model, x, [3, 7], wrt="features.0")  # a conv whose output the next ReLU overwrites
+    assert flags == [True]  # no copy of every ReLU output for the plain gradient
+    oracle = copy.deepcopy(model)
+    for m in oracle.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    xg = x.clone().requires_grad_(True)
+    conv = oracle.features[0](xg)
+    logits = oracle.classifier(torch.flatten(oracle.avgpool(oracle.features[1:](conv)), 1))
+    grads = torch.autograd.grad(logits[[0, 1], [3, 7]].sum(), [xg, conv])
+    assert (got.layer < 0).any()  # the conv's output, not the ReLU's
+    assert torch.equal(got.layer, conv.detach())  # the same kernels on the same data
+    torch.testing.assert_close(got.inputs, grads[0], rtol=1e-5, atol=1e-7)  # in place vs not: rounding only
+    torch.testing.assert_close(got.layer_grad, grads[1], rtol=1e-5, atol=1e-7)

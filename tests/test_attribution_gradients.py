@@ -319,6 +319,27 @@ def test_guided_gradcam_equals_captum(net):
     torch.testing.assert_close(got, want, **TOL)
 
 
+class OwnRelu(nn.ReLU):
+    """A ReLU with its own forward: its rule runs as a routed autograd Function, not on ReLU's node."""
+
+    def forward(self, x):
+        return torch.relu(x)
+
+
+@pytest.mark.parametrize("own_relus", [(), ("relu6",), ("relu4", "relu5", "relu6", "relu7")])
+def test_guided_gradcam_in_one_pass_is_guided_backprop_times_gradcam(own_relus):
+    model = small_zfnet()
+    for name in own_relus:  # routed modules above the layer must stand aside for Grad-CAM's gradient
+        setattr(model, name, OwnRelu())
+    x = torch.randn(2, 3, 64, 64)
+    for layer, unit in (("conv4", [3, 7]), ("conv5", [3, 7]), ("conv4", ("conv5", 2))):
+        got = attribute(model, x, unit, "guided_gradcam", layer=layer)
+        two_calls = attribute(model, x, unit, "guided_backprop") * attribute(model, x, unit, "gradcam", layer=layer)
+        torch.testing.assert_close(got, two_calls, rtol=1e-6, atol=0)  # the same kernels; a product's rounding
+    with pytest.raises(UserError, match=r"does not run before the target"):
+        attribute(model, x, ("conv4", 0), "guided_gradcam", layer="conv5")
+
+
 def test_gradcam_of_a_named_layer_and_a_unit_target():
     model, x = small_zfnet(), torch.randn(2, 3, 64, 64)
     # conv4 reads after its ReLU ("rectified"), the unit is conv5's strongest cell of map 2

@@ -15,7 +15,8 @@ from torch.testing import assert_close
 
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.viz.occlusion import MAPS, _lrn, fill_image, grid, occlusion, resolve_layer
+from zfviz.viz.occlusion import MAPS, fill_image, grid, occlusion, resolve_layer
+from zfviz.viz.occlusion_fast import _lrn
 
 PROB_TOL = dict(atol=1e-6, rtol=1e-5)
 
@@ -160,7 +161,7 @@ def test_hand_weighted_net_gives_the_closed_form():
     assert maps["top_class"][0].tolist() == [[1, 1], [0, 0]]  # the fill of 0.25 adds 2: 15.75 13.75 / 11.75 10.75
 
 
-def test_nested_models_take_the_plain_path_and_agree():
+def test_a_wrapped_net_gives_the_same_maps_as_the_net():
     class Wrapped(nn.Module):
         def __init__(self, net):
             super().__init__()

@@ -131,6 +131,7 @@ QUICK = {
     "occlusion": ["viz.images=[0]", "viz.stride=16", "viz.projections=1"],
     "correspondence": ["viz.draws=2", "viz.pool=10"],
     "invariance": ["viz.images=[0]", "viz.translate.steps=2", "viz.scale.steps=2", "viz.rotate.steps=2"],
+    "dissect": ["viz.layers=[conv1]", "viz.concepts.count=4"],  # its concept set goes to tmp_path (below)
 }
 
 
@@ -140,6 +141,8 @@ QUICK = {
 def test_every_file_a_viz_method_writes_has_its_provenance(method, zfnet_ckpt, tmp_path, fmnist_dir):
     out = tmp_path / "out"
     overrides = [f"checkpoint={zfnet_ckpt}", f"out_dir={out}", "seed=3", *QUICK.get(method, [])]
+    if method == "dissect":
+        overrides.append(f"viz.concepts.root={tmp_path / 'concepts'}")
     if method == "architecture":
         overrides.append(f"viz.alexnet={make_checkpoints(tmp_path, fmnist_dir, model='alexnet', epochs=(1,))}")
     importlib.import_module(f"zfviz.commands.viz_{method}").run(viz_cfg(method, overrides))

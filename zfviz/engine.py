@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from zfviz.checkpoint import save_checkpoint
+from zfviz.cpu_memory import reuse_freed_memory
 from zfviz.distributed import DistInfo, all_reduce_sum
 from zfviz.errors import Interrupted, UserError
 from zfviz.utils import atomic_write_text, rng_state, set_rng_state
@@ -142,33 +143,34 @@ def train_one_epoch(
     # In a log file (no terminal) a bar redrawn ten times a second is noise: redraw every 10 s.
     interval = 0.1 if sys.stderr.isatty() else 10.0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, mininterval=interval)
-    for step, (x, y) in enumerate(bar, start=start_step):
-        x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step + 1} of {desc}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if clip_rms is not None:
-            clip_filter_rms(model, clip_rms)
-        if scheduler is not None:
-            scheduler.step()
-        sums["loss"] += loss.item() * len(y)
-        sums["wrong"] += int((logits.argmax(1) != y).sum())
-        sums["seen"] += len(y)
-        if progress and step % 10 == 0:
-            rate = (sums["seen"] - seen_before) / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", img_s=f"{rate:.0f}", refresh=False)
-        if step_hook is not None:
-            step_hook(step + 1, sums)
+    with reuse_freed_memory(device):
+        for step, (x, y) in enumerate(bar, start=start_step):
+            x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1} of {desc}")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if clip_rms is not None:
+                clip_filter_rms(model, clip_rms)
+            if scheduler is not None:
+                scheduler.step()
+            sums["loss"] += loss.item() * len(y)
+            sums["wrong"] += int((logits.argmax(1) != y).sum())
+            sums["seen"] += len(y)
+            if progress and step % 10 == 0:
+                rate = (sums["seen"] - seen_before) / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", img_s=f"{rate:.0f}", refresh=False)
+            if step_hook is not None:
+                step_hook(step + 1, sums)
     elapsed = time.perf_counter() - start
     loss_sum, wrong, seen, fresh = all_reduce_sum(
         [sums["loss"], sums["wrong"], sums["seen"], sums["seen"] - seen_before], device

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from zfviz.activations import evaluating
+from zfviz.activations import Capture, evaluating, resolve
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.data import DataBundle, build_data
 from zfviz.data.images import IMAGE_SUFFIXES, centre_box, file_reader, image_files
@@ -30,7 +30,6 @@ from zfviz.errors import UserError
 from zfviz.plotting import plt
 from zfviz.results import save_figure, write_csv, write_meta
 from zfviz.utils import atomic_path, resolve_device
-from zfviz.viz.deconv import trace
 from zfviz.viz.occlusion import fill_image
 
 SPLITS = ("train", "test")
@@ -119,7 +118,11 @@ def pick_maps(maps, count: int, seed: int, key: str = "") -> list[int]:
 
 
 def map_count(model: nn.Module, layer: str, sample: torch.Tensor) -> int:
-    return trace(model, sample, layer).activation.shape[1]
+    """How many maps ``layer``'s output has (any model: one pass on ``sample``, stopped at the layer)."""
+    with evaluating(model), Capture(model, {"act": resolve(model, layer, "output")}, stop=True) as capture:
+        with torch.no_grad():
+            capture(sample)
+    return capture.outputs["act"].shape[1]
 
 
 def pixels(x: torch.Tensor, loader: TensorLoader) -> np.ndarray:

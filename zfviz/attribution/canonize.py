@@ -59,7 +59,8 @@ class OutOfPlace:
     """Every module with ``inplace=True`` runs out of place for the call."""
 
     def apply(self, model: nn.Module, state) -> Callable[[], None]:
-        changed = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+        # __dict__, not getattr: a miss on an nn.Module raises inside __getattr__, slow on every module
+        changed = [m for m in model.modules() if m.__dict__.get("inplace", False) is True]
         for module in changed:
             module.inplace = False
 

@@ -47,6 +47,15 @@ class Composite:
     def supports(self, module: nn.Module) -> bool:
         return any(isinstance(module, types) for types, _ in self.rules)
 
+    def needs_hook(self, module: nn.Module) -> bool:
+        """Whether ``rule_for`` can ever matter for ``module``: a rule, a refusal, or the first layer."""
+        if self.first is not None and self.is_weighted(module):
+            return True
+        for types, rule in self.rules:
+            if isinstance(module, types):
+                return rule is not None
+        return True  # unsupported: refused if it runs
+
     def rule_for(self, name: str, module: nn.Module, *, first: bool = False, merged: bool = False):
         from zfviz.attribution.core import Unsupported
 

@@ -5,8 +5,8 @@
   path from a baseline ``x'`` to the input, so the attributions add up to ``F(x) - F(x')``
   (completeness). The integral is a quadrature: Gauss-Legendre nodes (``integration="gausslegendre"``,
   the default, as Captum's) or the trapezoid rule on evenly spaced points (``"riemann_trapezoid"``).
-  The ``steps * N`` scaled inputs go through the net ``internal_batch_size`` rows at a time, and
-  each image's sum runs in step order, so the chunk size never changes a map.
+  The ``steps * N`` scaled inputs go through the net ``internal_batch_size`` rows at a time; the
+  chunk size changes a map only by float rounding.
 - SmoothGrad (Smilkov et al. 2017), the ``smooth`` wrapper ``attribute`` puts around any gradient
   method when ``smooth_samples``/``smooth_sigma`` are given: the method's map averaged over noisy
   copies ``x + N(0, sigma^2)``, ``sigma = smooth_sigma * (max(x) - min(x))`` per image -- the
@@ -138,16 +138,18 @@ def integrated_gradients(
     n, rows = len(inputs), _positive("internal_batch_size", internal_batch_size, default_rows(inputs))
     every = torch.arange(n).repeat(steps)
     targets = row_targets(model, inputs, target, every)
+    single = (1,) * (inputs.dim() - 1)
+    alphas, weights = alphas.to(inputs).view(-1, 1, *single), weights.to(inputs)
     total = torch.zeros_like(inputs)
     for start in range(0, steps * n, rows):
-        index = torch.arange(start, min(start + rows, steps * n))
-        step, image = index // n, index % n
-        a = alphas[step].to(inputs).view(-1, *[1] * (inputs.dim() - 1))
-        chunk_target = _take(targets, index)
-        grads = backward(model, base[image] + a * delta[image], chunk_target).inputs
-        for s in step.unique().tolist():  # each image sums its steps in order, whatever the chunking
-            here = (step == s).to(inputs.device)
-            total[image.to(inputs.device)[here]] += float(weights[s]) * grads[here]
+        stop = min(start + rows, steps * n)
+        first, last = start // n, -(-stop // n)  # the steps the chunk's rows belong to
+        # Broadcast, not gathered by row: every step of the chunk for all images, then the chunk's rows.
+        scaled = (base + alphas[first:last] * delta).flatten(0, 1)[start - first * n : stop - first * n]
+        index = torch.arange(start, stop, device=inputs.device)
+        grads = backward(model, scaled, _take(targets, index.cpu())).inputs
+        # One weighted sum per chunk (Captum's way); chunking changes a map only by float rounding.
+        total.index_add_(0, index % n, grads * weights[index // n].view(-1, *single))
     return delta * total
 
 
@@ -259,6 +261,11 @@ def gradcam(
     the negative evidence the paper's ReLU removes."""
     path = resolve(model, layer, meaning)
     acts, grads = layer_gradient(model, inputs, target, path)
+    return _cam(path, acts, grads, inputs, upsample=upsample, relu=relu)
+
+
+def _cam(path: str, acts: Tensor, grads: Tensor, inputs: Tensor, *, upsample: bool, relu: bool) -> Tensor:
+    """Grad-CAM's map from layer ``path``'s output ``acts`` and the target's gradient there."""
     if acts.dim() != 4:
         raise UserError(
             f"Grad-CAM needs a conv layer's map (N x C x H x W), but {path!r} gives shape {tuple(acts.shape)}; "
@@ -278,6 +285,11 @@ def guided_gradcam(
     model: nn.Module, inputs: Tensor, target, *, layer: str | None = None, meaning: str = "rectified"
 ) -> Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled Grad-CAM map,
-    shaped like ``inputs`` (the one-channel map weights every input channel alike)."""
-    cam = gradcam(model, inputs, target, layer=layer, meaning=meaning, upsample=True)
-    return backward(model, inputs, target, composite=GUIDED_BACKPROP).inputs * cam
+    shaped like ``inputs`` (the one-channel map weights every input channel alike).
+
+    One forward pass serves both: the plain gradient at the layer first, then guided backprop over
+    the same graph (``backward(plain_wrt=True)``), where two calls would run the net twice.
+    """
+    path = resolve(model, layer, meaning)
+    result = backward(model, inputs, target, composite=GUIDED_BACKPROP, wrt=path, plain_wrt=True)
+    return result.inputs * _cam(path, result.layer, result.layer_grad, inputs, upsample=True, relu=True)

@@ -8,6 +8,11 @@ pooling everywhere (the switches; PyTorch's backward adds where overlapping pool
 
 ReLU rules: the deconvnet passes the rectified signal, ``relu(grad)`` (Zeiler & Fergus 2014, Sec.
 2.1); guided backprop also keeps the forward mask, ``relu(grad) * (x > 0)`` (Springenberg et al. 2015).
+A rule that only looks at gradients may also say how it crosses a plain ``nn.ReLU`` given autograd's
+own ReLU gradient: ``through_relu(masked, grad)``, ``masked = grad * (x > 0)``. ``core`` then leaves
+the ReLU's output and backward alone and only rewrites its input gradient, which saves a copy of
+every ReLU output in the forward pass and a mask in the backward (guided backprop ran 1.1x Captum's
+time before on resnet18).
 
 LRP rules (Bach et al. 2015; Montavon et al. 2019, "Layer-wise relevance propagation: an overview"),
 for a layer ``z = W x + b`` with relevance ``R`` at its output, ``T(s; W)`` the transpose of ``W``
@@ -40,6 +45,9 @@ class Pass:
     def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
         return grad.reshape(x.shape)
 
+    def through_relu(self, masked: Tensor, grad: Tensor) -> Tensor:
+        return grad
+
 
 class ReluDeconvnet:
     """The deconvnet's ReLU: rectify the signal coming down (Zeiler & Fergus 2014)."""
@@ -47,12 +55,19 @@ class ReluDeconvnet:
     def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
         return grad.clamp(min=0)
 
+    def through_relu(self, masked: Tensor, grad: Tensor) -> Tensor:
+        return grad.clamp(min=0)
+
 
 class ReluGuided:
     """Guided backprop's ReLU: the gradient's mask and the deconvnet's rectification (Springenberg et al.)."""
 
     def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
-        return grad.clamp(min=0) * (out > 0)
+        # ReLU's own backward kernel applies the mask in one pass (no bool tensor, no float copy of it)
+        return torch.ops.aten.threshold_backward(grad, out, 0).clamp_(min=0)
+
+    def through_relu(self, masked: Tensor, grad: Tensor) -> Tensor:
+        return masked.clamp(min=0)  # relu(grad) * mask = relu(grad * mask): the mask is 0 or 1
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:

@@ -78,12 +78,15 @@ def target_mask(point: Tensor, target: Target) -> Tensor:
     """A 0/1 tensor shaped like ``point`` (the model output or the layer's output), 1 at the target."""
     n, size = point.shape[0], point.shape[1]
     channel = target.channel.to(point.device)
-    if channel.min() < 0 or channel.max() >= size:
+    low, high = torch.aminmax(channel)  # one pass for both bounds: this runs on every call
+    if int(low) < 0 or int(high) >= size:
         what = "class index" if target.layer is None else f"channel of {target.layer}"
         raise UserError(f"{what} must lie in 0..{size - 1}, got {channel.unique().tolist()}")
+    if point.dim() == 2:
+        return torch.zeros_like(point).scatter_(1, channel.reshape(n, 1), 1.0)
     rows = torch.arange(n, device=point.device)
     mask = torch.zeros_like(point)
-    if point.dim() == 2 or target.layer is None:
+    if target.layer is None:
         mask[rows, channel] = 1
         return mask
     if point.dim() != 4:

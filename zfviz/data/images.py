@@ -90,6 +90,18 @@ def load_square(path: str | os.PathLike, size: int, channels: int = 3) -> torch.
     return torch.from_numpy(array.copy())
 
 
+def load_image(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
+    """uint8 (channels, height, width) as stored: decoded as ``load_square`` does, neither resized nor
+    cropped (label maps such as Broden's masks, whose pixels are numbers, not colours to resample).
+
+    Raises one of ``DECODE_ERRORS`` on an unreadable file.
+    """
+    with Image.open(path) as img:
+        array = np.asarray(_decoded(img, channels), dtype=np.uint8)
+    array = array[None] if channels == 1 else array.transpose(2, 0, 1)
+    return torch.from_numpy(array.copy())
+
+
 def file_reader(paths: Sequence[Path], channels: int) -> Callable[[np.ndarray, int], torch.Tensor]:
     """``read(indices, size)`` over image files, for an ImageSet; a bad file is a UserError naming it."""
 

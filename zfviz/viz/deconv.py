@@ -16,13 +16,14 @@ down through the layers below, each inverted as the paper describes:
 
 ``project`` is the ``deconvnet`` method of ``zfviz.attribution`` (the one backward mechanism of
 issue 13) started from the activation's value, so it runs on any model that mechanism handles
-(residual nets, batch norm). ``project_batches`` (the top 9 of Fig. 2) keeps a path of its own for
-chains of the layers above (ours, torchvision's ``alexnet`` and ``vgg16``): ``trace`` records the
-chain and its switches in one forward pass per distinct image, stopping at the examined layer, and
-``descend`` inverts it for every projection of that image. The deconvnet's backward reads nothing
-of the forward pass but the switches, so one pass serves all of an image's projections, where an
-autograd backward needs a forward pass per projection (measured 1.5-2.4x slower on the top 9).
-Both paths give the same projections (``tests/test_deconv.py``); other models take the mechanism.
+(residual nets, batch norm); given a list of maps it projects them all from one forward pass and
+one batched backward (``deconv_batched``). ``project_batches`` (the top 9 of Fig. 2) takes each
+distinct image up the net once per batch, on the mechanism with batched seeds for any model, or,
+for chains of the layers above (ours, torchvision's ``alexnet`` and ``vgg16``), on a path of its
+own: ``trace`` records the chain and its switches, stopping at the examined layer, and ``descend``
+inverts it for every projection of that image. The chain path stays because it is still faster
+(the mechanism measured 1.2-1.5x its time on the cpu-preset ZFNet's conv5 top 9, one thread);
+both give the same projections (``tests/test_deconv.py``, ``tests/test_deconv_maps.py``).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from torch import Tensor, nn
 from zfviz.activations import Capture, evaluating, hooks, resolve
 from zfviz.attribution import attribute
 from zfviz.errors import UserError
+from zfviz.viz.deconv_batched import NORM_MODES, grouped_projections, project_maps
 
-NORM_MODES = ("pass", "backprop")
 _PASS_THROUGH = (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout, nn.Identity, nn.Flatten, nn.Unflatten)
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm, nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 
@@ -263,15 +264,24 @@ def select(activation: Tensor, channel, position=None) -> tuple[Tensor, Tensor, 
 
 
 def project(model: nn.Module, images: Tensor, layer: str, channel, position=None, *, norm: str = "pass") -> Tensor:
-    """Project activations of ``layer``'s map ``channel`` down to pixels; returns a tensor like ``images``.
+    """Project activations of ``layer``'s map ``channel`` down to pixels.
 
     ``layer`` is a module path (``conv5`` on our nets, ``features.10`` on torchvision's); the
-    examined activation is that module's output. ``position=None`` projects each image's
-    strongest activation of the map, ``"all"`` the whole map, ``(y, x)`` or an ``(N, 2)`` tensor one
-    chosen cell. ``channel`` may be one index or one per image. ``norm``: ``"pass"`` (the paper)
-    or ``"backprop"`` for contrast-normalization layers. The projection starts from the
-    activation's value, as the paper's does (``attribute(..., "deconvnet")``'s default seed).
+    examined activation is that module's output. ``channel``:
+
+    - an ``int``, or a tensor with one index per image: returns ``N x C x H x W``, like ``images``;
+    - a list (tuple, range) of ``K`` indices: every image's maps ``channel``, all from one forward
+      pass and one batched backward (``deconv_batched``); returns ``N x K x C x H x W``, ``[i, k]``
+      being map ``channel[k]`` of image ``i``, equal to ``project(model, images, layer, channel[k])[i]``.
+
+    ``position=None`` projects each image's strongest activation of the map, ``"all"`` the whole
+    map, ``(y, x)`` or an ``(N, 2)`` tensor one chosen cell (with a list of maps also an
+    ``(N, K, 2)`` tensor). ``norm``: ``"pass"`` (the paper) or ``"backprop"`` for
+    contrast-normalization layers. The projection starts from the activation's value, as the
+    paper's does (``attribute(..., "deconvnet")``'s default seed).
     """
+    if isinstance(channel, (list, tuple, range)):
+        return project_maps(model, images, layer, channel, position, norm=norm)
     return attribute(model, images, (layer, channel, position), "deconvnet", norm=norm)
 
 
@@ -297,34 +307,47 @@ def project_batches(
     batch_size: int = 64,
     norm: str = "pass",
     prepare: Callable[[Tensor], Tensor] | None = None,
+    path: str = "auto",
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Project many activations, the ``j``-th of map ``channel[j]`` in ``images[image[j]]``.
 
-    Yields ``(rows, projections)``: which ``j`` each batch of ``batch_size`` projections holds and
-    their projections (shaped like the model input), equal to ``project``'s. The projections are
-    taken in order of image; on a chain of layers (``trace``) a batch traces each distinct image
-    once and every projection of that image reuses its switches (Fig. 2's top 9 of all maps hit far
-    fewer images than maps x 9); any other model projects the batch's rows with ``project``.
-    ``prepare`` turns stored images into model input; ``position`` is as in ``select`` (``None``:
-    the strongest).
+    Yields ``(rows, projections)``: which ``j`` each batch of about ``batch_size`` projections
+    holds and their projections (shaped like the model input), equal to ``project``'s. Each
+    distinct image of a batch goes up the net once (Fig. 2's top 9 of all maps hit far fewer images
+    than maps x 9). ``path``: ``"mechanism"`` runs the one backward mechanism with batched seeds
+    (``deconv_batched.grouped_projections``, any model it handles); ``"chain"`` the traced chain
+    (``trace``/``descend``, chains of the layers above only), which reuses each image's switches;
+    ``"auto"`` the chain where the model is one, else the mechanism. ``prepare`` turns stored
+    images into model input; ``position`` is as in ``select`` (``None``: the strongest).
     """
+    if path not in ("auto", "chain", "mechanism"):
+        raise UserError(f"unknown path {path!r}; choose one of: auto, chain, mechanism")
     image = torch.as_tensor(image, dtype=torch.long)
     order = torch.argsort(image, stable=True)
-    chain = True
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        unique, inverse = torch.unique(image[rows], return_inverse=True)
-        x = images[unique] if prepare is None else prepare(images[unique])
-        inverse = inverse.to(x.device)
-        where = None if position is None else position[rows.to(position.device)]
-        chosen = channel[rows.to(channel.device)]
-        if chain:
+    start = 0
+    if path != "mechanism":
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            unique, inverse = torch.unique(image[rows], return_inverse=True)
+            x = images[unique] if prepare is None else prepare(images[unique])
+            inverse = inverse.to(x.device)
+            where = None if position is None else position[rows.to(position.device)]
+            chosen = channel[rows.to(channel.device)]
             try:
                 result = trace(model, x, layer, norm=norm).take(inverse)
             except NotTraceable:
-                chain = False  # a residual net, batch norm, ...: the general mechanism from here on
-        if not chain:
-            yield rows, project(model, x[inverse], layer, chosen, where, norm=norm)
-            continue
-        seed, _, _ = select(result.activation, chosen, where)
-        yield rows, descend(result, seed, norm).reshape(len(rows), *x.shape[1:])
+                if path == "chain":
+                    raise
+                break  # a residual net, batch norm, ...: the general mechanism from here on
+            seed, _, _ = select(result.activation, chosen, where)
+            yield rows, descend(result, seed, norm).reshape(len(rows), *x.shape[1:])
+        else:
+            return
+    rest = order[start:]
+    batches = grouped_projections(
+        model, images, layer, image[rest], channel[rest.to(channel.device)],
+        None if position is None else position[rest.to(position.device)],
+        batch_size=batch_size, norm=norm, prepare=prepare,
+    )  # fmt: skip
+    for rows, projections in batches:
+        yield rest[rows], projections

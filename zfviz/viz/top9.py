@@ -122,7 +122,8 @@ def project_top(
     ``images`` are the stored images the indices in ``top`` refer to, ``prepare`` turns a batch
     of them into model input. Projections run in batches of ``batch_size`` (map, rank) pairs, each
     with its own map and position; an image among several maps' top ``k`` goes up the net once per
-    batch (``project_batches``). ``method``: any method of ``zfviz.attribution``, with its
+    batch (``project_batches``), on any model the attribution mechanism handles (ResNets, VGG-BN);
+    the patches come from the receptive field walked along the module graph. ``method``: any method of ``zfviz.attribution``, with its
     ``options``, explains each activation instead (Fig. 2 under another rule of the family); the
     default is the paper's deconvnet.
     """

@@ -1,0 +1,81 @@
+"""``zfviz viz dissect``: network dissection (Bau et al. 2017) of a trained net's conv layers.
+
+Every unit of each layer is scored against the concepts of a Broden-layout folder
+(``zfviz.dissection.dissect``): its best concept, that concept's category, their IoU, the unit's
+threshold T_k and whether it is a detector. The images are read as the net was trained to see them:
+resized to its input size as its training data were, normalized with its training statistics.
+``data.root`` names the folder; when it is null, the concept set built from Fashion-MNIST
+(``zfviz.dissection.concepts``) is made on first use in ``viz.concepts.root`` and reused after.
+Writes ``<stem>_<layer>.csv`` per layer, each with its ``.meta.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from zfviz.dissection import Broden, detector_counts, dissect
+from zfviz.dissection.dissect import probed_layers, resized
+from zfviz.errors import UserError
+from zfviz.utils import resolve_device
+from zfviz.vizio import Outputs, checkpoint_source, load_data, load_net
+
+CSV_COLUMNS = ["unit", "concept", "category", "iou", "threshold", "detector"]
+
+
+def concept_folder(cfg: DictConfig, ckpt: dict) -> Path:
+    """``data.root`` if given (it must exist), else the Fashion-MNIST concept set, built once."""
+    root = cfg.get("data", {}).get("root")
+    if root:
+        path = Path(str(root)).expanduser()
+        if not path.is_dir():
+            raise UserError(
+                f"data.root={root}: no such folder; give a Broden-layout folder (index.csv, label.csv, ...)"
+            )
+        return path
+    from zfviz.dissection.concepts import build_concepts  # only the default needs Fashion-MNIST's builder
+
+    return build_concepts(
+        cfg.viz.concepts.root, count=int(cfg.viz.concepts.count), source=ckpt["config"]["data"].get("root")
+    )
+
+
+def run(cfg: DictConfig) -> dict:
+    v = cfg.viz
+    layers = list(v.layers) if OmegaConf.is_list(v.layers) else [v.layers]
+    if not layers:
+        raise UserError("viz.layers is empty; name at least one layer, e.g. layers=[conv5]")
+    if not 0 < float(v.quantile) < 1:
+        raise UserError(f"viz.quantile={v.quantile} is not valid: give a fraction in (0, 1), e.g. 0.005")
+    if not isinstance(v.batch_size, int) or v.batch_size < 1:
+        raise UserError(f"viz.batch_size={v.batch_size} is not valid: give a whole number, 1 or more")
+    device = resolve_device(cfg.device)
+    model, ckpt = load_net(cfg.checkpoint, device)
+    probed_layers(model, layers)  # a wrong layer name is one line before any data is read
+    broden = Broden(concept_folder(cfg, ckpt))
+    data = load_data(ckpt, OmegaConf.create({"data": {}}), cfg.checkpoint)  # the training statistics
+    prepare = resized(data.test.normalize, int(ckpt["config"]["model"]["input_size"]))
+    start = time.perf_counter()
+    df = dissect(
+        model, broden, layers, quantile=float(v.quantile), iou_threshold=float(v.iou_threshold),
+        batch_size=int(v.batch_size), prepare=prepare,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    out = Outputs(cfg)
+    for layer in layers:
+        out.table(df.loc[df["layer"] == layer, CSV_COLUMNS].reset_index(drop=True), f"{v.stem}_{layer}.csv")
+    source = checkpoint_source(cfg, ckpt, broden=str(broden.root), images=len(broden))
+    out.provenance([source], wall_time_s=wall)
+    counts = detector_counts(df, broden.categories)
+    print(counts.assign(units=df.groupby("layer", sort=False).size()).to_string())
+    rate = len(broden) / wall if wall > 0 else float("inf")
+    print(f"dissected {len(layers)} layers over {len(broden)} images in {wall:.1f} s ({rate:.0f} images/s); "
+          f"wrote {out.folder}/{v.stem}_<layer>.csv")  # fmt: skip
+    return {
+        "images": len(broden),
+        "wall_s": wall,
+        "detectors": {layer: int(counts.loc[layer].sum()) for layer in layers},
+        "out": str(out.folder),
+    }
