@@ -151,6 +151,30 @@ $(DISSECTION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(ABLATE)/v
 
 FIGURES += $(DISSECTION_OUT)
 
+# --- input reconstruction (issue 14): inversion from every layer, regularized and learned; maximization ---
+# The learned decoders (one per layer and net) are trained once into $(DECODERS), cached by checkpoint
+# hash and recipe; the fc6 decoder is also the generator prior of the maximization figure.
+DECODERS := $(RUNS)/decoders
+RECONSTRUCTION_OUT := results/reconstruction_$(PRESET).csv results/fig_reconstruction_$(PRESET).png
+$(RECONSTRUCTION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
+	$(BIN)/python scripts/reconstruction_figure.py --preset $(PRESET) --out results --decoders $(DECODERS) \
+		$(RUNS)/zfnet $(RUNS)/alexnet
+
+MAXIMIZE_OUT := results/maximize_$(PRESET).csv results/fig_maximize_$(PRESET).png
+$(MAXIMIZE_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json results/reconstruction_$(PRESET).csv
+	$(BIN)/python scripts/maximize_figure.py --preset $(PRESET) --out results --decoders $(DECODERS) \
+		$(RUNS)/zfnet $(RUNS)/alexnet
+
+FIGURES += $(RECONSTRUCTION_OUT) $(MAXIMIZE_OUT)
+
+# --- measuring the explanations (issue 16): every method x every metric, cascading randomization, claims ---
+EVALUATION_OUT := results/evaluation_$(PRESET).csv results/claims_$(PRESET).csv results/fig_randomization_$(PRESET).png
+$(EVALUATION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(ABLATE)/variants.json $(CONCEPTS)/index.csv
+	$(BIN)/python scripts/evaluation_figure.py --preset $(PRESET) --out results --concepts $(CONCEPTS) \
+		--ablate $(ABLATE) $(RUNS)/zfnet $(RUNS)/alexnet
+
+FIGURES += $(EVALUATION_OUT)
+
 figures: install data $(FIGURES)
 
 clean-figures:

@@ -9,12 +9,17 @@
    (what each bought), interleaved, under ``zfviz train``'s determinism flag. Both presets, ZFNet and
    AlexNet; images/s, ratios, each path's peak resident memory while it trains, and how far the weights
    of three steps of the two paths are apart. Goals: 1.5x at the cpu preset, 1.25x at the paper preset.
-3. At the paper preset the old and the new step's achieved GFLOP/s (3 x the forward multiply-adds x 2)
-   against this machine's float32 matmul peak measured here (goal 0.40).
+3. At both presets the old and the new step's achieved GFLOP/s (3 x the forward multiply-adds x 2)
+   against this machine's float32 matmul peak measured here (goal 0.40 at the paper preset).
+4. ``--fit``: whole runs of ``zfviz.engine.fit`` (epochs, evaluations and checkpoints, as ``zfviz train``
+   runs them) on the first ``--fit-images`` Fashion-MNIST images (random images when it is absent), at the
+   cpu preset: the old path, the new one with the allocator setting held only inside each epoch (before the
+   fit-wide one), and the new one, interleaved; images/s over the whole run and in each epoch, the losses.
 
 The nets are built from ``configs/`` (``_bench.preset_model``).
 
 usage: python scripts/bench_train.py [--batches 10] [--repeats 3] [--paper-batch 8] [--paper-steps 2] [--quick]
+       python scripts/bench_train.py --fit [--fit-images 5000] [--fit-epochs 3] [--repeats 2] [--models zfnet,alexnet]
 """
 
 from __future__ import annotations
@@ -23,15 +28,24 @@ import argparse
 import contextlib
 import copy
 import ctypes
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from _bench import interleaved, preset_model, ratio_line
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
 
 from zfviz import engine
+from zfviz.commands import CONFIG_DIR
+from zfviz.data import build_data
+from zfviz.data.tensor_loader import TensorLoader
 from zfviz.engine import build_optimizer, train_one_epoch
+from zfviz.errors import UserError
+from zfviz.models import build_model
 from zfviz.utils import seeded
 
 OPTIM = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "schedule": "constant"}
@@ -186,6 +200,118 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / interleaved({"matmul": lambda: a @ b}, repeats).best("matmul") / 1e9
 
 
+def fit_setup(name: str, images: int, epochs: int):
+    """The cpu preset's config for ``name`` over ``images`` training images (and a sixth as many test images,
+    the ratio of Fashion-MNIST's splits), its loaders, and its freshly initialized net."""
+    overrides = [f"trainer.epochs={epochs}", "trainer.progress=false", f"data.limit={images}"]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={name}", "preset=cpu", *overrides])
+    size = cfg.model.input_size
+    try:
+        data = build_data(cfg.data, input_size=size, batch_size=cfg.trainer.batch_size, seed=cfg.seed)
+        train, test, source = data.train, data.test, "Fashion-MNIST"
+    except UserError:  # no Fashion-MNIST here: random images through the same loader
+        gen = torch.Generator().manual_seed(0)
+        pixels = lambda n: torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=gen)  # noqa: E731
+        labels = lambda n: torch.randint(0, 10, (n,), generator=gen)  # noqa: E731
+        common = dict(mean=0.3, std=0.35, channels=3, seed=cfg.seed)
+        train = TensorLoader(pixels(images), labels(images), cfg.trainer.batch_size, shuffle=True, flip=True, **common)
+        test = TensorLoader(pixels(images), labels(images), cfg.data.eval_batch_size, **common)
+        source = "random images"
+    keep = max(1, images // 6)
+    test.images, test.labels = test.images[:keep], test.labels[:keep]
+    model = build_model(cfg.model.name, num_classes=10, **{k: v for k, v in cfg.model.items() if k != "name"})
+    return cfg, train, test, model, source
+
+
+def fit_path(cfg, train, test, model: nn.Module, *, new: bool, fit_wide: bool = True):
+    """A whole ``fit`` run into a fresh folder: the old path (PyTorch's LRN, NCHW, glibc's own thresholds) or
+    the new one, with the allocator setting over the whole run or (``fit_wide=False``) only inside each epoch."""
+
+    def run() -> list[dict]:
+        net = copy.deepcopy(model if new else old_model(model))
+        trainer = OmegaConf.merge(cfg.trainer, {"channels_last": new})
+        real = engine.reuse_freed_memory
+        if not new:
+            memory = lambda device: contextlib.nullcontext()  # noqa: E731
+        elif not fit_wide:  # fit's own block does nothing; each epoch's block sets and restores, as before
+
+            def memory(device):
+                return contextlib.nullcontext() if sys._getframe(1).f_code.co_name == "fit" else real(device)
+        else:
+            memory = real
+        torch.manual_seed(0)  # the same dropout masks on every path
+        with tempfile.TemporaryDirectory() as out, _patched(engine, "reuse_freed_memory", memory):
+            return engine.fit(net, train, test, cfg.optim, trainer, device=torch.device("cpu"), out_dir=out,
+                              config=OmegaConf.to_container(cfg, resolve=True))  # fmt: skip
+
+    return run
+
+
+def fit_bench(names: list[str], images: int, epochs: int, rounds: int) -> None:
+    """Section 4: whole ``fit`` runs per path, interleaved; images/s over the run and per epoch, peak memory."""
+    for name in names:
+        cfg, train, test, model, source = fit_setup(name, images, epochs)
+        paths = {
+            "old": fit_path(cfg, train, test, model, new=False),
+            "new, epoch-wide reuse": fit_path(cfg, train, test, model, new=True, fit_wide=False),
+            "new": fit_path(cfg, train, test, model, new=True),
+        }
+        peaks = {label: [] for label in paths}
+        timed = {label: (lambda fn=fn, peak=peaks[label]: _with_peak(fn, peak)) for label, fn in paths.items()}
+        loads = []
+        timings = interleaved({label: _load_noted(fn, loads) for label, fn in timed.items()}, rounds)
+        total = epochs * train.dataset_size
+        print(f"cpu preset {name}, fit: {epochs} epochs x {train.dataset_size} {source} (+ eval on "
+              f"{test.dataset_size}, a checkpoint per epoch), {rounds} rounds; loadavg {' '.join(loads)}:")  # fmt: skip
+        rates = {label: total / timings.median(label) for label in paths}
+        cpu = {label: total / timings.best_cpu(label) for label in paths}  # under load, CPU time varies less
+        for label in paths:
+            rows = timings.results[label]
+            epoch_rates = " ".join(f"{r['img_per_s']:.0f}" for r in rows)
+            print(f"  {label:22s} {rates[label]:7.1f} img/s whole run  x{rates[label] / rates['old']:.2f} of old   "
+                  f"({cpu[label]:.0f} img per CPU-s, x{cpu[label] / cpu['old']:.2f})   in-epoch img/s {epoch_rates}   "
+                  f"peak RSS +{max(peaks[label]):.0f} MB")  # fmt: skip
+        old, new, epoch_wide = (timings.results[k] for k in paths)
+        gap = max(abs(a["train_loss"] - b["train_loss"]) for a, b in zip(old, new, strict=True))
+        same = all(a["train_loss"] == b["train_loss"] for a, b in zip(epoch_wide, new, strict=True))
+        print(f"  train losses, old vs new: max gap {gap:.1e}; epoch-wide vs fit-wide reuse identical: {same}")
+        print(ratio_line(f"fit new/old {name}", rates["new"] / rates["old"], ">= 1.5"))
+        print(ratio_line(f"fit new/epoch-wide reuse {name}", rates["new"] / rates["new, epoch-wide reuse"]))
+
+
+def _with_peak(fn, peaks: list):
+    result = []
+    peaks.append(peak_rss_mb(lambda: result.append(fn())))
+    return result[0]
+
+
+def _load_noted(fn, loads: list):
+    def run():
+        loads.append(loadavg())
+        return fn()
+
+    return run
+
+
+def achieved_lines(preset: str, name: str, rates: dict, peak: float) -> None:
+    """Section 3: the old and the new step's achieved GFLOP/s against the matmul peak."""
+    model = preset_model(preset, name, 10 if preset == "cpu" else 1000)
+    macs = forward_macs(model, model.input_size)
+    print(f"{preset} preset {name}: {macs / 1e9:.3f} GMAC forward per image; matmul peak {peak:.1f} GFLOP/s"
+          " (2048^2 float32)")  # fmt: skip
+    for label in ("old", "new"):
+        achieved = rates[label] * 3 * 2 * macs / 1e9  # backward ~ 2x forward
+        goal = ">= 0.40" if label == "new" and preset == "paper" else ""
+        print(f"  {label:4s} {achieved:7.1f} GFLOP/s")
+        print(ratio_line(f"achieved/peak {preset} {name} {label}", achieved / peak, goal))
+
+
+def loadavg() -> str:
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[0] if path.exists() else "?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=10)
@@ -193,12 +319,22 @@ def main() -> None:
     parser.add_argument("--paper-batch", type=int, default=8)
     parser.add_argument("--paper-steps", type=int, default=2)
     parser.add_argument("--no-levers", action="store_true", help="only old and new, not each lever taken away")
+    parser.add_argument("--fit", action="store_true", help="only section 4: whole fit runs")
+    parser.add_argument("--fit-images", type=int, default=5000)
+    parser.add_argument("--fit-epochs", type=int, default=3)
+    parser.add_argument("--models", default="zfnet,alexnet", help="the nets of section 4")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 batches, 1 repeat, a tiny paper batch")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.repeats, args.paper_batch, args.paper_steps = 2, 1, 2, 1
+        args.fit_images, args.fit_epochs, args.models = 256, 2, "zfnet"
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, loadavg {loadavg()}")
+    if args.fit:
+        with seeded(0, deterministic=True):
+            fit_bench(args.models.split(","), args.fit_images, args.fit_epochs, max(args.repeats, 1))
+        print(f"loadavg at the end {loadavg()}")
+        return
 
     # 1. engine overhead at the cpu preset
     model = preset_model("cpu", num_classes=10)
@@ -217,21 +353,21 @@ def main() -> None:
     print(f"  zfviz       {o:8.1f} img/s")
     print(ratio_line("zfviz/bare", o / b, ">= 0.95"))
 
-    # 2. old vs new path, both presets; 3. the paper preset's achieved GFLOP/s against the matmul peak
+    # 2. old vs new path, both presets; 3. each step's achieved GFLOP/s against the matmul peak
     with seeded(0, deterministic=True):  # as zfviz train runs (deterministic: true)
-        for name in ("zfnet", "alexnet"):
-            old_vs_new("cpu", name, 128, args.batches, args.repeats, not args.no_levers)
         peak = matmul_peak()
-        for name in ("zfnet", "alexnet"):
-            rates = old_vs_new("paper", name, args.paper_batch, args.paper_steps, args.repeats, False)
-            model = preset_model("paper", name, 1000)
-            macs = forward_macs(model, model.input_size)
-            print(f"paper preset {name}: {macs / 1e9:.3f} GMAC forward per image; matmul peak {peak:.1f} GFLOP/s"
-                  " (2048^2 float32)")  # fmt: skip
-            for label in ("old", "new"):
-                achieved = rates[label] * 3 * 2 * macs / 1e9  # backward ~ 2x forward
-                print(f"  {label:4s} {achieved:7.1f} GFLOP/s")
-                print(ratio_line(f"achieved/peak {name} {label}", achieved / peak, ">= 0.40" if label == "new" else ""))
+        for preset, batch, steps, levers in (
+            ("cpu", 128, args.batches, not args.no_levers), ("paper", args.paper_batch, args.paper_steps, False)
+        ):  # fmt: skip
+            for name in ("zfnet", "alexnet"):
+                print(f"loadavg {loadavg()}")
+                rates = old_vs_new(preset, name, batch, steps, args.repeats, levers)
+                achieved_lines(preset, name, rates, peak)
+    # 4. in the quick smoke run, a tiny fit too
+    if args.quick:
+        with seeded(0, deterministic=True):
+            fit_bench(args.models.split(","), args.fit_images, args.fit_epochs, 1)
+    print(f"loadavg at the end {loadavg()}")
 
 
 if __name__ == "__main__":

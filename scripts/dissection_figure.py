@@ -106,7 +106,9 @@ def top_units(df: pd.DataFrame, count: int) -> pd.DataFrame:
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--concepts", required=True, help="the Broden-layout concept folder")
-    parser.add_argument("--ablate", nargs="*", default=[], help="zfviz ablate run folders (variants.json)")
+    parser.add_argument(
+        "--ablate", action="append", default=[], help="a zfviz ablate run folder (variants.json); repeat for several"
+    )
     parser.add_argument("--units", type=int, default=6, help="detectors shown with their strongest images")
     parser.add_argument("--images", type=int, default=4, help="strongest images per shown detector")
     parser.add_argument("--batch-size", type=int, default=100)

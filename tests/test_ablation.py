@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
+from tests.cli_args import run_script, run_zfviz
 from zfviz import ablation
 from zfviz.commands import CONFIG_DIR
 from zfviz.commands import ablate as ablate_command
@@ -172,10 +173,8 @@ def test_bad_variants_are_user_errors_before_any_data_is_read(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_bad_input_is_one_line_and_exit_2():
-    result = subprocess.run(
-        [sys.executable, "-m", "zfviz", "ablate", "drop=conv1"], capture_output=True, text=True, timeout=120, cwd=REPO
-    )
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    result = run_zfviz("ablate", "drop=conv1", cwd=tmp_path)  # the dispatcher's message: no new process needed
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("zfviz: error: cannot drop conv1; droppable layers are: conv3, conv4, fc6, fc7")
@@ -262,10 +261,9 @@ def test_cli_table3_end_to_end_writes_the_csv_and_figure(fmnist_dir, tmp_path):
         "ablate", "experiment=table3", "debug=fast", f"data.root={fmnist_dir}", "data.limit=64",
         "variant=zfnet,zfnet_no3467", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "zfviz", *args], capture_output=True, text=True, timeout=300, cwd=REPO
-    )
+    result = run_zfviz(*args, cwd=REPO)
     assert result.returncode == 0, result.stderr
+    # The script as make figures runs it, a process of its own; the repeat and the bad name below in this one.
     script = [sys.executable, "scripts/table3.py", "--preset", "cpu", "--out", str(out), str(run_dir)]
     result = subprocess.run(script, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -279,12 +277,12 @@ def test_cli_table3_end_to_end_writes_the_csv_and_figure(fmnist_dir, tmp_path):
     assert [s["variant"] for s in meta["sources"]] == ["zfnet", "zfnet_no3467"]
     # The same run as its own repeat: every row matches itself, zero difference, under the given name.
     repeat = [*script, "--repeat", str(run_dir), "--repeat-name", "seed1"]
-    result = subprocess.run(repeat, capture_output=True, text=True, timeout=120, cwd=REPO)
+    result = run_script(*repeat[1:], cwd=REPO)
     assert result.returncode == 0, result.stderr
     again = pd.read_csv(out / "table3_cpu_seed1.csv")
     assert list(again["variant"]) == ["zfnet", "zfnet_no3467"] and (again["val_top1_diff"] == 0).all()
     assert not (out / "table3_cpu_repeat.csv").exists()
-    bad = subprocess.run([*repeat[:-1], "../x"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    bad = run_script(*repeat[1:-1], "../x", cwd=REPO)
     assert (
         bad.returncode == 2
         and bad.stderr.strip() == "table3: error: --repeat-name must be letters, digits, - or _, got '../x'"

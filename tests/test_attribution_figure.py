@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cli_args import run_script, run_zfviz
 from zfviz.plotting import plt
 from zfviz.plotting.attribution_grid import attribution_grid, signed_map
 
@@ -39,11 +40,9 @@ def test_grid_has_one_panel_per_net_and_refuses_ragged_rows():
         attribution_grid({"zfnet": (images, {"saliency": maps["saliency"][:1]})}, ["a", "b"])
 
 
-def train(model: str, folder: Path, fmnist_dir: Path, env: dict) -> None:
+def train(model: str, folder: Path, fmnist_dir: Path) -> None:
     args = ["train", f"model={model}", "debug=fast", f"data.root={fmnist_dir}", *TINY, f"hydra.run.dir={folder}"]
-    result = subprocess.run(
-        [sys.executable, "-m", "zfviz", *args], capture_output=True, text=True, env=env, timeout=600
-    )
+    result = run_zfviz(*args, cwd=folder.parent)  # the runs the figure reads; how they start is not tested here
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -52,7 +51,7 @@ def test_figure_from_two_debug_runs(tmp_path, fmnist_dir):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     runs = [tmp_path / "zfnet", tmp_path / "alexnet"]
     for run in runs:
-        train(run.name, run, fmnist_dir, env)
+        train(run.name, run, fmnist_dir)
     out = tmp_path / "results"
     script = [sys.executable, str(REPO / "scripts" / "attribution_figure.py"), "--preset", "cpu", "--out", str(out)]
     result = subprocess.run(
@@ -66,5 +65,5 @@ def test_figure_from_two_debug_runs(tmp_path, fmnist_dir):
     assert sidecar["sources"][0]["images"] == sidecar["sources"][1]["images"]  # the same rows for both nets
     assert len(sidecar["sources"][0]["images"]) == 3 and len(sidecar["methods"]) == 10
 
-    missing = subprocess.run([*script, str(tmp_path / "nothing")], capture_output=True, text=True, env=env, timeout=600)
+    missing = run_script(*script[1:], str(tmp_path / "nothing"))  # the script's own check, in this process
     assert missing.returncode == 2 and "no finished run" in missing.stderr and "Traceback" not in missing.stderr

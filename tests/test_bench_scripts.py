@@ -16,7 +16,15 @@ RATIO = re.compile(r"^\s*ratio \S.* = \d+\.\d{3}\b", re.MULTILINE)
 
 
 def test_every_benchmark_is_covered():
-    assert SCRIPTS == ["bench_attribution.py", "bench_deconv.py", "bench_dissect.py", "bench_occlusion.py", "bench_train.py"]
+    assert SCRIPTS == [
+        "bench_attribution.py",
+        "bench_deconv.py",
+        "bench_dissect.py",
+        "bench_evaluate.py",
+        "bench_occlusion.py",
+        "bench_reconstruction.py",
+        "bench_train.py",
+    ]
 
 
 @pytest.mark.slow

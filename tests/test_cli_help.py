@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.cli_args import run_zfviz
 from zfviz.cli import main, method_keys
 from zfviz.commands import CONFIG_DIR
 from zfviz.commands.viz import methods
@@ -75,7 +76,7 @@ def test_closed_stdout_is_quiet_and_exits_0(argv):
 @pytest.mark.slow
 def test_train_prints_its_run_folder_and_what_debug_fast_does(fmnist_dir, tmp_path):
     args = ["train", "debug=fast", f"data.root={fmnist_dir}", "model.width=0.1", "model.fc_dims=16"]
-    done = subprocess.run([ZFVIZ, *args], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = run_zfviz(*args, cwd=tmp_path)  # what it prints, not how it starts: in this process
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("zfviz: debug=fast: ") and "one epoch" in lines[0]

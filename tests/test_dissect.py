@@ -393,12 +393,11 @@ def test_command_builds_the_default_concept_set_once(viz_checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_cli_bad_layer_is_one_line(viz_checkpoint, square_folder, tmp_path):
-    import subprocess
-    import sys
+    from tests.cli_args import run_zfviz
 
     args = ["viz", "dissect", f"checkpoint={viz_checkpoint}", f"data.root={square_folder}", "layers=[conv9]",
             f"out_dir={tmp_path / 'out'}", "device=cpu"]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "zfviz", *args], capture_output=True, text=True, cwd=tmp_path)
+    done = run_zfviz(*args, cwd=tmp_path)  # the command's message, in this process
     assert done.returncode == 2
     assert (
         done.stderr.startswith("zfviz: error: unknown layer 'conv9'; choose one of:") and done.stderr.count("\n") == 1

@@ -147,3 +147,60 @@ def test_the_fast_path_trains_the_same_weights_as_todays(name):
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
     assert any(not torch.equal(got[k], want[k]) for k in want)  # the two paths really differ in kernels
+
+
+class _FakeLibc:
+    """Records glibc's allocator settings as ``reuse_freed_memory`` makes them."""
+
+    def __init__(self) -> None:
+        self.settings: dict[int, int] = {}
+        self.calls: list[tuple] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.settings[param] = value
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+def test_reuse_freed_memory_nests_and_restores_once_also_after_an_error(monkeypatch):
+    from zfviz import cpu_memory
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(cpu_memory, "_glibc", lambda: libc)
+    cpu = torch.device("cpu")
+    with pytest.raises(RuntimeError), cpu_memory.reuse_freed_memory(cpu):
+        assert libc.settings == {cpu_memory.M_MMAP_THRESHOLD: 1 << 30, cpu_memory.M_TRIM_THRESHOLD: 1 << 30}
+        with cpu_memory.reuse_freed_memory(cpu):  # an epoch's block inside fit's: changes nothing
+            pass
+        assert len(libc.calls) == 2 and libc.settings[cpu_memory.M_MMAP_THRESHOLD] == 1 << 30
+        raise RuntimeError
+    assert libc.settings == {cpu_memory.M_MMAP_THRESHOLD: 32 << 20, cpu_memory.M_TRIM_THRESHOLD: 64 << 20}
+    assert libc.calls[-1] == ("malloc_trim", 0) and len(libc.calls) == 5
+    with cpu_memory.reuse_freed_memory(torch.device("meta")):  # not a CPU run: glibc is left alone
+        pass
+    assert len(libc.calls) == 5
+
+
+def test_fit_keeps_freed_memory_through_evaluation_and_checkpoints(monkeypatch, tmp_path):
+    """The allocator setting spans fit's evaluations too, not only its epochs (issue 17)."""
+    from zfviz import cpu_memory, engine
+    from zfviz.data.tensor_loader import TensorLoader
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(cpu_memory, "_glibc", lambda: libc)
+    seen = []
+    evaluate_ = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: (seen.append(dict(libc.settings)), evaluate_(*a, **k))[1])
+    images, labels = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8), torch.arange(8) % 2
+    train = TensorLoader(images, labels, 4, mean=0.5, std=0.25, shuffle=True)
+    test = TensorLoader(images, labels, 8, mean=0.5, std=0.25)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 2))
+    optim = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0})
+    trainer = OmegaConf.create({"epochs": 2, "progress": False})
+    engine.fit(model, train, test, optim, trainer, device=torch.device("cpu"), out_dir=tmp_path, config={})
+    assert seen == [{cpu_memory.M_MMAP_THRESHOLD: 1 << 30, cpu_memory.M_TRIM_THRESHOLD: 1 << 30}] * 2
+    assert [c[0] for c in libc.calls].count("malloc_trim") == 1  # handed back once, at the end of the run

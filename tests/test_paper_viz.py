@@ -3,14 +3,13 @@ files decoded on demand), and the viz outputs that could be wrong without a word
 swapped Fig. 6 pair, a stem that leaves the output folder, an occlusion target the net lacks.
 
 One pair of real trainings (ZFNet with an epoch file, AlexNet) on a tiny fabricated ImageNet tree,
-made once for the module by the real ``zfviz`` entry point; every method reads them.
+made once for the module by ``zfviz train`` (in this process: ``tests.cli_args.run_zfviz``; test_readme.py
+launches the same paper-preset training as a process); every method reads them.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,13 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.cli_args import run_zfviz
 from tests.imagenet_fixtures import make_tree
 from zfviz.cli import main as zfviz_main
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.viz.occlusion import occlusion
 
-ZFVIZ = Path(sys.executable).parent / "zfviz"
 # The paper's recipe at 224 px on a narrow net, one epoch of the 14 readable images: seconds.
 TRAIN = ["preset=paper", "data=imagenet", "data.workers=0", "data.skip_bad=true", "debug=fast",
          "model.width=0.125", "model.fc_dims=64", "trainer.batch_size=4", "trainer.save_epochs=[1]"]  # fmt: skip
@@ -37,8 +36,8 @@ def paper_runs(tmp_path_factory) -> dict:
     special = make_tree(root, "imagefolder")
     runs = {"root": root, "truncated": special["truncated"]}
     for model in ("zfnet", "alexnet"):
-        args = [str(ZFVIZ), "train", f"model={model}", f"data.root={root}", *TRAIN, f"hydra.run.dir={base / model}"]
-        done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=base)
+        args = ["train", f"model={model}", f"data.root={root}", *TRAIN, f"hydra.run.dir={base / model}"]
+        done = run_zfviz(*args, cwd=base)
         assert done.returncode == 0, done.stderr[-2000:]
         runs[model], runs[f"{model}_stderr"] = base / model / "checkpoint.pt", done.stderr
     return runs

@@ -7,6 +7,11 @@ where ``make figures`` puts it (``runs/figures/cpu/zfnet/``; an AlexNet beside i
 torchvision resnet18's random weights and two photos. The lines
 run in README order in one working folder, each as its own test; a line that no rule here can run fails
 ``test_every_readme_line_is_run``, so the README cannot drift from what runs.
+
+Each ``torchrun`` and ``python scripts/...`` line, and the first line of each ``zfviz`` command, runs as
+a process of its own (the installed entry point in a fresh interpreter, as a user's shell starts it); the
+other ``zfviz`` lines run the same dispatcher in this process (``tests.cli_args.run_zfviz``), which
+spares each one a Python, torch and Hydra start of seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.cli_args import run_zfviz
 from tests.imagenet_fixtures import make_tree
 from tests.test_transfer_data import caltech_tree, voc_object, voc_tree
 from zfviz.data.voc import CLASSES as VOC_CLASSES
@@ -166,6 +172,10 @@ def new_run_folders(work: Path, before: set[Path]) -> list[Path]:
 
 
 LINES = bash_lines()
+# The lines run as processes: all but the zfviz lines after the first of their command.
+PROCESS_LINES = {ln for ln in LINES if not ln.split(" && ")[-1].startswith("zfviz ")} | {
+    next(ln for ln in LINES if ln.startswith(f"zfviz {cmd} ")) for cmd in ("train", "ablate", "transfer", "viz")
+}
 
 
 def test_every_readme_line_is_run():
@@ -193,7 +203,7 @@ def sweep_size(args: list[str]) -> int:
 def test_readme_line_runs(line, work):
     argv, cwd = command(line, work)
     before, start = {p.parent for p in work.rglob(".hydra")}, time.time()
-    result = run(argv, cwd)
+    result = run(argv, cwd) if line in PROCESS_LINES else run_zfviz(*argv[1:], cwd=cwd)
     assert result.returncode == 0 and "Traceback" not in result.stderr, f"{shlex.join(argv)}\n{result.stderr[-3000:]}"
     made = new_run_folders(cwd, before)
     zfviz, page = argv[0].endswith("zfviz"), {"--cfg", "--help"} & set(argv)

@@ -12,13 +12,15 @@ import sys
 import pytest
 import torch
 
-from tests.cli_args import train_args
+from tests.cli_args import run_zfviz, train_args
 from zfviz.checkpoint import load_checkpoint
 
 TIMING = {"img_per_s", "wall_time_s"}
 
 
 def zfviz(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """A real ``zfviz`` process: for what only a process can do (be killed mid-epoch); the rest of these
+    runs go through ``run_zfviz`` in this process (the same dispatcher, without a torch start each)."""
     return subprocess.run([sys.executable, "-m", "zfviz", *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -36,13 +38,13 @@ def same_weights(a, b) -> bool:
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(fmnist_dir, tmp_path):
     common = ("trainer.epochs=3", "trainer.ckpt_every_steps=3")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert zfviz(*train_args(fmnist_dir, whole, *common)).returncode == 0
+    assert run_zfviz(*train_args(fmnist_dir, whole, *common)).returncode == 0
     kill_at = random.Random(1234).choice([s for s in range(2, 23) if s % 8])  # never at an epoch's end
     killed = zfviz(*train_args(fmnist_dir, broken, *common, f"trainer.fault_at_step={kill_at}"))
     assert killed.returncode == -9, killed.stderr  # SIGKILL
     ckpt = load_checkpoint(broken / "checkpoint.pt")
     assert ckpt["epoch"] * 8 + ckpt["step"] <= kill_at < 24
-    resumed = zfviz(*train_args(fmnist_dir, broken, *common, "resume=true"))
+    resumed = run_zfviz(*train_args(fmnist_dir, broken, *common, "resume=true"))
     assert resumed.returncode == 0, resumed.stderr
     assert same_weights(whole, broken)
     assert metrics(whole) == metrics(broken) and len(metrics(whole)) == 3
@@ -51,8 +53,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(fmnist_d
 @pytest.mark.slow
 def test_resume_of_a_different_config_is_one_line(fmnist_dir, tmp_path):
     run_dir = tmp_path / "r"
-    assert zfviz(*train_args(fmnist_dir, run_dir)).returncode == 0
-    result = zfviz(*train_args(fmnist_dir, tmp_path / "new", f"resume={run_dir}", "seed=5"))
+    assert run_zfviz(*train_args(fmnist_dir, run_dir)).returncode == 0
+    result = run_zfviz(*train_args(fmnist_dir, tmp_path / "new", f"resume={run_dir}", "seed=5"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"zfviz: error: resume={run_dir}: {run_dir} was trained with a different config (seed=0, not 5)"
@@ -64,7 +66,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(fmnist_dir, tmp_path):
     # Same global batch split over 2 ranks: averaged gradients equal the one-process gradient.
     extra = ("model.dropout=0", "trainer.epochs=1", "device=cpu")
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    assert zfviz(*train_args(fmnist_dir, single, *extra)).returncode == 0
+    assert run_zfviz(*train_args(fmnist_dir, single, *extra)).returncode == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "zfviz"]
     result = subprocess.run([*cmd, *train_args(fmnist_dir, ddp, *extra)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -81,7 +83,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process(fmnist_dir, tmp_path):
 @pytest.mark.slow
 def test_a_diverging_run_stops_with_the_step_and_keeps_a_finite_checkpoint(fmnist_dir, tmp_path):
     run_dir = tmp_path / "nan"
-    result = zfviz(*train_args(fmnist_dir, run_dir, "optim.lr=1e6", "trainer.ckpt_every_steps=1", "trainer.epochs=2"))
+    result = run_zfviz(
+        *train_args(fmnist_dir, run_dir, "optim.lr=1e6", "trainer.ckpt_every_steps=1", "trainer.epochs=2")
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -101,14 +105,14 @@ def test_filter_clipping_flag_bounds_every_conv_filter(fmnist_dir, tmp_path):
         return max(w.pow(2).mean(dim=(1, 2, 3)).sqrt().max().item() for w in convs)
 
     for flag, name in (("trainer.clip_rms=0.1", "on"), ("trainer.clip_rms=null", "off")):
-        assert zfviz(*train_args(fmnist_dir, tmp_path / name, flag)).returncode == 0
+        assert run_zfviz(*train_args(fmnist_dir, tmp_path / name, flag)).returncode == 0
     # He init alone gives conv1 filters an RMS of sqrt(2 / 147) = 0.117 > 0.1.
     assert max_rms(tmp_path / "on") <= 0.1 + 1e-6 < max_rms(tmp_path / "off")
 
 
 @pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu(fmnist_dir, tmp_path):
-    result = zfviz(*train_args(fmnist_dir, tmp_path / "amp", "trainer.amp=bf16", "trainer.epochs=2"))
+    result = run_zfviz(*train_args(fmnist_dir, tmp_path / "amp", "trainer.amp=bf16", "trainer.epochs=2"))
     assert result.returncode == 0, result.stderr
     first, second = metrics(tmp_path / "amp")
     for key in ("train_loss", "val_loss", "val_top1_err"):
@@ -131,7 +135,7 @@ def test_preset_paper_on_an_imagenet_tree_runs_end_to_end(tmp_path):
     # Fig. 3 at 224 px with the paper's recipe; a narrow net and one tiny epoch keep it to seconds.
     args = ["preset=paper", "data=imagenet", f"data.root={root}", "data.workers=0", "data.skip_bad=true",
             "debug=fast", "model.width=0.125", "model.fc_dims=64", "trainer.batch_size=4", f"hydra.run.dir={run_dir}"]  # fmt: skip
-    result = zfviz("train", *args)
+    result = run_zfviz("train", *args)
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = metrics(run_dir)
     assert float(row["lr"]) == 0.01 and 0 <= float(row["val_top1_err"]) <= 100

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from tests.cli_args import run_zfviz
 from zfviz.checkpoint import save_checkpoint
 from zfviz.commands.train import find_resume_dir
 from zfviz.errors import UserError
 
 CONFIG = {"seed": 0, "model": {"name": "zfnet"}, "trainer": {"epochs": 3}, "num_classes": 10}
-ZFVIZ = str(Path(sys.executable).parent / "zfviz")
 
 
 def run_folder(parent: Path, name: str, mtime: int, epoch: int = 1, config: dict = CONFIG) -> Path:
@@ -80,14 +78,15 @@ def test_the_folder_the_user_named_comes_first_and_is_never_trained_over(tmp_pat
 
 @pytest.mark.slow
 def test_resume_true_into_a_new_folder_beside_a_finished_run_trains_and_keeps_the_epoch_files(fmnist_dir, tmp_path):
-    args = [ZFVIZ, "train", "debug=fast", f"data.root={fmnist_dir}", "model.width=0.1", "model.fc_dims=16"]
+    # In this process (run_zfviz): the resume search and its notes are the command's, not the entry point's.
+    args = ["train", "debug=fast", f"data.root={fmnist_dir}", "model.width=0.1", "model.fc_dims=16"]
     runs = tmp_path / "runs"
-    first = subprocess.run([*args, f"hydra.run.dir={runs / 'a'}"], capture_output=True, text=True, timeout=600)
+    first = run_zfviz(*args, f"hydra.run.dir={runs / 'a'}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     (runs / "broken").mkdir()
     (runs / "broken" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     again = [*args, f"hydra.run.dir={runs / 'b'}", "resume=true", "trainer.save_epochs=[1]"]
-    second = subprocess.run(again, capture_output=True, text=True, timeout=600)
+    second = run_zfviz(*again, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     notes = [line for line in second.stderr.splitlines() if line.startswith("zfviz: ")]
     assert notes[0].startswith(f"zfviz: warning: resume=true skips {runs / 'broken'}: ")

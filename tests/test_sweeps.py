@@ -3,15 +3,13 @@ run folders, and a sweep is checked up front like a single run (issue 12)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_args import run_zfviz
 from zfviz.cli import main, split_flags, sweep_points
 
-ZFVIZ = str(Path(sys.executable).parent / "zfviz")
 TINY = ["debug=fast", "model.width=0.1", "model.fc_dims=16", "data.limit=64"]
 
 
@@ -60,8 +58,10 @@ def test_a_bad_sweep_or_cfg_job_is_one_line_before_any_job(argv, message, capsys
     assert not (tmp_path / "runs").exists()  # no job started
 
 
-def zfviz(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([ZFVIZ, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+def zfviz(*args: str, cwd: Path):
+    """In this process: the sweeps are Hydra's launcher calling our apps, the same with or without a new
+    Python (the entry point itself is launched in test_cli_help.py and test_readme.py)."""
+    return run_zfviz(*args, cwd=cwd)
 
 
 def job_folders(cwd: Path, command: str) -> list[Path]:

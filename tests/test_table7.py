@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
+from tests.cli_args import run_script
 from zfviz import features as features_module
 from zfviz.commands import CONFIG_DIR
 from zfviz.data.imageset import ImageSet
@@ -188,11 +187,12 @@ def test_table7_script_end_to_end(fmnist_dir, tmp_path):
     train_run(cfg, tmp_path / "run")
     out, cache = tmp_path / "results", tmp_path / "features"
     script = [
-        sys.executable, "scripts/table7.py", f"checkpoint={tmp_path / 'run' / 'checkpoint.pt'}", "preset=cpu",
+        "scripts/table7.py", f"checkpoint={tmp_path / 'run' / 'checkpoint.pt'}", "preset=cpu",
         f"out_dir={out}", f"root={fmnist_dir}", "n_per_class=[3]", "splits=2", f"features.cache_dir={cache}",
         "softmax.steps=50", f"hydra.run.dir={tmp_path / 'hydra'}",
     ]  # fmt: skip
-    result = subprocess.run(script, capture_output=True, text=True, timeout=300, cwd=REPO)
+    # In this process: test_readme.py runs the README's two table7.py lines as processes of their own.
+    result = run_script(*script, cwd=REPO)
     assert result.returncode == 0, result.stderr
     meta = json.loads((out / "table7_cpu.meta.json").read_text())
     assert meta["sources"][0]["feature_cache"] == {"hits": 0, "misses": 7}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
+from tests.cli_args import run_zfviz
 from zfviz.checkpoint import newest_finished_run, save_checkpoint
 from zfviz.commands import CONFIG_DIR
 from zfviz.commands import transfer as transfer_cmd
@@ -81,8 +80,8 @@ def test_with_checkpoint_reads_runs_of_the_cwd_and_leaves_the_config_alone(tmp_p
         transfer_cmd.with_checkpoint(transfer_cfg("preset=paper"))
 
 
-def zfviz(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zfviz", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+def zfviz(cwd: Path, *args: str):
+    return run_zfviz(*args, cwd=cwd)  # in this process: the relative runs/ is found from the cwd as a shell's
 
 
 @pytest.mark.slow

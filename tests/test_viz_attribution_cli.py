@@ -5,9 +5,6 @@ leaves nothing written."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from torchvision.transforms import v2
 
+from tests.cli_args import run_zfviz
 from zfviz.attribution import attribute
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.cli import quote_home, rewrite_lists
@@ -27,7 +25,6 @@ from zfviz.viz.receptive_field import crop
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
 from zfviz.vizio import imagenet_normalize, load_data, read_images
 
-ZFVIZ = str(Path(sys.executable).parent / "zfviz")
 SMALL = ["viz.size=64"]  # torchvision nets at 64 px (73 px resized, centre 64): a second, not ten
 
 
@@ -311,16 +308,17 @@ def test_a_home_path_reaches_the_command_quoted_for_hydra():
 
 
 @pytest.mark.slow
-def test_the_cli_with_tilde_paths_and_a_bad_input_exits_2_with_one_line(weights, photos, tmp_path):
+def test_the_cli_with_tilde_paths_and_a_bad_input_exits_2_with_one_line(weights, photos, tmp_path, monkeypatch):
     home = tmp_path / "home"
     (home / "pics").mkdir(parents=True)
     for f in photos.iterdir():
         (home / "pics" / f.name).write_bytes(f.read_bytes())
     (home / "r18.pth").write_bytes(weights("resnet18").read_bytes())
-    env = {**os.environ, "HOME": str(home), "OMP_NUM_THREADS": "2"}
-    base = [ZFVIZ, "viz", "attribution", "net=torchvision:resnet18", "weights=~/r18.pth", "size=64", "device=cpu"]
-    ok = subprocess.run([*base, "images=~/pics", "method=lrp", "composite=epsilon_plus_box", "out_dir=ok"],
-                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    # In this process: no shell expands the ~ here either (the words arrive as typed, as from zsh), and
+    # the command's own expansion reads HOME.
+    monkeypatch.setenv("HOME", str(home))
+    base = ["viz", "attribution", "net=torchvision:resnet18", "weights=~/r18.pth", "size=64", "device=cpu"]
+    ok = run_zfviz(*base, "images=~/pics", "method=lrp", "composite=epsilon_plus_box", "out_dir=ok", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == [
         "attribution_lrp.meta.json", "attribution_lrp.npz", "attribution_lrp.png",
@@ -331,8 +329,7 @@ def test_the_cli_with_tilde_paths_and_a_bad_input_exits_2_with_one_line(weights,
         (["images=~/pics/china.jpg,~/pics/none.jpg"], "images: no such file or folder: " + str(home / "pics/none.jpg")),
         (["images=~/pics", "strength=3"], "unknown option 'strength'; valid keys there: method, target"),
     ]:
-        done = subprocess.run([*base, *bad, "out_dir=bad"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
+        done = run_zfviz(*base, *bad, "out_dir=bad", cwd=tmp_path)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and says in lines[0], done.stderr
         assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())

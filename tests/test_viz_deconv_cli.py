@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.cli_args import run_zfviz
 from zfviz.checkpoint import save_checkpoint
 from zfviz.commands import CONFIG_DIR, viz_architecture, viz_deconv, viz_evolution, viz_top9
 from zfviz.commands.viz import methods
@@ -132,6 +131,7 @@ QUICK = {
     "correspondence": ["viz.draws=2", "viz.pool=10"],
     "invariance": ["viz.images=[0]", "viz.translate.steps=2", "viz.scale.steps=2", "viz.rotate.steps=2"],
     "dissect": ["viz.layers=[conv1]", "viz.concepts.count=4"],  # its concept set goes to tmp_path (below)
+    "maximize": ["viz.steps=3", "viz.real_images=20"],
 }
 
 
@@ -173,6 +173,6 @@ def test_the_cli_runs_a_method(zfnet_ckpt, tmp_path):
         f"checkpoint={zfnet_ckpt}",
         "viz.layers=[conv1]",
     ]
-    ok = subprocess.run([sys.executable, "-m", "zfviz", *args], capture_output=True, text=True)
+    ok = run_zfviz(*args, cwd=tmp_path)  # the dispatcher and the Hydra app, in this process
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "cli" / "fig2_top9.png").is_file()

@@ -335,7 +335,8 @@ def fit(
         kept = "checkpoint" if saved == (epoch - 1, step) else f"the checkpoint of {_position(*saved)}"
         return Interrupted(f"interrupted {where}; {kept} kept at {out_dir / 'checkpoint.pt'}", out_dir)
 
-    with _StopRequest(interrupted, enabled=not dist_info.enabled) as stop:
+    # The allocator keeps freed buffers over the whole run, evaluations and checkpoints included (cpu_memory.py).
+    with _StopRequest(interrupted, enabled=not dist_info.enabled) as stop, reuse_freed_memory(device):
         for epoch in range(done_epochs + 1, epochs + 1):
             train_loader.set_epoch(epoch, start_batch=start_step)
             # The lr an epoch started with; an interrupted epoch saved it with its partial sums.

@@ -15,7 +15,7 @@ from zfviz.attribution.targets import Target, parse_target, seed_backward
 
 __all__ = ["METHODS", "Backward", "Target", "attribute", "backward", "parse_target", "register_method", "seed_backward"]
 
-_METHOD_MODULES = ("zfviz.attribution.methods", "zfviz.attribution.gradients")
+_METHOD_MODULES = ("zfviz.attribution.methods", "zfviz.attribution.gradients", "zfviz.attribution.perturbation")
 
 
 def _load_methods() -> None:

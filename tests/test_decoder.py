@@ -1,0 +1,119 @@
+"""Learned inversion (Dosovitskiy and Brox 2016): the decoder, its cached training run, its resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zfviz.errors import UserError
+from zfviz.reconstruction import decoder as decoder_module
+from zfviz.reconstruction.decoder import Decoder, Recipe, find_decoder, load_decoder, train_decoders
+
+TINY = Recipe(images=48, epochs=2, batch_size=16, width=16, resolution=16, eval_images=8)  # 6 steps
+
+
+@pytest.mark.parametrize("shape", [(24, 30, 30), (64, 3, 3), (512,), (10,)])
+def test_a_decoder_maps_any_layer_to_an_image(shape):
+    decoder = Decoder(shape, (3, 64, 64), width=32, resolution=32, feature_rms=2.0)
+    features = torch.randn(2, *shape)
+    out = decoder(features)
+    assert out.shape == (2, 3, 64, 64)
+    assert decoder.body(decoder.prepare(features)).shape == (2, 3, 32, 32)
+    # prepare divides by the training RMS and only then resizes: a weight-free map of the features
+    assert torch.allclose(decoder.prepare(2 * features), Decoder(shape, (3, 64, 64), feature_rms=1.0).prepare(features))
+
+
+def weights(folder: Path) -> dict:
+    return torch.load(folder / "checkpoint.pt", weights_only=True)["decoder"]
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_writes_a_finished_run_that_a_rerun_loads(viz_checkpoint, tmp_path, one_thread, monkeypatch):
+    runs = train_decoders(viz_checkpoint, ["conv1", "fc6"], tmp_path / "dec", recipe=TINY)
+    assert set(runs) == {"conv1", "fc6"} and runs["conv1"].parent == runs["fc6"].parent
+    summary = json.loads((runs["fc6"] / "run.json").read_text())
+    assert summary["key"]["layer"] == "fc6" and summary["key"]["recipe"]["images"] == 48 and summary["steps"] == 6
+    assert summary["metrics"]["test_images"] == 8 and summary["metrics"]["test_error"] > 0
+    assert "optimizer" not in torch.load(runs["fc6"] / "checkpoint.pt", weights_only=True)  # weights only, at the end
+    decoder = load_decoder(runs["fc6"].parent, "fc6")
+    assert not decoder.training and decoder(torch.rand(3, 64)).shape == (3, 3, 64, 64)  # fc6: 64 units here
+    assert same(decoder.state_dict(), load_decoder(runs["fc6"]).state_dict())
+    # found again from the checkpoint alone (another script need not know the recipe), or with its recipe
+    assert find_decoder(tmp_path / "dec", viz_checkpoint, "fc6") == runs["fc6"]
+    assert find_decoder(tmp_path / "dec", viz_checkpoint, "fc6", recipe=TINY) == runs["fc6"]
+    with pytest.raises(UserError, match="holds no finished decoder of fc6"):
+        find_decoder(tmp_path / "dec", viz_checkpoint, "fc6", recipe=Recipe())
+    with pytest.raises(UserError, match="holds no finished decoder of conv2"):
+        find_decoder(tmp_path / "dec", viz_checkpoint, "conv2")
+    other = tmp_path / "dec" / "zfnet-other" / "fc6"  # a second recipe's run of the same checkpoint
+    other.mkdir(parents=True)
+    key = {**summary["key"], "recipe": {**summary["key"]["recipe"], "epochs": 3}}
+    (other / "run.json").write_text(json.dumps({**summary, "key": key}))
+    with pytest.raises(UserError, match="holds 2 decoders \\(recipes differ; give the recipe\\) of fc6"):
+        find_decoder(tmp_path / "dec", viz_checkpoint, "fc6")
+    assert find_decoder(tmp_path / "dec", viz_checkpoint, "fc6", recipe=TINY) == runs["fc6"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(decoder_module, "_train_one", no_training)
+    assert train_decoders(viz_checkpoint, ["fc6"], tmp_path / "dec", recipe=TINY) == {"fc6": runs["fc6"]}
+    # another recipe is another run, in another folder
+    with pytest.raises(AssertionError, match="trained again"):
+        train_decoders(viz_checkpoint, ["fc6"], tmp_path / "dec", recipe=TINY, epochs=3)
+
+
+def test_a_seed_repeats_a_decoder_and_another_seed_does_not(viz_checkpoint, tmp_path, one_thread):
+    a = train_decoders(viz_checkpoint, ["conv2"], tmp_path / "a", recipe=TINY)["conv2"]
+    b = train_decoders(viz_checkpoint, ["conv2"], tmp_path / "b", recipe=TINY)["conv2"]
+    c = train_decoders(viz_checkpoint, ["conv2"], tmp_path / "c", recipe=TINY, seed=1)["conv2"]
+    assert same(weights(a), weights(b))
+    assert not same(weights(a), weights(c))
+
+
+def test_bad_names_and_recipes_are_one_line(viz_checkpoint, tmp_path):
+    with pytest.raises(UserError, match="unknown layer 'conv9'"):
+        train_decoders(viz_checkpoint, ["conv9"], tmp_path)
+    with pytest.raises(UserError, match="epochs=0"):
+        train_decoders(viz_checkpoint, ["conv1"], tmp_path, epochs=0)
+    with pytest.raises(UserError, match="no finished decoder run"):
+        load_decoder(tmp_path, "conv1")
+
+
+RUN = """
+import sys, torch
+torch.set_num_threads(1)
+from zfviz.reconstruction.decoder import Recipe, train_decoders
+recipe = Recipe(images=48, epochs=2, batch_size=16, width=16, resolution=16, eval_images=8)
+fault = None if sys.argv[3] == "none" else int(sys.argv[3])
+train_decoders(sys.argv[1], ["conv3"], sys.argv[2], recipe=recipe, ckpt_every=2, fault_at_step=fault)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(viz_checkpoint, tmp_path, one_thread):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(out: Path, fault: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", RUN, str(viz_checkpoint), str(out), fault],
+                              capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+    killed = run(tmp_path / "broken", "2")
+    assert killed.returncode == -9, killed.stderr  # SIGKILL right after the step-2 checkpoint
+    folder = next((tmp_path / "broken").glob("*/conv3"))
+    assert not (folder / "run.json").exists()
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] == 2
+    resumed = run(tmp_path / "broken", "none")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = train_decoders(viz_checkpoint, ["conv3"], tmp_path / "whole", recipe=TINY)["conv3"]  # in-process, 1 thread
+    assert json.loads((folder / "run.json").read_text())["steps"] == 6
+    assert same(weights(folder), weights(whole))

@@ -1,0 +1,74 @@
+"""The cascading-randomization figure (Adebayo et al. 2018, Fig. 2 and 4; issue 16).
+
+Top: one image's map per method (rows) as the net's layers are re-initialized from the top down
+(columns: the trained net, then fc8 random, fc8 and fc7 random, ... every layer random). Each map is
+shown as its magnitude (channels summed, then absolute, as Adebayo et al.'s main figures), stretched
+from its own 1st to 99th percentile: a method that explains the model loses its structure as the columns go right.
+Bottom: the mean Spearman rank correlation between each method's trained and randomized maps, per
+cascade step; a curve that stays near 1 is a method whose maps do not depend on the weights.
+Arrays in, a ``Figure`` out; ``results.save_figure`` writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from zfviz.plotting import plt
+from zfviz.plotting.deconv import show_image
+
+
+def magnitude(amap: np.ndarray) -> np.ndarray:
+    """(h, w) map -> |map| stretched from its 1st to its 99th percentile onto [0, 1] (a map whose
+    magnitudes all sit on an offset, as RISE's do, shows its structure, not its offset)."""
+    amap = np.abs(np.asarray(amap, dtype=np.float32))
+    low, high = (float(v) for v in np.percentile(amap, [1, 99]))
+    if high <= low:
+        high = float(amap.max())
+    return np.clip((amap - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(amap)
+
+
+def randomization_figure(
+    image: np.ndarray,
+    maps: Mapping[str, Sequence[np.ndarray]],
+    steps: Sequence[str],
+    curves: Mapping[str, Sequence[float]],
+    *,
+    title: str = "",
+    tile_inches: float = 0.75,
+) -> Figure:
+    """``image``: uint8 (C, h, w), the explained image; ``maps``: method -> one (h, w) map per step of
+    ``steps`` (``"none"`` first: the trained net); ``curves``: method -> mean Spearman per step."""
+    methods = list(maps)
+    for method in methods:
+        if len(maps[method]) != len(steps):
+            raise ValueError(f"{method}: one map per cascade step ({len(steps)}), got {len(maps[method])}")
+    cols = 1 + len(steps)
+    fig = plt.figure(figsize=(tile_inches * cols + 1.2, tile_inches * len(methods) + 3.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[tile_inches * len(methods), 3.2])
+    axes = np.asarray(top.subplots(len(methods), cols, squeeze=False))
+    labels = ["trained" if s == "none" else f"{s}" for s in steps]
+    for row, method in enumerate(methods):
+        axes[row, 0].imshow(show_image(image))
+        axes[row, 0].set_ylabel(method, fontsize=7, rotation=0, ha="right", va="center")
+        for col, amap in enumerate(maps[method], start=1):
+            axes[row, col].imshow(magnitude(amap), cmap="magma", vmin=0, vmax=1)
+            if row == 0:
+                axes[row, col].set_title(labels[col - 1], fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = bottom.subplots()
+    colors = plt.get_cmap("tab20")
+    for i, method in enumerate(curves):
+        ax.plot(range(len(steps)), curves[method], marker="o", markersize=3, color=colors(i % 20), label=method)
+    ax.set_xticks(range(len(steps)), ["trained", *[f"+{s}" for s in steps[1:]]], fontsize=7)
+    ax.set_ylabel("Spearman (|trained|, |randomized|)", fontsize=8)
+    ax.set_xlabel("layers re-initialized, cumulatively from the top", fontsize=8)
+    ax.axhline(0, color="gray", linewidth=0.5)
+    ax.legend(fontsize=6, ncols=3, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

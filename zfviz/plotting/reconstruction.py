@@ -1,0 +1,59 @@
+"""Reconstructions beside their originals (issue 14: network inversion, regularized and learned)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zfviz.plotting import plt
+
+
+def _tile(image: np.ndarray, data_range: float) -> np.ndarray:
+    """(C, H, W) pixels -> (H, W) or (H, W, 3) in [0, 1]; gray repeated to 3 channels shows as gray."""
+    image = np.clip(np.asarray(image, dtype=np.float32) / data_range, 0, 1)
+    if image.shape[0] == 1 or np.allclose(image, image[:1]):
+        return image[0]
+    return image[:3].transpose(1, 2, 0)
+
+
+def reconstruction_panels(
+    panels: list[tuple[str, np.ndarray, dict[tuple[str, str], np.ndarray]]],
+    layers: list[str],
+    methods: list[str],
+    *,
+    data_range: float = 255.0,
+    title: str | None = None,
+):
+    """One panel per net, side by side: per image, one row per method; columns the original, then
+    the reconstruction from each layer. ``panels``: (name, originals N x C x H x W pixels,
+    {(method, layer): reconstructions, same shape}). Missing (method, layer) pairs stay blank."""
+    n = len(panels[0][1])
+    rows, cols = n * len(methods), 1 + len(layers)
+    tile = 0.62
+    fig, axes = plt.subplots(
+        rows, cols * len(panels), figsize=(tile * cols * len(panels) + 0.8, tile * rows + 0.9), squeeze=False
+    )
+    for p, (name, originals, recon) in enumerate(panels):
+        for i in range(n):
+            for m, method in enumerate(methods):
+                r = i * len(methods) + m
+                row = axes[r, p * cols : (p + 1) * cols]
+                row[0].imshow(_tile(originals[i], data_range), cmap="gray", vmin=0, vmax=1)
+                if m == 0 and i == 0:
+                    row[0].set_title(f"{name}\noriginal", fontsize=7)
+                if p == 0:
+                    row[0].set_ylabel(method, fontsize=6, rotation=0, ha="right", va="center")
+                for c, layer in enumerate(layers, start=1):
+                    images = recon.get((method, layer))
+                    if images is not None:
+                        row[c].imshow(_tile(images[i], data_range), cmap="gray", vmin=0, vmax=1)
+                    if r == 0:
+                        row[c].set_title(layer, fontsize=7)
+        for ax in axes[:, p * cols : (p + 1) * cols].flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=0.93 if title else 0.96, wspace=0.04, hspace=0.06)
+    return fig
