@@ -6,7 +6,7 @@ Every unit of conv1-conv5 of each net is scored against the concept set (Bau et 
 many detectors the remaining layers learn? A variant without some conv layer is dissected on the
 ones it has; its net name is ``t3:<variant>`` (``t3:zfnet`` is not the Table 2 ``zfnet``: a shorter
 schedule). The CSV has one row per net and unit (net, layer, unit, concept, category, iou,
-threshold, detector). The figure: (top) detectors per layer and category, one group of bars per
+threshold, detector). The figure: (top) a nets x layers grid of detector counts, split by category per
 net; (bottom) the first net's strongest detectors, each with its ``--images`` strongest images and
 the thresholded map (A_k > T_k, upsampled as dissection does) outlined. The concept images and masks
 are decoded once for all nets (``zfviz.dissection.batches.Batches``), and each net's maps are kept in
@@ -77,24 +77,23 @@ def dissect_run(name: str, run_dir: Path, batches: Batches, normalizers: dict[st
 
 
 def count_panel(ax, counts: dict[str, pd.DataFrame], categories: list[str]) -> None:
-    """Stacked bars: per net a group of layers, each bar its detectors by category."""
-    colors = plt.get_cmap("tab10")
-    x, ticks, labels = 0.0, [], []
-    for net, table in counts.items():
+    """A nets x layers grid: each cell its detector count, with the count per category written out
+    (c3 o1: three color and one object detectors); grey where the net has no such layer."""
+    grid = np.full((len(counts), len(LAYERS)), np.nan)
+    for r, table in enumerate(counts.values()):
         for layer, row in table.iterrows():
-            bottom = 0
-            for i, cat in enumerate(categories):
-                ax.bar(x, row[cat], bottom=bottom, color=colors(i), width=0.8, label=cat if x == 0 else None)
-                bottom += row[cat]
-            ticks.append(x)
-            labels.append(f"{layer[-1]}")
-            x += 1
-        ax.text(x - len(table) / 2 - 0.5, -0.12, net, transform=ax.get_xaxis_transform(), ha="center", fontsize=8)
-        x += 1
-    ax.set_xticks(ticks, labels, fontsize=7)
-    ax.set_ylabel("detectors (IoU >= 0.04)")
-    ax.set_xlabel("conv layer, per net", labelpad=14)
-    ax.legend(fontsize=7, ncols=len(categories), loc="lower left", bbox_to_anchor=(0, 1.0))
+            c = LAYERS.index(layer)
+            grid[r, c] = row[categories].sum()
+            parts = " ".join(f"{cat[0]}{int(row[cat])}" for cat in categories if row[cat])
+            ax.text(c, r, f"{int(grid[r, c])}" + (f"  ({parts})" if parts else ""), ha="center", va="center",
+                    fontsize=7)  # fmt: skip
+    ax.imshow(np.ma.masked_invalid(grid), cmap="Blues", aspect="auto", vmin=0, vmax=max(4.0, np.nanmax(grid) * 1.6))
+    ax.set_facecolor("0.85")
+    ax.set_xticks(range(len(LAYERS)), LAYERS, fontsize=8)
+    ax.set_yticks(range(len(counts)), list(counts), fontsize=8)
+    ax.set_title(
+        "detectors (IoU >= 0.04) per layer; " + ", ".join(f"{cat[0]} = {cat}" for cat in categories), fontsize=8
+    )
 
 
 def top_units(df: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -136,8 +135,8 @@ def main() -> int:
     write_table(df, out / f"dissection_{args.preset}.csv", sources=sources, wall_time_s=wall)
     counts = {name: detector_counts(r[0], broden.categories) for (name, _), r in zip(nets, results, strict=True)}
     shown = top_units(results[0][0], args.units)
-    fig = plt.figure(figsize=(max(10, 1.1 * len(df.groupby(["net", "layer"]))), 4 + 1.3 * len(shown)))
-    grid = fig.add_gridspec(1 + len(shown), args.images, height_ratios=[3] + [1] * len(shown))
+    fig = plt.figure(figsize=(10, 1 + 0.28 * len(counts) + 1.8 * len(shown)))
+    grid = fig.add_gridspec(1 + len(shown), args.images, height_ratios=[0.28 * len(counts)] + [1.8] * len(shown))
     count_panel(fig.add_subplot(grid[0, :]), counts, broden.categories)
     _, model, prepare, _ = results[0]
     size = broden.mask_size()
