@@ -12,11 +12,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
+from zfviz.checkpoint import model_from_checkpoint
 from zfviz.commands import CONFIG_DIR
 from zfviz.models import build_model
 
@@ -45,6 +47,15 @@ class Timings:
 
     def best_cpu(self, label: str) -> float:
         return min(self.cpu[label])
+
+
+def figures_model(name: str, quick: bool, runs: Path = Path("runs/figures/cpu")) -> tuple[nn.Module, bool]:
+    """The cpu preset's trained ``name`` from ``make figures``' run folder, in eval mode; random weights
+    when it is not there or ``quick`` (the second value says which)."""
+    checkpoint = runs / name / "checkpoint.pt"
+    trained = checkpoint.is_file() and not quick
+    model = model_from_checkpoint(checkpoint)[0] if trained else preset_model("cpu", name)
+    return model.eval(), trained
 
 
 def interleaved(methods: dict[str, Callable[[], object]], rounds: int) -> Timings:

@@ -27,29 +27,20 @@ import time
 from pathlib import Path
 
 import torch
-from _bench import interleaved, preset_model, ratio_line
+from _bench import figures_model, interleaved, ratio_line
 
-from zfviz.checkpoint import model_from_checkpoint
 from zfviz.data.tensor_loader import resize_uint8
 from zfviz.dissection import Broden, detector_counts, dissect
 from zfviz.dissection.batches import Batches
 from zfviz.dissection.concepts import build_concepts
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
-RUNS = Path("runs/figures/cpu")
 CONCEPTS = Path("data/concepts")
 NETS = 18  # scripts/dissection_figure.py in make figures: ZFNet, AlexNet, 16 Table 3 variants
 
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
-
-def load(name: str, quick: bool) -> tuple[torch.nn.Module, bool]:
-    checkpoint = RUNS / name / "checkpoint.pt"
-    trained = checkpoint.is_file() and not quick
-    model = model_from_checkpoint(checkpoint)[0] if trained else preset_model("cpu", name)
-    return model.eval(), trained
 
 
 def main() -> None:
@@ -85,7 +76,7 @@ def main() -> None:
         before = peak_mb()
         per_net = {}
         for name in ("zfnet", "alexnet"):
-            model, trained = load(name, args.quick)
+            model, trained = figures_model(name, args.quick)
 
             def one_pass(model=model) -> int:
                 with torch.no_grad():

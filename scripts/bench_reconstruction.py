@@ -17,24 +17,14 @@ usage: python scripts/bench_reconstruction.py [--targets 10] [--steps 32] [--rou
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
-from _bench import interleaved, preset_model, ratio_line
+from _bench import figures_model, interleaved, preset_model, ratio_line
 
-from zfviz.checkpoint import model_from_checkpoint
 from zfviz.reconstruction.maximize import Priors, Target, maximize
 
-RUNS = Path("runs/figures/cpu")
 PRIORS = Priors(jitter=2, decay=0.01, blur=0.5, blur_every=4)  # scripts/maximize_figure.py's
 BOUNDS = (-0.81, 2.02)  # Fashion-MNIST's pixels 0..255 after its normalization (mean 72.9, std 90)
-
-
-def load(name: str, quick: bool) -> tuple[torch.nn.Module, bool]:
-    checkpoint = RUNS / name / "checkpoint.pt"
-    trained = checkpoint.is_file() and not quick
-    model = model_from_checkpoint(checkpoint)[0] if trained else preset_model("cpu", name)
-    return model.eval(), trained
 
 
 def main() -> None:
@@ -54,7 +44,7 @@ def main() -> None:
     maximize(preset_model("cpu", "zfnet").eval(), [Target(None, 0)], steps=1)
     print(f"K = {args.targets} targets, {args.steps} steps, {args.rounds} rounds, {torch.get_num_threads()} threads")
     for name in nets:
-        model, trained = load(name, args.quick)
+        model, trained = figures_model(name, args.quick)
         half = args.targets // 2  # classes and conv5 units, so the forward pass runs to the end
         targets = [Target(None, c % 10) for c in range(args.targets - half)] + [Target("conv5", u) for u in range(half)]
         for param in ("pixels", "fourier"):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.figure_runs import fake_run, load_script
 from zfviz.errors import UserError
 from zfviz.reconstruction.invert import (
     invert,
@@ -226,23 +227,12 @@ def test_viz_invert_learned_trains_its_decoder_once_then_reads_it(viz_config, tm
 def test_reconstruction_figure_script_inverts_gray_data_gray(viz_checkpoint, tmp_path, monkeypatch, one_thread):
     """``scripts/reconstruction_figure.py`` on one run, tiny settings: a row per layer and method, the
     decoders where ``find_decoder`` finds them, and the gray basis in the provenance."""
-    import importlib.util
-    import shutil
     import sys
-    from pathlib import Path
 
     from zfviz.reconstruction.decoder import find_decoder
 
-    run_dir = tmp_path / "runs" / "zfnet"
-    run_dir.mkdir(parents=True)
-    shutil.copy(viz_checkpoint, run_dir / "checkpoint.pt")
-    summary = {"model": "zfnet", "git_sha": "0", "git_dirty": False, "wall_time_s": 1.0, "config": {}}
-    (run_dir / "run.json").write_text(json.dumps(summary))
-    (run_dir / "metrics.csv").write_text("epoch\n1\n")
-    script = Path(__file__).parents[1] / "scripts" / "reconstruction_figure.py"
-    spec = importlib.util.spec_from_file_location("reconstruction_figure", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    run_dir = fake_run(tmp_path, viz_checkpoint)
+    module = load_script("reconstruction_figure")
     out, dec = tmp_path / "out", tmp_path / "dec"
     argv = ["reconstruction_figure.py", "--preset", "t", "--out", str(out), "--decoders", str(dec), "--images", "2",
             "--steps", "2", "--decoder-images", "16", "--decoder-epochs", "1", str(run_dir)]  # fmt: skip

@@ -161,6 +161,8 @@ def random_batchnorm(model: nn.Module) -> nn.Module:
 def torchvision_net(name: str) -> nn.Module:
     """A torchvision net for 10 classes; VGG's 4096-unit head shrunk to 64 units (102M weights take
     seconds to initialize; the rules under test are all in the features and the head's layer types)."""
+    if name == "bottleneck_resnet":  # resnet50's block type and stem, one block per stage: the same rules
+        return torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], num_classes=10)
     model = getattr(torchvision.models, name)(weights=None, num_classes=10)
     if name.startswith("vgg"):
         model.classifier = nn.Sequential(
@@ -194,12 +196,13 @@ def zennit_composite(name: str, canonizers):
         pytest.param("vgg11", 32, marks=pytest.mark.slow),  # no batch norm: hand tests and Captum cover it fast
         ("vgg11_bn", 32),  # batch norms merged: Zennit's SequentialMergeBatchNorm (VGGCanonizer)
         ("resnet18", 32),  # merged norms and the residual split: Zennit's ResNetCanonizer
-        pytest.param("resnet50", 32, marks=pytest.mark.slow),
+        # Bottleneck blocks (resnet50's): three convs and a projected shortcut per residual split.
+        pytest.param("bottleneck_resnet", 32, marks=pytest.mark.slow),
     ],
 )
 def test_composites_equal_zennit(net, size):
     model = random_batchnorm(random_biases(torchvision_net(net))).eval()
-    canonizers = [ResNetCanonizer()] if net.startswith("resnet") else [VGGCanonizer()] if "bn" in net else []
+    canonizers = [ResNetCanonizer()] if "resnet" in net else [VGGCanonizer()] if "bn" in net else []
     x, cls = torch.randn(2, 3, size, size), torch.tensor([1, 4])
     for name, options in (
         ("epsilon_plus", {}),

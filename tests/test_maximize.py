@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.figure_runs import fake_run, load_script
 from zfviz.errors import UserError
 from zfviz.reconstruction.maximize import Priors, Target, maximize, strongest_real, target_values
 from zfviz.reconstruction.parameterization import (
@@ -279,21 +280,10 @@ def test_command_classes_and_mistakes(viz_config, tmp_path):
 @pytest.mark.slow
 def test_figure_script_rows_equal_their_images(viz_checkpoint, tmp_path, monkeypatch):
     """``scripts/maximize_figure.py`` on one run: a row per target and parameterization, ratios as defined."""
-    import importlib.util
-    import shutil
     import sys
-    from pathlib import Path
 
-    run_dir = tmp_path / "runs" / "zfnet"
-    run_dir.mkdir(parents=True)
-    shutil.copy(viz_checkpoint, run_dir / "checkpoint.pt")
-    summary = {"model": "zfnet", "git_sha": "0", "git_dirty": False, "wall_time_s": 1.0, "config": {}}
-    (run_dir / "run.json").write_text(json.dumps(summary))
-    (run_dir / "metrics.csv").write_text("epoch\n1\n")
-    script = Path(__file__).parents[1] / "scripts" / "maximize_figure.py"
-    spec = importlib.util.spec_from_file_location("maximize_figure", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    run_dir = fake_run(tmp_path, viz_checkpoint)
+    module = load_script("maximize_figure")
     # the fc6 decoder where reconstruction_figure.py trains them (<decoders>/<net>-<digest>/fc6), found by checkpoint
     from zfviz.reconstruction.decoder import Recipe, train_decoders
 

@@ -58,6 +58,9 @@ DATA = {"/data/...": "ILSVRC2012", "...": "ILSVRC2012", "/data/ILSVRC2012": "ILS
 # mean image and 10-view evaluation; the full net's 0.5 GB checkpoint per run would dominate).
 TRANSFER_FAST = ["splits=1", "softmax.steps=20", "scratch.max_steps=4", "scratch.epochs=1"]
 PAPER_FAST = ["model.width=0.125", "model.fc_dims=64"]
+# zfviz viz dissect builds its default concept set on first use: 200 images, not 1,500 (the same builder
+# and dissection; the second dissect line reuses the folder the first one built).
+DISSECT_FAST = ["concepts.count=200"]
 
 
 def bash_lines() -> list[str]:
@@ -157,6 +160,8 @@ def command(line: str, work: Path) -> tuple[list[str], Path]:
         filled += [a for a in TRANSFER_FAST if a.partition("=")[0] not in given]
     if "preset=paper" in filled and "train" in filled:
         filled += [a for a in PAPER_FAST if a.partition("=")[0] not in given]
+    if filled[:2] == ["viz", "dissect"]:
+        filled += [a for a in DISSECT_FAST if a.partition("=")[0] not in given]
     hydra_app = program in ("zfviz", "torchrun") or program == "python" and "table7" in filled[0]
     if hydra_app and not any(a.startswith("debug=") for a in filled):
         filled.append("debug=fast")
