@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.figure_runs import fake_run, load_script
 from zfviz.dissection import Broden, BrodenItem, Label, dissect, write_broden
 from zfviz.dissection.batches import Batches
 from zfviz.dissection.dissect import Tally, category_index, strongest_images, tally, unit_maps, upsample
@@ -408,27 +409,13 @@ def test_cli_bad_layer_is_one_line(viz_checkpoint, square_folder, tmp_path):
 def test_figure_script_dissects_every_net_on_one_decoding(viz_checkpoint, square_folder, tmp_path, monkeypatch):
     """``scripts/dissection_figure.py`` on two runs of one checkpoint: the rows of each net equal a
     dissection of that net alone, and the figure is written."""
-    import importlib.util
-    import shutil
     import sys
-    from pathlib import Path
 
     from zfviz.dissection.dissect import resized
     from zfviz.vizio import load_data, load_net
 
-    runs = []
-    for name in ("zfnet", "again"):
-        run = tmp_path / "runs" / name
-        run.mkdir(parents=True)
-        shutil.copy(viz_checkpoint, run / "checkpoint.pt")
-        summary = {"model": name, "git_sha": "0", "git_dirty": False, "wall_time_s": 1.0, "config": {}}
-        (run / "run.json").write_text(json.dumps(summary))
-        (run / "metrics.csv").write_text("epoch\n1\n")
-        runs.append(str(run))
-    script = Path(__file__).parents[1] / "scripts" / "dissection_figure.py"
-    spec = importlib.util.spec_from_file_location("dissection_figure", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    runs = [str(fake_run(tmp_path, viz_checkpoint, name)) for name in ("zfnet", "again")]
+    module = load_script("dissection_figure")
     out = tmp_path / "out"
     argv = ["dissection_figure.py", "--preset", "t", "--out", str(out), "--concepts", str(square_folder),
             "--units", "2", "--images", "2", "--batch-size", "4", *runs]  # fmt: skip
