@@ -7,8 +7,21 @@ BIN := $(VENV)/bin
 PRESET ?= cpu
 RUNS := runs/figures/$(PRESET)
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
+# make figures runs JOBS stages side by side (make -j), each on THREADS torch threads (cores / JOBS):
+# on 2 cores two 1-thread trainings gave 1.19x the images/s of one 2-thread training, and the stages
+# that are single-threaded or waiting (plots, heads, Python) fill the other core.
+JOBS ?= 2
+THREADS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(JOBS))); echo $$((t > 0 ? t : 1)))
+# Every command of make figures is a stage: logged to $(RUNS)/logs/, shown as a bar, timed (zfviz/pipeline.py).
+STAGE = $(BIN)/python -m zfviz.pipeline stage --runs $(RUNS) --expected results/timings.csv
+# The paper preset reads ImageNet, Caltech, VOC and Broden from these folders (make figures PRESET=paper
+# IMAGENET=/data/ILSVRC2012 ...; it lists what it needs before anything runs).
+DATA_ARGS_paper = data=imagenet data.root=$(IMAGENET)
+DATA_ARGS = $(DATA_ARGS_$(PRESET))
+DATA_ROOTS = IMAGENET="$(IMAGENET)" CALTECH101="$(CALTECH101)" CALTECH256="$(CALTECH256)" VOC2012="$(VOC2012)" \
+	BRODEN="$(BRODEN)"
 
-.PHONY: install data test test-fast figures lint clean-figures concepts
+.PHONY: install data test test-fast figures stages report chromium lint clean-figures concepts
 
 install: $(VENV)/.installed
 
@@ -27,7 +40,7 @@ data:
 
 # test: the whole suite. test-fast: without the tests marked slow (CLI launches, trainings, 224 px
 # nets), for a check in under a minute while developing.
-test: install data
+test: install data chromium
 	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install data
@@ -39,10 +52,10 @@ lint: install
 # A finished run leaves run.json; make skips runs that already have one (delete the folder to redo).
 # resume=true: an interrupted `make figures` continues its training runs where they stopped.
 $(RUNS)/%/run.json: | install data
-	$(BIN)/zfviz train model=$* preset=$(PRESET) experiment=table2 resume=true hydra.run.dir=$(RUNS)/$*
+	$(STAGE) train_$* -- $(BIN)/zfviz train model=$* preset=$(PRESET) experiment=table2 resume=true hydra.run.dir=$(RUNS)/$* $(DATA_ARGS)
 
 results/table2_$(PRESET).csv: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
-	$(BIN)/python scripts/table2.py --preset $(PRESET) --out results $(^D)
+	$(STAGE) table2 -- $(BIN)/python scripts/table2.py --preset $(PRESET) --out results $(^D)
 
 # Each block below adds its outputs to FIGURES; `figures` (at the end) builds them all.
 FIGURES := results/table2_$(PRESET).csv
@@ -56,19 +69,19 @@ EVOLUTION_LIMIT_cpu := 20000
 EVOLUTION_LIMIT := $(or $(EVOLUTION_LIMIT_$(PRESET)),null)
 
 $(RUNS)/zfnet_clip/run.json: | install data
-	$(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=0.1 resume=true hydra.run.dir=$(@D)
+	$(STAGE) train_zfnet_clip -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=0.1 resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
 
 $(RUNS)/zfnet_noclip/run.json: | install data
-	$(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=null resume=true hydra.run.dir=$(@D)
+	$(STAGE) train_zfnet_noclip -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=null resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
 
 results/fig2_top9_$(PRESET).png: $(RUNS)/zfnet/run.json
-	$(BIN)/zfviz viz top9 checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig2_top9_$(PRESET)
+	$(STAGE) fig2_top9 -- $(BIN)/zfviz viz top9 checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig2_top9_$(PRESET)
 
 results/fig4_evolution_$(PRESET).png: $(RUNS)/zfnet/run.json
-	$(BIN)/zfviz viz evolution checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig4_evolution_$(PRESET) viz.limit=$(EVOLUTION_LIMIT)
+	$(STAGE) fig4_evolution -- $(BIN)/zfviz viz evolution checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig4_evolution_$(PRESET) viz.limit=$(EVOLUTION_LIMIT)
 
 results/fig6_architecture_$(PRESET).csv: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(RUNS)/zfnet_clip/run.json $(RUNS)/zfnet_noclip/run.json
-	$(BIN)/zfviz viz architecture checkpoint=$(CHECKPOINT) viz.alexnet=$(RUNS)/alexnet/checkpoint.pt \
+	$(STAGE) fig6_architecture -- $(BIN)/zfviz viz architecture checkpoint=$(CHECKPOINT) viz.alexnet=$(RUNS)/alexnet/checkpoint.pt \
 		viz.clipped=$(RUNS)/zfnet_clip/checkpoint.pt viz.unclipped=$(RUNS)/zfnet_noclip/checkpoint.pt \
 		out_dir=results viz.stem=fig6_architecture_$(PRESET)
 
@@ -76,20 +89,20 @@ FIGURES += results/fig2_top9_$(PRESET).png results/fig4_evolution_$(PRESET).png 
 
 # --- occlusion, correspondence, invariance (Figs. 5, 7, 8; Table 1) ---
 results/fig7_occlusion_$(PRESET).png: $(RUNS)/zfnet/run.json
-	$(BIN)/zfviz viz occlusion checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig7_occlusion_$(PRESET)
+	$(STAGE) fig7_occlusion -- $(BIN)/zfviz viz occlusion checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig7_occlusion_$(PRESET)
 
 results/table1_$(PRESET).csv: $(RUNS)/zfnet/run.json
-	$(BIN)/zfviz viz correspondence checkpoint=$(CHECKPOINT) out_dir=results viz.stem=table1_$(PRESET) \
+	$(STAGE) table1_fig8 -- $(BIN)/zfviz viz correspondence checkpoint=$(CHECKPOINT) out_dir=results viz.stem=table1_$(PRESET) \
 		viz.figure=fig8_correspondence_$(PRESET)
 
 results/fig5_invariance_$(PRESET).csv: $(RUNS)/zfnet/run.json
-	$(BIN)/zfviz viz invariance checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig5_invariance_$(PRESET)
+	$(STAGE) fig5_invariance -- $(BIN)/zfviz viz invariance checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig5_invariance_$(PRESET)
 
 FIGURES += results/fig7_occlusion_$(PRESET).png results/table1_$(PRESET).csv results/fig5_invariance_$(PRESET).csv
 
 # --- the visualization family (issue 13): the same test images under every attribution method ---
 results/fig_attribution_$(PRESET).png: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
-	$(BIN)/python scripts/attribution_figure.py --preset $(PRESET) --out results $(RUNS)/zfnet $(RUNS)/alexnet
+	$(STAGE) attribution -- $(BIN)/python scripts/attribution_figure.py --preset $(PRESET) --out results $(RUNS)/zfnet $(RUNS)/alexnet
 
 FIGURES += results/fig_attribution_$(PRESET).png
 
@@ -98,16 +111,16 @@ FIGURES += results/fig_attribution_$(PRESET).png
 # so a re-run (delete $(ABLATE)/variants.json to force one) trains only what is missing.
 ABLATE := runs/ablate/table3_$(PRESET)
 $(ABLATE)/variants.json: | install data
-	$(BIN)/zfviz ablate experiment=table3 preset=$(PRESET) hydra.run.dir=$(ABLATE)
+	$(STAGE) ablate -- $(BIN)/zfviz ablate experiment=table3 preset=$(PRESET) hydra.run.dir=$(ABLATE) $(DATA_ARGS)
 
 results/table3_$(PRESET).csv: $(ABLATE)/variants.json
-	$(BIN)/python scripts/table3.py --preset $(PRESET) --out results $(ABLATE)
+	$(STAGE) table3 -- $(BIN)/python scripts/table3.py --preset $(PRESET) --out results $(ABLATE)
 
 FIGURES += results/table3_$(PRESET).csv
 
 # Table 7: linear SVM and softmax on each layer's features of the trained ZFNet (cached in runs/features).
 results/table7_$(PRESET).csv: $(RUNS)/zfnet/run.json
-	$(BIN)/python scripts/table7.py experiment=table7 preset=$(PRESET) checkpoint=$(CHECKPOINT) out_dir=results \
+	$(STAGE) table7 -- $(BIN)/python scripts/table7.py experiment=table7 preset=$(PRESET) checkpoint=$(CHECKPOINT) out_dir=results \
 		features.cache_dir=runs/features hydra.run.dir=$(RUNS)/table7
 
 FIGURES += results/table7_$(PRESET).csv
@@ -123,13 +136,13 @@ TRANSFER_ROOT_fig9 := $(CALTECH256)
 TRANSFER_ROOT_table6 := $(VOC2012)
 TABLE4_RUN := $(if $(filter cpu,$(PRESET)),fig9,table4)
 $(TRANSFER)/%/run.json: $(RUNS)/zfnet/run.json
-	$(BIN)/zfviz transfer experiment=$* preset=$(PRESET) checkpoint=$(CHECKPOINT) hydra.run.dir=$(@D) \
+	$(STAGE) transfer_$* -- $(BIN)/zfviz transfer experiment=$* preset=$(PRESET) checkpoint=$(CHECKPOINT) hydra.run.dir=$(@D) \
 		$(if $(TRANSFER_ROOT_$*),root=$(TRANSFER_ROOT_$*))
 
 TRANSFER_OUT := results/table4_$(PRESET).csv results/table5_$(PRESET).csv results/table6_$(PRESET).csv \
 	results/fig9_transfer_$(PRESET).png results/fig_table6_ap_$(PRESET).png
 $(TRANSFER_OUT) &: $(TRANSFER)/$(TABLE4_RUN)/run.json $(TRANSFER)/fig9/run.json $(TRANSFER)/table6/run.json
-	$(BIN)/python scripts/transfer_tables.py --preset $(PRESET) --out results --table4 $(TRANSFER)/$(TABLE4_RUN) \
+	$(STAGE) transfer_tables -- $(BIN)/python scripts/transfer_tables.py --preset $(PRESET) --out results --table4 $(TRANSFER)/$(TABLE4_RUN) \
 		--table5 $(TRANSFER)/fig9 --fig9 $(TRANSFER)/fig9 --table6 $(TRANSFER)/table6
 
 FIGURES += $(TRANSFER_OUT)
@@ -137,7 +150,7 @@ FIGURES += $(TRANSFER_OUT)
 # --- network dissection (issue 15): the Fashion-MNIST concept set in the Broden layout, built once ---
 CONCEPTS := data/concepts
 $(CONCEPTS)/index.csv: | install data
-	$(BIN)/python -m zfviz.dissection.concepts $(CONCEPTS)
+	$(STAGE) concepts -- $(BIN)/python -m zfviz.dissection.concepts $(CONCEPTS)
 
 concepts: install data $(CONCEPTS)/index.csv
 
@@ -146,7 +159,7 @@ concepts: install data $(CONCEPTS)/index.csv
 # the 18 nets here (scripts/bench_dissect.py predicts it; issue 15's budget is 4 minutes).
 DISSECTION_OUT := results/dissection_$(PRESET).csv results/fig_dissection_$(PRESET).png
 $(DISSECTION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(ABLATE)/variants.json $(CONCEPTS)/index.csv
-	$(BIN)/python scripts/dissection_figure.py --preset $(PRESET) --out results --concepts $(CONCEPTS) \
+	$(STAGE) dissection -- $(BIN)/python scripts/dissection_figure.py --preset $(PRESET) --out results --concepts $(CONCEPTS) \
 		--ablate $(ABLATE) $(RUNS)/zfnet $(RUNS)/alexnet
 
 FIGURES += $(DISSECTION_OUT)
@@ -157,12 +170,12 @@ FIGURES += $(DISSECTION_OUT)
 DECODERS := $(RUNS)/decoders
 RECONSTRUCTION_OUT := results/reconstruction_$(PRESET).csv results/fig_reconstruction_$(PRESET).png
 $(RECONSTRUCTION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
-	$(BIN)/python scripts/reconstruction_figure.py --preset $(PRESET) --out results --decoders $(DECODERS) \
+	$(STAGE) reconstruction -- $(BIN)/python scripts/reconstruction_figure.py --preset $(PRESET) --out results --decoders $(DECODERS) \
 		$(RUNS)/zfnet $(RUNS)/alexnet
 
 MAXIMIZE_OUT := results/maximize_$(PRESET).csv results/fig_maximize_$(PRESET).png
 $(MAXIMIZE_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json results/reconstruction_$(PRESET).csv
-	$(BIN)/python scripts/maximize_figure.py --preset $(PRESET) --out results --decoders $(DECODERS) \
+	$(STAGE) maximize -- $(BIN)/python scripts/maximize_figure.py --preset $(PRESET) --out results --decoders $(DECODERS) \
 		$(RUNS)/zfnet $(RUNS)/alexnet
 
 FIGURES += $(RECONSTRUCTION_OUT) $(MAXIMIZE_OUT)
@@ -170,12 +183,37 @@ FIGURES += $(RECONSTRUCTION_OUT) $(MAXIMIZE_OUT)
 # --- measuring the explanations (issue 16): every method x every metric, cascading randomization, claims ---
 EVALUATION_OUT := results/evaluation_$(PRESET).csv results/claims_$(PRESET).csv results/fig_randomization_$(PRESET).png
 $(EVALUATION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(ABLATE)/variants.json $(CONCEPTS)/index.csv
-	$(BIN)/python scripts/evaluation_figure.py --preset $(PRESET) --out results --concepts $(CONCEPTS) \
+	$(STAGE) evaluation -- $(BIN)/python scripts/evaluation_figure.py --preset $(PRESET) --out results --concepts $(CONCEPTS) \
 		--ablate $(ABLATE) $(RUNS)/zfnet $(RUNS)/alexnet
 
 FIGURES += $(EVALUATION_OUT)
 
-figures: install data $(FIGURES)
+# The first prerequisites of `stages` start first under -j: the Table 3 trainings (the longest stage)
+# beside the Table 2 ones. The end prints each stage's wall time and writes results/timings.csv.
+figures: install data
+	@$(DATA_ROOTS) $(BIN)/python -m zfviz.pipeline needs --preset $(PRESET)
+	@$(BIN)/python -m zfviz.pipeline begin --runs $(RUNS)
+	@OMP_NUM_THREADS=$(THREADS) $(MAKE) --no-print-directory -s -j$(JOBS) stages
+	@FIGURES_JOBS=$(JOBS) OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m zfviz.pipeline end --runs $(RUNS) \
+		--out results/timings.csv
+	@$(MAKE) --no-print-directory -s report
+
+stages: $(ABLATE)/variants.json $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(FIGURES)
 
 clean-figures:
 	rm -rf $(RUNS)
+
+# --- the report (issue 18): every result with the paper's finding and ours, provenance, a screenshot ---
+# Built after the stages (it reads results/timings.csv); a warm run leaves timings.csv, so nothing reruns.
+REPORT_INPUTS = $(filter-out results/report_top.png,$(wildcard results/*_$(PRESET).* results/*_$(PRESET)_*.* \
+	results/timings.csv)) scripts/report.py $(wildcard zfviz/report/*.py)
+results/index.html results/README.md &: $(REPORT_INPUTS) | install
+	$(BIN)/python scripts/report.py --preset $(PRESET) --results results --screenshot
+report: install chromium results/index.html
+
+# Headless Chromium for the report's screenshot and its browser test (Debian's chromium, as root; else a hint).
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "headless Chromium is missing: sudo apt-get install chromium (the report's browser test skips)"; fi
+

@@ -6,7 +6,9 @@ depends on them. Both sides build the same perturbed copies (``zfviz.evaluate.pe
 counts and blur baseline), so the only difference is batching; the curves are checked to agree. The
 two run in turn, A B A B, in this one process (``_bench.interleaved``); a timing is the best of its
 rounds. Printed: seconds and curves/s of each, the largest difference between their curves, and the
-ratio ``loop/batched`` (the issue's goal: at least 10). Batching saves per-forward overhead, which
+ratio ``loop/batched`` (the issue's goal: at least 10), and the ceiling on that ratio: the same number of
+forwards of random rows, one row at a time against batches, with nothing else (batching can save no
+more than the per-forward overhead; the curves' own work, building the copies, comes on top). Batching saves per-forward overhead, which
 grows with the thread count (one image's small ops wait on thread synchronization), so the ratio
 depends on ``--threads``: on a busy 2-core machine it read 4.6 at one thread and 24 at two.
 usage: python scripts/bench_evaluate.py [--images 8] [--steps 32] [--batch 256] [--rounds 3] [--threads N] [--quick]
@@ -37,6 +39,13 @@ def per_step_loop(model, images: torch.Tensor, target: torch.Tensor, maps: torch
     return rows
 
 
+@torch.no_grad()
+def forwards(model, rows: torch.Tensor, batch: int) -> None:
+    """The model on every row, ``batch`` rows per forward: the cost of the curves' forwards alone."""
+    for at in range(0, len(rows), batch):
+        model(rows[at : at + batch])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
@@ -56,10 +65,14 @@ def main() -> None:
     images = torch.randn(args.images, model.in_chans, size, size)
     maps = torch.randn(args.images, size, size)
     target = torch.randint(0, 10, (args.images,))
+    rows = torch.randn(args.images * (args.steps + 1), model.in_chans, size, size)
+    rows = rows.contiguous(memory_format=torch.channels_last)
     timings = interleaved(
         {
             "batched": lambda: curves(model, images, target, maps, steps=args.steps, batch_size=args.batch),
             "loop": lambda: per_step_loop(model, images, target, maps, args.steps),
+            "forward_batched": lambda: forwards(model, rows, args.batch),
+            "forward_loop": lambda: forwards(model, rows, 1),
         },
         args.rounds,
     )
@@ -72,6 +85,11 @@ def main() -> None:
         print(f"  {label}: {best:.3f} s ({per_row:.2f} ms per perturbed image, {timings.best_cpu(label):.3f} s CPU)")
     print(f"  largest difference between the curves: {diff:.2e}")
     print(ratio_line("loop/batched", timings.best("loop") / timings.best("batched"), ">= 10"))
+    ceiling = timings.best("forward_loop") / timings.best("forward_batched")
+    print(f"  the forwards alone, the same number of rows one at a time vs in batches of {args.batch}: "
+          f"{timings.best('forward_loop'):.3f} s vs {timings.best('forward_batched'):.3f} s")  # fmt: skip
+    print(ratio_line("ceiling = forwards one row at a time / batched forwards", ceiling))
+    print(f"  batched curves reach {timings.best('loop') / timings.best('batched') / ceiling:.0%} of that ceiling")
 
 
 if __name__ == "__main__":

@@ -139,3 +139,14 @@ def test_viz_method_keys_need_no_prefix():
         "viz=deconv", "viz.layer=conv4", "viz.maps=3", "checkpoint=c.pt", "seed=1", "+viz.position=all"
     ]  # fmt: skip
     assert scope_method_keys(["viz=nosuch", "layer=1"]) == ["viz=nosuch", "layer=1"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_two_runs_started_in_one_second_get_two_folders(command):
+    """Run folders are named by the time to the microsecond: a script starting runs back to back
+    (or a test) within one second must not write into one folder."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        first, second = (compose(config_name=command, return_hydra_config=True) for _ in range(2))
+    dirs = [cfg.hydra.run.dir for cfg in (first, second)]
+    assert dirs[0] != dirs[1], dirs
+    assert sorted(dirs) == dirs  # names still sort in time order (resume=true picks the latest)

@@ -204,3 +204,31 @@ def test_fit_keeps_freed_memory_through_evaluation_and_checkpoints(monkeypatch, 
     engine.fit(model, train, test, optim, trainer, device=torch.device("cpu"), out_dir=tmp_path, config={})
     assert seen == [{cpu_memory.M_MMAP_THRESHOLD: 1 << 30, cpu_memory.M_TRIM_THRESHOLD: 1 << 30}] * 2
     assert [c[0] for c in libc.calls].count("malloc_trim") == 1  # handed back once, at the end of the run
+
+
+def _tiny_fit(tmp_path, **trainer):
+    from zfviz import engine
+    from zfviz.data.tensor_loader import TensorLoader
+
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.arange(16) % 2
+    train = TensorLoader(images, labels, 4, mean=0.5, std=0.25, shuffle=True)
+    test = TensorLoader(images, labels, 8, mean=0.5, std=0.25)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 2))
+    optim = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0})
+    cfg = OmegaConf.create({"epochs": 3, "progress": False, **trainer})
+    with seeded(0):
+        rows = engine.fit(model, train, test, optim, cfg, device=torch.device("cpu"), out_dir=tmp_path, config={})
+    return model, rows
+
+
+def test_eval_every_skips_evaluations_but_not_the_last_and_trains_the_same_weights(tmp_path):
+    """trainer.eval_every (Table 3 evaluates only its final epoch): evaluation never changes the training."""
+    every, every_rows = _tiny_fit(tmp_path / "a")
+    sparse, sparse_rows = _tiny_fit(tmp_path / "b", eval_every=2)
+    for a, b in zip(every.state_dict().values(), sparse.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # same process, kernels and data: bit for bit
+    assert [math.isnan(r["val_top1_err"]) for r in sparse_rows] == [True, False, False]  # epoch 2, and the last
+    assert sparse_rows[-1]["val_top1_err"] == every_rows[-1]["val_top1_err"]
+    with pytest.raises(UserError, match="eval_every=0"):
+        _tiny_fit(tmp_path / "c", eval_every=0)

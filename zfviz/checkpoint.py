@@ -18,17 +18,25 @@ from zfviz.utils import atomic_path
 # Keys of a resolved config that change how a run is carried out or logged, never its result: a run
 # may resume under other values, and the ablation cache does not key on them.
 RUNTIME_KEYS = {
-    "trainer": ("progress", "fault_at_step", "ckpt_every_steps", "save_epochs"),
+    "trainer": ("progress", "fault_at_step", "ckpt_every_steps", "save_epochs", "eval_every"),
     "data": ("eval_batch_size", "workers"),
 }
+# Keys added after runs were cached or checkpointed: at this default they are left out of the
+# comparison, so an older run (which has no such key) still matches its own config.
+LATER_DEFAULTS = {"data": {"classes": None}}
 
 
 def without_runtime_keys(config: dict) -> dict:
-    """A copy of the resolved ``config`` without its ``RUNTIME_KEYS``."""
+    """A copy of the resolved ``config`` without its ``RUNTIME_KEYS``, nor ``LATER_DEFAULTS`` at their default."""
     config = json.loads(json.dumps(config))
     for section, keys in RUNTIME_KEYS.items():
         for key in keys:
             (config.get(section) or {}).pop(key, None)
+    for section, defaults in LATER_DEFAULTS.items():
+        part = config.get(section) or {}
+        for key, default in defaults.items():
+            if key in part and part[key] == default:
+                del part[key]
     return config
 
 

@@ -29,6 +29,12 @@ from zfviz.utils import atomic_write_text, git_state, seeded, versions
 from zfviz.validate import check_config
 
 
+
+def _best(rows: list[dict]) -> float | None:
+    """The lowest val top-1 error over the evaluated epochs (trainer.eval_every leaves others NaN)."""
+    errors = [r["val_top1_err"] for r in rows if r["val_top1_err"] == r["val_top1_err"]]
+    return min(errors) if errors else None
+
 def model_kwargs(model_cfg) -> dict:
     kw = OmegaConf.to_container(model_cfg, resolve=True)
     kw.pop("name")
@@ -173,7 +179,7 @@ def _run(cfg: DictConfig, out_dir: Path, info: distributed.DistInfo, device) -> 
         "parameters": sum(p.numel() for p in model.parameters()),
         "wall_time_s": round(rows[-1]["wall_time_s"] if rows else time.perf_counter() - start, 2),
         "final": rows[-1] if rows else None,
-        "best_val_top1_err": min(r["val_top1_err"] for r in rows) if rows else None,
+        "best_val_top1_err": _best(rows),
         "skipped_images": data.skipped_files(),  # unreadable files data.skip_bad=true left out
         "processes": info.world_size,
         "run_dir": str(out_dir),

@@ -1,0 +1,53 @@
+"""Write results/index.html and results/README.md: every table and figure of a preset, with what the paper
+found and what ours shows, under the run's provenance (issue 18, "The report").
+
+usage: python scripts/report.py --preset cpu --results results [--screenshot]
+
+``--screenshot`` keeps the top of the page, as headless Chromium renders it, in ``report_top.png``;
+without Chromium it says so in one line and writes no screenshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from zfviz.report import write_report
+from zfviz.report.browser import MISSING, find_chromium, screenshot
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--results", default="results", help="the folder make figures wrote")
+    parser.add_argument("--screenshot", action="store_true", help="also write report_top.png (headless Chromium)")
+    args = parser.parse_args()
+    folder = Path(args.results)
+    if not folder.is_dir():
+        print(
+            f"report: error: {folder} is not a folder; make figures writes results/ (or pass --results DIR)",
+            file=sys.stderr,
+        )
+        return 2
+    report = write_report(folder, args.preset)
+    shown = Counter(e.finding.shown for e in report.entries if e.work != "other")
+    print(f"report: wrote {folder / 'index.html'} and {folder / 'README.md'}: {len(report.entries) - len(report.other)} "
+          f"results ({', '.join(f'{n} {k}' for k, n in shown.most_common())}), {len(report.other)} other files")  # fmt: skip
+    if args.screenshot:
+        if find_chromium() is None:
+            print(f"report: no screenshot: {MISSING}")
+            return 0
+        try:
+            png = screenshot(folder / "index.html", folder / "report_top.png")
+        except (RuntimeError, subprocess.SubprocessError) as err:
+            print(f"report: error: the screenshot failed: {err}", file=sys.stderr)
+            return 1
+        print(f"report: wrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""make figures' stages (zfviz/pipeline.py): timing, logs, failures, the timings table, the data a preset needs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from zfviz import pipeline
+
+PY = sys.executable
+
+
+def test_a_stage_logs_its_output_and_records_its_time(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    rc = pipeline.main(["stage", "hello", "--runs", str(runs), "--", PY, "-c", "print('one'); print('two')"])
+    assert rc == 0
+    log = (runs / "logs" / "hello.log").read_text()
+    assert log.splitlines()[1:] == ["one", "two"]  # after the command line, the command's own output
+    record = json.loads((runs / "timings" / "hello.json").read_text())
+    assert record["stage"] == "hello" and 0 < record["seconds"] < 60 and record["command"][0] == PY
+    assert pipeline.last_line(runs / "logs" / "hello.log") == "two"
+
+
+def test_a_failed_stage_passes_its_status_on_shows_the_logs_tail_and_records_nothing(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code = "import sys; [print(f'line {i}') for i in range(40)]; sys.exit(3)"
+    assert pipeline.main(["stage", "bad", "--runs", str(runs), "--", PY, "-c", code]) == 3
+    err = capsys.readouterr().err
+    assert "line 39" in err and "line 19" not in err  # the last TAIL_LINES lines only
+    assert "stage bad failed (exit 3)" in err and str(runs / "logs" / "bad.log") in err
+    assert not (runs / "timings" / "bad.json").exists()
+
+
+def test_a_missing_program_is_one_line(tmp_path, capsys):
+    assert pipeline.main(["stage", "x", "--runs", str(tmp_path), "--", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_last_line_reads_the_newest_status_of_a_progress_bar(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_bytes(b"start\nepoch 1:  10%\repoch 1:  50%\repoch 1:  90%\r")
+    assert pipeline.last_line(log) == "epoch 1:  90%"
+    assert pipeline.last_line(tmp_path / "missing.log") == ""
+
+
+def _record(runs, name, seconds, started):
+    (runs / "timings").mkdir(parents=True, exist_ok=True)
+    record = {"stage": name, "seconds": seconds, "started": started, "finished": started + seconds}
+    (runs / "timings" / f"{name}.json").write_text(json.dumps(record))
+
+
+def _begin(runs, at):  # pipeline.begin at a chosen time: the records below are placed around it
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "figures_run.json").write_text(json.dumps({"started": at}))
+
+
+def test_end_writes_every_stage_in_start_order_and_a_warm_run_leaves_the_table(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "results" / "timings.csv"
+    pipeline.begin(runs)
+    assert json.loads((runs / "figures_run.json").read_text())["started"] > 0
+    _begin(runs, 1000.0)
+    _record(runs, "b_second", 20.0, 1001.0)
+    _record(runs, "a_first", 10.0, 1000.5)
+    pipeline.end(runs, out)
+    assert pd.read_csv(out).to_dict("list") == {"stage": ["a_first", "b_second"], "seconds": [10.0, 20.0]}
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert meta["cold_run"]["stages_ran"] == ["a_first", "b_second"] and meta["machine"]["cores"] >= 1
+    before = out.read_bytes(), out.stat().st_mtime_ns
+    _begin(runs, 2000.0)  # nothing runs: the table (and what is built from it) stays as it was
+    pipeline.end(runs, out)
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == before
+    assert "0 of 2 stages ran" in capsys.readouterr().out
+
+
+def test_a_partial_run_keeps_the_last_cold_runs_wall_time(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "timings.csv"
+    _begin(runs, 1000.0)
+    _record(runs, "a", 10.0, 1001.0)
+    _record(runs, "b", 10.0, 1002.0)
+    pipeline.end(runs, out)
+    cold = json.loads(out.with_suffix(".meta.json").read_text())["cold_run"]
+    _begin(runs, 2000.0)
+    _record(runs, "b", 12.5, 2001.0)
+    pipeline.end(runs, out)
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert meta["cold_run"] == cold and meta["last_run"]["stages_ran"] == ["b"]
+    assert pd.read_csv(out)["seconds"].tolist() == [10.0, 12.5]
+
+
+def test_the_bar_of_a_new_stage_is_sized_by_the_committed_timings(tmp_path):
+    table = tmp_path / "timings.csv"
+    table.write_text("stage,seconds\ntrain_zfnet,612.5\n")
+    assert pipeline.committed_time(table, "train_zfnet") == 612.5
+    assert pipeline.committed_time(table, "other") is None
+    assert pipeline.committed_time(tmp_path / "missing.csv", "train_zfnet") is None
+
+
+def _paper_data(root):
+    (root / "imagenet" / "train").mkdir(parents=True)
+    (root / "imagenet" / "val").mkdir()
+    for name, folder in (("c101", "101_ObjectCategories/faces"), ("c256", "256_ObjectCategories/001.ak47")):
+        (root / name / folder).mkdir(parents=True)
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / "voc" / "VOCdevkit" / "VOC2012" / sub).mkdir(parents=True)
+    (root / "broden").mkdir()
+    (root / "broden" / "index.csv").write_text("image\n")
+    return {"IMAGENET": root / "imagenet", "CALTECH101": root / "c101", "CALTECH256": root / "c256",
+            "VOC2012": root / "voc", "BRODEN": root / "broden"}  # fmt: skip
+
+
+def test_the_paper_preset_lists_its_data_and_refuses_to_start_without_them(tmp_path, capsys, monkeypatch):
+    roots = _paper_data(tmp_path)
+    for var, root in roots.items():
+        monkeypatch.setenv(var, str(root))
+    assert pipeline.main(["needs", "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok     ") == 5 and f"CALTECH256={roots['CALTECH256']}" in out
+    monkeypatch.setenv("VOC2012", str(tmp_path / "imagenet"))  # a folder of the wrong layout
+    monkeypatch.delenv("BRODEN")
+    assert pipeline.main(["needs", "--preset", "paper"]) == 2
+    captured = capsys.readouterr()
+    assert "MISSING PASCAL VOC 2012" in captured.out and "BRODEN unset" in captured.out
+    assert captured.err.strip().splitlines() == [
+        "make figures: error: missing data for PRESET=paper: give VOC2012=/path, BRODEN=/path (nothing was run)"
+    ]
+    assert pipeline.main(["needs", "--preset", "cpu"]) == 0
+
+
+def test_the_make_target_lists_the_paper_data_before_anything_runs(tmp_path):
+    """`make figures PRESET=paper` with no data: the list, one error line, exit 2, no run folder made."""
+    import subprocess
+
+    from zfviz.commands import CONFIG_DIR
+
+    repo, var = Path(CONFIG_DIR).parent, "CALTECH101"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(repo), "figures", "PRESET=paper", f"{var}={tmp_path}",
+         f"RUNS={tmp_path}/runs"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert f"{var}={tmp_path}" in proc.stdout and "missing data for PRESET=paper" in proc.stderr
+    assert not (tmp_path / "runs").exists()

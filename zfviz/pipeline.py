@@ -1,0 +1,299 @@
+"""The stages of ``make figures``: each timed, logged and shown as a progress bar (issue 18).
+
+The Makefile runs every command of ``make figures`` through ``stage``::
+
+    python -m zfviz.pipeline stage NAME --runs runs/figures/cpu -- zfviz train model=zfnet ...
+
+- the command's output goes to ``<runs>/logs/NAME.log`` (two stages run side by side under ``make
+  -j2``; their interleaved training bars would be unreadable), and the terminal shows one tqdm bar
+  per stage instead: its length is the stage's previous wall time (a first run has none, so it
+  counts up), its text the log's latest line (a training's own bar, say);
+- when the command succeeds, its wall time goes to ``<runs>/timings/NAME.json`` (atomically); when it
+  fails, the log's last lines are printed with the log's path, and the exit status is passed on;
+- ``begin`` and ``end`` bracket a ``make figures`` run: ``end`` writes ``results/timings.csv``
+  (``stage``, ``seconds``: the latest wall time of every stage, in the order they ran) with a
+  ``.meta.json`` (the run's wall time, whether it was cold, the machine), prints the stage table,
+  and leaves the CSV untouched when nothing ran (a warm run), so the report is not rebuilt for nothing;
+- ``needs`` prints, before anything runs, which data a preset reads and where it looks, and fails
+  (one line, exit 2) when the paper preset's data are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from zfviz.errors import UserError
+from zfviz.utils import atomic_write_text, git_state
+
+TAIL_LINES = 20  # of a failed stage's log, printed before its path
+
+
+def cpu_model() -> str:
+    """This machine's CPU as /proc/cpuinfo names it (the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads_per_job": os.environ.get("OMP_NUM_THREADS")}
+
+
+def last_line(log: Path, chunk: int = 4096) -> str:
+    """The newest status a command wrote: the text after its last newline or carriage return."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - chunk))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    parts = [p.strip() for p in text.replace("\r", "\n").split("\n")]
+    return next((p for p in reversed(parts) if p), "")
+
+
+@contextmanager
+def lane(runs: Path) -> Iterator[int]:
+    """A free terminal row for this stage's bar: the lowest lane whose lock no other stage holds."""
+    folder = runs / "lanes"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(64):
+        f = open(folder / f"{i}.lock", "w")  # noqa: SIM115 - held until the stage ends
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            continue
+        try:
+            yield i
+        finally:
+            f.close()
+        return
+    yield 0
+
+
+def _timing_path(runs: Path, name: str) -> Path:
+    return runs / "timings" / f"{name}.json"
+
+
+def committed_time(table: Path | None, name: str) -> float | None:
+    """Stage ``name``'s seconds in ``table`` (a timings.csv, e.g. the one committed with the results)."""
+    if table is None or not table.is_file():
+        return None
+    rows = pd.read_csv(table)
+    match = rows.loc[rows["stage"] == name, "seconds"]
+    return float(match.iloc[0]) if len(match) else None
+
+
+def run_stage(name: str, runs: Path, command: list[str], known: Path | None = None) -> int:
+    """Run ``command`` as stage ``name`` (module docstring); its exit status. The bar's length is the
+    stage's last wall time here, else its time in ``known`` (the timings.csv kept with the results)."""
+    if not command:
+        raise UserError(f"stage {name}: no command given after --")
+    logs = runs / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{name}.log"
+    previous = _timing_path(runs, name)
+    expected = json.loads(previous.read_text())["seconds"] if previous.is_file() else committed_time(known, name)
+    tty = sys.stderr.isatty()
+    start, started = time.perf_counter(), time.time()
+    with open(log, "wb") as out, lane(runs) as row:
+        out.write(("$ " + " ".join(command) + "\n").encode())
+        out.flush()
+        try:
+            child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        except OSError as err:
+            raise UserError(f"stage {name}: cannot run {command[0]}: {err.strerror}") from None
+        bar = tqdm(
+            total=round(expected) if expected else None, desc=name, unit="s", position=row, leave=True,
+            mininterval=1.0 if tty else 60.0, dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}" if expected
+            else "{desc}: {n:.0f} s {postfix}",
+        )  # fmt: skip
+        try:
+            while child.poll() is None:
+                time.sleep(0.5)
+                bar.n = min(time.perf_counter() - start, bar.total) if bar.total else time.perf_counter() - start
+                bar.set_postfix_str(last_line(log)[:60], refresh=False)
+                bar.refresh() if tty else bar.update(0)
+        except KeyboardInterrupt:  # the child got the terminal's SIGINT too: let it save and stop
+            child.wait()
+            raise
+        finally:
+            bar.close()
+    seconds = round(time.perf_counter() - start, 2)
+    if child.returncode != 0:
+        lines = log.read_text(errors="replace").replace("\r", "\n").splitlines()
+        tail = [line for line in lines if line.strip()][-TAIL_LINES:]
+        print("\n".join(tail), file=sys.stderr)
+        print(f"stage {name} failed (exit {child.returncode}) after {seconds:.0f} s; log: {log}", file=sys.stderr)
+        return child.returncode
+    record = {"stage": name, "seconds": seconds, "started": started, "finished": time.time(), "command": command}
+    previous.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(previous, json.dumps(record, indent=1))
+    tqdm.write(f"stage {name}: {seconds:.0f} s")
+    return 0
+
+
+def stage_times(runs: Path) -> pd.DataFrame:
+    """Every stage's latest record, in the order the stages started."""
+    records = [json.loads(p.read_text()) for p in sorted((runs / "timings").glob("*.json"))]
+    frame = pd.DataFrame(records, columns=["stage", "seconds", "started", "finished"])
+    return frame.sort_values("started", kind="stable").reset_index(drop=True)
+
+
+def begin(runs: Path) -> None:
+    runs.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(runs / "figures_run.json", json.dumps({"started": time.time()}))
+
+
+def end(runs: Path, out: Path) -> None:
+    """Write ``out`` (stage, seconds) and its meta when a stage ran since ``begin``; print the table."""
+    marker = runs / "figures_run.json"
+    started = json.loads(marker.read_text())["started"] if marker.is_file() else time.time()
+    wall = time.time() - started
+    times = stage_times(runs)
+    ran = times[times["finished"] >= started]
+    table = times[["stage", "seconds"]]
+    width = max([len(s) for s in table["stage"]] + [5])
+    print(f"\n{'stage':<{width}}  seconds")
+    for stage, seconds in table.itertuples(index=False):
+        print(f"{stage:<{width}}  {seconds:7.0f}{'' if stage in set(ran['stage']) else '  (cached)'}")
+    print(f"{'sum':<{width}}  {table['seconds'].sum():7.0f}")
+    print(f"this run: {wall:.0f} s wall, {len(ran)} of {len(times)} stages ran")
+    if ran.empty:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, table.to_csv(index=False, float_format="%.2f"))
+    meta_path = out.with_suffix(".meta.json")
+    before = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    this = {**git_state(), "wall_time_s": round(wall, 2), "stages_ran": list(ran["stage"])}
+    cold = len(ran) == len(times)
+    meta = {
+        "table": out.name,
+        "machine": machine(),
+        "jobs": os.environ.get("FIGURES_JOBS"),
+        "cold_run": this if cold else before.get("cold_run"),  # every stage ran: a make figures from nothing
+        "last_run": this,
+    }
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    print(f"wrote {out}")
+
+
+# What each preset reads: (name, Makefile variable, layout, check of a root). The cpu preset's data are
+# on every machine here (Fashion-MNIST from Debian, scikit-learn's digits, a concept set built from them).
+def _has(*parts: str):
+    return lambda root: all((root / p).exists() for p in parts)
+
+
+def _caltech(name: str):
+    def check(root: Path) -> bool:
+        from zfviz.data.caltech import find_folder
+
+        try:
+            find_folder(root, name)
+        except UserError:
+            return False
+        return True
+
+    return check
+
+
+def _voc(root: Path) -> bool:
+    from zfviz.data.voc import find_root
+
+    try:
+        find_root(root)
+    except UserError:
+        return False
+    return True
+
+
+PAPER_DATA = (
+    ("ImageNet 2012 (Tables 2, 3, 7; Figs. 2-8)", "IMAGENET", "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG",
+     _has("train", "val")),
+    ("Caltech-101 (Table 4)", "CALTECH101", "101_ObjectCategories/<class>/*.jpg", _caltech("caltech101")),
+    ("Caltech-256 (Table 5, Fig. 9)", "CALTECH256", "256_ObjectCategories/NNN.<class>/*.jpg", _caltech("caltech256")),
+    ("PASCAL VOC 2012 (Table 6)", "VOC2012", "VOCdevkit/VOC2012/{JPEGImages,Annotations,ImageSets/Main}", _voc),
+    ("Broden (network dissection)", "BRODEN", "index.csv, c_*.csv, images/", _has("index.csv")),
+)  # fmt: skip
+
+
+def needs(preset: str, roots: dict[str, str | None]) -> list[str]:
+    """Print what ``preset`` reads and where; the names of the missing data sets."""
+    if preset != "paper":
+        print(
+            f"make figures PRESET={preset}: Fashion-MNIST (/usr/share/datasets/fashion-mnist, installed by make as "
+            "root), scikit-learn's digits and sample photos (in the package), the concept set built from "
+            "Fashion-MNIST into data/concepts"
+        )
+        return []
+    print("make figures PRESET=paper reads (Makefile variable = folder, its layout):")
+    missing = []
+    for name, var, layout, check in PAPER_DATA:
+        root = roots.get(var)
+        found = bool(root) and Path(root).is_dir() and check(Path(root))
+        where = f"{var}={root}" if root else f"{var} unset"
+        print(f"  {'ok     ' if found else 'MISSING'} {name}: {where} ({layout})")
+        if not found:
+            missing.append(var)
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, command = argv[:at], argv[at + 1 :]
+    parser = argparse.ArgumentParser(prog="python -m zfviz.pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    one = sub.add_parser("stage", help="run one stage: stage NAME --runs DIR -- COMMAND ...")
+    one.add_argument("name")
+    one.add_argument("--expected", type=Path, help="a timings.csv whose times size the bars of stages new here")
+    for action in ("begin", "end", "stage"):
+        (one if action == "stage" else sub.add_parser(action)).add_argument("--runs", required=True, type=Path)
+    sub.choices["end"].add_argument("--out", required=True, type=Path)
+    ask = sub.add_parser("needs", help="what data a preset reads, and where")
+    ask.add_argument("--preset", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "stage":
+            return run_stage(args.name, args.runs, command, args.expected)
+        if args.action == "begin":
+            begin(args.runs)
+        elif args.action == "end":
+            end(args.runs, args.out)
+        else:
+            missing = needs(args.preset, {var: os.environ.get(var) for _, var, *_ in PAPER_DATA})
+            if missing:
+                raise UserError(
+                    f"missing data for PRESET={args.preset}: give {', '.join(f'{v}=/path' for v in missing)} "
+                    "(nothing was run)"
+                )
+    except UserError as err:
+        print(f"make figures: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The report's entries for the companion works: the attribution family (the taxonomy of Grün et al.
+2016), input reconstruction and maximization and network dissection (the survey, seed 004), and the
+measures of explanations with the taxonomy's two claims (issues 13-16).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from zfviz.report.catalog import Artifact, Finding, MissingData, Results, num, verdict
+
+
+def attribution(r: Results) -> Finding:
+    name = r.name("fig_attribution_{preset}.png")
+    if not r.has(name):
+        raise MissingData(name)
+    meta = r.meta(name)
+    methods = list(meta.get("methods") or {})
+    sources = [s for s in meta.get("sources") or [] if isinstance(s, dict)]
+    nets = ", ".join(str(s.get("model")) for s in sources) or "our nets"
+    images = len(sources[0].get("images") or []) if sources else 0
+    text = (
+        f"{len(methods)} methods ({', '.join(methods)}) side by side on the same {images} test images of {nets}, "
+        f"explaining the {meta.get('target', 'true class')}: a figure to judge by eye; the evaluation below scores them"
+    )
+    return Finding(text + ".", "by eye", f"{len(methods)} methods, figure only")
+
+
+def reconstruction(r: Results) -> Finding:
+    t = r.csv("reconstruction_{preset}.csv")
+    parts, held = [], []
+    for net, g in t.groupby("net", sort=False):
+        err = g.pivot_table(index="layer", columns="method", values="error").reindex(g["layer"].unique())
+        first, last = err.index[0], err.index[-1]
+        learned_wins = [layer for layer in err.index if err.loc[layer, "learned"] < err.loc[layer, "regularized"]]
+        parts.append(
+            f"{net}: error {num(err.loc[first, 'regularized'], 3)} at {first} to {num(err.loc[last, 'regularized'])} at "
+            f"{last} regularized, {num(err.loc[first, 'learned'])} to {num(err.loc[last, 'learned'])} learned; the "
+            f"learned decoder wins at {', '.join(learned_wins) or 'no layer'}"
+        )
+        deep = err.index[len(err) // 2 :]
+        held += [
+            bool((err.loc[last] > err.loc[first]).all()),
+            all(err.loc[layer, "learned"] < err.loc[layer, "regularized"] for layer in deep),
+        ]
+    return Finding("; ".join(parts) + " (error = ||x* - x|| / ||x||).", verdict(held), parts[0].split("; the")[0])
+
+
+def maximize(r: Results) -> Finding:
+    t = r.csv("maximize_{preset}.csv")
+    by = t.groupby("param", sort=False)["ratio"]
+    beat, median = by.apply(lambda x: float((x > 1).mean())), by.median()
+    text = (
+        "maximized images drive their target past the strongest real image for "
+        + ", ".join(f"{beat[p]:.0%} of targets with {p} (median {num(median[p])}x)" for p in beat.index)
+        + f"; {len(t)} targets over {t['net'].nunique()} nets"
+    )
+    held = [m > 1 for m in median]
+    return Finding(text + ".", verdict(held), ", ".join(f"{p} {beat[p]:.0%}" for p in beat.index) + " beat real images")
+
+
+def dissection(r: Results) -> Finding:
+    t = r.csv("dissection_{preset}.csv")
+    det = t[t["detector"].astype(bool)]
+    counts = det.groupby("category").size().sort_values(ascending=False)
+    per_layer = det.groupby("layer").size().reindex(sorted(t["layer"].unique()), fill_value=0)
+    zf = t[t["net"] == "zfnet"]
+    semantic = det[det["category"].isin(["object", "part"])].groupby("layer").size()
+    low, high = per_layer.index[0], per_layer.index[-1]
+    text = (
+        f"ZFNet: {int(zf['detector'].astype(bool).sum())} of {len(zf)} units are detectors; over {t['net'].nunique()} nets, "
+        f"{len(det)} detectors ({', '.join(f'{n} {c}' for c, n in counts.items())}), per layer "
+        f"{', '.join(f'{layer} {n}' for layer, n in per_layer.items())}; object or part detectors: "
+        f"{int(semantic.get(low, 0))} in {low}, {int(semantic.get(high, 0))} in {high}"
+    )
+    held = [per_layer[high] > per_layer[low], semantic.get(high, 0) > semantic.get(low, 0)]
+    return Finding(text + ".", verdict(held), f"{len(det)} detectors, {int(counts.get('color', 0))} of them colour")
+
+
+def evaluation(r: Results) -> Finding:
+    t = r.csv("evaluation_{preset}.csv")
+    parts, held = [], []
+    for net, g in t.groupby("net", sort=False):
+        deletion = g[g["metric"] == "deletion"].set_index("method")["mean"]
+        methods = deletion.drop("random").sort_values()
+        parts.append(
+            f"{net}: deletion AUC best {', '.join(f'{m} {num(v)}' for m, v in methods.head(3).items())}, worst "
+            f"{methods.index[-1]} {num(methods.iloc[-1])}, random map {num(deletion['random'])}"
+        )
+        held.append(bool((methods < deletion["random"]).all()))
+    return Finding("; ".join(parts) + " (lower is better).", verdict(held), parts[0].split(", worst")[0])
+
+
+def randomization(r: Results) -> Finding:
+    name = r.name("fig_randomization_{preset}.png")
+    if not r.has(name):
+        raise MissingData(name)
+    t = r.csv("evaluation_{preset}.csv")
+    rho = t[t["metric"] == "randomization_spearman"].pivot_table(index="method", columns="net", values="mean")
+    nets = list(dict.fromkeys(t["net"]))  # the CSV's order (ZFNet first), not the alphabet's
+    rho = rho[nets]
+    gb, grad = rho.loc["guided_backprop"], rho.loc["saliency"]
+    moved = rho.drop(index="random") < rho.loc["random"].min() - 0.2
+    text = (
+        f"with every layer re-initialized, {int(moved.all(axis=1).sum())} of {len(moved)} methods' maps change "
+        f"(Spearman with the trained net's map below {num(rho.loc['random'].min() - 0.2)}; the random map "
+        f"{num(rho.loc['random'].min())}); guided backprop {', '.join(num(gb[n]) for n in nets)} against the gradient "
+        f"{', '.join(num(grad[n]) for n in nets)} ({', '.join(nets)}): at full randomization guided backprop is "
+        f"{'less' if (gb > grad + 0.1).all() else 'no less'} sensitive; the layer-by-layer cascade is in the figure only"
+    )
+    shown = "shown" if (gb > grad + 0.1).all() else "not shown"
+    return Finding(
+        text + ".", shown, f"guided backprop {num(gb.iloc[0])} vs gradient {num(grad.iloc[0])} (Spearman, {nets[0]})"
+    )
+
+
+def claims(r: Results) -> Finding:
+    t = r.csv("claims_{preset}.csv")
+    t["shown"] = t["shown"].astype(str).str.lower() == "true"
+    parts, held = [], []
+    for claim, g in t.groupby("claim", sort=False):
+        best = g.iloc[0]
+        parts.append(
+            f'"{claim}": {"shown" if g["shown"].all() else "not shown" if not g["shown"].any() else "partly shown"} '
+            f"({int(g['shown'].sum())} of {len(g)} measures; first: {num(best['value'])} [{num(best['ci_low'])}, "
+            f"{num(best['ci_high'])}])"
+        )
+        held.append(bool(g["shown"].all()))
+    return Finding("; ".join(parts) + ".", verdict(held), f"{sum(held)} of {len(held)} claims shown")
+
+
+def _reconstruction_view(t: pd.DataFrame) -> pd.DataFrame:
+    wide = t.pivot_table(index="layer", columns=["net", "method"], values="error", sort=False)
+    wide.columns = [f"{n} {m}" for n, m in wide.columns]
+    return wide.reindex(t["layer"].unique()).reset_index()
+
+
+def _maximize_view(t: pd.DataFrame) -> pd.DataFrame:
+    wide = t.pivot_table(index=["net", "layer"], columns="param", values="ratio", aggfunc="median", sort=False)
+    wide.columns = [f"median ratio, {p}" for p in wide.columns]
+    return wide.reset_index()
+
+
+def _dissection_view(t: pd.DataFrame) -> pd.DataFrame:
+    det = t.assign(detector=t["detector"].astype(bool))
+    wide = det.pivot_table(index="net", columns="layer", values="detector", aggfunc="sum", sort=False, fill_value=0)
+    wide["all layers"] = wide.sum(axis=1)
+    return wide.astype(int).reset_index()
+
+
+def _evaluation_view(t: pd.DataFrame) -> pd.DataFrame:
+    wide = t.pivot_table(index=["net", "method"], columns="metric", values="mean", sort=False)
+    return wide.reset_index()
+
+
+ARTIFACTS = (
+    Artifact("attribution", "work-attribution", "The attribution family on the same images", ("fig_attribution_{preset}.png",),
+             "one backward pass, different rules at the ReLUs",
+             "The taxonomy's deconvolutional class: the deconvnet, the gradient (saliency) and guided backprop "
+             "differ only in how the signal passes each ReLU; LRP redistributes relevance layer by layer and "
+             "Grad-CAM weighs the last conv maps by their gradient.", attribution),
+    Artifact("reconstruction", "work-reconstruction", "Inversion from every layer: regularized and learned",
+             ("reconstruction_{preset}.csv", "fig_reconstruction_{preset}.png"),
+             "deeper layers keep less; learned decoders beat optimization at depth",
+             "Mahendran and Vedaldi (2015): reconstructions get vaguer with depth; Dosovitskiy and Brox (2016): a "
+             "learned up-convolutional decoder reconstructs the deep layers better than regularized "
+             "optimization.", reconstruction, _reconstruction_view),
+    Artifact("maximize", "work-reconstruction", "Activation maximization under three parameterizations",
+             ("maximize_{preset}.csv", "fig_maximize_{preset}.png"),
+             "synthesized images drive a unit past real ones",
+             "Activation maximization synthesizes an input a unit prefers; priors (jitter, TV, a decorrelated "
+             "Fourier basis, a generator's code space) keep it natural (Yosinski et al. 2015, Olah et al. 2017, "
+             "Nguyen et al. 2016).", maximize, _maximize_view),
+    Artifact("dissection", "work-dissection", "Network dissection: detectors per layer",
+             ("dissection_{preset}.csv", "fig_dissection_{preset}.png"),
+             "more, and more semantic, detectors in higher layers",
+             "Bau et al. (2017): 97 of ImageNet AlexNet's 256 conv5 units are detectors; colour and texture "
+             "detectors dominate the lower layers, object and part detectors the upper ones.", dissection,
+             _dissection_view),
+    Artifact("evaluation", "work-evaluation", "Every method under every metric", ("evaluation_{preset}.csv",),
+             "a good map deletes the evidence fast",
+             "Petsiuk et al. (2018), Samek et al. (2017): removing pixels in a good map's order destroys the "
+             "prediction faster than a random order (lower deletion AUC, faster pixel flipping).", evaluation,
+             _evaluation_view),
+    Artifact("randomization", "work-evaluation", "Cascading randomization (sanity checks)",
+             ("fig_randomization_{preset}.png",),
+             "guided backprop ignores the weights",
+             "Adebayo et al. (2018): guided backprop and guided Grad-CAM barely change while the net is "
+             "re-initialized from the top; the gradient and Grad-CAM do, as a map that explains the model must.",
+             randomization),
+    Artifact("claims", "work-evaluation", "The taxonomy's claims", ("claims_{preset}.csv",),
+             "randomized occlusion beats the grey square; lower error, more focused features",
+             "Grün et al. (2016): randomized occlusion gives better maps than a grey square, and nets with lower "
+             "error have more focused contributing features.", claims),
+)  # fmt: skip

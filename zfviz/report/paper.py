@@ -1,0 +1,296 @@
+"""The report's entries for Zeiler & Fergus (2014): Tables 1-3, Figs. 2, 4-8 and the training curves (the
+transfer half, Tables 4-7 and Fig. 9, is in ``paper_transfer``).
+
+The "paper found" lines quote the paper (numbers from its tables, as in zfviz/paper_tables); each
+"ours" function reads the CSV (or the figure's ``.npz``) that ``make figures`` wrote.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from zfviz.report.catalog import Artifact, Finding, MissingData, Results, num, signed, verdict
+
+WORK = "work-paper"
+
+
+def _seed_noise(r: Results) -> tuple[float, float] | None:
+    """Mean and largest |change| of Table 3's val top-1 errors when retrained with another seed."""
+    if not r.has("table3_{preset}_seed1.csv"):
+        return None
+    diff = r.csv("table3_{preset}_seed1.csv")["val_top1_diff"].abs()
+    return float(diff.mean()), float(diff.max())
+
+
+def table2(r: Results) -> Finding:
+    t = r.csv("table2_{preset}.csv").set_index("model")
+    z, a = t.loc["zfnet"], t.loc["alexnet"]
+    gap = float(a["val_top1_err"] - z["val_top1_err"])
+    text = (
+        f"ZFNet {num(z['val_top1_err'])}% against the AlexNet replication {num(a['val_top1_err'])}% top-1 "
+        f"test error ({z['dataset']}, {z['input_size']} px, {int(z['epochs'])} epochs): ZFNet {'ahead' if gap > 0 else 'behind'} "
+        f"by {num(abs(gap))} points"
+    )
+    noise = _seed_noise(r)
+    if noise is None:
+        return Finding(
+            text + ".",
+            "shown" if gap > 0 else "not shown",
+            f"ZFNet {'ahead' if gap > 0 else 'behind'} by {num(abs(gap))} points",
+        )
+    within = abs(gap) <= noise[1]
+    text += (
+        f"; another seed moves Table 3's rows by {num(noise[0])} points on average (up to {num(noise[1])}), so this gap "
+        + ("is not a finding." if within else "is beyond that noise.")
+    )
+    shown = "not shown" if within or gap <= 0 else "shown"
+    brief = f"ZFNet {'ahead' if gap > 0 else 'behind'} by {num(abs(gap))} points (seed noise up to {num(noise[1])})"
+    return Finding(text, shown, brief)
+
+
+def training(r: Results) -> Finding:
+    if not r.has("fig_training_curves_{preset}.png"):
+        raise MissingData(r.name("fig_training_curves_{preset}.png"))
+    t = r.csv("table2_{preset}.csv")
+    parts = [
+        f"{row.model} {int(row.epochs)} epochs, final train error {num(row.train_top1_err)}% (with dropout and "
+        f"augmentation) and test {num(row.val_top1_err)}% in {row.wall_time_s / 60:.0f} min"
+        for row in t.itertuples()
+    ]
+    return Finding("; ".join(parts) + ".", "n/a", f"{len(t)} nets trained")
+
+
+def top9(r: Results) -> Finding:
+    name = r.name("fig2_top9_{preset}.png")
+    if not r.has(name):
+        raise MissingData(name)
+    sources = r.meta(name).get("sources") or [{}]
+    epoch = sources[0].get("epoch") if isinstance(sources[0], dict) else None
+    return Finding(
+        f"the 9 strongest activations of maps of conv2-conv5 (ZFNet{f', epoch {epoch}' if epoch else ''}) over the "
+        "test images, each projection beside its image patch; a figure with no number to check: judge it by eye.",
+        "by eye",
+        "figure only",
+    )
+
+
+def _settle_epoch(projection: np.ndarray, epochs: np.ndarray, level: float = 0.9) -> int:
+    """The first saved epoch from which a map's projection correlates >= ``level`` with the last one's."""
+    last = projection[-1].ravel()
+    corr = [np.corrcoef(p.ravel(), last)[0, 1] if p.std() > 0 and last.std() > 0 else 0.0 for p in projection]
+    settled = len(corr) - 1
+    while settled > 0 and corr[settled - 1] >= level:
+        settled -= 1
+    return int(epochs[settled])
+
+
+def evolution(r: Results) -> Finding:
+    z = r.npz("fig4_evolution_{preset}.npz")
+    epochs = z["epochs"]
+    layers = sorted({k.split("/")[0] for k in z if k.endswith("/projection")})
+    settle = {layer: max(_settle_epoch(p, epochs) for p in z[f"{layer}/projection"]) for layer in layers}
+    order = [settle[layer] for layer in layers]
+    text = (
+        "the projection of each shown map's strongest activation settles (correlation >= 0.9 with the last "
+        f"saved epoch's, every map shown) by epoch {', '.join(f'{settle[layer]} in {layer}' for layer in layers)} "
+        f"(saved epochs {', '.join(str(int(e)) for e in epochs)})"
+    )
+    rising = all(b >= a for a, b in zip(order, order[1:], strict=False))
+    shown = "shown" if rising and order[0] < order[-1] else "partly" if order[0] < order[-1] else "not shown"
+    return Finding(text + ".", shown, f"{layers[0]} settles by epoch {order[0]}, {layers[-1]} by {order[-1]}")
+
+
+def _jump(curve: pd.Series) -> float:
+    """How much of its largest change a distance curve makes at the smallest non-zero transformation
+    (the untransformed image is where the distance is 0; translation has a step either side: their mean)."""
+    amounts = curve.index.to_numpy(float)
+    steps = np.abs(amounts - amounts[np.argmin(curve.to_numpy())])
+    first = np.isclose(steps, steps[steps > 0].min())
+    return float(curve.to_numpy()[first].mean() / curve.max())
+
+
+def invariance(r: Results) -> Finding:
+    f = r.csv("fig5_invariance_{preset}.csv")
+    mean = f.groupby(["transform", "amount"])[["dist_conv1", "dist_fc7", "p_true"]].mean()
+    jumps, held = [], []
+    for kind in ("translate", "scale"):
+        curve = mean.loc[kind]
+        j1, j7 = _jump(curve["dist_conv1"]), _jump(curve["dist_fc7"])
+        jumps.append(f"{kind}: conv1 {j1:.0%} vs fc7 {j7:.0%}")
+        held.append(j1 > j7)
+    p = {kind: float(mean.loc[kind]["p_true"].min()) for kind in ("translate", "scale", "rotate")}
+    held.append(p["rotate"] < min(p["translate"], p["scale"]))
+    text = (
+        "the first step of a transformation already makes this share of the largest feature change ("
+        + "; ".join(jumps)
+        + f"); mean p(true class) stays at or above {num(p['translate'])} under translation and {num(p['scale'])} "
+        f"under scaling, but falls to {p['rotate']:.3f} under rotation"
+    )
+    return Finding(text + ".", verdict(held), f"first step: {jumps[0]}; rotation p(true) min {p['rotate']:.3f}")
+
+
+def architecture(r: Results) -> Finding:
+    t = r.csv("fig6_architecture_{preset}.csv").set_index("net")
+    a, z = t.loc["alexnet"], t.loc["zfnet"]
+    off, on = t.loc["zfnet, no clipping"], t.loc["zfnet, clipping"]
+    held = [
+        a["l1_alias_energy"] > z["l1_alias_energy"],
+        a["l1_dead_frac"] > z["l1_dead_frac"],
+        off["l1_rms_dominance"] > 1.5 * on["l1_rms_dominance"],
+    ]
+    text = (
+        f"layer-1 filter energy above the stride's Nyquist: AlexNet {num(a['l1_alias_energy'])}, ZFNet "
+        f"{num(z['l1_alias_energy'])}; dead layer-1 maps {a['l1_dead_frac']:.0%} and {z['l1_dead_frac']:.0%}; "
+        f"layer-2 projection energy above 0.25 cycles/px AlexNet {num(a['l2_proj_hf_energy'])}, ZFNet "
+        f"{num(z['l2_proj_hf_energy'])}; largest filter RMS / median without clipping "
+        f"{num(off['l1_rms_dominance'])}, with {num(on['l1_rms_dominance'])}"
+        + ("" if held[2] else " (no filter dominates)")
+    )
+    return Finding(
+        text + ".",
+        verdict(held),
+        f"aliasing {num(a['l1_alias_energy'])} vs {num(z['l1_alias_energy'])}; dead {a['l1_dead_frac']:.0%} vs "
+        f"{z['l1_dead_frac']:.0%}; no-clip dominance {num(off['l1_rms_dominance'])}",
+    )
+
+
+def occlusion(r: Results) -> Finding:
+    z = r.npz("fig7_occlusion_{preset}.npz")
+    lowest = z["p_true"].reshape(len(z["p_true"]), -1).min(axis=1)
+    changed = [(z["top_class"][i] != z["labels"][i]).mean() for i in range(len(lowest))]
+    dropped = int((lowest < 0.5).sum())
+    text = (
+        f"the square drops p(true class) below 0.5 somewhere in {dropped} of {len(lowest)} images (lowest "
+        f"{', '.join(num(v) for v in lowest)}; unoccluded {', '.join(num(v) for v in z['p_true_clean'])}); "
+        f"the most probable class changes at {', '.join(f'{c:.0%}' for c in changed)} of the positions"
+    )
+    shown = "shown" if dropped == len(lowest) else "not shown" if dropped == 0 else "partly"
+    return Finding(text + ".", shown, f"p(true) < 0.5 in {dropped} of {len(lowest)} images")
+
+
+def correspondence(r: Results) -> Finding:
+    t = r.csv("table1_{preset}.csv").set_index("occluded_part")
+    rand = t.loc["random"]
+    parts = t.drop(index="random")
+    below5 = parts["layer5_mean"] < rand["layer5_mean"]
+    below7 = parts["layer7_mean"] < rand["layer7_mean"]
+    text = (
+        f"conv5 scores {', '.join(f'{p} {v:.3f}' for p, v in parts['layer5_mean'].items())} against random "
+        f"{rand['layer5_mean']:.3f} (std over draws {rand['layer5_std']:.3f}): {int(below5.sum())} of {len(parts)} "
+        f"parts below random; fc7 {', '.join(f'{p} {v:.3f}' for p, v in parts['layer7_mean'].items())} against "
+        f"{rand['layer7_mean']:.3f}"
+    )
+    shown = "shown" if below5.all() else "not shown" if not below5.any() else "partly"
+    return Finding(
+        text + ".",
+        shown,
+        f"conv5: {int(below5.sum())}/{len(parts)} parts below random; fc7: {int(below7.sum())}/{len(parts)}",
+    )
+
+
+def ablation(r: Results) -> Finding:
+    t = r.csv("table3_{preset}.csv").set_index("variant")
+    err = t["val_top1_err"]
+    noise = (_seed_noise(r) or (0.0, 0.0))[1]
+    d_depth = float(err["alexnet_no3467"] - err["alexnet"])
+    d_fc = [float(err[f"{b}_fc{n}"] - err[b]) for b in ("alexnet", "zfnet") for n in (2048, 8192)]
+    d_b = float(err["zfnet_b"] - err["zfnet"])
+    gap = float(t.loc["zfnet_b_fc8192", "val_top1_err"] - t.loc["zfnet_b_fc8192", "train_top1_err"])
+    held = [d_depth > noise, max(abs(d) for d in d_fc) <= max(noise, 1.0), d_b < -noise, gap > noise]
+    text = (
+        f"removing conv3-4 and fc6-7 changes AlexNet's test error by {signed(d_depth)} points (paper +30.8); "
+        f"halving or doubling fc6-7 by {', '.join(signed(d) for d in d_fc)} (paper -0.5 to +1.8); ZFNet-b's wider "
+        f"conv3-5 by {signed(d_b)} (paper -0.9); ZFNet-b with doubled fc6-7 has test minus train error "
+        f"{signed(gap)} (paper +28.3, overfitting); another seed moves a row by up to {num(noise)} points"
+    )
+    names = ("depth matters", "fc size barely matters", "wider conv3-5 help", "wider conv + fc overfit")
+    brief = f"holds: {', '.join(n for n, h in zip(names, held, strict=True) if h) or 'none'}; removing 3,4,6,7: {signed(d_depth)} (paper +30.8)"
+    return Finding(text + ".", verdict(held), brief)
+
+
+def ablation_noise(r: Results) -> Finding:
+    parts = []
+    for name, what in (
+        ("table3_{preset}_seed1.csv", "another seed"),
+        ("table3_{preset}_repeat.csv", "the same seed on 1 thread"),
+    ):
+        if r.has(name):
+            t = r.csv(name).set_index("variant")
+            d = t["val_top1_diff"].abs()
+            parts.append(
+                f"{what} moves val top-1 error by {num(d.mean())} points on average, up to {num(d.max())} ({d.idxmax()})"
+            )
+    if not parts:
+        raise MissingData(r.name("table3_{preset}_seed1.csv"))
+    return Finding("; ".join(parts) + ".", "n/a", parts[0].split(" (")[0])
+
+
+def _fig5_view(f: pd.DataFrame) -> pd.DataFrame:
+    mean = f.groupby(["transform", "amount"], sort=False)[["dist_conv1", "dist_fc7", "p_true"]].mean().reset_index()
+    keep = (mean["transform"] != "rotate") | (mean["amount"] % 30 == 0)
+    return mean[keep]
+
+
+def _table3_view(t: pd.DataFrame) -> pd.DataFrame:
+    cols = [
+        "variant",
+        "label",
+        "parameters",
+        "train_top1_err",
+        "val_top1_err",
+        "paper_train_top1_err",
+        "paper_val_top1_err",
+    ]
+    return t[cols]
+
+
+ARTIFACTS = (
+    Artifact("table2", WORK, "Table 2: ImageNet-style classification error", ("table2_{preset}.csv",),
+             "ZFNet beats the AlexNet replication",
+             "ZFNet (7x7 stride-2 conv1, Fig. 3) 38.4% top-1 / 16.5% top-5 ImageNet val error against 40.5 / 18.1 for "
+             "the replication of Krizhevsky et al., one net each.", table2),
+    Artifact("training", WORK, "Training curves", ("fig_training_curves_{preset}.png",),
+             "training to convergence",
+             "No training curves are shown; the nets trained 70 epochs, about 12 days on one GTX580.", training),
+    Artifact("fig2", WORK, "Fig. 2: top 9 activations per map, projected by the deconvnet", ("fig2_top9_{preset}.png",),
+             "a hierarchy of features, layer by layer",
+             "Layer 2 responds to corners and edge/colour conjunctions, layer 3 to textures, layer 4 to class-specific "
+             "parts (dog faces, bird legs), layer 5 to whole objects with pose variation.", top9),
+    Artifact("fig4", WORK, "Fig. 4: feature evolution during training",
+             ("fig4_evolution_{preset}.png", "fig4_evolution_{preset}.npz"),
+             "lower layers converge first",
+             "Lower layers converge within a few epochs; the upper layers develop only after 40-50 epochs, so a net "
+             "must train until fully converged.", evolution),
+    Artifact("fig5", WORK, "Fig. 5: invariance to translation, scale, rotation",
+             ("fig5_invariance_{preset}.csv", "fig5_invariance_{preset}.png"),
+             "layer 1 changes abruptly, layer 7 gradually; rotation breaks the output",
+             "Small transformations change layer-1 features a lot and the top feature layer less, quasi-linearly for "
+             "translation and scaling; the output is stable to translation and scaling, not to rotation (except "
+             "rotationally symmetric objects).", invariance, _fig5_view),
+    Artifact("fig6", WORK, "Fig. 6: AlexNet's vs ZFNet's first layers; filter clipping",
+             ("fig6_architecture_{preset}.csv", "fig6_architecture_{preset}.png", "fig6_architecture_{preset}.npz"),
+             "11x11/4 aliases and leaves dead filters; without clipping one filter dominates",
+             "AlexNet's 11x11 stride-4 layer 1 mixes very high and low frequencies with dead filters, and its layer 2 "
+             "aliases; ZFNet's 7x7 stride 2 gives cleaner, more distinctive features; without feature-scale "
+             "clipping one layer-1 filter dominates.", architecture),
+    Artifact("fig7", WORK, "Fig. 7: occlusion sensitivity", ("fig7_occlusion_{preset}.png", "fig7_occlusion_{preset}.npz"),
+             "covering the object drops p(true class)",
+             "When the grey square covers the object (a dog's face), the strongest conv5 map and the probability of "
+             "the correct class drop sharply: the net localizes the object, not its context.", occlusion),
+    Artifact("table1", WORK, "Table 1 and Fig. 8: correspondence of parts",
+             ("table1_{preset}.csv", "fig8_correspondence_{preset}.png", "table1_{preset}_draws.csv"),
+             "occluding the same part gives consistent changes at layer 5",
+             "Occluding the same part (eyes, nose) of 5 dog images scores 0.067-0.079 at layer 5 against 0.107 for "
+             "random parts: the net establishes correspondence implicitly; at layer 7 parts and random are close "
+             "(0.068-0.069 vs 0.073).", correspondence),
+    Artifact("table3", WORK, "Table 3: ablations", ("table3_{preset}.csv", "fig_table3_{preset}.png"),
+             "depth matters; wider conv3-5 help; wider conv + fc overfit",
+             "Removing fc6-7 or conv3-4 costs little or some (40.0-45.4 vs 40.5), removing both (4 layers left) "
+             "71.3: depth matters; fc6-7 size barely matters; ZFNet-b's wider conv3-5 help (37.5 vs 38.4); with "
+             "fc6-7 at 8192 too it overfits (train 10.0, val 38.3).", ablation, _table3_view),
+    Artifact("table3-noise", WORK, "Table 3 retrained: how much a row moves",
+             ("table3_{preset}_seed1.csv", "table3_{preset}_repeat.csv"),
+             "(the paper has no error bars)",
+             "The paper reports one run per row, without error bars.", ablation_noise),
+)  # fmt: skip

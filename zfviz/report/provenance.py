@@ -1,0 +1,134 @@
+"""Where the results came from: commits (from every ``.meta.json``), machine, versions, wall times.
+
+Issue 18 asks the report to carry the run's provenance: the commit(s) the results were made at (a
+results folder filled over several sessions holds several), the machine (CPU model and cores), the
+torch version, and the stage wall times ``make figures`` writes to ``results/timings.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from zfviz.pipeline import cpu_model
+from zfviz.utils import git_state
+
+TIMINGS = "timings.csv"
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@dataclass
+class Commit:
+    sha: str
+    dirty: bool
+    files: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+@dataclass
+class Provenance:
+    commits: list[Commit]
+    unknown: list[str]  # files without a sidecar naming a commit
+    torch: list[str]  # torch versions the sidecars record
+    report: dict  # git state and machine at report time
+    timings: pd.DataFrame | None
+    timings_meta: dict
+
+
+def _meta(folder: Path, name: str) -> dict:
+    path = folder / f"{name.rsplit('.', 1)[0]}.meta.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def provenance(folder: str | Path, files: list[str]) -> Provenance:
+    """The provenance of ``files`` (names in ``folder``), read from their sidecars and the machine."""
+    folder = Path(folder)
+    commits: dict[tuple[str, bool], Commit] = {}
+    unknown, torch, seen_stems = [], set(), set()
+    for name in files:
+        meta = _meta(folder, name)
+        sha = meta.get("git_sha")
+        if not sha:
+            unknown.append(name)
+            continue
+        commit = commits.setdefault((sha, bool(meta.get("git_dirty"))), Commit(sha, bool(meta.get("git_dirty"))))
+        commit.files.append(name)
+        stem = name.rsplit(".", 1)[0]
+        if stem not in seen_stems:  # one wall time per sidecar, shared by its CSV and figure
+            seen_stems.add(stem)
+            commit.wall_time_s += float(meta.get("wall_time_s") or 0.0)
+        if isinstance(meta.get("versions"), dict) and meta["versions"].get("torch"):
+            torch.add(meta["versions"]["torch"])
+    timings = None
+    if (folder / TIMINGS).is_file():
+        timings = pd.read_csv(folder / TIMINGS)
+    report = {
+        **git_state(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": package_version("torch"),
+        "python": platform.python_version(),
+    }
+    return Provenance(
+        commits=sorted(commits.values(), key=lambda c: -len(c.files)),
+        unknown=unknown,
+        torch=sorted(torch),
+        report=report,
+        timings=timings,
+        timings_meta=_meta(folder, TIMINGS),
+    )
+
+
+def run_lines(p: Provenance) -> list[str]:
+    """The provenance block as plain sentences (the writers add their markup)."""
+    lines = []
+    if p.commits:
+        lines.append(
+            f"results made at commit{'s' if len(p.commits) > 1 else ''} "
+            + ", ".join(
+                f"{c.sha[:7]}{'*' if c.dirty else ''} ({len(c.files)} file{'s' if len(c.files) > 1 else ''}, "
+                f"{c.wall_time_s / 60:.0f} min)"
+                for c in p.commits
+            )
+            + (
+                " (* with uncommitted changes; minutes: the wall time the sidecars record)"
+                if any(c.dirty for c in p.commits)
+                else ""
+            )
+        )
+    if p.unknown:
+        lines.append(f"no commit recorded for: {', '.join(p.unknown)}")
+    machine = p.timings_meta.get("machine") if isinstance(p.timings_meta.get("machine"), dict) else None
+    if machine:
+        lines.append(f"make figures ran on: {machine.get('cpu')}, {machine.get('cores')} cores")
+    for kind in ("cold_run", "last_run"):
+        run = p.timings_meta.get(kind)
+        if isinstance(run, dict) and run.get("wall_time_s") is not None:
+            sha = (run.get("git_sha") or "")[:7]
+            lines.append(
+                f"{kind.replace('_', ' ')} of make figures: {run['wall_time_s'] / 60:.1f} min wall at commit {sha}"
+            )
+    r = p.report
+    lines.append(
+        f"report written at commit {(r.get('git_sha') or 'unknown')[:7]}{' (uncommitted changes)' if r.get('git_dirty') else ''} "
+        f"on {r['cpu']}, {r['cores']} cores; torch {r['torch']} (the runs recorded torch {', '.join(p.torch) or 'unknown'}), "
+        f"Python {r['python']}"
+    )
+    if p.timings is None:
+        lines.append(f"{TIMINGS} is missing: this run recorded no stage wall times (make figures writes it)")
+    return lines
