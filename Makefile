@@ -147,6 +147,25 @@ $(TRANSFER_OUT) &: $(TRANSFER)/$(TABLE4_RUN)/run.json $(TRANSFER)/fig9/run.json 
 
 FIGURES += $(TRANSFER_OUT)
 
+# --- within-domain transfer (issue 18): Fig. 9's comparison on new classes of the same kind of images ---
+# cpu preset only: at the paper preset the real transfer (ImageNet -> Caltech) is itself within-domain.
+ifeq ($(PRESET),cpu)
+$(RUNS)/zfnet_half/run.json: | install data
+	$(STAGE) train_zfnet_half -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) experiment=within_pretrain \
+		resume=true hydra.run.dir=$(@D)
+
+$(TRANSFER)/within/run.json: $(RUNS)/zfnet_half/run.json
+	$(STAGE) transfer_within -- $(BIN)/zfviz transfer experiment=within preset=$(PRESET) \
+		checkpoint=$(RUNS)/zfnet_half/checkpoint.pt hydra.run.dir=$(@D)
+
+WITHIN_OUT := results/transfer_within_$(PRESET).csv results/fig_transfer_within_$(PRESET).png
+$(WITHIN_OUT) &: $(TRANSFER)/within/run.json $(TRANSFER)/fig9/run.json
+	$(STAGE) transfer_within_figure -- $(BIN)/python scripts/transfer_within.py --preset $(PRESET) --out results \
+		--within $(TRANSFER)/within --cross $(TRANSFER)/fig9
+
+FIGURES += $(WITHIN_OUT)
+endif
+
 # --- network dissection (issue 15): the Fashion-MNIST concept set in the Broden layout, built once ---
 CONCEPTS := data/concepts
 $(CONCEPTS)/index.csv: | install data

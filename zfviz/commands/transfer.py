@@ -4,6 +4,8 @@ Caltech (Tables 4, 5, Fig. 9): for every N in ``n_per_class`` and every split, e
 trained on N images per class and scored by the mean of per-class accuracies on the test images.
 PASCAL (Table 6): each head is trained on the training split, and scored by per-class AP and mAP.
 With ``root=null`` the data are the cpu preset's stand-ins built from scikit-learn's digits.
+``dataset=fashion_mnist`` is the within-domain analogue of Fig. 9: Fashion-MNIST classes the
+pretrained net never saw (``classes``), under the Caltech protocol.
 Writes ``rows.csv`` (one row per split or class), ``summary.csv`` (mean and std over splits) and
 ``run.json`` (provenance) to the run folder.
 """
@@ -33,9 +35,9 @@ from zfviz.transfer import evaluate_heads, fit_softmax, fit_svm, head_scores, pe
 from zfviz.utils import atomic_write_text, git_state, resolve_device, seeded, versions
 from zfviz.validate import check_config
 
-DATASETS = ("caltech101", "caltech256", "pascal2012")
+DATASETS = ("caltech101", "caltech256", "pascal2012", "fashion_mnist")
 HEADS = {"caltech": ("softmax", "svm", "scratch"), "pascal": ("softmax", "multilabel", "svm")}
-TEST_PER_CLASS = {"caltech101": 50, "caltech256": None}
+TEST_PER_CLASS = {"caltech101": 50, "caltech256": None, "fashion_mnist": None}
 
 
 def as_list(value) -> list:
@@ -49,6 +51,12 @@ def check_choices(cfg: DictConfig) -> tuple[str, list[str]]:
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
     kind = "pascal" if cfg.dataset == "pascal2012" else "caltech"
+    if cfg.dataset == "fashion_mnist":
+        from zfviz.data.fashion_mnist import check_classes
+
+        check_classes(cfg.get("classes"), key="classes")
+    elif cfg.get("classes") is not None:
+        raise UserError("classes= picks Fashion-MNIST classes; give dataset=fashion_mnist or classes=null")
     heads = [str(h) for h in as_list(cfg.head)]
     bad = [h for h in heads if h not in HEADS[kind]]
     if bad:
@@ -60,9 +68,20 @@ def check_choices(cfg: DictConfig) -> tuple[str, list[str]]:
     return kind, heads
 
 
-def load_sets(cfg: DictConfig, channels: int) -> tuple[list[ImageSet], str, bool]:
-    """The target data: ([all images] for Caltech, [train, test] for PASCAL), a note, stand-in or not."""
+def load_sets(cfg: DictConfig, channels: int, ckpt: dict | None = None) -> tuple[list[ImageSet], str, bool]:
+    """The target data: ([all images] for Caltech, [train, test] for PASCAL), a note, stand-in or not.
+
+    ``fashion_mnist``: the classes ``cfg.classes`` (null = those ``ckpt``'s net was not trained on).
+    """
     from zfviz.data import digits
+
+    if cfg.dataset == "fashion_mnist":
+        from zfviz.data import fashion_mnist
+
+        seen = fashion_mnist.seen_classes(ckpt["config"]["data"]) if ckpt is not None else ()
+        classes = fashion_mnist.transfer_classes(cfg.get("classes"), seen, f"checkpoint={cfg.checkpoint}")
+        images = fashion_mnist.transfer_set(cfg.root, classes)
+        return [images], images.note, False
 
     if cfg.dataset == "pascal2012":
         if cfg.root is None:
@@ -204,7 +223,7 @@ def _run(cfg: DictConfig) -> dict:
     cache = FeatureCache(cfg.features.cache_dir) if cfg.features.cache_dir else None
     prep = source_preprocess(ckpt, cfg.checkpoint, cfg.features.cache_dir)
     channels = 1 if ckpt["config"]["data"]["name"] == "fashion_mnist" else prep.in_chans
-    sets, note, stand_in = load_sets(cfg, channels)
+    sets, note, stand_in = load_sets(cfg, channels, ckpt)
     print(f"zfviz transfer: {note}", flush=True)
     model_key = file_sha256(cfg.checkpoint)
     feats = []
@@ -232,6 +251,8 @@ def _run(cfg: DictConfig) -> dict:
         "dataset": cfg.dataset, "stand_in": stand_in, "note": note, "checkpoint": str(cfg.checkpoint),
         "checkpoint_chosen": chosen,
         "checkpoint_sha256": model_key, "preprocess": prep.key(),
+        "pretrained_on": {k: ckpt["config"]["data"].get(k) for k in ("name", "classes", "limit")},
+        "target_classes": list(sets[-1].classes),
         "feature_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
         "wall_time_s": round(time.perf_counter() - start, 2), **git_state(), "versions": versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -51,11 +51,12 @@ def build_data(
         )  # fmt: skip
     if name != "fashion_mnist":
         raise UserError(f"data set {name!r} is not available yet; choose one of: fashion_mnist, imagenet")
+    classes = fashion_mnist.check_classes(data_cfg.get("classes"))  # a subset, relabelled 0..k-1
     folder = fashion_mnist.locate(data_cfg.get("root"), bool(data_cfg.get("download", False)))
     limit = data_cfg.get("limit")
     splits = {}
     for split in ("train", "test"):
-        images, labels = fashion_mnist.load_split(folder, split, limit)
+        images, labels = fashion_mnist.load_split(folder, split, limit, classes)
         splits[split] = (resize_uint8(images, input_size), labels)
     # Per-channel statistics of the training images (after resizing), as fractions of 255.
     train_float = splits["train"][0].float() / 255
@@ -67,4 +68,4 @@ def build_data(
         *splits["train"], batch_size, shuffle=True, flip=bool(data_cfg.get("flip", False)), crop_pad=crop_pad, **common
     )
     test = TensorLoader(*splits["test"], data_cfg.get("eval_batch_size", 500), **common)
-    return DataBundle(train, test, fashion_mnist.CLASSES, str(folder))
+    return DataBundle(train, test, fashion_mnist.class_names(classes), str(folder))

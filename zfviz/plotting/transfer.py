@@ -23,11 +23,7 @@ def accuracy_vs_examples(summary: pd.DataFrame, paper: pd.DataFrame | None = Non
     panels = 2 if paper is not None else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4), constrained_layout=True, squeeze=False)
     ax = axes[0, 0]
-    for i, (head, df) in enumerate(summary.groupby("head", sort=False)):
-        df = df.sort_values("n_per_class")
-        std = df["std"].fillna(0).to_numpy()
-        ax.errorbar(df["n_per_class"], df["accuracy"], yerr=std, marker="o", ms=4, capsize=3, color=f"C{i}",
-                    label=LABELS.get(head, head))  # fmt: skip
+    _heads(ax, summary)
     ax.set(xlabel="training images per class", ylabel="mean per-class accuracy (%)", title=title or "ours")
     if paper is not None:
         ax2 = axes[0, 1]
@@ -42,6 +38,33 @@ def accuracy_vs_examples(summary: pd.DataFrame, paper: pd.DataFrame | None = Non
         a.set_ylim(0, 100)
         a.grid(alpha=0.3)
         a.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _heads(ax, summary: pd.DataFrame) -> None:
+    """One line per head of ``summary`` (head, n_per_class, accuracy, std), +-std bars, a colour per head."""
+    colours = {h: f"C{i}" for i, h in enumerate(LABELS)}
+    for head, df in summary.groupby("head", sort=False):
+        df = df.sort_values("n_per_class")
+        std = df["std"].fillna(0).to_numpy()
+        ax.errorbar(df["n_per_class"], df["accuracy"], yerr=std, marker="o", ms=4, capsize=3,
+                    color=colours.get(head), label=LABELS.get(head, head))  # fmt: skip
+
+
+def stand_ins_side_by_side(panels: dict[str, pd.DataFrame], title: str = "") -> Figure:
+    """Fig. 9's plot once per stand-in (panel title -> summary), on one y axis: the cross-domain and
+    the within-domain analogue next to each other, each head the same colour in both."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), constrained_layout=True,
+                             squeeze=False, sharey=True)  # fmt: skip
+    for ax, (name, summary) in zip(axes[0], panels.items(), strict=True):
+        _heads(ax, summary)
+        ax.set(xlabel="training images per class", ylim=(0, 100))
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0, 0].set_ylabel("mean per-class accuracy (%)")
+    if title:
+        fig.suptitle(title)
     return fig
 
 
