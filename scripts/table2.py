@@ -29,7 +29,9 @@ def main() -> int:
         return 2
     write_table(df, f"{args.out}/table2_{args.preset}.csv", sources=sources, wall_time_s=float(df["wall_time_s"].sum()))
     fig = training_curves(histories, title=f"Training curves, {args.preset} preset ({df['dataset'].iloc[0]})")
-    save_figure(fig, f"{args.out}/fig_training_curves_{args.preset}.png", sources=sources, table=f"table2_{args.preset}.csv")
+    save_figure(
+        fig, f"{args.out}/fig_training_curves_{args.preset}.png", sources=sources, table=f"table2_{args.preset}.csv"
+    )
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.drop(columns=["run_dir"]).to_string(index=False))
     return 0

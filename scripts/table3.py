@@ -46,7 +46,12 @@ def main() -> int:
         return 2
     write_table(df, f"{args.out}/table3_{args.preset}.csv", sources=sources, wall_time_s=float(df["wall_time_s"].sum()))
     title = f"Table 3 ablations, {args.preset} preset ({df['dataset'].iloc[0]}, {int(df['epochs'].iloc[0])} epochs)"
-    save_figure(ablation_bars(df, title=title), f"{args.out}/fig_table3_{args.preset}.png", sources=sources, table=f"table3_{args.preset}.csv")
+    save_figure(
+        ablation_bars(df, title=title),
+        f"{args.out}/fig_table3_{args.preset}.png",
+        sources=sources,
+        table=f"table3_{args.preset}.csv",
+    )
     if again is not None:
         path = f"{args.out}/table3_{args.preset}_{args.repeat_name}.csv"
         write_table(again, path, sources=sources + provenance(repeats))

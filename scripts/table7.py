@@ -90,7 +90,12 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     wall = time.perf_counter() - start
     write_table(df, out / f"table7_{cfg.preset}.csv", sources=[source], wall_time_s=round(wall, 2))
     title = f"Table 7: linear classifiers on each layer, {cfg.preset} preset ({images.name}, {cfg.splits} splits)"
-    save_figure(layer_accuracy_lines(df, title=title), out / f"fig_table7_{cfg.preset}.png", sources=[source], table=f"table7_{cfg.preset}.csv")
+    save_figure(
+        layer_accuracy_lines(df, title=title),
+        out / f"fig_table7_{cfg.preset}.png",
+        sources=[source],
+        table=f"table7_{cfg.preset}.csv",
+    )
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(df.drop(columns=["dataset", "model"]).round(2).to_string(index=False))
     print(f"table7: {wall:.1f} s, feature cache {hits}, wrote {out}/table7_{cfg.preset}.csv")

@@ -136,7 +136,12 @@ def main() -> int:
             table = pascal_table(run, rows)
             write_table(table, out / f"table6_{args.preset}.csv", sources=[source(run, args.table6)], wall_time_s=run["wall_time_s"])  # fmt: skip
             fig = ap_bars(rows, title=f"per-class AP, {run['dataset']} {'stand-in' if run.get('stand_in') else ''}")
-            save_figure(fig, out / f"fig_table6_ap_{args.preset}.png", sources=[source(run, args.table6)], table=f"table6_{args.preset}.csv")
+            save_figure(
+                fig,
+                out / f"fig_table6_ap_{args.preset}.png",
+                sources=[source(run, args.table6)],
+                table=f"table6_{args.preset}.csv",
+            )
             plt.close(fig)
             print(table.to_string(index=False))
     except UserError as err:

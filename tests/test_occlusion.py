@@ -16,7 +16,7 @@ from torch.testing import assert_close
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.viz.occlusion import MAPS, fill_image, grid, occlusion, resolve_layer
-from zfviz.viz.occlusion_fast import _lrn
+from zfviz.viz.occlusion_chain import lrn as _lrn
 
 PROB_TOL = dict(atol=1e-6, rtol=1e-5)
 

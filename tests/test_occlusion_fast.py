@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.test_occlusion import assert_maps_equal, brute_force
@@ -163,3 +164,44 @@ def test_a_shortcut_wider_than_the_main_path_is_pasted_into_the_union():
     target = torch.tensor([0, 4])
     expected, _ = brute_force(model, images, target, 5, 3, fill_image("noise", (3, 26, 26), seed=5), "1")
     assert_maps_equal(occlusion(model, images, target, 5, 3, "noise", "1", seed=5), expected)
+
+
+def test_each_origin_computes_exactly_the_region_its_occluder_reaches(monkeypatch):
+    """With no merging of origins (``GROUP_COST = 0``) every conv/pool computes, for every occluder origin, the
+    bounding box of the outputs its square can reach: the oracle pushes the occluder's 0/1 indicator through
+    the layers' geometry (max-pooling with the layer's kernel, stride, padding and ceil mode). With the default
+    merging a class computes at least that box."""
+    from zfviz.viz import occlusion_fast
+    from zfviz.viz.occlusion_chain import Window
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 5, stride=2, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    size, window, stride = 41, 7, 3
+    ys = grid(size, window, stride)
+
+    for cost, exact in ((0.0, True), (occlusion_fast.GROUP_COST, False)):
+        monkeypatch.setattr(occlusion_fast, "GROUP_COST", cost)
+        with torch.no_grad():
+            images, fill = torch.randn(1, 3, size, size), torch.zeros(3, size, size)
+            _, _, sweep = Sweep.build(model, images, "4", fill, ys, ys, window)
+        ops = [op for step in sweep.steps for op in step.main if isinstance(op, Window)]
+        assert len(ops) == 4  # conv, pool, conv, conv
+        for iy, y in enumerate(ys.tolist()):
+            for ix, x in enumerate(ys.tolist()):
+                indicator = torch.zeros(1, 1, size, size)
+                indicator[..., y : y + window, x : x + window] = 1
+                for op in ops:
+                    ceil = getattr(op.module, "ceil_mode", False)
+                    indicator = F.max_pool2d(indicator, op.kernel, op.stride, op.padding, ceil_mode=ceil)
+                    rows, cols = (indicator[0, 0].amax(dim).nonzero().flatten() for dim in (1, 0))
+                    ky, kx = int(sweep.classes[0][iy]), int(sweep.classes[1][ix])
+                    start = (int(op.rect.start[0][iy]), int(op.rect.start[1][ix]))
+                    end = (start[0] + op.rect.lengths[0][ky], start[1] + op.rect.lengths[1][kx])
+                    box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+                    if exact:
+                        assert (*start, *end) == box
+                    else:
+                        assert start[0] <= box[0] and start[1] <= box[1] and end[0] >= box[2] and end[1] >= box[3]

@@ -203,7 +203,6 @@ def sweep_size(args: list[str]) -> int:
     return size
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("line", [ln for ln in LINES if ln not in NOT_RUN_HERE])
 def test_readme_line_runs(line, work):

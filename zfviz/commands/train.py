@@ -29,11 +29,11 @@ from zfviz.utils import atomic_write_text, git_state, seeded, versions
 from zfviz.validate import check_config
 
 
-
 def _best(rows: list[dict]) -> float | None:
     """The lowest val top-1 error over the evaluated epochs (trainer.eval_every leaves others NaN)."""
     errors = [r["val_top1_err"] for r in rows if r["val_top1_err"] == r["val_top1_err"]]
     return min(errors) if errors else None
+
 
 def model_kwargs(model_cfg) -> dict:
     kw = OmegaConf.to_container(model_cfg, resolve=True)

@@ -175,9 +175,10 @@ def occlusion(
         if chunk_size is None:
             largest = sweep.copy_numel() if sweep else 8 * images[0].numel()
             chunk_size = max(1, CHUNK_BYTES // (4 * largest))
-        # All (image, position) pairs, image-major; chunks are slices of this list.
+        # All (image, position) pairs, image-major, positions in the sweep's order (class by class, so a chunk
+        # holds few batches of equal rectangles); chunks are slices of this list.
         per_image = len(ys) * len(xs)
-        pos = torch.arange(per_image, device=dev).repeat(n)
+        pos = (sweep.order if sweep else torch.arange(per_image, device=dev)).repeat(n)
         n_all = torch.arange(n, device=dev).repeat_interleave(per_image)
         logits_all, totals = [], []
         for start in range(0, len(n_all), chunk_size):
@@ -189,14 +190,17 @@ def occlusion(
                 lg, total = _copies_forward(model, feat_name, images, fill, n_idx, y_idx, x_idx, window, channel)
             logits_all.append(lg)
             totals.append(total)
-    probs = torch.cat(logits_all).softmax(dim=1)
+    # Back to (image, row, column) order.
+    slot = torch.empty_like(pos).index_put_((n_all * per_image + pos,), torch.arange(len(pos), device=dev))
+    probs = torch.cat(logits_all)[slot].softmax(dim=1)
+    n_all = n_all[slot]
     top_prob, top_class = probs.max(dim=1)
     shape = (n, len(ys), len(xs))
     return {
         "p_true": probs[torch.arange(len(n_all), device=dev), target[n_all]].reshape(shape),
         "top_class": top_class.reshape(shape),
         "top_prob": top_prob.reshape(shape),
-        "feature_activation": torch.cat(totals).reshape(shape),
+        "feature_activation": torch.cat(totals)[slot].reshape(shape),
         "channel": channel,
         "p_true_clean": logits.softmax(dim=1)[torch.arange(n, device=dev), target],
         "layer": feat_name,
