@@ -75,7 +75,8 @@ $(RUNS)/zfnet_noclip/run.json: | install data
 	$(STAGE) train_zfnet_noclip -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=null resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
 
 results/fig2_top9_$(PRESET).png: $(RUNS)/zfnet/run.json
-	$(STAGE) fig2_top9 -- $(BIN)/zfviz viz top9 checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig2_top9_$(PRESET)
+	$(STAGE) fig2_top9 -- $(BIN)/zfviz viz top9 checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig2_top9_$(PRESET) \
+		arrays_dir=$(RUNS)/arrays
 
 results/fig4_evolution_$(PRESET).png: $(RUNS)/zfnet/run.json
 	$(STAGE) fig4_evolution -- $(BIN)/zfviz viz evolution checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig4_evolution_$(PRESET) viz.limit=$(EVOLUTION_LIMIT)

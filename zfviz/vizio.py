@@ -351,6 +351,7 @@ class Outputs:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.folder = out_dir(cfg)
+        self.arrays_folder = Path(cfg.arrays_dir) if cfg.get("arrays_dir") else self.folder
         self.written: list[Path] = []
 
     def figure(self, fig, name: str) -> Path:
@@ -362,7 +363,8 @@ class Outputs:
         return path
 
     def arrays(self, name: str, **arrays) -> Path:
-        path = self.folder / name
+        self.arrays_folder.mkdir(parents=True, exist_ok=True)
+        path = self.arrays_folder / name
         save_arrays(path, **arrays)
         self.written.append(path)
         return path
@@ -376,8 +378,8 @@ class Outputs:
     def provenance(self, sources: list[dict], wall_time_s: float | None = None) -> list[Path]:
         """Write ``<stem>.meta.json`` beside every file written so far; returns the sidecars."""
         stems: dict[str, list[str]] = {}
-        for path in self.written:
-            stems.setdefault(path.stem, []).append(path.name)
+        for path in self.written:  # a file outside the folder (arrays_dir) is named by its path
+            stems.setdefault(path.stem, []).append(path.name if path.parent == self.folder else str(path))
         common = {
             "command": f"zfviz viz {self.cfg.viz.name}",
             "seed": self.cfg.get("seed"),
