@@ -168,7 +168,8 @@ FIGURES += $(WITHIN_OUT)
 endif
 
 # --- network dissection (issue 15): the Fashion-MNIST concept set in the Broden layout, built once ---
-CONCEPTS := data/concepts
+# The paper preset dissects on Broden (BRODEN=...); the cpu preset on the Fashion-MNIST concept set built here.
+CONCEPTS := $(if $(filter paper,$(PRESET)),$(BRODEN),data/concepts)
 $(CONCEPTS)/index.csv: | install data
 	$(STAGE) concepts -- $(BIN)/python -m zfviz.dissection.concepts $(CONCEPTS)
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 from zfviz.report import write_report
 from zfviz.report.browser import MISSING, find_chromium, screenshot
+from zfviz.results import write_meta
+
+SHOT = "report_top.png"
 
 
 def main() -> int:
@@ -32,7 +36,13 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    start = time.perf_counter()
     report = write_report(folder, args.preset)
+    # Each output names what it was built from, as every file in results/ does (tests/test_results.py).
+    read = sorted(p.name for p in folder.iterdir() if p.suffix in (".csv", ".png", ".npz") and p.name != SHOT)
+    for name in ("index.html", "README.md"):
+        write_meta(folder / name, sources=[{"file": f} for f in read], page=name, preset=args.preset,
+                   wall_time_s=round(time.perf_counter() - start, 2))  # fmt: skip
     shown = Counter(e.finding.shown for e in report.entries if e.work != "other")
     print(f"report: wrote {folder / 'index.html'} and {folder / 'README.md'}: {len(report.entries) - len(report.other)} "
           f"results ({', '.join(f'{n} {k}' for k, n in shown.most_common())}), {len(report.other)} other files")  # fmt: skip
@@ -41,10 +51,11 @@ def main() -> int:
             print(f"report: no screenshot: {MISSING}")
             return 0
         try:
-            png = screenshot(folder / "index.html", folder / "report_top.png")
+            png = screenshot(folder / "index.html", folder / SHOT)
         except (RuntimeError, subprocess.SubprocessError) as err:
             print(f"report: error: the screenshot failed: {err}", file=sys.stderr)
             return 1
+        write_meta(png, sources=[{"file": "index.html"}], screenshot_of="index.html")
         print(f"report: wrote {png}")
     return 0
 

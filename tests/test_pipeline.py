@@ -68,6 +68,7 @@ def test_end_writes_every_stage_in_start_order_and_a_warm_run_leaves_the_table(t
     assert pd.read_csv(out).to_dict("list") == {"stage": ["a_first", "b_second"], "seconds": [10.0, 20.0]}
     meta = json.loads(out.with_suffix(".meta.json").read_text())
     assert meta["cold_run"]["stages_ran"] == ["a_first", "b_second"] and meta["machine"]["cores"] >= 1
+    assert [s["stage"] for s in meta["sources"]] == ["a_first", "b_second"] and "git_sha" in meta  # a sidecar
     before = out.read_bytes(), out.stat().st_mtime_ns
     _begin(runs, 2000.0)  # nothing runs: the table (and what is built from it) stays as it was
     pipeline.end(runs, out)

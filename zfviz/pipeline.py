@@ -187,6 +187,8 @@ def end(runs: Path, out: Path) -> None:
     cold = len(ran) == len(times)
     meta = {
         "table": out.name,
+        **{k: this[k] for k in ("git_sha", "git_dirty")},  # the run that wrote the table last
+        "sources": [{"stage": stage, "log": str(runs / "logs" / f"{stage}.log")} for stage in table["stage"]],
         "machine": machine(),
         "jobs": os.environ.get("FIGURES_JOBS"),
         "cold_run": this if cold else before.get("cold_run"),  # every stage ran: a make figures from nothing
