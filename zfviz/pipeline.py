@@ -171,10 +171,10 @@ def end(runs: Path, out: Path) -> None:
     times = stage_times(runs)
     ran = times[times["finished"] >= started]
     table = times[["stage", "seconds"]]
-    width = max([len(s) for s in table["stage"]] + [5])
+    width, fresh = max([len(s) for s in table["stage"]] + [5]), set(ran["stage"])
     print(f"\n{'stage':<{width}}  seconds")
     for stage, seconds in table.itertuples(index=False):
-        print(f"{stage:<{width}}  {seconds:7.0f}{'' if stage in set(ran['stage']) else '  (cached)'}")
+        print(f"{stage:<{width}}  {seconds:7.0f}{'' if stage in fresh else '  (cached)'}")
     print(f"{'sum':<{width}}  {table['seconds'].sum():7.0f}")
     print(f"this run: {wall:.0f} s wall, {len(ran)} of {len(times)} stages ran")
     if ran.empty:

@@ -99,9 +99,8 @@ def check_classes(classes, key: str = "data.classes") -> tuple[int, ...] | None:
     want = f"give null (all ten) or a list of 2-10 distinct class indices 0..9, e.g. {key}=[0,2,3,5,8]"
     if not isinstance(classes, (list, tuple)):
         raise UserError(f"{key}={classes} is not valid: {want}")
-    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(CLASSES) for c in classes):
-        raise UserError(f"{key}={list(classes)} is not valid: {want}")
-    if len(set(classes)) != len(classes) or len(classes) < 2:
+    indices = all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(CLASSES) for c in classes)
+    if not indices or len(set(classes)) != len(classes) or len(classes) < 2:
         raise UserError(f"{key}={list(classes)} is not valid: {want}")
     return tuple(classes)
 

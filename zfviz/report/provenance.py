@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
 from zfviz.pipeline import cpu_model
-from zfviz.utils import git_state
+from zfviz.utils import git_state, versions
 
 TIMINGS = "timings.csv"
-
-
-def package_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 @dataclass
@@ -77,12 +68,13 @@ def provenance(folder: str | Path, files: list[str]) -> Provenance:
     timings = None
     if (folder / TIMINGS).is_file():
         timings = pd.read_csv(folder / TIMINGS)
+    now = versions()  # as every sidecar records them, so the two read alike
     report = {
         **git_state(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "torch": package_version("torch"),
-        "python": platform.python_version(),
+        "torch": now["torch"],
+        "python": now["python"],
     }
     return Provenance(
         commits=sorted(commits.values(), key=lambda c: -len(c.files)),
