@@ -1,11 +1,17 @@
 # zfviz: `make figures` runs the paper's experiments at PRESET (default cpu) into results/;
-# `make test` runs the test suite (`make test-fast`: without the slow tests). Both set up .venv and the
-# data they need from nothing.
+# `make test` runs the test suite (`make test-fast`: without the slow tests; `make test-gpu`: the CUDA
+# paths, on a machine with a GPU). All set up .venv and the data they need from nothing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PRESET ?= cpu
-RUNS := runs/figures/$(PRESET)
+# SCALE: the sizes every stage runs at (configs/scale/<SCALE>.yaml; full = as configured, mini = a rehearsal).
+SCALE ?= full
+SCALED := $(if $(filter full,$(SCALE)),,_$(SCALE))
+# RESULTS: where the tables, figures and report go; RUNS: run folders, logs and caches of this preset and scale.
+RESULTS ?= results
+RUNS ?= runs/figures/$(PRESET)$(SCALED)
+FEATURES ?= runs/features
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 # make figures runs JOBS stages side by side (make -j), each on THREADS torch threads (cores / JOBS):
 # on 2 cores two 1-thread trainings gave 1.19x the images/s of one 2-thread training, and the stages
@@ -13,7 +19,7 @@ FMNIST_DEB := /usr/share/datasets/fashion-mnist
 JOBS ?= 2
 THREADS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(JOBS))); echo $$((t > 0 ? t : 1)))
 # Every command of make figures is a stage: logged to $(RUNS)/logs/, shown as a bar, timed (zfviz/pipeline.py).
-STAGE = $(BIN)/python -m zfviz.pipeline stage --runs $(RUNS) --expected results/timings.csv
+STAGE = $(BIN)/python -m zfviz.pipeline stage --runs $(RUNS) --scale $(SCALE) --expected results/timings.csv
 # The paper preset reads ImageNet, Caltech, VOC and Broden from these folders (make figures PRESET=paper
 # IMAGENET=/data/ILSVRC2012 ...; it lists what it needs before anything runs).
 DATA_ARGS_paper = data=imagenet data.root=$(IMAGENET)
@@ -21,13 +27,15 @@ DATA_ARGS = $(DATA_ARGS_$(PRESET))
 DATA_ROOTS = IMAGENET="$(IMAGENET)" CALTECH101="$(CALTECH101)" CALTECH256="$(CALTECH256)" VOC2012="$(VOC2012)" \
 	BRODEN="$(BRODEN)"
 
-.PHONY: install data test test-fast figures stages report chromium lint clean-figures concepts
+.PHONY: install data test test-fast test-gpu figures stages report chromium lint clean-figures concepts rehearsal
 
 install: $(VENV)/.installed
 
 # torch/torchvision: the pair that lies on this workplace's disk (other pairs break torchvision's import).
+# A working .venv is kept (only its packages are brought up to date): a make run from inside the suite, whose
+# python3 may be another interpreter, must not rewrite the venv the suite is running in.
 $(VENV)/.installed: pyproject.toml setup.py
-	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import sys" 2>/dev/null || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
@@ -46,6 +54,10 @@ test: install data chromium
 test-fast: install data
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# test-gpu: the CUDA paths (tests/test_gpu.py) on a machine with a GPU; without one they fail, not skip.
+test-gpu: install data
+	ZFVIZ_REQUIRE_CUDA=1 $(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
+
 lint: install
 	$(BIN)/ruff check zfviz tests scripts
 
@@ -54,11 +66,11 @@ lint: install
 $(RUNS)/%/run.json: | install data
 	$(STAGE) train_$* -- $(BIN)/zfviz train model=$* preset=$(PRESET) experiment=table2 resume=true hydra.run.dir=$(RUNS)/$* $(DATA_ARGS)
 
-results/table2_$(PRESET).csv: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
-	$(STAGE) table2 -- $(BIN)/python scripts/table2.py --preset $(PRESET) --out results $(^D)
+$(RESULTS)/table2_$(PRESET).csv: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
+	$(STAGE) table2 -- $(BIN)/python scripts/table2.py --preset $(PRESET) --out $(RESULTS) $(^D)
 
 # Each block below adds its outputs to FIGURES; `figures` (at the end) builds them all.
-FIGURES := results/table2_$(PRESET).csv
+FIGURES := $(RESULTS)/table2_$(PRESET).csv
 CHECKPOINT := $(RUNS)/zfnet/checkpoint.pt
 
 # --- deconvnet figures (Figs. 2, 4, 6) ---
@@ -74,57 +86,61 @@ $(RUNS)/zfnet_clip/run.json: | install data
 $(RUNS)/zfnet_noclip/run.json: | install data
 	$(STAGE) train_zfnet_noclip -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=null resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
 
-results/fig2_top9_$(PRESET).png: $(RUNS)/zfnet/run.json
-	$(STAGE) fig2_top9 -- $(BIN)/zfviz viz top9 checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig2_top9_$(PRESET) \
+$(RESULTS)/fig2_top9_$(PRESET).png: $(RUNS)/zfnet/run.json
+	$(STAGE) fig2_top9 -- $(BIN)/zfviz viz top9 checkpoint=$(CHECKPOINT) out_dir=$(RESULTS) viz.stem=fig2_top9_$(PRESET) \
 		arrays_dir=$(RUNS)/arrays
 
-results/fig4_evolution_$(PRESET).png: $(RUNS)/zfnet/run.json
-	$(STAGE) fig4_evolution -- $(BIN)/zfviz viz evolution checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig4_evolution_$(PRESET) viz.limit=$(EVOLUTION_LIMIT)
+$(RESULTS)/fig4_evolution_$(PRESET).png: $(RUNS)/zfnet/run.json
+	$(STAGE) fig4_evolution -- $(BIN)/zfviz viz evolution checkpoint=$(CHECKPOINT) out_dir=$(RESULTS) viz.stem=fig4_evolution_$(PRESET) viz.limit=$(EVOLUTION_LIMIT)
 
-results/fig6_architecture_$(PRESET).csv: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(RUNS)/zfnet_clip/run.json $(RUNS)/zfnet_noclip/run.json
+$(RESULTS)/fig6_architecture_$(PRESET).csv: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(RUNS)/zfnet_clip/run.json $(RUNS)/zfnet_noclip/run.json
 	$(STAGE) fig6_architecture -- $(BIN)/zfviz viz architecture checkpoint=$(CHECKPOINT) viz.alexnet=$(RUNS)/alexnet/checkpoint.pt \
 		viz.clipped=$(RUNS)/zfnet_clip/checkpoint.pt viz.unclipped=$(RUNS)/zfnet_noclip/checkpoint.pt \
-		out_dir=results viz.stem=fig6_architecture_$(PRESET)
+		out_dir=$(RESULTS) viz.stem=fig6_architecture_$(PRESET)
 
-FIGURES += results/fig2_top9_$(PRESET).png results/fig4_evolution_$(PRESET).png results/fig6_architecture_$(PRESET).csv
+FIGURES += $(RESULTS)/fig2_top9_$(PRESET).png $(RESULTS)/fig4_evolution_$(PRESET).png $(RESULTS)/fig6_architecture_$(PRESET).csv
 
 # --- occlusion, correspondence, invariance (Figs. 5, 7, 8; Table 1) ---
-results/fig7_occlusion_$(PRESET).png: $(RUNS)/zfnet/run.json
-	$(STAGE) fig7_occlusion -- $(BIN)/zfviz viz occlusion checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig7_occlusion_$(PRESET)
+$(RESULTS)/fig7_occlusion_$(PRESET).png: $(RUNS)/zfnet/run.json
+	$(STAGE) fig7_occlusion -- $(BIN)/zfviz viz occlusion checkpoint=$(CHECKPOINT) out_dir=$(RESULTS) viz.stem=fig7_occlusion_$(PRESET)
 
-results/table1_$(PRESET).csv: $(RUNS)/zfnet/run.json
-	$(STAGE) table1_fig8 -- $(BIN)/zfviz viz correspondence checkpoint=$(CHECKPOINT) out_dir=results viz.stem=table1_$(PRESET) \
+$(RESULTS)/table1_$(PRESET).csv: $(RUNS)/zfnet/run.json
+	$(STAGE) table1_fig8 -- $(BIN)/zfviz viz correspondence checkpoint=$(CHECKPOINT) out_dir=$(RESULTS) viz.stem=table1_$(PRESET) \
 		viz.figure=fig8_correspondence_$(PRESET)
 
-results/fig5_invariance_$(PRESET).csv: $(RUNS)/zfnet/run.json
-	$(STAGE) fig5_invariance -- $(BIN)/zfviz viz invariance checkpoint=$(CHECKPOINT) out_dir=results viz.stem=fig5_invariance_$(PRESET)
+$(RESULTS)/fig5_invariance_$(PRESET).csv: $(RUNS)/zfnet/run.json
+	$(STAGE) fig5_invariance -- $(BIN)/zfviz viz invariance checkpoint=$(CHECKPOINT) out_dir=$(RESULTS) viz.stem=fig5_invariance_$(PRESET)
 
-FIGURES += results/fig7_occlusion_$(PRESET).png results/table1_$(PRESET).csv results/fig5_invariance_$(PRESET).csv
+FIGURES += $(RESULTS)/fig7_occlusion_$(PRESET).png $(RESULTS)/table1_$(PRESET).csv $(RESULTS)/fig5_invariance_$(PRESET).csv
 
 # --- the visualization family (issue 13): the same test images under every attribution method ---
-results/fig_attribution_$(PRESET).png: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
-	$(STAGE) attribution -- $(BIN)/python scripts/attribution_figure.py --preset $(PRESET) --out results $(RUNS)/zfnet $(RUNS)/alexnet
+$(RESULTS)/fig_attribution_$(PRESET).png: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
+	$(STAGE) attribution -- $(BIN)/python scripts/attribution_figure.py --preset $(PRESET) --out $(RESULTS) $(RUNS)/zfnet $(RUNS)/alexnet
 
-FIGURES += results/fig_attribution_$(PRESET).png
+FIGURES += $(RESULTS)/fig_attribution_$(PRESET).png
 
 # --- ablations (Table 3) ---
 # One run trains every Table 3 variant; each is cached under runs/ablate/cache/<config hash>/,
 # so a re-run (delete $(ABLATE)/variants.json to force one) trains only what is missing.
-ABLATE := runs/ablate/table3_$(PRESET)
+ABLATE ?= runs/ablate/table3_$(PRESET)$(SCALED)
+ABLATE_CACHE ?= runs/ablate/cache
 $(ABLATE)/variants.json: | install data
-	$(STAGE) ablate -- $(BIN)/zfviz ablate experiment=table3 preset=$(PRESET) hydra.run.dir=$(ABLATE) $(DATA_ARGS)
+	$(STAGE) ablate -- $(BIN)/zfviz ablate experiment=table3 preset=$(PRESET) hydra.run.dir=$(ABLATE) cache_dir=$(ABLATE_CACHE) $(DATA_ARGS)
 
-results/table3_$(PRESET).csv: $(ABLATE)/variants.json
-	$(STAGE) table3 -- $(BIN)/python scripts/table3.py --preset $(PRESET) --out results $(ABLATE)
+$(RESULTS)/table3_$(PRESET).csv: $(ABLATE)/variants.json
+	$(STAGE) table3 -- $(BIN)/python scripts/table3.py --preset $(PRESET) --out $(RESULTS) $(ABLATE)
 
-FIGURES += results/table3_$(PRESET).csv
+FIGURES += $(RESULTS)/table3_$(PRESET).csv
 
-# Table 7: linear SVM and softmax on each layer's features of the trained ZFNet (cached in runs/features).
-results/table7_$(PRESET).csv: $(RUNS)/zfnet/run.json
-	$(STAGE) table7 -- $(BIN)/python scripts/table7.py experiment=table7 preset=$(PRESET) checkpoint=$(CHECKPOINT) out_dir=results \
-		features.cache_dir=runs/features hydra.run.dir=$(RUNS)/table7
+# Table 7: linear SVM and softmax on each layer's features of the trained ZFNet (cached in FEATURES). The
+# paper preset reads the paper's data sets: Caltech-101 at 30 images per class, Caltech-256 at 60.
+TABLE7_ARGS_paper = dataset=[caltech101,caltech256] per_dataset.caltech101.root=$(CALTECH101) \
+	per_dataset.caltech256.root=$(CALTECH256)
+$(RESULTS)/table7_$(PRESET).csv: $(RUNS)/zfnet/run.json
+	$(STAGE) table7 -- $(BIN)/python scripts/table7.py experiment=table7 preset=$(PRESET) checkpoint=$(CHECKPOINT) out_dir=$(RESULTS) \
+		features.cache_dir=$(FEATURES) hydra.run.dir=$(RUNS)/table7 $(TABLE7_ARGS_$(PRESET))
 
-FIGURES += results/table7_$(PRESET).csv
+FIGURES += $(RESULTS)/table7_$(PRESET).csv
 
 # --- transfer (Tables 4-6, Fig. 9) ---
 # New heads on the frozen layers 1-7 of $(CHECKPOINT) (features cached in runs/features). With the
@@ -140,10 +156,10 @@ $(TRANSFER)/%/run.json: $(RUNS)/zfnet/run.json
 	$(STAGE) transfer_$* -- $(BIN)/zfviz transfer experiment=$* preset=$(PRESET) checkpoint=$(CHECKPOINT) hydra.run.dir=$(@D) \
 		$(if $(TRANSFER_ROOT_$*),root=$(TRANSFER_ROOT_$*))
 
-TRANSFER_OUT := results/table4_$(PRESET).csv results/table5_$(PRESET).csv results/table6_$(PRESET).csv \
-	results/fig9_transfer_$(PRESET).png results/fig_table6_ap_$(PRESET).png
+TRANSFER_OUT := $(RESULTS)/table4_$(PRESET).csv $(RESULTS)/table5_$(PRESET).csv $(RESULTS)/table6_$(PRESET).csv \
+	$(RESULTS)/fig9_transfer_$(PRESET).png $(RESULTS)/fig_table6_ap_$(PRESET).png
 $(TRANSFER_OUT) &: $(TRANSFER)/$(TABLE4_RUN)/run.json $(TRANSFER)/fig9/run.json $(TRANSFER)/table6/run.json
-	$(STAGE) transfer_tables -- $(BIN)/python scripts/transfer_tables.py --preset $(PRESET) --out results --table4 $(TRANSFER)/$(TABLE4_RUN) \
+	$(STAGE) transfer_tables -- $(BIN)/python scripts/transfer_tables.py --preset $(PRESET) --out $(RESULTS) --table4 $(TRANSFER)/$(TABLE4_RUN) \
 		--table5 $(TRANSFER)/fig9 --fig9 $(TRANSFER)/fig9 --table6 $(TRANSFER)/table6
 
 FIGURES += $(TRANSFER_OUT)
@@ -159,9 +175,9 @@ $(TRANSFER)/within/run.json: $(RUNS)/zfnet_half/run.json
 	$(STAGE) transfer_within -- $(BIN)/zfviz transfer experiment=within preset=$(PRESET) \
 		checkpoint=$(RUNS)/zfnet_half/checkpoint.pt hydra.run.dir=$(@D)
 
-WITHIN_OUT := results/transfer_within_$(PRESET).csv results/fig_transfer_within_$(PRESET).png
+WITHIN_OUT := $(RESULTS)/transfer_within_$(PRESET).csv $(RESULTS)/fig_transfer_within_$(PRESET).png
 $(WITHIN_OUT) &: $(TRANSFER)/within/run.json $(TRANSFER)/fig9/run.json
-	$(STAGE) transfer_within_figure -- $(BIN)/python scripts/transfer_within.py --preset $(PRESET) --out results \
+	$(STAGE) transfer_within_figure -- $(BIN)/python scripts/transfer_within.py --preset $(PRESET) --out $(RESULTS) \
 		--within $(TRANSFER)/within --cross $(TRANSFER)/fig9
 
 FIGURES += $(WITHIN_OUT)
@@ -178,9 +194,9 @@ concepts: install data $(CONCEPTS)/index.csv
 # Dissection of ZFNet, the AlexNet replication and every Table 3 variant (conv1-conv5) on the concept set.
 # The concept set is decoded once and each net runs once (its maps kept in memory): about 100 s for
 # the 18 nets here (scripts/bench_dissect.py predicts it; issue 15's budget is 4 minutes).
-DISSECTION_OUT := results/dissection_$(PRESET).csv results/fig_dissection_$(PRESET).png
+DISSECTION_OUT := $(RESULTS)/dissection_$(PRESET).csv $(RESULTS)/fig_dissection_$(PRESET).png
 $(DISSECTION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(ABLATE)/variants.json $(CONCEPTS)/index.csv
-	$(STAGE) dissection -- $(BIN)/python scripts/dissection_figure.py --preset $(PRESET) --out results --concepts $(CONCEPTS) \
+	$(STAGE) dissection -- $(BIN)/python scripts/dissection_figure.py --preset $(PRESET) --out $(RESULTS) --concepts $(CONCEPTS) \
 		--ablate $(ABLATE) $(RUNS)/zfnet $(RUNS)/alexnet
 
 FIGURES += $(DISSECTION_OUT)
@@ -189,35 +205,49 @@ FIGURES += $(DISSECTION_OUT)
 # The learned decoders (one per layer and net) are trained once into $(DECODERS), cached by checkpoint
 # hash and recipe; the fc6 decoder is also the generator prior of the maximization figure.
 DECODERS := $(RUNS)/decoders
-RECONSTRUCTION_OUT := results/reconstruction_$(PRESET).csv results/fig_reconstruction_$(PRESET).png
+RECONSTRUCTION_OUT := $(RESULTS)/reconstruction_$(PRESET).csv $(RESULTS)/fig_reconstruction_$(PRESET).png
 $(RECONSTRUCTION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
-	$(STAGE) reconstruction -- $(BIN)/python scripts/reconstruction_figure.py --preset $(PRESET) --out results --decoders $(DECODERS) \
+	$(STAGE) reconstruction -- $(BIN)/python scripts/reconstruction_figure.py --preset $(PRESET) --out $(RESULTS) --decoders $(DECODERS) \
 		$(RUNS)/zfnet $(RUNS)/alexnet
 
-MAXIMIZE_OUT := results/maximize_$(PRESET).csv results/fig_maximize_$(PRESET).png
-$(MAXIMIZE_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json results/reconstruction_$(PRESET).csv
-	$(STAGE) maximize -- $(BIN)/python scripts/maximize_figure.py --preset $(PRESET) --out results --decoders $(DECODERS) \
+MAXIMIZE_OUT := $(RESULTS)/maximize_$(PRESET).csv $(RESULTS)/fig_maximize_$(PRESET).png
+$(MAXIMIZE_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(RESULTS)/reconstruction_$(PRESET).csv
+	$(STAGE) maximize -- $(BIN)/python scripts/maximize_figure.py --preset $(PRESET) --out $(RESULTS) --decoders $(DECODERS) \
 		$(RUNS)/zfnet $(RUNS)/alexnet
 
 FIGURES += $(RECONSTRUCTION_OUT) $(MAXIMIZE_OUT)
 
 # --- measuring the explanations (issue 16): every method x every metric, cascading randomization, claims ---
-EVALUATION_OUT := results/evaluation_$(PRESET).csv results/claims_$(PRESET).csv results/fig_randomization_$(PRESET).png
+EVALUATION_OUT := $(RESULTS)/evaluation_$(PRESET).csv $(RESULTS)/claims_$(PRESET).csv $(RESULTS)/fig_randomization_$(PRESET).png
 $(EVALUATION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(ABLATE)/variants.json $(CONCEPTS)/index.csv
-	$(STAGE) evaluation -- $(BIN)/python scripts/evaluation_figure.py --preset $(PRESET) --out results --concepts $(CONCEPTS) \
+	$(STAGE) evaluation -- $(BIN)/python scripts/evaluation_figure.py --preset $(PRESET) --out $(RESULTS) --concepts $(CONCEPTS) \
 		--ablate $(ABLATE) $(RUNS)/zfnet $(RUNS)/alexnet
 
 FIGURES += $(EVALUATION_OUT)
 
 # The first prerequisites of `stages` start first under -j: the Table 3 trainings (the longest stage)
-# beside the Table 2 ones. The end prints each stage's wall time and writes results/timings.csv.
+# beside the Table 2 ones. The end prints each stage's wall time and writes $(RESULTS)/timings.csv.
 figures: install data
 	@$(DATA_ROOTS) $(BIN)/python -m zfviz.pipeline needs --preset $(PRESET)
+	@$(if $(filter full,$(SCALE)),$(BIN)/python -m zfviz.pipeline cost --preset $(PRESET) --clip-epochs $(CLIP_EPOCHS),:)
 	@$(BIN)/python -m zfviz.pipeline begin --runs $(RUNS)
 	@OMP_NUM_THREADS=$(THREADS) $(MAKE) --no-print-directory -s -j$(JOBS) stages
 	@FIGURES_JOBS=$(JOBS) OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m zfviz.pipeline end --runs $(RUNS) \
-		--out results/timings.csv
-	@$(MAKE) --no-print-directory -s report
+		--out $(RESULTS)/timings.csv
+	@$(MAKE) --no-print-directory -s chromium $(RESULTS)/index.html
+
+# --- the paper preset rehearsed (issue 25): every stage of make figures PRESET=paper, at SCALE=mini, on
+# miniature data in the real layouts (zfviz/data/miniature.py) built under $(REHEARSAL)/data. Its tables,
+# figures and report go to RESULTS (default $(REHEARSAL)/results; the committed results/ is never touched).
+REHEARSAL ?= runs/rehearsal
+MINI_DATA := $(REHEARSAL)/data
+rehearsal: install chromium
+	$(BIN)/python -m zfviz.data.miniature $(MINI_DATA)
+	@$(MAKE) --no-print-directory figures PRESET=paper SCALE=mini RESULTS=$(if $(filter results,$(RESULTS)),$(REHEARSAL)/results,$(RESULTS)) \
+		RUNS=$(REHEARSAL)/runs ABLATE=$(REHEARSAL)/runs/ablate ABLATE_CACHE=$(REHEARSAL)/runs/ablate_cache \
+		FEATURES=$(REHEARSAL)/runs/features IMAGENET=$(MINI_DATA)/imagenet \
+		CALTECH101=$(MINI_DATA)/caltech101 CALTECH256=$(MINI_DATA)/caltech256 VOC2012=$(MINI_DATA)/VOCdevkit \
+		BRODEN=$(MINI_DATA)/broden
 
 stages: $(ABLATE)/variants.json $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(FIGURES)
 
@@ -225,12 +255,14 @@ clean-figures:
 	rm -rf $(RUNS)
 
 # --- the report (issue 18): every result with the paper's finding and ours, provenance, a screenshot ---
-# Built after the stages (it reads results/timings.csv); a warm run leaves timings.csv, so nothing reruns.
-REPORT_INPUTS = $(filter-out results/report_top.png,$(wildcard results/*_$(PRESET).* results/*_$(PRESET)_*.* \
-	results/timings.csv)) scripts/report.py $(wildcard zfviz/report/*.py)
-results/index.html results/README.md &: $(REPORT_INPUTS) | install
-	$(BIN)/python scripts/report.py --preset $(PRESET) --results results --screenshot
-report: install chromium results/index.html
+# Built after the stages (it reads $(RESULTS)/timings.csv); a warm run leaves timings.csv, so nothing reruns.
+REPORT_INPUTS = $(filter-out $(RESULTS)/report_top.png,$(wildcard $(RESULTS)/*_$(PRESET).* $(RESULTS)/*_$(PRESET)_*.* \
+	$(RESULTS)/timings.csv $(RESULTS)/paper_cost.csv)) scripts/report.py $(wildcard zfviz/report/*.py)
+$(RESULTS)/index.html $(RESULTS)/README.md &: $(REPORT_INPUTS) | install
+	$(BIN)/python scripts/report.py --preset $(PRESET) --results $(RESULTS) --screenshot
+# make report: the report of what is in RESULTS now (never a stage: a clean clone has results/ but no runs/).
+report: install chromium
+	$(BIN)/python scripts/report.py --preset $(PRESET) --results $(RESULTS) --screenshot
 
 # Headless Chromium for the report's screenshot and its browser test (Debian's chromium, as root; else a hint).
 chromium:

@@ -88,9 +88,11 @@ MAGNITUDE = {"saliency", "smoothgrad", "guided_backprop", "deconvnet", "guided_g
 Explain = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def explainer(column: str, masks: int, seed: int, batch: int = 64) -> Explain:
-    """``explain(model, images, target) -> N x H x W`` for one column of ``METHODS`` (module docstring)."""
+def explainer(column: str, masks: int, seed: int, batch: int = 64, sizes: dict | None = None) -> Explain:
+    """``explain(model, images, target) -> N x H x W`` for one column of ``METHODS`` (module docstring).
+    ``sizes``: column -> options replacing the defaults' sizes (--ig-steps, --smooth-samples, --occlusion-stride)."""
     method, options = METHODS[column]
+    options = {**options, **(sizes or {}).get(column, {})}
     if column == "rise":
         options = {**options, "masks": masks, "seed": seed}
 
@@ -117,31 +119,58 @@ def interval(values, rng: np.random.Generator, resamples: int) -> tuple[float, f
     return float(values.mean()), float(min(low, values.mean())), float(max(high, values.mean())), len(values)
 
 
+PREDICTED = -1  # the class to explain is the net's own top class (a concept set whose objects are no class of the net)
+
+
 def concept_canvases(root: str, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(uint8 images, object classes, bool object masks) of the first ``count`` single-item canvases."""
+    """(uint8 images, classes to explain, bool object masks) of the first ``count`` images with one object.
+
+    Our concept set (zfviz.dissection.concepts): its single-item canvases, the object's Fashion-MNIST class
+    explained. Any other Broden folder (the real one, at the paper preset): its images whose object mask holds
+    exactly one object label; Broden's objects (ADE20K, Pascal-Context names) are no ImageNet class, so each
+    image's own top class is explained (``PREDICTED``) and the metrics ask whether that evidence lies on the object.
+    """
     broden = Broden(root)
+    ours = ("scene", "single-item") in LABELS and any(
+        label.name == "single-item" and label.category == "scene" for label in broden.labels.values()
+    )
     single = LABELS["scene", "single-item"]
     first_object = LABELS["object", OBJECTS[0]]
     images, classes, masks = [], [], []
     for i in range(len(broden)):
         item = broden[i]
         objects = item.masks.get("object", [])
-        if single not in item.image_labels.get("scene", []) or not objects:
+        if (ours and single not in item.image_labels.get("scene", [])) or not objects:
             continue
         present = objects[0].unique()
         present = present[present > 0]
         if len(present) != 1:
             continue
         images.append(item.image)
-        classes.append(int(present[0]) - first_object)  # objects are numbered in Fashion-MNIST's class order
+        # ours: objects are numbered in Fashion-MNIST's class order
+        classes.append(int(present[0]) - first_object if ours else PREDICTED)
         masks.append(objects[0] == present[0])
         if len(images) == count:
             break
     if not images:
         raise UserError(
-            f"{root} holds no single-item canvases with an object mask; build it with zfviz.dissection.concepts"
+            f"{root} holds no image whose object mask shows exactly one object; give a Broden folder with object "
+            "masks, or build our concept set with zfviz.dissection.concepts"
         )
+    sizes = {tuple(im.shape[-2:]) for im in images}
+    if len(sizes) > 1:  # Broden's images are one size per release (224 px in broden1_224)
+        images = [F.interpolate(im[None].float(), size=max(sizes), mode="bilinear")[0].round().to(torch.uint8)
+                  for im in images]  # fmt: skip
     return torch.stack(images), torch.as_tensor(classes), torch.stack(masks)
+
+
+def explained(model, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``classes`` with each ``PREDICTED`` replaced by the net's top class for that image."""
+    if not (classes == PREDICTED).any():
+        return classes
+    with torch.no_grad():
+        top = torch.cat([model(images[at : at + 64]).argmax(1) for at in range(0, len(images), 64)])
+    return torch.where(classes == PREDICTED, top, classes)
 
 
 def to_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -160,7 +189,7 @@ def measure(name: str, model, sets: dict, args, rng) -> tuple[list[dict], dict, 
     rows, per_image, cascades = [], {}, {}
     for column in METHODS:
         start, cpu = time.perf_counter(), time.process_time()
-        explain = explainer(column, args.masks, args.seed)
+        explain = explainer(column, args.masks, args.seed, sizes=sizes(args))
         try:
             maps = explain(model, x, labels)
         except UserError as err:  # e.g. LRP on a module it has no rule for: "where the net allows"
@@ -238,10 +267,20 @@ def focus_claims(nets: pd.DataFrame, rng, resamples: int) -> list[dict]:
     return rows
 
 
-def occlusion_focus(model, prepare, canvases, count: int) -> float:
+def sizes(args) -> dict:
+    """The methods' sizes the command line changes (the defaults of ``METHODS`` otherwise)."""
+    out = {"integrated_gradients": {"steps": args.ig_steps}, "smoothgrad": {"smooth_samples": args.smooth_samples}}
+    if args.occlusion_stride:
+        out["occlusion"] = {"stride": args.occlusion_stride}
+    return out
+
+
+def occlusion_focus(model, prepare, canvases, count: int, stride: int | None = None) -> float:
     """A net's focus: mean energy of its occlusion map (drop in the object's class) inside the object mask."""
     images, classes, masks = (t[:count] for t in canvases)
-    maps = explainer("occlusion", 0, 0)(model, prepare(images), classes)
+    images = prepare(images)
+    options = {"occlusion": {"stride": stride}} if stride else None
+    maps = explainer("occlusion", 0, 0, sizes=options)(model, images, explained(model, images, classes))
     return float(energy_inside(to_masks(maps, masks), masks).mean())
 
 
@@ -279,6 +318,14 @@ def main() -> int:
     parser.add_argument("--focus-canvases", type=int, default=24, help="canvases per net for the focus claim")
     parser.add_argument("--masks", type=int, default=500, help="RISE masks (the paper: 4000 at 224 px)")
     parser.add_argument("--steps", type=int, default=32, help="points of each deletion/insertion/flipping curve")
+    parser.add_argument("--ig-steps", type=int, default=16, help="integrated gradients' Gauss-Legendre nodes")
+    parser.add_argument("--smooth-samples", type=int, default=16, help="SmoothGrad's noisy copies")
+    parser.add_argument(
+        "--occlusion-stride",
+        type=int,
+        default=None,
+        help="the grey square's stride in px (default: a quarter of its side, a quarter of the input)",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of each interval")
     parser.add_argument("--seed", type=int, default=0)
@@ -294,21 +341,27 @@ def main() -> int:
             model, ckpt = load_net(path, torch.device("cpu"))
             stored, x, labels, normalize = _test_images(ckpt, path, args.images)
             prepare = resized(normalize, int(ckpt["config"]["model"]["input_size"]))
-            canvas = (prepare(canvases[0][: args.canvases]), *(t[: args.canvases] for t in canvases[1:]))
+            shown_canvases = prepare(canvases[0][: args.canvases])
+            classes = explained(model, shown_canvases, canvases[1][: args.canvases])
+            canvas = (shown_canvases, classes, canvases[2][: args.canvases])
             net_rows, per_image, cascades[name] = measure(
                 name, model, {"test": (x, labels), "canvas": canvas}, args, rng
             )
             shown.setdefault("image", stored[0].numpy())
             rows += net_rows
             claims += rise_claims(name, per_image, rng, args.resamples)
-            focus.append(_focus_row(name, run, history, model, prepare, canvases, args.focus_canvases))
+            focus.append(
+                _focus_row(name, run, history, model, prepare, canvases, args.focus_canvases, args.occlusion_stride)
+            )
             sources.append(run_source(summary, net=name, checkpoint=str(path), epoch=ckpt.get("epoch")))
         for name, run in ablate_nets(args.ablate):
             summary, history = load_run(run)
             model, ckpt = load_net(run / "checkpoint.pt", torch.device("cpu"))
             size = int(ckpt["config"]["model"]["input_size"])
             prepare = resized(normalizer(ckpt, run / "checkpoint.pt", normalizers), size)
-            focus.append(_focus_row(name, run, history, model, prepare, canvases, args.focus_canvases))
+            focus.append(
+                _focus_row(name, run, history, model, prepare, canvases, args.focus_canvases, args.occlusion_stride)
+            )
             sources.append(run_source(summary, net=name, checkpoint=str(run / "checkpoint.pt")))
     except UserError as err:
         print(f"evaluation_figure: error: {err}", file=sys.stderr)
@@ -349,8 +402,8 @@ def _test_images(ckpt: dict, path: Path, count: int):
     return stored, test.normalize(stored), test.labels[:count].long(), test.normalize
 
 
-def _focus_row(name: str, run, history: pd.DataFrame, model, prepare, canvases, count: int) -> dict:
-    focus = occlusion_focus(model, prepare, canvases, count)
+def _focus_row(name: str, run, history: pd.DataFrame, model, prepare, canvases, count: int, stride=None) -> dict:
+    focus = occlusion_focus(model, prepare, canvases, count, stride)
     return {"net": name, "focus": focus, "top1_err": float(history.iloc[-1]["val_top1_err"]), "run": str(run)}
 
 

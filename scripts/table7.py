@@ -35,17 +35,28 @@ from zfviz.results import save_figure, write_table
 from zfviz.table7 import CLASSIFIERS, fashion_mnist_images, layer_accuracies, table7
 from zfviz.utils import resolve_device
 
-DATASETS = ("fashion_mnist", "digits")
+DATASETS = ("fashion_mnist", "digits", "caltech101", "caltech256")
 
 
-def load_images(dataset: str, root: str | None):
+def load_images(dataset: str, root: str | None, channels: int):
     if dataset == "fashion_mnist":
         return fashion_mnist_images(root, "test")
     if dataset == "digits":
         from zfviz.data.digits import digits_caltech
 
         return digits_caltech()
+    if dataset in ("caltech101", "caltech256"):  # the paper's (Section 5.3): Caltech-101 at 30/class, -256 at 60
+        from zfviz.data.caltech import load_caltech
+
+        return load_caltech(dataset, root, channels=channels)
     raise UserError(f"unknown dataset {dataset!r} for Table 7; choose one of: {', '.join(DATASETS)}")
+
+
+def for_dataset(cfg: DictConfig, dataset: str, key: str):
+    """``key`` for ``dataset``: its own value under ``per_dataset`` (the paper preset gives Caltech-101 and
+    Caltech-256 their own roots and N), else the one value for every data set."""
+    own = (cfg.get("per_dataset") or {}).get(dataset) or {}
+    return cfg[key] if own.get(key) is None else own[key]
 
 
 def check(cfg: DictConfig) -> tuple[list[str], list[str]]:
@@ -66,30 +77,37 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     model, ckpt = model_from_checkpoint(cfg.checkpoint)
     cache_dir = cfg.features.cache_dir
     prep = source_preprocess(ckpt, cfg.checkpoint, cache_dir)
-    images = load_images(cfg.dataset, cfg.root)
     cache = FeatureCache(cache_dir) if cache_dir else None
-    features = cached_features(
-        model, images, layers, prep, model_key=file_sha256(cfg.checkpoint), cache=cache,
-        grid=cfg.features.pool_grid, batch_size=cfg.features.batch_size, device=resolve_device(cfg.device),
-    )  # fmt: skip
+    channels = 1 if ckpt["config"]["data"]["name"] == "fashion_mnist" else prep.in_chans
     test_cap = None if cfg.test_per_class in (None, "auto") else int(cfg.test_per_class)
-    rows = layer_accuracies(
-        features, images.labels, n_per_class=[int(n) for n in as_list(cfg.n_per_class)], splits=int(cfg.splits),
-        classifiers=heads, test_per_class=test_cap, seed=int(cfg.seed), svm_c=cfg.svm.C, softmax=cfg.softmax,
-    )  # fmt: skip
-    df = table7(rows)
-    df.insert(0, "dataset", images.name)
-    df.insert(1, "model", ckpt["config"]["model"]["name"])
+    frames, sources = [], []
+    for dataset in [str(d) for d in as_list(cfg.dataset)]:  # the paper: Caltech-101 and Caltech-256
+        images = load_images(dataset, for_dataset(cfg, dataset, "root"), channels)
+        features = cached_features(
+            model, images, layers, prep, model_key=file_sha256(cfg.checkpoint), cache=cache,
+            grid=cfg.features.pool_grid, batch_size=cfg.features.batch_size, device=resolve_device(cfg.device),
+        )  # fmt: skip
+        n_per_class = [int(n) for n in as_list(for_dataset(cfg, dataset, "n_per_class"))]
+        rows = layer_accuracies(
+            features, images.labels, n_per_class=n_per_class, splits=int(cfg.splits), classifiers=heads,
+            test_per_class=test_cap, seed=int(cfg.seed), svm_c=cfg.svm.C, softmax=cfg.softmax,
+        )  # fmt: skip
+        df = table7(rows)
+        df.insert(0, "dataset", images.name)
+        df.insert(1, "model", ckpt["config"]["model"]["name"])
+        frames.append(df)
+        sources.append({"dataset": images.name, "data_source": images.source, "images": len(images)})
+    df = pd.concat(frames, ignore_index=True)
     hits = {"hits": cache.hits, "misses": cache.misses} if cache else None
     source = {
-        "checkpoint": cfg.checkpoint, "dataset": images.name, "data_source": images.source,
-        "images": len(images), "feature_cache": hits, "config": ckpt["config"],
+        "checkpoint": cfg.checkpoint, "datasets": sources, "feature_cache": hits, "config": ckpt["config"],
         "table7_config": OmegaConf.to_container(cfg, resolve=True),
     }  # fmt: skip
     out = Path(cfg.out_dir) if cfg.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
     wall = time.perf_counter() - start
     write_table(df, out / f"table7_{cfg.preset}.csv", sources=[source], wall_time_s=round(wall, 2))
-    title = f"Table 7: linear classifiers on each layer, {cfg.preset} preset ({images.name}, {cfg.splits} splits)"
+    names = ", ".join(df["dataset"].unique())
+    title = f"Table 7: linear classifiers on each layer, {cfg.preset} preset ({names}, {cfg.splits} splits)"
     save_figure(
         layer_accuracy_lines(df, title=title),
         out / f"fig_table7_{cfg.preset}.png",

@@ -109,17 +109,22 @@ def main() -> int:
     parser.add_argument("--out", default="results")
     for name in ("table4", "table5", "fig9", "table6"):
         parser.add_argument(f"--{name}", metavar="RUN_DIR")
+    ns = {"type": lambda text: [int(n) for n in text.split(",")], "metavar": "N,N,..."}
+    parser.add_argument(
+        "--table4-n", default=[15, 30], help="images per class of Table 4's columns (the paper's)", **ns
+    )
+    parser.add_argument("--table5-n", default=[15, 30, 45, 60], help="images per class of Table 5's columns", **ns)
     args = parser.parse_args()
     out = Path(args.out)
     try:
         if args.table4:
             run, summary = load_run(args.table4, "summary.csv", command=TRANSFER)
-            table = caltech_table(run, summary, "table4_caltech101", [15, 30])
+            table = caltech_table(run, summary, "table4_caltech101", args.table4_n)
             write_table(table, out / f"table4_{args.preset}.csv", sources=[source(run, args.table4)], wall_time_s=run["wall_time_s"])  # fmt: skip
             print(table.to_string(index=False), "\n")
         if args.table5:
             run, summary = load_run(args.table5, "summary.csv", command=TRANSFER)
-            table = caltech_table(run, summary, "table5_caltech256", [15, 30, 45, 60])
+            table = caltech_table(run, summary, "table5_caltech256", args.table5_n)
             write_table(table, out / f"table5_{args.preset}.csv", sources=[source(run, args.table5)], wall_time_s=run["wall_time_s"])  # fmt: skip
             print(table.to_string(index=False), "\n")
         if args.fig9:

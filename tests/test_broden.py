@@ -76,6 +76,19 @@ def test_reader_decodes_r_plus_256g_and_image_labels(broden_dir: Path):
     assert second.image.permute(1, 2, 0).flatten().tolist() == list(range(72))
 
 
+def test_an_empty_column_category_csv_does_not_list_is_read_as_netdissect_reads_it(broden_dir: Path):
+    # The released broden1_224 index.csv has a column per category of the union; category.csv lists only
+    # the categories with labels, so the extra column is empty in every row.
+    before = Broden(broden_dir)
+    break_index(broden_dir, "texture\n", "texture,material\n")
+    break_index(broden_dir, ",300,\n", ",300,,\n")
+    break_index(broden_dir, ",301\n", ",301,\n")
+    after = Broden(broden_dir)
+    assert after.categories == before.categories
+    assert [after[i].masks.keys() for i in range(2)] == [before[i].masks.keys() for i in range(2)]
+    assert [after[i].image_labels for i in range(2)] == [before[i].image_labels for i in range(2)]
+
+
 def test_main_category_takes_the_largest_count():
     assert main_category("material(36);object(3)") == "material"
     assert main_category("object(3);part(4)") == "part"
@@ -97,7 +110,10 @@ def break_index(root: Path, old: str, new: str) -> None:
         (lambda r: os.remove(r / "images" / "src" / "a.png"), "image file {root}/images/src/a.png is missing"),
         (lambda r: os.remove(r / "c_part.csv"), "category 'part' has no labels: {root}/c_part.csv is missing"),
         (lambda r: write(r / "c_scene.csv", "code,number,name\n"), "category 'scene' has no labels"),
-        (lambda r: break_index(r, "texture\n", "texture,material\n"), "column 'material' is not a category"),
+        (
+            lambda r: break_index(break_index(r, "texture\n", "texture,material\n") or r, ",300,\n", ",300,,7\n"),
+            "line 2: column 'material' holds labels but is not a category of category.csv",
+        ),
         (lambda r: break_index(r, ",300,\n", ",999,\n"), "line 2: label 999 in 'scene' is not in label.csv"),
         (lambda r: os.remove(r / "label.csv"), "{root}/label.csv is missing"),
         (lambda r: break_index(r, "sh,sw", "sh,size"), "has no column sw"),

@@ -41,6 +41,11 @@ NOT_RUN_HERE = {
     "make figures": "the whole pipeline itself (about an hour); its pieces are the zfviz/scripts lines tested here",
     "make test": "this test suite itself; CI (.ci/run) runs it",
     "pip install /path/to/zfviz": "tests/test_install.py installs a wheel into a fresh venv and trains with it",
+    "make rehearsal": "CI (.ci/run) runs it after make test; tests/test_scale.py checks every stage's config",
+    "make figures PRESET=paper SCALE=mini RESULTS=runs/mini IMAGENET=/data/ILSVRC2012 CALTECH101=/data/caltech101 "
+    "CALTECH256=/data/caltech256 VOC2012=/data/VOCdevkit BRODEN=/data/broden1_224": "make rehearsal, the same on "
+    "miniature data (CI); tests/test_scale.py reads these stages from make -n",
+    "make test-gpu": "GPU machines (it fails without CUDA: tests/test_gpu.py under ZFVIZ_REQUIRE_CUDA=1)",
 }
 # Where a placeholder in a README line points (values of key=... after $HOME and ~ are expanded).
 FIGURES = "runs/figures/cpu"

@@ -299,9 +299,11 @@ def fit(
                 sched.load_state_dict(resume_state[key])
         if scaler is not None and resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
+        set_rng_state(resume_state["rng"], device)
         rows = list(resume_state.get("rows", []))
         done_epochs, start_step, partial = resume_state["epoch"], resume_state["step"], resume_state.get("partial")
+        if partial and not dist_info.is_main:  # the saved sums are every rank's: rank 0 carries them on
+            partial = {**partial, "loss": 0.0, "wrong": 0, "seen": 0}
     global_step = done_epochs * len(train_loader) + start_step
     wall_offset = rows[-1]["wall_time_s"] if rows else 0.0
     start = time.perf_counter()
@@ -310,6 +312,9 @@ def fit(
         nonlocal saved
         if not _finite(model):
             raise TrainingDiverged(f"weights became non-finite at epoch {epoch + 1}, step {step}")
+        if sums is not None and dist_info.enabled:  # the epoch's running sums over every rank, not rank 0's alone
+            loss, wrong, seen = all_reduce_sum([sums["loss"], sums["wrong"], sums["seen"]], device)
+            sums = {**sums, "loss": loss, "wrong": int(wrong), "seen": int(seen)}
         if not dist_info.is_main:
             return
         state = {
@@ -317,7 +322,7 @@ def fit(
             "step_scheduler": step_sched.state_dict() if step_sched else None,
             "epoch_scheduler": epoch_sched.state_dict() if epoch_sched else None,
             "scaler": scaler.state_dict() if scaler else None,
-            "rng": rng_state(),
+            "rng": rng_state(device),
             "step": step,
             "partial": dict(sums) if sums else None,
             "rows": rows,

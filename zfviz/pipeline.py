@@ -15,7 +15,10 @@ The Makefile runs every command of ``make figures`` through ``stage``::
   ``.meta.json`` (the run's wall time, whether it was cold, the machine), prints the stage table,
   and leaves the CSV untouched when nothing ran (a warm run), so the report is not rebuilt for nothing;
 - ``needs`` prints, before anything runs, which data a preset reads and where it looks, and fails
-  (one line, exit 2) when the paper preset's data are missing.
+  (one line, exit 2) when the paper preset's data are missing;
+- ``cost`` prints, at the paper preset, what the run will cost: each stage's counted FLOPs and projected
+  hours on 1 and 8 GPUs and the total, from ``results/paper_cost.csv`` (``scripts/paper_cost.py``), or
+  counted on the spot when that table is absent (``zfviz.cost``); at other presets it prints nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from zfviz.errors import UserError
+from zfviz.scale import scaled
 from zfviz.utils import atomic_write_text, git_state
 
 TAIL_LINES = 20  # of a failed stage's log, printed before its path
@@ -101,11 +105,13 @@ def committed_time(table: Path | None, name: str) -> float | None:
     return float(match.iloc[0]) if len(match) else None
 
 
-def run_stage(name: str, runs: Path, command: list[str], known: Path | None = None) -> int:
-    """Run ``command`` as stage ``name`` (module docstring); its exit status. The bar's length is the
-    stage's last wall time here, else its time in ``known`` (the timings.csv kept with the results)."""
+def run_stage(name: str, runs: Path, command: list[str], known: Path | None = None, scale: str = "full") -> int:
+    """Run ``command`` as stage ``name`` (module docstring) at ``scale`` (zfviz/scale.py); its exit
+    status. The bar's length is the stage's last wall time here, else its time in ``known`` (the
+    timings.csv kept with the results)."""
     if not command:
         raise UserError(f"stage {name}: no command given after --")
+    command = scaled(command, scale, name)
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
@@ -258,6 +264,17 @@ def needs(preset: str, roots: dict[str, str | None]) -> list[str]:
     return missing
 
 
+def cost(preset: str, table: Path | None, clip_epochs: int) -> None:
+    """Print what ``make figures PRESET=paper`` costs before it starts (module docstring)."""
+    if preset != "paper":
+        return
+    # Imported here: it loads Hydra and the nets, and every ``stage`` call of a run imports this module.
+    from zfviz.cost import COST_CSV, read_or_count, total_lines
+
+    df, source = read_or_count(table or Path("results") / COST_CSV, clip_epochs)
+    print("\n".join(total_lines(df, source)))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = []
@@ -269,19 +286,26 @@ def main(argv: list[str] | None = None) -> int:
     one = sub.add_parser("stage", help="run one stage: stage NAME --runs DIR -- COMMAND ...")
     one.add_argument("name")
     one.add_argument("--expected", type=Path, help="a timings.csv whose times size the bars of stages new here")
+    one.add_argument("--scale", default="full", help="configs/scale/<name>.yaml: the sizes this stage runs at")
     for action in ("begin", "end", "stage"):
         (one if action == "stage" else sub.add_parser(action)).add_argument("--runs", required=True, type=Path)
     sub.choices["end"].add_argument("--out", required=True, type=Path)
     ask = sub.add_parser("needs", help="what data a preset reads, and where")
     ask.add_argument("--preset", required=True)
+    price = sub.add_parser("cost", help="what make figures costs at the paper preset: FLOPs, GPU hours per stage")
+    price.add_argument("--preset", required=True)
+    price.add_argument("--table", type=Path, help="scripts/paper_cost.py's table (default: results/paper_cost.csv)")
+    price.add_argument("--clip-epochs", type=int, default=5, help="the Makefile's CLIP_EPOCHS")
     args = parser.parse_args(argv)
     try:
         if args.action == "stage":
-            return run_stage(args.name, args.runs, command, args.expected)
+            return run_stage(args.name, args.runs, command, args.expected, args.scale)
         if args.action == "begin":
             begin(args.runs)
         elif args.action == "end":
             end(args.runs, args.out)
+        elif args.action == "cost":
+            cost(args.preset, args.table, args.clip_epochs)
         else:
             missing = needs(args.preset, {var: os.environ.get(var) for _, var, *_ in PAPER_DATA})
             if missing:

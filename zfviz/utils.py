@@ -175,8 +175,14 @@ def versions() -> dict:
     }
 
 
-def rng_state() -> dict:
-    """Every RNG a training step draws from, in a form ``torch.load(weights_only=True)`` accepts."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every RNG a training step on ``device`` draws from, in a form ``torch.load(weights_only=True)`` accepts.
+
+    On a CUDA ``device``, the generator of that GPU (dropout draws there) and of no other: under DDP
+    every rank draws as rank 0 does (same seed, same shapes), so rank 0's state is each rank's to put
+    back on its own GPU. Every GPU's state by index would give rank 1 the state of ``cuda:1`` as rank
+    0's process saw it (never advanced), and would not load where there are fewer GPUs.
+    """
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -189,16 +195,20 @@ def rng_state() -> dict:
         },  # fmt: skip
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Put back what ``rng_state`` saved; its CUDA generator state goes to ``device``'s (a CUDA device)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and torch.device(device).type == "cuda":
+        if isinstance(cuda, (list, tuple)):  # older checkpoints held every GPU's state; training ran on the first
+            cuda = cuda[0]
+        torch.cuda.set_rng_state(cuda, device)

@@ -153,11 +153,18 @@ class Broden:
             if missing:
                 raise UserError(f"{path} has no column {', '.join(missing)}; it needs {', '.join(META_COLUMNS)}")
             unknown = [c for c in columns if c not in META_COLUMNS and c not in self.categories]
-            if unknown:
+            records = list(enumerate(reader, start=2))
+        # The released index.csv has a column for every category of the union while category.csv lists
+        # only those with labels in the release: such a column, empty in every row, is read as NetDissect
+        # reads it (not at all). One that holds labels would lose them silently, so it is refused.
+        for column in unknown:
+            line = next((n for n, r in records if (r.get(column) or "").strip()), None)
+            if line is not None:
                 raise UserError(
-                    f"{path}: column {unknown[0]!r} is not a category of category.csv ({', '.join(self.categories)})"
+                    f"{path} line {line}: column {column!r} holds labels but is not a category of category.csv "
+                    f"({', '.join(self.categories)})"
                 )
-            rows = [self._row(r, line) for line, r in enumerate(reader, start=2)]
+        rows = [self._row(r, line) for line, r in records]
         if not rows:
             raise UserError(f"{path} lists no images")
         return rows

@@ -52,10 +52,11 @@ def layer_accuracy_lines(summary: pd.DataFrame, title: str = "") -> Figure:
 
     ``summary`` has the columns ``zfviz.table7.table7`` writes.
     """
-    ns = sorted(summary["n_per_class"].unique())
-    fig, axes = plt.subplots(1, len(ns), figsize=(5 * len(ns), 3.8), squeeze=False, constrained_layout=True)
-    for ax, n in zip(axes[0], ns, strict=True):
-        part = summary[summary["n_per_class"] == n]
+    datasets = summary["dataset"] if "dataset" in summary else pd.Series("", index=summary.index)
+    panels = sorted({(d, int(n)) for d, n in zip(datasets, summary["n_per_class"], strict=True)})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False, constrained_layout=True)
+    for ax, (dataset, n) in zip(axes[0], panels, strict=True):
+        part = summary[(datasets == dataset) & (summary["n_per_class"] == n)]
         for i, (name, rows) in enumerate(part.groupby("classifier", sort=False)):
             color = f"C{i}"
             std = rows["accuracy_std"].fillna(0)
@@ -65,7 +66,7 @@ def layer_accuracy_lines(summary: pd.DataFrame, title: str = "") -> Figure:
             if len(paper):
                 ax.plot(paper["layer_index"], paper["paper_accuracy"].astype(float), color=color, ls="--",
                         marker="s", mfc="none", label=f"{name} (paper, {paper['paper_dataset'].iloc[0]})")  # fmt: skip
-        ax.set(xlabel="layer", ylabel="mean per-class accuracy (%)", title=f"{n} training images per class",
+        ax.set(xlabel="layer", ylabel="mean per-class accuracy (%)", title=f"{dataset + ': ' if len(set(datasets)) > 1 else ''}{n} training images per class",
                xticks=range(1, 8))  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -7,12 +7,14 @@ turns it into ``index.html`` and ``README.md``.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from zfviz.cost import COST_CSV
 from zfviz.report.catalog import WORKS, Artifact, Finding, Results, catalog, finding
 from zfviz.report.provenance import Provenance, provenance
 
@@ -54,6 +56,8 @@ class Report:
     works: list[tuple[str, str, list[Entry]]]  # (section id, heading, entries)
     other: list[Entry]
     provenance: Provenance
+    cost: pd.DataFrame | None = None  # what the paper preset costs, per stage (scripts/paper_cost.py), if written
+    cost_meta: dict = field(default_factory=dict)
 
     @property
     def entries(self) -> list[Entry]:
@@ -164,4 +168,17 @@ def build_report(folder: str | Path, preset: str) -> Report:
     other = [_other(n, results) for n in files if n not in known and n.endswith(SHOWN_KINDS)]
     works = [(wid, heading, [e for e in entries if e.work == wid]) for wid, heading in WORKS]
     prov = provenance(folder, files)
-    return Report(preset, folder, works, other, prov)
+    cost, cost_meta = read_cost(folder)
+    return Report(preset, folder, works, other, prov, cost, cost_meta)
+
+
+def read_cost(folder: Path) -> tuple[pd.DataFrame | None, dict]:
+    """``paper_cost.csv`` and its sidecar, read now (so the page shows the file's numbers), or (None, {})."""
+    path = folder / COST_CSV
+    if not path.is_file():
+        return None, {}
+    try:
+        meta = json.loads(path.with_suffix(".meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    return pd.read_csv(path), meta

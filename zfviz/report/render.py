@@ -14,6 +14,7 @@ from html import escape
 import numpy as np
 import pandas as pd
 
+from zfviz.cost import COST_CSV
 from zfviz.report.page import Entry, Report
 from zfviz.report.provenance import TIMINGS, run_lines
 
@@ -129,6 +130,27 @@ def timings_frame(report: Report) -> pd.DataFrame | None:
     return pd.concat([t, pd.DataFrame([total])], ignore_index=True)
 
 
+COST_HEADING = "What the paper preset costs"
+
+
+def cost_note(report: Report) -> str:
+    """One sentence on where the cost table came from (its sidecar), for both pages."""
+    meta = report.cost_meta
+    sha = (meta.get("git_sha") or "unknown")[:7]
+    cpu = (meta.get("machine") or {}).get("cpu", "an unknown CPU")
+    measured = meta.get("cpu_measurement") or {}
+    step = (
+        f"the training step measured on {cpu} ({measured.get('threads')} thread, batch {measured.get('batch')})"
+        if measured
+        else "no CPU measurement"
+    )
+    return (
+        f"Every stage of make figures PRESET=paper: images through a net, FLOPs counted on the paper preset's nets "
+        f"(FlopCounterMode), hours projected on the basis each row states; {step}; written by "
+        f"{meta.get('command') or 'scripts/paper_cost.py'} at commit {sha}"
+    )
+
+
 def to_html(report: Report) -> str:
     sections = [("summary", "Paper vs ours"), ("provenance", "Provenance"), ("timings", "Wall times")]
     sections += [(wid, heading) for wid, heading, _ in report.works]
@@ -155,6 +177,14 @@ def to_html(report: Report) -> str:
             f'<p class="note">Stage wall times of make figures (<a href="{TIMINGS}">{TIMINGS}</a>):</p>'
             + html_table(timings)
         )
+    cost_html = ""
+    if report.cost is not None:
+        sections.insert(3, ("cost", COST_HEADING))
+        toc.insert(3, f'<li><a href="#cost">{COST_HEADING}</a></li>')
+        cost_html = (
+            f'<section id="cost"><h2>{COST_HEADING}</h2><p class="note">{escape(cost_note(report))} '
+            f'(<a href="{COST_CSV}">{COST_CSV}</a>):</p>{html_table(report.cost)}</section>'
+        )
     quick = " &middot; ".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name in sections)
     title = f"zfviz results: {report.preset} preset"
     return f"""<!DOCTYPE html>
@@ -173,6 +203,7 @@ this page when the page was written.</p>
 <section id="provenance"><h2>Provenance</h2>{_html_provenance(report)}</section>
 <section id="summary"><h2>Paper vs ours</h2>{_html_summary(report)}</section>
 <section id="timings"><h2>Wall times</h2>{timings_html}</section>
+{cost_html}
 {chr(10).join(body)}
 </main></body></html>
 """
@@ -226,6 +257,9 @@ def to_markdown(report: Report) -> str:
     timings = timings_frame(report)
     if timings is not None:
         out += [f"Stage wall times of make figures ([{TIMINGS}]({TIMINGS})):", "", md_table(timings), ""]
+    if report.cost is not None:
+        out += [f"## {COST_HEADING}", "", f"{cost_note(report)} ([{COST_CSV}]({COST_CSV})):", "",
+                md_table(report.cost), ""]  # fmt: skip
     for _, heading, entries in report.works:
         out += [f"## {heading}", ""]
         for e in entries:
