@@ -27,7 +27,7 @@ DATA_ARGS = $(DATA_ARGS_$(PRESET))
 DATA_ROOTS = IMAGENET="$(IMAGENET)" CALTECH101="$(CALTECH101)" CALTECH256="$(CALTECH256)" VOC2012="$(VOC2012)" \
 	BRODEN="$(BRODEN)"
 
-.PHONY: install data test test-fast test-gpu figures stages report chromium lint clean-figures concepts rehearsal
+.PHONY: install data test test-fast test-gpu figures stages report chromium lint clean-figures concepts rehearsal check-results
 
 install: $(VENV)/.installed
 
@@ -248,6 +248,12 @@ rehearsal: install chromium
 		FEATURES=$(REHEARSAL)/runs/features IMAGENET=$(MINI_DATA)/imagenet \
 		CALTECH101=$(MINI_DATA)/caltech101 CALTECH256=$(MINI_DATA)/caltech256 VOC2012=$(MINI_DATA)/VOCdevkit \
 		BRODEN=$(MINI_DATA)/broden
+	@$(MAKE) --no-print-directory check-results PRESET=paper SCALE=mini \
+		RESULTS=$(if $(filter results,$(RESULTS)),$(REHEARSAL)/results,$(RESULTS))
+
+# Every output of make figures present in RESULTS, and every file there with its provenance sidecar.
+check-results: install
+	@$(BIN)/python -m zfviz.pipeline check --results $(RESULTS) $(FIGURES) $(RESULTS)/index.html $(RESULTS)/README.md
 
 stages: $(ABLATE)/variants.json $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(FIGURES)
 
@@ -259,10 +265,10 @@ clean-figures:
 REPORT_INPUTS = $(filter-out $(RESULTS)/report_top.png,$(wildcard $(RESULTS)/*_$(PRESET).* $(RESULTS)/*_$(PRESET)_*.* \
 	$(RESULTS)/timings.csv $(RESULTS)/paper_cost.csv)) scripts/report.py $(wildcard zfviz/report/*.py)
 $(RESULTS)/index.html $(RESULTS)/README.md &: $(REPORT_INPUTS) | install
-	$(BIN)/python scripts/report.py --preset $(PRESET) --results $(RESULTS) --screenshot
+	$(BIN)/python scripts/report.py --preset $(PRESET) --results $(RESULTS) --scale $(SCALE) --screenshot
 # make report: the report of what is in RESULTS now (never a stage: a clean clone has results/ but no runs/).
 report: install chromium
-	$(BIN)/python scripts/report.py --preset $(PRESET) --results $(RESULTS) --screenshot
+	$(BIN)/python scripts/report.py --preset $(PRESET) --results $(RESULTS) --scale $(SCALE) --screenshot
 
 # Headless Chromium for the report's screenshot and its browser test (Debian's chromium, as root; else a hint).
 chromium:

@@ -27,6 +27,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--results", default="results", help="the folder make figures wrote")
+    parser.add_argument("--scale", default="full", help="make figures' SCALE (anything else marks a rehearsal)")
     parser.add_argument("--screenshot", action="store_true", help="also write report_top.png (headless Chromium)")
     args = parser.parse_args()
     folder = Path(args.results)
@@ -37,11 +38,11 @@ def main() -> int:
         )
         return 2
     start = time.perf_counter()
-    report = write_report(folder, args.preset)
+    report = write_report(folder, args.preset, args.scale)
     # Each output names what it was built from, as every file in results/ does (tests/test_results.py).
     read = sorted(p.name for p in folder.iterdir() if p.suffix in (".csv", ".png", ".npz") and p.name != SHOT)
     for name in ("index.html", "README.md"):
-        write_meta(folder / name, sources=[{"file": f} for f in read], page=name, preset=args.preset,
+        write_meta(folder / name, sources=[{"file": f} for f in read], page=name, preset=args.preset, scale=args.scale,
                    wall_time_s=round(time.perf_counter() - start, 2))  # fmt: skip
     shown = Counter(e.finding.shown for e in report.entries if e.work != "other")
     print(f"report: wrote {folder / 'index.html'} and {folder / 'README.md'}: {len(report.entries) - len(report.other)} "

@@ -146,3 +146,19 @@ def test_the_make_target_lists_the_paper_data_before_anything_runs(tmp_path):
     assert proc.returncode != 0
     assert f"{var}={tmp_path}" in proc.stdout and "missing data for PRESET=paper" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_check_names_a_missing_result_and_a_file_without_its_sidecar(tmp_path, capsys):
+    from zfviz.pipeline import main
+
+    (tmp_path / "t.csv").write_text("a\n1\n")
+    (tmp_path / "t.meta.json").write_text(json.dumps({"git_sha": "abc", "sources": [{"run": "x"}]}))
+    assert main(["check", "--results", str(tmp_path), str(tmp_path / "t.csv")]) == 0
+    (tmp_path / "f.png").write_bytes(b"png")
+    (tmp_path / "g.csv").write_text("a\n")
+    (tmp_path / "g.meta.json").write_text(json.dumps({"git_sha": "abc", "sources": []}))
+    assert main(["check", "--results", str(tmp_path), str(tmp_path / "t.csv"), str(tmp_path / "u.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'u.csv'} is missing" in err
+    assert f"{tmp_path / 'f.png'} has no readable f.meta.json" in err
+    assert f"{tmp_path / 'g.meta.json'} names no commit or no sources" in err

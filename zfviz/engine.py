@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
 import os
 import signal
 import sys
@@ -30,6 +29,7 @@ from zfviz.checkpoint import save_checkpoint
 from zfviz.cpu_memory import reuse_freed_memory
 from zfviz.distributed import DistInfo, all_reduce_sum
 from zfviz.errors import Interrupted, UserError
+from zfviz.schedules import cosine
 from zfviz.utils import atomic_write_text, rng_state, set_rng_state
 
 
@@ -215,12 +215,7 @@ def build_optimizer(model: nn.Module, optim_cfg, steps_per_epoch: int, epochs: i
         total = max(1, steps_per_epoch * epochs)
         warmup = min(total - 1, round(optim_cfg.get("warmup_epochs", 0) * steps_per_epoch))
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-        step_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        step_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine(step, total, warmup))
     elif schedule == "plateau":
         # The paper anneals by hand "when the validation error plateaus"; AlexNet divided by 10.
         epoch_sched = torch.optim.lr_scheduler.ReduceLROnPlateau(

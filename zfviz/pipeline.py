@@ -275,6 +275,24 @@ def cost(preset: str, table: Path | None, clip_epochs: int) -> None:
     print("\n".join(total_lines(df, source)))
 
 
+def check_results(results: Path, expected: list[Path]) -> list[str]:
+    """What is wrong with a finished run's ``results``: an expected file missing, or a file (expected or
+    not) without its ``.meta.json`` naming a commit and its sources."""
+    problems = [f"{p} is missing" for p in expected if not p.is_file()]
+    for path in sorted(results.iterdir()):
+        if not path.is_file() or path.name.endswith(".meta.json"):
+            continue
+        meta = path.with_suffix(".meta.json")
+        try:
+            record = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            problems.append(f"{path} has no readable {meta.name}")
+            continue
+        if not record.get("git_sha") or not record.get("sources"):
+            problems.append(f"{meta} names no commit or no sources")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = []
@@ -290,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     for action in ("begin", "end", "stage"):
         (one if action == "stage" else sub.add_parser(action)).add_argument("--runs", required=True, type=Path)
     sub.choices["end"].add_argument("--out", required=True, type=Path)
+    check = sub.add_parser("check", help="every expected result present, every result with its sidecar")
+    check.add_argument("--results", required=True, type=Path)
+    check.add_argument("expected", nargs="*", type=Path)
     ask = sub.add_parser("needs", help="what data a preset reads, and where")
     ask.add_argument("--preset", required=True)
     price = sub.add_parser("cost", help="what make figures costs at the paper preset: FLOPs, GPU hours per stage")
@@ -300,6 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "stage":
             return run_stage(args.name, args.runs, command, args.expected, args.scale)
+        if args.action == "check":
+            problems = check_results(args.results, args.expected)
+            for line in problems:
+                print(f"make figures: {line}", file=sys.stderr)
+            if problems:
+                return 2
+            print(f"{args.results}: {len(args.expected)} expected results present, every file with its sidecar")
+            return 0
         if args.action == "begin":
             begin(args.runs)
         elif args.action == "end":

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from torch import nn
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.engine import build_optimizer, train_one_epoch
 from zfviz.errors import UserError
+from zfviz.schedules import cosine
 
 # --- splits ------------------------------------------------------------------------------------
 
@@ -152,7 +152,7 @@ def fit_softmax(
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, steps))
     batch_size = min(batch_size, len(x))
     with one_thread():
         _sgd_steps(head, x, y, weight, opt, sched, steps, batch_size, gen, multilabel)

@@ -46,6 +46,7 @@ from zfviz.activations import MEANINGS, resolve, stream
 from zfviz.data.preprocess import file_sha256
 from zfviz.errors import UserError
 from zfviz.reconstruction.invert import normalized_error, psnr, to_pixels
+from zfviz.schedules import cosine
 from zfviz.utils import atomic_path, atomic_write_text, git_state, versions
 
 VERSION = 1  # of the decoder and its training; part of the cache key
@@ -227,7 +228,7 @@ def _train_one(decoder, prepared, images, folder, key, recipe, ckpt_every, fault
         order = torch.randperm(n, generator=torch.Generator().manual_seed(recipe.seed * 1_000_003 + epoch))
         idx = order[batch * bs : (batch + 1) * bs]
         for group in opt.param_groups:
-            group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            group["lr"] = recipe.lr * cosine(step, total)
         loss = F.mse_loss(decoder.body(prepared[idx]), images[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

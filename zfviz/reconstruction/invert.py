@@ -33,7 +33,6 @@ numbers mean the same for any input scaling and compare with the learned decoder
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +42,7 @@ from zfviz.activations import Meaning, evaluating, hooks, resolve
 from zfviz.errors import UserError
 from zfviz.reconstruction.parameterization import PixelParam
 from zfviz.reconstruction.regularizers import lp_norm, total_variation
+from zfviz.schedules import cosine
 
 NATURAL_VARIATION = 6.5  # M&V: neighbouring pixels of natural images differ by about B / 6.5
 # The TV weight by depth (the k-th conv/linear layer and what follows it): 0.005 * 4^(k-1), at most 0.2.
@@ -164,7 +164,7 @@ def invert(
         with torch.enable_grad():
             for step in range(steps):
                 for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                    group["lr"] = lr * cosine(step, steps)
                 x = param.image()
                 data, r_a, r_tv = objective_terms(
                     x, layer_features(model, x, path), target, alpha=alpha, beta=beta, scale=scale

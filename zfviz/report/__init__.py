@@ -17,9 +17,9 @@ from zfviz.utils import atomic_write_text
 __all__ = ["Report", "build_report", "to_html", "to_markdown", "write_report"]
 
 
-def write_report(folder: str | Path, preset: str) -> Report:
+def write_report(folder: str | Path, preset: str, scale: str = "full") -> Report:
     """Write ``index.html`` and ``README.md`` into ``folder`` (each atomically) and return the report."""
-    report = build_report(folder, preset)
+    report = build_report(folder, preset, scale)
     atomic_write_text(Path(folder) / "index.html", to_html(report))
     atomic_write_text(Path(folder) / "README.md", to_markdown(report))
     return report

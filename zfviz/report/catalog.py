@@ -61,6 +61,7 @@ class Artifact:
     paper: str
     ours: Callable[[Results], Finding]
     view: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    presets: tuple[str, ...] = ("cpu", "paper")  # where make figures (or the committed results) make it
 
 
 class Results:

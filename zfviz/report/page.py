@@ -58,6 +58,7 @@ class Report:
     provenance: Provenance
     cost: pd.DataFrame | None = None  # what the paper preset costs, per stage (scripts/paper_cost.py), if written
     cost_meta: dict = field(default_factory=dict)
+    scale: str = "full"  # make figures' SCALE: anything but full is a rehearsal of the code path, not a result
 
     @property
     def entries(self) -> list[Entry]:
@@ -157,11 +158,11 @@ def _other(name: str, results: Results) -> Entry:
     return entry
 
 
-def build_report(folder: str | Path, preset: str) -> Report:
+def build_report(folder: str | Path, preset: str, scale: str = "full") -> Report:
     """Everything the report shows, read from ``folder``'s files of ``preset``."""
     folder = Path(folder)
     results = Results(folder, preset)
-    artifacts = catalog()
+    artifacts = [a for a in catalog() if preset in a.presets or preset not in ("cpu", "paper")]
     entries = [_entry(a, results) for a in artifacts]
     known = {results.name(f) for a in artifacts for f in a.files}
     files = preset_files(folder, preset)
@@ -169,7 +170,7 @@ def build_report(folder: str | Path, preset: str) -> Report:
     works = [(wid, heading, [e for e in entries if e.work == wid]) for wid, heading in WORKS]
     prov = provenance(folder, files)
     cost, cost_meta = read_cost(folder)
-    return Report(preset, folder, works, other, prov, cost, cost_meta)
+    return Report(preset, folder, works, other, prov, cost, cost_meta, scale)
 
 
 def read_cost(folder: Path) -> tuple[pd.DataFrame | None, dict]:

@@ -292,5 +292,6 @@ ARTIFACTS = (
     Artifact("table3-noise", WORK, "Table 3 retrained: how much a row moves",
              ("table3_{preset}_seed1.csv", "table3_{preset}_repeat.csv"),
              "(the paper has no error bars)",
-             "The paper reports one run per row, without error bars.", ablation_noise),
+             "The paper reports one run per row, without error bars.", ablation_noise,
+             presets=("cpu",)),  # from runs beside make figures (README, Ablations), kept with the cpu results
 )  # fmt: skip

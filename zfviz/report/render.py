@@ -151,6 +151,13 @@ def cost_note(report: Report) -> str:
     )
 
 
+def rehearsal_note(report: Report) -> str:
+    return (
+        f"A rehearsal: every stage ran its real code path at the sizes of configs/scale/{report.scale}.yaml, on data "
+        "too small for any finding. The verdicts below exercise the report's code; none of them is a result."
+    )
+
+
 def to_html(report: Report) -> str:
     sections = [("summary", "Paper vs ours"), ("provenance", "Provenance"), ("timings", "Wall times")]
     sections += [(wid, heading) for wid, heading, _ in report.works]
@@ -186,7 +193,7 @@ def to_html(report: Report) -> str:
             f'(<a href="{COST_CSV}">{COST_CSV}</a>):</p>{html_table(report.cost)}</section>'
         )
     quick = " &middot; ".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name in sections)
-    title = f"zfviz results: {report.preset} preset"
+    title = f"zfviz results: {report.preset} preset" + (f", SCALE={report.scale}" if report.scale != "full" else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -198,6 +205,7 @@ def to_html(report: Report) -> str:
 family around it, reproduced by <code>make figures</code> at the {escape(report.preset)} preset. Each result has one
 line on what the paper (or the companion work) found and one on what ours shows, computed from the files beside
 this page when the page was written.</p>
+{f'<p class="missing">{escape(rehearsal_note(report))}</p>' if report.scale != "full" else ""}
 <nav id="contents"><p><b>Contents:</b> {quick}</p>
 <details><summary>Every result</summary><ul>{"".join(toc)}</ul></details></nav>
 <section id="provenance"><h2>Provenance</h2>{_html_provenance(report)}</section>
@@ -248,7 +256,9 @@ def to_markdown(report: Report) -> str:
     preset = report.preset
     summary = summary_frame(report)
     summary["Result"] = [f"[{r}](#{github_slug(r)})" for r in summary["Result"]]
-    out = [f"# zfviz results: {preset} preset", "",
+    scaled = [f"**{rehearsal_note(report)}**", ""] if report.scale != "full" else []
+    out = [f"# zfviz results: {preset} preset" + (f", SCALE={report.scale}" if report.scale != "full" else ""), "",
+           *scaled,
            "Written by `python scripts/report.py` from the files in this folder (the same content as "
            "[index.html](index.html)). Each result: what the paper or the companion work found, and what ours "
            "shows, computed from the CSVs when the report was written.", "",
