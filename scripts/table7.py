@@ -24,16 +24,15 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.checkpoint import model_from_checkpoint
+from zfviz.checkpoint import model_from_checkpoint, with_checkpoint
 from zfviz.commands import CONFIG_DIR
-from zfviz.commands.transfer import as_list, with_checkpoint
 from zfviz.data.preprocess import file_sha256, source_preprocess
 from zfviz.errors import UserError
 from zfviz.features import LAYERS, FeatureCache, cached_features
 from zfviz.plotting.ablation import layer_accuracy_lines
 from zfviz.results import save_figure, write_table
 from zfviz.table7 import CLASSIFIERS, fashion_mnist_images, layer_accuracies, table7
-from zfviz.utils import resolve_device
+from zfviz.utils import as_list, resolve_device
 
 DATASETS = ("fashion_mnist", "digits", "caltech101", "caltech256")
 

@@ -190,13 +190,13 @@ def _tiny(fmnist_dir: Path, cache: Path, *overrides: str):
 @pytest.mark.slow
 def test_the_cache_trains_only_what_is_missing(fmnist_dir, tmp_path, monkeypatch):
     trained = []
-    real_run = ablate_command.train_command.run
+    real_run = ablate_command.training.run
 
     def counting_run(cfg, out_dir):
         trained.append((cfg.model.name, list(cfg.model.drop)))
         return real_run(cfg, out_dir)
 
-    monkeypatch.setattr(ablate_command.train_command, "run", counting_run)
+    monkeypatch.setattr(ablate_command.training, "run", counting_run)
     cache = tmp_path / "cache"
     first = ablate_command.run(_tiny(fmnist_dir, cache, "variant=[zfnet_no67]"), tmp_path / "a")
     finished = Path(first[0]["cache_dir"]) / "run.json"
@@ -249,7 +249,7 @@ def test_an_interrupted_variant_resumes_in_its_cache_folder(tmp_path, monkeypatc
         seen.update(resume=cfg.resume, out_dir=Path(out_dir))
         return {"run_dir": str(out_dir)}
 
-    monkeypatch.setattr(ablate_command.train_command, "run", fake_run)
+    monkeypatch.setattr(ablate_command.training, "run", fake_run)
     ablate_command.train_variant(cfg, tmp_path)
     assert seen == {"resume": str(folder), "out_dir": folder}
 

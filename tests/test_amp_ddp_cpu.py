@@ -31,8 +31,8 @@ from torch import nn
 from zfviz import distributed
 from zfviz.checkpoint import load_checkpoint, save_checkpoint
 from zfviz.commands import CONFIG_DIR
-from zfviz.commands.train import run
 from zfviz.engine import train_one_epoch
+from zfviz.training import run
 
 CPU = torch.device("cpu")
 # A net that trains in about a second and learns the fixture's bars in three epochs (float32: train loss

@@ -16,11 +16,11 @@ from torch import nn
 
 from zfviz.checkpoint import model_from_checkpoint, save_checkpoint
 from zfviz.commands import CONFIG_DIR
-from zfviz.commands.train import run
 from zfviz.data import build_data
 from zfviz.engine import _topk_errors, clip_filter_rms, evaluate, train_one_epoch
 from zfviz.errors import UserError
 from zfviz.models import build_model
+from zfviz.training import run
 from zfviz.utils import seeded
 
 

@@ -55,12 +55,12 @@ from tests.test_attribution_core import random_biases, zfnet
 from zfviz import distributed
 from zfviz.attribution import METHODS, _load_methods, attribute
 from zfviz.checkpoint import load_checkpoint, save_checkpoint
-from zfviz.commands.train import run
 from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.engine import evaluate, fit, train_one_epoch
 from zfviz.errors import UserError
 from zfviz.models import build_model
+from zfviz.training import run
 from zfviz.utils import rng_state, set_rng_state
 from zfviz.viz.occlusion import occlusion
 

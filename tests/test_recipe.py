@@ -150,7 +150,7 @@ def test_resume_and_the_ablation_cache_ignore_the_same_runtime_keys():
     from omegaconf import OmegaConf
 
     from zfviz.ablation import run_key
-    from zfviz.commands.train import _comparable
+    from zfviz.training import _comparable
 
     base = {
         "seed": 0, "deterministic": True, "resume": False, "device": "auto", "model": {"name": "zfnet"}, "optim": {},

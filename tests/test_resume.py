@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from zfviz.checkpoint import checkpoint_header, load_checkpoint, save_checkpoint
-from zfviz.commands.train import find_resume_dir
 from zfviz.errors import UserError
+from zfviz.training import find_resume_dir
 
 CONFIG = {"seed": 0, "model": {"name": "zfnet", "fc_dims": 64}, "trainer": {"epochs": 3, "progress": True}}
 OTHER = {**CONFIG, "seed": 1}

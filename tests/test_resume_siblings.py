@@ -13,8 +13,8 @@ from torch import nn
 
 from tests.cli_args import run_zfviz
 from zfviz.checkpoint import save_checkpoint
-from zfviz.commands.train import find_resume_dir
 from zfviz.errors import UserError
+from zfviz.training import find_resume_dir
 
 CONFIG = {"seed": 0, "model": {"name": "zfnet"}, "trainer": {"epochs": 3}, "num_classes": 10}
 

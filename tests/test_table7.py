@@ -180,7 +180,7 @@ def test_fashion_mnist_images_read_the_idx_files(fmnist_dir):
 
 @pytest.mark.slow
 def test_table7_script_end_to_end(fmnist_dir, tmp_path):
-    from zfviz.commands.train import run as train_run
+    from zfviz.training import run as train_run
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["debug=fast", f"data.root={fmnist_dir}", "data.limit=64"])

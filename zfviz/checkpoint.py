@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import re
@@ -9,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from zfviz.errors import UserError
@@ -160,3 +162,24 @@ def newest_finished_run(runs: str | Path, model: str, preset: str | None) -> Pat
         ):
             found.append((path.stat().st_mtime, path.parent))
     return max(found)[1] if found else None
+
+
+def with_checkpoint(cfg: DictConfig, runs: str | Path = "runs") -> tuple[DictConfig, str | None]:
+    """``cfg`` with ``checkpoint`` set, and a note saying which net was chosen (None if given).
+
+    Without ``checkpoint=``, the net ``make figures`` or ``zfviz train`` trained at this preset: the
+    newest finished run of ``cfg.model.name`` (zfnet by default) under ``runs/``, relative to the
+    current folder as Hydra's run folders are.
+    """
+    if cfg.checkpoint:
+        return cfg, None
+    model, preset = cfg.model.name, cfg.get("preset")
+    folder = newest_finished_run(runs, model, preset)
+    if folder is None:
+        raise UserError(
+            f"no finished {model} run at preset={preset} in {Path(runs).resolve()}; train one with "
+            f"'zfviz train model={model} preset={preset}', or set checkpoint=path/to/checkpoint.pt"
+        )
+    cfg = copy.deepcopy(cfg)
+    cfg.checkpoint = str(folder / "checkpoint.pt")
+    return cfg, f"the newest finished {model} run at preset={preset}"

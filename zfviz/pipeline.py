@@ -27,7 +27,6 @@ import argparse
 import fcntl
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,20 +39,9 @@ from tqdm import tqdm
 
 from zfviz.errors import UserError
 from zfviz.scale import scaled
-from zfviz.utils import atomic_write_text, git_state
+from zfviz.utils import atomic_write_text, cpu_model, git_state
 
 TAIL_LINES = 20  # of a failed stage's log, printed before its path
-
-
-def cpu_model() -> str:
-    """This machine's CPU as /proc/cpuinfo names it (the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:

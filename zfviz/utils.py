@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from zfviz.errors import UserError
 
@@ -212,3 +213,21 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
         if isinstance(cuda, (list, tuple)):  # older checkpoints held every GPU's state; training ran on the first
             cuda = cuda[0]
         torch.cuda.set_rng_state(cuda, device)
+
+
+def as_list(value) -> list:
+    """A config value as a list: a list or tuple (or an OmegaConf list) as is, anything else as one item."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def cpu_model() -> str:
+    """This machine's CPU as /proc/cpuinfo names it (the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

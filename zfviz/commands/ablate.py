@@ -17,9 +17,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from zfviz import ablation
+from zfviz import ablation, training
 from zfviz.commands import CONFIG_DIR, guarded
-from zfviz.commands import train as train_command
 from zfviz.errors import UserError
 from zfviz.utils import atomic_write_text
 from zfviz.validate import check_config
@@ -34,7 +33,7 @@ def train_variant(cfg: DictConfig, cache_root: str | Path) -> tuple[dict, bool]:
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "checkpoint.pt").is_file():
         cfg.resume = str(run_dir)  # a run killed midway continues where it stopped
-    return train_command.run(cfg, run_dir), False
+    return training.run(cfg, run_dir), False
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> list[dict]:

@@ -12,7 +12,6 @@ Writes ``rows.csv`` (one row per split or class), ``summary.csv`` (mean and std 
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.checkpoint import model_from_checkpoint, newest_finished_run
+from zfviz.checkpoint import model_from_checkpoint, with_checkpoint
 from zfviz.commands import CONFIG_DIR, guarded
 from zfviz.data.imageset import ImageSet
 from zfviz.data.preprocess import file_sha256, source_preprocess
@@ -32,18 +31,12 @@ from zfviz.errors import UserError
 from zfviz.features import LAYERS, FeatureCache, cached_features
 from zfviz.models import build_model
 from zfviz.transfer import evaluate_heads, fit_softmax, fit_svm, head_scores, per_class_ap, predict, train_scratch
-from zfviz.utils import atomic_write_text, git_state, resolve_device, seeded, versions
+from zfviz.utils import as_list, atomic_write_text, git_state, resolve_device, seeded, versions
 from zfviz.validate import check_config
 
 DATASETS = ("caltech101", "caltech256", "pascal2012", "fashion_mnist")
 HEADS = {"caltech": ("softmax", "svm", "scratch"), "pascal": ("softmax", "multilabel", "svm")}
 TEST_PER_CLASS = {"caltech101": 50, "caltech256": None, "fashion_mnist": None}
-
-
-def as_list(value) -> list:
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value)
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def check_choices(cfg: DictConfig) -> tuple[str, list[str]]:
@@ -173,27 +166,6 @@ def pascal_rows(cfg, sets, feats, heads, stand_in) -> list[dict]:
         rows.append({**common, "class": "mean", "ap": float(np.nanmean(ap)), "positives": None, "wall_time_s": wall})
         print(f"{head}: mAP {np.nanmean(ap):.1f}%", flush=True)
     return rows
-
-
-def with_checkpoint(cfg: DictConfig, runs: str | Path = "runs") -> tuple[DictConfig, str | None]:
-    """``cfg`` with ``checkpoint`` set, and a note saying which net was chosen (None if given).
-
-    Without ``checkpoint=``, the net ``make figures`` or ``zfviz train`` trained at this preset: the
-    newest finished run of ``cfg.model.name`` (zfnet by default) under ``runs/``, relative to the
-    current folder as Hydra's run folders are.
-    """
-    if cfg.checkpoint:
-        return cfg, None
-    model, preset = cfg.model.name, cfg.get("preset")
-    folder = newest_finished_run(runs, model, preset)
-    if folder is None:
-        raise UserError(
-            f"no finished {model} run at preset={preset} in {Path(runs).resolve()}; train one with "
-            f"'zfviz train model={model} preset={preset}', or set checkpoint=path/to/checkpoint.pt"
-        )
-    cfg = copy.deepcopy(cfg)
-    cfg.checkpoint = str(folder / "checkpoint.pt")
-    return cfg, f"the newest finished {model} run at preset={preset}"
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from zfviz.pipeline import cpu_model
-from zfviz.utils import git_state, versions
+from zfviz.utils import cpu_model, git_state, versions
 
 TIMINGS = "timings.csv"
 
