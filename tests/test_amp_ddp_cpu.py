@@ -28,6 +28,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
+from tests.faults import kill_at
 from zfviz import distributed
 from zfviz.checkpoint import load_checkpoint, save_checkpoint
 from zfviz.commands import CONFIG_DIR
@@ -180,7 +181,7 @@ def spawn(fn, *args, nprocs: int = 2, timeout: float = 300) -> None:
                 process.kill()
 
 
-def ddp_train(rank: int, world_size: int, port: int, config: dict, out_dir: str) -> None:
+def ddp_train(rank: int, world_size: int, port: int, config: dict, out_dir: str, kill: int | None = None) -> None:
     """Rank ``rank`` of a DDP ``zfviz train`` as torchrun starts it: torchrun's environment, then ``run``.
 
     Joins the process group first (``run`` finds it joined) to record its backend and this rank's device
@@ -194,12 +195,13 @@ def ddp_train(rank: int, world_size: int, port: int, config: dict, out_dir: str)
     _, device = distributed.setup(config["device"])
     group = {"backend": torch.distributed.get_backend(), "device": str(device)}
     Path(f"{out_dir}.rank{rank}.json").write_text(json.dumps(group))
-    run(OmegaConf.create(config), out_dir)
+    run(OmegaConf.create(config), out_dir, on_step=None if kill is None else kill_at(kill))
 
 
-def train_ddp(cfg, out_dir: Path, world_size: int = 2) -> None:
+def train_ddp(cfg, out_dir: Path, world_size: int = 2, kill: int | None = None) -> None:
+    """A DDP run of ``cfg`` on ``world_size`` processes; ``kill``: every rank dies by SIGKILL after that global step."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    spawn(ddp_train, world_size, free_port(), config, str(out_dir), nprocs=world_size)
+    spawn(ddp_train, world_size, free_port(), config, str(out_dir), kill, nprocs=world_size)
 
 
 def ddp_groups(out_dir: Path, world_size: int = 2) -> list[dict]:
@@ -243,7 +245,7 @@ def kill_and_resume_ddp(fmnist_dir: Path, tmp_path: Path, device: str) -> None:
     train_ddp(train_cfg(fmnist_dir, *common), whole)
     # Killed at global step 11 (epoch 2, step 3): two steps after the checkpoint of step 9 (epoch 2, step 1).
     with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
-        train_ddp(train_cfg(fmnist_dir, *common, "trainer.fault_at_step=11"), broken)
+        train_ddp(train_cfg(fmnist_dir, *common), broken, kill=11)
     ckpt = load_checkpoint(broken / "checkpoint.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (1, 1)
     train_ddp(train_cfg(fmnist_dir, *common, "resume=true"), broken)

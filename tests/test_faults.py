@@ -2,7 +2,7 @@
 
 A full disk is made twice: for real (a small tmpfs, mounted when the tests may mount, as root) and by
 a writer that fails with ENOSPC after writing half its file (runs everywhere). SIGKILL mid-epoch
-then ``resume=true`` is tested in test_recipe.py (``fault_at_step``).
+then ``resume=true`` is tested in test_recipe.py (tests/faults.py kills it at a step).
 """
 
 from __future__ import annotations

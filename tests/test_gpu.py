@@ -39,6 +39,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from tests.cli_args import train_args
+from tests.faults import killed_zfviz
 from tests.imagenet_fixtures import make_tree
 from tests.test_amp_ddp_cpu import (
     ddp_groups,
@@ -53,7 +54,8 @@ from tests.test_amp_ddp_cpu import (
 )
 from tests.test_attribution_core import random_biases, zfnet
 from zfviz import distributed
-from zfviz.attribution import METHODS, _load_methods, attribute
+from zfviz.attribution import METHODS, attribute
+from zfviz.attribution.occlusion import occlusion
 from zfviz.checkpoint import load_checkpoint, save_checkpoint
 from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
@@ -62,7 +64,6 @@ from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.training import run
 from zfviz.utils import rng_state, set_rng_state
-from zfviz.viz.occlusion import occlusion
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -180,7 +181,7 @@ def test_a_run_killed_mid_epoch_on_cuda_resumes_bit_identical(amp, fmnist_dir, t
     done = zfviz(*train_args(fmnist_dir, whole, *common))
     assert done.returncode == 0, done.stderr[-2000:]
     # Killed at global step 13 (epoch 2, step 5): a step after the checkpoint of step 12 (epoch 2, step 4).
-    killed = zfviz(*train_args(fmnist_dir, broken, *common, "trainer.fault_at_step=13"))
+    killed = killed_zfviz(13, *train_args(fmnist_dir, broken, *common), env={**os.environ, **DETERMINISTIC_CUBLAS})
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
     ckpt = load_checkpoint(broken / "checkpoint.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (1, 4)
@@ -318,7 +319,6 @@ def test_imagenet_batches_are_pinned_and_train_and_evaluate_on_cuda(tmp_path, fp
 
 # --- the maps ---------------------------------------------------------------------------------------------
 
-_load_methods()  # every registered method is compared, also one registered after these tests were written
 # Smaller samples for the sampling methods; the others run with their defaults.
 OPTIONS = {"integrated_gradients": {"steps": 8}, "occlusion": {"window": 16, "stride": 8}, "rise": {"masks": 64}}
 

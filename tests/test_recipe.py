@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.cli_args import run_zfviz, train_args
+from tests.faults import killed_zfviz
 from zfviz.checkpoint import load_checkpoint
 
 TIMING = {"img_per_s", "wall_time_s"}
@@ -40,7 +41,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(fmnist_d
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert run_zfviz(*train_args(fmnist_dir, whole, *common)).returncode == 0
     kill_at = random.Random(1234).choice([s for s in range(2, 23) if s % 8])  # never at an epoch's end
-    killed = zfviz(*train_args(fmnist_dir, broken, *common, f"trainer.fault_at_step={kill_at}"))
+    killed = killed_zfviz(kill_at, *train_args(fmnist_dir, broken, *common))
     assert killed.returncode == -9, killed.stderr  # SIGKILL
     ckpt = load_checkpoint(broken / "checkpoint.pt")
     assert ckpt["epoch"] * 8 + ckpt["step"] <= kill_at < 24

@@ -18,7 +18,8 @@ from zfviz.models import build_model
 from zfviz.utils import atomic_path
 
 # Keys of a resolved config that change how a run is carried out or logged, never its result: a run
-# may resume under other values, and the ablation cache does not key on them.
+# may resume under other values, and the ablation cache does not key on them (fault_at_step: a test key the
+# configs no longer have, still in the configs of older runs).
 RUNTIME_KEYS = {
     "trainer": ("progress", "fault_at_step", "ckpt_every_steps", "save_epochs", "eval_every"),
     "data": ("eval_batch_size", "workers"),

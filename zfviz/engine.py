@@ -18,6 +18,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -238,6 +240,116 @@ def _finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What ``fit`` reads from ``trainer.*``, read and checked once; the defaults are configs/train.yaml's."""
+
+    epochs: int
+    ckpt_every: int = 500  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    amp: str | None = None
+    channels_last: bool = True
+    clip_rms: float | None = None
+    save_epochs: frozenset[int] = frozenset()
+    eval_every: int = 1
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, trainer_cfg) -> Settings:
+        epochs = int(trainer_cfg.epochs)
+        if epochs < 1:  # zero epochs would return no rows and leave a run that looks finished
+            raise UserError(f"trainer.epochs={epochs} is not valid; train 1 epoch or more")
+        eval_every = trainer_cfg.get("eval_every")
+        eval_every = 1 if eval_every is None else int(eval_every)
+        if eval_every < 1:
+            raise UserError(f"trainer.eval_every={eval_every} is not valid; evaluate every 1 or more epochs")
+        return cls(
+            epochs=epochs,
+            ckpt_every=int(trainer_cfg.get("ckpt_every_steps", cls.ckpt_every) or 0),
+            amp=trainer_cfg.get("amp"),
+            channels_last=bool(trainer_cfg.get("channels_last", cls.channels_last)),
+            clip_rms=trainer_cfg.get("clip_rms"),
+            save_epochs=frozenset(trainer_cfg.get("save_epochs") or ()),
+            eval_every=eval_every,
+            progress=bool(trainer_cfg.get("progress", True)),
+        )
+
+
+@dataclass
+class Position:
+    """Where a run stands: the rows so far, the epoch under way and the steps done in it."""
+
+    rows: list[dict] = field(default_factory=list)
+    epoch: int = 1  # the epoch under way (1-based)
+    step: int = 0  # steps done in it
+    partial: dict | None = None  # its running sums (and lr), when it was resumed mid-epoch
+    global_step: int = 0
+
+
+class Checkpoints:
+    """A run's ``checkpoint.pt``: the whole training state (model, optimizer, schedulers, scaler, every RNG
+    state, epoch, step, the epoch's running sums, the rows so far), written atomically by rank 0; where
+    the newest one stands; ``checkpoint_epoch<N>.pt`` kept for the epochs asked for."""
+
+    def __init__(self, out_dir: Path, model, optimizer, schedulers, scaler, *, config, device, dist_info) -> None:
+        self.out_dir, self.path = out_dir, out_dir / "checkpoint.pt"
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.schedulers = dict(zip(("step_scheduler", "epoch_scheduler"), schedulers, strict=True))
+        self.config, self.device, self.dist = config, device, dist_info
+        self.saved: tuple[int, int] | None = None  # (completed epochs, steps) of the newest checkpoint.pt
+
+    def restore(self, state: dict, steps_per_epoch: int) -> Position:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for key, sched in self.schedulers.items():
+            if sched is not None and state.get(key):
+                sched.load_state_dict(state[key])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], self.device)
+        partial = state.get("partial")
+        if partial and not self.dist.is_main:  # the saved sums are every rank's: rank 0 carries them on
+            partial = {**partial, "loss": 0.0, "wrong": 0, "seen": 0}
+        self.saved = (state["epoch"], state["step"])
+        return Position(list(state.get("rows", [])), state["epoch"] + 1, state["step"], partial,
+                        state["epoch"] * steps_per_epoch + state["step"])  # fmt: skip
+
+    def save(self, epoch: int, step: int, sums: dict | None, rows: list[dict]) -> None:
+        """Checkpoint after ``epoch`` completed epochs and ``step`` steps of the next (with its ``sums``)."""
+        if not _finite(self.model):
+            raise TrainingDiverged(f"weights became non-finite at epoch {epoch + 1}, step {step}")
+        if sums is not None and self.dist.enabled:  # the epoch's running sums over every rank, not rank 0's alone
+            loss, wrong, seen = all_reduce_sum([sums["loss"], sums["wrong"], sums["seen"]], self.device)
+            sums = {**sums, "loss": loss, "wrong": int(wrong), "seen": int(seen)}
+        if not self.dist.is_main:
+            return
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            **{key: sched.state_dict() if sched else None for key, sched in self.schedulers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": rng_state(self.device),
+            "step": step,
+            "partial": dict(sums) if sums else None,
+            "rows": rows,
+        }
+        save_checkpoint(self.path, self.model, self.config, epoch, rows[-1] if rows else None, extra=state)
+        self.saved = (epoch, step)
+
+    def keep_epoch(self, epoch: int, row: dict) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.out_dir / f"checkpoint_epoch{epoch}.pt", self.model, self.config, epoch, row)
+
+    def interrupted(self, at: Position, epochs: int, steps_per_epoch: int) -> Interrupted:
+        """The one line a stopped run ends with: where it stopped and which checkpoint resumes it."""
+        if at.step == 0:
+            where = f"after epoch {at.epoch - 1} of {epochs}"
+        else:
+            where = f"at epoch {at.epoch} of {epochs}, step {at.step} of {steps_per_epoch}"
+        if self.saved is None:
+            return Interrupted(f"interrupted {where}; no checkpoint had been written yet")
+        kept = "checkpoint" if self.saved == (at.epoch - 1, at.step) else f"the checkpoint of {_position(*self.saved)}"
+        return Interrupted(f"interrupted {where}; {kept} kept at {self.path}", self.out_dir)
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -250,147 +362,90 @@ def fit(
     config: dict,
     dist_info: DistInfo | None = None,
     resume_state: dict | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Train for ``trainer_cfg.epochs``; keep ``metrics.csv`` and ``checkpoint.pt`` current.
 
-    ``checkpoint.pt`` holds model, optimizer, schedulers, RNG states, epoch, step and the metrics
-    so far; it is rewritten after every epoch and every ``trainer_cfg.ckpt_every_steps`` steps
-    (0 = epochs only). ``resume_state`` is such a checkpoint to continue from.
+    ``checkpoint.pt`` (``Checkpoints``) is rewritten after every epoch and every ``trainer.ckpt_every_steps``
+    steps; ``resume_state`` is such a checkpoint to continue from. ``on_step(global_step)`` runs after every
+    update, once the step's checkpoint is written (the tests' fault injection).
     """
-    out_dir = Path(out_dir)
-    dist_info = dist_info or DistInfo()
-    epochs = int(trainer_cfg.epochs)
-    if epochs < 1:  # zero epochs would return no rows and leave a run that looks finished
-        raise UserError(f"trainer.epochs={epochs} is not valid; train 1 epoch or more")
-    ckpt_every = int(trainer_cfg.get("ckpt_every_steps") or 0)
-    fault_at = trainer_cfg.get("fault_at_step")
-    amp = trainer_cfg.get("amp")
-    channels_last = bool(trainer_cfg.get("channels_last", False))
-    clip_rms = trainer_cfg.get("clip_rms")
-    save_epochs = set(trainer_cfg.get("save_epochs") or ())
-    eval_every = trainer_cfg.get("eval_every")
-    eval_every = 1 if eval_every is None else int(eval_every)
-    if eval_every < 1:
-        raise UserError(f"trainer.eval_every={eval_every} is not valid; evaluate every 1 or more epochs")
-    progress = bool(trainer_cfg.get("progress", True)) and dist_info.is_main
-
+    out_dir, dist_info = Path(out_dir), dist_info or DistInfo()
+    settings = Settings.from_config(trainer_cfg)
+    epochs, steps = settings.epochs, len(train_loader)
+    progress = settings.progress and dist_info.is_main
     model.to(device)
-    if channels_last:
+    if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     net = model
     if dist_info.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    optimizer, step_sched, epoch_sched = build_optimizer(net, optim_cfg, len(train_loader), epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer, step_sched, epoch_sched = build_optimizer(net, optim_cfg, steps, epochs)
+    scaler = torch.amp.GradScaler("cuda") if settings.amp == "fp16" and device.type == "cuda" else None
+    ckpt = Checkpoints(out_dir, model, optimizer, (step_sched, epoch_sched), scaler, config=config, device=device,
+                       dist_info=dist_info)  # fmt: skip
+    at = ckpt.restore(resume_state, steps) if resume_state is not None else Position()
+    rows, wall_offset, start = at.rows, (at.rows[-1]["wall_time_s"] if at.rows else 0.0), time.perf_counter()
 
-    rows: list[dict] = []
-    done_epochs, start_step, partial = 0, 0, None
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        for sched, key in ((step_sched, "step_scheduler"), (epoch_sched, "epoch_scheduler")):
-            if sched is not None and resume_state.get(key):
-                sched.load_state_dict(resume_state[key])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"], device)
-        rows = list(resume_state.get("rows", []))
-        done_epochs, start_step, partial = resume_state["epoch"], resume_state["step"], resume_state.get("partial")
-        if partial and not dist_info.is_main:  # the saved sums are every rank's: rank 0 carries them on
-            partial = {**partial, "loss": 0.0, "wrong": 0, "seen": 0}
-    global_step = done_epochs * len(train_loader) + start_step
-    wall_offset = rows[-1]["wall_time_s"] if rows else 0.0
-    start = time.perf_counter()
-
-    def checkpoint(path: Path, epoch: int, step: int, sums: dict | None) -> None:
-        nonlocal saved
-        if not _finite(model):
-            raise TrainingDiverged(f"weights became non-finite at epoch {epoch + 1}, step {step}")
-        if sums is not None and dist_info.enabled:  # the epoch's running sums over every rank, not rank 0's alone
-            loss, wrong, seen = all_reduce_sum([sums["loss"], sums["wrong"], sums["seen"]], device)
-            sums = {**sums, "loss": loss, "wrong": int(wrong), "seen": int(seen)}
-        if not dist_info.is_main:
-            return
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "step_scheduler": step_sched.state_dict() if step_sched else None,
-            "epoch_scheduler": epoch_sched.state_dict() if epoch_sched else None,
-            "scaler": scaler.state_dict() if scaler else None,
-            "rng": rng_state(device),
-            "step": step,
-            "partial": dict(sums) if sums else None,
-            "rows": rows,
-        }
-        save_checkpoint(path, model, config, epoch, rows[-1] if rows else None, extra=state)
-        saved = (epoch, step)
-
-    saved = (done_epochs, start_step) if resume_state is not None else None  # the newest checkpoint.pt
-    at = (done_epochs + 1, start_step)  # the epoch under way and the steps done in it
-
-    def interrupted() -> Interrupted:
-        epoch, step = at
-        if step == 0:
-            where = f"after epoch {epoch - 1} of {epochs}"
-        else:
-            where = f"at epoch {epoch} of {epochs}, step {step} of {len(train_loader)}"
-        if saved is None:
-            return Interrupted(f"interrupted {where}; no checkpoint had been written yet")
-        kept = "checkpoint" if saved == (epoch - 1, step) else f"the checkpoint of {_position(*saved)}"
-        return Interrupted(f"interrupted {where}; {kept} kept at {out_dir / 'checkpoint.pt'}", out_dir)
+    def after_step(step: int, sums: dict, lr: float) -> None:
+        at.step, at.global_step = step, at.global_step + 1
+        if step < steps and (settings.ckpt_every and at.global_step % settings.ckpt_every == 0):
+            ckpt.save(at.epoch - 1, step, {**sums, "lr": lr}, rows)
+        if on_step is not None:
+            on_step(at.global_step)
+        if stop.requested and step < steps:  # at an epoch's last step: finish the epoch
+            if ckpt.saved != (at.epoch - 1, step):
+                ckpt.save(at.epoch - 1, step, {**sums, "lr": lr}, rows)
+            raise _Stop
 
     # The allocator keeps freed buffers over the whole run, evaluations and checkpoints included (cpu_memory.py).
-    with _StopRequest(interrupted, enabled=not dist_info.enabled) as stop, reuse_freed_memory(device):
-        for epoch in range(done_epochs + 1, epochs + 1):
-            train_loader.set_epoch(epoch, start_batch=start_step)
+    stopping = _StopRequest(lambda: ckpt.interrupted(at, epochs, steps), enabled=not dist_info.enabled)
+    with stopping as stop, reuse_freed_memory(device):
+        for epoch in range(at.epoch, epochs + 1):
+            at.epoch = epoch
+            train_loader.set_epoch(epoch, start_batch=at.step)
             # The lr an epoch started with; an interrupted epoch saved it with its partial sums.
-            lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
-
-            def step_hook(step: int, sums: dict, epoch: int = epoch, lr: float = lr) -> None:
-                nonlocal global_step, at
-                global_step, at = global_step + 1, (epoch, step)
-                if ckpt_every and global_step % ckpt_every == 0 and step < len(train_loader):
-                    checkpoint(out_dir / "checkpoint.pt", epoch - 1, step, {**sums, "lr": lr})
-                if fault_at is not None and global_step == int(fault_at):
-                    os.kill(os.getpid(), signal.SIGKILL)  # test-only fault injection: die as a crash would
-                if stop.requested and step < len(train_loader):  # at an epoch's last step: finish the epoch
-                    if saved != (epoch - 1, step):
-                        checkpoint(out_dir / "checkpoint.pt", epoch - 1, step, {**sums, "lr": lr})
-                    raise _Stop
-
-            try:
-                train = train_one_epoch(
-                    net, train_loader, optimizer, device=device, scheduler=step_sched, clip_rms=clip_rms, amp=amp,
-                    scaler=scaler, channels_last=channels_last, start_step=start_step, partial=partial,
-                    step_hook=step_hook, desc=f"epoch {epoch}/{epochs}", progress=progress,
-                )  # fmt: skip
-            except FloatingPointError as err:
-                last = out_dir / "checkpoint.pt"
-                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written"
-                raise TrainingDiverged(f"{err} (epoch {epoch}); training stopped, {kept}") from None
-            start_step, partial = 0, None
-            # An epoch skipped by eval_every records NaN errors: evaluation never touches the weights or the
-            # RNG, so the trained net is the same; a plateau schedule needs every epoch's error.
-            if epoch_sched is not None or epoch == epochs or epoch % eval_every == 0:
-                val = evaluate(net, val_loader, device=device, amp=amp)
-            else:
-                val = dict.fromkeys(("val_loss", "val_top1_err", "val_top5_err"), float("nan"))
+            lr = at.partial["lr"] if at.partial else optimizer.param_groups[0]["lr"]
+            train = _train_epoch(net, train_loader, optimizer, step_sched, scaler, settings, at, device, ckpt.path,
+                                 lambda step, sums, lr=lr: after_step(step, sums, lr), progress)  # fmt: skip
+            at.partial = None  # at.step stays at the epoch's last step until it is checkpointed
+            val = _evaluate_epoch(net, val_loader, epoch, settings, epoch_sched, device)
             if epoch_sched is not None:
                 epoch_sched.step(val["val_top1_err"])
-            wall = wall_offset + time.perf_counter() - start
-            row = {"epoch": epoch, "lr": lr, **train, **val, "wall_time_s": wall}
+            row = {"epoch": epoch, "lr": lr, **train, **val, "wall_time_s": wall_offset + time.perf_counter() - start}
             rows.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-            checkpoint(out_dir / "checkpoint.pt", epoch, 0, None)
+            ckpt.save(epoch, 0, None, rows)
             if dist_info.is_main:
                 atomic_write_text(out_dir / "metrics.csv", _metrics_csv(rows))
-                if epoch in save_epochs:
-                    save_checkpoint(out_dir / f"checkpoint_epoch{epoch}.pt", model, config, epoch, rows[-1])
+            if epoch in settings.save_epochs:
+                ckpt.keep_epoch(epoch, rows[-1])
             if progress:
                 tqdm.write(
                     f"epoch {epoch}: train loss {train['train_loss']:.4f}, val top-1 {val['val_top1_err']:.2f}%, "
                     f"top-5 {val['val_top5_err']:.2f}%, {train['img_per_s']:.0f} img/s"
                 )
-            at = (epoch + 1, 0)
+            at.epoch, at.step = epoch + 1, 0
             if stop.requested and epoch < epochs:
                 raise _Stop
     return rows
+
+
+def _train_epoch(net, loader, optimizer, step_sched, scaler, settings, at, device, last, step_hook, progress) -> dict:
+    """One epoch of ``fit`` from where ``at`` stands; a non-finite loss stops the run, naming the last checkpoint."""
+    try:
+        return train_one_epoch(
+            net, loader, optimizer, device=device, scheduler=step_sched, clip_rms=settings.clip_rms, amp=settings.amp,
+            scaler=scaler, channels_last=settings.channels_last, start_step=at.step, partial=at.partial,
+            step_hook=step_hook, desc=f"epoch {at.epoch}/{settings.epochs}", progress=progress,
+        )  # fmt: skip
+    except FloatingPointError as err:
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written"
+        raise TrainingDiverged(f"{err} (epoch {at.epoch}); training stopped, {kept}") from None
+
+
+def _evaluate_epoch(net, loader, epoch: int, settings: Settings, epoch_sched, device) -> dict:
+    """The epoch's test-set errors. An epoch skipped by ``eval_every`` records NaN: evaluation never touches
+    the weights or the RNG, so the trained net is the same; a plateau schedule needs every epoch's error."""
+    if epoch_sched is not None or epoch == settings.epochs or epoch % settings.eval_every == 0:
+        return evaluate(net, loader, device=device, amp=settings.amp)
+    return dict.fromkeys(("val_loss", "val_top1_err", "val_top5_err"), float("nan"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -131,19 +132,20 @@ def find_resume_dir(resume, config: dict, out_dir: Path, say=_stderr) -> Path | 
     return None
 
 
-def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
-    """Train ``cfg.model`` on ``cfg.data``; write metrics.csv, checkpoint.pt and run.json to ``out_dir``."""
+def run(cfg: DictConfig, out_dir: str | Path | None = None, *, on_step: Callable[[int], None] | None = None) -> dict:
+    """Train ``cfg.model`` on ``cfg.data``; write metrics.csv, checkpoint.pt and run.json to ``out_dir``.
+    ``on_step(global_step)`` runs after every update (``engine.fit``; the tests' fault injection)."""
     check_config(cfg)  # bad values as one line, before any data is read
     out_dir = Path(out_dir or HydraConfig.get().runtime.output_dir)
     info, device = distributed.setup(cfg.device)
     try:
         with seeded(cfg.seed, cfg.deterministic):  # the caller's determinism flags come back afterwards
-            return _run(cfg, out_dir, info, device)
+            return _run(cfg, out_dir, info, device, on_step)
     finally:
         distributed.teardown()
 
 
-def _run(cfg: DictConfig, out_dir: Path, info: distributed.DistInfo, device) -> dict:
+def _run(cfg: DictConfig, out_dir: Path, info: distributed.DistInfo, device, on_step=None) -> dict:
     data = build_data(
         cfg.data, input_size=cfg.model.input_size, batch_size=cfg.trainer.batch_size, in_chans=cfg.model.in_chans,
         seed=cfg.seed, rank=info.rank, world_size=info.world_size, cache_dir=str(out_dir),
@@ -166,7 +168,7 @@ def _run(cfg: DictConfig, out_dir: Path, info: distributed.DistInfo, device) -> 
     start = time.perf_counter()
     rows = fit(
         model, data.train, data.test, cfg.optim, cfg.trainer,
-        device=device, out_dir=out_dir, config=config, dist_info=info, resume_state=resume_state,
+        device=device, out_dir=out_dir, config=config, dist_info=info, resume_state=resume_state, on_step=on_step,
     )  # fmt: skip
     summary = {
         "model": cfg.model.name,
