@@ -287,3 +287,24 @@ def test_cli_table3_end_to_end_writes_the_csv_and_figure(fmnist_dir, tmp_path):
         bad.returncode == 2
         and bad.stderr.strip() == "table3: error: --repeat-name must be letters, digits, - or _, got '../x'"
     )
+
+
+def test_a_stopped_ablate_run_is_not_taken_for_a_finished_one(fmnist_dir, tmp_path, monkeypatch):
+    """make and the tables take variants.json for a finished run: a run stopped after its first variant
+    leaves only variants.partial.json (found by killing make rehearsal, whose Table 3 then had 6 of 16 rows)."""
+    calls = []
+
+    def first_then_killed(cfg, out_dir):
+        calls.append(cfg.model.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return {"run_dir": str(out_dir), "final": {"val_top1_err": 1.0}, "parameters": 1}
+
+    monkeypatch.setattr(ablate_command.training, "run", first_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        ablate_command.run(_tiny(fmnist_dir, tmp_path / "cache", "variant=[zfnet_no67,zfnet_no7]"), tmp_path / "a")
+    assert not (tmp_path / "a" / "variants.json").exists()
+    assert [e["variant"] for e in json.loads((tmp_path / "a" / "variants.partial.json").read_text())] == ["zfnet_no67"]
+    with pytest.raises(UserError, match="no variants.json\\); it was stopped; run it again to finish"):
+        ablation.read_manifests([tmp_path / "a"])

@@ -363,3 +363,16 @@ def test_the_viz_view_is_the_centre_crop_minus_the_mean_and_leaves_out_bad_files
     # pixels back: x * std + mean is the stored crop again (0..255, within float rounding of the subtraction)
     back = view.test.normalize(view.test.images[:2]) * view.test.std + view.test.mean
     assert torch.allclose(back, view.test.images[:2].float(), atol=1e-4)
+
+
+def test_computing_the_mean_image_leaves_the_global_rng_alone(trees, tmp_path):
+    """A run that computed the mean image and one that read it from the cache must start from the same
+    random state, or their nets are initialized differently (found by killing make rehearsal: the rerun,
+    reading the killed run's mean_image.pt, trained another AlexNet than an uninterrupted run)."""
+    root, _ = trees["imagefolder"]
+    _, paths, labels = imagenet.scan_split(root, "train")
+    images = imagenet.ImageNetImages(root, paths, labels)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    imagenet.mean_image(images, None, workers=1, skip_bad=True)  # a loader with a worker process
+    assert torch.equal(torch.get_rng_state(), before)

@@ -167,7 +167,9 @@ def read_manifests(run_dirs: list[str | Path]) -> list[dict]:
     for run_dir in run_dirs:
         path = Path(run_dir) / "variants.json"
         if not path.is_file():
-            raise UserError(f"{run_dir} holds no finished ablate run (no variants.json); run zfviz ablate first")
+            stopped = (Path(run_dir) / "variants.partial.json").is_file()
+            why = "it was stopped; run it again to finish" if stopped else "run zfviz ablate first"
+            raise UserError(f"{run_dir} holds no finished ablate run (no variants.json); {why}")
         for entry in json.loads(path.read_text()):
             entries[entry["cache_dir"]] = entry  # one row per trained net, however often it was listed
     return list(entries.values())

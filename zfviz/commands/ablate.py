@@ -23,6 +23,8 @@ from zfviz.errors import UserError
 from zfviz.utils import atomic_write_text
 from zfviz.validate import check_config
 
+PARTIAL = "variants.partial.json"  # the variants finished so far, while a run is under way (or was stopped)
+
 
 def train_variant(cfg: DictConfig, cache_root: str | Path) -> tuple[dict, bool]:
     """Train ``cfg`` in its cache folder unless it finished before; returns (run summary, was cached)."""
@@ -63,14 +65,17 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> list[dict]:
                 **{k: final.get(k) for k in ("train_top1_err", "val_top1_err", "val_top5_err")},
             }
         )
-        # Written after every variant, so a table can be made from what finished before a stop.
-        atomic_write_text(out_dir / "variants.json", json.dumps(entries, indent=2))
+        # What finished so far, after every variant (a table can be made from it with a stopped run's folder);
+        # variants.json, which make and the tables take for a finished run, only once every variant is done.
+        atomic_write_text(out_dir / PARTIAL, json.dumps(entries, indent=2))
         state = "cached" if cached else "trained"
         print(
             f"zfviz ablate: {label} ({state}): train top-1 {final.get('train_top1_err', float('nan')):.2f}%, "
             f"val top-1 {final.get('val_top1_err', float('nan')):.2f}%, top-5 {final.get('val_top5_err', float('nan')):.2f}%"
             f" -> {summary['run_dir']}"
         )
+    atomic_write_text(out_dir / "variants.json", json.dumps(entries, indent=2))
+    (out_dir / PARTIAL).unlink(missing_ok=True)
     return entries
 
 

@@ -306,7 +306,10 @@ def _sum_images(images: ImageNetImages, indices: list[int], *, workers: int, ski
     """Sum (float64) and count of the 256 squares at ``indices``, and the bad files met."""
     total = torch.zeros(3, PREP_SIZE, PREP_SIZE, dtype=torch.float64)
     count, bad_files = 0, []
-    loader = DataLoader(images, batch_size=64, sampler=indices, num_workers=workers, collate_fn=_collate)
+    # A generator of its own: a loader with workers otherwise draws its seed from the global RNG, and a run
+    # that computed the mean would initialize its net differently from one that read it from the cache.
+    loader = DataLoader(images, batch_size=64, sampler=indices, num_workers=workers, collate_fn=_collate,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
     for x, y, bad in tqdm(loader, desc="mean image", disable=not progress, dynamic_ncols=True, mininterval=1.0):
         if bad and not skip_bad:
             raise _bad_image_error(bad[0])
