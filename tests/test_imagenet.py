@@ -376,3 +376,17 @@ def test_computing_the_mean_image_leaves_the_global_rng_alone(trees, tmp_path):
     before = torch.get_rng_state()
     imagenet.mean_image(images, None, workers=1, skip_bad=True)  # a loader with a worker process
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_pass_over_the_loaders_leaves_the_global_rng_alone(trees, tmp_path):
+    """A resumed run makes its loaders' first pass in a later epoch than an uninterrupted run: if that pass
+    drew from the global RNG, the two runs' dropout masks would part (found by killing make rehearsal
+    after ZFNet's first epoch: the resumed epoch 2 differed)."""
+    root, _ = trees["imagefolder"]
+    cfg = OmegaConf.create({"name": "imagenet", "root": str(root), "workers": 1, "skip_bad": True})
+    data = build_data(cfg, input_size=224, batch_size=4, cache_dir=str(tmp_path))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    data.train.set_epoch(1)
+    assert sum(len(y) for _, y in data.train) == 14 and sum(len(y) for _, y in data.test) == 6
+    assert torch.equal(torch.get_rng_state(), before)

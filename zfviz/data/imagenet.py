@@ -289,6 +289,10 @@ class ImageNetLoader:
                 collate_fn=_collate,
                 pin_memory=torch.cuda.is_available(),
                 persistent_workers=self.workers > 0,
+                # The workers draw nothing at random (crops and flips come with the sampler's keys); without a
+                # generator of its own the loader would take its seed from the global RNG at its first pass,
+                # which a resumed run makes in another epoch than an uninterrupted one: other dropout masks.
+                generator=torch.Generator().manual_seed(0),
             )
         return self._loader
 
