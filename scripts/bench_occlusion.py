@@ -31,7 +31,7 @@ import torch
 from _bench import interleaved, preset_model, ratio_line
 from captum.attr import Occlusion
 
-from zfviz.viz.occlusion import grid, occlusion
+from zfviz.attribution.occlusion import grid, occlusion
 
 CHECKPOINT = Path("runs/figures/cpu/zfnet/checkpoint.pt")
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
+from torchvision import models
 
 from zfviz.activations import Capture, layer_names, resolve, stream
+from zfviz.attribution.occlusion import occlusion
 from zfviz.errors import UserError
 from zfviz.features import layer_outputs
 from zfviz.models import build_model
-from zfviz.viz.occlusion import occlusion
 
-models = pytest.importorskip("torchvision.models")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

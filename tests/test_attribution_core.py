@@ -20,7 +20,7 @@ from zfviz.ablation import VARIANTS, variant_model_kwargs
 from zfviz.activations import Capture
 from zfviz.attribution import attribute, backward, rules
 from zfviz.attribution.composites import GUIDED_BACKPROP, Composite
-from zfviz.attribution.core import rules_applied
+from zfviz.attribution.mechanism import rules_applied
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.viz.deconv import project
@@ -79,7 +79,8 @@ def test_saliency_equals_autograd():
     assert torch.equal(ours, grad)  # the same kernels on the same data
 
 
-@pytest.mark.parametrize("net", ["zfnet", "vgg11", "alexnet"])
+# vgg11: building its 133M parameters takes ~3.5 s (slow); alexnet covers in-place ReLUs and adaptive pools fast.
+@pytest.mark.parametrize("net", ["zfnet", pytest.param("vgg11", marks=pytest.mark.slow), "alexnet"])
 def test_gradient_family_equals_captum(net):
     if net == "zfnet":
         model, size = zfnet(), 64
@@ -184,10 +185,10 @@ def test_unsupported_module_is_one_line_naming_the_methods_that_work():
     [
         (1, {"method": "nope"}, "unknown attribution method"),
         (1, {"method": "saliency", "rule": "epsilon"}, "rule"),
-        (1, {"method": "lrp", "rule": "gamma"}, "unknown LRP rule"),
+        (1, {"method": "lrp", "rule": "gamma"}, "rule=gamma is not valid for lrp"),
         (1, {"method": "lrp", "rule": "alpha_beta", "alpha": 2, "beta": 2}, "alpha - beta = 1"),
         (1, {"method": "lrp", "first_rule": "zbox"}, "low= and high="),
-        (1, {"method": "deconvnet", "norm": "skip"}, "norm mode"),
+        (1, {"method": "deconvnet", "norm": "skip"}, "norm=skip is not valid for deconvnet"),
         (("conv9", 0), {"method": "saliency"}, "unknown layer 'conv9'"),
         (("conv5", 999), {"method": "saliency"}, "channel of conv5"),
         (("conv5", 0, (40, 0)), {"method": "saliency"}, "inside the"),
@@ -239,6 +240,7 @@ def test_only_modules_a_rule_can_reach_are_hooked():
     assert not any(m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.slow  # a full vgg11: ~2-6 s, most of it initializing the classifier
 def test_in_place_relus_stay_in_place_and_a_layer_read_after_them_is_kept_before():
     model = torchvision.models.vgg11(weights=None, num_classes=10).eval()
     flags = []

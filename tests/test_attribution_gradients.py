@@ -10,7 +10,17 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from captum.attr import GuidedGradCam, IntegratedGradients, LayerAttribution, LayerGradCam
+from captum.attr import (
+    Deconvolution,
+    GuidedBackprop,
+    GuidedGradCam,
+    InputXGradient,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+    Saliency,
+)
 from torch import nn
 from torchvision import models as tv
 
@@ -219,23 +229,88 @@ def test_smoothgrad_without_noise_is_the_plain_method(method):
     torch.testing.assert_close(smoothed, plain, atol=1e-7, rtol=1e-5)  # 3 equal maps, averaged
 
 
-@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "deconvnet"])
-def test_smoothgrad_equals_a_loop_over_the_same_noise(method):
+def noisy_copies(model: nn.Module, run) -> torch.Tensor:
+    """Every input row ``model`` receives while ``run()`` runs (a forward pre-hook): the noisy copies
+    SmoothGrad made, read from outside, whatever way it draws or batches them."""
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().clone()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def copies_per_image(rows: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+    """The noisy rows sorted to the image each is a copy of (the nearest; a clean row, a forward on the
+    images themselves, is dropped). With noise of std 0.2 x range (~1.8) over 12,288 pixels the nearest is
+    never in doubt: squared distances ~4e4 to its own image against ~6.5e4 to another."""
+    rows = rows[~(rows[:, None] == x[None]).flatten(2).all(dim=2).any(dim=1)]
+    nearest = torch.cdist(rows.flatten(1), x.flatten(1)).argmin(dim=1)
+    return [rows[nearest == n] for n in range(len(x))]
+
+
+SMOOTH = {"smooth_samples": 5, "smooth_sigma": 0.2, "smooth_seed": 7}
+# Captum's peers: (attribution class, its options, ours); its Deconvolution seeds 1 and backpropagates LRN.
+CAPTUM_PEERS = {
+    "saliency": (Saliency, {"abs": False}, {}),
+    "input_x_gradient": (InputXGradient, {}, {}),
+    "guided_backprop": (GuidedBackprop, {}, {}),
+    "deconvnet": (Deconvolution, {}, {"seed": "one", "norm": "backprop"}),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Captum announces its ReLU hooks on every call
+@pytest.mark.parametrize("method", list(CAPTUM_PEERS))
+def test_smoothgrad_equals_captums_noise_tunnel_on_the_same_noise(method, monkeypatch):
+    """Oracle: Captum's ``NoiseTunnel`` (smoothgrad) around Captum's method. Two generators never draw the
+    same noise, and a statistical comparison would need thousands of samples to see a wrong average, so
+    the noise is shared instead: the noisy copies ours fed the model are read from outside (a forward
+    hook) and handed to Captum as its ``torch.normal`` draw. Captum then adds, averages and attributes
+    with its own code; the noise itself is checked against its stated law (N(0, sigma^2) per pixel,
+    sigma = 0.2 x each image's range) by its moments."""
+    model, x, target = small_zfnet(), torch.randn(2, 3, 64, 64), torch.tensor([3, 7])
+    peer, peer_kw, ours_kw = CAPTUM_PEERS[method]
+    got = {}
+    rows = noisy_copies(model, lambda: got.update(map=attribute(model, x, target, method, **SMOOTH, **ours_kw)))
+    copies = copies_per_image(rows, x)
+    sigma = 0.2 * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))
+    for n, mine in enumerate(copies):
+        assert len(mine) == 5 and len(torch.unique(mine, dim=0)) == 5  # five distinct draws per image
+        z = (mine - x[n]) / sigma[n]  # 61,440 standard normal values: standard errors about 0.004
+        assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+    expected = []
+    for n, mine in enumerate(copies):
+
+        def shared_noise(mean, std, *args, mine=mine, n=n, **kwargs):
+            assert std.shape == mine.shape  # one draw for all five samples of this image
+            return mine - x[n]
+
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "normal", shared_noise)
+            tunnel = NoiseTunnel(peer(model))
+            expected.append(tunnel.attribute(x[n : n + 1].clone(), nt_type="smoothgrad", nt_samples=5,
+                                             stdevs=float(sigma[n]), target=int(target[n]), **peer_kw))  # fmt: skip
+    torch.testing.assert_close(got["map"], torch.cat(expected), **TOL)
+
+
+@pytest.mark.parametrize("method", ["saliency", "deconvnet"])
+def test_smoothgrad_of_a_unit_keeps_the_clean_images_strongest_cell(method):
+    """A unit target's cell is found once, on the clean images: every noisy copy explains that cell (the
+    plain method on the copies ours made, read from outside; the plain methods have their own oracles)."""
     model, x, target = small_zfnet(), torch.randn(2, 3, 64, 64), ("conv5", [1, 2])
-    options = GRADIENT_METHODS[method]
-    got = attribute(model, x, target, method, smooth_samples=5, smooth_sigma=0.2, smooth_seed=7, **options)
-    # the unit's strongest cell, found once on the clean images
+    got = {}
+    rows = noisy_copies(model, lambda: got.update(map=attribute(model, x, target, method, **SMOOTH)))
     with torch.no_grad():
         conv5 = upto(model, "conv5")(x)[range(2), [1, 2]]
     cell = conv5.flatten(1).argmax(dim=1)
     position = torch.stack([cell // conv5.shape[-1], cell % conv5.shape[-1]], dim=1)
-    generator = torch.Generator().manual_seed(7)
-    sigma = 0.2 * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
-    maps = []
-    for _ in range(5):
-        noisy = x + sigma * torch.randn(x.shape, generator=generator)
-        maps.append(attribute(model, noisy, ("conv5", [1, 2], position), method, **options))
-    torch.testing.assert_close(got, torch.stack(maps).mean(dim=0), atol=1e-7, rtol=1e-5)
+    expected = []
+    for n, mine in enumerate(copies_per_image(rows, x)):
+        assert len(mine) == 5
+        unit = ("conv5", [1, 2][n], tuple(position[n].tolist()))
+        expected.append(attribute(model, mine, unit, method).mean(dim=0, keepdim=True))
+    torch.testing.assert_close(got["map"], torch.cat(expected), atol=1e-7, rtol=1e-5)
 
 
 def test_smoothgrad_batching_and_seed():
@@ -383,13 +458,13 @@ def test_the_model_is_left_as_it_was_also_after_an_error(method, options):
 @pytest.mark.parametrize(
     "method, options, message",
     [
-        ("integrated_gradients", {"baseline": "black"}, "unknown baseline 'black'"),
+        ("integrated_gradients", {"baseline": "black"}, "baseline=black is not valid for integrated_gradients"),
         ("integrated_gradients", {"baseline": torch.zeros(5)}, "does not broadcast"),
-        ("integrated_gradients", {"integration": "simpson"}, "unknown integration 'simpson'"),
-        ("integrated_gradients", {"steps": 0}, "steps must be an integer >= 1"),
-        ("integrated_gradients", {"internal_batch_size": 0}, "internal_batch_size must be a positive integer"),
-        ("saliency", {"smooth_sigma": -1.0}, "smooth_sigma must be a number >= 0"),
-        ("saliency", {"smooth_samples": 0}, "smooth_samples must be a positive integer"),
+        ("integrated_gradients", {"integration": "simpson"}, "integration=simpson is not valid"),
+        ("integrated_gradients", {"steps": 0}, "steps=0 is not valid .*: give a whole number >= 1"),
+        ("integrated_gradients", {"internal_batch_size": 0}, "internal_batch_size=0 is not valid"),
+        ("saliency", {"smooth_sigma": -1.0}, "smooth_sigma=-1.0 is not valid .*: give a finite number >= 0"),
+        ("saliency", {"smooth_samples": 0}, "smooth_samples=0 is not valid .*: give a whole number >= 1"),
         ("gradcam", {"layer": "fc6"}, "Grad-CAM needs a conv layer's map"),
         ("gradcam", {"layer": "conv9"}, "unknown layer 'conv9'"),
         ("gradcam", {"smooth_samples": 2}, "SmoothGrad .* applies to gradient methods"),

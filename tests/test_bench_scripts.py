@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import captum  # noqa: F401  the deconv, occlusion and attribution benchmarks compare against Captum,
 import pytest
+import zennit  # noqa: F401  and LRP against Zennit: both in the dev extra, so a missing one fails here
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (REPO / "scripts").glob("bench_*.py"))
@@ -30,9 +32,6 @@ def test_every_benchmark_is_covered():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_quick_run_prints_its_ratios(script, tmp_path):
-    pytest.importorskip("captum")  # the deconv, occlusion and attribution benchmarks compare against Captum
-    if script == "bench_attribution.py":
-        pytest.importorskip("zennit")  # and LRP against Zennit
     # From a temporary folder: no trained checkpoint under runs/ is picked up, so the net is the preset's.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

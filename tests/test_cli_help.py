@@ -64,7 +64,10 @@ def test_viz_method_help_lists_that_methods_keys(method, capsys):
     assert [k for k in listed if "." not in k] == method_keys(method)  # every key, in file order
 
 
-@pytest.mark.parametrize("argv", [["train", "--help"], ["viz", "deconv", "--help"], ["--help"]])
+# `zfviz train --help` imports what training needs: a ~3 s process (slow); the other two start in under 0.5 s.
+@pytest.mark.parametrize(
+    "argv", [pytest.param(["train", "--help"], marks=pytest.mark.slow), ["viz", "deconv", "--help"], ["--help"]]
+)
 def test_closed_stdout_is_quiet_and_exits_0(argv):
     # `zfviz train --help | head`: the reader is gone before the page is written.
     job = subprocess.Popen([ZFVIZ, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

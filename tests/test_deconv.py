@@ -7,6 +7,7 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr import NeuronDeconvolution
 from torch import nn
 
 from zfviz.attribution import attribute
@@ -251,7 +252,6 @@ def test_torchvision_vgg16_equals_the_autograd_oracle():
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Captum announces its ReLU hooks on every call
 def test_captum_neuron_deconvolution_agrees(tv_alexnet):
-    captum_attr = pytest.importorskip("captum.attr")
     net = tv_alexnet
     relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
     x = torch.randn(2, 3, 224, 224)
@@ -261,7 +261,7 @@ def test_captum_neuron_deconvolution_agrees(tv_alexnet):
         channel = int(net.features[:12](x).amax(dim=(2, 3)).min(dim=0).values.argmax())
     ours, values, where = project_with_values(net, x, layer, channel)
     assert (values > 0).all()
-    deconv = captum_attr.NeuronDeconvolution(net, net.get_submodule(layer))
+    deconv = NeuronDeconvolution(net, net.get_submodule(layer))
     try:
         for module in relus:
             module.inplace = False  # Captum's backward hooks refuse in-place modules
@@ -344,7 +344,7 @@ def test_mistakes_are_one_line_user_errors():
         project(model, x, "conv9", 0)
     with pytest.raises(UserError, match="channel of conv1 must lie in 0..23"):
         project(model, x, "conv1", 24)
-    with pytest.raises(UserError, match="norm mode"):
+    with pytest.raises(UserError, match="norm=skip is not valid for deconvnet"):
         project(model, x, "conv1", 0, norm="skip")
     with pytest.raises(UserError, match="position"):
         project(model, x, "conv1", 0, position="max")

@@ -14,7 +14,7 @@ The CUDA branches, and where each is tested:
   and bit-identical resumes with dropout on, on one GPU and on two).
 - ``distributed.setup``: ``cuda:<local rank>``, ``torch.cuda.set_device`` and NCCL under DDP; ``check_device``.
 - ``data.imagenet``: pinned batches (``pin_memory``) and the mean-image pass all-reduced over NCCL.
-- ``attribution``/``viz.occlusion``: every method's map on CUDA against the CPU's.
+- ``attribution``/``attribution.occlusion``: every method's map on CUDA against the CPU's.
 
 Comparisons with the CPU, or between two CUDA runs that may take other kernels, run in float32 without
 TF32 (``fp32_math``): Ampere and later GPUs run convolutions in TF32 by default (a 10-bit mantissa), which

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from zfviz.activations import features
 from zfviz.commands.viz_invariance import run
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.viz.invariance import IDENTITY, invariance, sweep_values, transform
-from zfviz.viz.occlusion import features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

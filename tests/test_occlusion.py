@@ -1,5 +1,8 @@
 """Occlusion sensitivity (Fig. 7): a brute-force loop, Captum and a hand-weighted net as oracles.
 
+The brute-force loop builds its own occluded copies from the occluder's pixels as this file writes them
+(``fill_pixels``: the documented fills, or any image given as ``fill``), never from the module's code.
+
 The fast path computes each occluded copy's convolutions on a rectangle and batches copies; on CPU
 float32 a batched or cropped convolution may differ from a single whole-image forward in the last
 bits, so maps are compared with ``assert_close`` at tight tolerances (atol 1e-6 on probabilities)
@@ -10,13 +13,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from captum.attr import Occlusion
 from torch import nn
 from torch.testing import assert_close
 
+from zfviz.attribution.occlusion import MAPS, grid, occlusion, resolve_layer
+from zfviz.attribution.occlusion_chain import lrn as _lrn
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.viz.occlusion import MAPS, fill_image, grid, occlusion, resolve_layer
-from zfviz.viz.occlusion_chain import lrn as _lrn
 
 PROB_TOL = dict(atol=1e-6, rtol=1e-5)
 
@@ -46,6 +50,21 @@ def other_net() -> nn.Sequential:
         net.bn1.running_mean.uniform_(-0.5, 0.5)
         net.bn1.running_var.uniform_(0.5, 2.0)
     return net.eval()
+
+
+def fill_pixels(fill, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """The occluder's pixels (C, H, W) in the normalized input space, as ``occlusion`` documents them, written
+    here from that description: ``"mean"`` is 0 (the data set's mean pixel after mean subtraction),
+    ``"noise"`` a standard normal per pixel drawn from ``torch.Generator().manual_seed(seed)`` (the seeded
+    recipe the maps depend on: a change to it is a change to every noise-filled figure), a number that
+    value, an image itself."""
+    if isinstance(fill, torch.Tensor):
+        return fill.expand(shape).clone()
+    if fill == "mean":
+        return torch.zeros(shape)
+    if fill == "noise":
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return torch.full(shape, float(fill))
 
 
 def brute_force(model, images, target, window, stride, fill, feature_layer):
@@ -87,13 +106,16 @@ def assert_maps_equal(got: dict, expected: dict) -> None:
         ("zfnet", 64, 16, 12, "mean"),  # ceil-mode pools, norm after pool
         ("alexnet", 67, 13, 11, "noise"),  # 11x11/4 conv1, norm before pool, a remainder at the border
         ("other", 23, 5, 4, "noise"),
+        ("other", 23, 5, 4, "image"),  # any picture as the occluder: no recipe shared with the module
     ],
 )
 def test_maps_equal_a_brute_force_loop(name, size, window, stride, fill):
     model = tiny(name, size)
     images = torch.randn(2, 3, size, size)
     target = torch.tensor([3, 7])
-    fill_img = fill_image(fill, (3, size, size), seed=5)
+    if fill == "image":
+        fill = torch.rand(3, size, size, generator=torch.Generator().manual_seed(9)) * 4 - 2
+    fill_img = fill_pixels(fill, (3, size, size), seed=5)
     expected, channel = brute_force(model, images, target, window, stride, fill_img, "relu5")
     for fast in (True, False):
         got = occlusion(model, images, target, window, stride, fill=fill, layer="conv5", seed=5, fast=fast)
@@ -123,13 +145,12 @@ def test_chunk_size_does_not_change_the_maps():
 
 
 def test_p_true_drop_equals_captum_occlusion_with_window_equal_to_stride():
-    captum_attr = pytest.importorskip("captum.attr")
     model = tiny()
     images = torch.randn(2, 3, 64, 64)
     target = torch.tensor([2, 5])
     window = 16
     maps = occlusion(model, images, target, window, window, fill="mean")
-    attribution = captum_attr.Occlusion(lambda x: model(x).softmax(dim=1)).attribute(
+    attribution = Occlusion(lambda x: model(x).softmax(dim=1)).attribute(
         images, sliding_window_shapes=(3, window, window), strides=(3, window, window), baselines=0.0, target=target
     )
     sampled = attribution[:, 0, ::window, ::window]  # one value per window (they do not overlap)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
-from tests.test_occlusion import assert_maps_equal, brute_force
+from tests.test_occlusion import assert_maps_equal, brute_force, fill_pixels
 from zfviz.activations import evaluating
-from zfviz.viz.occlusion import fill_image, grid, occlusion, resolve_layer
-from zfviz.viz.occlusion_fast import Sweep
-
-torchvision = pytest.importorskip("torchvision")
+from zfviz.attribution.occlusion import fill_image, grid, occlusion, resolve_layer
+from zfviz.attribution.occlusion_fast import Sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,7 +88,7 @@ def test_fast_path_equals_brute_force_on_torchvision_nets(name, n, size, window,
     feature = resolve_layer(model, layer)
     steps = planned_steps(model, images, layer, window, stride)
     assert reached in steps  # how far the rectangle is followed before whole maps go back into the model
-    expected, channel = brute_force(model, images, target, window, stride, fill_image("noise", (3, size, size), seed=5), feature)  # fmt: skip
+    expected, channel = brute_force(model, images, target, window, stride, fill_pixels("noise", (3, size, size), seed=5), feature)  # fmt: skip
     got: dict = {}
     sizes = batch_sizes_seen(
         model, first_conv, lambda: got.update(occlusion(model, images, target, window, stride, "noise", layer, seed=5))
@@ -135,7 +134,7 @@ def test_a_skip_connection_to_an_early_map_falls_back_to_whole_copies():
     images = torch.randn(1, 3, 24, 24)
     assert planned_steps(model, images, "conv2", 4, 4) == []
     target = torch.tensor([1])
-    expected, _ = brute_force(model, images, target, 4, 4, fill_image("mean", (3, 24, 24)), "conv2")
+    expected, _ = brute_force(model, images, target, 4, 4, fill_pixels("mean", (3, 24, 24)), "conv2")
     assert_maps_equal(occlusion(model, images, target, 4, 4, layer="conv2"), expected)
 
 
@@ -162,7 +161,7 @@ def test_a_shortcut_wider_than_the_main_path_is_pasted_into_the_union():
     steps = planned_steps(model, images, "1", 5, 3)
     assert steps == ["0", "1"]
     target = torch.tensor([0, 4])
-    expected, _ = brute_force(model, images, target, 5, 3, fill_image("noise", (3, 26, 26), seed=5), "1")
+    expected, _ = brute_force(model, images, target, 5, 3, fill_pixels("noise", (3, 26, 26), seed=5), "1")
     assert_maps_equal(occlusion(model, images, target, 5, 3, "noise", "1", seed=5), expected)
 
 
@@ -171,8 +170,8 @@ def test_each_origin_computes_exactly_the_region_its_occluder_reaches(monkeypatc
     bounding box of the outputs its square can reach: the oracle pushes the occluder's 0/1 indicator through
     the layers' geometry (max-pooling with the layer's kernel, stride, padding and ceil mode). With the default
     merging a class computes at least that box."""
-    from zfviz.viz import occlusion_fast
-    from zfviz.viz.occlusion_chain import Window
+    from zfviz.attribution import occlusion_fast
+    from zfviz.attribution.occlusion_chain import Window
 
     model = nn.Sequential(
         nn.Conv2d(3, 4, 5, stride=2, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),

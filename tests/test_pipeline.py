@@ -131,21 +131,41 @@ def test_the_paper_preset_lists_its_data_and_refuses_to_start_without_them(tmp_p
 
 
 def test_the_make_target_lists_the_paper_data_before_anything_runs(tmp_path):
-    """`make figures PRESET=paper` with no data: the list, one error line, exit 2, no run folder made."""
+    """`make figures PRESET=paper` with no data: the list, one error line, exit 2, no run folder made.
+
+    Run on a copy of the Makefile in a temporary folder, never in the checkout, whose `install` target
+    could reinstall the .venv this suite runs in: there VENV is a stand-in whose python runs this one
+    (`install` up to date, and with no pip in it nothing could be installed), and data/ holds the file the
+    `data` target looks for (as root it would otherwise apt-get Fashion-MNIST). The recipe under test is
+    the checkout's own."""
+    import os
+    import shutil
     import subprocess
 
-    from zfviz.commands import CONFIG_DIR
-
-    repo, var = Path(CONFIG_DIR).parent, "CALTECH101"
+    repo, var, work = Path(__file__).resolve().parents[1], "CALTECH101", tmp_path / "checkout"
+    work.mkdir()
+    for name in ("Makefile", "pyproject.toml", "setup.py"):  # the Makefile and install's prerequisites
+        shutil.copy(repo / name, work / name)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (venv / "bin" / "python").chmod(0o755)
+    installed = venv / ".installed"
+    installed.touch()
+    newer = max((work / n).stat().st_mtime for n in ("pyproject.toml", "setup.py")) + 1
+    os.utime(installed, (newer, newer))
+    (work / "data" / "FashionMNIST" / "raw").mkdir(parents=True)
+    (work / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").touch()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(repo), "figures", "PRESET=paper", f"{var}={tmp_path}",
-         f"RUNS={tmp_path}/runs"],
+        ["make", "--no-print-directory", "-C", str(work), "figures", "PRESET=paper", f"VENV={venv}",
+         f"{var}={tmp_path}", f"RUNS={tmp_path}/runs"],
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert f"{var}={tmp_path}" in proc.stdout and "missing data for PRESET=paper" in proc.stderr
-    assert not (tmp_path / "runs").exists()
+    assert f"{var}={tmp_path}" in proc.stdout and "missing data for PRESET=paper" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists() and not (work / "runs").exists()
+    assert installed.stat().st_mtime == newer  # nothing was installed
 
 
 def test_check_names_a_missing_result_and_a_file_without_its_sidecar(tmp_path, capsys):

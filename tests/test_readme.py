@@ -5,8 +5,10 @@ where ``make figures`` puts it (``runs/figures/cpu/zfnet/``; an AlexNet beside i
 ``/data/ILSVRC2012``, ``/data/caltech256``, ``/data/VOCdevkit`` tiny trees in the real layouts, and
 ``$HOME`` / ``~`` a folder holding the README's own ``my_configs/`` files (its ```yaml blocks), a
 torchvision resnet18's random weights and two photos. The lines
-run in README order in one working folder, each as its own test; a line that no rule here can run fails
-``test_every_readme_line_is_run``, so the README cannot drift from what runs.
+run in README order in one working folder, each as its own test; a line that reads what an earlier line
+writes (a run folder, results/) runs that line first if this session has not (``prerequisites``), so each
+line's test also passes alone. A line that no rule here can run fails ``test_every_readme_line_is_run``,
+so the README cannot drift from what runs.
 
 Each ``torchrun`` and ``python scripts/...`` line, and the first line of each ``zfviz`` command, runs as
 a process of its own (the installed entry point in a fresh interpreter, as a user's shell starts it); the
@@ -177,8 +179,50 @@ def command(line: str, work: Path) -> tuple[list[str], Path]:
     return [*where[program], *filled], cwd
 
 
-def new_run_folders(work: Path, before: set[Path]) -> list[Path]:
-    return sorted(p.parent for p in work.rglob(".hydra") if p.parent not in before)
+def run_folders(work: Path) -> dict[Path, float]:
+    """Every Hydra run folder under ``work`` and when its config was last written (each run writes it)."""
+    return {
+        p.parent: (p / "config.yaml").stat().st_mtime for p in work.rglob(".hydra") if (p / "config.yaml").is_file()
+    }
+
+
+def new_run_folders(work: Path, before: dict[Path, float]) -> list[Path]:
+    """Run folders made, or run again, since ``before``."""
+    return sorted(folder for folder, when in run_folders(work).items() if before.get(folder, -1.0) < when)
+
+
+def _option(words: list[str], key: str) -> str | None:
+    for i, word in enumerate(words):
+        if word.startswith(f"{key}="):
+            return word.partition("=")[2]
+        if word == key and i + 1 < len(words):
+            return words[i + 1]
+    return None
+
+
+def writes(line: str) -> set[str]:
+    """The folders a README line writes its run or its results to (as the line spells them)."""
+    words = shlex.split(line.split(" && ")[-1])
+    return {v.rstrip("/") for v in (_option(words, k) for k in ("hydra.run.dir", "out_dir", "--out")) if v}
+
+
+def reads(line: str) -> set[str]:
+    """The folders a README line reads that an earlier line may write: a checkpoint's run folder, the
+    results a report is made of, the run folders a script is given."""
+    words = shlex.split(line.split(" && ")[-1])
+    folders = {str(Path(v).parent) for v in (_option(words, k) for k in ("checkpoint", "viz.alexnet")) if v}
+    folders |= {v for v in [_option(words, "--results")] if v}
+    if words[0] == "python":  # a script's positional arguments after its options: run folders
+        folders |= {w.rstrip("/") for w in words[2:] if "/" in w and "=" not in w and not w.startswith("-")}
+    return folders
+
+
+def prerequisites(line: str) -> list[str]:
+    """The earlier README lines that write what ``line`` reads, theirs first (a line's test runs them when
+    they have not run yet in this session, so each line passes alone: ``pytest -k``)."""
+    before = LINES[: LINES.index(line)]
+    needed = [earlier for earlier in before if writes(earlier) & reads(line) and earlier not in NOT_RUN_HERE]
+    return list(dict.fromkeys(p for earlier in needed for p in [*prerequisites(earlier), earlier]))
 
 
 LINES = bash_lines()
@@ -208,11 +252,26 @@ def sweep_size(args: list[str]) -> int:
     return size
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("line", [ln for ln in LINES if ln not in NOT_RUN_HERE])
-def test_readme_line_runs(line, work):
+def test_lines_that_read_an_earlier_lines_output_run_it_first():
+    """The dependencies ``prerequisites`` finds (if the README's lines change, these may: check the new ones)."""
+    table3 = next(ln for ln in LINES if ln.startswith("python scripts/table3.py"))
+    assert prerequisites(table3) == ["zfviz ablate experiment=table3 hydra.run.dir=runs/ablate/table3_cpu"]
+    within = next(ln for ln in LINES if "experiment=within " in ln)
+    assert prerequisites(within) == [next(ln for ln in LINES if "hydra.run.dir=runs/figures/cpu/zfnet_half" in ln)]
+    report = next(ln for ln in LINES if ln.startswith("python scripts/report.py"))
+    assert set(prerequisites(report)) >= {table3, *prerequisites(table3)}
+    assert prerequisites(next(ln for ln in LINES if ln.startswith("zfviz viz deconv"))) == []
+
+
+@pytest.fixture(scope="session")
+def ran() -> set[str]:
+    """The README lines already run in this session (in the shared working folder)."""
+    return set()
+
+
+def run_line(line: str, work: Path) -> None:
     argv, cwd = command(line, work)
-    before, start = {p.parent for p in work.rglob(".hydra")}, time.time()
+    before, start = run_folders(work), time.time()
     result = run(argv, cwd) if line in PROCESS_LINES else run_zfviz(*argv[1:], cwd=cwd)
     assert result.returncode == 0 and "Traceback" not in result.stderr, f"{shlex.join(argv)}\n{result.stderr[-3000:]}"
     made = new_run_folders(cwd, before)
@@ -234,3 +293,16 @@ def test_readme_line_runs(line, work):
         assert any(p.stat().st_mtime >= start for p in out_dir.iterdir()), sorted(out_dir.iterdir())
     if zfviz and argv[1] == "train" and not page:
         assert re.search(r"^zfviz train: run folder \S+", result.stdout, re.M), result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", [ln for ln in LINES if ln not in NOT_RUN_HERE])
+def test_readme_line_runs(line, work, ran):
+    """The line runs at debug=fast and leaves what it says; the earlier lines that write what it reads run
+    first if they have not run yet, so the test passes alone (in README order they already have)."""
+    for earlier in prerequisites(line):
+        if earlier not in ran:
+            run_line(earlier, work)
+            ran.add(earlier)
+    run_line(line, work)
+    ran.add(line)

@@ -76,7 +76,12 @@ def test_resnet18_third_stage_and_the_whole_image_after_the_pool():
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
-    ("name", "layers"), [("alexnet", ["features.2", "features.6"]), ("vgg11_bn", ["features.7", "features.14"])]
+    ("name", "layers"),
+    [
+        ("alexnet", ["features.2", "features.6"]),
+        # a full vgg11_bn build (its classifier initialized, then dropped): ~2 s
+        pytest.param("vgg11_bn", ["features.7", "features.14"], marks=pytest.mark.slow),
+    ],
 )
 def test_torchvision_chains(name, layers):
     model = getattr(torchvision.models, name)(weights=None)

@@ -303,6 +303,7 @@ def chromium():
         pytest.skip(MISSING)
 
 
+@pytest.mark.slow  # a headless Chromium: 2-4 s
 def test_page_in_headless_chromium(results, tmp_path, chromium):
     write_report(results, "cpu")
     assert_page_renders(browser_verdict(results, tmp_path))
@@ -313,6 +314,7 @@ def test_page_in_headless_chromium(results, tmp_path, chromium):
     assert any("fig8_correspondence_cpu.png" in e for e in verdict["errors"])
 
 
+@pytest.mark.slow  # a headless Chromium: 2-4 s
 def test_committed_report_in_headless_chromium(tmp_path, chromium):
     folder = REPO / "results"
     if not (folder / "index.html").is_file():
@@ -321,6 +323,7 @@ def test_committed_report_in_headless_chromium(tmp_path, chromium):
     assert_page_renders(browser_verdict(folder, tmp_path))
 
 
+@pytest.mark.slow  # a headless Chromium: 2-4 s
 def test_script_screenshot(results, monkeypatch, capsys, chromium):
     code, out, _ = run_script(monkeypatch, capsys, "--results", str(results), "--screenshot")
     assert code == 0 and out.splitlines()[-1] == f"report: wrote {results / 'report_top.png'}"

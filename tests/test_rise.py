@@ -1,16 +1,20 @@
 """Randomized occlusion (RISE, Petsiuk et al. 2018) and the paper's occlusion as attribution methods:
-hand-made models whose output depends on one known region, a brute-force per-mask loop as the
-oracle, and the properties (seed, batch size, the model left as it was)."""
+hand-made models whose output depends on one known region, the paper's masks built here in numpy from
+``MaskSet``'s random draws, a brute-force per-mask loop over them as the oracle, and the properties
+(seed, batch size, the model left as it was)."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from zfviz.attribution import attribute
+from zfviz.attribution.methods.rise import MaskSet, rise
 from zfviz.errors import UserError
-from zfviz.viz.rise import MaskSet, rise
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: a second thread on busy cores only waits
 
@@ -59,6 +63,38 @@ def test_masks_mean_is_p_and_values_lie_in_0_1():
     assert int(shifts.min()) == 0 and int(shifts.max()) == 9
 
 
+def bilinear_index(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear sampling with half-pixel centres (PyTorch's ``align_corners=False``): output pixel ``i`` reads
+    ``src = (i + 0.5) * size_in / size_out - 0.5`` (0 below 0) between ``floor(src)`` and the next pixel."""
+    src = np.maximum((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0.0)
+    low = np.minimum(np.floor(src).astype(int), size_in - 1)
+    return low, np.minimum(low + 1, size_in - 1), src - low
+
+
+def paper_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """RISE's masks (Petsiuk et al. 2018, Sec. 3.2) from their random draws, in numpy float64: each
+    Bernoulli grid (cells x cells) upsampled bilinearly to (cells + 1) cells of ceil(H / cells) pixels,
+    then the H x W window at the mask's shift (dy, dx), drawn in [0, cell)."""
+    grids = grids[:, 0].double().numpy()
+    cells = grids.shape[-1]
+    (h, w), out = size, []
+    cell = (math.ceil(h / cells), math.ceil(w / cells))
+    (y0, y1, fy), (x0, x1, fx) = (bilinear_index(cells, (cells + 1) * c) for c in cell)
+    for grid, (dy, dx) in zip(grids, shifts.tolist(), strict=True):
+        rows = grid[y0] * (1 - fy)[:, None] + grid[y1] * fy[:, None]
+        up = rows[:, x0] * (1 - fx) + rows[:, x1] * fx
+        out.append(up[dy : dy + h, dx : dx + w])
+    return torch.from_numpy(np.stack(out))
+
+
+@pytest.mark.parametrize(("count", "cells", "size"), [(50, 5, (20, 24)), (30, 7, (64, 64)), (20, 3, (12, 12))])
+def test_masks_are_the_papers_upsampled_and_shifted_grids(count, cells, size):
+    masks = MaskSet(count, cells, 0.4, size, seed=3)
+    assert set(masks.grids.unique().tolist()) <= {0.0, 1.0} and masks.shifts.shape == (count, 2)
+    # float32 interpolation weights against float64: within a few float32 rounding steps of values in [0, 1]
+    torch.testing.assert_close(masks.masks().double(), paper_masks(masks.grids, masks.shifts, size), rtol=0, atol=1e-6)
+
+
 def test_masks_do_not_depend_on_chunking():
     masks = MaskSet(50, 5, 0.5, (20, 24), seed=3)
     assert torch.equal(torch.cat([masks.masks(0, 17), masks.masks(17, 50)]), masks.masks())
@@ -84,7 +120,8 @@ def test_equals_a_brute_force_loop_over_masks():
     model = tiny_conv_net().eval()
     x = torch.randn(2, 3, 12, 12)
     target = torch.tensor([3, 1])
-    masks = MaskSet(20, 3, 0.4, (12, 12), seed=5).masks()
+    draws = MaskSet(20, 3, 0.4, (12, 12), seed=5)  # only its random draws: the masks are built here
+    masks = paper_masks(draws.grids, draws.shifts, (12, 12)).float()
     want = torch.zeros(2, 12, 12, dtype=torch.float64)
     with torch.no_grad():
         for n in range(2):

@@ -86,6 +86,7 @@ def flat(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
+@pytest.mark.slow  # composes every stage's config twice: ~30 s of CPU
 def test_every_stage_at_mini_differs_from_full_in_the_keys_the_scale_sets_alone(tmp_path):
     stages = stage_commands(tmp_path)
     assert {"train_zfnet", "train_alexnet", "ablate", "transfer_table4", "transfer_fig9", "transfer_table6",

@@ -4,6 +4,7 @@ leaves nothing written."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -91,29 +92,78 @@ def test_our_checkpoint_writes_the_maps_attribute_gives_with_png_and_meta(viz_co
     assert (tmp_path / "attribution_lrp.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize(
-    "overrides,shape,target",
-    [
-        (["viz.target=label", "viz.images=[4,0]"], (2, 3, 64, 64), "labels"),
-        (["viz.target=7", "viz.method=input_x_gradient"], (4, 3, 64, 64), [7] * 4),
-        (["viz.target=[conv5,3]", "viz.method=guided_backprop", "viz.n=2"], (2, 3, 64, 64), [-1, -1]),
-        (["viz.target=[1,2]", "viz.n=2", "viz.method=gradcam", "viz.layer=conv4"], (2, 1, 64, 64), [1, 2]),
-        (["viz.method=deconvnet", "viz.start=one", "viz.norm=backprop", "viz.n=1"], (1, 3, 64, 64), "predicted"),
-        (["viz.method=saliency", "viz.smooth_samples=3", "viz.n=2", "viz.batch_size=1"], (2, 3, 64, 64), "predicted"),
-        (["viz.method=integrated_gradients", "viz.options={steps:4,internal_batch_size:3}", "viz.n=1"], (1, 3, 64, 64), "predicted"),
-    ],
-)  # fmt: skip
-def test_targets_and_options_reach_the_method(viz_config, tmp_path, overrides, shape, target):
+def idx_labels(folder: Path) -> list[int]:
+    """The test split's labels as the IDX file on disk stores them (read here, not by the loader)."""
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as f:
+        return np.frombuffer(f.read(), np.uint8, offset=8).tolist()
+
+
+def our_inputs(viz_config, viz_checkpoint, index: list[int]) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The net and the normalized test images ``index``, as training normalized them."""
+    model, ckpt = model_from_checkpoint(viz_checkpoint)
+    loader = load_data(ckpt, viz_config("attribution"), viz_checkpoint).test
+    return model.eval(), loader.normalize(loader.images[torch.as_tensor(index)])
+
+
+# (the command's overrides, the images they pick, the method, its target and options as attribute() takes
+# them, and the same with one of those at another value). "label"/"predicted": each image's.
+CASES = {
+    "label": (["viz.target=label", "viz.images=[4,0]"], [4, 0], "saliency", "label", {}, {"target": [1, 2]}),
+    "class": (["viz.target=7", "viz.method=input_x_gradient"], [0, 1, 2, 3], "input_x_gradient", [7] * 4, {},
+              {"target": [3] * 4}),
+    "unit": (["viz.target=[conv5,3]", "viz.method=guided_backprop", "viz.n=2"], [0, 1], "guided_backprop",
+             ("conv5", 3), {}, {"target": ("conv5", 4)}),
+    "gradcam layer": (["viz.target=[1,2]", "viz.n=2", "viz.method=gradcam", "viz.layer=conv4"], [0, 1], "gradcam",
+                      [1, 2], {"layer": "conv4"}, {"layer": "conv3"}),
+    "deconvnet start": (["viz.method=deconvnet", "viz.start=one", "viz.n=1"], [0], "deconvnet", "predicted",
+                        {"seed": "one"}, {"seed": "value"}),
+    "deconvnet norm": (["viz.method=deconvnet", "viz.norm=backprop", "viz.n=1"], [0], "deconvnet", "predicted",
+                       {"norm": "backprop"}, {"norm": "pass"}),
+    "lrp rule": (["viz.method=lrp", "viz.rule=zplus", "viz.n=2"], [0, 1], "lrp", "predicted", {"rule": "zplus"},
+                 {"rule": "alpha_beta"}),
+    # batch_size=1: SmoothGrad draws its noise per call, so each image alone, as the oracle below calls it
+    "smoothgrad": (["viz.method=saliency", "viz.smooth_samples=3", "viz.n=2", "viz.batch_size=1"], [0, 1], "saliency",
+                   "predicted", {"smooth_samples": 3}, {"smooth_samples": 6}),
+    "options=": (["viz.method=integrated_gradients", "viz.options={steps:4,internal_batch_size:3}", "viz.n=1"], [0],
+                 "integrated_gradients", "predicted", {"steps": 4, "internal_batch_size": 3}, {"steps": 8}),
+}  # fmt: skip
+
+
+def library_maps(model, x, method, target, options) -> torch.Tensor:
+    if "smooth_samples" in options:  # one call per image, as the command with batch_size=1
+        return torch.cat([attribute(model, x[i : i + 1], target[i], method, **options) for i in range(len(x))])
+    return attribute(model, x, target, method, **options)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_targets_and_options_reach_the_method(viz_config, viz_checkpoint, fmnist_dir, tmp_path, case):
+    """The saved maps are ``attribute``'s with the target and options given (oracle: the library call on the
+    same images) and the saved targets the ones asked for (labels: from the IDX file). The option or target
+    matters here: the defaults (what the command would run had it dropped it) and another value give other
+    maps, so a command that lost the option on the way fails the first comparison."""
+    overrides, index, method, target, options, other = CASES[case]
     result = viz_attribution.run(viz_config("attribution", *overrides, "viz.stem=out"))
     saved = np.load(tmp_path / "out.npz")
-    assert saved["maps"].shape == shape and np.isfinite(saved["maps"]).all() and result["shape"] == list(shape)
-    if target == "labels":  # Fashion-MNIST test labels of images 4 and 0, in the order asked for
-        assert saved["names"].tolist() == ["test #4", "test #0"]
-        assert saved["target"].tolist() != [] and len(saved["target"]) == 2
+    model, x = our_inputs(viz_config, viz_checkpoint, index)
+    predicted = model(x).argmax(dim=1)
+    assert saved["names"].tolist() == [f"test #{i}" for i in index]
+    assert saved["predicted"].tolist() == predicted.tolist()
+    if target == "label":  # the true classes of images 4 and 0, in the order asked for
+        target = torch.tensor([idx_labels(fmnist_dir)[i] for i in index])
     elif target == "predicted":
-        assert saved["target"].tolist() == saved["predicted"].tolist()
-    else:
-        assert saved["target"].tolist() == target
+        target = predicted
+    unit = isinstance(target, tuple)
+    assert saved["target"].tolist() == ([-1] * len(index) if unit else torch.as_tensor(target).tolist())
+    expected = library_maps(model, x, method, target, options)
+    assert saved["maps"].shape == tuple(expected.shape) and result["shape"] == list(expected.shape)
+    # Same kernels on the same data, but the command batches predictions separately: a tolerance of float noise.
+    torch.testing.assert_close(torch.from_numpy(saved["maps"]), expected, rtol=1e-5, atol=1e-6)
+    changed = {"target": other.get("target", target), "options": {**options, **other}}
+    changed["options"].pop("target", None)
+    for alternative in ({"target": predicted, "options": {}}, changed):
+        maps = library_maps(model, x, method, alternative["target"], alternative["options"])
+        assert not torch.allclose(maps, expected, rtol=1e-3, atol=1e-6), alternative
+    assert expected.abs().sum() > 0
 
 
 def test_the_deconvnet_unit_target_equals_project(viz_config, viz_checkpoint, tmp_path):
@@ -137,6 +187,7 @@ def test_image_files_for_our_net_are_read_gray_at_its_input_size(viz_config, pho
 # --- torchvision nets ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # building and running two torchvision nets: ~5-6 s each
 @pytest.mark.parametrize("net,method", [("resnet18", "guided_backprop"), ("alexnet", "lrp")])
 def test_a_torchvision_net_from_a_local_state_dict_on_real_photos(viz_config, weights, photos, tmp_path, net, method):
     path = weights(net)
@@ -196,7 +247,7 @@ def _fails(cfg, match: str, out: Path) -> str:
     "overrides,match",
     [
         (["viz.method=fancy"], r"unknown attribution method 'fancy'; choose one of: deconvnet, gradcam, .*saliency"),
-        (["viz.method=lrp", "viz.rule=nope"], r"unknown LRP rule 'nope'; choose one of: epsilon, alpha_beta, zplus"),
+        (["viz.method=lrp", "viz.rule=nope"], r"rule=nope is not valid for lrp: give one of epsilon, alpha_beta"),
         (["viz.method=lrp", "viz.steps=3"], r"steps is not an option of lrp; its options: composite, rule,"),
         (["viz.rule=epsilon"], r"rule is not an option of saliency; its options: smooth_samples"),
         (["viz.method=gradcam", "viz.options={bogus:1}"], r"bogus is not an option of gradcam; its options: layer"),
@@ -216,6 +267,7 @@ def test_bad_input_with_our_checkpoint(viz_config, tmp_path, overrides, match):
     _fails(viz_config("attribution", *overrides), match, tmp_path)
 
 
+@pytest.mark.slow  # loads resnet18 a dozen times: ~5.5 s
 def test_bad_torchvision_input(viz_config, weights, photos, tmp_path):
     resnet = weights("resnet18")
     out = tmp_path
@@ -324,7 +376,7 @@ def test_the_cli_with_tilde_paths_and_a_bad_input_exits_2_with_one_line(weights,
         "attribution_lrp.meta.json", "attribution_lrp.npz", "attribution_lrp.png",
     ]  # fmt: skip
     for bad, says in [
-        (["images=~/pics", "method=lrp", "rule=fancy"], "unknown LRP rule 'fancy'; choose one of"),
+        (["images=~/pics", "method=lrp", "rule=fancy"], "rule=fancy is not valid for lrp: give one of"),
         (["images=~/nothing"], "images: no such file or folder"),
         (["images=~/pics/china.jpg,~/pics/none.jpg"], "images: no such file or folder: " + str(home / "pics/none.jpg")),
         (["images=~/pics", "strength=3"], "unknown option 'strength'; valid keys there: method, target"),

@@ -15,11 +15,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.cli_args import run_zfviz
-from zfviz.checkpoint import save_checkpoint
+from tests.test_deconv import assert_close as deconv_close
+from tests.test_deconv import oracle, strongest_seed
+from tests.test_top9 import brute_force_top
+from zfviz.checkpoint import model_from_checkpoint, save_checkpoint
 from zfviz.commands import CONFIG_DIR, viz_architecture, viz_deconv, viz_evolution, viz_top9
 from zfviz.commands.viz import methods
 from zfviz.errors import UserError
 from zfviz.models import build_model
+from zfviz.vizio import load_data
 
 TINY = ["model.width=0.1", "model.fc_dims=16", "model.input_size=64"]
 
@@ -54,17 +58,43 @@ def zfnet_ckpt(tmp_path, fmnist_dir) -> Path:
     return make_checkpoints(folder, fmnist_dir)
 
 
+def split_inputs(checkpoint: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The net and its whole test split, normalized as in training (the images the commands search)."""
+    model, ckpt = model_from_checkpoint(checkpoint)
+    loader = load_data(ckpt, OmegaConf.create({"data": {}}), checkpoint).test
+    return model.eval(), loader.normalize(loader.images)
+
+
 def test_top9_writes_the_figure_and_arrays_that_match_a_fresh_search(zfnet_ckpt, tmp_path):
     out = tmp_path / "out"
     cfg = viz_cfg("top9", [f"checkpoint={zfnet_ckpt}", f"out_dir={out}", "viz.layers=[conv2,conv5]", "viz.maps=[0,3]"])
     result = viz_top9.run(cfg)
     assert result["images"] == 100 and (out / "fig2_top9.png").stat().st_size > 0
     arrays = np.load(out / "fig2_top9.npz")
-    assert arrays["conv2/projection"].shape[:2] == (2, 9) and list(arrays["conv5/maps"]) == [0, 3]
-    # The shown maps' rows are the search's rows for those maps.
-    assert np.array_equal(arrays["conv5/image"], arrays["conv5/all_image"][[0, 3]])
-    values = arrays["conv2/all_values"]
-    assert (np.diff(values, axis=1) <= 0).all(), "strongest first"
+    model, x = split_inputs(zfnet_ckpt)
+    for layer in ("conv2", "conv5"):
+        # A fresh search: every image's activations at once, each map's top 9 sorted by value, then image.
+        values, image, position = brute_force_top(model, x, layer, 9)
+        assert np.array_equal(arrays[f"{layer}/all_image"], image.numpy()), layer
+        assert np.array_equal(arrays[f"{layer}/all_position"], position.numpy()), layer
+        # One batch of 100 against the command's batches: convolutions may round differently in the last bit.
+        np.testing.assert_allclose(arrays[f"{layer}/all_values"], values.numpy(), rtol=1e-5, atol=1e-6)
+        assert list(arrays[f"{layer}/maps"]) == [0, 3]
+        assert np.array_equal(arrays[f"{layer}/image"], image[[0, 3]].numpy())
+        # Each shown projection is the deconvnet's (oracle: autograd with its rules) of that top activation,
+        # cut at the saved corner to the receptive field, which holds all of it.
+        projection, corner = torch.from_numpy(arrays[f"{layer}/projection"]), arrays[f"{layer}/corner"]
+        height, width = projection.shape[-2:]
+        assert (corner >= 0).all() and (corner + [height, width] <= 64).all()
+        for row, channel in enumerate((0, 3)):
+            full = oracle(model, x[image[channel]], layer, strongest_seed(channel))
+            for rank in range(9):
+                top, left = corner[row, rank]
+                window = full[rank, :, top : top + height, left : left + width]
+                deconv_close(projection[row, rank], window)
+                outside = full[rank].clone()
+                outside[:, top : top + height, left : left + width] = 0
+                assert float(outside.abs().max()) <= 1e-6 * float(full[rank].abs().max()), (layer, row, rank)
 
 
 def test_deconv_command_projects_each_images_most_active_maps(zfnet_ckpt, tmp_path):
@@ -74,6 +104,21 @@ def test_deconv_command_projects_each_images_most_active_maps(zfnet_ckpt, tmp_pa
     arrays = np.load(out / "deconv_conv3.npz")
     assert arrays["projection"].shape == (4, 2, 3, 64, 64) and len(result["maps"]) == 4
     assert (out / "deconv_conv3.png").is_file()
+    # Oracles: the maps from a plain forward hook (each image's two maps with the largest activation), the
+    # projections from autograd with the deconvnet's rules (ReLU of the signal, contrast normalization passed).
+    model, x = split_inputs(zfnet_ckpt)
+    x = x[:4]  # viz.images defaults to the split's first four
+    conv3 = []
+    handle = model.conv3.register_forward_hook(lambda _m, _i, output: conv3.append(output.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    strongest = conv3[0].flatten(2).amax(dim=2).topk(2, dim=1).indices
+    assert arrays["images"].tolist() == [0, 1, 2, 3] and arrays["maps"].tolist() == strongest.tolist()
+    for i in range(4):
+        for j, channel in enumerate(strongest[i].tolist()):
+            expected = oracle(model, x[i : i + 1], "conv3", strongest_seed(channel))[0]
+            deconv_close(torch.from_numpy(arrays["projection"][i, j]), expected)
 
 
 def test_evolution_reads_the_epochs_from_the_run_folder(zfnet_ckpt, tmp_path):
@@ -83,7 +128,10 @@ def test_evolution_reads_the_epochs_from_the_run_folder(zfnet_ckpt, tmp_path):
     assert result["epochs"] == [1, 2]
     arrays = np.load(out / "fig4_evolution.npz")
     assert arrays["conv4/projection"].shape[:2] == (1, 2) and list(arrays["epochs"]) == [1, 2]
-    # Different weights at each epoch: the same map's projections differ.
+    for key in arrays.files:  # a NaN would pass the comparison below: every number must be one
+        assert not np.issubdtype(arrays[key].dtype, np.floating) or np.isfinite(arrays[key]).all(), key
+    # Different weights at each epoch: the same map's projections differ (and are not all zero).
+    assert np.abs(arrays["conv4/projection"]).max() > 0
     assert not np.allclose(arrays["conv4/projection"][0, 0], arrays["conv4/projection"][0, 1])
 
 
@@ -135,8 +183,11 @@ QUICK = {
 }
 
 
+SLOW_METHODS = ("architecture", "invert")  # two nets' figure; invert's optimization: ~6 s each
+
+
 @pytest.mark.parametrize(
-    "method", [pytest.param(m, marks=pytest.mark.slow) if m == "architecture" else m for m in methods()]
+    "method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_METHODS else m for m in methods()]
 )
 def test_every_file_a_viz_method_writes_has_its_provenance(method, zfnet_ckpt, tmp_path, fmnist_dir):
     out = tmp_path / "out"

@@ -275,3 +275,24 @@ def stream(
                 yield capture.outputs, result
 
         yield passes()
+
+
+@torch.no_grad()
+def features(
+    model: nn.Module, images: Tensor, layers: list[str], batch_size: int = 256, with_output: bool = False
+) -> dict[str, Tensor]:
+    """Flattened ``"rectified"`` outputs of ``layers`` for every image, in eval mode (correspondence and
+    invariance, Table 1 and Fig. 5).
+
+    ``with_output`` adds the model's own output (the logits) under ``"output"``; without it each
+    pass stops after the deepest of ``layers``.
+    """
+    names = {layer: resolve(model, layer, "rectified") for layer in layers}
+    store: dict[str, list[Tensor]] = {layer: [] for layer in [*layers, "output"]}
+    batches = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+    with stream(model, batches, names, stop=not with_output, keep=lambda out: out.flatten(1)) as passes:
+        for seen, logits in passes:
+            for layer in layers:
+                store[layer].append(seen[layer])
+            store["output"].append(logits)
+    return {key: torch.cat(chunks) for key, chunks in store.items() if key != "output" or with_output}

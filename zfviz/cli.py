@@ -214,8 +214,13 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
     return points
 
 
-def method_page(method: str) -> str:
-    """``zfviz viz <method> --help``: the method's description and keys, read from configs/viz/<method>.yaml."""
+def method_page(method: str, chosen: str | None = None) -> str:
+    """``zfviz viz <method> --help``: the method's description and keys, read from configs/viz/<method>.yaml.
+
+    ``zfviz viz attribution``: a key without a comment there is a method option, described as the methods
+    declare it (``zfviz.attribution.registry``), and the page ends with every method's options (with
+    ``method=<name>``: that method's).
+    """
     from zfviz.commands import CONFIG_DIR
 
     header, keys, parent = [], [], ""
@@ -230,6 +235,13 @@ def method_page(method: str) -> str:
             keys[-1][2] += " " + comment.group(1).strip()
         elif comment and not keys and not comment.group(1).startswith("@package"):
             header.append(comment.group(1))
+    methods: list[str] = []
+    if method == "attribution":  # the registry imports torch: only this page pays for it
+        from zfviz.attribution.registry import key_note, options_page
+
+        keys = [[key, value, note or key_note(key)] for key, value, note in keys]
+        methods = ["", f"Methods{'' if chosen else ' (method=...)'} and their options, bare or in options={{...}}:"]
+        methods += options_page(chosen)
     example = next((f"{k}={v.replace(' ', '')}" for k, v, _ in keys if v and not v.startswith("{")), "")
     rows = []
     for key, value, note in keys:
@@ -239,7 +251,7 @@ def method_page(method: str) -> str:
         *header, "",
         f"usage: zfviz viz {method} checkpoint=.../checkpoint.pt [key=value ...] [-m] [--cfg job]", "",
         f"Keys, with their defaults (bare, or under viz.: {keys[0][0]}=... is viz.{keys[0][0]}=...):" if keys else "Keys:",
-        *rows, "",
+        *rows, *methods, "",
         "Shared keys: checkpoint (a zfviz train checkpoint.pt), out_dir (default: the run folder,",
         f"runs/viz/{method}/<time>/), seed, device; zfviz viz --help lists the methods.", "",
         "Example:",
@@ -322,7 +334,13 @@ def dispatch(argv: list[str]) -> int:
         return 2
     method = _chosen_method(rest)
     if command == "viz" and method_keys(method) and {"-h", "--help"}.intersection(flags):
-        print(method_page(method))
+        chosen = next((a.partition("=")[2] for a in rest if a.startswith("viz.method=")), None)
+        try:
+            page = method_page(method, chosen)
+        except UserError as err:  # zfviz viz attribution method=fancy --help
+            print(f"zfviz: error: {err}", file=sys.stderr)
+            return 2
+        print(page)
         return 0
     note = debug_note(rest)
     if note and not _QUIET.intersection(f.partition("=")[0] for f in flags):

@@ -181,7 +181,7 @@ def viz(name: str) -> DictConfig:
 def evaluation(count: Counter, variants: list[str]) -> Stage:
     """scripts/evaluation_figure.py: every method x every metric on ZFNet and AlexNet, and the focus claim."""
     e, size = SCRIPTS["evaluation"], count.size
-    window = max(1, size // 4)  # zfviz.attribution.perturbation: occlusion's default square and stride
+    window = max(1, size // 4)  # zfviz.attribution.methods.occlusion_map: occlusion's default square and stride
     occlusion = (len(range(0, size - window + 1, max(1, window // 4)))) ** 2 + 1
     stage = Stage("evaluation", "")
     for net in ("zfnet", "alexnet"):

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from zfviz.activations import Capture, evaluating, resolve
+from zfviz.attribution.occlusion import fill_image
+from zfviz.attribution.registry import check_options
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.data import DataBundle, build_data
 from zfviz.data.images import IMAGE_SUFFIXES, centre_box, file_reader, image_files
@@ -30,7 +32,6 @@ from zfviz.errors import UserError
 from zfviz.plotting import plt
 from zfviz.results import save_figure, write_csv, write_meta
 from zfviz.utils import atomic_path, resolve_device
-from zfviz.viz.occlusion import fill_image
 
 SPLITS = ("train", "test")
 
@@ -288,33 +289,11 @@ def read_images(paths, size: int, channels: int = 3, resize: int | None = None) 
 
 def attribution_options(method: str, given: dict) -> dict:
     """The options of ``given`` that are set (not None) for ``zfviz.attribution.attribute(..., method)``,
-    checked first: an unknown method, or an option the method does not take, is one line listing the
-    valid ones. SmoothGrad's options belong to every gradient method."""
-    from zfviz.attribution.core import method_spec
-
-    method_spec(method)  # an unknown method is one line before its options are read
-    valid = method_option_names(method)
+    checked first against the method's declaration (``zfviz.attribution.registry``): an unknown
+    method, an option it does not take or a value it does not accept is one line."""
     options = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in given.items() if v is not None}
-    wrong = [k for k in options if k not in valid]
-    if wrong:
-        takes = f"its options: {', '.join(valid)}" if valid else "it takes none"
-        raise UserError(f"{wrong[0]} is not an option of {method}; {takes}")
+    check_options(method, options)
     return options
-
-
-def method_option_names(method: str) -> list[str]:
-    """The keyword options of an attribution method (``lrp``: its composite's), then SmoothGrad's if it applies."""
-    import inspect
-
-    from zfviz.attribution.composites import lrp_from_options
-    from zfviz.attribution.core import SMOOTH_KEYS, method_spec
-
-    spec = method_spec(method)
-    params = list(inspect.signature(spec.fn).parameters.values())
-    if any(p.kind is p.VAR_KEYWORD for p in params):  # lrp hands its options on to its composite
-        params = list(inspect.signature(lrp_from_options).parameters.values())
-    names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty]
-    return names + (list(SMOOTH_KEYS) if spec.gradient else [])
 
 
 # --- outputs ------------------------------------------------------------------------------------

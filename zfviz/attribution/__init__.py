@@ -1,24 +1,37 @@
 """Attribution: the visualization family on one backward mechanism (issue 13).
 
 ``attribute(model, inputs, target, method, **options)`` returns a tensor shaped like ``inputs``.
-Methods register by name (``register_method``); ``core`` holds the mechanism, ``rules`` the
-per-module backward rules, ``composites`` which module gets which, ``canonize`` the temporary model
-rewrites, ``targets`` what is explained and where the backward pass starts.
+The package reads bottom-up:
+
+- base types: ``state`` (what one call's hooks share, ``Unsupported``), ``targets`` (what is
+  explained, where the backward pass starts), ``options`` (how a method declares its options);
+- the mechanism: ``rules`` (how a signal crosses one module), ``canonize`` (temporary model
+  rewrites), ``composites`` (which module gets which rule), ``mechanism`` (hooks and ``backward``);
+  the perturbation sweeps ``occlusion`` (with ``occlusion_fast``/``occlusion_chain``);
+- ``rows`` and ``smoothgrad`` (copies of a batch through a method), ``registry`` (name -> method
+  and its declared options), ``api`` (``attribute``);
+- ``methods/``: one module per method, each registering itself; every module there is imported
+  here, so ``METHODS`` is complete once ``zfviz.attribution`` is.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from zfviz.attribution.core import METHODS, Backward, attribute, backward, register_method
+from zfviz.attribution import methods
+from zfviz.attribution.api import attribute
+from zfviz.attribution.mechanism import Backward, backward
+from zfviz.attribution.registry import METHODS, method_spec, method_table, register_method
 from zfviz.attribution.targets import Target, parse_target, seed_backward
 
-__all__ = ["METHODS", "Backward", "Target", "attribute", "backward", "parse_target", "register_method", "seed_backward"]
-
-_METHOD_MODULES = ("zfviz.attribution.methods", "zfviz.attribution.gradients", "zfviz.attribution.perturbation")
-
-
-def _load_methods() -> None:
-    """Import the modules that register methods (lazily: they import ``core``, which ``attribute`` lives in)."""
-    for name in _METHOD_MODULES:
-        importlib.import_module(name)
+__all__ = [
+    "METHODS",
+    "Backward",
+    "Target",
+    "attribute",
+    "backward",
+    "method_spec",
+    "method_table",
+    "methods",
+    "parse_target",
+    "register_method",
+    "seed_backward",
+]

@@ -24,12 +24,15 @@ rewrite-and-undo touches only what LRP needs and puts the same objects back.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
+
+from zfviz.attribution.state import CallState
 
 _WEIGHTED = (nn.Conv2d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -42,8 +45,6 @@ class Canonizer(Protocol):
 @contextmanager
 def canonized(model: nn.Module, canonizers, state=None) -> Iterator:
     """Apply ``canonizers`` in order for the block; undo in reverse, also on an exception."""
-    from zfviz.attribution.core import CallState
-
     state = state or CallState()
     undos = []
     try:
@@ -165,8 +166,11 @@ class ResidualSum:
     """torchvision ResNet blocks add their shortcut through an explicit ``Sum`` module for the call."""
 
     def apply(self, model: nn.Module, state) -> Callable[[], None]:
-        from torchvision.models.resnet import BasicBlock, Bottleneck
-
+        # Not imported: a process that never imported torchvision's resnet module holds none of its blocks.
+        resnet = sys.modules.get("torchvision.models.resnet")
+        if resnet is None:
+            return lambda: None
+        BasicBlock, Bottleneck = resnet.BasicBlock, resnet.Bottleneck  # noqa: N806
         blocks = [m for m in model.modules() if type(m) in (BasicBlock, Bottleneck)]
         undos = []
         for block in blocks:

@@ -1,6 +1,6 @@
 """Composites: which rule each module gets, by its type and whether it is the first layer.
 
-Leaf modules of a type a composite does not list are refused (``core.Unsupported``): a rule that
+Leaf modules of a type a composite does not list are refused (``state.Unsupported``): a rule that
 silently fell back to the gradient on, say, a GELU would give a map that is neither method.
 Containers are not rules' business; what they add functionally (ResNet's ``+=``) is rewritten by a
 canonizer into a module first (``canonize.ResidualSum``), else it passes the plain gradient.
@@ -18,6 +18,7 @@ from torch import nn
 
 from zfviz.attribution import rules
 from zfviz.attribution.canonize import MergeBatchNorm, ResidualSum, Sum
+from zfviz.attribution.state import Unsupported
 from zfviz.errors import UserError
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -57,8 +58,6 @@ class Composite:
         return True  # unsupported: refused if it runs
 
     def rule_for(self, name: str, module: nn.Module, *, first: bool = False, merged: bool = False):
-        from zfviz.attribution.core import Unsupported
-
         for types, rule in self.rules:
             if isinstance(module, types):
                 if rule == MERGED_ONLY:
@@ -117,10 +116,8 @@ COMPOSITES = {
 }
 
 
-def make_rule(
-    name: str, *, epsilon: float = 1e-6, alpha: float | None = None, beta: float | None = None, low=None, high=None
-):
-    """A rule by name with its options (``alpha``/``beta`` default to 2 and 1)."""
+def make_rule(name: str, *, epsilon: float, alpha: float | None, beta: float | None, low, high):
+    """A rule by name with its options (``alpha``/``beta``: ``None`` is 2 and ``alpha - 1``)."""
     if name == "epsilon":
         return rules.Epsilon(epsilon)
     if name == "zplus":
@@ -138,23 +135,21 @@ def make_rule(
 
 
 def lrp_from_options(
-    composite: str | None = None,
-    rule: str | None = None,
-    first_rule: str | None = None,
-    epsilon: float = 1e-6,
-    alpha: float | None = None,
-    beta: float | None = None,
-    low=None,
-    high=None,
+    *,
+    composite: str | None,
+    rule: str | None,
+    first_rule: str | None,
+    epsilon: float,
+    alpha: float | None,
+    beta: float | None,
+    low,
+    high,
 ) -> Composite:
     """The composite ``lrp`` runs: a named ``composite``, or ``rule`` on every conv/linear layer
-    (default ``epsilon``); ``first_rule`` replaces the first layer's rule in either case."""
+    (``None``: ``epsilon``); ``first_rule`` replaces the first layer's rule in either case. The names
+    are the ``lrp`` method's declared choices (``methods/backprop.py``); here, how they combine."""
     if composite is not None and rule is not None:
         raise UserError("give either composite= or rule= for LRP, not both")
-    if composite is not None and composite not in COMPOSITES:
-        raise UserError(f"unknown LRP composite {composite!r}; choose one of: {', '.join(COMPOSITES)}")
-    if rule is not None and rule not in RULES:
-        raise UserError(f"unknown LRP rule {rule!r}; choose one of: {', '.join(RULES)}")
     conv, dense, first = COMPOSITES[composite] if composite else (rule or "epsilon", rule or "epsilon", None)
     first = first_rule or first
     kw = {"epsilon": epsilon, "alpha": alpha, "beta": beta, "low": low, "high": high}

@@ -13,6 +13,8 @@ The backward pass starts from a seed shaped like the targeted tensor, zero outsi
 ``"one"`` puts 1 at the target, so the result is the gradient of the target (its sum, for a whole
 map) -- the gradient methods; ``"value"`` puts the target's own value there -- LRP (the relevance
 to distribute is the score, Bach et al. 2015) and the deconvnet (the paper projects the activation).
+The perturbation methods (occlusion, RISE) read the output's probabilities and take class targets
+only (``class_targets``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,21 @@ def _per_image(value, n: int, what: str) -> Tensor:
     if index.is_floating_point() or index.dim() > 1 or (index.dim() == 1 and len(index) not in (1, n)):
         raise UserError(f"{what} must be an integer or one integer per image ({n}), got {value!r}")
     return index.long().reshape(-1).expand(n).clone()
+
+
+def class_targets(target, n: int, classes: int | None = None) -> Tensor:
+    """``target`` (a class index, or one per image) as an (n,) long tensor, checked against ``classes``."""
+    if isinstance(target, tuple) or isinstance(target, str):
+        raise UserError(
+            f"a perturbation map explains a class of the model's output, not {target!r}; give class indices"
+        )
+    index = torch.as_tensor(target)
+    if index.is_floating_point() or index.dim() > 1 or (index.dim() == 1 and len(index) not in (1, n)):
+        raise UserError(f"target must be a class index or one per image ({n}), got {target!r}")
+    index = index.long().reshape(-1).expand(n)
+    if classes is not None and (int(index.min()) < 0 or int(index.max()) >= classes):
+        raise UserError(f"class index must lie in 0..{classes - 1}, got {sorted(set(index.tolist()))}")
+    return index
 
 
 def strongest(maps: Tensor) -> Tensor:

@@ -38,10 +38,11 @@ from zfviz.vizio import (
     torchvision_name,
 )
 
-# The method options of configs/viz/attribution.yaml; ``start`` is the deconvnet's ``seed`` (a root key here).
-OPTION_KEYS = (
-    "norm", "start", "rule", "composite", "first_rule", "epsilon", "alpha", "beta", "low", "high", "steps",
-    "baseline", "integration", "layer", "upsample", "relu", "smooth_samples", "smooth_sigma", "smooth_seed",
+# The keys of configs/viz/attribution.yaml this command reads itself; every other key there is a method
+# option, typed bare, declared (and checked) with its method (``zfviz.attribution.registry``). ``start`` is
+# the deconvnet's ``seed`` (``seed=`` is the run's).
+OWN_KEYS = (
+    "name", "method", "target", "images", "n", "split", "net", "weights", "size", "batch_size", "options", "stem",
 )  # fmt: skip
 OVERLAID = ("gradcam",)  # non-negative, coarse: drawn over the image
 
@@ -95,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
 
 def _options(v: DictConfig) -> dict:
     """The method's options: the keys of the config that are set, and ``options={...}``."""
-    given = {k: v.get(k) for k in OPTION_KEYS}
+    given = {k: v.get(k) for k in v if k not in OWN_KEYS}
     extra = v.get("options") or {}
     if not OmegaConf.is_dict(extra) and not isinstance(extra, dict):
         raise UserError(f"options={extra} is not valid: give options={{name:value,...}}")

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from zfviz.attribution.occlusion import grid, occluded_copies, occlusion, resolve_layer
 from zfviz.plotting.deconv import as_image_channels
 from zfviz.plotting.occlusion import occlusion_figure
 from zfviz.viz.deconv import project
-from zfviz.viz.occlusion import grid, occluded_copies, occlusion, resolve_layer
 from zfviz.vizio import Outputs, checkpoint_source, fill_for, open_run, pick_images, pixels
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from zfviz.activations import features
+from zfviz.attribution.occlusion import occlude_boxes
 from zfviz.errors import UserError
-from zfviz.viz.occlusion import features, occlude_boxes
 
 RANDOM = "random"
 

@@ -24,7 +24,9 @@ from zfviz.activations import evaluating, resolve
 from zfviz.attribution import rules
 from zfviz.attribution.canonize import OutOfPlace, canonized
 from zfviz.attribution.composites import DECONVNET, gradient_composite
-from zfviz.attribution.core import Unsupported, method_spec, rules_applied
+from zfviz.attribution.mechanism import rules_applied
+from zfviz.attribution.registry import cannot_handle
+from zfviz.attribution.state import Unsupported
 from zfviz.errors import UserError
 
 NORM_MODES = ("pass", "backprop")
@@ -78,8 +80,7 @@ def batched_backward(
         except _Stop:
             pass
         except Unsupported as err:
-            able = [name for name, m in _methods().items() if m.supports(err.module)]
-            raise UserError(f"deconvnet cannot handle {err}; methods that work on it: {', '.join(able)}") from None
+            raise cannot_handle("deconvnet", err) from None
         if "act" not in found:
             raise UserError(f"layer {layer} is never called by the model's forward pass")
         act = found["act"]
@@ -105,13 +106,6 @@ def _pixels(act: Tensor, x: Tensor, seed: Tensor, step: int) -> Tensor:
             grad = None if grads[0] is None else torch.stack(grads)
         parts.append(x.new_zeros(len(part), *x.shape) if grad is None else grad)
     return torch.cat(parts) if parts else x.new_zeros(0, *x.shape)
-
-
-def _methods() -> dict:
-    method_spec("deconvnet")  # loads the registry
-    from zfviz.attribution.core import METHODS
-
-    return METHODS
 
 
 def row_seeds(

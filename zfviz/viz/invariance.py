@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zfviz.activations import features
 from zfviz.errors import UserError
-from zfviz.viz.occlusion import features
 
 TRANSFORMS = ("translate", "scale", "rotate")
 IDENTITY = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}

@@ -5,7 +5,7 @@ as each is a conv, a max-pool, a pointwise module (ReLU, batch norm and dropout 
 normalization) or a torchvision ResNet block (``BasicBlock``/``Bottleneck``, unchanged ``forward``:
 its changed region is the union of the main path's and the shortcut's). One recorded forward pass
 checks that each link reads exactly its predecessor's output and runs once. Anything else ends the
-chain there. How the rectangles travel along the chain is ``zfviz.viz.occlusion_fast``'s business.
+chain there. How the rectangles travel along the chain is ``zfviz.attribution.occlusion_fast``'s business.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Rect:
     """The rectangle of a map that the occluder can change, along each axis (rows, columns).
 
     ``lo``/``length``: exact, per occluder origin on that axis. ``start``/``lengths``: what is computed,
-    one length per class of origins (``zfviz.viz.occlusion_fast`` groups origins so a class runs as
+    one length per class of origins (``zfviz.attribution.occlusion_fast`` groups origins so a class runs as
     one batch) and a start per origin, clamped so the rectangle stays inside the map."""
 
     size: tuple[int, int]

@@ -6,7 +6,7 @@ rectangle an origin reaches has an exact size per layer; origins are grouped int
 one size per layer (``_partition``: exact sizes, merged while merging costs less than running another
 batch), so each class runs as one batched conv per layer and no conv computes much more than what an
 occluder changed. Where every rectangle has grown to the whole map, or at the first module the path
-cannot follow (``zfviz.viz.occlusion_chain``), the copies' whole maps go back into the model: its own
+cannot follow (``zfviz.attribution.occlusion_chain``), the copies' whole maps go back into the model: its own
 forward runs on an empty batch, and a forward hook on the last module computed here swaps that
 module's output for the copies' maps, so everything after it (pooling heads, ``torch.flatten`` in a
 ``forward``, the classifier) is the model's own code and the model is never edited. The swap is
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfviz.activations import Capture, hooks
-from zfviz.viz.occlusion_chain import Rect, Step, Window, candidates, pointwise, record
+from zfviz.attribution.occlusion_chain import Rect, Step, Window, candidates, pointwise, record
 
 # What one more batch of copies costs beyond its multiply-adds (a dozen small ops per layer, a conv set up
 # for new shapes), in multiply-adds: a few milliseconds of one core. Two classes of origins merge when the

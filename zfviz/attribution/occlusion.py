@@ -1,4 +1,5 @@
-"""Occlusion sensitivity (Zeiler & Fergus 2014, Section 4.2, Fig. 7).
+"""Occlusion sensitivity (Zeiler & Fergus 2014, Section 4.2, Fig. 7): the sweep behind ``zfviz viz
+occlusion`` and the ``occlusion`` attribution method (``methods/occlusion_map.py``).
 
 A square occluder is swept over each image; for every position we record (d) the probability of
 the true class, (e) the most probable class and its probability, and (b) the total activation of
@@ -9,7 +10,7 @@ the paper's grey square (``fill="mean"``, the data set's mean pixel) is 0 there;
 black square, ``(0 - mean) / std``; ``"noise"`` is i.i.d. N(0, 1) after normalization, i.e. pixels
 with the data set's mean and std (randomized occlusion), drawn once per call from ``seed``.
 
-Fast path (``zfviz.viz.occlusion_fast``): an occluder changes only the activations inside its
+Fast path (``zfviz.attribution.occlusion_fast``): an occluder changes only the activations inside its
 receptive field in the early layers, so each occluded copy carries just a rectangle of every map
 through the chain of convs, max-pools, pointwise layers and ResNet blocks the model starts with;
 the model's own forward finishes from where the rectangle covers the whole map. ``fast=False``
@@ -21,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from zfviz.activations import Capture, evaluating, resolve, stream
+from zfviz.activations import Capture, evaluating, resolve
+from zfviz.attribution.occlusion_fast import Sweep
 from zfviz.errors import UserError
-from zfviz.viz.occlusion_fast import Sweep
 
 FILLS = ("mean", "zero", "noise")
 MAPS = ("p_true", "top_class", "top_prob", "feature_activation")
@@ -38,26 +39,6 @@ def resolve_layer(model: nn.Module, layer: str | None = None) -> str:
     torchvision's AlexNet, ``layer4`` on a ResNet: see ``zfviz.activations``).
     """
     return resolve(model, layer, "rectified")
-
-
-@torch.no_grad()
-def features(
-    model: nn.Module, images: Tensor, layers: list[str], batch_size: int = 256, with_output: bool = False
-) -> dict[str, Tensor]:
-    """Flattened outputs of ``layers`` (see ``resolve_layer``) for every image, in eval mode.
-
-    ``with_output`` adds the model's own output (the logits) under ``"output"``; without it each
-    pass stops after the deepest of ``layers``.
-    """
-    names = {layer: resolve_layer(model, layer) for layer in layers}
-    store: dict[str, list[Tensor]] = {layer: [] for layer in [*layers, "output"]}
-    batches = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
-    with stream(model, batches, names, stop=not with_output, keep=lambda out: out.flatten(1)) as passes:
-        for seen, logits in passes:
-            for layer in layers:
-                store[layer].append(seen[layer])
-            store["output"].append(logits)
-    return {key: torch.cat(chunks) for key, chunks in store.items() if key != "output" or with_output}
 
 
 def grid(size: int, window: int, stride: int) -> Tensor:

@@ -10,12 +10,13 @@ the saliency of a pixel is the expected score of the masked image given the pixe
 
 with ``f`` the target class's softmax probability (the paper's Eq. 6, Monte Carlo). Masking takes a
 pixel to 0 of the model's normalized input, i.e. the data set's mean pixel: the same grey as the
-paper's occluder (``zfviz.viz.occlusion``, ``fill="mean"``), so the two methods differ only in
+paper's occluder (``zfviz.attribution.occlusion``, ``fill="mean"``), so the two methods differ only in
 where they occlude.
 
 The masks are drawn once per call from ``seed`` (a ``torch.Generator``: nothing global is
 touched) and shared by all images, as in the paper; the batch size only groups masked copies
-into forward passes, so it cannot change a map beyond float summation order.
+into forward passes, so it cannot change a map beyond float summation order. As the attribution
+method ``rise`` (``attribute(model, x, target, "rise")``), the map is N x 1 x H x W.
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfviz.activations import evaluating
+from zfviz.attribution.options import Option, number, whole
+from zfviz.attribution.registry import register_method
+from zfviz.attribution.targets import class_targets
 from zfviz.errors import UserError
 
-DEFAULT_BATCH = 256  # masked copies per forward pass
+# The defaults, for ``rise`` called directly and for the method's declaration below.
+MASKS, CELLS, P, DEFAULT_BATCH, SEED = 4000, 7, 0.5, 256, 0  # DEFAULT_BATCH: masked copies per forward pass
 
 
 def _positive_int(name: str, value) -> int:
@@ -70,32 +75,17 @@ class MaskSet:
         return up[k, rows[:, :, None], cols[:, None, :]]
 
 
-def class_targets(target, n: int, classes: int | None = None) -> Tensor:
-    """``target`` (a class index, or one per image) as an (n,) long tensor, checked against ``classes``."""
-    if isinstance(target, tuple) or isinstance(target, str):
-        raise UserError(
-            f"a perturbation map explains a class of the model's output, not {target!r}; give class indices"
-        )
-    index = torch.as_tensor(target)
-    if index.is_floating_point() or index.dim() > 1 or (index.dim() == 1 and len(index) not in (1, n)):
-        raise UserError(f"target must be a class index or one per image ({n}), got {target!r}")
-    index = index.long().reshape(-1).expand(n)
-    if classes is not None and (int(index.min()) < 0 or int(index.max()) >= classes):
-        raise UserError(f"class index must lie in 0..{classes - 1}, got {sorted(set(index.tolist()))}")
-    return index
-
-
 @torch.no_grad()
 def rise(
     model: nn.Module,
     images: Tensor,
     target,
     *,
-    masks: int = 4000,
-    cells: int = 7,
-    p: float = 0.5,
+    masks: int = MASKS,
+    cells: int = CELLS,
+    p: float = P,
     batch_size: int = DEFAULT_BATCH,
-    seed: int = 0,
+    seed: int = SEED,
 ) -> Tensor:
     """RISE saliency (N x H x W) of class ``target`` (an index, or one per image) for normalized
     ``images`` (N x C x H x W): the mean of ``masks`` random masks, each weighted by the target's
@@ -125,3 +115,20 @@ def rise(
                 score = scores.gather(2, target[first : first + len(group), None, None].expand(-1, len(chunk), 1))
                 saliency[first : first + len(group)] += score[:, :, 0].double() @ chunk.flatten(1).double()
     return (saliency / (masks * mask_set.p)).reshape(n, h, w).to(images.dtype)
+
+
+@register_method(
+    "rise",
+    options=(
+        Option("masks", whole(1), MASKS, "random masks averaged"),
+        Option("cells", whole(1), CELLS, "grid cells per side of a mask"),
+        Option("p", number(above=0, at_most=1), P, "the probability that a cell is kept"),
+        Option("batch_size", whole(1), DEFAULT_BATCH, "masked copies per forward pass"),
+        Option("seed", whole(0), SEED, "the masks' seed"),
+    ),
+)
+def rise_map(
+    model: nn.Module, inputs: Tensor, target, *, masks: int, cells: int, p: float, batch_size: int, seed: int
+) -> Tensor:
+    """RISE (Petsiuk et al. 2018): randomized occlusion, N x 1 x H x W for a class target."""
+    return rise(model, inputs, target, masks=masks, cells=cells, p=p, batch_size=batch_size, seed=seed)[:, None]

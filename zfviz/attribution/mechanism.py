@@ -15,35 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from zfviz.activations import evaluating
+from zfviz.activations import evaluating, resolve
 from zfviz.attribution.canonize import Canonizer, OutOfPlace, canonized
 from zfviz.attribution.rules import vjp
+from zfviz.attribution.state import CallState, Unsupported
 from zfviz.attribution.targets import Target, parse_target, seed_backward
 from zfviz.errors import UserError
-
-
-class Unsupported(UserError):
-    """A module the rules of a method cannot handle; ``attribute`` names the methods that can."""
-
-    def __init__(self, name: str, module: nn.Module, why: str = "") -> None:
-        self.name, self.module = name, module
-        super().__init__(f"{name} ({type(module).__name__}){why}")
-
-
-@dataclass
-class CallState:
-    """What the hooks of one call share: which weighted layer came first, the merged batch norms."""
-
-    first_done: bool = False
-    routing: bool = True  # False: the rules stand aside and autograd's own gradient passes
-    merged: dict[int, nn.Module] = field(default_factory=dict)  # id(batch norm) -> its conv/linear
-    last_output: dict[int, int] = field(default_factory=dict)  # id(conv/linear) -> data_ptr of its output
 
 
 class _Routed(torch.autograd.Function):
@@ -118,7 +100,7 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
     Saliency-like composites thus hook only the ReLUs: fewer Python calls per forward pass.
     """
     state = state or CallState()
-    needs_hook = getattr(composite, "needs_hook", None) or _anything
+    needs_hook = getattr(composite, "needs_hook", None) or (lambda _module: True)
     merged_into = {id(m) for m in state.merged.values()}
     handles = []
     try:
@@ -165,11 +147,7 @@ def backward(
     from one forward pass. Eval mode throughout; the model is left as it was, also on an exception.
     """
     target: Target = parse_target(model, target, len(inputs))
-    wrt_path = None
-    if wrt is not None:
-        from zfviz.activations import resolve
-
-        wrt_path = resolve(model, wrt, "output")
+    wrt_path = None if wrt is None else resolve(model, wrt, "output")
     found: dict[str, Tensor] = {}
     extra = tuple(composite.canonizers) if composite is not None else ()
     with ExitStack() as stack:
@@ -256,77 +234,3 @@ def _keep(found: dict, key: str, path: str) -> Callable:
         return output.clone()  # the net goes on with a copy: a later in-place op cannot touch what we keep
 
     return hook
-
-
-# The registry of methods: name -> how to run it and what it can handle.
-@dataclass(frozen=True)
-class Method:
-    fn: Callable[..., Tensor]
-    supports: Callable[[nn.Module], bool]
-    gradient: bool  # SmoothGrad applies (a gradient method)
-
-
-METHODS: dict[str, Method] = {}
-
-
-def _anything(_module: nn.Module) -> bool:
-    return True
-
-
-def register_method(
-    name: str, *, supports: Callable[[nn.Module], bool] = _anything, gradient: bool = False
-) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """``@register_method("saliency", gradient=True)`` on ``fn(model, inputs, target, **options)``.
-
-    ``supports(module)`` says whether the method handles a leaf module (for the one-line error);
-    ``gradient=True`` lets ``smooth_samples``/``smooth_sigma`` (SmoothGrad) wrap it.
-    """
-
-    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in METHODS:
-            raise ValueError(f"attribution method {name!r} is already registered")
-        METHODS[name] = Method(fn, supports, gradient)
-        return fn
-
-    return register
-
-
-# SmoothGrad's options, which any gradient method takes (``zfviz.attribution.gradients.smooth``).
-SMOOTH_KEYS = ("smooth_samples", "smooth_sigma", "smooth_seed", "smooth_batch")
-
-
-def method_spec(method: str) -> Method:
-    """The registered method ``method``; an unknown name is one line listing the registered ones."""
-    from zfviz.attribution import _load_methods
-
-    _load_methods()
-    if method not in METHODS:
-        raise UserError(f"unknown attribution method {method!r}; choose one of: {', '.join(sorted(METHODS))}")
-    return METHODS[method]
-
-
-def attribute(model: nn.Module, inputs: Tensor, target, method: str = "saliency", **options: Any) -> Tensor:
-    """The attribution map of ``method`` for ``target`` on a batch ``inputs``; shaped like ``inputs``.
-
-    ``target``: see ``zfviz.attribution.targets``. Options are the method's own; SmoothGrad
-    (``smooth_samples``, ``smooth_sigma``) applies to any gradient method.
-    """
-    spec = method_spec(method)
-    smooth = {k: options.pop(k) for k in SMOOTH_KEYS if k in options}
-    if smooth and not {"smooth_samples", "smooth_sigma"} & smooth.keys():
-        raise UserError(f"{', '.join(smooth)} set without SmoothGrad: give smooth_samples and/or smooth_sigma too")
-    try:
-        if smooth:
-            if not spec.gradient:
-                raise UserError(f"SmoothGrad ({', '.join(SMOOTH_KEYS)}) applies to gradient methods, not {method}")
-            from zfviz.attribution.gradients import smooth as smoothgrad
-
-            return smoothgrad(spec.fn, model, inputs, target, **smooth, **options)
-        return spec.fn(model, inputs, target, **options)
-    except Unsupported as err:
-        able = [name for name, m in METHODS.items() if m.supports(err.module)]
-        raise UserError(f"{method} cannot handle {err}; methods that work on it: {', '.join(able) or 'none'}") from None
-    except TypeError as err:
-        if err.__traceback__.tb_next is None and "keyword argument" in str(err):  # the call itself: a bad option
-            raise UserError(f"{method}: {str(err).partition('() ')[2] or err}") from None
-        raise

@@ -1,0 +1,103 @@
+"""The gradient family on the one mechanism: saliency, input x gradient, deconvnet, guided backprop, LRP.
+
+Each is one call of ``mechanism.backward`` with a composite (``None``: autograd's gradient) and a seed:
+
+- ``saliency`` (Simonyan et al. 2014): the signed gradient of the target; seed 1.
+- ``input_x_gradient`` (Shrikumar et al. 2016): inputs times that gradient; seed 1.
+- ``deconvnet`` (Zeiler & Fergus 2014, Sec. 2.1): ReLUs rectify the signal coming down, filters are
+  transposed, pools route through the switches; contrast normalization passes (``norm="pass"``, the
+  paper) or backpropagates (``"backprop"``). Seed: the target's value, as the paper projects the
+  activation, so a unit target equals ``zfviz.viz.deconv.project``.
+- ``guided_backprop`` (Springenberg et al. 2015): the gradient, and ReLUs also rectify; seed 1.
+- ``lrp`` (Bach et al. 2015): relevance, starting from the target's score; see ``composites``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from zfviz.attribution import rules
+from zfviz.attribution.composites import (
+    COMPOSITES,
+    DECONVNET,
+    FIRST_RULES,
+    GUIDED_BACKPROP,
+    LRP,
+    RULES,
+    gradient_composite,
+    lrp_from_options,
+)
+from zfviz.attribution.mechanism import backward
+from zfviz.attribution.options import TENSOR, Option, choice, either, number, optional
+from zfviz.attribution.registry import register_method
+from zfviz.attribution.targets import SEEDS
+
+NORM_MODES = ("pass", "backprop")
+_BACKPROP_NORM = gradient_composite("deconvnet", rules.ReluDeconvnet())  # contrast normalization backpropagates
+_BOUND = optional(either(number(), TENSOR))
+
+
+@register_method("saliency", gradient=True)
+def saliency(model: nn.Module, inputs: Tensor, target) -> Tensor:
+    """The gradient of the target with respect to the inputs (signed; take ``abs`` for the paper's map)."""
+    return backward(model, inputs, target).inputs
+
+
+@register_method("input_x_gradient", gradient=True)
+def input_x_gradient(model: nn.Module, inputs: Tensor, target) -> Tensor:
+    """Inputs times the gradient of the target."""
+    return inputs * backward(model, inputs, target).inputs
+
+
+@register_method(
+    "deconvnet",
+    supports=DECONVNET.supports,
+    gradient=True,
+    options=(
+        Option("norm", choice(*NORM_MODES), "pass", "contrast normalization passes (the paper) or backpropagates"),
+        Option("seed", choice(*SEEDS), "value", "the backward pass starts from the target's value (the paper) or 1"),
+    ),
+)
+def deconvnet(model: nn.Module, inputs: Tensor, target, *, norm: str, seed: str) -> Tensor:
+    """The deconvnet's projection of the target (its value, as the paper) down to pixel space."""
+    composite = DECONVNET if norm == "pass" else _BACKPROP_NORM
+    return backward(model, inputs, target, composite=composite, seed=seed).inputs
+
+
+@register_method("guided_backprop", supports=GUIDED_BACKPROP.supports, gradient=True)
+def guided_backprop(model: nn.Module, inputs: Tensor, target) -> Tensor:
+    """Guided backprop: the gradient with every ReLU also rectifying the signal coming down."""
+    return backward(model, inputs, target, composite=GUIDED_BACKPROP).inputs
+
+
+@register_method(
+    "lrp",
+    supports=LRP.supports,
+    options=(
+        Option("composite", optional(choice(*COMPOSITES)), None, "a named composite of rules, instead of rule"),
+        Option("rule", optional(choice(*RULES)), None, "the rule of every conv/linear layer (null: epsilon)"),
+        Option("first_rule", optional(choice(*FIRST_RULES)), None, "the first layer's rule (zbox needs low, high)"),
+        Option("epsilon", number(at_least=0), 1e-6, "the epsilon rule's stabilizer (0: LRP-0)"),
+        Option("alpha", optional(number(at_least=0)), None, "alpha_beta: alpha (null: 2)"),
+        Option("beta", optional(number(at_least=0)), None, "alpha_beta: beta (null: alpha - 1)"),
+        Option("low", _BOUND, None, "zbox: the lowest input value, in the model's input space"),
+        Option("high", _BOUND, None, "zbox: the highest input value, in the model's input space"),
+    ),
+)
+def lrp(
+    model: nn.Module, inputs: Tensor, target, *, composite, rule, first_rule, epsilon, alpha, beta, low, high
+) -> Tensor:
+    """Layer-wise relevance propagation (Bach et al. 2015): the target's score redistributed layer by layer.
+
+    The rules: ``composites.lrp_from_options``."""
+    rules_of = lrp_from_options(
+        composite=composite,
+        rule=rule,
+        first_rule=first_rule,
+        epsilon=epsilon,
+        alpha=alpha,
+        beta=beta,
+        low=low,
+        high=high,
+    )
+    return backward(model, inputs, target, composite=rules_of, seed="value").inputs
