@@ -80,15 +80,22 @@ def make_tree(root: Path, layout: str = "imagefolder") -> dict:
 def ddp_build(rank: int, root: str, out: str) -> None:
     """One of two gloo processes building the ImageNet loaders; saves what the test compares."""
     import torch.distributed as dist
-    from omegaconf import OmegaConf
-
-    from zfviz.data import build_data
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{out}/pg", rank=rank, world_size=2)
     try:
-        cfg = OmegaConf.create({"name": "imagenet", "root": root, "workers": 0, "skip_bad": True})
-        data = build_data(cfg, input_size=224, batch_size=4, rank=rank, world_size=2, cache_dir=out)
-        torch.save({"mean": data.train.images.mean, "skipped": data.train.skipped}, f"{out}/rank{rank}.pt")
+        save_rank_mean(rank, root, out)
     finally:
         dist.destroy_process_group()
+
+
+def save_rank_mean(rank: int, root: str, out: str) -> None:
+    """In a joined 2-process group: build the ImageNet loaders (the mean-image pass shared by the ranks) and
+    save this rank's mean image and skipped count to ``<out>/rank<rank>.pt``, for the test to compare."""
+    from omegaconf import OmegaConf
+
+    from zfviz.data import build_data
+
+    cfg = OmegaConf.create({"name": "imagenet", "root": root, "workers": 0, "skip_bad": True})
+    data = build_data(cfg, input_size=224, batch_size=4, rank=rank, world_size=2, cache_dir=out)
+    torch.save({"mean": data.train.images.mean, "skipped": data.train.skipped}, f"{out}/rank{rank}.pt")

@@ -78,16 +78,22 @@ def test_bf16_autocast_computes_in_bf16_keeps_float32_weights_and_learns(fmnist_
         run(train_cfg(fmnist_dir, "device=cpu", "trainer.amp=bf16", "trainer.epochs=3"), tmp_path)
     # Training and evaluation both ran under autocast (a run that ignored trainer.amp would show float32).
     assert seen == {(kind, training, torch.bfloat16) for kind in ("Conv2d", "Linear") for training in (True, False)}
-    first, *_, last = metrics(tmp_path)
-    # It learns (2.10 -> 1.10 here, 2.12 -> 1.00 in float32); a run that only survived would not drop by 0.5.
+    ckpt = assert_learned_with_float32_weights(tmp_path)
+    assert ckpt["scaler"] is None  # bf16 has float32's range: nothing to scale
+
+
+def assert_learned_with_float32_weights(run_dir: Path) -> dict:
+    """A mixed-precision run learned (2.10 -> 1.10 in bf16 here, 2.12 -> 1.00 in float32; a run that only
+    survived would not drop by 0.5) and kept its weights and momentum in float32 (autocast computes in half
+    precision; a cast model would fail here). Returns its checkpoint."""
+    first, *_, last = metrics(run_dir)
     assert last["train_loss"] < first["train_loss"] - 0.5
     assert last["val_loss"] < first["val_loss"] and last["val_top1_err"] < first["val_top1_err"]
-    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
-    # Autocast computes in bf16 but the weights and their momentum stay float32: a cast model would fail here.
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     assert {w.dtype for w in ckpt["model"].values() if w.is_floating_point()} == {torch.float32}
     momentum = [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values()]
     assert momentum and {m.dtype for m in momentum} == {torch.float32}
-    assert ckpt["scaler"] is None  # bf16 has float32's range: nothing to scale
+    return ckpt
 
 
 # --- the GradScaler --------------------------------------------------------------------------------------

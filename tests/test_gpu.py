@@ -40,8 +40,9 @@ from torch.testing import assert_close
 
 from tests.cli_args import train_args
 from tests.faults import killed_zfviz
-from tests.imagenet_fixtures import make_tree
+from tests.imagenet_fixtures import make_tree, save_rank_mean
 from tests.test_amp_ddp_cpu import (
+    assert_learned_with_float32_weights,
     ddp_groups,
     free_port,
     kill_and_resume_ddp,
@@ -103,14 +104,7 @@ def test_mixed_precision_on_cuda_computes_in_half_keeps_float32_weights_and_lear
         run(train_cfg(fmnist_dir, "device=cuda", f"trainer.amp={amp}", "trainer.epochs=3"), tmp_path)
     # Training and evaluation both ran under autocast.
     assert seen == {(kind, training, half) for kind in ("Conv2d", "Linear") for training in (True, False)}
-    first, *_, last = metrics(tmp_path)
-    # It learns (2.10 -> 1.10 on the CPU in bf16, same init and batches); a run that only survived would not.
-    assert last["train_loss"] < first["train_loss"] - 0.5
-    assert last["val_loss"] < first["val_loss"] and last["val_top1_err"] < first["val_top1_err"]
-    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert {w.dtype for w in ckpt["model"].values() if w.is_floating_point()} == {torch.float32}
-    momentum = [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values()]
-    assert momentum and {m.dtype for m in momentum} == {torch.float32}
+    ckpt = assert_learned_with_float32_weights(tmp_path)
     if amp == "fp16":  # fp16 overflows where float32 does not: its gradients go through a GradScaler
         assert ckpt["scaler"]["scale"] > 0 and ckpt["scaler"]["growth_interval"] == 2000
     else:  # bf16 has float32's range: nothing to scale
@@ -269,9 +263,7 @@ def nccl_mean_image(rank: int, port: int, root: str, out: str) -> None:
     torch.cuda.set_device(rank)  # as distributed.setup does: NCCL's object gathering uses the current GPU
     dist.init_process_group("nccl", rank=rank, world_size=2)
     try:
-        cfg = OmegaConf.create({"name": "imagenet", "root": root, "workers": 0, "skip_bad": True})
-        data = build_data(cfg, input_size=224, batch_size=4, rank=rank, world_size=2, cache_dir=out)
-        torch.save({"mean": data.train.images.mean, "skipped": data.train.skipped}, f"{out}/rank{rank}.pt")
+        save_rank_mean(rank, root, out)
     finally:
         dist.destroy_process_group()
 
