@@ -21,7 +21,7 @@ import argparse
 import torch
 from _bench import figures_model, interleaved, preset_model, ratio_line
 
-from zfviz.reconstruction.maximize import Priors, Target, maximize
+from zfviz.reconstruction.maximize import Canvas, Priors, Target, maximize
 
 PRIORS = Priors(jitter=2, decay=0.01, blur=0.5, blur_every=4)  # scripts/maximize_figure.py's
 BOUNDS = (-0.81, 2.02)  # Fashion-MNIST's pixels 0..255 after its normalization (mean 72.9, std 90)
@@ -48,7 +48,7 @@ def main() -> None:
         half = args.targets // 2  # classes and conv5 units, so the forward pass runs to the end
         targets = [Target(None, c % 10) for c in range(args.targets - half)] + [Target("conv5", u) for u in range(half)]
         for param in ("pixels", "fourier"):
-            kw = dict(steps=args.steps, param=param, priors=PRIORS, bounds=BOUNDS, seed=0)
+            kw = dict(steps=args.steps, priors=PRIORS, seed=0, canvas=Canvas(param=param, bounds=BOUNDS))
 
             def batched(model=model, targets=targets, kw=kw):
                 return maximize(model, targets, **kw).images

@@ -31,6 +31,7 @@ from zfviz.errors import UserError
 from zfviz.plotting import plt
 from zfviz.plotting.maximize import maximize_grid
 from zfviz.reconstruction.maximize import (
+    Canvas,
     Priors,
     Target,
     code_start,
@@ -88,17 +89,19 @@ def maximize_run(run_dir: Path, args) -> tuple[pd.DataFrame, dict, dict]:
     targets = [Target(None, c) for c in range(classes)] + [Target(layer, u) for layer in layers for u in units[layer]]
     real, _ = strongest_real(model, targets, ordered_batches(images, test.normalize, BATCH))
     sample = test.normalize(images[:BATCH])
-    common = dict(steps=args.steps, lr=args.lr, priors=PRIORS, seed=args.seed, image_size=sample.shape[-1],
-                  channels=sample.shape[1], bounds=pixel_bounds(test.mean, test.std))  # fmt: skip
+    common = dict(steps=args.steps, lr=args.lr, priors=PRIORS, seed=args.seed)
+    image = dict(size=sample.shape[-1], channels=sample.shape[1], bounds=pixel_bounds(test.mean, test.std))
     runs = {"pixels": {"color": data_color(test)}, "fourier": {"color": color_basis(sample)}}
     generator, folder = decoder_for(args.decoders, path, net)
     if generator is not None:
         code, bounds = code_start(model, "fc6", ordered_batches(images, test.normalize, BATCH))
-        runs["generator"] = {"generator": generator, "code": code, "code_bounds": bounds, "priors": Priors(jitter=2)}
+        runs["generator"] = {"generator": generator, "code": code, "code_bounds": bounds}
     rows, shown = [], {}
     for param, extra in runs.items():
         start = time.perf_counter()
-        result = maximize(model, targets, param=param, **{**common, **extra})
+        priors = Priors(jitter=2) if param == "generator" else PRIORS
+        canvas = Canvas(param=param, **image, **extra)
+        result = maximize(model, targets, canvas=canvas, **{**common, "priors": priors})
         print(f"{net} {param}: {len(targets)} targets x {args.steps} steps in {time.perf_counter() - start:.1f} s",
               flush=True)  # fmt: skip
         r = ratio(result.activation, real)

@@ -13,7 +13,7 @@ from torch import nn
 
 from tests.figure_runs import fake_run, load_script
 from zfviz.errors import UserError
-from zfviz.reconstruction.maximize import Priors, Target, maximize, strongest_real, target_values
+from zfviz.reconstruction.maximize import Canvas, Priors, Target, maximize, strongest_real, target_values
 from zfviz.reconstruction.parameterization import (
     FourierParam,
     GeneratorParam,
@@ -49,8 +49,10 @@ def _one_thread(one_thread):
 
 
 def run(net, targets=TARGETS, **kw):
-    kw = {"steps": 25, "lr": 0.05, "image_size": 16, "channels": 3, "bounds": BOUNDS, "seed": 3, **kw}
-    return maximize(net, targets, **kw)
+    """``maximize`` on 16 px, 3-channel images in ``BOUNDS``: the ascent's keywords, the rest ``Canvas``'s."""
+    kw = {"steps": 25, "lr": 0.05, "seed": 3, "size": 16, "channels": 3, "bounds": BOUNDS, **kw}
+    ascent = {k: kw.pop(k) for k in ("steps", "lr", "seed", "priors") if k in kw}
+    return maximize(net, targets, canvas=Canvas(**kw), **ascent)
 
 
 def test_the_objective_climbs_and_beats_every_real_image():
@@ -119,12 +121,30 @@ def test_the_model_and_the_generator_are_left_as_they_were():
         (Target(None, 3), r"target class:3: the class scores has channels 0\.\.2"),
         (Target("fc6", 0, (0, 0)), r"fc6 has no map .*give no position"),
         (Target("conv1", 0, (16, 0)), r"positions of conv1 are rows 0\.\.15, cols 0\.\.15"),
+        # None is a map's strongest cell elsewhere (zfviz.attribution.targets); the whole map is "mean" here
+        (Target("conv1", 0, None), r"target conv1:0.*: position is 'mean' \(the whole map\) or \(row, col\), got None"),
     ],
 )
 def test_a_bad_target_is_one_line(target, message):
     with pytest.raises(UserError, match=message) as err:
         run(tiny_net(), [target], steps=1)
     assert "\n" not in str(err.value)
+
+
+def test_a_units_whole_map_target_is_its_mean_and_null_is_its_old_spelling():
+    from omegaconf import OmegaConf
+
+    from zfviz.commands.viz_maximize import targets_of
+
+    net, x = tiny_net(), torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    values = target_values(net, [Target("conv1", 3), Target("conv1", 3, (2, 5))], x)
+    conv1 = net.conv1(x).detach()  # the layer's own output, computed by hand
+    torch.testing.assert_close(values, torch.stack([conv1[:, 3].mean(dim=(1, 2)), conv1[:, 3, 2, 5]], dim=1))
+    config = {"classes": None, "layer": "conv1", "channels": [3, 1]}
+    mean = targets_of(OmegaConf.create({**config, "position": "mean"}))
+    assert mean == [Target("conv1", 3, "mean"), Target("conv1", 1, "mean")]
+    assert targets_of(OmegaConf.create({**config, "position": None})) == mean
+    assert targets_of(OmegaConf.create({**config, "position": [2, 5]}))[0] == Target("conv1", 3, (2, 5))
 
 
 def test_fourier_parameterization_round_trip_and_spectrum():

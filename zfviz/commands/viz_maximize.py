@@ -1,9 +1,9 @@
 """``zfviz viz maximize``: activation maximization of a trained net's classes or units (issue 14).
 
 Targets: ``classes=[...]`` (class logits, the unnormalized scores Simonyan et al. 2014 maximize), or
-``layer`` + ``channels`` (+ ``position``: one cell; else the whole map's mean). ``layer=fc8`` is the
-logits too, since fc8's output is the net's. All targets are optimized in one batch
-(``zfviz.reconstruction.maximize``). Each target's strongest activation over the first
+``layer`` + ``channels`` (+ ``position``: one cell [row, col], or ``mean``: the whole map's mean;
+``null``, its old spelling, is still read as ``mean``). ``layer=fc8`` is the logits too, since fc8's
+output is the net's. All targets are optimized in one batch (``zfviz.reconstruction.maximize``). Each target's strongest activation over the first
 ``real_images`` images of ``split`` is the yardstick: the CSV gives ``activation``, ``strongest_real``
 and ``ratio`` = activation / strongest_real. Gray data (Fashion-MNIST repeated to 3 channels) give
 gray images: ``gray=true`` ties the pixels' channels (``data_color``); the Fourier color basis of
@@ -21,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from zfviz.errors import UserError
 from zfviz.plotting.maximize import maximize_grid
 from zfviz.reconstruction.maximize import (
+    MEAN,
     PARAMS,
+    Canvas,
     Priors,
     Target,
     check_targets,
@@ -59,9 +61,11 @@ def targets_of(v: DictConfig) -> list[Target]:
     if not v.layer:
         raise UserError("name the units' layer (layer=conv5) or give classes=[0,1,...]")
     channels = channels if isinstance(channels, list) else [channels]
-    if position is not None and (not isinstance(position, list) or len(position) != 2):
-        raise UserError(f"position={position} is not valid: give [row, col], or null for the whole map")
-    where = None if position is None else (_whole(position[0], "position"), _whole(position[1], "position"))
+    if position is None or position == MEAN:  # null: the old spelling of mean, still read
+        return [Target(str(v.layer), _whole(c, "channels"), MEAN) for c in channels]
+    if not isinstance(position, list) or len(position) != 2:
+        raise UserError(f"position={position} is not valid: give [row, col], or mean for the whole map")
+    where = (_whole(position[0], "position"), _whole(position[1], "position"))
     return [Target(str(v.layer), _whole(c, "channels"), where) for c in channels]
 
 
@@ -100,14 +104,13 @@ def run(cfg: DictConfig) -> dict:
     else:
         color = data_color(loader) if v.param == "pixels" and v.gray else None
     start = time.perf_counter()
-    result = maximize(
-        model, targets, steps=v.steps, lr=float(v.lr), param=v.param, priors=priors, seed=int(cfg.seed),
-        image_size=size, channels=channels, init=v.init, init_std=float(v.init_std),
+    canvas = Canvas(
+        param=v.param, size=size, channels=channels, init=v.init, init_std=float(v.init_std),
         mean_images=prepare(images[:BATCH]) if v.init == "mean" else None,
         bounds=pixel_bounds(loader.mean, loader.std) if v.bounded else None,
-        color=color,
-        generator=generator, code=code, code_bounds=code_bounds,
+        color=color, generator=generator, code=code, code_bounds=code_bounds,
     )  # fmt: skip
+    result = maximize(model, targets, steps=v.steps, lr=float(v.lr), priors=priors, seed=int(cfg.seed), canvas=canvas)
     wall = time.perf_counter() - start
     real, where = strongest_real(model, targets, ordered_batches(images, prepare, BATCH))
     table = pd.DataFrame({

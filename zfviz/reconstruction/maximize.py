@@ -3,7 +3,9 @@
 x* = argmax_x a_target(x) - R(x) (Erhan et al. 2009; Simonyan et al. 2014 for class scores, the
 unnormalized logit, not the softmax, which can rise by lowering the other classes; Yosinski et al.
 2015 and Olah et al. 2017 for the priors R of ``zfviz.reconstruction.regularizers``). A target is a
-class logit, or a unit of a layer: one channel at one position, or the mean of its whole map.
+class logit, or a unit of a layer: one channel at one position, or the mean of its whole map
+(``position="mean"``; ``None``, a map's strongest cell in ``zfviz.attribution.targets``, is no
+maximization target: the strongest cell moves as the image changes).
 
 K targets are optimized in ONE batch, image k for target k: the objective is the sum of the K
 per-image objectives, the model is in eval mode (no batch statistics), Adam's update is per element
@@ -42,20 +44,50 @@ from zfviz.reconstruction.regularizers import (
 )
 
 PARAMS = ("pixels", "fourier", "generator")
+MEAN = "mean"  # a target's position: the mean of its whole map
 
 
 @dataclass(frozen=True)
 class Target:
     """What to maximize: ``layer=None`` is class ``channel``'s logit (the model's output); else channel
-    ``channel`` of ``layer``, at ``position`` (row, col) of its map, or its whole-map mean when None."""
+    ``channel`` of ``layer``, at ``position`` (row, col) of its map, or ``"mean"``: its whole-map mean."""
 
     layer: str | None
     channel: int
-    position: tuple[int, int] | None = None
+    position: tuple[int, int] | str = MEAN
 
     def label(self) -> str:
-        where = "" if self.position is None else f"@{self.position[0]},{self.position[1]}"
-        return f"{self.layer or 'class'}:{self.channel}{where}"
+        """``conv5:3`` (the whole map, or a class ``class:3``), ``conv5:3@2,5`` (one cell); also seeds its draws."""
+        if self.position == MEAN:
+            return f"{self.layer or 'class'}:{self.channel}"
+        where = ",".join(map(str, self.position)) if isinstance(self.position, tuple) else repr(self.position)
+        return f"{self.layer or 'class'}:{self.channel}@{where}"
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """The images being optimized: how they are parameterized (``param``) and where they start.
+
+    ``param``: ``pixels``, ``fourier`` or ``generator``. ``size``/``channels``: the image's side and
+    channels (None: the model's ``input_size``/``in_chans``). ``init`` (pixels, fourier): ``random``
+    (N(0, init_std^2)) or ``mean`` (the mean of ``mean_images`` plus that noise). ``bounds``: the valid
+    input range (low, high). ``color`` (pixels, fourier): the C x C' basis mixing C' latent channels
+    into the image's C (``color_basis``; ``data_color`` ties gray data's channels into one); None:
+    every channel free. ``generator`` (param=generator): code -> image, from ``code`` ((D,) or (K, D))
+    plus ``init_std`` noise, the code kept inside ``code_bounds``.
+    """
+
+    param: str = "pixels"
+    size: int | None = None
+    channels: int | None = None
+    init: str = "random"
+    init_std: float = 0.1
+    mean_images: Tensor | None = None
+    bounds: Bounds = None
+    color: Tensor | None = None
+    generator: nn.Module | None = None
+    code: Tensor | None = None
+    code_bounds: Bounds = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +208,7 @@ def _pick(output: Tensor, target: Target) -> Tensor:
     unit = output[:, target.channel]
     if unit.dim() == 1:
         return unit
-    if target.position is None:
+    if target.position == MEAN:
         return unit.flatten(1).mean(dim=1)
     return unit[:, target.position[0], target.position[1]]
 
@@ -192,9 +224,13 @@ def check_targets(model: nn.Module, targets: Sequence[Target], probe: Tensor) ->
         name = t.layer or "the class scores"
         if not 0 <= t.channel < shape[0]:
             raise UserError(f"target {t.label()}: {name} has channels 0..{shape[0] - 1}")
-        if t.position is not None and len(shape) != 3:
+        if t.position == MEAN:
+            continue
+        if not isinstance(t.position, tuple) or len(t.position) != 2:
+            raise UserError(f"target {t.label()}: position is 'mean' (the whole map) or (row, col), got {t.position!r}")
+        if len(shape) != 3:
             raise UserError(f"target {t.label()}: {name} has no map (shape {shape}); give no position")
-        if t.position is not None and not all(0 <= p < s for p, s in zip(t.position, shape[1:], strict=True)):
+        if not all(0 <= p < s for p, s in zip(t.position, shape[1:], strict=True)):
             raise UserError(
                 f"target {t.label()}: positions of {name} are rows 0..{shape[1] - 1}, cols 0..{shape[2] - 1}"
             )
@@ -232,34 +268,44 @@ def target_generators(targets: Sequence[Target], seed: int) -> list[torch.Genera
     return [torch.Generator().manual_seed(zlib.crc32(f"{seed}|{t.label()}".encode())) for t in targets]
 
 
-def _param(kind, count, size, channels, gens, *, init, init_std, mean_images, bounds, color, generator, code,
-           code_bounds, dtype, device):  # fmt: skip
-    if kind == "generator":
-        if generator is None:
-            raise UserError("param=generator needs a generator (a decoder of fc6: zfviz.reconstruction.decoder)")
-        if code is None:
-            raise UserError("param=generator needs an initial code (e.g. the mean fc6 code of real images)")
-        code = code.to(device, dtype).expand(count, *code.shape[-1:]) if code.dim() == 1 else code.to(device, dtype)
-        noise = torch.stack([torch.randn(code.shape[1:], generator=g, dtype=torch.float64) for g in gens])
-        return GeneratorParam(generator, code + init_std * noise.to(code), code_bounds)
-    if color is not None and (color.dim() != 2 or color.shape[0] != channels):
-        raise UserError(f"color is {tuple(color.shape)}: give a {channels} x C' basis (the image's channels first)")
-    if init == "mean":
-        if mean_images is None:
+def _generator_param(canvas: Canvas, count: int, gens: list[torch.Generator], dtype, device) -> GeneratorParam:
+    if canvas.generator is None:
+        raise UserError("param=generator needs a generator (a decoder of fc6: zfviz.reconstruction.decoder)")
+    code = canvas.code
+    if code is None:
+        raise UserError("param=generator needs an initial code (e.g. the mean fc6 code of real images)")
+    code = code.to(device, dtype).expand(count, *code.shape[-1:]) if code.dim() == 1 else code.to(device, dtype)
+    noise = torch.stack([torch.randn(code.shape[1:], generator=g, dtype=torch.float64) for g in gens])
+    return GeneratorParam(canvas.generator, code + canvas.init_std * noise.to(code), canvas.code_bounds)
+
+
+def _start(canvas: Canvas, count: int, shape: tuple[int, int, int], gens: list[torch.Generator], dtype) -> Tensor:
+    """The K starting images (``shape`` = C, H, W) of ``canvas.init`` (the caller casts and moves them)."""
+    if canvas.init == "mean":
+        if canvas.mean_images is None:
             raise UserError("init=mean needs real images (mean_images=) to average")
-        start = mean_image_init(mean_images.to(dtype), count, init_std, gens).to(device)
-    elif init == "random":
-        start = init_std * torch.stack([torch.randn((channels, *size), generator=g, dtype=torch.float64) for g in gens])
-        start = start.to(device, dtype)
-        if color is not None and color.shape[1] < channels:  # gray data: gray noise
-            start = start[:, :1].expand(-1, channels, -1, -1)
-    else:
-        raise UserError(f"unknown init {init!r}; choose random or mean")
-    if kind == "pixels":
+        return mean_image_init(canvas.mean_images.to(dtype), count, canvas.init_std, gens)
+    if canvas.init != "random":
+        raise UserError(f"unknown init {canvas.init!r}; choose random or mean")
+    start = canvas.init_std * torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens])
+    if canvas.color is not None and canvas.color.shape[1] < shape[0]:  # gray data: gray noise
+        start = start[:, :1].expand(-1, shape[0], -1, -1)
+    return start
+
+
+def _param(canvas: Canvas, count: int, shape: tuple[int, int, int], gens: list[torch.Generator], dtype, device):
+    """The parameterization of ``canvas.param`` for K = ``count`` images of ``shape`` (C, H, W)."""
+    if canvas.param == "generator":
+        return _generator_param(canvas, count, gens, dtype, device)
+    color, bounds = canvas.color, canvas.bounds
+    if color is not None and (color.dim() != 2 or color.shape[0] != shape[0]):
+        raise UserError(f"color is {tuple(color.shape)}: give a {shape[0]} x C' basis (the image's channels first)")
+    start = _start(canvas, count, shape, gens, dtype).to(device, dtype)
+    if canvas.param == "pixels":
         return PixelParam(start, bounds, None if color is None else color.to(dtype))
     if bounds is not None:
         start = start + (bounds[0] + bounds[1]) / 2  # the middle of the range: the sigmoid's steepest point
-    basis = color if color is not None else color_basis(None, channels)
+    basis = color if color is not None else color_basis(None, shape[0])
     return FourierParam.from_image(start.clamp(*bounds) if bounds else start, basis.to(dtype), bounds)
 
 
@@ -269,50 +315,35 @@ def maximize(
     *,
     steps: int = 100,
     lr: float = 0.05,
-    param: str = "pixels",
     priors: Priors | None = None,
     seed: int = 0,
-    image_size: int | None = None,
-    channels: int | None = None,
-    init: str = "random",
-    init_std: float = 0.1,
-    mean_images: Tensor | None = None,
-    bounds: Bounds = None,
-    color: Tensor | None = None,
-    generator: nn.Module | None = None,
-    code: Tensor | None = None,
-    code_bounds: Bounds = None,
+    canvas: Canvas | None = None,
 ) -> Maximized:
-    """Gradient ascent (Adam, ``lr``, ``steps``) on K images at once, image k for ``targets[k]``.
-
-    ``param``: ``pixels``, ``fourier`` or ``generator``. ``color`` (pixels, fourier): the C x C' basis
-    mixing C' latent channels into the image's C (``color_basis``; ``data_color`` ties gray data's
-    channels into one); None: every channel free (the default, also for gray data). ``generator``
-    (``generator``: code -> image, ``code``: the start, (D,) or (K, D)). ``init`` (pixels, fourier):
-    ``random`` (N(0, init_std^2)) or ``mean`` (the mean of ``mean_images`` plus that noise).
-    ``bounds``: the valid input range (low, high). ``image_size``/``channels`` default to the
-    model's ``input_size``/``in_chans``. The model and the generator are left as they were.
+    """Gradient ascent (Adam, ``lr``, ``steps``) on K images at once, image k for ``targets[k]``,
+    parameterized and started as ``canvas`` says (default: pixels from N(0, 0.1^2), unbounded), under
+    ``priors``; every random draw from ``seed`` and the target. The model and the generator are left
+    as they were.
     """
-    if param not in PARAMS:
-        raise UserError(f"unknown parameterization {param!r}; choose one of: {', '.join(PARAMS)}")
+    canvas = canvas or Canvas()
+    if canvas.param not in PARAMS:
+        raise UserError(f"unknown parameterization {canvas.param!r}; choose one of: {', '.join(PARAMS)}")
     if steps < 1 or lr <= 0:
         raise UserError(f"maximization needs steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
     priors = priors or Priors()
     post = priors.steps()
-    if param == "generator" and post:
+    if canvas.param == "generator" and post:
         raise UserError("decay, blur and clipping act on pixels; with param=generator bound the code (code_bounds)")
-    size = int(image_size or getattr(model, "input_size", 224))
-    channels = int(channels or getattr(model, "in_chans", 3))
+    size = int(canvas.size or getattr(model, "input_size", 224))
+    channels = int(canvas.channels or getattr(model, "in_chans", 3))
     first = next(model.parameters(), None)
     device, dtype = (first.device, first.dtype) if first is not None else (torch.device("cpu"), torch.float32)
     targets = list(targets)
     gens = target_generators(targets, seed)
+    generator = canvas.generator
     with evaluating(model), frozen(model, generator), evaluating(generator if generator is not None else nn.Identity()):
         check_targets(model, targets, torch.zeros(1, channels, size, size, device=device, dtype=dtype))
         paths = _paths(model, targets)
-        state = _param(param, len(targets), (size, size), channels, gens, init=init, init_std=init_std,
-                       mean_images=mean_images, bounds=bounds, color=color, generator=generator, code=code,
-                       code_bounds=code_bounds, dtype=dtype, device=device)  # fmt: skip
+        state = _param(canvas, len(targets), (channels, size, size), gens, dtype, device)
         optimizer = torch.optim.Adam(state.params(), lr=lr)
         transforms, history = priors.transforms(), []
         for step in range(steps):
