@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from zfviz.attribution import attribute
+from zfviz.data.trained import load_data
 from zfviz.errors import UserError
+from zfviz.models.load import load_net
 from zfviz.plotting import plt
 from zfviz.plotting.attribution_grid import attribution_grid
 from zfviz.results import load_run, run_source, runs_parser, save_figure
-from zfviz.vizio import load_data, load_net
 
 # column -> (method, options); the z^B bounds are added per net
 COLUMNS = {
@@ -54,7 +54,7 @@ def net_panel(run_dir: Path, count: int, seed: int):
     summary, _ = load_run(run_dir)
     path = run_dir / "checkpoint.pt"
     model, ckpt = load_net(path, torch.device("cpu"))
-    data = load_data(ckpt, OmegaConf.create({"data": {}}), path)
+    data = load_data(ckpt, path)
     loader = data.test
     index = first_of_each_class(loader.labels, count)
     stored, labels = loader.images[index], loader.labels[index]

@@ -28,17 +28,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
 from zfviz.ablation import read_manifests
 from zfviz.data.tensor_loader import TensorLoader
+from zfviz.data.trained import load_data
 from zfviz.dissection import Broden, detector_counts, dissect
 from zfviz.dissection.batches import Batches
 from zfviz.dissection.dissect import resized, strongest_images, unit_maps
 from zfviz.errors import UserError
+from zfviz.models.load import load_net
 from zfviz.plotting import plt
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
-from zfviz.vizio import load_data, load_net
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -52,7 +52,7 @@ def normalizer(ckpt: dict, path: Path, known: dict[str, Callable]) -> Callable:
     config = ckpt["config"]
     key = json.dumps([config["data"], config["model"]["input_size"], config["model"].get("in_chans")], default=str)
     if key not in known:
-        test = load_data(ckpt, OmegaConf.create({"data": {}}), path).test
+        test = load_data(ckpt, path).test
         if isinstance(test, TensorLoader):
             test = copy.copy(test)
             test.images, test.labels = test.images[:0], test.labels[:0]

@@ -47,10 +47,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from dissection_figure import normalizer  # scripts/ is on sys.path when this runs as a script
-from omegaconf import OmegaConf
 
 from zfviz.ablation import read_manifests
 from zfviz.attribution import attribute
+from zfviz.data.trained import load_data
 from zfviz.dissection import Broden
 from zfviz.dissection.concepts import LABELS, OBJECTS
 from zfviz.dissection.dissect import resized
@@ -64,10 +64,10 @@ from zfviz.evaluate import (
     pointing_game,
     randomization_scores,
 )
+from zfviz.models.load import load_net
 from zfviz.plotting import plt
 from zfviz.plotting.evaluation import randomization_figure
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_csv, write_meta, write_table
-from zfviz.vizio import load_data, load_net
 
 # column -> (attribution method, options); None: a random map, the baseline every method should beat
 METHODS: dict[str, tuple[str | None, dict]] = {
@@ -397,7 +397,7 @@ def main() -> int:
 
 def _test_images(ckpt: dict, path: Path, count: int):
     """(uint8 images, normalized images, labels, normalize) of the first ``count`` test images of the net's data."""
-    test = load_data(ckpt, OmegaConf.create({"data": {}}), path).test
+    test = load_data(ckpt, path).test
     stored = test.images[:count]
     return stored, test.normalize(stored), test.labels[:count].long(), test.normalize
 

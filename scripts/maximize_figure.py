@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
 from zfviz.activations import resolve, stream
+from zfviz.data.trained import load_data
 from zfviz.errors import UserError
+from zfviz.models.load import load_net
 from zfviz.plotting import plt
 from zfviz.plotting.maximize import maximize_grid
 from zfviz.reconstruction.maximize import (
@@ -43,7 +44,6 @@ from zfviz.reconstruction.maximize import (
 from zfviz.reconstruction.parameterization import color_basis, data_color
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
 from zfviz.viz.top9 import ordered_batches
-from zfviz.vizio import load_data, load_net
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 PRIORS = Priors(jitter=2, decay=0.01, blur=0.5, blur_every=4)
@@ -81,7 +81,7 @@ def maximize_run(run_dir: Path, args) -> tuple[pd.DataFrame, dict, dict]:
     net = summary["model"]
     path = run_dir / "checkpoint.pt"
     model, ckpt = load_net(path, torch.device("cpu"))
-    test = load_data(ckpt, OmegaConf.create({"data": {}}), path).test
+    test = load_data(ckpt, path).test
     images = test.images[: args.images]
     layers = [layer for layer in LAYERS if layer in dict(model.named_modules())]
     units = top_units(model, ordered_batches(images, test.normalize, BATCH), layers, args.units)

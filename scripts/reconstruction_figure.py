@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
+from zfviz.data.trained import load_data
 from zfviz.errors import UserError
+from zfviz.models.load import load_net
 from zfviz.plotting import plt
 from zfviz.plotting.reconstruction import reconstruction_panels
 from zfviz.reconstruction.decoder import Recipe, layer_features_of, load_decoder, train_decoders
 from zfviz.reconstruction.invert import invert, normalized_error, psnr, to_pixels
 from zfviz.reconstruction.parameterization import data_color
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
-from zfviz.vizio import load_data, load_net
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 METHODS = ("regularized", "learned")
@@ -43,7 +43,7 @@ def reconstruct(run_dir: Path, args, recipe: Recipe):
     path = run_dir / "checkpoint.pt"
     model, ckpt = load_net(path, torch.device("cpu"))
     net = ckpt["config"]["model"]["name"]
-    test = load_data(ckpt, OmegaConf.create({"data": {}}), path).test
+    test = load_data(ckpt, path).test
     # Spread over the test split (every 1250th of Fashion-MNIST's 10,000), never trained on.
     index = torch.arange(args.images) * (len(test.images) // args.images)
     x = test.normalize(test.images[index])

@@ -389,8 +389,9 @@ def dissect_cfg(overrides: list[str]):
 
 def test_command_writes_one_csv_per_layer_equal_to_dissect(viz_checkpoint, square_folder, tmp_path):
     from zfviz.commands import viz_dissect
+    from zfviz.data.trained import load_data
     from zfviz.dissection.dissect import resized
-    from zfviz.vizio import load_data, load_net
+    from zfviz.models.load import load_net
 
     out = tmp_path / "out"
     cfg = dissect_cfg([f"checkpoint={viz_checkpoint}", f"data.root={square_folder}", f"out_dir={out}",
@@ -400,7 +401,7 @@ def test_command_writes_one_csv_per_layer_equal_to_dissect(viz_checkpoint, squar
         "dissect_conv1.csv", "dissect_conv1.meta.json", "dissect_conv5.csv", "dissect_conv5.meta.json"
     ]  # fmt: skip
     model, ckpt = load_net(viz_checkpoint, torch.device("cpu"))
-    prepare = resized(load_data(ckpt, dissect_cfg([]), viz_checkpoint).test.normalize, 64)
+    prepare = resized(load_data(ckpt, viz_checkpoint, root=dissect_cfg([]).data.get("root")).test.normalize, 64)
     want = dissect(model, square_folder, ["conv1", "conv5"], prepare=prepare)
     for layer in ("conv1", "conv5"):
         got = pd.read_csv(out / f"dissect_{layer}.csv", keep_default_na=False)
@@ -464,8 +465,9 @@ def test_figure_script_dissects_every_net_on_one_decoding(viz_checkpoint, square
     dissection of that net alone, and the figure is written."""
     import sys
 
+    from zfviz.data.trained import load_data
     from zfviz.dissection.dissect import resized
-    from zfviz.vizio import load_data, load_net
+    from zfviz.models.load import load_net
 
     runs = [str(fake_run(tmp_path, viz_checkpoint, name)) for name in ("zfnet", "again")]
     module = load_script("dissection_figure")
@@ -476,7 +478,7 @@ def test_figure_script_dissects_every_net_on_one_decoding(viz_checkpoint, square
     assert module.main() == 0
     df = pd.read_csv(out / "dissection_t.csv", keep_default_na=False)
     model, ckpt = load_net(viz_checkpoint, torch.device("cpu"))
-    prepare = resized(load_data(ckpt, dissect_cfg([]), viz_checkpoint).test.normalize, 64)
+    prepare = resized(load_data(ckpt, viz_checkpoint, root=dissect_cfg([]).data.get("root")).test.normalize, 64)
     want = dissect(model, square_folder, ["conv1", "conv2", "conv3", "conv4", "conv5"], prepare=prepare)
     for name in ("zfnet", "again"):
         rows = df[df["net"] == name].reset_index(drop=True)

@@ -26,10 +26,10 @@ import pytest
 import torch
 
 from tests.cli_args import run_zfviz, train_args
-from zfviz import results, vizio
+from zfviz import results
 from zfviz.checkpoint import load_checkpoint, save_checkpoint
 from zfviz.cli import main as zfviz_main
-from zfviz.commands import guarded
+from zfviz.commands import guarded, shared
 from zfviz.models import build_model
 from zfviz.utils import OutputError, atomic_path, atomic_write_text
 
@@ -134,7 +134,7 @@ WRITERS = [
     Writer("table", "table.csv", ("pandas.DataFrame.to_csv", ENOSPC),
            lambda path: results.write_csv(pd.DataFrame({"a": [1]}), path)),
     Writer("arrays", "arrays.npz", ("numpy.savez_compressed", ENOSPC),
-           lambda path: vizio.save_arrays(path, x=np.zeros(3))),
+           lambda path: shared.save_arrays(path, x=np.zeros(3))),
     Writer("text", "run.json", ("pathlib.Path.write_text", ENOSPC),
            lambda path: atomic_write_text(path, "{}")),
 ]  # fmt: skip

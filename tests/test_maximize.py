@@ -237,7 +237,8 @@ def test_generator_parameterization_draws_from_its_generator():
 
 def test_command_writes_images_table_and_provenance(viz_config, tmp_path):
     from zfviz.commands import viz_maximize
-    from zfviz.vizio import load_data, load_net
+    from zfviz.data.trained import load_data
+    from zfviz.models.load import load_net
 
     cfg = viz_config("maximize", "viz.channels=[0,2]", "viz.layer=conv2", "viz.steps=3", "viz.real_images=20",
                      "viz.param=fourier")  # fmt: skip
@@ -252,7 +253,7 @@ def test_command_writes_images_table_and_provenance(viz_config, tmp_path):
     images = torch.as_tensor(np.load(tmp_path / "maximize.npz")["images"])
     targets = [Target("conv2", 0), Target("conv2", 2)]
     assert np.allclose(table["activation"], target_values(model, targets, images).diagonal().numpy(), rtol=1e-5)
-    test = load_data(ckpt, cfg, cfg.checkpoint).test
+    test = load_data(ckpt, cfg.checkpoint, root=cfg.data.get("root")).test
     strongest, where = strongest_real(model, targets, test.normalize(test.images[:20]))
     assert np.allclose(table["strongest_real"], strongest.numpy(), rtol=1e-5)
     assert table["real_image"].tolist() == where.tolist()

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from tests.cli_args import run_zfviz
 from tests.imagenet_fixtures import make_tree
@@ -26,9 +25,9 @@ from tests.test_lrp import zennit_on_our_nets, zennit_relevance
 from zfviz.attribution.occlusion import occlusion
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.cli import main as zfviz_main
+from zfviz.data.trained import load_data
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.vizio import load_data
 
 # The paper's recipe at 224 px on a narrow net, one epoch of the 14 readable images: seconds.
 TRAIN = ["preset=paper", "data=imagenet", "data.workers=0", "data.skip_bad=true", "debug=fast",
@@ -53,7 +52,7 @@ def val_images(checkpoint: Path, index: list[int]):
     """(net, val loader, normalized images ``index``, their labels): the 224-px centre crops every viz
     method reads, normalized with the mean image the training run left beside its checkpoint."""
     model, ckpt = model_from_checkpoint(checkpoint)
-    loader = load_data(ckpt, OmegaConf.create({"data": {}}), checkpoint).test
+    loader = load_data(ckpt, checkpoint).test
     picked = torch.as_tensor(index)
     return model.eval(), loader, loader.normalize(loader.images[picked]), loader.labels[picked]
 

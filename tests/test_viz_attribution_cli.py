@@ -21,10 +21,12 @@ from zfviz.attribution import attribute
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.cli import quote_home, rewrite_lists
 from zfviz.commands import viz_attribution, viz_top9
+from zfviz.data.images import read_images
+from zfviz.data.trained import load_data
 from zfviz.errors import UserError
+from zfviz.models.load import imagenet_normalize
 from zfviz.viz.receptive_field import crop
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
-from zfviz.vizio import imagenet_normalize, load_data, read_images
 
 SMALL = ["viz.size=64"]  # torchvision nets at 64 px (73 px resized, centre 64): a second, not ten
 
@@ -76,7 +78,7 @@ def test_our_checkpoint_writes_the_maps_attribute_gives_with_png_and_meta(viz_co
     assert list(saved["names"]) == ["test #0", "test #1", "test #2"] and result["shape"] == [3, 3, 64, 64]
     # Oracle: the library call on the same images (the split's first three, normalized as in training).
     model, ckpt = model_from_checkpoint(viz_checkpoint)
-    loader = load_data(ckpt, viz_config("attribution"), viz_checkpoint).test
+    loader = load_data(ckpt, viz_checkpoint, root=viz_config("attribution").data.get("root")).test
     x = loader.normalize(loader.images[:3])
     predicted = model(x).argmax(dim=1)
     assert saved["predicted"].tolist() == predicted.tolist() == saved["target"].tolist()
@@ -101,7 +103,7 @@ def idx_labels(folder: Path) -> list[int]:
 def our_inputs(viz_config, viz_checkpoint, index: list[int]) -> tuple[torch.nn.Module, torch.Tensor]:
     """The net and the normalized test images ``index``, as training normalized them."""
     model, ckpt = model_from_checkpoint(viz_checkpoint)
-    loader = load_data(ckpt, viz_config("attribution"), viz_checkpoint).test
+    loader = load_data(ckpt, viz_checkpoint, root=viz_config("attribution").data.get("root")).test
     return model.eval(), loader.normalize(loader.images[torch.as_tensor(index)])
 
 
@@ -171,7 +173,7 @@ def test_the_deconvnet_unit_target_equals_project(viz_config, viz_checkpoint, tm
     from zfviz.viz.deconv import project
 
     model, ckpt = model_from_checkpoint(viz_checkpoint)
-    loader = load_data(ckpt, viz_config("attribution"), viz_checkpoint).test
+    loader = load_data(ckpt, viz_checkpoint, root=viz_config("attribution").data.get("root")).test
     expected = project(model, loader.normalize(loader.images[:2]), "conv4", 5)
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "attribution_deconvnet.npz")["maps"]), expected)
 
@@ -323,7 +325,7 @@ def test_top9_default_is_todays_deconvnet_and_other_methods_explain_the_same_uni
     viz_config, viz_checkpoint, tmp_path
 ):
     model, ckpt = model_from_checkpoint(viz_checkpoint)
-    loader = load_data(ckpt, viz_config("top9"), viz_checkpoint).test
+    loader = load_data(ckpt, viz_checkpoint, root=viz_config("top9").data.get("root")).test
     images = loader.images[:40]
     tops = top_activations(model, ordered_batches(images, loader.normalize, 16), ["conv3"], k=3)
     today = project_top(model, "conv3", tops["conv3"], images, loader.normalize, [0, 5], batch_size=4)

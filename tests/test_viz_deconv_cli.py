@@ -21,9 +21,9 @@ from tests.test_top9 import brute_force_top
 from zfviz.checkpoint import model_from_checkpoint, save_checkpoint
 from zfviz.commands import CONFIG_DIR, viz_architecture, viz_deconv, viz_evolution, viz_top9
 from zfviz.commands.viz import methods
+from zfviz.data.trained import load_data
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.vizio import load_data
 
 TINY = ["model.width=0.1", "model.fc_dims=16", "model.input_size=64"]
 
@@ -61,7 +61,7 @@ def zfnet_ckpt(tmp_path, fmnist_dir) -> Path:
 def split_inputs(checkpoint: Path) -> tuple[torch.nn.Module, torch.Tensor]:
     """The net and its whole test split, normalized as in training (the images the commands search)."""
     model, ckpt = model_from_checkpoint(checkpoint)
-    loader = load_data(ckpt, OmegaConf.create({"data": {}}), checkpoint).test
+    loader = load_data(ckpt, checkpoint).test
     return model.eval(), loader.normalize(loader.images)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from zfviz.commands import CONFIG_DIR
+from zfviz.config_dir import CONFIG_DIR
 from zfviz.errors import UserError
 
 SCALES = Path(CONFIG_DIR) / "scale"

@@ -3,7 +3,7 @@
 ``@register_method("saliency", gradient=True, options=(...))`` on ``fn(model, inputs, target, **options)``
 in a module of ``zfviz/attribution/methods/`` (found there, not listed) is all a method needs. Its
 options are declared once (``options.Option``) and read by ``check_options`` (every value, before any
-work), the command line (``zfviz.vizio.attribution_options``, ``zfviz viz attribution --help``) and
+work), the command line (``zfviz.commands.shared.attribution_options``, ``zfviz viz attribution --help``) and
 ``method_table`` (the Markdown table of every method and option).
 """
 

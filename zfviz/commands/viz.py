@@ -2,7 +2,7 @@
 
 Each method lives in ``zfviz/commands/viz_<method>.py`` with a ``run(cfg)`` of its own; what they
 share (opening a checkpoint and its data, picking images and maps, writing files with their
-``.meta.json``) is ``zfviz/vizio.py``, so no command imports another.
+``.meta.json``) is ``zfviz/commands/shared.py``, so no command imports another.
 """
 
 from __future__ import annotations

@@ -15,12 +15,14 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from zfviz.checkpoint import checkpoint_header
+from zfviz.commands.shared import Outputs, pick_maps, split_images
+from zfviz.data.trained import load_data
 from zfviz.errors import UserError
+from zfviz.models.load import load_net
 from zfviz.plotting.deconv import architecture_figure, as_image_channels
 from zfviz.utils import resolve_device
 from zfviz.viz.architecture import alias_energy, dead_fraction, high_frequency_energy, rms_dominance
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
-from zfviz.vizio import Outputs, load_data, load_net, pick_maps, split_images
 
 # What Fig. 6 shows by eye, beside our numbers for the same nets.
 PAPER = {
@@ -68,7 +70,7 @@ def run(cfg: DictConfig) -> dict:
         config = ckpt["config"]
         key = json.dumps([config["data"], config["model"]["input_size"]], sort_keys=True, default=str)
         if key not in datasets:
-            datasets[key] = split_images(load_data(ckpt, cfg, path), v.split, v.limit, device)
+            datasets[key] = split_images(load_data(ckpt, path, root=cfg.data.get("root")), v.split, v.limit, device)
         images, prepare = datasets[key]
         conv1 = model.get_submodule("conv1")
         weight = conv1.weight.detach().cpu()

@@ -17,26 +17,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zfviz.attribution import attribute
+from zfviz.commands.shared import Outputs, attribution_options, check_split, checkpoint_source, open_run, predictions
 from zfviz.data.imagenet import PREP_SIZE
+from zfviz.data.images import image_paths, read_images
 from zfviz.errors import UserError
+from zfviz.models.load import IMAGENET_CROP, IMAGENET_RESIZE, imagenet_normalize, load_torchvision, torchvision_name
 from zfviz.plotting.attribution import attribution_figure
 from zfviz.plotting.deconv import as_image_channels
 from zfviz.utils import resolve_device
-from zfviz.vizio import (
-    IMAGENET_CROP,
-    IMAGENET_RESIZE,
-    Outputs,
-    attribution_options,
-    check_split,
-    checkpoint_source,
-    image_paths,
-    imagenet_normalize,
-    load_torchvision,
-    open_run,
-    predictions,
-    read_images,
-    torchvision_name,
-)
 
 # The keys of configs/viz/attribution.yaml this command reads itself; every other key there is a method
 # option, typed bare, declared (and checked) with its method (``zfviz.attribution.registry``). ``start`` is

@@ -14,11 +14,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz.commands.shared import Outputs, check_split, checkpoint_source, fill_for, open_run, pixels
 from zfviz.errors import UserError
 from zfviz.plotting.occlusion import correspondence_figure
 from zfviz.results import paper_table
 from zfviz.viz.correspondence import RANDOM, aligned_pool, correspondence, occlude_boxes, random_boxes
-from zfviz.vizio import Outputs, check_split, checkpoint_source, fill_for, open_run, pixels
 
 PAPER_LAYERS = {"conv5": "layer5", "fc7": "layer7"}
 

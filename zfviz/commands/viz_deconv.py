@@ -10,10 +10,10 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz.commands.shared import Outputs, checkpoint_source, open_run, pick_maps, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, projections_figure
 from zfviz.viz.deconv import descend, select, trace
-from zfviz.vizio import Outputs, checkpoint_source, open_run, pick_maps, split_images
 
 
 def run(cfg: DictConfig) -> dict:

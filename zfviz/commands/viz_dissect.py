@@ -16,11 +16,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz.commands.shared import Outputs, checkpoint_source
+from zfviz.data.trained import load_data
 from zfviz.dissection import Broden, detector_counts, dissect
 from zfviz.dissection.dissect import probed_layers, resized
 from zfviz.errors import UserError
+from zfviz.models.load import load_net
 from zfviz.utils import resolve_device
-from zfviz.vizio import Outputs, checkpoint_source, load_data, load_net
 
 CSV_COLUMNS = ["unit", "concept", "category", "iou", "threshold", "detector"]
 
@@ -55,7 +57,7 @@ def run(cfg: DictConfig) -> dict:
     model, ckpt = load_net(cfg.checkpoint, device)
     probed_layers(model, layers)  # a wrong layer name is one line before any data is read
     broden = Broden(concept_folder(cfg, ckpt))
-    data = load_data(ckpt, OmegaConf.create({"data": {}}), cfg.checkpoint)  # the training statistics
+    data = load_data(ckpt, cfg.checkpoint)  # the training statistics
     prepare = resized(data.test.normalize, int(ckpt["config"]["model"]["input_size"]))
     start = time.perf_counter()
     df = dissect(

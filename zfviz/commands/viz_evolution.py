@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from zfviz.commands.shared import Outputs, checkpoint_source, map_count, open_run, pick_maps, split_images
 from zfviz.errors import UserError
+from zfviz.models.load import load_net
 from zfviz.plotting.deconv import as_image_channels, evolution_figure
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
-from zfviz.vizio import Outputs, checkpoint_source, load_net, map_count, open_run, pick_maps, split_images
 
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 

@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from zfviz.commands.shared import Outputs, checkpoint_source, open_run, pick_images, pixels
 from zfviz.errors import UserError
 from zfviz.plotting.occlusion import invariance_figure
 from zfviz.viz.invariance import TRANSFORMS, invariance, sweep_values, transform
-from zfviz.vizio import Outputs, checkpoint_source, open_run, pick_images, pixels
 
 BACKGROUNDS = ("zero", "mean")
 

@@ -17,12 +17,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz.commands.shared import Outputs, checkpoint_source, open_run, pick_images
 from zfviz.errors import UserError
 from zfviz.plotting.reconstruction import reconstruction_panels
 from zfviz.reconstruction.decoder import Recipe, layer_features_of, load_decoder, train_decoders
 from zfviz.reconstruction.invert import invert, normalized_error, psnr, to_pixels
 from zfviz.reconstruction.parameterization import data_color
-from zfviz.vizio import Outputs, checkpoint_source, open_run, pick_images
 
 METHODS = ("regularized", "learned")
 

@@ -18,6 +18,7 @@ import time
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz.commands.shared import Outputs, checkpoint_source, open_run, pixels, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.maximize import maximize_grid
 from zfviz.reconstruction.maximize import (
@@ -35,7 +36,6 @@ from zfviz.reconstruction.maximize import (
 )
 from zfviz.reconstruction.parameterization import color_basis, data_color
 from zfviz.viz.top9 import ordered_batches
-from zfviz.vizio import Outputs, checkpoint_source, open_run, pixels, split_images
 
 PRIOR_KEYS = ("l2", "lp", "p", "tv", "beta", "jitter", "scale", "rotate", "decay", "blur", "blur_every", "clip_norm",
               "clip_contribution")  # fmt: skip

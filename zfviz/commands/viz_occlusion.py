@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig
 
 from zfviz.attribution.occlusion import grid, occluded_copies, occlusion, resolve_layer
+from zfviz.commands.shared import Outputs, checkpoint_source, fill_for, open_run, pick_images, pixels
 from zfviz.plotting.deconv import as_image_channels
 from zfviz.plotting.occlusion import occlusion_figure
 from zfviz.viz.deconv import project
-from zfviz.vizio import Outputs, checkpoint_source, fill_for, open_run, pick_images, pixels
 
 
 def run(cfg: DictConfig) -> dict:

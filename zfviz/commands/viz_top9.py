@@ -14,10 +14,10 @@ import time
 
 from omegaconf import DictConfig
 
+from zfviz.commands.shared import Outputs, attribution_options, checkpoint_source, open_run, pick_maps, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, top9_figure
 from zfviz.viz.top9 import ordered_batches, project_top, top_activations
-from zfviz.vizio import Outputs, attribution_options, checkpoint_source, open_run, pick_maps, split_images
 
 
 def run(cfg: DictConfig) -> dict:

@@ -15,6 +15,9 @@ class DataBundle:
     test: TensorLoader
     classes: tuple[str, ...]
     source: str  # where the files were read from, for provenance
+    # The per-channel statistics the loaders normalize by (mean/std, fractions of 255), for the checkpoint
+    # to carry (``zfviz.data.trained``); None where the set subtracts a mean image (ImageNet).
+    normalization: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -51,21 +54,42 @@ def build_data(
         )  # fmt: skip
     if name != "fashion_mnist":
         raise UserError(f"data set {name!r} is not available yet; choose one of: fashion_mnist, imagenet")
-    classes = fashion_mnist.check_classes(data_cfg.get("classes"))  # a subset, relabelled 0..k-1
-    folder = fashion_mnist.locate(data_cfg.get("root"), bool(data_cfg.get("download", False)))
-    limit = data_cfg.get("limit")
-    splits = {}
-    for split in ("train", "test"):
-        images, labels = fashion_mnist.load_split(folder, split, limit, classes)
-        splits[split] = (resize_uint8(images, input_size), labels)
+    splits = {split: read_fashion_mnist(data_cfg, split, input_size) for split in ("train", "test")}
     # Per-channel statistics of the training images (after resizing), as fractions of 255.
     train_float = splits["train"][0].float() / 255
-    mean = float(data_cfg.get("mean") or train_float.mean())
-    std = float(data_cfg.get("std") or train_float.std())
-    common = dict(mean=mean, std=std, channels=in_chans, seed=seed, rank=rank, world_size=world_size)
-    crop_pad = round(data_cfg.get("crop_pad_frac", 0.0) * input_size)
-    train = TensorLoader(
-        *splits["train"], batch_size, shuffle=True, flip=bool(data_cfg.get("flip", False)), crop_pad=crop_pad, **common
+    stats = {
+        "mean": float(data_cfg.get("mean") or train_float.mean()),
+        "std": float(data_cfg.get("std") or train_float.std()),
+    }
+    common = dict(channels=in_chans, seed=seed, rank=rank, world_size=world_size)
+    train, test = (
+        fashion_mnist_loader(data_cfg, split, *splits[split], batch_size=batch_size, stats=stats, **common)
+        for split in ("train", "test")
     )
-    test = TensorLoader(*splits["test"], data_cfg.get("eval_batch_size", 500), **common)
-    return DataBundle(train, test, fashion_mnist.class_names(classes), str(folder))
+    classes = fashion_mnist.class_names(fashion_mnist.check_classes(data_cfg.get("classes")))
+    return DataBundle(train, test, classes, str(fashion_mnist_folder(data_cfg)), normalization=stats)
+
+
+def fashion_mnist_folder(data_cfg):
+    """Where ``data_cfg``'s Fashion-MNIST files are (downloaded there first if ``data.download``)."""
+    return fashion_mnist.locate(data_cfg.get("root"), bool(data_cfg.get("download", False)))
+
+
+def read_fashion_mnist(data_cfg, split: str, input_size: int):
+    """uint8 images (N, 1, S, S) at ``input_size`` and labels of one split: its first ``data.limit`` of
+    ``data.classes`` (a subset, relabelled 0..k-1)."""
+    classes = fashion_mnist.check_classes(data_cfg.get("classes"))
+    images, labels = fashion_mnist.load_split(fashion_mnist_folder(data_cfg), split, data_cfg.get("limit"), classes)
+    return resize_uint8(images, input_size), labels
+
+
+def fashion_mnist_loader(
+    data_cfg, split: str, images, labels, *, batch_size: int, stats: dict, **common
+) -> TensorLoader:
+    """One split's loader: the training split shuffled and augmented as ``data_cfg`` says, normalized by
+    ``stats`` (mean/std as fractions of 255); ``common``: channels, seed, rank, world_size."""
+    if split == "train":
+        crop_pad = round(data_cfg.get("crop_pad_frac", 0.0) * images.shape[-1])
+        flip = bool(data_cfg.get("flip", False))
+        return TensorLoader(images, labels, batch_size, shuffle=True, flip=flip, crop_pad=crop_pad, **stats, **common)
+    return TensorLoader(images, labels, data_cfg.get("eval_batch_size", 500), **stats, **common)

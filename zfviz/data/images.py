@@ -126,3 +126,33 @@ def files_fingerprint(root: Path, paths: Sequence[Path], channels: int) -> str:
     for path in paths:
         digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
     return f"{digest.hexdigest()[:16]}-c{channels}-decoder{DECODER_VERSION}"
+
+
+def image_paths(images) -> list[Path]:
+    """``images=``: a folder (its image files, sorted) or a list of files and folders; ``~`` expanded."""
+    entries = [images] if isinstance(images, (str, Path)) else list(images)
+    paths = []
+    for entry in entries:
+        path = Path(str(entry)).expanduser()
+        if path.is_dir():
+            paths += [path / name for name in image_files(path)]
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"images: no such file or folder: {path}")
+    if not paths:
+        shown = ", ".join(str(Path(str(e)).expanduser()) for e in entries)
+        raise UserError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) in images={shown}")
+    return paths
+
+
+def read_images(paths, size: int, channels: int = 3, resize: int | None = None) -> torch.Tensor:
+    """uint8 (N, channels, size, size): each file's shorter side resized to ``resize`` (default ``size``),
+    then the centre ``size`` square, as torchvision's Resize + CenterCrop. A file that cannot be decoded
+    is a UserError naming it."""
+    resize = resize or size
+    if resize < size:
+        raise UserError(f"cannot crop {size} px from images resized to {resize} px")
+    squares = file_reader([Path(p) for p in paths], channels)(np.arange(len(paths)), resize)
+    left, top, right, bottom = centre_box(resize, resize, size)
+    return squares[..., top:bottom, left:right].contiguous()

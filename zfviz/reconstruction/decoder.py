@@ -39,7 +39,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from zfviz.activations import MEANINGS, resolve, stream
@@ -269,7 +268,7 @@ def train_decoders(
     times that on two, which spin-wait for each other; one thread also makes the weights the same on
     every machine (a reduction split over threads adds in another order).
     """
-    from zfviz.vizio import load_net  # the viz helpers load nets and their data
+    from zfviz.models.load import load_net  # the viz helpers load nets and their data
 
     recipe = dataclasses.replace(recipe or Recipe(), **overrides)
     recipe.check()
@@ -297,10 +296,10 @@ def train_decoders(
 
 def _train_all(model, checkpoint, ckpt, todo, folders, keys, recipe, data_root, ckpt_every, fault_at_step, progress):
     """The classifier's features of the training subset, once, then each layer's decoder in turn."""
-    from zfviz.vizio import load_data
+    from zfviz.data.trained import load_data
 
     net = ckpt["config"]["model"]["name"]
-    data = load_data(ckpt, OmegaConf.create({"data": {"root": data_root}}), checkpoint)
+    data = load_data(ckpt, checkpoint, root=data_root)
     train, test = data.train, data.test
     pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(recipe.seed))
     pick = pick[: min(recipe.images, len(pick))].sort().values
