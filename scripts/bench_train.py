@@ -43,7 +43,7 @@ from zfviz import engine
 from zfviz.commands import CONFIG_DIR
 from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
-from zfviz.engine import build_optimizer, train_one_epoch
+from zfviz.engine import Settings, build_optimizer, train_one_epoch
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.utils import seeded
@@ -73,7 +73,7 @@ def bare_loop(model: nn.Module, batches, optimizer) -> None:
 
 
 def engine_loop(model: nn.Module, batches, optimizer) -> None:
-    train_one_epoch(model, batches, optimizer, device=torch.device("cpu"), progress=False)
+    train_one_epoch(model, batches, optimizer, device=torch.device("cpu"))
 
 
 def old_model(model: nn.Module) -> nn.Module:
@@ -96,8 +96,8 @@ def path(model: nn.Module, batches, *, channels_last: bool, reuse_memory: bool):
         with contextlib.ExitStack() as stack:
             if not reuse_memory:  # glibc's own thresholds, as before issue 17
                 stack.enter_context(_patched(engine, "reuse_freed_memory", lambda device: contextlib.nullcontext()))
-            train_one_epoch(model, batches, optimizer, device=torch.device("cpu"), channels_last=channels_last,
-                            progress=False)  # fmt: skip
+            settings = Settings(epochs=1, channels_last=channels_last, progress=False)
+            train_one_epoch(model, batches, optimizer, device=torch.device("cpu"), settings=settings)
         return model
 
     return run

@@ -32,7 +32,7 @@ from tests.faults import kill_at
 from zfviz import distributed
 from zfviz.checkpoint import load_checkpoint, save_checkpoint
 from zfviz.commands import CONFIG_DIR
-from zfviz.engine import train_one_epoch
+from zfviz.engine import Optimization, train_one_epoch
 from zfviz.training import run
 
 CPU = torch.device("cpu")
@@ -111,7 +111,7 @@ def batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def train(model: nn.Module, data, scaler=None, optimizer=None) -> torch.optim.Optimizer:
     optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    train_one_epoch(model, data, optimizer, device=CPU, scaler=scaler, progress=False)
+    train_one_epoch(model, data, Optimization(optimizer, scaler=scaler), device=CPU)
     return optimizer
 
 

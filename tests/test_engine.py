@@ -17,7 +17,7 @@ from torch import nn
 from zfviz.checkpoint import model_from_checkpoint, save_checkpoint
 from zfviz.commands import CONFIG_DIR
 from zfviz.data import build_data
-from zfviz.engine import _topk_errors, clip_filter_rms, evaluate, train_one_epoch
+from zfviz.engine import Settings, _topk_errors, clip_filter_rms, evaluate, train_one_epoch
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.training import run
@@ -135,9 +135,8 @@ def _trained(model: nn.Module, channels_last: bool, steps: int = 3) -> tuple[dic
     )
     torch.manual_seed(2)
     try:
-        train_one_epoch(
-            model, batches, optimizer, device=torch.device("cpu"), channels_last=channels_last, progress=False
-        )
+        settings = Settings(epochs=1, channels_last=channels_last, progress=False)
+        train_one_epoch(model, batches, optimizer, device=torch.device("cpu"), settings=settings)
     finally:
         handle.remove()
     return {k: v.contiguous() for k, v in model.state_dict().items()}, layouts
@@ -216,7 +215,7 @@ def test_fit_keeps_freed_memory_through_evaluation_and_checkpoints(monkeypatch, 
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 2))
     optim = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0})
     trainer = OmegaConf.create({"epochs": 2, "progress": False})
-    engine.fit(model, train, test, optim, trainer, device=torch.device("cpu"), out_dir=tmp_path, config={})
+    engine.fit(model, train, test, optim, trainer, engine.Run(tmp_path))
     assert seen == [{cpu_memory.M_MMAP_THRESHOLD: 1 << 30, cpu_memory.M_TRIM_THRESHOLD: 1 << 30}] * 2
     assert [c[0] for c in libc.calls].count("malloc_trim") == 1  # handed back once, at the end of the run
 
@@ -233,7 +232,7 @@ def _tiny_fit(tmp_path, **trainer):
     optim = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0})
     cfg = OmegaConf.create({"epochs": 3, "progress": False, **trainer})
     with seeded(0):
-        rows = engine.fit(model, train, test, optim, cfg, device=torch.device("cpu"), out_dir=tmp_path, config={})
+        rows = engine.fit(model, train, test, optim, cfg, engine.Run(tmp_path))
     return model, rows
 
 

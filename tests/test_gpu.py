@@ -60,7 +60,7 @@ from zfviz.attribution.occlusion import occlusion
 from zfviz.checkpoint import load_checkpoint, save_checkpoint
 from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
-from zfviz.engine import evaluate, fit, train_one_epoch
+from zfviz.engine import Run, Settings, evaluate, fit, train_one_epoch
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.training import run
@@ -121,7 +121,7 @@ def _tiny_fit(out_dir: Path, epochs: int, resume_state: dict | None = None) -> d
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 2))
     optim = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0})
     trainer = OmegaConf.create({"epochs": epochs, "progress": False, "amp": "fp16"})
-    fit(model, train, test, optim, trainer, device=CUDA, out_dir=out_dir, config={}, resume_state=resume_state)
+    fit(model, train, test, optim, trainer, Run(out_dir, device=CUDA, resume_state=resume_state))
     return load_checkpoint(out_dir / "checkpoint.pt")
 
 
@@ -208,7 +208,8 @@ def _trained_on_cuda(model: nn.Module, channels_last: bool, steps: int = 3) -> t
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     torch.manual_seed(2)  # seeds the GPU's generator too: the same dropout masks in both runs
     try:
-        train_one_epoch(model, batches, optimizer, device=CUDA, channels_last=channels_last, progress=False)
+        settings = Settings(epochs=1, channels_last=channels_last, progress=False)
+        train_one_epoch(model, batches, optimizer, device=CUDA, settings=settings)
     finally:
         for hook in hooks:
             hook.remove()
@@ -304,7 +305,7 @@ def test_imagenet_batches_are_pinned_and_train_and_evaluate_on_cuda(tmp_path, fp
     assert on_cuda["val_loss"] == pytest.approx(on_cpu["val_loss"], rel=1e-4)  # float32 on both: rounding
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     data.train.set_epoch(1)
-    stats = train_one_epoch(model, data.train, optimizer, device=CUDA, progress=False)
+    stats = train_one_epoch(model, data.train, optimizer, device=CUDA)
     assert torch.isfinite(torch.tensor(stats["train_loss"])) and data.train.skipped == 1
     assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in model.parameters())
 

@@ -16,7 +16,7 @@ from torch import nn
 from zfviz.checkpoint import checkpoint_header, load_checkpoint, model_from_checkpoint, save_checkpoint
 from zfviz.cli import main
 from zfviz.data import fashion_mnist
-from zfviz.engine import fit
+from zfviz.engine import Run, fit
 from zfviz.errors import UserError
 from zfviz.validate import check_command_line
 
@@ -75,7 +75,7 @@ def test_the_engine_and_the_loader_refuse_what_validation_would(tmp_path, fmnist
     # In-process callers that skip the command's check still get a UserError, not a run without epochs.
     trainer = OmegaConf.create({"epochs": 0})
     with pytest.raises(UserError, match="trainer.epochs=0"):
-        fit(nn.Linear(2, 2), None, None, None, trainer, device=torch.device("cpu"), out_dir=tmp_path, config={})
+        fit(nn.Linear(2, 2), None, None, None, trainer, Run(tmp_path))
     for limit in (0, -5):
         with pytest.raises(UserError, match=f"data.limit={limit}"):
             fashion_mnist.load_split(fmnist_dir, "train", limit)

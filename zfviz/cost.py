@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from zfviz.commands import CONFIG_DIR
-from zfviz.engine import build_optimizer, train_one_epoch
+from zfviz.engine import Settings, build_optimizer, train_one_epoch
 from zfviz.flops import Counter
 from zfviz.models import build_model
 from zfviz.reconstruction.decoder import Recipe
@@ -368,7 +368,8 @@ def measure_train(count: Counter, nets=("zfnet", "alexnet"), *, batch: int = 8, 
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(batch, 3, count.size, count.size, generator=gen)
             batches = [(x, torch.randint(0, 1000, (batch,), generator=gen))]
-            run = dict(device=torch.device("cpu"), clip_rms=0.1, channels_last=True, progress=False)
+            settings = Settings(epochs=1, clip_rms=0.1, channels_last=True, progress=False)
+            run = dict(device=torch.device("cpu"), settings=settings)
             train_one_epoch(model, batches, optimizer, **run)  # warm-up
             start = time.perf_counter()
             train_one_epoch(model, batches * steps, optimizer, **run)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import os
 import signal
@@ -39,28 +40,29 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
-class _Stop(Exception):
-    """Raised at a step's end after the first Ctrl-C, once the checkpoint is saved."""
+class _HaltTraining(Exception):
+    """Raised at a step's end after the first Ctrl-C, once the checkpoint is saved: the run halts there.
+    (Not the forward pass stopped at a layer, which is ``zfviz.activations``' business.)"""
 
 
-class _StopRequest:
-    """While active, the first Ctrl-C asks training to stop at the end of the step under way (so the
+class _CtrlC:
+    """While active, the first Ctrl-C asks training to halt at the end of the step under way (so the
     checkpoint saved there resumes exactly); a second one stops at once, as Python's default does.
     Either way the block ends in the ``Interrupted`` that ``interrupted()`` describes.
 
     Only in the main thread of a single process, and only over Python's own handler: DDP ranks would
-    stop at different steps, and someone else's handler is theirs to keep.
+    halt at different steps, and someone else's handler is theirs to keep.
     """
 
     def __init__(self, interrupted, enabled: bool = True) -> None:
-        self.requested, self.interrupted = False, interrupted
+        self.pressed, self.interrupted = False, interrupted
         self.enabled = (
             enabled
             and threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         )
 
-    def __enter__(self) -> _StopRequest:
+    def __enter__(self) -> _CtrlC:
         if self.enabled:
             signal.signal(signal.SIGINT, self._handle)
         return self
@@ -69,12 +71,12 @@ class _StopRequest:
         if self.enabled:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         # After a Ctrl-C, a failure (not a UserError) is one it caused: a loader whose workers it stopped too.
-        caused = self.requested and isinstance(err, Exception) and not isinstance(err, UserError)
-        if isinstance(err, (_Stop, KeyboardInterrupt)) or caused:
+        caused = self.pressed and isinstance(err, Exception) and not isinstance(err, UserError)
+        if isinstance(err, (_HaltTraining, KeyboardInterrupt)) or caused:
             raise self.interrupted() from None
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.pressed = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
         # os.write, not print: a handler may run in the middle of another print to stderr.
         note = "zfviz: stopping after this step (or epoch's evaluation) to save a checkpoint; Ctrl-C again stops now"
@@ -115,69 +117,180 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+class Task:
+    """What a training step minimizes and what an epoch reports: the seam between ``fit`` and what it trains.
+
+    ``loss(net, x, y)`` returns the batch's loss and its contribution to the epoch's running sums (plain
+    numbers, summed over steps and, under DDP, over ranks); ``report(sums)`` turns the sums into the
+    epoch's ``train_*`` columns; ``line(epoch, epochs, row)`` is the epoch's progress line.
+    """
+
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def report(self, sums: dict) -> dict:
+        raise NotImplementedError
+
+    def line(self, epoch: int, epochs: int, row: dict) -> str:
+        return f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}"
+
+
+class Classification(Task):
+    """The paper's nets: cross-entropy on the logits (in float32 under autocast); the epoch's mean loss
+    and top-1 error over its images."""
+
+    def loss(self, net, x, y):
+        logits = net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        return loss, {"loss": loss.item() * len(y), "wrong": int((logits.argmax(1) != y).sum())}
+
+    def report(self, sums):
+        return {"train_loss": sums["loss"] / sums["seen"], "train_top1_err": 100 * sums["wrong"] / sums["seen"]}
+
+    def line(self, epoch, epochs, row):
+        return (
+            f"epoch {epoch}: train loss {row['train_loss']:.4f}, val top-1 {row['val_top1_err']:.2f}%, "
+            f"top-5 {row['val_top5_err']:.2f}%, {row['img_per_s']:.0f} img/s"
+        )
+
+
+CLASSIFICATION = Classification()
+
+
+@dataclass
+class Optimization:
+    """What an update steps besides the weights: the optimizer, its per-step and per-epoch schedules,
+    and fp16's gradient scaler."""
+
+    optimizer: torch.optim.Optimizer
+    step_scheduler: object = None
+    epoch_scheduler: object = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``fit`` reads from ``trainer.*``, read and checked once; the defaults are configs/train.yaml's."""
+
+    epochs: int
+    ckpt_every: int = 500  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    amp: str | None = None
+    channels_last: bool = True
+    clip_rms: float | None = None
+    save_epochs: frozenset[int] = frozenset()
+    eval_every: int = 1
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, trainer_cfg) -> Settings:
+        epochs = int(trainer_cfg["epochs"])
+        if epochs < 1:  # zero epochs would return no rows and leave a run that looks finished
+            raise UserError(f"trainer.epochs={epochs} is not valid; train 1 epoch or more")
+        eval_every = trainer_cfg.get("eval_every")
+        eval_every = 1 if eval_every is None else int(eval_every)
+        if eval_every < 1:
+            raise UserError(f"trainer.eval_every={eval_every} is not valid; evaluate every 1 or more epochs")
+        return cls(
+            epochs=epochs,
+            ckpt_every=int(trainer_cfg.get("ckpt_every_steps", cls.ckpt_every) or 0),
+            amp=trainer_cfg.get("amp"),
+            channels_last=bool(trainer_cfg.get("channels_last", cls.channels_last)),
+            clip_rms=trainer_cfg.get("clip_rms"),
+            save_epochs=frozenset(trainer_cfg.get("save_epochs") or ()),
+            eval_every=eval_every,
+            progress=bool(trainer_cfg.get("progress", True)),
+        )
+
+
+# ``train_one_epoch`` alone (transfer heads, benchmarks): NCHW maps unless asked, no clipping, no bar.
+ONE_EPOCH = Settings(epochs=1, channels_last=False, progress=False)
+
+
+@dataclass
+class Position:
+    """Where a run stands: the rows so far, the epoch under way and the steps done in it."""
+
+    rows: list[dict] = field(default_factory=list)
+    epoch: int = 1  # the epoch under way (1-based)
+    step: int = 0  # steps done in it
+    partial: dict | None = None  # its running sums (and lr), when it was resumed mid-epoch
+    global_step: int = 0
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
-    optimizer: torch.optim.Optimizer,
+    optim: Optimization | torch.optim.Optimizer,
     *,
     device: torch.device,
-    scheduler=None,
-    clip_rms: float | None = None,
-    amp: str | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    channels_last: bool = False,
-    start_step: int = 0,
-    partial: dict | None = None,
-    step_hook=None,
-    desc: str = "train",
-    progress: bool = True,
+    settings: Settings = ONE_EPOCH,
+    at: Position | None = None,
+    step_hook: Callable[[int, dict], None] | None = None,
+    task: Task = CLASSIFICATION,
 ) -> dict:
-    """One pass over ``loader``; ``scheduler`` (if given) steps after every batch.
+    """One pass over ``loader``; ``optim``'s step scheduler (if any) steps after every batch.
 
     To continue an epoch from a checkpoint, the loader is positioned with
-    ``set_epoch(epoch, start_batch=start_step)`` (nothing before it is read or decoded), ``start_step``
-    numbers the steps from there and ``partial`` restores the running sums.
-    ``step_hook(step, partial)`` runs after every update (checkpointing, fault injection).
+    ``set_epoch(epoch, start_batch=at.step)`` (nothing before it is read or decoded), ``at.step``
+    numbers the steps from there and ``at.partial`` restores the running sums.
+    ``step_hook(step, sums)`` runs after every update (checkpointing, fault injection).
     """
+    optim = optim if isinstance(optim, Optimization) else Optimization(optim)
+    desc, at = ("train", Position()) if at is None else (f"epoch {at.epoch}/{settings.epochs}", at)
     model.train()
-    sums = dict(partial or {"loss": 0.0, "wrong": 0, "seen": 0})
+    sums = dict(at.partial or {"loss": 0.0, "seen": 0})
     start, seen_before = time.perf_counter(), sums["seen"]
-    # In a log file (no terminal) a bar redrawn ten times a second is noise: redraw every 10 s.
-    interval = 0.1 if sys.stderr.isatty() else 10.0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, mininterval=interval)
+    bar = _bar(loader, desc, settings)
     with reuse_freed_memory(device):
-        for step, (x, y) in enumerate(bar, start=start_step):
-            x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
-            with _autocast(device, amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
+        for step, (x, y) in enumerate(bar, start=at.step):
+            x, y = _to(x, device, settings.channels_last), y.to(device, non_blocking=True)
+            with _autocast(device, settings.amp):
+                loss, counts = task.loss(model, x, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step + 1} of {desc}")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if clip_rms is not None:
-                clip_filter_rms(model, clip_rms)
-            if scheduler is not None:
-                scheduler.step()
-            sums["loss"] += loss.item() * len(y)
-            sums["wrong"] += int((logits.argmax(1) != y).sum())
-            sums["seen"] += len(y)
-            if progress and step % 10 == 0:
+            optim.step(loss)
+            if settings.clip_rms is not None:
+                clip_filter_rms(model, settings.clip_rms)
+            if optim.step_scheduler is not None:
+                optim.step_scheduler.step()
+            _add(sums, counts, len(y))
+            if settings.progress and step % 10 == 0:
                 rate = (sums["seen"] - seen_before) / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", img_s=f"{rate:.0f}", refresh=False)
+                bar.set_postfix(loss=f"{task.report(sums)['train_loss']:.3f}", img_s=f"{rate:.0f}", refresh=False)
             if step_hook is not None:
                 step_hook(step + 1, sums)
     elapsed = time.perf_counter() - start
-    loss_sum, wrong, seen, fresh = all_reduce_sum(
-        [sums["loss"], sums["wrong"], sums["seen"], sums["seen"] - seen_before], device
-    )
-    return {"train_loss": loss_sum / seen, "train_top1_err": 100 * wrong / seen, "img_per_s": fresh / elapsed}
+    totals = _summed({**sums, "fresh": sums["seen"] - seen_before}, device)
+    return {**task.report(totals), "img_per_s": totals["fresh"] / elapsed}
+
+
+def _bar(loader, desc: str, settings: Settings) -> tqdm:
+    # In a log file (no terminal) a bar redrawn ten times a second is noise: redraw every 10 s.
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    return tqdm(loader, desc=desc, disable=not settings.progress, leave=False, dynamic_ncols=True, mininterval=interval)
+
+
+def _add(sums: dict, counts: dict, images: int) -> None:
+    for key, value in counts.items():
+        sums[key] = sums.get(key, 0) + value
+    sums["seen"] += images
+
+
+def _summed(sums: dict, device: torch.device) -> dict:
+    """The running sums over every process (as they are when not distributed); counts stay integers."""
+    keys = [key for key in sums if key != "lr"]
+    totals = all_reduce_sum([sums[key] for key in keys], device)
+    return {**sums, **{key: type(sums[key])(total) for key, total in zip(keys, totals, strict=True)}}
 
 
 @torch.no_grad()
@@ -203,20 +316,26 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp: str | None 
 
 
 def build_optimizer(model: nn.Module, optim_cfg, steps_per_epoch: int, epochs: int):
-    """SGD with momentum, and the learning-rate schedule named by ``optim_cfg.schedule``."""
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=optim_cfg.lr,
-        momentum=optim_cfg.momentum,
-        weight_decay=optim_cfg.weight_decay,
-        nesterov=bool(optim_cfg.get("nesterov", False)),
-    )
+    """``optim_cfg.optimizer`` (SGD with momentum, the default; or Adam, the decoders'), and the learning-rate
+    schedule named by ``optim_cfg.schedule``: (optimizer, per-step scheduler, per-epoch scheduler)."""
+    kind = optim_cfg.get("optimizer", "sgd")
+    if kind == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=optim_cfg.lr)
+    elif kind == "sgd":
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=optim_cfg.lr,
+            momentum=optim_cfg.momentum,
+            weight_decay=optim_cfg.weight_decay,
+            nesterov=bool(optim_cfg.get("nesterov", False)),
+        )
+    else:
+        raise UserError(f"unknown optim.optimizer {kind!r}; choose sgd or adam")
     schedule = optim_cfg.get("schedule", "constant")
     step_sched = epoch_sched = None
     if schedule == "cosine":
         total = max(1, steps_per_epoch * epochs)
         warmup = min(total - 1, round(optim_cfg.get("warmup_epochs", 0) * steps_per_epoch))
-
         step_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine(step, total, warmup))
     elif schedule == "plateau":
         # The paper anneals by hand "when the validation error plateaus"; AlexNet divided by 10.
@@ -240,75 +359,32 @@ def _finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What ``fit`` reads from ``trainer.*``, read and checked once; the defaults are configs/train.yaml's."""
-
-    epochs: int
-    ckpt_every: int = 500  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
-    amp: str | None = None
-    channels_last: bool = True
-    clip_rms: float | None = None
-    save_epochs: frozenset[int] = frozenset()
-    eval_every: int = 1
-    progress: bool = True
-
-    @classmethod
-    def from_config(cls, trainer_cfg) -> Settings:
-        epochs = int(trainer_cfg.epochs)
-        if epochs < 1:  # zero epochs would return no rows and leave a run that looks finished
-            raise UserError(f"trainer.epochs={epochs} is not valid; train 1 epoch or more")
-        eval_every = trainer_cfg.get("eval_every")
-        eval_every = 1 if eval_every is None else int(eval_every)
-        if eval_every < 1:
-            raise UserError(f"trainer.eval_every={eval_every} is not valid; evaluate every 1 or more epochs")
-        return cls(
-            epochs=epochs,
-            ckpt_every=int(trainer_cfg.get("ckpt_every_steps", cls.ckpt_every) or 0),
-            amp=trainer_cfg.get("amp"),
-            channels_last=bool(trainer_cfg.get("channels_last", cls.channels_last)),
-            clip_rms=trainer_cfg.get("clip_rms"),
-            save_epochs=frozenset(trainer_cfg.get("save_epochs") or ()),
-            eval_every=eval_every,
-            progress=bool(trainer_cfg.get("progress", True)),
-        )
-
-
-@dataclass
-class Position:
-    """Where a run stands: the rows so far, the epoch under way and the steps done in it."""
-
-    rows: list[dict] = field(default_factory=list)
-    epoch: int = 1  # the epoch under way (1-based)
-    step: int = 0  # steps done in it
-    partial: dict | None = None  # its running sums (and lr), when it was resumed mid-epoch
-    global_step: int = 0
-
-
 class Checkpoints:
     """A run's ``checkpoint.pt``: the whole training state (model, optimizer, schedulers, scaler, every RNG
     state, epoch, step, the epoch's running sums, the rows so far), written atomically by rank 0; where
-    the newest one stands; ``checkpoint_epoch<N>.pt`` kept for the epochs asked for."""
+    the newest one stands; ``checkpoint_epoch<N>.pt`` kept for the epochs asked for; ``metrics.csv``."""
 
-    def __init__(self, out_dir: Path, model, optimizer, schedulers, scaler, *, config, device, dist_info) -> None:
-        self.out_dir, self.path = out_dir, out_dir / "checkpoint.pt"
-        self.model, self.optimizer, self.scaler = model, optimizer, scaler
-        self.schedulers = dict(zip(("step_scheduler", "epoch_scheduler"), schedulers, strict=True))
-        self.config, self.device, self.dist = config, device, dist_info
+    def __init__(self, model: nn.Module, optim: Optimization, run: Run) -> None:
+        self.out_dir, self.path = run.out_dir, run.out_dir / "checkpoint.pt"
+        self.model, self.optim = model, optim
+        self.config, self.device, self.dist = run.config, run.device, run.dist_info
         self.saved: tuple[int, int] | None = None  # (completed epochs, steps) of the newest checkpoint.pt
+
+    def _schedulers(self) -> dict:
+        return {"step_scheduler": self.optim.step_scheduler, "epoch_scheduler": self.optim.epoch_scheduler}
 
     def restore(self, state: dict, steps_per_epoch: int) -> Position:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for key, sched in self.schedulers.items():
+        self.optim.optimizer.load_state_dict(state["optimizer"])
+        for key, sched in self._schedulers().items():
             if sched is not None and state.get(key):
                 sched.load_state_dict(state[key])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        if self.optim.scaler is not None and state.get("scaler"):
+            self.optim.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.device)
         partial = state.get("partial")
         if partial and not self.dist.is_main:  # the saved sums are every rank's: rank 0 carries them on
-            partial = {**partial, "loss": 0.0, "wrong": 0, "seen": 0}
+            partial = {key: value if key == "lr" else type(value)(0) for key, value in partial.items()}
         self.saved = (state["epoch"], state["step"])
         return Position(list(state.get("rows", [])), state["epoch"] + 1, state["step"], partial,
                         state["epoch"] * steps_per_epoch + state["step"])  # fmt: skip
@@ -318,14 +394,13 @@ class Checkpoints:
         if not _finite(self.model):
             raise TrainingDiverged(f"weights became non-finite at epoch {epoch + 1}, step {step}")
         if sums is not None and self.dist.enabled:  # the epoch's running sums over every rank, not rank 0's alone
-            loss, wrong, seen = all_reduce_sum([sums["loss"], sums["wrong"], sums["seen"]], self.device)
-            sums = {**sums, "loss": loss, "wrong": int(wrong), "seen": int(seen)}
+            sums = _summed(sums, self.device)
         if not self.dist.is_main:
             return
         state = {
-            "optimizer": self.optimizer.state_dict(),
-            **{key: sched.state_dict() if sched else None for key, sched in self.schedulers.items()},
-            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "optimizer": self.optim.optimizer.state_dict(),
+            **{key: sched.state_dict() if sched else None for key, sched in self._schedulers().items()},
+            "scaler": self.optim.scaler.state_dict() if self.optim.scaler else None,
             "rng": rng_state(self.device),
             "step": step,
             "partial": dict(sums) if sums else None,
@@ -334,12 +409,22 @@ class Checkpoints:
         save_checkpoint(self.path, self.model, self.config, epoch, rows[-1] if rows else None, extra=state)
         self.saved = (epoch, step)
 
-    def keep_epoch(self, epoch: int, row: dict) -> None:
-        if self.dist.is_main:
-            save_checkpoint(self.out_dir / f"checkpoint_epoch{epoch}.pt", self.model, self.config, epoch, row)
+    def epoch_done(self, epoch: int, rows: list[dict], save_epochs: frozenset[int]) -> None:
+        """The epoch's checkpoint, ``metrics.csv`` with its row, and ``checkpoint_epoch<N>.pt`` if asked for."""
+        self.save(epoch, 0, None, rows)
+        if not self.dist.is_main:
+            return
+        atomic_write_text(self.out_dir / "metrics.csv", _metrics_csv(rows))
+        if epoch in save_epochs:
+            save_checkpoint(self.out_dir / f"checkpoint_epoch{epoch}.pt", self.model, self.config, epoch, rows[-1])
+
+    def diverged(self, err: FloatingPointError, at: Position) -> TrainingDiverged:
+        """A non-finite loss stops the run, naming the last good checkpoint."""
+        kept = f"the last good checkpoint is {self.path}" if self.path.exists() else "no checkpoint had been written"
+        return TrainingDiverged(f"{err} (epoch {at.epoch}); training stopped, {kept}")
 
     def interrupted(self, at: Position, epochs: int, steps_per_epoch: int) -> Interrupted:
-        """The one line a stopped run ends with: where it stopped and which checkpoint resumes it."""
+        """The one line a halted run ends with: where it stopped and which checkpoint resumes it."""
         if at.step == 0:
             where = f"after epoch {at.epoch - 1} of {epochs}"
         else:
@@ -350,102 +435,123 @@ class Checkpoints:
         return Interrupted(f"interrupted {where}; {kept} kept at {self.path}", self.out_dir)
 
 
-def fit(
-    model: nn.Module,
-    train_loader,
-    val_loader,
-    optim_cfg,
-    trainer_cfg,
-    *,
-    device: torch.device,
-    out_dir: str | Path,
-    config: dict,
-    dist_info: DistInfo | None = None,
-    resume_state: dict | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> list[dict]:
-    """Train for ``trainer_cfg.epochs``; keep ``metrics.csv`` and ``checkpoint.pt`` current.
+@dataclass(frozen=True)
+class Run:
+    """Where and as what a run trains: its folder, the config saved in its checkpoints, its device and
+    processes, the checkpoint it continues from, and ``on_step(global_step)``, run after every update once
+    the step's checkpoint is written (the tests' fault injection)."""
 
-    ``checkpoint.pt`` (``Checkpoints``) is rewritten after every epoch and every ``trainer.ckpt_every_steps``
-    steps; ``resume_state`` is such a checkpoint to continue from. ``on_step(global_step)`` runs after every
-    update, once the step's checkpoint is written (the tests' fault injection).
-    """
-    out_dir, dist_info = Path(out_dir), dist_info or DistInfo()
-    settings = Settings.from_config(trainer_cfg)
-    epochs, steps = settings.epochs, len(train_loader)
-    progress = settings.progress and dist_info.is_main
-    model.to(device)
+    out_dir: Path
+    config: dict = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+    dist_info: DistInfo = field(default_factory=DistInfo)
+    resume_state: dict | None = None
+    on_step: Callable[[int], None] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+
+
+class _AfterStep:
+    """What ``fit`` does after every update: the step's checkpoint (every ``ckpt_every`` steps, and before
+    halting on Ctrl-C), then ``on_step``. An epoch's last step is left to the epoch's own checkpoint."""
+
+    def __init__(self, ckpt: Checkpoints, at: Position, settings: Settings, steps: int, run: Run) -> None:
+        self.ckpt, self.at, self.every, self.steps, self.on_step = ckpt, at, settings.ckpt_every, steps, run.on_step
+        self.ctrl_c: _CtrlC | None = None
+        self.lr = 0.0  # the lr the epoch under way started with, saved with its running sums
+
+    def __call__(self, step: int, sums: dict) -> None:
+        at = self.at
+        at.step, at.global_step = step, at.global_step + 1
+        inside = step < self.steps
+        if inside and self.every and at.global_step % self.every == 0:
+            self.ckpt.save(at.epoch - 1, step, {**sums, "lr": self.lr}, at.rows)
+        if self.on_step is not None:
+            self.on_step(at.global_step)
+        if inside and self.ctrl_c is not None and self.ctrl_c.pressed:  # at an epoch's last step: finish it
+            if self.ckpt.saved != (at.epoch - 1, step):
+                self.ckpt.save(at.epoch - 1, step, {**sums, "lr": self.lr}, at.rows)
+            raise _HaltTraining
+
+
+def _placed(model: nn.Module, settings: Settings, run: Run) -> nn.Module:
+    """``model`` on the run's device (channels-last if asked), wrapped for DDP when distributed."""
+    model.to(run.device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    net = model
-    if dist_info.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer, step_sched, epoch_sched = build_optimizer(net, optim_cfg, steps, epochs)
-    scaler = torch.amp.GradScaler("cuda") if settings.amp == "fp16" and device.type == "cuda" else None
-    ckpt = Checkpoints(out_dir, model, optimizer, (step_sched, epoch_sched), scaler, config=config, device=device,
-                       dist_info=dist_info)  # fmt: skip
-    at = ckpt.restore(resume_state, steps) if resume_state is not None else Position()
-    rows, wall_offset, start = at.rows, (at.rows[-1]["wall_time_s"] if at.rows else 0.0), time.perf_counter()
+    if not run.dist_info.enabled:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[run.device.index] if run.device.type == "cuda" else None
+    )
 
-    def after_step(step: int, sums: dict, lr: float) -> None:
-        at.step, at.global_step = step, at.global_step + 1
-        if step < steps and (settings.ckpt_every and at.global_step % settings.ckpt_every == 0):
-            ckpt.save(at.epoch - 1, step, {**sums, "lr": lr}, rows)
-        if on_step is not None:
-            on_step(at.global_step)
-        if stop.requested and step < steps:  # at an epoch's last step: finish the epoch
-            if ckpt.saved != (at.epoch - 1, step):
-                ckpt.save(at.epoch - 1, step, {**sums, "lr": lr}, rows)
-            raise _Stop
 
+def fit(
+    model: nn.Module, train_loader, val_loader, optim_cfg, trainer_cfg, run: Run, task: Task = CLASSIFICATION
+) -> list[dict]:
+    """Train for ``trainer_cfg.epochs`` (a ``Settings`` or the ``trainer`` config); keep ``metrics.csv`` and
+    ``checkpoint.pt`` in ``run.out_dir`` current; returns the epochs' rows.
+
+    ``checkpoint.pt`` (``Checkpoints``) is rewritten after every epoch and every ``trainer.ckpt_every_steps``
+    steps; ``run.resume_state`` is such a checkpoint to continue from. ``val_loader`` None: no evaluation.
+    """
+    settings = trainer_cfg if isinstance(trainer_cfg, Settings) else Settings.from_config(trainer_cfg)
+    settings = dataclasses.replace(settings, progress=settings.progress and run.dist_info.is_main)
+    net, steps = _placed(model, settings, run), len(train_loader)
+    optim = Optimization(*build_optimizer(net, optim_cfg, steps, settings.epochs))
+    if settings.amp == "fp16" and run.device.type == "cuda":
+        optim.scaler = torch.amp.GradScaler("cuda")
+    ckpt = Checkpoints(model, optim, run)
+    at = ckpt.restore(run.resume_state, steps) if run.resume_state is not None else Position()
+    after_step, clock = _AfterStep(ckpt, at, settings, steps, run), _Clock(at.rows)
     # The allocator keeps freed buffers over the whole run, evaluations and checkpoints included (cpu_memory.py).
-    stopping = _StopRequest(lambda: ckpt.interrupted(at, epochs, steps), enabled=not dist_info.enabled)
-    with stopping as stop, reuse_freed_memory(device):
-        for epoch in range(at.epoch, epochs + 1):
+    ctrl_c = _CtrlC(lambda: ckpt.interrupted(at, settings.epochs, steps), enabled=not run.dist_info.enabled)
+    with ctrl_c, reuse_freed_memory(run.device):
+        after_step.ctrl_c = ctrl_c
+        for epoch in range(at.epoch, settings.epochs + 1):
             at.epoch = epoch
             train_loader.set_epoch(epoch, start_batch=at.step)
             # The lr an epoch started with; an interrupted epoch saved it with its partial sums.
-            lr = at.partial["lr"] if at.partial else optimizer.param_groups[0]["lr"]
-            train = _train_epoch(net, train_loader, optimizer, step_sched, scaler, settings, at, device, ckpt.path,
-                                 lambda step, sums, lr=lr: after_step(step, sums, lr), progress)  # fmt: skip
+            after_step.lr = at.partial["lr"] if at.partial else optim.optimizer.param_groups[0]["lr"]
+            try:
+                train = train_one_epoch(net, train_loader, optim, device=run.device, settings=settings, at=at,
+                                        step_hook=after_step, task=task)  # fmt: skip
+            except FloatingPointError as err:
+                raise ckpt.diverged(err, at) from None
             at.partial = None  # at.step stays at the epoch's last step until it is checkpointed
-            val = _evaluate_epoch(net, val_loader, epoch, settings, epoch_sched, device)
-            if epoch_sched is not None:
-                epoch_sched.step(val["val_top1_err"])
-            row = {"epoch": epoch, "lr": lr, **train, **val, "wall_time_s": wall_offset + time.perf_counter() - start}
-            rows.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-            ckpt.save(epoch, 0, None, rows)
-            if dist_info.is_main:
-                atomic_write_text(out_dir / "metrics.csv", _metrics_csv(rows))
-            if epoch in settings.save_epochs:
-                ckpt.keep_epoch(epoch, rows[-1])
-            if progress:
-                tqdm.write(
-                    f"epoch {epoch}: train loss {train['train_loss']:.4f}, val top-1 {val['val_top1_err']:.2f}%, "
-                    f"top-5 {val['val_top5_err']:.2f}%, {train['img_per_s']:.0f} img/s"
-                )
+            val = _evaluate_epoch(net, val_loader, epoch, settings, optim, run.device)
+            row = {"epoch": epoch, "lr": after_step.lr, **train, **val, "wall_time_s": clock.now()}
+            at.rows.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+            ckpt.epoch_done(epoch, at.rows, settings.save_epochs)
+            if settings.progress:
+                tqdm.write(task.line(epoch, settings.epochs, at.rows[-1]))
             at.epoch, at.step = epoch + 1, 0
-            if stop.requested and epoch < epochs:
-                raise _Stop
-    return rows
+            if ctrl_c.pressed and epoch < settings.epochs:
+                raise _HaltTraining
+    return at.rows
 
 
-def _train_epoch(net, loader, optimizer, step_sched, scaler, settings, at, device, last, step_hook, progress) -> dict:
-    """One epoch of ``fit`` from where ``at`` stands; a non-finite loss stops the run, naming the last checkpoint."""
-    try:
-        return train_one_epoch(
-            net, loader, optimizer, device=device, scheduler=step_sched, clip_rms=settings.clip_rms, amp=settings.amp,
-            scaler=scaler, channels_last=settings.channels_last, start_step=at.step, partial=at.partial,
-            step_hook=step_hook, desc=f"epoch {at.epoch}/{settings.epochs}", progress=progress,
-        )  # fmt: skip
-    except FloatingPointError as err:
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written"
-        raise TrainingDiverged(f"{err} (epoch {at.epoch}); training stopped, {kept}") from None
+class _Clock:
+    """A run's wall time so far, the interrupted runs it continues included."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.offset, self.start = (rows[-1]["wall_time_s"] if rows else 0.0), time.perf_counter()
+
+    def now(self) -> float:
+        return self.offset + time.perf_counter() - self.start
 
 
-def _evaluate_epoch(net, loader, epoch: int, settings: Settings, epoch_sched, device) -> dict:
-    """The epoch's test-set errors. An epoch skipped by ``eval_every`` records NaN: evaluation never touches
-    the weights or the RNG, so the trained net is the same; a plateau schedule needs every epoch's error."""
-    if epoch_sched is not None or epoch == settings.epochs or epoch % settings.eval_every == 0:
-        return evaluate(net, loader, device=device, amp=settings.amp)
-    return dict.fromkeys(("val_loss", "val_top1_err", "val_top5_err"), float("nan"))
+def _evaluate_epoch(net, loader, epoch: int, settings: Settings, optim: Optimization, device) -> dict:
+    """The epoch's test-set errors, then the plateau schedule's step. An epoch skipped by ``eval_every``
+    records NaN: evaluation never touches the weights or the RNG, so the trained net is the same; a plateau
+    schedule needs every epoch's error. No ``loader`` (a decoder's run): nothing to evaluate."""
+    if loader is None:
+        return {}
+    sched = optim.epoch_scheduler
+    if sched is None and epoch != settings.epochs and epoch % settings.eval_every != 0:
+        return dict.fromkeys(("val_loss", "val_top1_err", "val_top5_err"), float("nan"))
+    val = evaluate(net, loader, device=device, amp=settings.amp)
+    if sched is not None:
+        sched.step(val["val_top1_err"])
+    return val

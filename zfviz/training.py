@@ -21,7 +21,7 @@ from zfviz import distributed
 from zfviz.checkpoint import checkpoint_header, load_checkpoint, without_runtime_keys
 from zfviz.data import build_data
 from zfviz.data.images import skipped_line
-from zfviz.engine import fit
+from zfviz.engine import Run, fit
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.utils import atomic_write_text, git_state, seeded, versions
@@ -87,24 +87,55 @@ def find_resume_dir(resume, config: dict, out_dir: Path, say=_stderr) -> Path | 
     if resume in (False, None):
         return None
     if resume is not True:
-        folder = Path(str(resume))
-        if not (folder / "checkpoint.pt").is_file():
-            raise UserError(f"resume={resume}: no checkpoint.pt in that folder")
-        if not checkpoint_header(folder / "checkpoint.pt")["resumable"]:
-            raise UserError(f"resume={resume}: that checkpoint holds weights only, no training state to continue")
-        return folder
-    want = _comparable(config)
+        return _named_run(resume)
+    if (out_dir / "checkpoint.pt").is_file():  # this very folder holds a run: continue it, or say why not
+        return _own_run(config, out_dir)
+    folder, header = _newest_sibling(config, out_dir, say)
+    if folder is None:
+        say("zfviz: resume=true found no earlier run of this config to continue; starting from scratch")
+        return None
+    epochs = (config.get("trainer") or {}).get("epochs")
+    if epochs is not None and (header["epoch"] or 0) >= epochs:
+        say(
+            f"zfviz: resume=true: the newest run of this config, {folder}, is finished (epoch {epochs} of {epochs}; "
+            f"results in {folder / 'run.json'}); training again from scratch in {out_dir}"
+        )
+        return None
+    say(
+        f"zfviz: resume=true: continuing {folder}, the newest run of this same config "
+        f"(stopped after epoch {header['epoch']} of {epochs}); it keeps writing there"
+    )
+    return folder
+
+
+def _named_run(resume) -> Path:
+    """``resume=<folder>``: that folder, if it holds a checkpoint with a training state."""
+    folder = Path(str(resume))
+    if not (folder / "checkpoint.pt").is_file():
+        raise UserError(f"resume={resume}: no checkpoint.pt in that folder")
+    if not checkpoint_header(folder / "checkpoint.pt")["resumable"]:
+        raise UserError(f"resume={resume}: that checkpoint holds weights only, no training state to continue")
+    return folder
+
+
+def _own_run(config: dict, out_dir: Path) -> Path:
+    """``out_dir`` itself holds a checkpoint: it is continued if it is this config's, never trained over."""
     own = out_dir / "checkpoint.pt"
-    if own.is_file():  # this very folder holds a run: continue it, or say why not (never train over it)
-        header = checkpoint_header(own)
-        if not header["resumable"]:
-            raise UserError(f"resume=true: {own} holds weights only, no training state to continue")
-        if _comparable(header["config"]) != want:
-            raise UserError(
-                f"resume=true: {out_dir} holds a run of another config "
-                f"({_difference(_comparable(header['config']), want)}); name a new hydra.run.dir or give its settings"
-            )
-        return out_dir
+    header = checkpoint_header(own)
+    if not header["resumable"]:
+        raise UserError(f"resume=true: {own} holds weights only, no training state to continue")
+    if _comparable(header["config"]) != _comparable(config):
+        raise UserError(
+            f"resume=true: {out_dir} holds a run of another config "
+            f"({_difference(_comparable(header['config']), _comparable(config))}); "
+            "name a new hydra.run.dir or give its settings"
+        )
+    return out_dir
+
+
+def _newest_sibling(config: dict, out_dir: Path, say) -> tuple[Path | None, dict | None]:
+    """The newest folder beside ``out_dir`` with a resumable checkpoint of the same config, and its header."""
+    want = _comparable(config)
     for folder in _newest_first(out_dir.parent):
         ckpt = folder / "checkpoint.pt"
         if folder.resolve() == out_dir.resolve() or not ckpt.is_file():
@@ -114,22 +145,9 @@ def find_resume_dir(resume, config: dict, out_dir: Path, say=_stderr) -> Path | 
         except UserError as err:  # an unrelated broken run must not block every resume
             say(f"zfviz: warning: resume=true skips {folder}: {err}")
             continue
-        if not header["resumable"] or _comparable(header["config"]) != want:
-            continue
-        epochs = (config.get("trainer") or {}).get("epochs")
-        if epochs is not None and (header["epoch"] or 0) >= epochs:
-            say(
-                f"zfviz: resume=true: the newest run of this config, {folder}, is finished (epoch {epochs} of {epochs}; "
-                f"results in {folder / 'run.json'}); training again from scratch in {out_dir}"
-            )
-            return None
-        say(
-            f"zfviz: resume=true: continuing {folder}, the newest run of this same config "
-            f"(stopped after epoch {header['epoch']} of {epochs}); it keeps writing there"
-        )
-        return folder
-    say("zfviz: resume=true found no earlier run of this config to continue; starting from scratch")
-    return None
+        if header["resumable"] and _comparable(header["config"]) == want:
+            return folder, header
+    return None, None
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None, *, on_step: Callable[[int], None] | None = None) -> dict:
@@ -166,10 +184,8 @@ def _run(cfg: DictConfig, out_dir: Path, info: distributed.DistInfo, device, on_
         out_dir = resume_dir
 
     start = time.perf_counter()
-    rows = fit(
-        model, data.train, data.test, cfg.optim, cfg.trainer,
-        device=device, out_dir=out_dir, config=config, dist_info=info, resume_state=resume_state, on_step=on_step,
-    )  # fmt: skip
+    where = Run(out_dir, config, device, info, resume_state=resume_state, on_step=on_step)
+    rows = fit(model, data.train, data.test, cfg.optim, cfg.trainer, where)
     summary = {
         "model": cfg.model.name,
         "data": cfg.data.name,

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zfviz.data.tensor_loader import TensorLoader
-from zfviz.engine import build_optimizer, train_one_epoch
+from zfviz.engine import Optimization, build_optimizer, train_one_epoch
 from zfviz.errors import UserError
 from zfviz.schedules import cosine
 
@@ -316,7 +316,7 @@ def train_scratch(
     optimizer, step_sched, _ = build_optimizer(model, optim_cfg, len(loader), epochs)
     for epoch in range(1, epochs + 1):
         loader.set_epoch(epoch)
-        train_one_epoch(model, loader, optimizer, device=torch.device(device), scheduler=step_sched, progress=False)
+        train_one_epoch(model, loader, Optimization(optimizer, step_sched), device=torch.device(device))
     return model.eval()
 
 
