@@ -93,93 +93,110 @@ def check_drop(drop) -> tuple[str, ...]:
     return drop
 
 
-def build_convnet(
-    specs: tuple[ConvSpec, ...],
-    *,
-    norm_before_pool: bool,
-    ceil_mode: bool,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    input_size: int = 224,
-    width: float = 1.0,
-    fc_dims: int = 4096,
-    drop=(),
-    dropout: float = 0.5,
-    init: str = "paper",
-    init_std: float = 1e-2,
-) -> nn.Sequential:
-    """Assemble a paper convnet; ``width`` scales conv maps, ``fc_dims`` sets fc6/fc7 units."""
-    drop = check_drop(drop)
-    if width <= 0:
-        raise UserError(f"model.width must be positive, got {width}")
+@dataclass(frozen=True)
+class Options:
+    """What a ``model:`` config sets on a paper convnet: ``width`` scales the conv maps, ``fc_dims``
+    sets fc6/fc7's units, ``drop`` names Table 3's removed layers; ``init``: ``paper`` (N(0, init_std^2)
+    weights, zero biases), ``kaiming`` or ``default`` (PyTorch's)."""
+
+    num_classes: int = 1000
+    in_chans: int = 3
+    input_size: int = 224
+    width: float = 1.0
+    fc_dims: int = 4096
+    drop: tuple[str, ...] = ()
+    dropout: float = 0.5
+    init: str = "paper"
+    init_std: float = 1e-2
+
+
+def _after_conv(spec: ConvSpec, norm_before_pool: bool) -> list[str]:
+    """The steps after ``spec``'s ReLU, in order: ``pool`` and ``norm`` where the net has them."""
+    steps = ["pool"] if spec.pool else []
+    if spec.norm:
+        steps.insert(0 if norm_before_pool else len(steps), "norm")
+    return steps
+
+
+def _features(specs, options: Options, drop, *, norm_before_pool: bool, ceil_mode: bool):
+    """The conv blocks as named layers, and the channels and side of what leaves them."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    channels, size = in_chans, input_size
-    for spec in specs:
-        if spec.name in drop:
-            continue
-        out = max(1, round(spec.channels * width))
+    channels, size = options.in_chans, options.input_size
+    for spec in (s for s in specs if s.name not in drop):
+        out = max(1, round(spec.channels * options.width))
         idx = spec.name[-1]
         layers[spec.name] = nn.Conv2d(channels, out, spec.kernel, spec.stride, spec.padding)
         layers[f"relu{idx}"] = nn.ReLU()
         size = _conv_out(size, spec.kernel, spec.stride, spec.padding)
-        steps = []
-        if spec.pool:
-            steps.append("pool")
-        if spec.norm:
-            steps.insert(0 if norm_before_pool else len(steps), "norm")
-        for step in steps:
+        for step in _after_conv(spec, norm_before_pool):
             if step == "pool":
                 layers[f"pool{idx}"] = nn.MaxPool2d(3, 2, ceil_mode=ceil_mode)
                 size = _pool_out(size, 3, 2, ceil_mode)
             else:
                 layers[f"norm{idx}"] = _lrn()
         if size < 1:
-            raise UserError(f"input_size={input_size} is too small: nothing is left after {spec.name}")
+            raise UserError(f"input_size={options.input_size} is too small: nothing is left after {spec.name}")
         channels = out
+    return layers, channels, size
+
+
+def _classifier(layers: OrderedDict, features: int, options: Options, drop) -> None:
+    """fc6, fc7 (those kept) and fc8 appended to ``layers``, from ``features`` flattened inputs."""
     layers["flatten"] = nn.Flatten()
-    features = channels * size * size
-    for name in ("fc6", "fc7"):
-        if name in drop:
-            continue
+    for name in (n for n in ("fc6", "fc7") if n not in drop):
         idx = name[-1]
-        layers[name] = nn.Linear(features, fc_dims)
+        layers[name] = nn.Linear(features, options.fc_dims)
         layers[f"relu{idx}"] = nn.ReLU()
-        layers[f"drop{idx}"] = nn.Dropout(dropout)
-        features = fc_dims
-    layers["fc8"] = nn.Linear(features, num_classes)
-    model = nn.Sequential(layers)
-    if init == "paper":
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, 0.0, init_std)
-                nn.init.zeros_(m.bias)
-    elif init == "kaiming":
-        # He et al. 2015 fan-in init for ReLU nets: signals keep their scale through all 8 layers,
-        # so a short cpu-preset run does not spend its first epoch waking the net up.
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-    elif init != "default":
+        layers[f"drop{idx}"] = nn.Dropout(options.dropout)
+        features = options.fc_dims
+    layers["fc8"] = nn.Linear(features, options.num_classes)
+
+
+def _initialize(model: nn.Module, init: str, init_std: float) -> None:
+    if init == "default":
+        return
+    if init not in ("paper", "kaiming"):
         raise UserError(f"unknown model.init {init!r}; choose 'paper', 'kaiming' or 'default'")
-    model.input_size = input_size
-    model.in_chans = in_chans
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if init == "paper":
+                nn.init.normal_(m.weight, 0.0, init_std)
+            else:
+                # He et al. 2015 fan-in init for ReLU nets: signals keep their scale through all 8 layers,
+                # so a short cpu-preset run does not spend its first epoch waking the net up.
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
+def build_convnet(
+    specs: tuple[ConvSpec, ...], options: Options, *, norm_before_pool: bool, ceil_mode: bool
+) -> nn.Sequential:
+    """Assemble a paper convnet from its conv blocks and a ``model:`` config's ``options``."""
+    drop = check_drop(options.drop)
+    if options.width <= 0:
+        raise UserError(f"model.width must be positive, got {options.width}")
+    layers, channels, size = _features(specs, options, drop, norm_before_pool=norm_before_pool, ceil_mode=ceil_mode)
+    _classifier(layers, channels * size * size, options, drop)
+    model = nn.Sequential(layers)
+    _initialize(model, options.init, options.init_std)
+    model.input_size = options.input_size
+    model.in_chans = options.in_chans
     return model
 
 
 @register_model("zfnet")
 def zfnet(**kw) -> nn.Sequential:
     """Fig. 3: 62,357,608 parameters at 1000 classes."""
-    return build_convnet(ZFNET, norm_before_pool=False, ceil_mode=True, **kw)
+    return build_convnet(ZFNET, Options(**kw), norm_before_pool=False, ceil_mode=True)
 
 
 @register_model("zfnet_b")
 def zfnet_b(**kw) -> nn.Sequential:
     """Table 2's model (b): conv3-5 = 512/1024/512, 107,627,624 parameters."""
-    return build_convnet(ZFNET_B, norm_before_pool=False, ceil_mode=True, **kw)
+    return build_convnet(ZFNET_B, Options(**kw), norm_before_pool=False, ceil_mode=True)
 
 
 @register_model("alexnet")
 def alexnet(**kw) -> nn.Sequential:
     """The paper's replication of Krizhevsky et al.: 62,378,344 parameters."""
-    return build_convnet(ALEXNET, norm_before_pool=True, ceil_mode=False, **kw)
+    return build_convnet(ALEXNET, Options(**kw), norm_before_pool=True, ceil_mode=False)
