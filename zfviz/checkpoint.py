@@ -44,17 +44,26 @@ def without_runtime_keys(config: dict) -> dict:
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, config: dict, epoch: int, metrics: dict | None = None, extra: dict | None = None
+    path: str | Path,
+    model: nn.Module,
+    config: dict,
+    epoch: int,
+    metrics: dict | None = None,
+    extra: dict | None = None,
+    preprocessing: dict | None = None,
 ) -> None:
     """Write to a temporary file and rename, so a kill never leaves a truncated checkpoint.
 
-    ``epoch`` counts completed epochs; ``extra`` carries the training state a resume needs.
+    ``epoch`` counts completed epochs; ``extra`` carries the training state a resume needs;
+    ``preprocessing`` how the net's inputs were made (``zfviz.data.trained.preprocessing_of``: the
+    data set, its classes, input size and statistics), so nothing has to recompute it from the data.
     """
     state = {
         "model": model.state_dict(),
         "config": config,
         "epoch": epoch,
         "metrics": dict(metrics or {}),
+        **({"preprocessing": preprocessing} if preprocessing is not None else {}),
         **(extra or {}),
     }
     with atomic_path(path) as tmp:
@@ -65,6 +74,27 @@ def _read(path: Path, mmap: bool = False) -> dict:
     """``torch.load(path, weights_only=True)`` of a zfviz checkpoint, or a UserError saying in one line
     why ``path`` is not one. PyTorch's own messages are not passed on: for a file that is not a
     checkpoint they suggest ``weights_only=False``, which would run whatever code the file holds."""
+    _check_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (a {found.group(1)})" if found else ""
+        raise UserError(
+            f"{path} is not a zfviz checkpoint: it holds Python objects{what}, and zfviz reads only tensors and plain values"
+        ) from None
+    except Exception as err:  # zip and storage errors differ by version; their first sentence says enough
+        reason = str(err).split(". ")[0].splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"checkpoint {path} is damaged: {reason}") from None
+    if not (isinstance(state, dict) and "model" in state and isinstance(state.get("config"), dict)):
+        raise UserError(
+            f"{path} is not a zfviz checkpoint: it is {_kind(state)}; give a checkpoint.pt written by 'zfviz train'"
+        )
+    return state
+
+
+def _check_file(path: Path) -> None:
+    """A UserError unless ``path`` is a whole file ``torch.save`` wrote (a zip archive), found before reading it."""
     if path.is_dir():
         inside = path / "checkpoint.pt"
         hint = f"give {inside}" if inside.is_file() else "give the checkpoint.pt inside a run folder"
@@ -85,26 +115,13 @@ def _read(path: Path, mmap: bool = False) -> dict:
         )
     if not zipfile.is_zipfile(path):
         raise UserError(f"checkpoint {path} is truncated or damaged ({size} bytes, the end of the archive is missing)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f" (a {found.group(1)})" if found else ""
-        raise UserError(
-            f"{path} is not a zfviz checkpoint: it holds Python objects{what}, and zfviz reads only tensors and plain values"
-        ) from None
-    except Exception as err:  # zip and storage errors differ by version; their first sentence says enough
-        reason = str(err).split(". ")[0].splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"checkpoint {path} is damaged: {reason}") from None
-    if not (isinstance(state, dict) and "model" in state and isinstance(state.get("config"), dict)):
-        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            kind = "a bare state_dict (weights without the config that says which net they belong to)"
-        else:
-            kind = f"a {type(state).__name__} without zfviz's 'model' and 'config' entries"
-        raise UserError(
-            f"{path} is not a zfviz checkpoint: it is {kind}; give a checkpoint.pt written by 'zfviz train'"
-        )
-    return state
+
+
+def _kind(state) -> str:
+    """What a loaded file that is not a zfviz checkpoint holds, in words."""
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "a bare state_dict (weights without the config that says which net they belong to)"
+    return f"a {type(state).__name__} without zfviz's 'model' and 'config' entries"
 
 
 def load_checkpoint(path: str | Path) -> dict:
