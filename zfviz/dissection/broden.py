@@ -274,28 +274,14 @@ def write_broden(
     root = Path(root).expanduser()
     if root.exists():
         raise UserError(f"{root} exists already; remove it or write the Broden folder elsewhere")
-    by_number = {label.number: label for label in labels}
-    if len(by_number) != len(labels) or min(by_number, default=1) < 1:
-        raise ValueError("label numbers must be unique and 1 or more")
-    for label in labels:
-        if label.category not in categories:
-            raise ValueError(f"label {label.name!r} has category {label.category!r}, not one of {list(categories)}")
-    empty = [c for c in categories if not any(label.category == c for label in labels)]
-    if empty:
-        raise ValueError(f"categories without labels: {empty}")
+    by_number = _labels_by_number(labels, categories)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
         _write_tree(tmp, items, by_number, list(categories))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes a private folder; a data set reads like any other
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if root.exists():  # written meanwhile by someone else (a parallel build): theirs stays
-                raise UserError(f"{root} exists already; remove it or write the Broden folder elsewhere") from None
-            raise
+        _publish(tmp, root)
     except OSError as err:
         reason = write_failure(err, root.parent)
         if reason is None:
@@ -307,17 +293,90 @@ def write_broden(
     return root
 
 
+def _labels_by_number(labels: Sequence[Label], categories: Sequence[str]) -> dict[int, Label]:
+    """``labels`` by number, each checked: numbers unique and 1 or more, categories known and all used."""
+    by_number = {label.number: label for label in labels}
+    if len(by_number) != len(labels) or min(by_number, default=1) < 1:
+        raise ValueError("label numbers must be unique and 1 or more")
+    for label in labels:
+        if label.category not in categories:
+            raise ValueError(f"label {label.name!r} has category {label.category!r}, not one of {list(categories)}")
+    empty = [c for c in categories if not any(label.category == c for label in labels)]
+    if empty:
+        raise ValueError(f"categories without labels: {empty}")
+    return by_number
+
+
+def _publish(tmp: Path, root: Path) -> None:
+    """The finished folder ``tmp`` renamed to ``root``, readable like any other data set."""
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes a private folder; a data set reads like any other
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        if root.exists():  # written meanwhile by someone else (a parallel build): theirs stays
+            raise UserError(f"{root} exists already; remove it or write the Broden folder elsewhere") from None
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+@dataclass
+class _Tally:
+    """What the label and category tables count, over the items written so far."""
+
+    frequency: dict[int, int]  # images showing the label
+    coverage: dict[int, float]  # its pixels, in whole images
+    touched: dict[str, int]  # images with any label of the category
+
+    def add(self, present: dict[int, float], cells: dict[str, str]) -> None:
+        for number, share in present.items():
+            self.frequency[number] += 1
+            self.coverage[number] += share
+        for category, cell in cells.items():
+            self.touched[category] += bool(cell)
+
+
+def _write_masks(tmp: Path, i: int, item: BrodenItem, labels: dict[int, Label], cells: dict[str, str]) -> dict:
+    """Item ``i``'s masks as images/masks/ files named in ``cells``; returns each label's share of the pixels."""
+    present: dict[int, float] = {}
+    for category, masks in item.masks.items():
+        files = []
+        for j, mask in enumerate(masks):
+            files.append(f"masks/{i:06d}_{category}{'' if j == 0 else f'_{j}'}.png")
+            values = mask.to(torch.int64).numpy()
+            _encode_mask(values).save(tmp / "images" / files[-1], compress_level=1)
+            counts = np.bincount(values.ravel())
+            for number in np.flatnonzero(counts[1:]) + 1:
+                if int(number) not in labels:
+                    raise ValueError(f"item {i}: mask label {number} is not in labels")
+                present[int(number)] = present.get(int(number), 0.0) + counts[number] / values.size
+        cells[category] = ";".join(files)
+    return present
+
+
+def _image_labels(i: int, item: BrodenItem, labels: dict[int, Label], cells: dict[str, str], present: dict) -> None:
+    for category, numbers in item.image_labels.items():
+        for number in numbers:
+            if number not in labels:
+                raise ValueError(f"item {i}: label {number} is not in labels")
+            present[number] = present.get(number, 0.0) + 1.0
+        cells[category] = ";".join(map(str, numbers))
+
+
+def _mask_size(i: int, item: BrodenItem) -> tuple[int, int] | None:
+    sizes = {tuple(m.shape) for ms in item.masks.values() for m in ms}
+    if len(sizes) > 1:
+        raise ValueError(f"item {i}: masks of different sizes {sorted(sizes)}")
+    return next(iter(sizes), None)
+
+
 def _write_tree(tmp: Path, items: Iterable[BrodenItem], labels: dict[int, Label], categories: list[str]) -> None:
     (tmp / "images" / "masks").mkdir(parents=True)
-    frequency = dict.fromkeys(labels, 0)  # images showing the label
-    coverage = dict.fromkeys(labels, 0.0)  # its pixels, in whole images
-    touched = dict.fromkeys(categories, 0)  # images with any label of the category
+    tally = _Tally(dict.fromkeys(labels, 0), dict.fromkeys(labels, 0.0), dict.fromkeys(categories, 0))
     rows, mask_size = [], None
     for i, item in enumerate(items):
         unknown = [c for c in (*item.masks, *item.image_labels) if c not in categories]
@@ -326,38 +385,21 @@ def _write_tree(tmp: Path, items: Iterable[BrodenItem], labels: dict[int, Label]
         name = f"{i:06d}.png"
         image = item.image.permute(1, 2, 0).numpy().astype(np.uint8)
         Image.fromarray(image, "RGB").save(tmp / "images" / name, compress_level=1)
-        sizes = {tuple(m.shape) for ms in item.masks.values() for m in ms}
-        if len(sizes) > 1:
-            raise ValueError(f"item {i}: masks of different sizes {sorted(sizes)}")
-        mask_size = mask_size or next(iter(sizes), None)
-        sh, sw = next(iter(sizes), None) or mask_size or tuple(item.image.shape[1:])
+        size = _mask_size(i, item)
+        mask_size = mask_size or size
+        sh, sw = size or mask_size or tuple(item.image.shape[1:])
         cells = dict.fromkeys(categories, "")
-        present: dict[int, float] = {}
-        for category, masks in item.masks.items():
-            files = []
-            for j, mask in enumerate(masks):
-                files.append(f"masks/{i:06d}_{category}{'' if j == 0 else f'_{j}'}.png")
-                values = mask.to(torch.int64).numpy()
-                _encode_mask(values).save(tmp / "images" / files[-1], compress_level=1)
-                counts = np.bincount(values.ravel())
-                for number in np.flatnonzero(counts[1:]) + 1:
-                    if int(number) not in labels:
-                        raise ValueError(f"item {i}: mask label {number} is not in labels")
-                    present[int(number)] = present.get(int(number), 0.0) + counts[number] / values.size
-            cells[category] = ";".join(files)
-        for category, numbers in item.image_labels.items():
-            for number in numbers:
-                if number not in labels:
-                    raise ValueError(f"item {i}: label {number} is not in labels")
-                present[number] = present.get(number, 0.0) + 1.0
-            cells[category] = ";".join(map(str, numbers))
-        for number, share in present.items():
-            frequency[number] += 1
-            coverage[number] += share
-        for category in categories:
-            touched[category] += bool(cells[category])
+        present = _write_masks(tmp, i, item, labels, cells)
+        _image_labels(i, item, labels, cells, present)
+        tally.add(present, cells)
         ih, iw = item.image.shape[1:]
         rows.append([name, item.split, ih, iw, sh, sw, *cells.values()])
+    _write_tables(tmp, labels, categories, rows, tally)
+
+
+def _write_tables(tmp: Path, labels: dict[int, Label], categories: list[str], rows: list, tally: _Tally) -> None:
+    """index.csv, label.csv, one c_<category>.csv per category and category.csv, as NetDissect writes them."""
+    frequency, coverage, touched = tally.frequency, tally.coverage, tally.touched
     _write_csv(tmp / "index.csv", [*META_COLUMNS, *categories], rows)
     ordered = sorted(labels.values(), key=lambda label: label.number)
     _write_csv(
