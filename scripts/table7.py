@@ -28,7 +28,7 @@ from zfviz.checkpoint import model_from_checkpoint, with_checkpoint
 from zfviz.commands import CONFIG_DIR
 from zfviz.data.preprocess import file_sha256, source_preprocess
 from zfviz.errors import UserError
-from zfviz.features import LAYERS, FeatureCache, cached_features
+from zfviz.features import LAYERS, Extraction, FeatureCache, cached_features
 from zfviz.plotting.ablation import layer_accuracy_lines
 from zfviz.results import save_figure, write_table
 from zfviz.table7 import CLASSIFIERS, fashion_mnist_images, layer_accuracies, table7
@@ -84,7 +84,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         images = load_images(dataset, for_dataset(cfg, dataset, "root"), channels)
         features = cached_features(
             model, images, layers, prep, model_key=file_sha256(cfg.checkpoint), cache=cache,
-            grid=cfg.features.pool_grid, batch_size=cfg.features.batch_size, device=resolve_device(cfg.device),
+            how=Extraction.from_config(cfg.features, resolve_device(cfg.device)),
         )  # fmt: skip
         n_per_class = [int(n) for n in as_list(for_dataset(cfg, dataset, "n_per_class"))]
         rows = layer_accuracies(

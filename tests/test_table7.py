@@ -17,7 +17,7 @@ from zfviz import features as features_module
 from zfviz.commands import CONFIG_DIR
 from zfviz.data.imageset import ImageSet
 from zfviz.data.preprocess import Preprocess
-from zfviz.features import LAYERS, FeatureCache, cached_features, extract
+from zfviz.features import LAYERS, Extraction, FeatureCache, cached_features, extract
 from zfviz.models import build_model
 from zfviz.plotting.ablation import layer_accuracy_lines
 from zfviz.table7 import fashion_mnist_images, layer_accuracies, table7
@@ -67,14 +67,18 @@ def test_feature_extractor_returns_each_layers_documented_shape(size, width, fc,
 def test_features_are_extracted_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
     model = build_model("zfnet", num_classes=10, input_size=64, width=0.25, fc_dims=512, init="kaiming")
     images, cache = random_images(5), FeatureCache(tmp_path)
-    first = cached_features(model, images, LAYERS, prep_for(64), model_key="m", cache=cache, batch_size=2)
+    first = cached_features(
+        model, images, LAYERS, prep_for(64), model_key="m", cache=cache, how=Extraction(batch_size=2)
+    )
     assert (cache.hits, cache.misses) == (0, 7)
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted again")
 
     monkeypatch.setattr(features_module, "extract", no_extraction)
-    again = cached_features(model, images, LAYERS, prep_for(64), model_key="m", cache=cache, batch_size=5)
+    again = cached_features(
+        model, images, LAYERS, prep_for(64), model_key="m", cache=cache, how=Extraction(batch_size=5)
+    )
     assert (cache.hits, cache.misses) == (7, 7)
     for layer in LAYERS:
         np.testing.assert_array_equal(first[layer], again[layer])

@@ -24,7 +24,7 @@ from zfviz.data.digits import digits_caltech
 from zfviz.data.imageset import ImageSet
 from zfviz.data.preprocess import Preprocess
 from zfviz.errors import UserError
-from zfviz.features import FeatureCache, cached_features, extract, layer_outputs
+from zfviz.features import Extraction, FeatureCache, cached_features, extract, layer_outputs
 from zfviz.models import build_model
 from zfviz.transfer import (
     average_precision,
@@ -129,7 +129,7 @@ def test_per_class_ap_leaves_out_ignored_entries():
 
 def test_features_are_the_blocks_outputs_and_fc7_is_relu7():
     net, images = tiny_net(), random_set()
-    feats = extract(net, images, ["conv1", "conv2", "conv5", "fc7"], PREP, batch_size=7)
+    feats = extract(net, images, ["conv1", "conv2", "conv5", "fc7"], PREP, Extraction(batch_size=7))
     x = PREP(images.read(np.arange(len(images)), 64))
     assert layer_outputs(net)["conv1"] == "norm1" and layer_outputs(net)["conv5"] == "pool5"
     with torch.no_grad():
@@ -145,8 +145,8 @@ def test_features_are_the_blocks_outputs_and_fc7_is_relu7():
 
 def test_batch_size_does_not_change_features():
     net, images = tiny_net(), random_set()
-    a = extract(net, images, ["conv3", "fc6"], PREP, batch_size=4)
-    b = extract(net, images, ["conv3", "fc6"], PREP, batch_size=23)
+    a = extract(net, images, ["conv3", "fc6"], PREP, Extraction(batch_size=4))
+    b = extract(net, images, ["conv3", "fc6"], PREP, Extraction(batch_size=23))
     for layer in a:
         np.testing.assert_allclose(a[layer], b[layer], rtol=1e-5, atol=1e-6)
 

@@ -13,7 +13,6 @@ resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz import run_cache
 from zfviz.checkpoint import without_runtime_keys
 from zfviz.errors import UserError
 from zfviz.models.convnets import DROPPABLE, check_drop
@@ -139,20 +139,21 @@ def variant_model_kwargs(name: str, model_cfg: dict) -> tuple[str, dict]:
 
 
 def run_key(cfg: DictConfig) -> str:
-    """A short hash of everything that determines a variant's training result."""
+    """A short hash of everything that determines a variant's training result (``zfviz.run_cache``)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     keyed = without_runtime_keys(
         {k: config.get(k) for k in ("model", "data", "optim", "trainer", "seed", "deterministic")}
     )
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+    return run_cache.digest(keyed, 16)
 
 
 def cache_dir_for(cfg: DictConfig, cache_root: str | Path) -> Path:
+    """``<cache_root>/<run_key>``: the variant's run folder, its ``run.json`` (written last) the marker."""
     return Path(cache_root) / run_key(cfg)
 
 
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "run.json").is_file()
+    return run_cache.complete(Path(run_dir) / "run.json") is not None
 
 
 def describe(model_cfg) -> str:

@@ -20,9 +20,8 @@ every split, number of images per class and head reads the same file.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zfviz import run_cache
 from zfviz.activations import resolve, stream
 from zfviz.data.imageset import ImageSet
 from zfviz.data.preprocess import Preprocess
 from zfviz.errors import UserError
-from zfviz.utils import atomic_path, atomic_write_text
+from zfviz.utils import atomic_path
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 DEFAULT_GRID = 6
@@ -61,29 +61,37 @@ def _flatten(output: torch.Tensor, grid: int) -> torch.Tensor:
     return output.flatten(1)
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """How the features are pushed out of the net: the conv maps' pooling grid (part of the cache key), and
+    the batch size and device (not in it: they do not change the features)."""
+
+    grid: int = DEFAULT_GRID
+    batch_size: int = 256
+    device: torch.device | str = "cpu"
+
+    @classmethod
+    def from_config(cls, features_cfg, device: torch.device | str) -> Extraction:
+        """From a command's ``features`` group (``pool_grid``, ``batch_size``)."""
+        return cls(int(features_cfg.pool_grid), int(features_cfg.batch_size), device)
+
+
 @torch.no_grad()
 def extract(
-    model: nn.Sequential,
-    images: ImageSet,
-    layers: Sequence[str],
-    prep: Preprocess,
-    *,
-    grid: int = DEFAULT_GRID,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
+    model: nn.Sequential, images: ImageSet, layers: Sequence[str], prep: Preprocess, how: Extraction = Extraction()
 ) -> dict[str, np.ndarray]:
     """float32 features (N, D) of every image at each of ``layers``, in one pass over the set.
 
     Each batch's pass stops after the deepest of ``layers``; the maps are pooled in the hook.
     """
     where = _check_layers(model, layers)
-    model = model.to(device).eval()
+    model = model.to(how.device).eval()
     chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     batches = (
-        prep(images.read(np.arange(start, min(start + batch_size, len(images))), prep.input_size)).to(device)
-        for start in range(0, len(images), batch_size)
+        prep(images.read(np.arange(start, min(start + how.batch_size, len(images))), prep.input_size)).to(how.device)
+        for start in range(0, len(images), how.batch_size)
     )
-    with stream(model, batches, where, keep=lambda out: _flatten(out, grid).float().cpu()) as passes:
+    with stream(model, batches, where, keep=lambda out: _flatten(out, how.grid).float().cpu()) as passes:
         for seen, _ in passes:
             for layer in layers:
                 chunks[layer].append(seen[layer])
@@ -91,7 +99,8 @@ def extract(
 
 
 class FeatureCache:
-    """One ``.npy`` per (model, data set, layer, preprocessing) under ``folder``; counts hits."""
+    """One ``.npy`` per (model, data set, layer, preprocessing) under ``folder``, its key beside it in a
+    ``.json`` written last (``zfviz.run_cache``: an array without it is computed again); counts hits."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -99,12 +108,13 @@ class FeatureCache:
         self.misses = 0
 
     def path(self, key: dict) -> Path:
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        return self.folder / str(key["dataset"]) / f"{key['layer']}-{digest}.npy"
+        """``<folder>/<dataset>/<layer>-<digest>.npy``."""
+        stem = run_cache.entry(self.folder / str(key["dataset"]), key, length=20, prefix=f"{key['layer']}-")
+        return stem.parent / f"{stem.name}.npy"
 
     def load(self, key: dict) -> np.ndarray | None:
         path = self.path(key)
-        if not path.is_file():
+        if run_cache.complete(path.with_suffix(".json"), key, field=None) is None:
             return None
         try:
             return np.load(path)
@@ -116,7 +126,7 @@ class FeatureCache:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, array)
-        atomic_write_text(path.with_suffix(".json"), json.dumps(key, indent=1, default=str))
+        run_cache.mark_complete(path.with_suffix(".json"), key)
 
 
 def cached_features(
@@ -127,9 +137,7 @@ def cached_features(
     *,
     model_key: str,
     cache: FeatureCache | None = None,
-    grid: int = DEFAULT_GRID,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
+    how: Extraction = Extraction(),
 ) -> dict[str, np.ndarray]:
     """``extract`` through ``cache``: layers already on disk are read, the others computed in one pass.
 
@@ -139,7 +147,7 @@ def cached_features(
     _check_layers(model, layers)
 
     def key(layer: str) -> dict:
-        grid_used = grid if layer.startswith("conv") else None
+        grid_used = how.grid if layer.startswith("conv") else None
         return {"model": model_key, "dataset": images.name, "images": images.fingerprint, "layer": layer,
                 "pool_grid": grid_used, **prep.key()}  # fmt: skip
 
@@ -152,7 +160,7 @@ def cached_features(
                 cache.hits += 1
     missing = [layer for layer in layers if layer not in found]
     if missing:
-        fresh = extract(model, images, missing, prep, grid=grid, batch_size=batch_size, device=device)
+        fresh = extract(model, images, missing, prep, how)
         for layer, array in fresh.items():
             if cache is not None:
                 cache.misses += 1

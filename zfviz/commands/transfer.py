@@ -28,7 +28,7 @@ from zfviz.commands import CONFIG_DIR, guarded
 from zfviz.data.imageset import ImageSet
 from zfviz.data.preprocess import file_sha256, source_preprocess
 from zfviz.errors import UserError
-from zfviz.features import LAYERS, FeatureCache, cached_features
+from zfviz.features import LAYERS, Extraction, FeatureCache, cached_features
 from zfviz.models import build_model
 from zfviz.transfer import evaluate_heads, fit_softmax, fit_svm, head_scores, per_class_ap, predict, train_scratch
 from zfviz.utils import as_list, atomic_write_text, git_state, resolve_device, seeded, versions
@@ -203,8 +203,8 @@ def _run(cfg: DictConfig) -> dict:
         for images in sets:
             feats.append(
                 cached_features(
-                    net, images, [cfg.layer], prep, model_key=model_key, cache=cache, grid=cfg.features.pool_grid,
-                    batch_size=cfg.features.batch_size, device=device,
+                    net, images, [cfg.layer], prep, model_key=model_key, cache=cache,
+                    how=Extraction.from_config(cfg.features, device),
                 )[cfg.layer]
             )  # fmt: skip
     else:
