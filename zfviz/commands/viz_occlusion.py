@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from zfviz.attribution.occlusion import grid, occluded_copies, occlusion, resolve_layer
 from zfviz.commands.shared import Outputs, checkpoint_source, fill_for, open_run, pick_images, pixels
 from zfviz.plotting.deconv import as_image_channels
-from zfviz.plotting.occlusion import occlusion_figure
+from zfviz.plotting.occlusion import OcclusionMaps, Projections, occlusion_figure
 from zfviz.viz.deconv import project
 
 
@@ -37,9 +37,10 @@ def run(cfg: DictConfig) -> dict:
     folder = out.folder
     title = f"Occlusion, {v.window}-px {v.fill} square, stride {v.stride} ({ckpt['config']['model']['name']})"
     worst, _ = _at(x, maps["p_true"], origins, v.window, fill)
+    shown = None if projections is None else Projections(projections, titles, boxes)
     fig = occlusion_figure(
-        pixels(x, loader), maps, origins, v.window, data.classes, labels.tolist(), feature_name,
-        projections, titles, boxes, occluded=pixels(worst, loader), title=title,
+        pixels(x, loader), OcclusionMaps(maps, origins, v.window, feature_name), data.classes, labels.tolist(),
+        shown, occluded=pixels(worst, loader), title=title,
     )  # fmt: skip
     out.figure(fig, f"{v.stem}.png")
     out.arrays(f"{v.stem}.npz", images=np.asarray(list(v.images)), labels=labels.cpu(), origins=origins, **maps)

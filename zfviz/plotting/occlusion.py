@@ -7,6 +7,7 @@ deconvnet projections as raw (C, H, W) arrays; tiles are drawn with the deconvne
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -33,29 +34,45 @@ def _heatmap(ax, values: np.ndarray, origins: np.ndarray, window: int, size: int
     return im
 
 
+@dataclass(frozen=True)
+class OcclusionMaps:
+    """What a sweep gives the figure: ``maps`` (``zfviz.attribution.occlusion.occlusion``'s arrays,
+    (N, rows, cols) each), the occluder's top-left ``origins`` along an axis, its side ``window`` and
+    the ``layer`` whose map panel (b) totals."""
+
+    maps: dict[str, np.ndarray]
+    origins: np.ndarray
+    window: int
+    layer: str
+
+
+@dataclass(frozen=True)
+class Projections:
+    """Panel (c): ``tiles`` (N, k, C, H, W), the map projected for the unoccluded image then k - 1
+    occluded ones; ``boxes[i][k]`` tile k's occluder top-left corner (None: unoccluded)."""
+
+    tiles: np.ndarray
+    titles: Sequence[str] = ()
+    boxes: Sequence[Sequence[tuple[int, int] | None]] = ()
+
+
 def occlusion_figure(
     images: np.ndarray,
-    maps: dict[str, np.ndarray],
-    origins: np.ndarray,
-    window: int,
+    sweep: OcclusionMaps,
     class_names: Sequence[str],
     labels: Sequence[int],
-    feature_name: str,
-    projections: np.ndarray | None = None,
-    projection_titles: Sequence[str] = (),
-    projection_boxes: Sequence[Sequence[tuple[int, int] | None]] = (),
+    projections: Projections | None = None,
+    *,
     occluded: np.ndarray | None = None,
     title: str = "",
 ) -> Figure:
     """The paper's 5-panel row per image: (a) input, (b) map total, (c) projections, (d) p(true), (e) top class.
 
-    ``maps`` holds (N, rows, cols) arrays; ``origins`` the occluder's top-left coordinates along an
-    axis. ``projections`` (N, k, C, H, W): the map projected for the unoccluded image then k - 1
-    occluded ones; ``projection_boxes[i][k]`` is tile k's occluder top-left corner (None = unoccluded).
-    Without projections panel (c) is left out. ``occluded``: each image occluded where p(true) is
+    Without ``projections`` panel (c) is left out. ``occluded``: each image occluded where p(true) is
     lowest, shown in (a) in place of the plain image.
     """
     n, size = len(images), images.shape[-1]
+    maps, origins, window = sweep.maps, sweep.origins, sweep.window
     panels = ["a", "b"] + (["c"] if projections is not None else []) + ["d", "e"]
     fig, axes = plt.subplots(n, len(panels), figsize=(3.1 * len(panels), 3.0 * n), squeeze=False)
     worst = maps["p_true"].reshape(n, -1).argmin(axis=1)
@@ -69,33 +86,41 @@ def occlusion_figure(
         ax.set(xticks=[], yticks=[], title=f"(a) {class_names[labels[i]]}, p={maps['p_true_clean'][i]:.2f}")
         im = _heatmap(row["b"], maps["feature_activation"][i], origins, window, size, cmap="viridis")
         fig.colorbar(im, ax=row["b"], fraction=0.046)
-        row["b"].set_title(f"(b) {feature_name} map {int(maps['channel'][i])}: total", fontsize=9)
+        row["b"].set_title(f"(b) {sweep.layer} map {int(maps['channel'][i])}: total", fontsize=9)
         if projections is not None:
-            tiles = [show_projection(tile) for tile in projections[i]]
-            cols = 2 if len(tiles) > 2 else len(tiles)
-            row["c"].imshow(mosaic(square(tiles, cols), gap=2))
-            for k, box in enumerate(projection_boxes[i] if len(projection_boxes) else []):
-                if box is not None:
-                    y0, x0 = (k // cols) * (size + 2) + box[0], (k % cols) * (size + 2) + box[1]
-                    row["c"].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), window, window, fill=False, ec="k", lw=1))
-            row["c"].set(xticks=[], yticks=[])
-            row["c"].set_title("(c) " + " / ".join(projection_titles), fontsize=8)
+            _projection_panel(row["c"], projections, i, window, size)
         im = _heatmap(row["d"], maps["p_true"][i], origins, window, size, cmap="magma", vmin=0, vmax=1)
         fig.colorbar(im, ax=row["d"], fraction=0.046)
         row["d"].set_title("(d) p(true class)", fontsize=9)
-        # Colours for the classes that occur here only, so 1000-class maps stay readable.
-        present = np.unique(maps["top_class"][i])
-        codes = np.searchsorted(present, maps["top_class"][i])
-        palette = plt.get_cmap("tab10" if len(present) <= 10 else "tab20").colors
-        cmap = ListedColormap([palette[k % len(palette)] for k in range(len(present))])
-        _heatmap(row["e"], codes, origins, window, size, cmap=cmap, vmin=-0.5, vmax=len(present) - 0.5)
-        handles = [Patch(color=cmap(k), label=class_names[int(c)]) for k, c in enumerate(present[:20])]
-        row["e"].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        row["e"].set_title("(e) most probable class", fontsize=9)
+        _top_class_panel(row["e"], maps["top_class"][i], origins, window, size, class_names)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _projection_panel(ax, projections: Projections, i: int, window: int, size: int) -> None:
+    tiles = [show_projection(tile) for tile in projections.tiles[i]]
+    cols = 2 if len(tiles) > 2 else len(tiles)
+    ax.imshow(mosaic(square(tiles, cols), gap=2))
+    for k, box in enumerate(projections.boxes[i] if len(projections.boxes) else []):
+        if box is not None:
+            y0, x0 = (k // cols) * (size + 2) + box[0], (k % cols) * (size + 2) + box[1]
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), window, window, fill=False, ec="k", lw=1))
+    ax.set(xticks=[], yticks=[])
+    ax.set_title("(c) " + " / ".join(projections.titles), fontsize=8)
+
+
+def _top_class_panel(ax, top_class: np.ndarray, origins: np.ndarray, window: int, size: int, class_names) -> None:
+    # Colours for the classes that occur here only, so 1000-class maps stay readable.
+    present = np.unique(top_class)
+    codes = np.searchsorted(present, top_class)
+    palette = plt.get_cmap("tab10" if len(present) <= 10 else "tab20").colors
+    cmap = ListedColormap([palette[k % len(palette)] for k in range(len(present))])
+    _heatmap(ax, codes, origins, window, size, cmap=cmap, vmin=-0.5, vmax=len(present) - 0.5)
+    handles = [Patch(color=cmap(k), label=class_names[int(c)]) for k, c in enumerate(present[:20])]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title("(e) most probable class", fontsize=9)
 
 
 def correspondence_figure(images: np.ndarray, occluded: dict[str, np.ndarray], title: str = "") -> Figure:

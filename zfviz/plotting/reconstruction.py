@@ -15,6 +15,21 @@ def _tile(image: np.ndarray, data_range: float) -> np.ndarray:
     return image[:3].transpose(1, 2, 0)
 
 
+def _draw_row(row, original: np.ndarray, recons: list[np.ndarray | None], i: int, data_range: float) -> None:
+    """One row: image ``i``'s original, then its reconstruction from each layer (None: left blank)."""
+    row[0].imshow(_tile(original, data_range), cmap="gray", vmin=0, vmax=1)
+    for ax, images in zip(row[1:], recons, strict=True):
+        if images is not None:
+            ax.imshow(_tile(images[i], data_range), cmap="gray", vmin=0, vmax=1)
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
 def reconstruction_panels(
     panels: list[tuple[str, np.ndarray, dict[tuple[str, str], np.ndarray]]],
     layers: list[str],
@@ -37,22 +52,16 @@ def reconstruction_panels(
             for m, method in enumerate(methods):
                 r = i * len(methods) + m
                 row = axes[r, p * cols : (p + 1) * cols]
-                row[0].imshow(_tile(originals[i], data_range), cmap="gray", vmin=0, vmax=1)
+                _draw_row(row, originals[i], [recon.get((method, layer)) for layer in layers], i, data_range)
                 if m == 0 and i == 0:
                     row[0].set_title(f"{name}\noriginal", fontsize=7)
                 if p == 0:
                     row[0].set_ylabel(method, fontsize=6, rotation=0, ha="right", va="center")
-                for c, layer in enumerate(layers, start=1):
-                    images = recon.get((method, layer))
-                    if images is not None:
-                        row[c].imshow(_tile(images[i], data_range), cmap="gray", vmin=0, vmax=1)
-                    if r == 0:
+                if r == 0:
+                    for c, layer in enumerate(layers, start=1):
                         row[c].set_title(layer, fontsize=7)
         for ax in axes[:, p * cols : (p + 1) * cols].flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            _bare(ax)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=0.93 if title else 0.96, wspace=0.04, hspace=0.06)
