@@ -74,34 +74,46 @@ def scan_split(
     paths: list[str] = []
     labels: list[int] = []
     if found:
-        index = {c: i for i, c in enumerate(classes)}
-        unknown = [c for c in found if c not in index]
-        if unknown:
-            raise UserError(f"ImageNet: {folder} has classes that train/ lacks ({', '.join(unknown[:3])}); {LAYOUT}")
-        listed = {wnid: image_files(folder / wnid) for wnid in found}
-        empty = [wnid for wnid, names in listed.items() if not names]
-        if 0 < len(empty) < len(listed):  # a class of no images would still take an index (all empty: below)
-            raise UserError(
-                f"ImageNet: class folder {folder / empty[0]} holds no images"
-                f"{f' (and {len(empty) - 1} more empty class folders)' if len(empty) > 1 else ''}; "
-                "restore its images or remove the folder (the classes are the sorted folders of train/)"
-            )
-        for wnid, names in listed.items():
-            paths += [f"{split}/{wnid}/{n}" for n in names]
-            labels += [index[wnid]] * len(names)
+        paths, labels = _class_folders(folder, split, found, classes)
     elif split != "train" and meta is not None and image_files(folder):
-        names, wnids = image_files(folder), meta[1]
-        if len(names) != len(wnids):
-            raise UserError(f"ImageNet: {folder} holds {len(names)} images, {META_FILE} names {len(wnids)}; {LAYOUT}")
-        index = {c: i for i, c in enumerate(classes)}
-        missing = sorted({w for w in wnids if w not in index})
-        if missing:
-            raise UserError(f"ImageNet: {META_FILE} names val classes that train/ lacks ({', '.join(missing[:3])})")
-        paths = [f"{split}/{n}" for n in names]
-        labels = [index[w] for w in wnids]
+        paths, labels = _flat_val(folder, split, meta[1], classes)
     if not paths:
         raise UserError(f"ImageNet: no images under {folder}; {LAYOUT}")
     return classes, paths, np.asarray(labels, dtype=np.int64)
+
+
+def _class_folders(folder: Path, split: str, found: list[str], classes: list[str]) -> tuple[list[str], list[int]]:
+    """The images of ``folder``'s class subfolders ``found``, labelled by their place in ``classes``."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in found if c not in index]
+    if unknown:
+        raise UserError(f"ImageNet: {folder} has classes that train/ lacks ({', '.join(unknown[:3])}); {LAYOUT}")
+    listed = {wnid: image_files(folder / wnid) for wnid in found}
+    empty = [wnid for wnid, names in listed.items() if not names]
+    if 0 < len(empty) < len(listed):  # a class of no images would still take an index (all empty: no images)
+        raise UserError(
+            f"ImageNet: class folder {folder / empty[0]} holds no images"
+            f"{f' (and {len(empty) - 1} more empty class folders)' if len(empty) > 1 else ''}; "
+            "restore its images or remove the folder (the classes are the sorted folders of train/)"
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    for wnid, names in listed.items():
+        paths += [f"{split}/{wnid}/{n}" for n in names]
+        labels += [index[wnid]] * len(names)
+    return paths, labels
+
+
+def _flat_val(folder: Path, split: str, wnids: list[str], classes: list[str]) -> tuple[list[str], list[int]]:
+    """The raw validation archive's flat files, labelled by ``wnids`` (meta.bin's order)."""
+    names = image_files(folder)
+    if len(names) != len(wnids):
+        raise UserError(f"ImageNet: {folder} holds {len(names)} images, {META_FILE} names {len(wnids)}; {LAYOUT}")
+    index = {c: i for i, c in enumerate(classes)}
+    missing = sorted({w for w in wnids if w not in index})
+    if missing:
+        raise UserError(f"ImageNet: {META_FILE} names val classes that train/ lacks ({', '.join(missing[:3])})")
+    return [f"{split}/{n}" for n in names], [index[w] for w in wnids]
 
 
 def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
