@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 data:
 	@if [ -f $(FMNIST_DEB)/train-images-idx3-ubyte.gz ] || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
-	else echo "Fashion-MNIST is missing: sudo apt-get install dataset-fashion-mnist (or see README, 'Data')"; exit 1; fi
+	else echo "Fashion-MNIST is missing: sudo apt-get install dataset-fashion-mnist (or see docs/data.md)"; exit 1; fi
 
 # test: the whole suite. test-fast: without the tests marked slow (CLI launches, trainings, 224 px
 # nets), for a check in under a minute while developing.

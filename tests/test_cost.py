@@ -173,9 +173,22 @@ def test_the_report_shows_the_table_when_it_is_there(tmp_path, tiny):
 
 
 def test_the_readme_cost_table_is_the_one_the_csv_gives():
-    """The README quotes no cost by hand: its table is generated from results/paper_cost.csv."""
+    """The docs quote no cost by hand: docs/presets.md's table is generated from results/paper_cost.csv."""
     from zfviz.cost import readme_table
 
     root = Path(__file__).resolve().parents[1]
     table = readme_table(pd.read_csv(root / "results" / "paper_cost.csv"))
-    assert table in (root / "README.md").read_text(), "run: python scripts/paper_cost.py --readme README.md"
+    assert table in (root / "docs" / "presets.md").read_text(), (
+        "run: python scripts/paper_cost.py --readme docs/presets.md"
+    )
+
+
+def test_paper_cost_readme_rewrites_only_the_block(tmp_path):
+    """``scripts/paper_cost.py --readme FILE`` replaces the generated block of FILE (docs/presets.md) from the
+    CSV and leaves the rest of the page as it was."""
+    page = (REPO / "docs" / "presets.md").read_text()
+    begin, end = page.index(cost.README_BEGIN), page.index(cost.README_END)
+    stale = tmp_path / "presets.md"
+    stale.write_text(page[: begin + len(cost.README_BEGIN)] + "\n| old |\n" + page[end:])
+    assert load_script().main(["--out", str(REPO / "results"), "--readme", str(stale)]) == 0
+    assert stale.read_text() == page

@@ -1,4 +1,5 @@
-"""The README's command lines are tests (issue 12): every line of its ```bash blocks runs at debug=fast.
+"""The documents' command lines are tests (issues 12, 27): every line of the ```bash blocks of README.md and
+docs/*.md (in the order of the index, docs/README.md) runs at debug=fast. "The README" below means them all.
 
 Placeholders become fixtures made once per session: ``checkpoint=...`` a ZFNet trained with ``debug=fast``
 where ``make figures`` puts it (``runs/figures/cpu/zfnet/``; an AlexNet beside it for Fig. 6),
@@ -36,7 +37,11 @@ from zfviz.data.voc import CLASSES as VOC_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-README = (REPO / "README.md").read_text()
+# README.md, then docs/ in the order its index links the pages (a line may read what an earlier page's writes).
+INDEX = (REPO / "docs" / "README.md").read_text()
+PAGES = dict.fromkeys(re.findall(r"\]\((\w+\.md)\)", INDEX))
+DOCUMENTS = [REPO / "README.md", *(REPO / "docs" / name for name in PAGES)]
+README = "\n".join(path.read_text() for path in DOCUMENTS)
 
 # README lines no test here runs, and who runs them instead.
 NOT_RUN_HERE = {
@@ -230,6 +235,11 @@ LINES = bash_lines()
 PROCESS_LINES = {ln for ln in LINES if not ln.split(" && ")[-1].startswith("zfviz ")} | {
     next(ln for ln in LINES if ln.startswith(f"zfviz {cmd} ")) for cmd in ("train", "ablate", "transfer", "viz")
 }
+
+
+def test_every_docs_page_is_in_the_index():
+    pages = {p.name for p in (REPO / "docs").glob("*.md")} - {"README.md"}
+    assert pages == {p.name for p in DOCUMENTS[1:]}, "link every docs/ page from docs/README.md, so its lines run"
 
 
 def test_every_readme_line_is_run():

@@ -425,7 +425,7 @@ def total_lines(df: pd.DataFrame, source: str) -> list[str]:
 
 
 README_BEGIN, README_END = (
-    "<!-- paper_cost: begin (python scripts/paper_cost.py --readme README.md) -->",
+    "<!-- paper_cost: begin (python scripts/paper_cost.py --readme docs/presets.md) -->",
     "<!-- paper_cost: end -->",
 )
 
