@@ -10,6 +10,7 @@ starts mid-epoch without drawing the earlier batches) and however many processes
 from __future__ import annotations
 
 import math
+from dataclasses import KW_ONLY, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,39 +43,37 @@ def random_crop(batch: torch.Tensor, pad: int, generator: torch.Generator) -> to
     return flat.gather(2, index).reshape(n, c, h, w)
 
 
+@dataclass(eq=False, repr=False)
 class TensorLoader:
     """Iterate ``(x, y)`` batches of float images normalized by ``mean``/``std``.
 
     ``images`` is uint8 (N, C, S, S); a 1-channel set is repeated to ``channels`` so the same
-    architectures serve gray and colour data.
+    architectures serve gray and colour data. ``mean``/``std``: per channel (or one), on the 0..1
+    scale; kept as (1, C, 1, 1) tensors on the 0..255 scale of ``images``. Training: ``shuffle``,
+    random horizontal ``flip`` and translation by up to ``crop_pad`` pixels, drawn from ``seed``.
+    Under DDP every process draws the same global batch and keeps its slice (``rank`` of
+    ``world_size``), so N processes see exactly the batches (and augmentations) one process would.
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        *,
-        mean: float | list[float],
-        std: float | list[float],
-        channels: int = 3,
-        shuffle: bool = False,
-        flip: bool = False,
-        crop_pad: int = 0,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        self.images, self.labels = images, labels
-        self.batch_size = batch_size
-        self.channels = channels
-        self.shuffle, self.flip, self.crop_pad = shuffle, flip, crop_pad
-        self.seed, self.epoch, self.start_batch = seed, 0, 0
-        # Under DDP every process draws the same global batch and keeps its slice, so N processes
-        # see exactly the batches (and augmentations) one process would.
-        self.rank, self.world_size = rank, world_size
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
-        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    _: KW_ONLY
+    mean: float | list[float] | torch.Tensor
+    std: float | list[float] | torch.Tensor
+    channels: int = 3
+    shuffle: bool = False
+    flip: bool = False
+    crop_pad: int = 0
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = field(default=0, init=False)
+    start_batch: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.mean = torch.as_tensor(self.mean, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
+        self.std = torch.as_tensor(self.std, dtype=torch.float32).reshape(1, -1, 1, 1) * 255
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch; ``start_batch`` > 0 resumes it there (the batches before are not drawn)."""
