@@ -304,44 +304,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dispatch(argv: list[str]) -> int:
+    """Check the command line (one line and exit 2 for a mistake), then run the command's Hydra app."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        print("\ncommands:")
-        for name, text in COMMANDS.items():
-            print(f"  {name:<9} {text}")
-        print("\n'zfviz <command> --help' says what a command does, its keys and an example;")
-        print("'zfviz <command> --cfg job' prints the resolved config.")
+        print_usage()
         return 0 if argv else 2
     command, (rest, flags) = argv[0], split_flags(argv[1:])
     if command == "viz":
-        bare = next((i for i, a in enumerate(rest) if "=" not in a and not a.startswith(("+", "~"))), None)
-        if bare is not None:  # zfviz viz deconv ... selects configs/viz/deconv.yaml
-            rest = [f"viz={rest[bare]}", *rest[:bare], *rest[bare + 1 :]]
-        rest = scope_method_keys(rest)
-    multirun = any(f in ("-m", "--multirun") for f in flags)
+        rest = viz_args(rest)
     try:
-        if command not in COMMANDS:
-            raise UserError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
-        check_command_line(rest)  # a path with spaces the shell split: say how to quote it
-        if not multirun:
-            rest = rewrite_lists(quote_home(rest))
-        if not _UNCHECKED.intersection(f.partition("=")[0] for f in flags):
-            for overrides in sweep_points(rest) if multirun else [rest]:
-                validate(command, overrides, values=multirun)
-            check_run_folder(rest, multirun)
+        rest = checked(command, rest, flags)
+        if command == "viz" and {"-h", "--help"}.intersection(flags) and method_keys(_chosen_method(rest)):
+            print(method_page(_chosen_method(rest), _given(rest, "viz.method")))  # zfviz viz attribution --help
+            return 0
     except UserError as err:
         print(f"zfviz: error: {err}", file=sys.stderr)
         return 2
-    method = _chosen_method(rest)
-    if command == "viz" and method_keys(method) and {"-h", "--help"}.intersection(flags):
-        chosen = next((a.partition("=")[2] for a in rest if a.startswith("viz.method=")), None)
-        try:
-            page = method_page(method, chosen)
-        except UserError as err:  # zfviz viz attribution method=fancy --help
-            print(f"zfviz: error: {err}", file=sys.stderr)
-            return 2
-        print(page)
-        return 0
     note = debug_note(rest)
     if note and not _QUIET.intersection(f.partition("=")[0] for f in flags):
         print(note, flush=True)
@@ -349,6 +326,44 @@ def dispatch(argv: list[str]) -> int:
     sys.argv = [f"zfviz {command}", *rest, *flags]
     module.main()
     return 0
+
+
+def print_usage() -> None:
+    print(USAGE)
+    print("\ncommands:")
+    for name, text in COMMANDS.items():
+        print(f"  {name:<9} {text}")
+    print("\n'zfviz <command> --help' says what a command does, its keys and an example;")
+    print("'zfviz <command> --cfg job' prints the resolved config.")
+
+
+def viz_args(rest: list[str]) -> list[str]:
+    """``zfviz viz deconv ...`` selects configs/viz/deconv.yaml (the first bare word is ``viz=``), and a
+    method's own keys are scoped under ``viz.``."""
+    bare = next((i for i, a in enumerate(rest) if "=" not in a and not a.startswith(("+", "~"))), None)
+    if bare is not None:
+        rest = [f"viz={rest[bare]}", *rest[:bare], *rest[bare + 1 :]]
+    return scope_method_keys(rest)
+
+
+def checked(command: str, rest: list[str], flags: list[str]) -> list[str]:
+    """``rest`` as Hydra will read it (lists and ``~`` quoted unless sweeping), every key and value checked
+    against the composed config and the run folder writable; a mistake is a UserError."""
+    multirun = any(f in ("-m", "--multirun") for f in flags)
+    if command not in COMMANDS:
+        raise UserError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
+    check_command_line(rest)  # a path with spaces the shell split: say how to quote it
+    if not multirun:
+        rest = rewrite_lists(quote_home(rest))
+    if not _UNCHECKED.intersection(f.partition("=")[0] for f in flags):
+        for overrides in sweep_points(rest) if multirun else [rest]:
+            validate(command, overrides, values=multirun)
+        check_run_folder(rest, multirun)
+    return rest
+
+
+def _given(rest: list[str], key: str) -> str | None:
+    return next((a.partition("=")[2] for a in rest if a.startswith(f"{key}=")), None)
 
 
 if __name__ == "__main__":

@@ -287,6 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         at = argv.index("--")
         argv, command = argv[:at], argv[at + 1 :]
+    args = parser().parse_args(argv)
+    try:
+        return ACTIONS[args.action](args, command) or 0
+    except UserError as err:
+        print(f"make figures: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m zfviz.pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
     one = sub.add_parser("stage", help="run one stage: stage NAME --runs DIR -- COMMAND ...")
@@ -305,38 +316,36 @@ def main(argv: list[str] | None = None) -> int:
     price.add_argument("--preset", required=True)
     price.add_argument("--table", type=Path, help="scripts/paper_cost.py's table (default: results/paper_cost.csv)")
     price.add_argument("--clip-epochs", type=int, default=5, help="the Makefile's CLIP_EPOCHS")
-    args = parser.parse_args(argv)
-    try:
-        if args.action == "stage":
-            return run_stage(args.name, args.runs, command, args.expected, args.scale)
-        if args.action == "check":
-            problems = check_results(args.results, args.expected)
-            for line in problems:
-                print(f"make figures: {line}", file=sys.stderr)
-            if problems:
-                return 2
-            print(f"{args.results}: {len(args.expected)} expected results present, every file with its sidecar")
-            return 0
-        if args.action == "begin":
-            begin(args.runs)
-        elif args.action == "end":
-            end(args.runs, args.out)
-        elif args.action == "cost":
-            cost(args.preset, args.table, args.clip_epochs)
-        else:
-            missing = needs(args.preset, {var: os.environ.get(var) for _, var, *_ in PAPER_DATA})
-            if missing:
-                raise UserError(
-                    f"missing data for PRESET={args.preset}: give {', '.join(f'{v}=/path' for v in missing)} "
-                    "(nothing was run)"
-                )
-    except UserError as err:
-        print(f"make figures: error: {err}", file=sys.stderr)
+    return parser
+
+
+def _check(args, _command) -> int:
+    problems = check_results(args.results, args.expected)
+    for line in problems:
+        print(f"make figures: {line}", file=sys.stderr)
+    if problems:
         return 2
-    except KeyboardInterrupt:
-        return 130
+    print(f"{args.results}: {len(args.expected)} expected results present, every file with its sidecar")
     return 0
 
+
+def _needs(args, _command) -> None:
+    missing = needs(args.preset, {var: os.environ.get(var) for _, var, *_ in PAPER_DATA})
+    if missing:
+        raise UserError(
+            f"missing data for PRESET={args.preset}: give {', '.join(f'{v}=/path' for v in missing)} (nothing was run)"
+        )
+
+
+# Each action of ``python -m zfviz.pipeline``: (parsed arguments, the command after ``--``) -> exit status or None.
+ACTIONS = {
+    "stage": lambda args, command: run_stage(args.name, args.runs, command, args.expected, args.scale),
+    "check": _check,
+    "begin": lambda args, _command: begin(args.runs),
+    "end": lambda args, _command: end(args.runs, args.out),
+    "cost": lambda args, _command: cost(args.preset, args.table, args.clip_epochs),
+    "needs": _needs,
+}
 
 if __name__ == "__main__":
     sys.exit(main())
