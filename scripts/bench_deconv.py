@@ -8,8 +8,11 @@
 3. ``project(model, x, layer, channel=[...])``, every map of the layer for a few images in one call
    (one forward pass, one batched backward), against a loop over the maps calling Captum's
    ``NeuronDeconvolution`` once per map on the same images (each image's strongest cell), and
-   against our own loop of one ``project`` per map. The top-9 projections also run on the one
-   mechanism (``path="mechanism"``, what residual nets take) beside the traced chain.
+   against our own loop of one ``project`` per map.
+4. The top-9 projections of 1. on zfviz's one path (the attribution mechanism with a batch of starting
+   signals) against the chain inverter of ``tests/deconv_oracle.py`` (trace each image's layers and
+   switches once, invert layer by layer: zfviz's fast path for chains until issue 24), in the same
+   rounds: the ratio says what the one path costs on the cpu-preset ZFNet.
 
 Both ratios come from one run in one process; the methods compared run in turn, round after
 round, and each timing is the best of its rounds. Without ``--checkpoint`` the net is the cpu
@@ -20,7 +23,9 @@ usage: python scripts/bench_deconv.py [--images 500] [--maps-images 16] [--check
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 from _bench import interleaved, preset_model, ratio_line
@@ -31,8 +36,11 @@ from zfviz.checkpoint import model_from_checkpoint
 from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.errors import UserError
-from zfviz.viz.deconv import project, project_batches
+from zfviz.viz.deconv import Units, project, project_batches
 from zfviz.viz.top9 import project_top, top_activations
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests' oracle
+from tests.deconv_oracle import chain_batches  # noqa: E402
 
 
 def load_images(n: int, size: int):
@@ -90,14 +98,18 @@ def main() -> None:
     position = top.position.reshape(-1, 2)
     channel = torch.arange(maps)[:, None].expand(-1, k).reshape(-1)
 
-    def ours(norm: str, path: str = "auto"):
+    def collect(batches):
         out = torch.empty(len(image), *x.shape[1:])
-        batches = project_batches(
-            model, x, args.layer, image, channel, position, batch_size=args.batch_size, norm=norm, path=path
-        )  # fmt: skip
         for rows, proj in batches:
             out[rows] = proj
         return out
+
+    def ours(norm: str):
+        return collect(project_batches(model, x, args.layer, Units(image, channel, position),
+                                       batch_size=args.batch_size, norm=norm))  # fmt: skip
+
+    def chain():
+        return collect(chain_batches(model, x, args.layer, (image, channel, position), args.batch_size))
 
     deconv = NeuronDeconvolution(model, model.get_submodule(args.layer))
 
@@ -116,14 +128,14 @@ def main() -> None:
             "pass": lambda: ours("pass"),
             # Captum back-propagates through contrast normalization; compare with our norm="backprop" mode.
             "backprop": lambda: ours("backprop"),
-            "mechanism": lambda: ours("pass", "mechanism"),
+            "chain": chain,
             "crops": lambda: project_top(model, args.layer, top, stored, prepare, batch_size=args.batch_size),
         },
         args.repeats,
     )
     t_ours, t_backprop, t_crops = timed.best("pass"), timed.best("backprop"), timed.best("crops")
-    t_mech = timed.best("mechanism")
-    assert torch.allclose(timed.results["mechanism"], timed.results["pass"], rtol=1e-5, atol=1e-7), "paths disagree"
+    t_chain = timed.best("chain")
+    assert torch.allclose(timed.results["chain"], timed.results["pass"], rtol=1e-5, atol=1e-7), "paths disagree"
     mine = timed.results["backprop"]
     slow = interleaved({"captum": theirs}, 1)  # once: it is the slow one
     t_captum, captum = slow.best("captum"), slow.results["captum"]
@@ -137,7 +149,7 @@ def main() -> None:
     print(f"\n1. top-{k} projections of all {maps} {args.layer} maps = {n} projections")
     print(f"   zfviz batched deconvnet      {t_ours:8.3f} s   {n / t_ours:9.1f} projections/s")
     print(f"   same, norm=backprop          {t_backprop:8.3f} s   {n / t_backprop:9.1f} projections/s")
-    print(f"   same, one mechanism          {t_mech:8.3f} s   {n / t_mech:9.1f} projections/s  (residual nets' path)")
+    print(f"   chain inverter (tests')      {t_chain:8.3f} s   {n / t_chain:9.1f} projections/s  (the old fast path)")
     print(f"   zfviz project_top (+ crops)  {t_crops:8.3f} s   {n / t_crops:9.1f} projections/s")
     print(f"   Captum loop per (map, image) {t_captum:8.3f} s   {n / t_captum:9.1f} projections/s")
     print(ratio_line("Captum time / zfviz time", t_captum / t_ours, ">= 10"))
@@ -151,7 +163,8 @@ def main() -> None:
     print(f"   plain inference {t_plain:7.3f} s   {len(x) / t_plain:8.1f} images/s")
     print(f"   top-9 search    {t_search:7.3f} s   {len(x) / t_search:8.1f} images/s")
     print(ratio_line("search speed / inference speed", t_plain / t_search, ">= 0.80"))
-    print(ratio_line("mechanism top-9 time / traced-chain time", t_mech / t_ours))
+    print(f"\n4. the one path against the chain inverter, top-{k} of 1.")
+    print(ratio_line("mechanism top-9 time / chain-inverter time", t_ours / t_chain))
     assert max_err < 1e-4, "zfviz and Captum disagree"
     several_maps(model, x[: args.maps_images], args.layer, args.repeats)
 

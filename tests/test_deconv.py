@@ -10,105 +10,11 @@ import torch.nn.functional as F
 from captum.attr import NeuronDeconvolution
 from torch import nn
 
-from zfviz.attribution import attribute
+from tests.deconv_oracle import autograd_oracle as oracle
+from tests.deconv_oracle import chain_project, strongest_start, unit_starts, unpool, whole_map_start
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.viz.deconv import project, project_batches, project_with_values, trace, unpool
-
-
-class _Stop(Exception):
-    pass
-
-
-class _DeconvReLUFn(torch.autograd.Function):
-    """The deconvnet's rectification as a backward rule: ReLU of the incoming gradient."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp(min=0)
-
-
-class _PassLRNFn(torch.autograd.Function):
-    """Contrast normalization on the way up, the identity on the way down (the paper's choice)."""
-
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k):
-        return F.local_response_norm(x, size, alpha, beta, k)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None, None, None
-
-
-class _OracleReLU(nn.Module):
-    def forward(self, x):
-        return _DeconvReLUFn.apply(x)
-
-
-class _OracleLRN(nn.Module):
-    def __init__(self, lrn: nn.LocalResponseNorm):
-        super().__init__()
-        self.lrn = lrn
-
-    def forward(self, x):
-        return _PassLRNFn.apply(x, self.lrn.size, self.lrn.alpha, self.lrn.beta, self.lrn.k)
-
-
-def oracle(model: nn.Module, images: torch.Tensor, layer: str, seed_fn, lrn: str = "pass") -> torch.Tensor:
-    """Autograd with every ReLU's backward replaced by ReLU(grad_out); pools and convs keep autograd's own."""
-    swapped = []  # modules are swapped in place (no copy of a 138M-parameter net) and put back after
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.ReLU):
-            swapped.append((name, module, _OracleReLU()))
-        elif isinstance(module, nn.LocalResponseNorm) and lrn == "pass":
-            swapped.append((name, module, _OracleLRN(module)))
-    x = images.clone().requires_grad_(True)
-    captured = {}
-
-    def hook(module, inputs, output):
-        captured["out"] = output
-        raise _Stop
-
-    for name, _, replacement in swapped:
-        model.set_submodule(name, replacement)
-    handle = model.get_submodule(layer).register_forward_hook(hook)
-    try:
-        model.eval()(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-        for name, original, _ in swapped:
-            model.set_submodule(name, original)
-    out = captured["out"]
-    return torch.autograd.grad(out, x, seed_fn(out.detach()))[0]
-
-
-def strongest_seed(channel: int):
-    """Keep, in each image, only the largest activation of map ``channel`` (a plain loop)."""
-
-    def seed_fn(act: torch.Tensor) -> torch.Tensor:
-        seed = torch.zeros_like(act)
-        for i in range(len(act)):
-            flat = act[i, channel].reshape(-1)
-            j = int(torch.argmax(flat))
-            seed[i, channel].view(-1)[j] = flat[j]
-        return seed
-
-    return seed_fn
-
-
-def whole_map_seed(channel: int):
-    def seed_fn(act: torch.Tensor) -> torch.Tensor:
-        seed = torch.zeros_like(act)
-        seed[:, channel] = act[:, channel]
-        return seed
-
-    return seed_fn
+from zfviz.viz.deconv import Units, project, project_batches, project_with_values
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
@@ -194,21 +100,21 @@ def test_zfnet_without_normalization_equals_the_autograd_oracle(layer):
     model = small_zfnet(norm=False)
     x = torch.randn(3, 3, 64, 64)
     channel = 5
-    assert_close(project(model, x, layer, channel), oracle(model, x, layer, strongest_seed(channel)))
+    assert_close(project(model, x, layer, channel), oracle(model, x, layer, strongest_start(channel)))
 
 
 @pytest.mark.parametrize("layer", ["conv2", "conv5"])
 def test_whole_map_projection_equals_the_autograd_oracle(layer):
     model = small_zfnet(norm=False)
     x = torch.randn(2, 3, 64, 64)
-    assert_close(project(model, x, layer, 7, position="all"), oracle(model, x, layer, whole_map_seed(7)))
+    assert_close(project(model, x, layer, 7, position="all"), oracle(model, x, layer, whole_map_start(7)))
 
 
 def test_normalization_layers_pass_through_by_default_or_backpropagate():
     model = small_zfnet(norm=True)
     x = torch.randn(2, 3, 64, 64)
     for norm in ("pass", "backprop"):
-        expected = oracle(model, x, "conv3", strongest_seed(2), lrn=norm)
+        expected = oracle(model, x, "conv3", strongest_start(2), lrn=norm)
         assert_close(project(model, x, "conv3", 2, norm=norm), expected)
     passed = project(model, x, "conv3", 2)
     assert not torch.allclose(passed, project(model, x, "conv3", 2, norm="backprop"))
@@ -217,7 +123,7 @@ def test_normalization_layers_pass_through_by_default_or_backpropagate():
 def test_the_papers_alexnet_replication_with_lrn_before_pooling():
     model = build_model("alexnet", num_classes=10, input_size=64, width=0.25, fc_dims=64, init="kaiming").eval()
     x = torch.randn(2, 3, 64, 64)
-    assert_close(project(model, x, "conv5", 1), oracle(model, x, "conv5", strongest_seed(1)))
+    assert_close(project(model, x, "conv5", 1), oracle(model, x, "conv5", strongest_start(1)))
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +142,7 @@ def test_torchvision_alexnet_equals_the_autograd_oracle(tv_alexnet, size, layer)
     # At 224 px the adaptive pool keeps 6x6 (identity); at 100 px it spreads 2x2 evenly over 6x6.
     x = torch.randn(1 if size == 224 else 2, 3, size, size)
     channel = 11
-    assert_close(project(tv_alexnet, x, layer, channel), oracle(tv_alexnet, x, layer, strongest_seed(channel)))
+    assert_close(project(tv_alexnet, x, layer, channel), oracle(tv_alexnet, x, layer, strongest_start(channel)))
     assert hooks_left(tv_alexnet) == 0
 
 
@@ -247,7 +153,7 @@ def test_torchvision_vgg16_equals_the_autograd_oracle():
     model = vgg16(weights=None).eval()
     x = torch.randn(1, 3, 48, 48)  # features end at 1x1: the adaptive pool spreads it over 7x7
     for layer in ("features.28", "classifier.0"):
-        assert_close(project(model, x, layer, 3), oracle(model, x, layer, strongest_seed(3)))
+        assert_close(project(model, x, layer, 3), oracle(model, x, layer, strongest_start(3)))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Captum announces its ReLU hooks on every call
@@ -289,31 +195,31 @@ def test_batching_and_per_image_channels_do_not_change_a_projection():
 
 
 @pytest.mark.parametrize("norm", [pytest.param("pass", marks=pytest.mark.slow), "backprop"])  # ~5 s each
-def test_many_projections_trace_each_image_once_and_match_one_at_a_time(norm):
+def test_many_projections_take_each_image_up_once_and_match_one_at_a_time(norm):
     model = small_zfnet()
     x = torch.randn(6, 3, 64, 64)
     image = torch.tensor([4, 1, 4, 0, 1, 4, 5, 1])
     channel = torch.tensor([0, 3, 7, 3, 3, 2, 1, 9])
     position = torch.tensor([[0, 0], [1, 2], [2, 2], [0, 1], [1, 2], [2, 0], [1, 1], [0, 2]])
-    traced = {}
+    passes = {}
     ones = [project(model, x[image[j] : image[j] + 1], "conv3", int(channel[j]), position[j], norm=norm) for j in range(len(image))]  # fmt: skip
     for batch_size in (1, 3, 8):
         seen = []
         handle = model.conv1.register_forward_hook(lambda m, i, o, seen=seen: seen.append(len(i[0])))
         got = torch.full((len(image), 3, 64, 64), float("nan"))
         try:
-            for rows, proj in project_batches(
-                model, x, "conv3", image, channel, position, batch_size=batch_size, norm=norm
-            ):
+            units = Units(image, channel, position)
+            for rows, proj in project_batches(model, x, "conv3", units, batch_size=batch_size, norm=norm):
+                assert torch.isnan(got[rows]).all(), "a projection was yielded twice"
                 got[rows] = proj
         finally:
             handle.remove()
-        traced[batch_size] = sum(seen)
+        passes[batch_size] = sum(seen)
         for j, one in enumerate(ones):
             torch.testing.assert_close(got[j : j + 1], one, rtol=1e-5, atol=1e-6)
-    # Taken in order of image, the 4 distinct images go up the net once each in one batch of 8;
-    # in batches of 3 (images 0 1 1 | 1 4 4 | 4 5) the ones split across batches go up twice.
-    assert traced == {1: 8, 3: 6, 8: 4}
+    # A batch holds whole images with all their projections: the 4 distinct images go up the net once
+    # each, whatever the batch size (batches of 3: images 1 | 4 | 0 5; of 8: 1 4 | 0 5).
+    assert passes == {1: 4, 3: 4, 8: 4}
 
 
 def test_a_chosen_position_equals_the_strongest_when_it_is_the_argmax():
@@ -349,18 +255,6 @@ def test_mistakes_are_one_line_user_errors():
     with pytest.raises(UserError, match="position"):
         project(model, x, "conv1", 0, position="max")
 
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 3, 3, padding=1)
-            self.relu = nn.ReLU()
-
-        def forward(self, x):
-            return self.relu(self.conv(x) + x)
-
-    with pytest.raises(UserError, match="not a plain chain"):  # trace, project_batches' fast path
-        trace(Residual(), x, "relu")
-
 
 def test_residual_nets_and_batch_norm_project_on_the_one_mechanism():
     """Not a chain: project and project_batches take attribution's deconvnet; autograd is the oracle."""
@@ -380,10 +274,10 @@ def test_residual_nets_and_batch_norm_project_on_the_one_mechanism():
 
     model = Residual().eval()
     x = torch.randn(3, 3, 12, 12)
-    assert_close(project(model, x, "relu", 2), oracle(model, x, "relu", strongest_seed(2)))
+    assert_close(project(model, x, "relu", 2), oracle(model, x, "relu", strongest_start(2)))
     image, channel = torch.tensor([2, 0, 2]), torch.tensor([1, 3, 0])
     got = torch.empty(3, 3, 12, 12)
-    for rows, proj in project_batches(model, x, "relu", image, channel, batch_size=2):
+    for rows, proj in project_batches(model, x, "relu", Units(image, channel), batch_size=2):
         got[rows] = proj
     for j in range(3):
         one = project(model, x[image[j] : image[j] + 1], "relu", int(channel[j]))
@@ -391,18 +285,20 @@ def test_residual_nets_and_batch_norm_project_on_the_one_mechanism():
 
 
 @pytest.mark.parametrize("norm", ["pass", "backprop"])
-def test_project_batches_fast_path_equals_attribution_deconvnet(norm):
-    """The trace-and-reuse path of project_batches gives attribute(..., "deconvnet")'s projections."""
+def test_project_batches_equals_the_chain_inverter(norm):
+    """Batched projections of units in a few images equal the paper's layer-by-layer inversion (tests' own)."""
     model = small_zfnet()
     x = torch.randn(5, 3, 64, 64)
     image = torch.tensor([3, 0, 3, 1, 3, 4])
     channel = torch.tensor([0, 5, 7, 5, 2, 11])
     position = torch.tensor([[0, 0], [1, 2], [2, 2], [0, 1], [1, 0], [2, 1]])
     got = torch.empty(len(image), 3, 64, 64)
-    for rows, proj in project_batches(model, x, "conv3", image, channel, position, batch_size=4, norm=norm):
+    for rows, proj in project_batches(model, x, "conv3", Units(image, channel, position), batch_size=4, norm=norm):
         got[rows] = proj
-    expected = attribute(model, x[image], ("conv3", channel, position), "deconvnet", norm=norm)
-    # Same kernels on other batch sizes (4 traced images vs 6 rows): float32 sums may differ in the last bits.
+    expected = chain_project(
+        model, x[image], "conv3", lambda act: unit_starts(act, torch.arange(6), channel, position), norm
+    )
+    # conv backward vs conv_transpose2d, and other batch sizes: the same sums, maybe in another order.
     assert_close(got, expected)
 
 

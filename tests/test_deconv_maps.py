@@ -1,7 +1,8 @@
-"""Several maps in one call and the batched mechanism path of ``project_batches`` (issues 13, 17).
+"""Several maps in one call and ``project_batches`` on the one mechanism's batched backward (issues 13, 17, 24).
 
 Oracles: ``project`` one map at a time (the single-map path is ``attribute(..., "deconvnet")``,
-itself checked against autograd and Captum in ``test_deconv.py``), and the traced chain.
+itself checked against autograd and Captum in ``test_deconv.py``), and the chain inverter of
+``tests/deconv_oracle.py`` (the paper's layer-by-layer inversion, independent of ``zfviz.attribution``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import torch
 import torchvision
 from torch import nn
 
+from tests.deconv_oracle import chain_batches, chain_project, strongest_start, unit_starts
 from zfviz.errors import UserError
 from zfviz.models import build_model
-from zfviz.viz.deconv import project, project_batches
+from zfviz.viz.deconv import Units, project, project_batches
 
 
 def small_zfnet() -> nn.Module:
@@ -85,7 +87,7 @@ def test_several_maps_on_a_resnet_and_the_model_left_as_it_was(resnet18):
     many = project(resnet18, x, "layer2", [3, 17, 60])
     for k, channel in enumerate((3, 17, 60)):
         assert_close(many[:, k], project(resnet18, x, "layer2", channel))
-    with pytest.raises(UserError, match="channel must lie in 0..127"):
+    with pytest.raises(UserError, match="channel of layer2 must lie in 0..127"):
         project(resnet18, x, "layer2", [3, 128])
     assert resnet18.training and all(m.training for m in resnet18.modules())
     assert hooks_left(resnet18) == 0 and all(m.inplace for m in inplace)
@@ -121,28 +123,34 @@ def _collect(batches, n: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(("name", "norm"), [("zfnet", "pass"), ("zfnet", "backprop"), ("alexnet", "pass")])
 @pytest.mark.usefixtures("one_thread")
-def test_mechanism_path_equals_the_traced_chain_on_our_nets(name, norm):
-    """The chain fast path stays only because it is faster: it must give the mechanism's projections."""
+def test_project_batches_and_maps_equal_the_chain_inverter_on_our_nets(name, norm):
+    """The paper's layer-by-layer inversion (the tests' own) gives the batched mechanism's projections."""
     model = build_model(name, num_classes=10, input_size=64, width=0.25, fc_dims=32, init="kaiming").eval()
     x = torch.randn(5, 3, 64, 64)
     image = torch.tensor([3, 0, 3, 1, 3, 4, 0, 3])
     channel = torch.tensor([0, 5, 7, 5, 2, 11, 1, 3])
     position = torch.tensor([[0, 0], [1, 2], [2, 2], [0, 1], [1, 0], [2, 1], [0, 0], [1, 1]])
-    kw = {"batch_size": 4, "norm": norm}
-    chain = _collect(project_batches(model, x, "conv3", image, channel, position, path="chain", **kw), 8)
-    mech = _collect(project_batches(model, x, "conv3", image, channel, position, path="mechanism", **kw), 8)
-    assert_close(mech, chain)
+    units = Units(image, channel, position)
+    got = _collect(project_batches(model, x, "conv3", units, batch_size=4, norm=norm), 8)
+    rows = torch.arange(8)
+    chain = chain_project(model, x[image], "conv3", lambda act: unit_starts(act, rows, channel, position), norm)
+    assert_close(got, chain)
+    baseline = _collect(chain_batches(model, x, "conv3", (image, channel, position), 4, norm), 8)  # bench_deconv's
+    assert_close(baseline, chain)
+    maps = project(model, x, "conv5", [2, 9], norm=norm)
+    for k, c in enumerate((2, 9)):
+        assert_close(maps[:, k], chain_project(model, x, "conv5", strongest_start(c), norm))
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_mechanism_path_takes_each_image_up_once_per_batch(resnet18):
+def test_project_batches_takes_each_image_up_once_per_batch(resnet18):
     x = torch.randn(4, 3, 32, 32)
     image = torch.tensor([2, 0, 2, 2, 1, 0, 3])  # image 2 has 3 projections, 0 two, 1 and 3 one
     channel = torch.tensor([1, 3, 0, 9, 4, 4, 7])
     seen = []
     handle = resnet18.conv1.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
     try:
-        got = _collect(project_batches(resnet18, x, "layer1", image, channel, batch_size=6, path="mechanism"), 7)
+        got = _collect(project_batches(resnet18, x, "layer1", Units(image, channel), batch_size=6), 7)
     finally:
         handle.remove()
     # Most projections first: image 2 (3 seeds) with image 0 (2 <= 3 seeds, 6 rows), then 1 and 3.
@@ -150,8 +158,4 @@ def test_mechanism_path_takes_each_image_up_once_per_batch(resnet18):
     for j in range(7):
         one = project(resnet18, x[image[j] : image[j] + 1], "layer1", int(channel[j]))
         assert_close(got[j : j + 1], one)
-    auto = _collect(project_batches(resnet18, x, "layer1", image, channel, batch_size=6), 7)  # not a chain
-    assert torch.equal(auto, got)
-    with pytest.raises(UserError, match="cannot invert"):
-        next(project_batches(resnet18, x, "layer1", image, channel, path="chain"))
     assert hooks_left(resnet18) == 0

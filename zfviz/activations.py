@@ -20,9 +20,12 @@ composite module that is not an ``nn.Sequential`` (ResNet's BasicBlock and Bottl
 after the residual sum), it is that module, widened to every ``nn.Sequential`` it ends: ``layer4``.
 
 Capture records module outputs with forward hooks inside a ``with`` block that removes them on the
-way out, also on an exception, and can stop the forward pass as soon as every captured module ran.
-A kept output is cloned unless the pass stops right after it, so a later in-place operation
-(torchvision's ``ReLU(inplace=True)``, ResNet's ``out += identity``) cannot change it.
+way out, also on an exception, and can stop the forward pass as soon as every captured module ran:
+the one way to run a model up to a layer and stop (the deconvnet, the attribution mechanism, the
+receptive-field walk and activation maximization all use it). A kept output is cloned unless the
+pass stops right after it, so a later in-place operation (torchvision's ``ReLU(inplace=True)``,
+ResNet's ``out += identity``) cannot change it; ``graph=True`` keeps outputs with their autograd
+graph (for a backward pass from them) and lets the net go on with the copy instead.
 """
 
 from __future__ import annotations
@@ -192,7 +195,9 @@ class Capture:
     a module's output of the latest pass (its first call, if it runs twice), detached; ``keep``
     reduces it inside the hook (e.g. top-9's per-map maxima), which saves the memory of the whole
     map. ``stop=True`` ends the pass once every captured module ran, and ``capture(x)`` then
-    returns ``None`` instead of the model's output.
+    returns ``None`` instead of the model's output. ``graph=True`` keeps each output with its
+    autograd graph (run the pass with gradients enabled) and the net goes on with a copy of it.
+    ``order`` lists the captured paths in the order the pass ran them.
     """
 
     def __init__(
@@ -202,32 +207,39 @@ class Capture:
         *,
         stop: bool = False,
         keep: Callable[[Tensor], Any] | None = None,
+        graph: bool = False,
     ):
-        self.model, self.stop, self.keep = model, stop, keep
+        self.model, self.stop, self.keep, self.graph = model, stop, keep, graph
         self.paths = dict(layers) if isinstance(layers, Mapping) else {path: path for path in layers}
         for path in self.paths.values():
-            resolve(model, path)  # a UserError for a wrong path
+            _check_path(model, path)
         self.keys: dict[str, list[str]] = {}
         for key, path in self.paths.items():
             self.keys.setdefault(path, []).append(key)
         self.outputs: dict[str, Any] = {}
-        self._ran: set[str] = set()
+        self.order: list[str] = []
         self._hooks = None
 
     def _hook(self, path: str) -> Callable:
-        def hook(_module, _inputs, output) -> None:
-            if path in self._ran:
-                return
-            self._ran.add(path)
-            out = (output[0] if isinstance(output, tuple) else output).detach()
-            last = self.stop and len(self._ran) == len(self.keys)
+        def hook(_module, _inputs, output) -> Tensor | None:
+            if path in self.order:
+                return None
+            self.order.append(path)
+            out = output[0] if isinstance(output, tuple) else output
+            out = out if self.graph else out.detach()
+            last = self.stop and len(self.order) == len(self.keys)
             kept = out if self.keep is None else self.keep(out)
+            goes_on = None  # a later in-place op must not overwrite what is kept:
             if not last and isinstance(kept, Tensor) and _same_memory(kept, out):
-                kept = kept.clone()  # a later in-place op would overwrite it
+                if not self.graph:
+                    kept = kept.clone()
+                elif out is output:  # the net goes on with a copy; the kept output stays on its path
+                    goes_on = out.clone()
             for key in self.keys[path]:
                 self.outputs[key] = kept
             if last:
                 raise _Stop
+            return goes_on
 
         return hook
 
@@ -240,15 +252,26 @@ class Capture:
         self._hooks.__exit__(*exc)
 
     def __call__(self, x: Tensor) -> Tensor | None:
-        self.outputs, self._ran = {}, set()
+        self.outputs, self.order = {}, []
         try:
             result = self.model(x)
         except _Stop:
             result = None
-        missing = [key for key, path in self.paths.items() if path not in self._ran]
+        missing = [key for key, path in self.paths.items() if path not in self.order]
         if missing:
             raise UserError(f"layer(s) {', '.join(missing)} are never called by the model's forward pass")
         return result
+
+
+def _check_path(model: nn.Module, path: str) -> None:
+    """A ``UserError`` listing the valid names for a wrong path (``get_submodule`` first: no walk)."""
+    try:
+        if path:
+            model.get_submodule(path)
+            return
+    except AttributeError:
+        pass
+    resolve(model, path)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from zfviz.attribution import methods
 from zfviz.attribution.api import attribute
 from zfviz.attribution.mechanism import Backward, backward
 from zfviz.attribution.registry import METHODS, method_spec, method_table, register_method
-from zfviz.attribution.targets import Target, parse_target, seed_backward
+from zfviz.attribution.targets import Target, parse_target, start_signal
 
 __all__ = [
     "METHODS",
@@ -33,5 +33,5 @@ __all__ = [
     "methods",
     "parse_target",
     "register_method",
-    "seed_backward",
+    "start_signal",
 ]

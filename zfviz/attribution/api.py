@@ -11,9 +11,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from zfviz.attribution.registry import cannot_handle, check_options
+from zfviz.attribution.registry import check_options, refusals_named
 from zfviz.attribution.smoothgrad import smooth
-from zfviz.attribution.state import Unsupported
 
 
 def attribute(model: nn.Module, inputs: Tensor, target, method: str = "saliency", **options: Any) -> Tensor:
@@ -24,9 +23,7 @@ def attribute(model: nn.Module, inputs: Tensor, target, method: str = "saliency"
     lists them); SmoothGrad (``smooth_samples``, ``smooth_sigma``) applies to any gradient method.
     """
     spec, own, smoothing = check_options(method, options)
-    try:
+    with refusals_named(method):
         if smoothing:
             return smooth(spec.fn, model, inputs, target, **smoothing, **own)
         return spec.fn(model, inputs, target, **own)
-    except Unsupported as err:
-        raise cannot_handle(method, err) from None

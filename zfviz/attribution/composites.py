@@ -98,7 +98,18 @@ def lrp_composite(name: str, conv, dense, first=None) -> Composite:
     )
 
 
+NORM_MODES = ("pass", "backprop")  # the deconvnet's contrast normalization: passes (the paper) or backpropagates
 DECONVNET = gradient_composite("deconvnet", rules.ReluDeconvnet(), norm="pass")  # the paper: LRN passes
+_DECONVNET_BACKPROP = gradient_composite("deconvnet", rules.ReluDeconvnet())
+
+
+def deconvnet_composite(norm: str) -> Composite:
+    """The deconvnet's rules with contrast normalization passed (``"pass"``) or backpropagated."""
+    if norm not in NORM_MODES:
+        raise UserError(f"unknown norm mode {norm!r}; choose one of: {', '.join(NORM_MODES)}")
+    return DECONVNET if norm == "pass" else _DECONVNET_BACKPROP
+
+
 GUIDED_BACKPROP = gradient_composite("guided_backprop", rules.ReluGuided())
 LRP = lrp_composite("lrp-epsilon", rules.Epsilon(), rules.Epsilon())
 

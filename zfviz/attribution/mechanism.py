@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from zfviz.activations import evaluating, resolve
+from zfviz.activations import Capture, evaluating, resolve
 from zfviz.attribution.canonize import Canonizer, OutOfPlace, canonized
 from zfviz.attribution.rules import vjp
 from zfviz.attribution.state import CallState, Unsupported
-from zfviz.attribution.targets import Target, parse_target, seed_backward
+from zfviz.attribution.targets import Target, parse_target, start_signal
 from zfviz.errors import UserError
 
 
@@ -113,10 +113,6 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
             handle.remove()
 
 
-class _Stop(Exception):
-    """The targeted layer ran: nothing after it is needed."""
-
-
 @dataclass
 class Backward:
     """One backward pass: the gradient (or relevance) at the inputs, and at ``wrt`` if asked for."""
@@ -127,28 +123,10 @@ class Backward:
     layer_grad: Tensor | None = None
 
 
-def backward(
-    model: nn.Module,
-    inputs: Tensor,
-    target,
-    *,
-    composite=None,
-    seed: str = "one",
-    wrt: str | None = None,
-    canonizers: tuple[Canonizer, ...] = (),
-    plain_wrt: bool = False,
-) -> Backward:
-    """The signal at ``inputs`` (and at layer ``wrt``'s output) after one batched backward pass.
-
-    ``composite=None`` is autograd's gradient; otherwise its rules (and its canonizers) apply for
-    this call only. ``seed``: ``"one"`` starts from 1 at the target, ``"value"`` from its value
-    (``targets.py``). ``plain_wrt=True``: the signal at ``wrt`` is autograd's own gradient (the
-    rules stand aside down to ``wrt``) while ``inputs`` still gets the rules' -- guided Grad-CAM
-    from one forward pass. Eval mode throughout; the model is left as it was, also on an exception.
-    """
-    target: Target = parse_target(model, target, len(inputs))
-    wrt_path = None if wrt is None else resolve(model, wrt, "output")
-    found: dict[str, Tensor] = {}
+@contextmanager
+def _prepared(model: nn.Module, composite, canonizers: tuple[Canonizer, ...] = ()) -> Iterator[CallState]:
+    """Eval mode, the canonizers' rewrites and ``composite``'s rules (``None``: autograd's gradient),
+    gradients on: the setting of every backward pass. The model is left as it was, also on an exception."""
     extra = tuple(composite.canonizers) if composite is not None else ()
     with ExitStack() as stack:
         modules = list(model.named_modules())  # one walk for both checks (a walk is ~30 us per call)
@@ -159,29 +137,100 @@ def backward(
         if composite is not None:
             stack.enter_context(rules_applied(model, composite, state))
         stack.enter_context(torch.enable_grad())
-        for key, path in (("wrt", wrt_path), ("target", target.layer)):
-            if path is not None:
-                stack.callback(model.get_submodule(path).register_forward_hook(_keep(found, key, path)).remove)
+        yield state
+
+
+def backward(
+    model: nn.Module,
+    inputs: Tensor,
+    target,
+    *,
+    composite=None,
+    start: str = "one",
+    wrt: str | None = None,
+    canonizers: tuple[Canonizer, ...] = (),
+    plain_wrt: bool = False,
+) -> Backward:
+    """The signal at ``inputs`` (and at layer ``wrt``'s output) after one batched backward pass.
+
+    ``composite=None`` is autograd's gradient; otherwise its rules (and its canonizers) apply for
+    this call only. ``start``: ``"one"`` starts from 1 at the target, ``"value"`` from its value
+    (``targets.py``). ``plain_wrt=True``: the signal at ``wrt`` is autograd's own gradient (the
+    rules stand aside down to ``wrt``) while ``inputs`` still gets the rules' -- guided Grad-CAM
+    from one forward pass. Eval mode throughout; the model is left as it was, also on an exception.
+    """
+    target: Target = parse_target(model, target, len(inputs))
+    wrt_path = None if wrt is None else resolve(model, wrt, "output")
+    layers = [path for path in (wrt_path, target.layer) if path is not None]
+    with (
+        _prepared(model, composite, canonizers) as state,
+        Capture(model, layers, stop=target.layer is not None, graph=True) as capture,
+    ):
         x = inputs.detach().requires_grad_(True)
-        try:
-            out = model(x.clone())  # a copy: an in-place first module must not touch a leaf or the user's tensor
-        except _Stop:
-            out = None
-        point = found["target"] if target.layer is not None else out
-        if point is None:
-            raise UserError(f"layer {target.layer} is never called by the model's forward pass")
-        if wrt is not None and "wrt" not in found:
+        out = capture(x.clone())  # a copy: an in-place first module must not touch a leaf or the user's tensor
+        point = out if target.layer is None else capture.outputs[target.layer]
+        if wrt_path is not None and target.layer is not None and capture.order[0] != wrt_path:
             raise UserError(f"layer {wrt} does not run before the target in the model's forward pass")
-        grad_seed, scores = seed_backward(point, target, seed)
-        wanted = [x] + ([found["wrt"]] if wrt is not None else [])
+        grad_start, scores = start_signal(point, target, start)
+        wanted = [x] + ([capture.outputs[wrt_path]] if wrt is not None else [])
         if plain_wrt and wrt is not None and composite is not None:  # the plain pass first: it keeps the graph
-            layer_grad = _plain_gradient(point, found["wrt"], grad_seed, state, target, wrt)
-            grads = [*torch.autograd.grad(point, x, grad_seed, allow_unused=True), layer_grad]
+            layer_grad = _plain_gradient(point, wanted[1], grad_start, state, target, wrt)
+            grads = [*torch.autograd.grad(point, x, grad_start, allow_unused=True), layer_grad]
         else:
-            grads = torch.autograd.grad(point, wanted, grad_seed, allow_unused=True)
+            grads = torch.autograd.grad(point, wanted, grad_start, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wanted, strict=True)]
-    layer = found["wrt"].detach() if wrt is not None else None
+    layer = wanted[1].detach() if wrt is not None else None
     return Backward(grads[0], scores, layer, grads[1] if wrt is not None else None)
+
+
+ROWS = 256  # starting signals per vmapped backward: bounds the memory of one batched pass
+
+
+def batched_backward(
+    model: nn.Module,
+    inputs: Tensor,
+    layer: str,
+    starts: Callable[[Tensor], Tensor],
+    *,
+    composite=None,
+    rows: int = ROWS,
+) -> Tensor:
+    """The signal at ``inputs`` (``N`` images) for each of ``K`` starting signals at ``layer``'s output.
+
+    ``starts(output)`` builds the ``K x N x ...`` signals from ``layer``'s (detached) output. One
+    forward pass up to ``layer``, as ``backward``'s, then the signals go down in vmapped backwards
+    (``torch.autograd.grad(..., is_grads_batched=True)``) of at most ``rows`` images' worth each: the
+    backward reads nothing of the forward pass but what its graph saved, so one pass serves them all.
+    Returns ``K x N x ...`` shaped like ``inputs`` per row.
+    """
+    path = resolve(model, layer, "output")
+    with _prepared(model, composite), Capture(model, [path], stop=True, graph=True) as capture:
+        x = inputs.detach().requires_grad_(True)
+        capture(x.clone())
+        point = capture.outputs[path]
+        return _batched_grads(point, x, starts(point.detach()), max(1, rows // max(len(inputs), 1)))
+
+
+def _batched_grads(point: Tensor, x: Tensor, signals: Tensor, step: int) -> Tensor:
+    """Every signal's gradient at ``x``: vmapped backwards of ``step`` signals; one backward per signal
+    where a module's backward has no batching rule (an ``out=`` kernel, say), which gives the same result."""
+    parts, vmapped = [], True
+    for first in range(0, len(signals), step):
+        part = signals[first : first + step]
+        if vmapped:
+            try:
+                (grad,) = torch.autograd.grad(
+                    point, x, part, is_grads_batched=True, retain_graph=True, allow_unused=True
+                )
+            except RuntimeError as err:
+                if "atching rule" not in str(err) and "vmap" not in str(err):
+                    raise
+                vmapped = False
+        if not vmapped:
+            grads = [torch.autograd.grad(point, x, one, retain_graph=True, allow_unused=True)[0] for one in part]
+            grad = None if grads[0] is None else torch.stack(grads)
+        parts.append(x.new_zeros(len(part), *x.shape) if grad is None else grad)
+    return torch.cat(parts) if parts else x.new_zeros(0, *x.shape)
 
 
 def _in_place_is_safe(modules: list[tuple[str, nn.Module]], composite) -> bool:
@@ -208,29 +257,14 @@ def _in_place_is_safe(modules: list[tuple[str, nn.Module]], composite) -> bool:
     return True
 
 
-def _plain_gradient(point: Tensor, layer: Tensor, grad_seed: Tensor, state: CallState, target: Target, wrt: str):
+def _plain_gradient(point: Tensor, layer: Tensor, grad_start: Tensor, state: CallState, target: Target, wrt: str):
     """Autograd's own gradient at ``layer``, the graph kept for the rules' pass that follows."""
     state.routing = False
     try:
-        (grad,) = torch.autograd.grad(point, layer, grad_seed, retain_graph=True, allow_unused=True)
+        (grad,) = torch.autograd.grad(point, layer, grad_start, retain_graph=True, allow_unused=True)
     finally:
         state.routing = True
     if grad is None:
         what = "the model's output" if target.layer is None else f"the unit of {target.layer}"
         raise UserError(f"the target ({what}) does not depend on layer {wrt!r}; name a layer below it")
     return grad
-
-
-def _keep(found: dict, key: str, path: str) -> Callable:
-    def hook(_module, _inputs, output):
-        if key in found:  # a module called twice: its first call
-            return None
-        if key == "target":
-            found[key] = output
-            raise _Stop
-        if not isinstance(output, Tensor):
-            raise UserError(f"layer {path!r} returns {type(output).__name__}, not one tensor; name another layer")
-        found[key] = output
-        return output.clone()  # the net goes on with a copy: a later in-place op cannot touch what we keep
-
-    return hook

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -109,6 +110,15 @@ def cannot_handle(method: str, err: Unsupported) -> UserError:
     """``err`` as one line naming the methods that do handle the module."""
     able = [name for name, m in METHODS.items() if m.supports(err.module)]
     return UserError(f"{method} cannot handle {err}; methods that work on it: {', '.join(able) or 'none'}")
+
+
+@contextmanager
+def refusals_named(method: str) -> Iterator[None]:
+    """Inside the block, a module ``method``'s rules refuse ends in ``cannot_handle``'s one line."""
+    try:
+        yield
+    except Unsupported as err:
+        raise cannot_handle(method, err) from None
 
 
 def _line(option: Option) -> str:

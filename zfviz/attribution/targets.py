@@ -9,10 +9,11 @@ Fergus 2014, Section 2.1, examines one activation of ``conv5``):
   ``None`` the strongest cell of the map in each image (as ``viz.deconv.project``), ``"all"`` the
   whole map, ``(y, x)`` one cell, or an ``(N, 2)`` tensor of cells.
 
-The backward pass starts from a seed shaped like the targeted tensor, zero outside the target:
-``"one"`` puts 1 at the target, so the result is the gradient of the target (its sum, for a whole
-map) -- the gradient methods; ``"value"`` puts the target's own value there -- LRP (the relevance
-to distribute is the score, Bach et al. 2015) and the deconvnet (the paper projects the activation).
+The backward pass starts from a signal shaped like the targeted tensor, zero outside the target
+(``start``: ``seed`` is only ever a random seed). ``"one"`` puts 1 at the target, so the result is
+the gradient of the target (its sum, for a whole map) -- the gradient methods; ``"value"`` puts the
+target's own value there -- LRP (the relevance to distribute is the score, Bach et al. 2015) and the
+deconvnet (the paper projects the activation).
 The perturbation methods (occlusion, RISE) read the output's probabilities and take class targets
 only (``class_targets``).
 """
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from zfviz.activations import resolve
 from zfviz.errors import UserError
 
-SEEDS = ("one", "value")
+STARTS = ("one", "value")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,18 @@ def strongest(maps: Tensor) -> Tensor:
     return torch.stack([index // width, index % width], dim=1)
 
 
+def cells(maps: Tensor, position: Tensor | None, layer: str | None) -> Tensor:
+    """Per image, the (y, x) a unit target names in its map (``maps``: N x H x W): ``position``
+    (an (N, 2) tensor) checked against the map's size, or for ``None`` the strongest cell."""
+    if position is None:
+        return strongest(maps)
+    where = position.to(maps.device)
+    height, width = maps.shape[-2:]
+    if where.min() < 0 or where[:, 0].max() >= height or where[:, 1].max() >= width:
+        raise UserError(f"position must lie inside the {height}x{width} map of {layer}")
+    return where
+
+
 def target_mask(point: Tensor, target: Target) -> Tensor:
     """A 0/1 tensor shaped like ``point`` (the model output or the layer's output), 1 at the target."""
     n, size = point.shape[0], point.shape[1]
@@ -111,25 +124,19 @@ def target_mask(point: Tensor, target: Target) -> Tensor:
     if isinstance(target.position, str):
         mask[rows, channel] = 1
         return mask
-    if target.position is None:
-        where = strongest(point.detach()[rows, channel])
-    else:
-        where = target.position.to(point.device)
-        height, width = point.shape[-2:]
-        if where.min() < 0 or where[:, 0].max() >= height or where[:, 1].max() >= width:
-            raise UserError(f"position must lie inside the {height}x{width} map of {target.layer}")
+    where = cells(point.detach()[rows, channel], target.position, target.layer)
     mask[rows, channel, where[:, 0], where[:, 1]] = 1
     return mask
 
 
-def seed_backward(point: Tensor, target: Target, seed: str = "one") -> tuple[Tensor, Tensor]:
-    """The backward seed at ``point`` and each image's target score (the sum over a whole map).
+def start_signal(point: Tensor, target: Target, start: str = "one") -> tuple[Tensor, Tensor]:
+    """Where the backward pass starts at ``point``, and each image's target score (a whole map: its sum).
 
-    ``seed="one"``: 1 at the target (the gradient of the target); ``"value"``: the target's value.
+    ``start="one"``: 1 at the target (the gradient of the target); ``"value"``: the target's value.
     """
-    if seed not in SEEDS:
-        raise UserError(f"unknown seed {seed!r}; choose one of: {', '.join(SEEDS)}")
+    if start not in STARTS:
+        raise UserError(f"unknown start {start!r}; choose one of: {', '.join(STARTS)}")
     mask = target_mask(point, target)
     chosen = mask * point.detach()
     scores = chosen.reshape(len(point), -1).sum(dim=1)
-    return (mask if seed == "one" else chosen), scores
+    return (mask if start == "one" else chosen), scores

@@ -10,10 +10,11 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz.activations import Capture, evaluating, resolve
 from zfviz.commands.shared import Outputs, checkpoint_source, open_run, pick_maps, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, projections_figure
-from zfviz.viz.deconv import descend, select, trace
+from zfviz.viz.deconv import project_with_values
 
 
 def run(cfg: DictConfig) -> dict:
@@ -26,8 +27,10 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"viz.images must be indices in 0..{len(images) - 1} of the {v.split} split")
     stored = images[index]
     x = prepare(stored)
-    result = trace(model, x, v.layer, norm=v.norm)  # once: every map's projection reuses its switches
-    activation = result.activation
+    with evaluating(model), Capture(model, {"act": resolve(model, v.layer, "output")}, stop=True) as capture:
+        with torch.no_grad():
+            capture(x)
+    activation = capture.outputs["act"]
     count = activation.shape[1]
     if isinstance(v.maps, int):
         # Each image's own most active maps (strongest single activation).
@@ -36,14 +39,14 @@ def run(cfg: DictConfig) -> dict:
     else:
         chosen = torch.as_tensor(pick_maps(list(v.maps), count, 0, v.layer)).expand(len(x), -1)
     position = OmegaConf.to_container(v.position) if OmegaConf.is_config(v.position) else v.position
-    projections, labels = [], []
-    for j in range(chosen.shape[1]):
-        seed, values, _ = select(activation, chosen[:, j].to(device), position)
-        projections.append(descend(result, seed, v.norm).reshape(x.shape).cpu())
-        labels.append([f"{v.layer} #{int(c)} ({float(a):.2g})" for c, a in zip(chosen[:, j], values, strict=True)])
-    projection = torch.stack(projections, dim=1).numpy()  # (images, maps, C, H, W)
+    # Every chosen map of every image from one forward pass and one batched backward.
+    projected, values, _ = project_with_values(model, x, v.layer, chosen.to(device), position, norm=v.norm)
+    projection = projected.cpu().numpy()  # (images, maps, C, H, W)
     shown = as_image_channels(projection, stored.shape[1])
-    label_rows = [list(row) for row in zip(*labels, strict=True)]
+    label_rows = [
+        [f"{v.layer} #{int(c)} ({float(a):.2g})" for c, a in zip(maps, value, strict=True)]
+        for maps, value in zip(chosen, values, strict=True)
+    ]
     stem = v.stem or f"deconv_{v.layer}"
     out = Outputs(cfg)
     folder = out.folder

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from zfviz.activations import evaluating, hooks, resolve
+from zfviz.activations import Capture, evaluating, resolve
 from zfviz.errors import UserError
 from zfviz.reconstruction.parameterization import Bounds, FourierParam, GeneratorParam, PixelParam, color_basis
 from zfviz.reconstruction.regularizers import (
@@ -155,10 +155,6 @@ class Maximized:
     objective: Tensor
 
 
-class _Stop(Exception):
-    """Raised once every layer a target needs has run: nothing above them is computed."""
-
-
 @contextmanager
 def frozen(*modules: nn.Module | None) -> Iterator[None]:
     """No parameter of ``modules`` needs a gradient inside the block; each gets its flag back after."""
@@ -178,29 +174,10 @@ def _paths(model: nn.Module, targets: Sequence[Target]) -> dict[str | None, str 
 
 def _forward(model: nn.Module, x: Tensor, paths: dict[str | None, str | None]) -> dict[str | None, Tensor]:
     """The outputs of the targets' layers (with their graph) for input ``x``; key None: the logits."""
-    wanted = {p for p in paths.values() if p is not None}
-    stop = None not in paths
-    found: dict[str, Tensor] = {}
-
-    def hook_for(path: str):
-        def hook(_module, _inputs, output):
-            if path not in found:
-                found[path] = output[0] if isinstance(output, tuple) else output
-                if stop and len(found) == len(wanted):
-                    raise _Stop
-
-        return hook
-
-    logits = None
-    with hooks(model, [(p, hook_for(p)) for p in wanted]):
-        try:
-            logits = model(x)
-        except _Stop:
-            pass
-    missing = sorted(wanted - set(found))
-    if missing:
-        raise UserError(f"layer(s) {', '.join(missing)} are never called by the model's forward pass")
-    return {layer: (logits if path is None else found[path]) for layer, path in paths.items()}
+    wanted = [p for p in dict.fromkeys(paths.values()) if p is not None]
+    with Capture(model, wanted, stop=None not in paths, graph=True) as capture:
+        logits = capture(x)
+    return {layer: (logits if path is None else capture.outputs[path]) for layer, path in paths.items()}
 
 
 def _pick(output: Tensor, target: Target) -> Tensor:

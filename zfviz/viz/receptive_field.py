@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from zfviz.activations import evaluating, hooks, resolve
+from zfviz.activations import Capture, evaluating, hooks, resolve
 from zfviz.errors import UserError
 
 _GEOMETRY = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -142,7 +142,6 @@ def receptive_field(model: nn.Module, layer: str, image_shape: tuple[int, int, i
     blank = torch.zeros(1, *image_shape, device=param.device if param is not None else "cpu")
     fields: dict[int, _Geometry] = {blank.data_ptr(): _Geometry()}
     alive = [blank]  # every tensor of the pass stays referenced: no address is reused
-    found: dict[str, _Geometry] = {}
 
     def walk(name: str, module: nn.Module, inputs, output) -> None:
         tensors = [t for t in inputs if isinstance(t, Tensor)]
@@ -156,26 +155,15 @@ def receptive_field(model: nn.Module, layer: str, image_shape: tuple[int, int, i
         fields[output.data_ptr()] = field
         alive.append(output)
 
-    def stop(_module, _inputs, output) -> None:
-        found["field"] = fields.get(output.data_ptr()) if isinstance(output, Tensor) else None
-        raise _Stop
-
     pairs = [(name, lambda m, i, o, name=name: walk(name, m, i, o)) for name, m in model.named_modules() if _leaf(m)]
-    with hooks(model, [*pairs, (path, stop)]), evaluating(model), torch.no_grad():
-        try:
-            model(blank)
-        except _Stop:
-            pass
-    if "field" not in found:
-        raise UserError(f"layer {layer} is never called by the model's forward pass")
-    field = found["field"]
+    # The walk's hooks go first, so the layer's own output has its geometry when the capture reads it.
+    with hooks(model, pairs), Capture(model, [path], stop=True, keep=lambda out: fields.get(out.data_ptr())) as capture:
+        with evaluating(model), torch.no_grad():
+            capture(blank)
+    field = capture.outputs[path]
     if field is None:
         raise UserError(f"receptive field: {layer}'s output was not written by a module the walk followed")
     return ReceptiveField(field.offset, field.jump, field.size, tuple(image_shape[-2:]), field.whole)
-
-
-class _Stop(Exception):
-    """The examined layer ran."""
 
 
 def _leaf(module: nn.Module) -> bool:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from zfviz.activations import resolve, stream
 from zfviz.attribution import attribute
 from zfviz.errors import UserError
-from zfviz.viz.deconv import project_batches
+from zfviz.viz.deconv import Units, project_batches
 from zfviz.viz.receptive_field import crop, receptive_field, windows
 
 
@@ -140,10 +140,8 @@ def project_top(
     device = sample.device
     projections = patches = None
     if method == "deconvnet" and not options:
-        batches = project_batches(
-            model, images, layer, image_idx, channel.to(device), position.to(device),
-            batch_size=batch_size, norm=norm, prepare=prepare,
-        )  # fmt: skip
+        units = Units(image_idx, channel.to(device), position.to(device))
+        batches = project_batches(model, images, layer, units, batch_size=batch_size, norm=norm, prepare=prepare)
     else:
         batches = attributed_batches(
             model, images, layer, image_idx, channel, position, batch_size=batch_size, prepare=prepare,

@@ -16,24 +16,22 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from zfviz.attribution import rules
 from zfviz.attribution.composites import (
     COMPOSITES,
     DECONVNET,
     FIRST_RULES,
     GUIDED_BACKPROP,
     LRP,
+    NORM_MODES,
     RULES,
-    gradient_composite,
+    deconvnet_composite,
     lrp_from_options,
 )
 from zfviz.attribution.mechanism import backward
 from zfviz.attribution.options import TENSOR, Option, choice, either, number, optional
 from zfviz.attribution.registry import register_method
-from zfviz.attribution.targets import SEEDS
+from zfviz.attribution.targets import STARTS
 
-NORM_MODES = ("pass", "backprop")
-_BACKPROP_NORM = gradient_composite("deconvnet", rules.ReluDeconvnet())  # contrast normalization backpropagates
 _BOUND = optional(either(number(), TENSOR))
 
 
@@ -55,13 +53,12 @@ def input_x_gradient(model: nn.Module, inputs: Tensor, target) -> Tensor:
     gradient=True,
     options=(
         Option("norm", choice(*NORM_MODES), "pass", "contrast normalization passes (the paper) or backpropagates"),
-        Option("seed", choice(*SEEDS), "value", "the backward pass starts from the target's value (the paper) or 1"),
+        Option("seed", choice(*STARTS), "value", "the backward pass starts from the target's value (the paper) or 1"),
     ),
 )
 def deconvnet(model: nn.Module, inputs: Tensor, target, *, norm: str, seed: str) -> Tensor:
     """The deconvnet's projection of the target (its value, as the paper) down to pixel space."""
-    composite = DECONVNET if norm == "pass" else _BACKPROP_NORM
-    return backward(model, inputs, target, composite=composite, seed=seed).inputs
+    return backward(model, inputs, target, composite=deconvnet_composite(norm), start=seed).inputs
 
 
 @register_method("guided_backprop", supports=GUIDED_BACKPROP.supports, gradient=True)
@@ -100,4 +97,4 @@ def lrp(
         low=low,
         high=high,
     )
-    return backward(model, inputs, target, composite=rules_of, seed="value").inputs
+    return backward(model, inputs, target, composite=rules_of, start="value").inputs

@@ -20,7 +20,7 @@ from zfviz.attribution.composites import GUIDED_BACKPROP
 from zfviz.attribution.mechanism import backward
 from zfviz.attribution.options import FLAG, NAME, Option, choice, optional
 from zfviz.attribution.registry import register_method
-from zfviz.attribution.targets import parse_target, seed_backward
+from zfviz.attribution.targets import parse_target, start_signal
 from zfviz.errors import UserError
 
 
@@ -52,8 +52,8 @@ def layer_gradient(model: nn.Module, inputs: Tensor, target, path: str) -> tuple
         if "layer" not in found or point is None:
             missing = path if "layer" not in found else parsed.layer
             raise UserError(f"layer {missing!r} is never called by the model's forward pass")
-        grad_seed, _ = seed_backward(point, parsed, "one")
-        (grad,) = torch.autograd.grad(point, found["layer"], grad_seed, allow_unused=True)
+        grad_start, _ = start_signal(point, parsed, "one")
+        (grad,) = torch.autograd.grad(point, found["layer"], grad_start, allow_unused=True)
     if grad is None:
         what = "the model's output" if parsed.layer is None else f"the unit of {parsed.layer}"
         raise UserError(f"the target ({what}) does not depend on layer {path!r}; name a layer below it")
