@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.faults import REPO
 from zfviz.errors import UserError
 from zfviz.reconstruction import decoder as decoder_module
-from zfviz.reconstruction.decoder import Decoder, Recipe, find_decoder, load_decoder, train_decoders
+from zfviz.reconstruction.decoder import Conduct, Decoder, Recipe, find_decoder, load_decoder, train_decoders
 
 TINY = Recipe(images=48, epochs=2, batch_size=16, width=16, resolution=16, eval_images=8)  # 6 steps
 
@@ -65,7 +67,7 @@ def test_training_writes_a_finished_run_that_a_rerun_loads(viz_checkpoint, tmp_p
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(decoder_module, "_train_one", no_training)
+    monkeypatch.setattr(decoder_module, "_train_layer", no_training)
     assert train_decoders(viz_checkpoint, ["fc6"], tmp_path / "dec", recipe=TINY) == {"fc6": runs["fc6"]}
     # another recipe is another run, in another folder
     with pytest.raises(AssertionError, match="trained again"):
@@ -89,13 +91,15 @@ def test_bad_names_and_recipes_are_one_line(viz_checkpoint, tmp_path):
         load_decoder(tmp_path, "conv1")
 
 
-RUN = """
+RUN = f"""
 import sys, torch
+sys.path.insert(0, {str(REPO)!r})
 torch.set_num_threads(1)
-from zfviz.reconstruction.decoder import Recipe, train_decoders
+from tests.faults import kill_at
+from zfviz.reconstruction.decoder import Conduct, Recipe, train_decoders
 recipe = Recipe(images=48, epochs=2, batch_size=16, width=16, resolution=16, eval_images=8)
-fault = None if sys.argv[3] == "none" else int(sys.argv[3])
-train_decoders(sys.argv[1], ["conv3"], sys.argv[2], recipe=recipe, ckpt_every=2, fault_at_step=fault)
+on_step = None if sys.argv[3] == "none" else kill_at(int(sys.argv[3]))
+train_decoders(sys.argv[1], ["conv3"], sys.argv[2], recipe=recipe, conduct=Conduct(ckpt_every=2, on_step=on_step))
 """
 
 
@@ -111,9 +115,53 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(vi
     assert killed.returncode == -9, killed.stderr  # SIGKILL right after the step-2 checkpoint
     folder = next((tmp_path / "broken").glob("*/conv3"))
     assert not (folder / "run.json").exists()
-    assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] == 2
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (0, 2)  # mid-epoch: 3 steps an epoch
     resumed = run(tmp_path / "broken", "none")
     assert resumed.returncode == 0, resumed.stderr
     whole = train_decoders(viz_checkpoint, ["conv3"], tmp_path / "whole", recipe=TINY)["conv3"]  # in-process, 1 thread
     assert json.loads((folder / "run.json").read_text())["steps"] == 6
+    assert same(weights(folder), weights(whole))
+
+
+def test_a_stopped_run_continues_in_process_and_leaves_the_callers_rng_alone(viz_checkpoint, tmp_path, one_thread):
+    """The engine's resume, in-process: stopped by an error right after the step-4 checkpoint (epoch 2, step 1),
+    continued to the weights of an uninterrupted run, the caller's RNG left where an uninterrupted run leaves it."""
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_4(step: int) -> None:
+        if step == 4:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_decoders(viz_checkpoint, ["conv2"], tmp_path / "a", recipe=TINY, conduct=Conduct(ckpt_every=2,
+                       on_step=crash_at_4))  # fmt: skip
+    folder = next((tmp_path / "a").glob("*/conv2"))
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step"], "optimizer" in state) == (1, 1, True)
+    torch.manual_seed(7)
+    resumed = train_decoders(viz_checkpoint, ["conv2"], tmp_path / "a", recipe=TINY)["conv2"]
+    after_resumed = torch.rand(3)
+    torch.manual_seed(7)
+    whole = train_decoders(viz_checkpoint, ["conv2"], tmp_path / "b", recipe=TINY)["conv2"]
+    # The resumed run's engine put back the RNG state saved before the stop; the caller's came back after it.
+    assert torch.equal(after_resumed, torch.rand(3))
+    with open(resumed / "metrics.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]  # the epoch before the stop, then the rest
+    assert same(weights(resumed), weights(whole))  # same kernels, data and order: bit for bit
+
+
+def test_an_older_trainers_checkpoint_is_not_continued(viz_checkpoint, tmp_path, one_thread):
+    """A checkpoint.pt from before the engine ran decoders (no config, its own keys) is trained over."""
+    whole = train_decoders(viz_checkpoint, ["conv1"], tmp_path / "a", recipe=TINY)["conv1"]
+    folder = tmp_path / "b" / whole.parent.name / "conv1"
+    folder.mkdir(parents=True)
+    stale = {k: torch.zeros_like(v) for k, v in weights(whole).items()}
+    key = json.loads((whole / "run.json").read_text())["key"]
+    torch.save(
+        {"key": key, "decoder": stale, "optimizer": {}, "step": 4, "losses": [1.0] * 4}, folder / "checkpoint.pt"
+    )
+    assert train_decoders(viz_checkpoint, ["conv1"], tmp_path / "b", recipe=TINY)["conv1"] == folder
     assert same(weights(folder), weights(whole))

@@ -320,13 +320,13 @@ def build_optimizer(model: nn.Module, optim_cfg, steps_per_epoch: int, epochs: i
     schedule named by ``optim_cfg.schedule``: (optimizer, per-step scheduler, per-epoch scheduler)."""
     kind = optim_cfg.get("optimizer", "sgd")
     if kind == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=optim_cfg.lr)
+        optimizer = torch.optim.Adam(model.parameters(), lr=optim_cfg["lr"])
     elif kind == "sgd":
         optimizer = torch.optim.SGD(
             model.parameters(),
-            lr=optim_cfg.lr,
-            momentum=optim_cfg.momentum,
-            weight_decay=optim_cfg.weight_decay,
+            lr=optim_cfg["lr"],
+            momentum=optim_cfg["momentum"],
+            weight_decay=optim_cfg["weight_decay"],
             nesterov=bool(optim_cfg.get("nesterov", False)),
         )
     else:

@@ -17,36 +17,38 @@ doubles; a 3x3 conv to the image's channels and, if ``resolution`` is below the 
 bilinear resize. At the cpu preset the 64 px inputs are Fashion-MNIST's 28 px upsampled, so 32 px
 loses almost nothing (measured in ``results/reconstruction_cpu.csv``'s learned conv1 row).
 
-Training is cached like any run: the folder ``<out_dir>/<net>-<key digest>/<layer>/`` is named by
-the resolved config (the classifier checkpoint's sha256, the layer, the recipe). ``checkpoint.pt``
-(weights, Adam's state, the step) is rewritten atomically every ``ckpt_every`` steps; ``run.json``
-is written last. A re-run with a finished ``run.json`` loads; one with only ``checkpoint.pt``
-continues from it, to the weights an uninterrupted run reaches (each step's batch is a function of
-the step alone). The classifier's features of the training subset are computed once per net, for
-every layer still to train, in one pass.
+Training is cached like any run (``zfviz.run_cache``): the folder ``<out_dir>/<net>-<key digest>/<layer>/``
+is named by the resolved config (the classifier checkpoint's sha256, the layer, the recipe), and
+``run.json`` is written last. It runs on the training engine (``zfviz.engine.fit``, with the decoder's
+``Task``): ``checkpoint.pt`` (weights, Adam's state, the schedule, the step) is rewritten atomically
+every ``Conduct.ckpt_every`` steps and at every epoch's end, Ctrl-C stops at a step's end with a
+checkpoint, and at the end it holds the weights alone. A re-run with a finished ``run.json`` loads; one
+with only ``checkpoint.pt`` continues from it, to the weights an uninterrupted run reaches (each step's
+batch is a function of the step alone). The classifier's features of the training subset are computed
+once per net, for every layer still to train, in one pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import json
 import math
-import os
-import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zfviz import run_cache
 from zfviz.activations import MEANINGS, resolve, stream
 from zfviz.data.preprocess import file_sha256
+from zfviz.engine import Run, Settings, Task, fit
 from zfviz.errors import UserError
 from zfviz.reconstruction.invert import normalized_error, psnr, to_pixels
-from zfviz.schedules import cosine
-from zfviz.utils import atomic_path, atomic_write_text, git_state, versions
+from zfviz.utils import atomic_path, git_state, rng_state, set_rng_state, versions
 
 VERSION = 1  # of the decoder and its training; part of the cache key
 
@@ -145,23 +147,19 @@ def layer_features_of(model: nn.Module, x: Tensor, layers, meaning: str = "recti
     return {layer: torch.cat(parts) for layer, parts in chunks.items()}
 
 
-# --- cached, resumable training -----------------------------------------------------------------------
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+# --- cached, resumable training on the engine ------------------------------------------------------------
 
 
 def run_key(checkpoint_sha: str, layer: str, recipe: Recipe) -> dict:
     """The resolved config a decoder run is cached by (``eval_images`` only measures: not in it)."""
     train = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "eval_images"}
-    return {"classifier_sha256": checkpoint_sha, "layer": layer, "recipe": train, "version": VERSION}
+    return run_cache.key({"classifier_sha256": checkpoint_sha, "layer": layer, "recipe": train}, VERSION)
 
 
 def _net_folder(out_dir, net: str, checkpoint_sha: str, recipe: Recipe) -> Path:
-    """``<out_dir>/<net>-<digest>``: the decoders of one classifier checkpoint and recipe."""
+    """``<out_dir>/<net>-<digest>``: the decoders of one classifier checkpoint and recipe (``zfviz.run_cache``)."""
     train = run_key(checkpoint_sha, "", recipe)["recipe"]
-    return Path(out_dir) / f"{net}-{_digest([checkpoint_sha, train, VERSION])[:12]}"
+    return run_cache.entry(out_dir, [checkpoint_sha, train, VERSION], length=12, prefix=f"{net}-")
 
 
 def find_decoder(out_dir: str | Path, checkpoint: str | Path, layer: str, recipe: Recipe | None = None) -> Path:
@@ -170,28 +168,19 @@ def find_decoder(out_dir: str | Path, checkpoint: str | Path, layer: str, recipe
     known). ``recipe``: that recipe's run only. None there, or several recipes and no ``recipe``: UserError."""
     sha = file_sha256(checkpoint)
     found = []
-    for summary in sorted(Path(out_dir).glob(f"*/{layer}/run.json")):
-        try:
-            key = json.loads(summary.read_text()).get("key", {})
-        except (OSError, ValueError):
-            continue  # damaged: not a finished run
+    for marker in sorted(Path(out_dir).glob(f"*/{layer}/run.json")):
+        key = (run_cache.complete(marker) or {}).get("key", {})  # a damaged one is not a finished run
         if key.get("classifier_sha256") == sha and key.get("layer") == layer and key.get("version") == VERSION:
             if recipe is None or key == run_key(sha, layer, recipe):
-                found.append(summary.parent)
+                found.append(marker.parent)
     if len(found) != 1:
         what = "no finished decoder" if not found else f"{len(found)} decoders (recipes differ; give the recipe)"
         raise UserError(f"{out_dir} holds {what} of {layer} for {checkpoint}; train one with train_decoders")
     return found[0]
 
 
-def _finished(folder: Path, key: dict) -> bool:
-    try:
-        return json.loads((folder / "run.json").read_text()).get("key") == key
-    except (OSError, ValueError):  # absent, or damaged: train again
-        return False
-
-
 def _resume_state(folder: Path, key: dict) -> dict | None:
+    """The engine's checkpoint of this run to continue from (an older trainer's, or a finished run's, is not)."""
     path = folder / "checkpoint.pt"
     if not path.is_file():
         return None
@@ -199,7 +188,7 @@ def _resume_state(folder: Path, key: dict) -> dict | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a damaged checkpoint is trained again, never trusted
         return None
-    return state if state.get("key") == key and "optimizer" in state else None
+    return state if state.get("config") == key and "optimizer" in state else None
 
 
 def _save(path: Path, **state) -> None:
@@ -207,42 +196,137 @@ def _save(path: Path, **state) -> None:
         torch.save(state, tmp)
 
 
-def _train_one(decoder, prepared, images, folder, key, recipe, ckpt_every, fault_at_step, progress):
-    """Adam on the squared error in input space, at the decoder's grid (``images`` are the targets
-    average-pooled to it: the bilinear resize after it has no weights, and skipping it in training
-    halves a step); each step's batch is drawn from its epoch's permutation."""
-    opt = torch.optim.Adam(decoder.parameters(), lr=recipe.lr)
-    n, bs = len(images), recipe.batch_size
-    per_epoch = math.ceil(n / bs)
-    total = per_epoch * recipe.epochs
-    step, losses = 0, []
-    state = _resume_state(folder, key)
-    if state is not None:
-        decoder.load_state_dict(state["decoder"])
-        opt.load_state_dict(state["optimizer"])
-        step, losses = int(state["step"]), list(state["losses"])
-    decoder.train()
-    while step < total:
-        epoch, batch = divmod(step, per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(recipe.seed * 1_000_003 + epoch))
-        idx = order[batch * bs : (batch + 1) * bs]
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr * cosine(step, total)
-        loss = F.mse_loss(decoder.body(prepared[idx]), images[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        step += 1
-        if step % ckpt_every == 0 and step < total:
-            _save(folder / "checkpoint.pt", key=key, decoder=decoder.state_dict(), optimizer=opt.state_dict(),
-                  step=step, losses=losses)  # fmt: skip
-            if fault_at_step is not None and step >= fault_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)  # the tests' stand-in for a crash, right after a save
-        if progress and step % per_epoch == 0:
-            print(f"  {key['layer']}: epoch {step // per_epoch}/{recipe.epochs}, loss {losses[-1]:.4f}", flush=True)
+class _Batches:
+    """The engine's loader for one decoder: step ``b`` of epoch ``e`` takes the ``b``-th batch of the training
+    subset's permutation seeded by (seed, e), a function of the step alone, so a resumed run draws the
+    batches an uninterrupted one does. Yields (prepared features, target images)."""
+
+    def __init__(self, prepared: Tensor, images: Tensor, batch_size: int, seed: int) -> None:
+        self.prepared, self.images, self.batch_size, self.seed = prepared, images, batch_size, seed
+        self.epoch, self.start = 1, 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch - 1)
+        order = torch.randperm(len(self.images), generator=generator)
+        for batch in range(self.start, len(self)):
+            idx = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield self.prepared[idx], self.images[idx]
+
+
+class _SquaredError(Task):
+    """A decoder's task (Dosovitskiy and Brox): the squared error to the image in input space, at the
+    decoder's grid (the bilinear resize after it has no weights, and skipping it in training halves a
+    step). An epoch reports its mean over the steps."""
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+
+    def loss(self, net, x, y):
+        loss = F.mse_loss(net.body(x), y)
+        return loss, {"loss": loss.item(), "steps": 1}
+
+    def report(self, sums):
+        return {"train_loss": sums["loss"] / sums["steps"]}
+
+    def line(self, epoch, epochs, row):
+        return f"  {self.layer}: epoch {epoch}/{epochs}, loss {row['train_loss']:.4f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Conduct:
+    """How a decoder run is carried out, never its result. ``threads``: torch's thread count while
+    training, restored after (None: as it is). One by default: the steps are small (64 images at 32 px),
+    and on the shared 2-core machine a decoder took 6 s on one thread and several times that on two, which
+    spin-wait for each other; one thread also makes the weights the same on every machine (a reduction
+    split over threads adds in another order)."""
+
+    ckpt_every: int = 50  # steps between checkpoints (the engine also writes one at every epoch's end)
+    threads: int | None = 1
+    on_step: Callable[[int], None] | None = None  # after every update, its checkpoint written (tests' faults)
+
+
+def _fit(decoder: Decoder, batches: _Batches, folder: Path, key: dict, recipe: Recipe, conduct: Conduct,
+         progress: bool) -> list[dict]:  # fmt: skip
+    """Adam, cosine-annealed to 0 over the run, on the engine: its checkpoints, resume and Ctrl-C."""
+    settings = Settings(epochs=recipe.epochs, ckpt_every=conduct.ckpt_every, channels_last=False, progress=progress)
+    run = Run(folder, key, resume_state=_resume_state(folder, key), on_step=conduct.on_step)
+    optim = {"optimizer": "adam", "lr": recipe.lr, "schedule": "cosine"}
+    before = rng_state()  # a resumed run puts back the RNG it saved; the caller's RNG is left untouched
+    try:
+        return fit(decoder, batches, None, optim, settings, run, _SquaredError(key["layer"]))
+    finally:
+        set_rng_state(before)
+
+
+@dataclasses.dataclass
+class _Subset:
+    """The classifier's features of the seeded training subset (``x``) and of the held-out test images."""
+
+    x: Tensor
+    x_test: Tensor
+    feats: dict[str, Tensor]
+    feats_test: dict[str, Tensor]
+    mean: Tensor
+    std: Tensor
+
+
+def _subset(model: nn.Module, data, layers: list[str], recipe: Recipe) -> _Subset:
+    train, test = data.train, data.test
+    pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(recipe.seed))
+    pick = pick[: min(recipe.images, len(pick))].sort().values
+    x = train.normalize(train.images[pick])
+    x_test = test.normalize(test.images[: min(recipe.eval_images, len(test.images))])
+    feats = layer_features_of(model, x, layers, recipe.meaning)
+    feats_test = layer_features_of(model, x_test, layers, recipe.meaning)
+    return _Subset(x, x_test, feats, feats_test, test.mean, test.std)
+
+
+def _train_layer(subset: _Subset, layer: str, folder: Path, key: dict, recipe: Recipe, conduct: Conduct,
+                 progress: bool) -> dict:  # fmt: skip
+    """One layer's decoder: trained (or continued) in ``folder``, measured on the test images, its weights
+    and ``run.json`` (the cache's marker) written last. Returns the run's summary."""
+    start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    rms = float(subset.feats[layer].square().mean().sqrt().clamp_min(1e-8))
+    arch = {"feature_shape": list(subset.feats[layer].shape[1:]), "image_shape": list(subset.x.shape[1:]),
+            "width": recipe.width, "resolution": recipe.resolution, "feature_rms": rms}  # fmt: skip
+    # The initial weights come from the recipe's seed; the caller's RNG is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        decoder = Decoder(**arch)
+    with torch.no_grad():
+        prepared = decoder.prepare(subset.feats[layer])
+    batches = _Batches(prepared, F.adaptive_avg_pool2d(subset.x, decoder.resolution), recipe.batch_size, recipe.seed)
+    rows = _fit(decoder, batches, folder, key, recipe, conduct, progress)
     decoder.eval()
-    return losses
+    with torch.no_grad():
+        shown = to_pixels(decoder(subset.feats_test[layer]), subset.mean, subset.std)
+    truth = to_pixels(subset.x_test, subset.mean, subset.std)
+    metrics = {"train_mse_last_epoch": rows[-1]["train_loss"], "test_images": len(subset.x_test),
+               "test_error": float(normalized_error(shown, truth).mean()),
+               "test_psnr": float(psnr(shown, truth).mean())}  # fmt: skip
+    _save(folder / "checkpoint.pt", key=key, decoder=decoder.state_dict(), arch=arch)  # weights only, at the end
+    summary = {"key": key, "arch": arch, "metrics": metrics, "steps": recipe.epochs * len(batches),
+               "wall_time_s": round(time.perf_counter() - start, 2), **git_state(), "versions": versions()}  # fmt: skip
+    return summary
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def train_decoders(
@@ -252,22 +336,18 @@ def train_decoders(
     *,
     recipe: Recipe | None = None,
     data_root: str | None = None,
-    ckpt_every: int = 50,
-    fault_at_step: int | None = None,
     progress: bool = False,
-    threads: int | None = 1,
+    conduct: Conduct = Conduct(),
     **overrides,
 ) -> dict[str, Path]:
     """Train (or load, when finished) one decoder per layer of the net in ``checkpoint``; {layer: run folder}.
 
     ``recipe`` (or its fields as keywords, e.g. ``epochs=2``) says how; ``data_root`` finds the
-    training data if the checkpoint's config does not. ``ckpt_every``, ``fault_at_step`` (the tests'
-    SIGKILL) and ``progress`` change how a run is carried out, never its result. ``threads``: torch's
-    thread count while training, restored after (None: as it is). One by default: the steps are small
-    (64 images at 32 px), and on the shared 2-core machine a decoder took 6 s on one thread and several
-    times that on two, which spin-wait for each other; one thread also makes the weights the same on
-    every machine (a reduction split over threads adds in another order).
+    training data if the checkpoint's config does not. ``progress`` and ``conduct`` (checkpoint interval,
+    threads, the tests' fault injection) change how a run is carried out, never its result. The
+    classifier's features of the training subset are computed once, for every layer still to train.
     """
+    from zfviz.data.trained import load_data
     from zfviz.models.load import load_net  # the viz helpers load nets and their data
 
     recipe = dataclasses.replace(recipe or Recipe(), **overrides)
@@ -280,63 +360,20 @@ def train_decoders(
     keys = {layer: run_key(sha, layer, recipe) for layer in layers}
     net = ckpt["config"]["model"]["name"]
     folders = {layer: _net_folder(out_dir, net, sha, recipe) / layer for layer in layers}
-    todo = [layer for layer in layers if not _finished(folders[layer], keys[layer])]
+    todo = [layer for layer in layers if run_cache.complete(folders[layer] / "run.json", keys[layer]) is None]
     if not todo:
         return folders
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        _train_all(model, checkpoint, ckpt, todo, folders, keys, recipe, data_root, ckpt_every, fault_at_step, progress)
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+    with _threads(conduct.threads):
+        subset = _subset(model, load_data(ckpt, checkpoint, root=data_root), todo, recipe)
+        for layer in todo:
+            done = _train_layer(subset, layer, folders[layer], keys[layer], recipe, conduct, progress)
+            summary = {"key": done["key"], "arch": done["arch"], "checkpoint": str(checkpoint), "net": net} | done
+            run_cache.mark_complete(folders[layer] / "run.json", summary)
+            if progress:
+                m = summary["metrics"]
+                print(f"  {net} {layer}: test error {m['test_error']:.3f}, PSNR {m['test_psnr']:.1f} dB, "
+                      f"{summary['wall_time_s']:.1f} s", flush=True)  # fmt: skip
     return folders
-
-
-def _train_all(model, checkpoint, ckpt, todo, folders, keys, recipe, data_root, ckpt_every, fault_at_step, progress):
-    """The classifier's features of the training subset, once, then each layer's decoder in turn."""
-    from zfviz.data.trained import load_data
-
-    net = ckpt["config"]["model"]["name"]
-    data = load_data(ckpt, checkpoint, root=data_root)
-    train, test = data.train, data.test
-    pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(recipe.seed))
-    pick = pick[: min(recipe.images, len(pick))].sort().values
-    x = train.normalize(train.images[pick])
-    x_test = test.normalize(test.images[: min(recipe.eval_images, len(test.images))])
-    feats = layer_features_of(model, x, todo, recipe.meaning)
-    feats_test = layer_features_of(model, x_test, todo, recipe.meaning)
-    for layer in todo:
-        start = time.perf_counter()
-        folder = folders[layer]
-        folder.mkdir(parents=True, exist_ok=True)
-        rms = float(feats[layer].square().mean().sqrt().clamp_min(1e-8))
-        arch = {"feature_shape": list(feats[layer].shape[1:]), "image_shape": list(x.shape[1:]),
-                "width": recipe.width, "resolution": recipe.resolution, "feature_rms": rms}  # fmt: skip
-        # The initial weights come from the recipe's seed; the caller's RNG is left untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            decoder = Decoder(**arch)
-        target = F.adaptive_avg_pool2d(x, decoder.resolution)
-        with torch.no_grad():
-            prepared = decoder.prepare(feats[layer])
-        losses = _train_one(decoder, prepared, target, folder, keys[layer], recipe, ckpt_every, fault_at_step, progress)
-        with torch.no_grad():
-            shown = to_pixels(decoder(feats_test[layer]), test.mean, test.std)
-        truth = to_pixels(x_test, test.mean, test.std)
-        last_epoch = losses[-math.ceil(len(x) / recipe.batch_size) :]
-        metrics = {"train_mse_last_epoch": sum(last_epoch) / len(last_epoch), "test_images": len(x_test),
-                   "test_error": float(normalized_error(shown, truth).mean()),
-                   "test_psnr": float(psnr(shown, truth).mean())}  # fmt: skip
-        _save(folder / "checkpoint.pt", key=keys[layer], decoder=decoder.state_dict(), arch=arch)
-        summary = {"key": keys[layer], "arch": arch, "checkpoint": str(checkpoint), "net": net, "metrics": metrics,
-                   "steps": len(losses), "wall_time_s": round(time.perf_counter() - start, 2), **git_state(),
-                   "versions": versions()}  # fmt: skip
-        atomic_write_text(folder / "run.json", json.dumps(summary, indent=1, default=str))
-        if progress:
-            print(f"  {net} {layer}: test error {metrics['test_error']:.3f}, PSNR {metrics['test_psnr']:.1f} dB, "
-                  f"{summary['wall_time_s']:.1f} s", flush=True)  # fmt: skip
 
 
 def load_decoder(run_dir: str | Path, layer: str | None = None) -> Decoder:
