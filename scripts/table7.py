@@ -29,9 +29,11 @@ from zfviz.commands import CONFIG_DIR
 from zfviz.data.preprocess import file_sha256, source_preprocess
 from zfviz.errors import UserError
 from zfviz.features import LAYERS, Extraction, FeatureCache, cached_features
+from zfviz.outputs import FIG_TABLE7, TABLE7, named
 from zfviz.plotting.ablation import layer_accuracy_lines
 from zfviz.results import save_figure, write_table
 from zfviz.table7 import CLASSIFIERS, fashion_mnist_images, layer_accuracies, table7
+from zfviz.transfer import HeadRecipes, SoftmaxRecipe, SplitProtocol
 from zfviz.utils import as_list, resolve_device
 
 DATASETS = ("fashion_mnist", "digits", "caltech101", "caltech256")
@@ -87,10 +89,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             how=Extraction.from_config(cfg.features, resolve_device(cfg.device)),
         )  # fmt: skip
         n_per_class = [int(n) for n in as_list(for_dataset(cfg, dataset, "n_per_class"))]
-        rows = layer_accuracies(
-            features, images.labels, n_per_class=n_per_class, splits=int(cfg.splits), classifiers=heads,
-            test_per_class=test_cap, seed=int(cfg.seed), svm_c=cfg.svm.C, softmax=cfg.softmax,
-        )  # fmt: skip
+        protocol = SplitProtocol(n_per_class, int(cfg.splits), seed=int(cfg.seed), test_per_class=test_cap)
+        recipes = HeadRecipes(SoftmaxRecipe(**cfg.softmax), svm_c=cfg.svm.C)
+        rows = layer_accuracies(features, images.labels, protocol, heads, recipes)
         df = table7(rows)
         df.insert(0, "dataset", images.name)
         df.insert(1, "model", ckpt["config"]["model"]["name"])
@@ -104,18 +105,18 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     }  # fmt: skip
     out = Path(cfg.out_dir) if cfg.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
     wall = time.perf_counter() - start
-    write_table(df, out / f"table7_{cfg.preset}.csv", sources=[source], wall_time_s=round(wall, 2))
+    write_table(df, out / named(TABLE7, cfg.preset), sources=[source], wall_time_s=round(wall, 2))
     names = ", ".join(df["dataset"].unique())
     title = f"Table 7: linear classifiers on each layer, {cfg.preset} preset ({names}, {cfg.splits} splits)"
     save_figure(
         layer_accuracy_lines(df, title=title),
-        out / f"fig_table7_{cfg.preset}.png",
+        out / named(FIG_TABLE7, cfg.preset),
         sources=[source],
-        table=f"table7_{cfg.preset}.csv",
+        table=named(TABLE7, cfg.preset),
     )
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(df.drop(columns=["dataset", "model"]).round(2).to_string(index=False))
-    print(f"table7: {wall:.1f} s, feature cache {hits}, wrote {out}/table7_{cfg.preset}.csv")
+    print(f"table7: {wall:.1f} s, feature cache {hits}, wrote {out}/{named(TABLE7, cfg.preset)}")
     return df
 
 

@@ -21,7 +21,17 @@ from zfviz.features import LAYERS, Extraction, FeatureCache, cached_features, ex
 from zfviz.models import build_model
 from zfviz.plotting.ablation import layer_accuracy_lines
 from zfviz.table7 import fashion_mnist_images, layer_accuracies, table7
-from zfviz.transfer import evaluate_heads, fit_softmax, fit_svm, head_scores, mean_per_class_accuracy, split_per_class
+from zfviz.transfer import (
+    HeadRecipes,
+    SoftmaxRecipe,
+    SplitProtocol,
+    evaluate_heads,
+    fit_softmax,
+    fit_svm,
+    head_scores,
+    mean_per_class_accuracy,
+    split_per_class,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # Feature length per layer: maps x min(6, map size)^2 for conv blocks, units for fc6/fc7.
@@ -96,7 +106,8 @@ def toy_features(n_per_class: int = 30, classes: int = 4, dim: int = 16, seed: i
 
 def test_svm_and_softmax_separate_a_separable_toy_set_and_not_noise():
     feats, labels = toy_features()
-    rows = layer_accuracies(feats, labels, n_per_class=[5], splits=3, test_per_class=20, softmax={"steps": 200})
+    protocol = SplitProtocol([5], splits=3, test_per_class=20)
+    rows = layer_accuracies(feats, labels, protocol, recipes=HeadRecipes(SoftmaxRecipe(steps=200)))
     assert len(rows) == 2 * 3 * 2  # layers x splits x classifiers
     by_layer = rows.groupby(["layer", "classifier"])["accuracy"]
     assert (by_layer.min().loc["conv5"] == 100.0).all()
@@ -113,17 +124,17 @@ def test_evaluate_heads_is_the_hand_written_split_by_head_loop():
         calls.append((train.copy(), test.copy(), seed))
         return labels[test]  # a perfect "net"
 
-    rows = evaluate_heads(
-        {"conv5": feats["conv5"]}, labels, ["softmax", "svm", "scratch"], n_per_class=[2, 4], splits=2, seed=7,
-        test_per_class=5, softmax={"steps": 30, "lr": 0.05}, svm_c=0.5, scratch=scratch, log=lines.append,
-    )  # fmt: skip
+    protocol = SplitProtocol([2, 4], splits=2, seed=7, test_per_class=5)
+    recipes = HeadRecipes(SoftmaxRecipe(steps=30, lr=0.05), svm_c=0.5, scratch=scratch)
+    rows = evaluate_heads({"conv5": feats["conv5"]}, labels, ["softmax", "svm", "scratch"], protocol, recipes,
+                          log=lines.append)  # fmt: skip
     assert [(r["n_per_class"], r["split"], r["head"]) for r in rows] == [
         (n, s, h) for n in (2, 4) for s in (0, 1) for h in ("softmax", "svm", "scratch")
     ]
     x = feats["conv5"]
     for i, (n, s) in enumerate((n, s) for n in (2, 4) for s in (0, 1)):
         train, test = split_per_class(labels, n, seed=7 + s, test_per_class=5)  # split s: seed + s
-        softmax = fit_softmax(x[train], labels[train], 3, seed=7 + s, steps=30, lr=0.05)
+        softmax = fit_softmax(x[train], labels[train], 3, SoftmaxRecipe(steps=30, lr=0.05), seed=7 + s)
         svm = fit_svm(x[train], labels[train], C=0.5)
         expected = [
             100 * mean_per_class_accuracy(labels[test], head_scores(softmax, x[test]).argmax(1)),
@@ -138,7 +149,7 @@ def test_evaluate_heads_is_the_hand_written_split_by_head_loop():
     first = f"N=2 split 0: softmax {rows[0]['accuracy']:.1f}%, svm {rows[1]['accuracy']:.1f}%, scratch 100.0%"
     assert lines[0] == first and len(lines) == 4
     with pytest.raises(ValueError, match="exactly one layer"):
-        evaluate_heads(feats, labels, ["scratch"], n_per_class=[2], splits=1, scratch=scratch)
+        evaluate_heads(feats, labels, ["scratch"], SplitProtocol([2], splits=1), HeadRecipes(scratch=scratch))
 
 
 def test_the_table7_experiment_is_the_old_scripts_protocol_on_the_transfer_keys():

@@ -27,6 +27,8 @@ from zfviz.errors import UserError
 from zfviz.features import Extraction, FeatureCache, cached_features, extract, layer_outputs
 from zfviz.models import build_model
 from zfviz.transfer import (
+    ScratchRecipe,
+    SoftmaxRecipe,
     average_precision,
     fit_softmax,
     fit_svm,
@@ -188,10 +190,10 @@ def separable(n_per: int = 8, classes: int = 4, dim: int = 20, seed: int = 0):
 
 def test_softmax_and_svm_heads_fit_separable_features():
     x, y = separable()
-    fc8 = fit_softmax(x, y, 4, steps=200)
+    fc8 = fit_softmax(x, y, 4, SoftmaxRecipe(steps=200))
     assert (head_scores(fc8, x).argmax(1) == y).all()
     assert (fit_svm(x, y)(x).argmax(1) == y).all()
-    again = fit_softmax(x, y, 4, steps=200)
+    again = fit_softmax(x, y, 4, SoftmaxRecipe(steps=200))
     assert torch.equal(fc8.weight, again.weight)  # seeded: the same head twice
 
 
@@ -200,7 +202,7 @@ def test_multilabel_heads_ignore_difficult_entries():
     targets = np.eye(3, dtype=np.float32)[y]
     ignore = np.zeros_like(targets, dtype=bool)
     ignore[:4, 0] = True  # half of class 0 is "difficult"
-    head = fit_softmax(x, targets, 3, multilabel=True, ignore=ignore, steps=300)
+    head = fit_softmax(x, targets, 3, SoftmaxRecipe(steps=300), multilabel=True, ignore=ignore)
     svm = fit_svm(x, targets, ignore=ignore)
     for scores in (head_scores(head, x), svm(x)):
         assert np.nanmean(per_class_ap(targets, scores, ignore)) == pytest.approx(1.0)
@@ -213,8 +215,8 @@ def test_scratch_baseline_reinitializes_and_trains_every_layer():
     torch.manual_seed(1)
     pretrained = dict(tiny_net(3).named_parameters())  # another net's weights, as a pretrained source's
     x = images.read(np.arange(12), 64)
-    model = train_scratch(lambda: tiny_net(3), x, images.labels, PREP, epochs=2, max_steps=10, batch_size=6,
-                          optim_cfg=optim, seed=0)  # fmt: skip
+    recipe = ScratchRecipe(epochs=2, max_steps=10, batch_size=6, optim_cfg=optim)
+    model = train_scratch(lambda: tiny_net(3), x, images.labels, PREP, recipe, seed=0)
     torch.manual_seed(0)
     fresh = dict(tiny_net(3).named_parameters())  # what build() returned before training (it seeds, then builds)
     for name, w in model.named_parameters():

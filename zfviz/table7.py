@@ -14,8 +14,7 @@ at most 6x6 cells; fc6/fc7 are the rectified outputs. Both heads are the transfe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,7 @@ import pandas as pd
 from zfviz.data.imageset import ImageSet
 from zfviz.features import LAYERS
 from zfviz.results import paper_table
-from zfviz.transfer import evaluate_heads
+from zfviz.transfer import HeadRecipes, SplitProtocol, evaluate_heads
 
 CLASSIFIERS = ("svm", "softmax")
 # Which of the paper's columns our N per class sits beside.
@@ -48,28 +47,20 @@ def fashion_mnist_images(root: str | None = None, split: str = "test", limit: in
 def layer_accuracies(
     features: dict[str, np.ndarray],
     labels: np.ndarray,
-    *,
-    n_per_class: Sequence[int] = (30, 60),
-    splits: int = 5,
+    protocol: SplitProtocol,
     classifiers: Sequence[str] = CLASSIFIERS,
-    test_per_class: int | None = None,
-    seed: int = 0,
-    svm_c: float = 1.0,
-    softmax: Mapping[str, Any] | None = None,
+    recipes: HeadRecipes | None = None,
 ) -> pd.DataFrame:
     """One row per (classifier, layer, N, split): the mean per-class accuracy (%) on that split's test set.
 
-    The transfer protocol (``zfviz.transfer.evaluate_heads``): split ``s`` is drawn with seed
-    ``seed + s`` and is the same for every layer and classifier, so layers are compared on the same
-    images. ``softmax``: ``fit_softmax``'s keywords (the ``softmax`` section of the transfer config).
+    The transfer protocol (``zfviz.transfer.evaluate_heads``): the splits of ``protocol`` are the
+    same for every layer and classifier, so layers are compared on the same images; ``recipes``: how
+    the softmax and the SVM train (the ``softmax`` and ``svm`` sections of the transfer config).
     """
     bad = [name for name in classifiers if name not in CLASSIFIERS]
     if bad:
         raise ValueError(f"unknown classifier {bad[0]!r}; choose from {CLASSIFIERS}")
-    rows = evaluate_heads(
-        features, labels, classifiers, n_per_class=n_per_class, splits=splits, seed=seed,
-        test_per_class=test_per_class, softmax=softmax, svm_c=svm_c,
-    )  # fmt: skip
+    rows = evaluate_heads(features, labels, classifiers, protocol, recipes)
     columns = {"head": "classifier", "layer": "layer", "n_per_class": "n_per_class", "split": "split",
                "features": "features", "accuracy": "accuracy"}  # fmt: skip
     return pd.DataFrame(rows)[list(columns)].rename(columns=columns)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.engine import Optimization, build_optimizer, train_one_epoch
@@ -125,25 +126,34 @@ def one_thread():
         torch.set_num_threads(before)
 
 
+@dataclass(frozen=True)
+class SoftmaxRecipe:
+    """How a softmax head is trained: ``steps`` of SGD on ``batch_size`` features, ``lr`` with cosine
+    decay, ``momentum`` and ``weight_decay`` (the ``softmax:`` section of the transfer config)."""
+
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
 def fit_softmax(
     features: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
+    recipe: SoftmaxRecipe | None = None,
     *,
-    steps: int = 500,
-    batch_size: int = 64,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
     seed: int = 0,
     multilabel: bool = False,
     ignore: np.ndarray | None = None,
 ) -> nn.Linear:
-    """A new fc8 trained with SGD (momentum, cosine decay) on fixed features; zero-initialized.
+    """A new fc8 trained as ``recipe`` says (SGD, momentum, cosine decay) on fixed features; zero-initialized.
 
     ``multilabel``: ``labels`` is multi-hot (N, C) and the loss is a sigmoid cross-entropy per
     class, with the ``ignore`` entries weighted 0. Otherwise ``labels`` are class indices.
     """
+    recipe = recipe or SoftmaxRecipe()
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(unit_rms(features))
     y = torch.as_tensor(np.asarray(labels), dtype=torch.float32 if multilabel else torch.long)
@@ -151,30 +161,30 @@ def fit_softmax(
     head = nn.Linear(x.shape[1], num_classes)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, steps))
-    batch_size = min(batch_size, len(x))
+    opt = torch.optim.SGD(head.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, recipe.steps))
     with one_thread():
-        _sgd_steps(head, x, y, weight, opt, sched, steps, batch_size, gen, multilabel)
+        for idx in _batches(len(x), min(recipe.batch_size, len(x)), recipe.steps, gen):
+            logits = head(x[idx])
+            if multilabel:
+                loss = F.binary_cross_entropy_with_logits(logits, y[idx], weight=weight[idx])
+            else:
+                loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
     return head.eval()
 
 
-def _sgd_steps(head, x, y, weight, opt, sched, steps, batch_size, gen, multilabel) -> None:
-    order, cursor = torch.randperm(len(x), generator=gen), 0
+def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """``steps`` batches of indices into ``n`` rows: passes over a fresh permutation, a short tail dropped."""
+    order, cursor = torch.randperm(n, generator=gen), 0
     for _ in range(steps):
-        if cursor + batch_size > len(x):
-            order, cursor = torch.randperm(len(x), generator=gen), 0
-        idx = order[cursor : cursor + batch_size]
+        if cursor + batch_size > n:
+            order, cursor = torch.randperm(n, generator=gen), 0
+        yield order[cursor : cursor + batch_size]
         cursor += batch_size
-        logits = head(x[idx])
-        if multilabel:
-            loss = F.binary_cross_entropy_with_logits(logits, y[idx], weight=weight[idx])
-        else:
-            loss = F.cross_entropy(logits, y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
 
 
 @torch.no_grad()
@@ -221,60 +231,86 @@ def fit_svm(features: np.ndarray, labels: np.ndarray, *, C: float = 1.0, ignore:
 # --- the protocol: splits x heads --------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SplitProtocol:
+    """The splits of Tables 4, 5, 7 and Fig. 9: for each N of ``n_per_class``, ``splits`` draws of N
+    training images per class (split ``s`` with seed ``seed + s``), the rest (at most
+    ``test_per_class``) for testing; ``classes``: the class names, for a class too small to split."""
+
+    n_per_class: Sequence[int]
+    splits: int
+    seed: int = 0
+    test_per_class: int | None = None
+    classes: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class HeadRecipes:
+    """How each head is trained: the softmax's ``softmax`` recipe, the SVM's ``svm_c``; the
+    non-pretrained head reads images, not features: ``scratch(train, test, seed)`` returns its
+    predicted classes of the test images."""
+
+    softmax: SoftmaxRecipe = SoftmaxRecipe()
+    svm_c: float = 1.0
+    scratch: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None
+
+
+def _predict(
+    head: str, feats, labels: np.ndarray, split: tuple[np.ndarray, np.ndarray], num_classes: int,
+    recipes: HeadRecipes, seed: int,
+) -> np.ndarray:  # fmt: skip
+    """``head``'s predicted classes of the test images of ``split`` (train, test), trained on its train images."""
+    train, test = split
+    if head == "softmax":
+        fc8 = fit_softmax(feats[train], labels[train], num_classes, recipes.softmax, seed=seed)
+        return head_scores(fc8, feats[test]).argmax(1)
+    if head == "svm":
+        # LinearSVC's columns are its classes_ in sorted order: every class is in each split.
+        return fit_svm(feats[train], labels[train], C=recipes.svm_c)(feats[test]).argmax(1)
+    if head == "scratch":
+        return recipes.scratch(train, test, seed)
+    raise ValueError(f"unknown head {head!r}; choose from softmax, svm, scratch")
+
+
 def evaluate_heads(
     features: Mapping[str, np.ndarray | None],
     labels: np.ndarray,
     heads: Sequence[str],
+    protocol: SplitProtocol,
+    recipes: HeadRecipes | None = None,
     *,
-    n_per_class: Sequence[int],
-    splits: int,
-    seed: int = 0,
-    test_per_class: int | None = None,
     num_classes: int | None = None,
-    classes: Sequence[str] | None = None,
-    softmax: Mapping[str, Any] | None = None,
-    svm_c: float = 1.0,
-    scratch: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """One row per (N, split, layer, head): the mean per-class accuracy (%) on that split's test images.
 
-    The protocol of Tables 4, 5, 7 and Fig. 9. Split ``s`` is drawn with seed ``seed + s``, which
-    also seeds its softmax head, and is the same for every layer and head, so they are compared on
-    the same images. ``features`` maps a layer to its (N, D) frozen features; ``softmax`` holds
-    ``fit_softmax``'s keywords (steps, batch_size, lr, ...). The non-pretrained head reads images,
-    not features: ``scratch(train, test, seed)`` returns its predicted classes of the test images
-    (its row's layer is None). ``log`` gets one line per split.
+    The splits of ``protocol``; split ``s``'s seed also seeds its softmax head, and the split is the
+    same for every layer and head, so they are compared on the same images. ``features`` maps a
+    layer to its (N, D) frozen features; the scratch head's row has layer None. ``log`` gets one
+    line per split.
     """
+    recipes = recipes or HeadRecipes()
     labels = np.asarray(labels)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    if "scratch" in heads and (scratch is None or len(features) != 1):
+    if "scratch" in heads and (recipes.scratch is None or len(features) != 1):
         raise ValueError("the scratch head needs a scratch() trainer and exactly one layer")
     rows: list[dict] = []
-    for n in n_per_class:
-        for split in range(splits):
-            split_seed = seed + split
-            train, test = split_per_class(labels, n, seed=split_seed, test_per_class=test_per_class, classes=classes)
-            y_train, y_test = labels[train], labels[test]
+    for n in protocol.n_per_class:
+        for split in range(protocol.splits):
+            split_seed = protocol.seed + split
+            train, test = split_per_class(
+                labels, n, seed=split_seed, test_per_class=protocol.test_per_class, classes=protocol.classes
+            )
             first = len(rows)
             for layer, feats in features.items():
                 for head in heads:
                     start = time.perf_counter()
-                    if head == "softmax":
-                        fc8 = fit_softmax(feats[train], y_train, num_classes, seed=split_seed, **(softmax or {}))
-                        pred = head_scores(fc8, feats[test]).argmax(1)
-                    elif head == "svm":
-                        # LinearSVC's columns are its classes_ in sorted order: every class is in each split.
-                        pred = fit_svm(feats[train], y_train, C=svm_c)(feats[test]).argmax(1)
-                    elif head == "scratch":
-                        pred = scratch(train, test, split_seed)
-                    else:
-                        raise ValueError(f"unknown head {head!r}; choose from softmax, svm, scratch")
+                    pred = _predict(head, feats, labels, (train, test), num_classes, recipes, split_seed)
                     rows.append(
                         {"head": head, "layer": None if head == "scratch" else layer, "n_per_class": n,
                          "split": split, "seed": split_seed, "train_images": len(train), "test_images": len(test),
                          "features": None if feats is None or head == "scratch" else feats.shape[1],
-                         "accuracy": 100 * mean_per_class_accuracy(y_test, pred),
+                         "accuracy": 100 * mean_per_class_accuracy(labels[test], pred),
                          "wall_time_s": round(time.perf_counter() - start, 3)}
                     )  # fmt: skip
             if log is not None:
@@ -285,35 +321,34 @@ def evaluate_heads(
 # --- the non-pretrained baseline ---------------------------------------------------------------
 
 
-def train_scratch(
-    build,
-    images: torch.Tensor,
-    labels: np.ndarray,
-    prep,
-    *,
-    epochs: int,
-    max_steps: int,
-    batch_size: int,
-    optim_cfg,
-    seed: int,
-    flip: bool = True,
-    crop_pad: int = 0,
-    device: torch.device | str = "cpu",
-) -> nn.Module:
-    """``build()`` a freshly initialized net and train all of it on ``images`` (uint8, at input size).
+@dataclass(frozen=True)
+class ScratchRecipe:
+    """How the non-pretrained net trains: ``epochs`` passes capped at ``max_steps`` updates (Fig. 9
+    goes from 1 to 60 images per class), ``batch_size``, the optimizer config ``optim_cfg``, random
+    horizontal ``flip`` and translation by up to ``crop_pad`` pixels."""
 
-    ``epochs`` passes, capped at ``max_steps`` updates (Fig. 9 goes from 1 to 60 images per class).
-    """
+    epochs: int
+    max_steps: int
+    batch_size: int
+    optim_cfg: Any
+    flip: bool = True
+    crop_pad: int = 0
+
+
+def train_scratch(
+    build, images: torch.Tensor, labels: np.ndarray, prep, recipe: ScratchRecipe, *, seed: int, device="cpu"
+) -> nn.Module:
+    """``build()`` a freshly initialized net and train all of it on ``images`` (uint8, at input size) as ``recipe`` says."""
     torch.manual_seed(seed)
     model = build().to(device)
     mean, std = [m / 255 for m in prep.mean], [s / 255 for s in prep.std]
-    batch_size = min(batch_size, len(labels))
+    batch_size = min(recipe.batch_size, len(labels))
     loader = TensorLoader(
         images, torch.as_tensor(labels), batch_size, mean=mean, std=std, channels=prep.in_chans,
-        shuffle=True, flip=flip, crop_pad=crop_pad, seed=seed,
+        shuffle=True, flip=recipe.flip, crop_pad=recipe.crop_pad, seed=seed,
     )  # fmt: skip
-    epochs = max(1, min(epochs, max_steps // len(loader)))
-    optimizer, step_sched, _ = build_optimizer(model, optim_cfg, len(loader), epochs)
+    epochs = max(1, min(recipe.epochs, recipe.max_steps // len(loader)))
+    optimizer, step_sched, _ = build_optimizer(model, recipe.optim_cfg, len(loader), epochs)
     for epoch in range(1, epochs + 1):
         loader.set_epoch(epoch)
         train_one_epoch(model, loader, Optimization(optimizer, step_sched), device=torch.device(device))

@@ -30,7 +30,19 @@ from zfviz.data.preprocess import file_sha256, source_preprocess
 from zfviz.errors import UserError
 from zfviz.features import LAYERS, Extraction, FeatureCache, cached_features
 from zfviz.models import build_model
-from zfviz.transfer import evaluate_heads, fit_softmax, fit_svm, head_scores, per_class_ap, predict, train_scratch
+from zfviz.transfer import (
+    HeadRecipes,
+    ScratchRecipe,
+    SoftmaxRecipe,
+    SplitProtocol,
+    evaluate_heads,
+    fit_softmax,
+    fit_svm,
+    head_scores,
+    per_class_ap,
+    predict,
+    train_scratch,
+)
 from zfviz.utils import as_list, atomic_write_text, git_state, resolve_device, seeded, versions
 from zfviz.validate import check_config
 
@@ -113,21 +125,24 @@ def caltech_rows(cfg, images, feats, ckpt, prep, heads, stand_in, device) -> lis
     )
     crop_pad = round(float(data_cfg.get("crop_pad_frac", 0.0)) * prep.input_size)
 
+    s = cfg.scratch
+    recipe = ScratchRecipe(s.epochs, s.max_steps, s.batch_size, s.optim, flip=flip, crop_pad=crop_pad)
+
     def scratch(train: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
-        s = cfg.scratch
         net_s = train_scratch(
             lambda: build_model(name, num_classes=len(images.classes), **model_cfg),
-            images.read(train, prep.input_size), images.labels[train], prep, epochs=s.epochs,
-            max_steps=s.max_steps, batch_size=s.batch_size, optim_cfg=s.optim, seed=seed, flip=flip,
-            crop_pad=crop_pad, device=device,
+            images.read(train, prep.input_size), images.labels[train], prep, recipe, seed=seed, device=device,
         )  # fmt: skip
         chunks = _chunks(images, test, prep.input_size)
         return np.concatenate([predict(net_s, x, prep, device=device).argmax(1) for x in chunks])
 
+    protocol = SplitProtocol(
+        [int(v) for v in as_list(cfg.n_per_class)], int(cfg.splits), seed=int(cfg.seed), test_per_class=test_cap,
+        classes=images.classes,
+    )  # fmt: skip
+    recipes = HeadRecipes(SoftmaxRecipe(**cfg.softmax), svm_c=cfg.svm.C, scratch=scratch)
     rows = evaluate_heads(
-        {cfg.layer: feats}, images.labels, heads, n_per_class=[int(v) for v in as_list(cfg.n_per_class)],
-        splits=int(cfg.splits), seed=int(cfg.seed), test_per_class=test_cap, num_classes=len(images.classes),
-        classes=images.classes, softmax=cfg.softmax, svm_c=cfg.svm.C, scratch=scratch,
+        {cfg.layer: feats}, images.labels, heads, protocol, recipes, num_classes=len(images.classes),
         log=lambda line: print(line, flush=True),
     )  # fmt: skip
     keep = ("layer", "n_per_class", "split", "seed", "train_images", "test_images", "accuracy", "wall_time_s")
@@ -147,12 +162,12 @@ def pascal_rows(cfg, sets, feats, heads, stand_in) -> list[dict]:
         start = time.perf_counter()
         if head == "softmax":
             # The paper's head: one exclusive label per image (the largest object).
-            fc8 = fit_softmax(f_train, train.labels, len(train.classes), seed=cfg.seed, **cfg.softmax)
+            fc8 = fit_softmax(f_train, train.labels, len(train.classes), SoftmaxRecipe(**cfg.softmax), seed=cfg.seed)
             scores = head_scores(fc8, f_test)
         elif head == "multilabel":
             fc8 = fit_softmax(
-                f_train, train.targets, len(train.classes), seed=cfg.seed, multilabel=True, ignore=train.ignore,
-                **cfg.softmax,
+                f_train, train.targets, len(train.classes), SoftmaxRecipe(**cfg.softmax), seed=cfg.seed,
+                multilabel=True, ignore=train.ignore,
             )  # fmt: skip
             scores = head_scores(fc8, f_test)
         else:
