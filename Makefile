@@ -69,7 +69,8 @@ $(RUNS)/%/run.json: | install data
 $(RESULTS)/table2_$(PRESET).csv: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json
 	$(STAGE) table2 -- $(BIN)/python scripts/table2.py --preset $(PRESET) --out $(RESULTS) $(^D)
 
-# Each block below adds its outputs to FIGURES; `figures` (at the end) builds them all.
+# Each block below adds its outputs to FIGURES; `figures` (at the end) builds them all. Their file names are
+# zfviz/outputs.py's (the scripts write them, the report reads them); tests/test_outputs.py checks these match.
 FIGURES := $(RESULTS)/table2_$(PRESET).csv
 CHECKPOINT := $(RUNS)/zfnet/checkpoint.pt
 

@@ -22,6 +22,7 @@ from zfviz.attribution import attribute
 from zfviz.data.trained import load_data
 from zfviz.errors import UserError
 from zfviz.models.load import load_net
+from zfviz.outputs import FIG_ATTRIBUTION, named
 from zfviz.plotting import plt
 from zfviz.plotting.attribution_grid import attribution_grid
 from zfviz.results import load_run, run_source, runs_parser, save_figure
@@ -92,7 +93,7 @@ def main() -> int:
         return 2
     panels = {name: (images, maps) for name, images, maps, _, _ in results}
     fig = attribution_grid(panels, rows, title=f"Attribution methods on the same test images, {args.preset} preset")
-    out = Path(args.out) / f"fig_attribution_{args.preset}.png"
+    out = Path(args.out) / named(FIG_ATTRIBUTION, args.preset)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_figure(
         fig, out, sources=[r[4] for r in results], wall_time_s=round(time.perf_counter() - start, 2),

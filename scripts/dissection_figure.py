@@ -37,6 +37,7 @@ from zfviz.dissection.batches import Batches
 from zfviz.dissection.dissect import resized, strongest_images, unit_maps
 from zfviz.errors import UserError
 from zfviz.models.load import load_net
+from zfviz.outputs import DISSECTION, FIG_DISSECTION, named
 from zfviz.plotting import plt
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
 
@@ -132,7 +133,8 @@ def main() -> int:
     sources = [r[3] for r in results]
     out = Path(args.out)
     wall = round(time.perf_counter() - start, 2)
-    write_table(df, out / f"dissection_{args.preset}.csv", sources=sources, wall_time_s=wall)
+    table, figure = named(DISSECTION, args.preset), named(FIG_DISSECTION, args.preset)
+    write_table(df, out / table, sources=sources, wall_time_s=wall)
     counts = {name: detector_counts(r[0], broden.categories) for (name, _), r in zip(nets, results, strict=True)}
     shown = top_units(results[0][0], args.units)
     fig = plt.figure(figsize=(10, 1 + 0.28 * len(counts) + 1.8 * len(shown)))
@@ -158,14 +160,12 @@ def main() -> int:
                              f"({unit.category}), IoU {unit.iou:.2f}", fontsize=8, loc="left")  # fmt: skip
     fig.suptitle(f"Network dissection on the concept set ({len(broden)} images), {args.preset} preset")
     fig.tight_layout()
-    save_figure(fig, out / f"fig_dissection_{args.preset}.png", sources=sources, table=f"dissection_{args.preset}.csv",
+    save_figure(fig, out / figure, sources=sources, table=table,
                 wall_time_s=round(time.perf_counter() - start, 2), concepts=str(broden.root))  # fmt: skip
     plt.close(fig)
     with pd.option_context("display.width", 200):
         print(pd.concat(counts, names=["net", "layer"]).assign(total=lambda t: t.sum(axis=1)).to_string())
-    print(
-        f"wrote {out}/dissection_{args.preset}.csv and fig_dissection_{args.preset}.png ({len(nets)} nets, {wall:.0f} s)"
-    )
+    print(f"wrote {out}/{table} and {figure} ({len(nets)} nets, {wall:.0f} s)")
     return 0
 
 

@@ -65,6 +65,7 @@ from zfviz.evaluate import (
     randomization_scores,
 )
 from zfviz.models.load import load_net
+from zfviz.outputs import CLAIMS, EVALUATION, FIG_RANDOMIZATION, named
 from zfviz.plotting import plt
 from zfviz.plotting.evaluation import randomization_figure
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_csv, write_meta, write_table
@@ -375,8 +376,9 @@ def main() -> int:
         )
     out, wall = Path(args.out), round(time.perf_counter() - start, 2)
     settings = {k: v for k, v in vars(args).items() if k not in ("runs", "out", "preset")}
-    write_table(pd.DataFrame(rows), out / f"evaluation_{args.preset}.csv", sources=sources, wall_time_s=wall)
-    claims_path = out / f"claims_{args.preset}.csv"
+    table, claims_table, figure = (named(n, args.preset) for n in (EVALUATION, CLAIMS, FIG_RANDOMIZATION))
+    write_table(pd.DataFrame(rows), out / table, sources=sources, wall_time_s=wall)
+    claims_path = out / claims_table
     write_csv(pd.DataFrame(claims), claims_path)
     write_meta(claims_path, table=claims_path.name, sources=sources, wall_time_s=wall, nets=focus, settings=settings)
     first = next(iter(cascades))
@@ -385,12 +387,11 @@ def main() -> int:
         shown["image"],
         f"{first}: maps as layers are re-initialized from the top ({args.preset} preset)",
     )
-    save_figure(fig, out / f"fig_randomization_{args.preset}.png", sources=sources[:1], settings=settings,
-                table=f"evaluation_{args.preset}.csv", wall_time_s=wall)  # fmt: skip
+    save_figure(fig, out / figure, sources=sources[:1], settings=settings, table=table, wall_time_s=wall)  # fmt: skip
     plt.close(fig)
     with pd.option_context("display.width", 200, "display.max_colwidth", 90):
         print(pd.DataFrame(claims)[["claim", "value", "ci_low", "ci_high", "shown"]].to_string(index=False))
-    print(f"wrote {out}/evaluation_{args.preset}.csv, claims_{args.preset}.csv, fig_randomization_{args.preset}.png "
+    print(f"wrote {out}/{table}, {claims_table}, {figure} "
           f"({len(rows)} rows, {len(nets)} nets for the focus claim, {time.perf_counter() - start:.0f} s)")  # fmt: skip
     return 0
 

@@ -29,6 +29,7 @@ from zfviz.activations import resolve, stream
 from zfviz.data.trained import load_data
 from zfviz.errors import UserError
 from zfviz.models.load import load_net
+from zfviz.outputs import FIG_MAXIMIZE, MAXIMIZE, named
 from zfviz.plotting import plt
 from zfviz.plotting.maximize import maximize_grid
 from zfviz.reconstruction.maximize import (
@@ -142,20 +143,19 @@ def main() -> int:
     wall = round(time.perf_counter() - start, 2)
     settings = {"steps": args.steps, "lr": args.lr, "units": args.units, "images": args.images, "seed": args.seed,
                 "priors": str(PRIORS)}  # fmt: skip
-    write_table(df, out / f"maximize_{args.preset}.csv", sources=[*sources, settings], wall_time_s=wall)
+    table, figure = named(MAXIMIZE, args.preset), named(FIG_MAXIMIZE, args.preset)
+    write_table(df, out / table, sources=[*sources, settings], wall_time_s=wall)
     rows = {label: tiles for r in results for label, tiles in r[1].items()}
     title = (f"Activation maximization, {args.preset} preset: classes and the top {args.units} units per layer; "
              f"under each image its activation / the strongest of {args.images} test images'")  # fmt: skip
     fig = maximize_grid(rows, title=title, tile_inches=0.5)
-    save_figure(fig, out / f"fig_maximize_{args.preset}.png", sources=[*sources, settings],
-                table=f"maximize_{args.preset}.csv", wall_time_s=round(time.perf_counter() - start, 2))  # fmt: skip
+    save_figure(fig, out / figure, sources=[*sources, settings],
+                table=table, wall_time_s=round(time.perf_counter() - start, 2))  # fmt: skip
     plt.close(fig)
     summary = df.groupby(["net", "param", "layer"], sort=False)["ratio"].median().unstack("layer")
     with pd.option_context("display.width", 200):
         print("median ratio (activation / strongest real):\n" + summary.round(2).to_string())
-    print(
-        f"wrote {out}/maximize_{args.preset}.csv and fig_maximize_{args.preset}.png ({len(results)} nets, {wall:.0f} s)"
-    )
+    print(f"wrote {out}/{table} and {figure} ({len(results)} nets, {wall:.0f} s)")
     return 0
 
 

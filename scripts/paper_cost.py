@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 from zfviz.cost import (
-    COST_CSV,
     Basis,
     Counter,
     measure_train,
@@ -34,6 +33,7 @@ from zfviz.cost import (
     total_lines,
     with_readme_table,
 )
+from zfviz.outputs import PAPER_COST
 from zfviz.pipeline import machine
 from zfviz.results import write_csv, write_meta
 from zfviz.utils import atomic_write_text
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     basis = Basis(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Basis)})
     if args.readme:
         atomic_write_text(
-            args.readme, with_readme_table(args.readme.read_text(), pd.read_csv(Path(args.out) / COST_CSV))
+            args.readme, with_readme_table(args.readme.read_text(), pd.read_csv(Path(args.out) / PAPER_COST))
         )
         print(f"wrote the cost table into {args.readme}")
         return 0
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             torch.set_num_threads(threads)
     df = rows(stages, basis, measured, count)
-    path = Path(args.out) / COST_CSV
+    path = Path(args.out) / PAPER_COST
     write_csv(df, path)
     measurement = None if measured is None else {
         "img_per_s": {k: round(v, 3) for k, v in measured.items()}, "batch": args.batch, "steps": args.steps,

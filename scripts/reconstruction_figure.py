@@ -25,6 +25,7 @@ import torch
 from zfviz.data.trained import load_data
 from zfviz.errors import UserError
 from zfviz.models.load import load_net
+from zfviz.outputs import FIG_RECONSTRUCTION, RECONSTRUCTION, named
 from zfviz.plotting import plt
 from zfviz.plotting.reconstruction import reconstruction_panels
 from zfviz.reconstruction.decoder import Recipe, layer_features_of, load_decoder, train_decoders
@@ -115,17 +116,17 @@ def main() -> int:
     sources = [r[3] for r in results]
     out = Path(args.out)
     wall = round(time.perf_counter() - start, 2)
-    write_table(df, out / f"reconstruction_{args.preset}.csv", sources=sources, wall_time_s=wall)
+    table, figure = named(RECONSTRUCTION, args.preset), named(FIG_RECONSTRUCTION, args.preset)
+    write_table(df, out / table, sources=sources, wall_time_s=wall)
     panels = [(df["net"][df.index[i * len(LAYERS) * 2]], r[1], r[2]) for i, r in enumerate(results)]
     fig = reconstruction_panels(panels, list(LAYERS), list(METHODS),
                                 title=f"Reconstructions from every layer, regularized and learned ({args.preset} preset)")  # fmt: skip
-    save_figure(fig, out / f"fig_reconstruction_{args.preset}.png", sources=sources,
-                table=f"reconstruction_{args.preset}.csv", wall_time_s=wall)  # fmt: skip
+    save_figure(fig, out / figure, sources=sources, table=table, wall_time_s=wall)  # fmt: skip
     plt.close(fig)
     with pd.option_context("display.width", 200):
         print(df.pivot_table(index="layer", columns=["net", "method"], values="error", sort=False).round(3).to_string())
     print("\n".join(claims(df)))
-    print(f"wrote {out}/reconstruction_{args.preset}.csv and fig_reconstruction_{args.preset}.png ({wall:.0f} s)")
+    print(f"wrote {out}/{table} and {figure} ({wall:.0f} s)")
     return 0
 
 

@@ -16,11 +16,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from zfviz.outputs import REPORT_HTML, REPORT_MD, REPORT_SCREENSHOT
 from zfviz.report import write_report
 from zfviz.report.browser import MISSING, find_chromium, screenshot
 from zfviz.results import write_meta
-
-SHOT = "report_top.png"
 
 
 def main() -> int:
@@ -40,23 +39,25 @@ def main() -> int:
     start = time.perf_counter()
     report = write_report(folder, args.preset, args.scale)
     # Each output names what it was built from, as every file in results/ does (tests/test_results.py).
-    read = sorted(p.name for p in folder.iterdir() if p.suffix in (".csv", ".png", ".npz") and p.name != SHOT)
-    for name in ("index.html", "README.md"):
+    read = sorted(
+        p.name for p in folder.iterdir() if p.suffix in (".csv", ".png", ".npz") and p.name != REPORT_SCREENSHOT
+    )
+    for name in (REPORT_HTML, REPORT_MD):
         write_meta(folder / name, sources=[{"file": f} for f in read], page=name, preset=args.preset, scale=args.scale,
                    wall_time_s=round(time.perf_counter() - start, 2))  # fmt: skip
     shown = Counter(e.finding.shown for e in report.entries if e.work != "other")
-    print(f"report: wrote {folder / 'index.html'} and {folder / 'README.md'}: {len(report.entries) - len(report.other)} "
+    print(f"report: wrote {folder / REPORT_HTML} and {folder / REPORT_MD}: {len(report.entries) - len(report.other)} "
           f"results ({', '.join(f'{n} {k}' for k, n in shown.most_common())}), {len(report.other)} other files")  # fmt: skip
     if args.screenshot:
         if find_chromium() is None:
             print(f"report: no screenshot: {MISSING}")
             return 0
         try:
-            png = screenshot(folder / "index.html", folder / SHOT)
+            png = screenshot(folder / REPORT_HTML, folder / REPORT_SCREENSHOT)
         except (RuntimeError, subprocess.SubprocessError) as err:
             print(f"report: error: the screenshot failed: {err}", file=sys.stderr)
             return 1
-        write_meta(png, sources=[{"file": "index.html"}], screenshot_of="index.html")
+        write_meta(png, sources=[{"file": REPORT_HTML}], screenshot_of=REPORT_HTML)
         print(f"report: wrote {png}")
     return 0
 

@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 
 from zfviz.errors import UserError
+from zfviz.outputs import TABLE2, TRAINING_CURVES, named
 from zfviz.plotting.training import training_curves
 from zfviz.results import load_run, run_source, runs_parser, save_figure, table2, write_table
 
@@ -27,10 +28,12 @@ def main() -> int:
     except UserError as err:
         print(f"table2: error: {err}", file=sys.stderr)
         return 2
-    write_table(df, f"{args.out}/table2_{args.preset}.csv", sources=sources, wall_time_s=float(df["wall_time_s"].sum()))
+    write_table(
+        df, f"{args.out}/{named(TABLE2, args.preset)}", sources=sources, wall_time_s=float(df["wall_time_s"].sum())
+    )
     fig = training_curves(histories, title=f"Training curves, {args.preset} preset ({df['dataset'].iloc[0]})")
     save_figure(
-        fig, f"{args.out}/fig_training_curves_{args.preset}.png", sources=sources, table=f"table2_{args.preset}.csv"
+        fig, f"{args.out}/{named(TRAINING_CURVES, args.preset)}", sources=sources, table=named(TABLE2, args.preset)
     )
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.drop(columns=["run_dir"]).to_string(index=False))

@@ -20,6 +20,7 @@ import pandas as pd
 
 from zfviz.ablation import read_manifests, repeat_table, table3
 from zfviz.errors import UserError
+from zfviz.outputs import FIG_TABLE3, TABLE3, TABLE3_RERUN, named
 from zfviz.plotting.ablation import ablation_bars
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
 
@@ -44,16 +45,18 @@ def main() -> int:
     except UserError as err:
         print(f"table3: error: {err}", file=sys.stderr)
         return 2
-    write_table(df, f"{args.out}/table3_{args.preset}.csv", sources=sources, wall_time_s=float(df["wall_time_s"].sum()))
+    write_table(
+        df, f"{args.out}/{named(TABLE3, args.preset)}", sources=sources, wall_time_s=float(df["wall_time_s"].sum())
+    )
     title = f"Table 3 ablations, {args.preset} preset ({df['dataset'].iloc[0]}, {int(df['epochs'].iloc[0])} epochs)"
     save_figure(
         ablation_bars(df, title=title),
-        f"{args.out}/fig_table3_{args.preset}.png",
+        f"{args.out}/{named(FIG_TABLE3, args.preset)}",
         sources=sources,
-        table=f"table3_{args.preset}.csv",
+        table=named(TABLE3, args.preset),
     )
     if again is not None:
-        path = f"{args.out}/table3_{args.preset}_{args.repeat_name}.csv"
+        path = f"{args.out}/{named(TABLE3_RERUN, args.preset, name=args.repeat_name)}"
         write_table(again, path, sources=sources + provenance(repeats))
         print(again.drop(columns=["run_dir", "run_dir_repeat"]).to_string(index=False))
         print(

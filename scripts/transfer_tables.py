@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from zfviz.errors import UserError
+from zfviz.outputs import FIG9_TRANSFER, FIG9_TRANSFER_TABLE, FIG_TABLE6_AP, TABLE4, TABLE5, TABLE6, named
 from zfviz.plotting import plt
 from zfviz.plotting.transfer import accuracy_vs_examples, ap_bars
 from zfviz.results import load_run, paper_table, run_source, save_figure, write_table
@@ -120,32 +121,32 @@ def main() -> int:
         if args.table4:
             run, summary = load_run(args.table4, "summary.csv", command=TRANSFER)
             table = caltech_table(run, summary, "table4_caltech101", args.table4_n)
-            write_table(table, out / f"table4_{args.preset}.csv", sources=[source(run, args.table4)], wall_time_s=run["wall_time_s"])  # fmt: skip
+            write_table(table, out / named(TABLE4, args.preset), sources=[source(run, args.table4)], wall_time_s=run["wall_time_s"])  # fmt: skip
             print(table.to_string(index=False), "\n")
         if args.table5:
             run, summary = load_run(args.table5, "summary.csv", command=TRANSFER)
             table = caltech_table(run, summary, "table5_caltech256", args.table5_n)
-            write_table(table, out / f"table5_{args.preset}.csv", sources=[source(run, args.table5)], wall_time_s=run["wall_time_s"])  # fmt: skip
+            write_table(table, out / named(TABLE5, args.preset), sources=[source(run, args.table5)], wall_time_s=run["wall_time_s"])  # fmt: skip
             print(table.to_string(index=False), "\n")
         if args.fig9:
             run, summary = load_run(args.fig9, "summary.csv", command=TRANSFER)
-            write_table(summary, out / f"fig9_transfer_{args.preset}.csv", sources=[source(run, args.fig9)], wall_time_s=run["wall_time_s"])  # fmt: skip
+            write_table(summary, out / named(FIG9_TRANSFER_TABLE, args.preset), sources=[source(run, args.fig9)], wall_time_s=run["wall_time_s"])  # fmt: skip
             where = "digits stand-in" if run.get("stand_in") else run["dataset"]
             fig = accuracy_vs_examples(
                 summary, paper_table("table5_caltech256"), title=f"ours: {where} ({args.preset} preset)"
             )
-            save_figure(fig, out / f"fig9_transfer_{args.preset}.png")
+            save_figure(fig, out / named(FIG9_TRANSFER, args.preset))
             plt.close(fig)
         if args.table6:
             run, rows = load_run(args.table6, "rows.csv", command=TRANSFER)
             table = pascal_table(run, rows)
-            write_table(table, out / f"table6_{args.preset}.csv", sources=[source(run, args.table6)], wall_time_s=run["wall_time_s"])  # fmt: skip
+            write_table(table, out / named(TABLE6, args.preset), sources=[source(run, args.table6)], wall_time_s=run["wall_time_s"])  # fmt: skip
             fig = ap_bars(rows, title=f"per-class AP, {run['dataset']} {'stand-in' if run.get('stand_in') else ''}")
             save_figure(
                 fig,
-                out / f"fig_table6_ap_{args.preset}.png",
+                out / named(FIG_TABLE6_AP, args.preset),
                 sources=[source(run, args.table6)],
-                table=f"table6_{args.preset}.csv",
+                table=named(TABLE6, args.preset),
             )
             plt.close(fig)
             print(table.to_string(index=False))

@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from zfviz import outputs
 from zfviz.errors import UserError
 from zfviz.scale import scaled
 from zfviz.utils import atomic_write_text, cpu_model, git_state
@@ -257,9 +258,9 @@ def cost(preset: str, table: Path | None, clip_epochs: int) -> None:
     if preset != "paper":
         return
     # Imported here: it loads Hydra and the nets, and every ``stage`` call of a run imports this module.
-    from zfviz.cost import COST_CSV, read_or_count, total_lines
+    from zfviz.cost import read_or_count, total_lines
 
-    df, source = read_or_count(table or Path("results") / COST_CSV, clip_epochs)
+    df, source = read_or_count(table or Path("results") / outputs.PAPER_COST, clip_epochs)
     print("\n".join(total_lines(df, source)))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zfviz import outputs
 from zfviz.report.page import Report, build_report
 from zfviz.report.render import to_html, to_markdown
 from zfviz.utils import atomic_write_text
@@ -20,6 +21,6 @@ __all__ = ["Report", "build_report", "to_html", "to_markdown", "write_report"]
 def write_report(folder: str | Path, preset: str, scale: str = "full") -> Report:
     """Write ``index.html`` and ``README.md`` into ``folder`` (each atomically) and return the report."""
     report = build_report(folder, preset, scale)
-    atomic_write_text(Path(folder) / "index.html", to_html(report))
-    atomic_write_text(Path(folder) / "README.md", to_markdown(report))
+    atomic_write_text(Path(folder) / outputs.REPORT_HTML, to_html(report))
+    atomic_write_text(Path(folder) / outputs.REPORT_MD, to_markdown(report))
     return report

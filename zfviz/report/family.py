@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from zfviz import outputs
 from zfviz.report.catalog import Artifact, Finding, MissingData, Results, num, verdict
 
 
 def attribution(r: Results) -> Finding:
-    name = r.name("fig_attribution_{preset}.png")
+    name = r.name(outputs.FIG_ATTRIBUTION)
     if not r.has(name):
         raise MissingData(name)
     meta = r.meta(name)
@@ -27,7 +28,7 @@ def attribution(r: Results) -> Finding:
 
 
 def reconstruction(r: Results) -> Finding:
-    t = r.csv("reconstruction_{preset}.csv")
+    t = r.csv(outputs.RECONSTRUCTION)
     parts, held = [], []
     for net, g in t.groupby("net", sort=False):
         err = g.pivot_table(index="layer", columns="method", values="error").reindex(g["layer"].unique())
@@ -47,7 +48,7 @@ def reconstruction(r: Results) -> Finding:
 
 
 def maximize(r: Results) -> Finding:
-    t = r.csv("maximize_{preset}.csv")
+    t = r.csv(outputs.MAXIMIZE)
     by = t.groupby("param", sort=False)["ratio"]
     beat, median = by.apply(lambda x: float((x > 1).mean())), by.median()
     text = (
@@ -60,7 +61,7 @@ def maximize(r: Results) -> Finding:
 
 
 def dissection(r: Results) -> Finding:
-    t = r.csv("dissection_{preset}.csv")
+    t = r.csv(outputs.DISSECTION)
     det = t[t["detector"].astype(bool)]
     counts = det.groupby("category").size().sort_values(ascending=False)
     per_layer = det.groupby("layer").size().reindex(sorted(t["layer"].unique()), fill_value=0)
@@ -78,7 +79,7 @@ def dissection(r: Results) -> Finding:
 
 
 def evaluation(r: Results) -> Finding:
-    t = r.csv("evaluation_{preset}.csv")
+    t = r.csv(outputs.EVALUATION)
     parts, held = [], []
     for net, g in t.groupby("net", sort=False):
         deletion = g[g["metric"] == "deletion"].set_index("method")["mean"]
@@ -92,10 +93,10 @@ def evaluation(r: Results) -> Finding:
 
 
 def randomization(r: Results) -> Finding:
-    name = r.name("fig_randomization_{preset}.png")
+    name = r.name(outputs.FIG_RANDOMIZATION)
     if not r.has(name):
         raise MissingData(name)
-    t = r.csv("evaluation_{preset}.csv")
+    t = r.csv(outputs.EVALUATION)
     rho = t[t["metric"] == "randomization_spearman"].pivot_table(index="method", columns="net", values="mean")
     nets = list(dict.fromkeys(t["net"]))  # the CSV's order (ZFNet first), not the alphabet's
     rho = rho[nets]
@@ -115,7 +116,7 @@ def randomization(r: Results) -> Finding:
 
 
 def claims(r: Results) -> Finding:
-    t = r.csv("claims_{preset}.csv")
+    t = r.csv(outputs.CLAIMS)
     t["shown"] = t["shown"].astype(str).str.lower() == "true"
     parts, held = [], []
     for claim, g in t.groupby("claim", sort=False):
@@ -154,41 +155,41 @@ def _evaluation_view(t: pd.DataFrame) -> pd.DataFrame:
 
 
 ARTIFACTS = (
-    Artifact("attribution", "work-attribution", "The attribution family on the same images", ("fig_attribution_{preset}.png",),
+    Artifact("attribution", "work-attribution", "The attribution family on the same images", (outputs.FIG_ATTRIBUTION,),
              "one backward pass, different rules at the ReLUs",
              "The taxonomy's deconvolutional class: the deconvnet, the gradient (saliency) and guided backprop "
              "differ only in how the signal passes each ReLU; LRP redistributes relevance layer by layer and "
              "Grad-CAM weighs the last conv maps by their gradient.", attribution),
     Artifact("reconstruction", "work-reconstruction", "Inversion from every layer: regularized and learned",
-             ("reconstruction_{preset}.csv", "fig_reconstruction_{preset}.png"),
+             (outputs.RECONSTRUCTION, outputs.FIG_RECONSTRUCTION),
              "deeper layers keep less; learned decoders beat optimization at depth",
              "Mahendran and Vedaldi (2015): reconstructions get vaguer with depth; Dosovitskiy and Brox (2016): a "
              "learned up-convolutional decoder reconstructs the deep layers better than regularized "
              "optimization.", reconstruction, _reconstruction_view),
     Artifact("maximize", "work-reconstruction", "Activation maximization under three parameterizations",
-             ("maximize_{preset}.csv", "fig_maximize_{preset}.png"),
+             (outputs.MAXIMIZE, outputs.FIG_MAXIMIZE),
              "synthesized images drive a unit past real ones",
              "Activation maximization synthesizes an input a unit prefers; priors (jitter, TV, a decorrelated "
              "Fourier basis, a generator's code space) keep it natural (Yosinski et al. 2015, Olah et al. 2017, "
              "Nguyen et al. 2016).", maximize, _maximize_view),
     Artifact("dissection", "work-dissection", "Network dissection: detectors per layer",
-             ("dissection_{preset}.csv", "fig_dissection_{preset}.png"),
+             (outputs.DISSECTION, outputs.FIG_DISSECTION),
              "more, and more semantic, detectors in higher layers",
              "Bau et al. (2017): 97 of ImageNet AlexNet's 256 conv5 units are detectors; colour and texture "
              "detectors dominate the lower layers, object and part detectors the upper ones.", dissection,
              _dissection_view),
-    Artifact("evaluation", "work-evaluation", "Every method under every metric", ("evaluation_{preset}.csv",),
+    Artifact("evaluation", "work-evaluation", "Every method under every metric", (outputs.EVALUATION,),
              "a good map deletes the evidence fast",
              "Petsiuk et al. (2018), Samek et al. (2017): removing pixels in a good map's order destroys the "
              "prediction faster than a random order (lower deletion AUC, faster pixel flipping).", evaluation,
              _evaluation_view),
     Artifact("randomization", "work-evaluation", "Cascading randomization (sanity checks)",
-             ("fig_randomization_{preset}.png",),
+             (outputs.FIG_RANDOMIZATION,),
              "guided backprop ignores the weights",
              "Adebayo et al. (2018): guided backprop and guided Grad-CAM barely change while the net is "
              "re-initialized from the top; the gradient and Grad-CAM do, as a map that explains the model must.",
              randomization),
-    Artifact("claims", "work-evaluation", "The taxonomy's claims", ("claims_{preset}.csv",),
+    Artifact("claims", "work-evaluation", "The taxonomy's claims", (outputs.CLAIMS,),
              "randomized occlusion beats the grey square; lower error, more focused features",
              "Grün et al. (2016): randomized occlusion gives better maps than a grey square, and nets with lower "
              "error have more focused contributing features.", claims),

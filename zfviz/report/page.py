@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from zfviz.cost import COST_CSV
+from zfviz import outputs
 from zfviz.report.catalog import WORKS, Artifact, Finding, Results, catalog, finding
 from zfviz.report.provenance import Provenance, provenance
 
 # What the report itself writes: never listed as results.
-OUTPUTS = ("index.html", "README.md", "report_top.png")
+OUTPUTS = (outputs.REPORT_HTML, outputs.REPORT_MD, outputs.REPORT_SCREENSHOT)
 SHOWN_KINDS = (".csv", ".png", ".npz", ".json", ".txt")
 MAX_ROWS, HEAD_ROWS = 40, 30  # a table longer than MAX_ROWS shows its first HEAD_ROWS
 HIDDEN_COLUMNS = ("run_dir", "run_dir_repeat", "checkpoint")  # paths on the machine that ran it
@@ -175,7 +175,7 @@ def build_report(folder: str | Path, preset: str, scale: str = "full") -> Report
 
 def read_cost(folder: Path) -> tuple[pd.DataFrame | None, dict]:
     """``paper_cost.csv`` and its sidecar, read now (so the page shows the file's numbers), or (None, {})."""
-    path = folder / COST_CSV
+    path = folder / outputs.PAPER_COST
     if not path.is_file():
         return None, {}
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from zfviz import outputs
 from zfviz.report.catalog import Artifact, Finding, MissingData, Results, num, signed, verdict
 
 WORK = "work-paper"
@@ -17,14 +18,14 @@ WORK = "work-paper"
 
 def _seed_noise(r: Results) -> tuple[float, float] | None:
     """Mean and largest |change| of Table 3's val top-1 errors when retrained with another seed."""
-    if not r.has("table3_{preset}_seed1.csv"):
+    if not r.has(outputs.TABLE3_SEED1):
         return None
-    diff = r.csv("table3_{preset}_seed1.csv")["val_top1_diff"].abs()
+    diff = r.csv(outputs.TABLE3_SEED1)["val_top1_diff"].abs()
     return float(diff.mean()), float(diff.max())
 
 
 def table2(r: Results) -> Finding:
-    t = r.csv("table2_{preset}.csv").set_index("model")
+    t = r.csv(outputs.TABLE2).set_index("model")
     z, a = t.loc["zfnet"], t.loc["alexnet"]
     gap = float(a["val_top1_err"] - z["val_top1_err"])
     text = (
@@ -50,9 +51,9 @@ def table2(r: Results) -> Finding:
 
 
 def training(r: Results) -> Finding:
-    if not r.has("fig_training_curves_{preset}.png"):
-        raise MissingData(r.name("fig_training_curves_{preset}.png"))
-    t = r.csv("table2_{preset}.csv")
+    if not r.has(outputs.TRAINING_CURVES):
+        raise MissingData(r.name(outputs.TRAINING_CURVES))
+    t = r.csv(outputs.TABLE2)
     parts = [
         f"{row.model} {int(row.epochs)} epochs, final train error {num(row.train_top1_err)}% (with dropout and "
         f"augmentation) and test {num(row.val_top1_err)}% in {row.wall_time_s / 60:.0f} min"
@@ -62,7 +63,7 @@ def training(r: Results) -> Finding:
 
 
 def top9(r: Results) -> Finding:
-    name = r.name("fig2_top9_{preset}.png")
+    name = r.name(outputs.FIG2_TOP9)
     if not r.has(name):
         raise MissingData(name)
     sources = r.meta(name).get("sources") or [{}]
@@ -86,7 +87,7 @@ def _settle_epoch(projection: np.ndarray, epochs: np.ndarray, level: float = 0.9
 
 
 def evolution(r: Results) -> Finding:
-    z = r.npz("fig4_evolution_{preset}.npz")
+    z = r.npz(outputs.FIG4_EVOLUTION_ARRAYS)
     epochs = z["epochs"]
     layers = sorted({k.split("/")[0] for k in z if k.endswith("/projection")})
     settle = {layer: max(_settle_epoch(p, epochs) for p in z[f"{layer}/projection"]) for layer in layers}
@@ -111,7 +112,7 @@ def _jump(curve: pd.Series) -> float:
 
 
 def invariance(r: Results) -> Finding:
-    f = r.csv("fig5_invariance_{preset}.csv")
+    f = r.csv(outputs.FIG5_INVARIANCE)
     mean = f.groupby(["transform", "amount"])[["dist_conv1", "dist_fc7", "p_true"]].mean()
     jumps, held = [], []
     for kind in ("translate", "scale"):
@@ -131,7 +132,7 @@ def invariance(r: Results) -> Finding:
 
 
 def architecture(r: Results) -> Finding:
-    t = r.csv("fig6_architecture_{preset}.csv").set_index("net")
+    t = r.csv(outputs.FIG6_ARCHITECTURE).set_index("net")
     a, z = t.loc["alexnet"], t.loc["zfnet"]
     off, on = t.loc["zfnet, no clipping"], t.loc["zfnet, clipping"]
     held = [
@@ -156,7 +157,7 @@ def architecture(r: Results) -> Finding:
 
 
 def occlusion(r: Results) -> Finding:
-    z = r.npz("fig7_occlusion_{preset}.npz")
+    z = r.npz(outputs.FIG7_OCCLUSION_ARRAYS)
     lowest = z["p_true"].reshape(len(z["p_true"]), -1).min(axis=1)
     changed = [(z["top_class"][i] != z["labels"][i]).mean() for i in range(len(lowest))]
     dropped = int((lowest < 0.5).sum())
@@ -170,7 +171,7 @@ def occlusion(r: Results) -> Finding:
 
 
 def correspondence(r: Results) -> Finding:
-    t = r.csv("table1_{preset}.csv").set_index("occluded_part")
+    t = r.csv(outputs.TABLE1).set_index("occluded_part")
     rand = t.loc["random"]
     parts = t.drop(index="random")
     below5 = parts["layer5_mean"] < rand["layer5_mean"]
@@ -190,7 +191,7 @@ def correspondence(r: Results) -> Finding:
 
 
 def ablation(r: Results) -> Finding:
-    t = r.csv("table3_{preset}.csv").set_index("variant")
+    t = r.csv(outputs.TABLE3).set_index("variant")
     err = t["val_top1_err"]
     noise = (_seed_noise(r) or (0.0, 0.0))[1]
     d_depth = float(err["alexnet_no3467"] - err["alexnet"])
@@ -212,8 +213,8 @@ def ablation(r: Results) -> Finding:
 def ablation_noise(r: Results) -> Finding:
     parts = []
     for name, what in (
-        ("table3_{preset}_seed1.csv", "another seed"),
-        ("table3_{preset}_repeat.csv", "the same seed on 1 thread"),
+        (outputs.TABLE3_SEED1, "another seed"),
+        (outputs.TABLE3_REPEAT, "the same seed on 1 thread"),
     ):
         if r.has(name):
             t = r.csv(name).set_index("variant")
@@ -222,7 +223,7 @@ def ablation_noise(r: Results) -> Finding:
                 f"{what} moves val top-1 error by {num(d.mean())} points on average, up to {num(d.max())} ({d.idxmax()})"
             )
     if not parts:
-        raise MissingData(r.name("table3_{preset}_seed1.csv"))
+        raise MissingData(r.name(outputs.TABLE3_SEED1))
     return Finding("; ".join(parts) + ".", "n/a", parts[0].split(" (")[0])
 
 
@@ -246,51 +247,51 @@ def _table3_view(t: pd.DataFrame) -> pd.DataFrame:
 
 
 ARTIFACTS = (
-    Artifact("table2", WORK, "Table 2: ImageNet-style classification error", ("table2_{preset}.csv",),
+    Artifact("table2", WORK, "Table 2: ImageNet-style classification error", (outputs.TABLE2,),
              "ZFNet beats the AlexNet replication",
              "ZFNet (7x7 stride-2 conv1, Fig. 3) 38.4% top-1 / 16.5% top-5 ImageNet val error against 40.5 / 18.1 for "
              "the replication of Krizhevsky et al., one net each.", table2),
-    Artifact("training", WORK, "Training curves", ("fig_training_curves_{preset}.png",),
+    Artifact("training", WORK, "Training curves", (outputs.TRAINING_CURVES,),
              "training to convergence",
              "No training curves are shown; the nets trained 70 epochs, about 12 days on one GTX580.", training),
-    Artifact("fig2", WORK, "Fig. 2: top 9 activations per map, projected by the deconvnet", ("fig2_top9_{preset}.png",),
+    Artifact("fig2", WORK, "Fig. 2: top 9 activations per map, projected by the deconvnet", (outputs.FIG2_TOP9,),
              "a hierarchy of features, layer by layer",
              "Layer 2 responds to corners and edge/colour conjunctions, layer 3 to textures, layer 4 to class-specific "
              "parts (dog faces, bird legs), layer 5 to whole objects with pose variation.", top9),
     Artifact("fig4", WORK, "Fig. 4: feature evolution during training",
-             ("fig4_evolution_{preset}.png", "fig4_evolution_{preset}.npz"),
+             (outputs.FIG4_EVOLUTION, outputs.FIG4_EVOLUTION_ARRAYS),
              "lower layers converge first",
              "Lower layers converge within a few epochs; the upper layers develop only after 40-50 epochs, so a net "
              "must train until fully converged.", evolution),
     Artifact("fig5", WORK, "Fig. 5: invariance to translation, scale, rotation",
-             ("fig5_invariance_{preset}.csv", "fig5_invariance_{preset}.png"),
+             (outputs.FIG5_INVARIANCE, outputs.FIG5_INVARIANCE_FIGURE),
              "layer 1 changes abruptly, layer 7 gradually; rotation breaks the output",
              "Small transformations change layer-1 features a lot and the top feature layer less, quasi-linearly for "
              "translation and scaling; the output is stable to translation and scaling, not to rotation (except "
              "rotationally symmetric objects).", invariance, _fig5_view),
     Artifact("fig6", WORK, "Fig. 6: AlexNet's vs ZFNet's first layers; filter clipping",
-             ("fig6_architecture_{preset}.csv", "fig6_architecture_{preset}.png", "fig6_architecture_{preset}.npz"),
+             (outputs.FIG6_ARCHITECTURE, outputs.FIG6_ARCHITECTURE_FIGURE, outputs.FIG6_ARCHITECTURE_ARRAYS),
              "11x11/4 aliases and leaves dead filters; without clipping one filter dominates",
              "AlexNet's 11x11 stride-4 layer 1 mixes very high and low frequencies with dead filters, and its layer 2 "
              "aliases; ZFNet's 7x7 stride 2 gives cleaner, more distinctive features; without feature-scale "
              "clipping one layer-1 filter dominates.", architecture),
-    Artifact("fig7", WORK, "Fig. 7: occlusion sensitivity", ("fig7_occlusion_{preset}.png", "fig7_occlusion_{preset}.npz"),
+    Artifact("fig7", WORK, "Fig. 7: occlusion sensitivity", (outputs.FIG7_OCCLUSION, outputs.FIG7_OCCLUSION_ARRAYS),
              "covering the object drops p(true class)",
              "When the grey square covers the object (a dog's face), the strongest conv5 map and the probability of "
              "the correct class drop sharply: the net localizes the object, not its context.", occlusion),
     Artifact("table1", WORK, "Table 1 and Fig. 8: correspondence of parts",
-             ("table1_{preset}.csv", "fig8_correspondence_{preset}.png", "table1_{preset}_draws.csv"),
+             (outputs.TABLE1, outputs.FIG8_CORRESPONDENCE, outputs.TABLE1_DRAWS),
              "occluding the same part gives consistent changes at layer 5",
              "Occluding the same part (eyes, nose) of 5 dog images scores 0.067-0.079 at layer 5 against 0.107 for "
              "random parts: the net establishes correspondence implicitly; at layer 7 parts and random are close "
              "(0.068-0.069 vs 0.073).", correspondence),
-    Artifact("table3", WORK, "Table 3: ablations", ("table3_{preset}.csv", "fig_table3_{preset}.png"),
+    Artifact("table3", WORK, "Table 3: ablations", (outputs.TABLE3, outputs.FIG_TABLE3),
              "depth matters; wider conv3-5 help; wider conv + fc overfit",
              "Removing fc6-7 or conv3-4 costs little or some (40.0-45.4 vs 40.5), removing both (4 layers left) "
              "71.3: depth matters; fc6-7 size barely matters; ZFNet-b's wider conv3-5 help (37.5 vs 38.4); with "
              "fc6-7 at 8192 too it overfits (train 10.0, val 38.3).", ablation, _table3_view),
     Artifact("table3-noise", WORK, "Table 3 retrained: how much a row moves",
-             ("table3_{preset}_seed1.csv", "table3_{preset}_repeat.csv"),
+             (outputs.TABLE3_SEED1, outputs.TABLE3_REPEAT),
              "(the paper has no error bars)",
              "The paper reports one run per row, without error bars.", ablation_noise,
              presets=("cpu",)),  # from runs beside make figures (README, Ablations), kept with the cpu results

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from zfviz import outputs
 from zfviz.report.catalog import Artifact, Finding, Results, num, pct, verdict
 
 WORK = "work-paper"
@@ -34,7 +35,7 @@ def _transfer(r: Results, table: str, n: int) -> Finding:
 
 
 def fig9(r: Results) -> Finding:
-    t = r.csv("fig9_transfer_{preset}.csv")
+    t = r.csv(outputs.FIG9_TRANSFER_TABLE)
     acc = t.pivot_table(index="n_per_class", columns="pretrained", values="accuracy", aggfunc="max")
     wins = acc[True] > acc[False]
     lo, hi = acc.index.min(), acc.index.max()
@@ -48,7 +49,7 @@ def fig9(r: Results) -> Finding:
 
 
 def pascal(r: Results) -> Finding:
-    t = r.csv("table6_{preset}.csv").set_index("class")
+    t = r.csv(outputs.TABLE6).set_index("class")
     ours = t.loc["mean", [c for c in t.columns if c.startswith("ours_")]].astype(float)
     text = (
         "mAP on the digit-canvas stand-in: "
@@ -61,7 +62,7 @@ def pascal(r: Results) -> Finding:
 
 
 def features(r: Results) -> Finding:
-    t = r.csv("table7_{preset}.csv")
+    t = r.csv(outputs.TABLE7)
     svm = t[t["classifier"] == "svm"].pivot_table(index="layer_index", columns="n_per_class", values="accuracy_mean")
     low, high = int(svm.columns.min()), int(svm.columns.max())
     conv = svm.loc[1:5, low]
@@ -84,7 +85,7 @@ def _group_column(t: pd.DataFrame) -> str | None:
 
 
 def within(r: Results) -> Finding:
-    t = r.csv("transfer_within_{preset}.csv")
+    t = r.csv(outputs.TRANSFER_WITHIN)
     column = _group_column(t)
     groups = list(t.groupby(column)) if column else [("within-domain", t)]
     parts, verdicts = [], {}
@@ -116,30 +117,30 @@ def _table7_view(t: pd.DataFrame) -> pd.DataFrame:
 
 
 ARTIFACTS = (
-    Artifact("table4", WORK, "Table 4: Caltech-101 transfer", ("table4_{preset}.csv",),
+    Artifact("table4", WORK, "Table 4: Caltech-101 transfer", (outputs.TABLE4,),
              "pretrained features beat training from scratch (Caltech-101)",
              "30/class: ImageNet-pretrained 86.5 +/- 0.5% against non-pretrained 46.5 +/- 1.7%, beating the best "
-             "prior result (Bo et al. 2013, 81.4%).", lambda r: _transfer(r, "table4_{preset}.csv", 30)),
-    Artifact("table5", WORK, "Table 5: Caltech-256 transfer", ("table5_{preset}.csv",),
+             "prior result (Bo et al. 2013, 81.4%).", lambda r: _transfer(r, outputs.TABLE4, 30)),
+    Artifact("table5", WORK, "Table 5: Caltech-256 transfer", (outputs.TABLE5,),
              "pretrained features beat training from scratch (Caltech-256)",
              "60/class: ImageNet-pretrained 74.2 +/- 0.3% against non-pretrained 38.8 +/- 1.4% and the best prior "
-             "55.2% (Bo et al. 2013).", lambda r: _transfer(r, "table5_{preset}.csv", 60)),
+             "55.2% (Bo et al. 2013).", lambda r: _transfer(r, outputs.TABLE5, 60)),
     Artifact("fig9", WORK, "Fig. 9: transfer with 1-60 images per class",
-             ("fig9_transfer_{preset}.csv", "fig9_transfer_{preset}.png"),
+             (outputs.FIG9_TRANSFER_TABLE, outputs.FIG9_TRANSFER),
              "pretrained wins at every training-set size",
              "On Caltech-256 the pretrained net with 6 images per class beats the best prior result with 60 "
              "(55.2%); it stays far above the non-pretrained net at every size.", fig9, _fig9_view),
     Artifact("within", WORK, "Transfer within one domain (issue 18's honest analogue)",
-             ("transfer_within_{preset}.csv", "fig_transfer_within_{preset}.png"),
+             (outputs.TRANSFER_WITHIN, outputs.FIG_TRANSFER_WITHIN),
              "pretraining helps on new classes of the same kind of images",
              "Section 5.2: features pretrained on ImageNet help on new classes of natural images (Caltech, PASCAL), "
              "far ahead of the same net trained from scratch at every size (Fig. 9).", within, _within_view,
              presets=("cpu",)),  # at the paper preset the real transfer is itself within one domain
-    Artifact("table6", WORK, "Table 6: PASCAL 2012 classification", ("table6_{preset}.csv", "fig_table6_ap_{preset}.png"),
+    Artifact("table6", WORK, "Table 6: PASCAL 2012 classification", (outputs.TABLE6, outputs.FIG_TABLE6_AP),
              "competitive mAP on PASCAL",
              "79.0 mAP on VOC 2012 test, 3.2 below the best 2012 result (82.2, Yan et al.); best of the three on "
              "bird, boat, cat, dog and sheep.", pascal),
-    Artifact("table7", WORK, "Table 7: features of each layer", ("table7_{preset}.csv", "fig_table7_{preset}.png"),
+    Artifact("table7", WORK, "Table 7: features of each layer", (outputs.TABLE7, outputs.FIG_TABLE7),
              "deeper layers give more discriminative features",
              "Linear SVM on layer 1 to 5 features: 44.8 to 86.2% (Caltech-101, 30/class), 24.6 to 65.6% "
              "(Caltech-256, 60/class), where layer 7 reaches 71.7%.", features, _table7_view),

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from zfviz.outputs import TIMINGS
 from zfviz.utils import cpu_model, git_state, versions
-
-TIMINGS = "timings.csv"
 
 
 @dataclass

@@ -14,9 +14,9 @@ from html import escape
 import numpy as np
 import pandas as pd
 
-from zfviz.cost import COST_CSV
+from zfviz.outputs import PAPER_COST, TIMINGS
 from zfviz.report.page import Entry, Report
-from zfviz.report.provenance import TIMINGS, run_lines
+from zfviz.report.provenance import run_lines
 
 CSS = """
 body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;margin:0;color:#1d1d1f;background:#fff}
@@ -190,7 +190,7 @@ def to_html(report: Report) -> str:
         toc.insert(3, f'<li><a href="#cost">{COST_HEADING}</a></li>')
         cost_html = (
             f'<section id="cost"><h2>{COST_HEADING}</h2><p class="note">{escape(cost_note(report))} '
-            f'(<a href="{COST_CSV}">{COST_CSV}</a>):</p>{html_table(report.cost)}</section>'
+            f'(<a href="{PAPER_COST}">{PAPER_COST}</a>):</p>{html_table(report.cost)}</section>'
         )
     quick = " &middot; ".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name in sections)
     title = f"zfviz results: {report.preset} preset" + (f", SCALE={report.scale}" if report.scale != "full" else "")
@@ -268,7 +268,7 @@ def to_markdown(report: Report) -> str:
     if timings is not None:
         out += [f"Stage wall times of make figures ([{TIMINGS}]({TIMINGS})):", "", md_table(timings), ""]
     if report.cost is not None:
-        out += [f"## {COST_HEADING}", "", f"{cost_note(report)} ([{COST_CSV}]({COST_CSV})):", "",
+        out += [f"## {COST_HEADING}", "", f"{cost_note(report)} ([{PAPER_COST}]({PAPER_COST})):", "",
                 md_table(report.cost), ""]  # fmt: skip
     for _, heading, entries in report.works:
         out += [f"## {heading}", ""]
