@@ -35,7 +35,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from zfviz.commands import CONFIG_DIR
+from zfviz.config_dir import CONFIG_DIR
 from zfviz.engine import Settings, build_optimizer, train_one_epoch
 from zfviz.flops import Counter
 from zfviz.models import build_model
