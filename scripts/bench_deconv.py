@@ -37,7 +37,7 @@ from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.errors import UserError
 from zfviz.viz.deconv import Units, project, project_batches
-from zfviz.viz.top9 import project_top, top_activations
+from zfviz.viz.top9 import Explainer, project_top, top_activations
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests' oracle
 from tests.deconv_oracle import chain_batches  # noqa: E402
@@ -55,7 +55,7 @@ def load_images(n: int, size: int):
         return stored, loader.normalize, "random"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--checkpoint", default=None, help="a cpu-preset ZFNet checkpoint; default: random weights")
@@ -68,6 +68,30 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.images, args.repeats, args.search_repeats, args.maps_images = 20, 1, 1, 4
+    return args
+
+
+def collect(batches, n: int, shape) -> torch.Tensor:
+    """The ``(rows, projections)`` of ``batches`` as one ``n x ...`` tensor."""
+    out = torch.empty(n, *shape)
+    for rows, proj in batches:
+        out[rows] = proj
+    return out
+
+
+def captum_top9(deconv: NeuronDeconvolution, x, image, channel, position) -> torch.Tensor:
+    """Captum's ``NeuronDeconvolution`` once per (map, image)."""
+    out = torch.empty(len(image), *x.shape[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Captum warns on every call that it sets ReLU hooks
+        for j in range(len(image)):
+            i, (y, w) = int(image[j]), position[j].tolist()
+            out[j] = deconv.attribute(x[i : i + 1], neuron_selector=(int(channel[j]), y, w))[0]
+    return out
+
+
+def main() -> None:
+    args = parse_args()
     torch.manual_seed(0)
     if args.checkpoint:
         model, _ = model_from_checkpoint(args.checkpoint)
@@ -98,29 +122,19 @@ def main() -> None:
     position = top.position.reshape(-1, 2)
     channel = torch.arange(maps)[:, None].expand(-1, k).reshape(-1)
 
-    def collect(batches):
-        out = torch.empty(len(image), *x.shape[1:])
-        for rows, proj in batches:
-            out[rows] = proj
-        return out
-
     def ours(norm: str):
-        return collect(project_batches(model, x, args.layer, Units(image, channel, position),
-                                       batch_size=args.batch_size, norm=norm))  # fmt: skip
+        units = Units(image, channel, position)
+        return collect(project_batches(model, x, args.layer, units, batch_size=args.batch_size, norm=norm),
+                       len(image), x.shape[1:])  # fmt: skip
 
     def chain():
-        return collect(chain_batches(model, x, args.layer, (image, channel, position), args.batch_size))
+        units = (image, channel, position)
+        return collect(chain_batches(model, x, args.layer, units, args.batch_size), len(image), x.shape[1:])
 
     deconv = NeuronDeconvolution(model, model.get_submodule(args.layer))
 
     def theirs():
-        out = torch.empty(len(image), *x.shape[1:])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Captum warns on every call that it sets ReLU hooks
-            for j in range(len(image)):
-                i, (y, w) = int(image[j]), position[j].tolist()
-                out[j] = deconv.attribute(x[i : i + 1], neuron_selector=(int(channel[j]), y, w))[0]
-        return out
+        return captum_top9(deconv, x, image, channel, position)
 
     ours("pass")  # warm-up
     timed = interleaved(
@@ -129,7 +143,9 @@ def main() -> None:
             # Captum back-propagates through contrast normalization; compare with our norm="backprop" mode.
             "backprop": lambda: ours("backprop"),
             "chain": chain,
-            "crops": lambda: project_top(model, args.layer, top, stored, prepare, batch_size=args.batch_size),
+            "crops": lambda: project_top(
+                model, args.layer, top, stored, prepare, how=Explainer(batch_size=args.batch_size)
+            ),
         },
         args.repeats,
     )

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from tests.cli_args import run_zfviz
+from tests.deconv_oracle import autograd_oracle as oracle
+from tests.deconv_oracle import strongest_start
 from tests.imagenet_fixtures import make_tree
 from tests.test_deconv import assert_close as deconv_close
-from tests.test_deconv import oracle, strongest_seed
 from tests.test_lrp import zennit_on_our_nets, zennit_relevance
 from zfviz.attribution.occlusion import occlusion
 from zfviz.checkpoint import model_from_checkpoint
@@ -122,7 +123,7 @@ def test_every_viz_method_runs_on_a_paper_preset_checkpoint(paper_runs, tmp_path
         assert saved["maps"].tolist() == conv5[0].flatten(2).amax(dim=2).topk(2, dim=1).indices.tolist()
         for i in range(2):
             for j, channel in enumerate(saved["maps"][i].tolist()):
-                expected = oracle(model, x[i : i + 1], "conv5", strongest_seed(channel))[0]
+                expected = oracle(model, x[i : i + 1], "conv5", strongest_start(channel))[0]
                 deconv_close(torch.from_numpy(saved["projection"][i, j]), expected)
     if method == "top9":  # the search covered the 6 val images; conv5's receptive field is most of 224 px
         assert not (out / "2024.npz").exists()

@@ -12,7 +12,7 @@ from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.viz.deconv import project_with_values
 from zfviz.viz.receptive_field import crop, receptive_field
-from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
 
 
 def small_zfnet() -> nn.Sequential:
@@ -102,7 +102,7 @@ def test_projections_of_the_top_match_single_projections_and_patches_match_the_i
         return (batch.float().expand(-1, 3, -1, -1) - 70.0) / 80.0
 
     top = top_activations(model, ordered_batches(stored, prepare, 8), ["conv2"], k=9)["conv2"]
-    out = project_top(model, "conv2", top, stored, prepare, maps=[3, 11], batch_size=5)
+    out = project_top(model, "conv2", top, stored, prepare, maps=[3, 11], how=Explainer(batch_size=5))
     assert out.projection.shape == (2, 9, 3, 27, 27) and out.patch.shape == (2, 9, 1, 27, 27)
     field = receptive_field(model, "conv2", (3, 64, 64))
     for m, channel in enumerate((3, 11)):

@@ -11,7 +11,7 @@ from torch import nn
 
 from zfviz.viz.deconv import project_with_values
 from zfviz.viz.receptive_field import crop, receptive_field
-from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
 
 
 def _prepare(batch: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ def test_top9_on_torchvision_nets_matches_single_projections_and_patches(name, l
     stored = torch.randint(0, 256, (12, 3, size, size), dtype=torch.uint8)
     top = top_activations(model, ordered_batches(stored, _prepare, 5), [layer], k=3)[layer]
     maps = [1, 7]
-    out = project_top(model, layer, top, stored, _prepare, maps=maps, batch_size=4)
+    out = project_top(model, layer, top, stored, _prepare, maps=maps, how=Explainer(batch_size=4))
     assert model.training and all(m.training for m in model.modules())
     field = receptive_field(model, layer, (3, size, size))
     h, w = field.window

@@ -26,7 +26,7 @@ from zfviz.data.trained import load_data
 from zfviz.errors import UserError
 from zfviz.models.load import imagenet_normalize
 from zfviz.viz.receptive_field import crop
-from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
 
 SMALL = ["viz.size=64"]  # torchvision nets at 64 px (73 px resized, centre 64): a second, not ten
 
@@ -328,12 +328,12 @@ def test_top9_default_is_todays_deconvnet_and_other_methods_explain_the_same_uni
     loader = load_data(ckpt, viz_checkpoint, root=viz_config("top9").data.get("root")).test
     images = loader.images[:40]
     tops = top_activations(model, ordered_batches(images, loader.normalize, 16), ["conv3"], k=3)
-    today = project_top(model, "conv3", tops["conv3"], images, loader.normalize, [0, 5], batch_size=4)
-    through = project_top(model, "conv3", tops["conv3"], images, loader.normalize, [0, 5], batch_size=4,
-                          method="deconvnet", options={"norm": "pass"})  # fmt: skip
+    today = project_top(model, "conv3", tops["conv3"], images, loader.normalize, [0, 5], how=Explainer(batch_size=4))
+    through = project_top(model, "conv3", tops["conv3"], images, loader.normalize, [0, 5],
+                          how=Explainer("deconvnet", {"norm": "pass"}, batch_size=4))  # fmt: skip
     # Oracle: today's traced deconvnet against the attribution mechanism's (other kernels: float tolerance).
     torch.testing.assert_close(through.projection, today.projection, rtol=1e-4, atol=1e-6)
-    guided = project_top(model, "conv3", tops["conv3"], images, loader.normalize, [5], method="guided_backprop")
+    guided = project_top(model, "conv3", tops["conv3"], images, loader.normalize, [5], how=Explainer("guided_backprop"))
     row = tops["conv3"]
     image, (y, xpos) = row.image[5, 0], row.position[5, 0].tolist()
     full = attribute(model, loader.normalize(images[image][None]), ("conv3", 5, (y, xpos)), "guided_backprop")

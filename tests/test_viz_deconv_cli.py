@@ -15,8 +15,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.cli_args import run_zfviz
+from tests.deconv_oracle import autograd_oracle as oracle
+from tests.deconv_oracle import strongest_start
 from tests.test_deconv import assert_close as deconv_close
-from tests.test_deconv import oracle, strongest_seed
 from tests.test_top9 import brute_force_top
 from zfviz.checkpoint import model_from_checkpoint, save_checkpoint
 from zfviz.commands import CONFIG_DIR, viz_architecture, viz_deconv, viz_evolution, viz_top9
@@ -87,7 +88,7 @@ def test_top9_writes_the_figure_and_arrays_that_match_a_fresh_search(zfnet_ckpt,
         height, width = projection.shape[-2:]
         assert (corner >= 0).all() and (corner + [height, width] <= 64).all()
         for row, channel in enumerate((0, 3)):
-            full = oracle(model, x[image[channel]], layer, strongest_seed(channel))
+            full = oracle(model, x[image[channel]], layer, strongest_start(channel))
             for rank in range(9):
                 top, left = corner[row, rank]
                 window = full[rank, :, top : top + height, left : left + width]
@@ -117,7 +118,7 @@ def test_deconv_command_projects_each_images_most_active_maps(zfnet_ckpt, tmp_pa
     assert arrays["images"].tolist() == [0, 1, 2, 3] and arrays["maps"].tolist() == strongest.tolist()
     for i in range(4):
         for j, channel in enumerate(strongest[i].tolist()):
-            expected = oracle(model, x[i : i + 1], "conv3", strongest_seed(channel))[0]
+            expected = oracle(model, x[i : i + 1], "conv3", strongest_start(channel))[0]
             deconv_close(torch.from_numpy(arrays["projection"][i, j]), expected)
 
 

@@ -22,7 +22,7 @@ from zfviz.models.load import load_net
 from zfviz.plotting.deconv import architecture_figure, as_image_channels
 from zfviz.utils import resolve_device
 from zfviz.viz.architecture import alias_energy, dead_fraction, high_frequency_energy, rms_dominance
-from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
 
 # What Fig. 6 shows by eye, beside our numbers for the same nets.
 PAPER = {
@@ -92,7 +92,8 @@ def run(cfg: DictConfig) -> dict:
         tops = top_activations(model, ordered_batches(images, prepare, v.batch_size), layers, k=1)
         row["l1_dead_frac"] = dead_fraction(tops["relu1"].values[:, 0])
         if compare:
-            out = project_top(model, v.layer2, tops[v.layer2], images, prepare, batch_size=v.batch_size, norm=v.norm)
+            how = Explainer(norm=v.norm, batch_size=v.batch_size)
+            out = project_top(model, v.layer2, tops[v.layer2], images, prepare, how=how)
             proj = as_image_channels(out.projection[:, 0].numpy(), images.shape[1])
             patch = out.patch[:, 0].float()
             alive = out.values[:, 0] > 0  # a map that never fires projects nothing

@@ -19,7 +19,7 @@ from zfviz.commands.shared import Outputs, checkpoint_source, map_count, open_ru
 from zfviz.errors import UserError
 from zfviz.models.load import load_net
 from zfviz.plotting.deconv import as_image_channels, evolution_figure
-from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
 
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 
@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> dict:
         tops = top_activations(model, ordered_batches(images, prepare, v.batch_size), layers, k=1)
         per_epoch.append(
             {
-                layer: project_top(model, layer, tops[layer], images, prepare, maps[layer], norm=v.norm)
+                layer: project_top(model, layer, tops[layer], images, prepare, maps[layer], how=Explainer(norm=v.norm))
                 for layer in layers
             }
         )

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from zfviz.commands.shared import Outputs, attribution_options, checkpoint_source, open_run, pick_maps, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, top9_figure
-from zfviz.viz.top9 import ordered_batches, project_top, top_activations
+from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
 
 
 def run(cfg: DictConfig) -> dict:
@@ -37,10 +37,8 @@ def run(cfg: DictConfig) -> dict:
     for layer in v.layers:
         top = tops[layer]
         maps = pick_maps(v.maps, top.maps, cfg.seed, layer)
-        out = project_top(
-            model, layer, top, images, prepare, maps, batch_size=v.batch_size, norm=v.norm, method=v.method,
-            options=options,
-        )  # fmt: skip
+        how = Explainer(v.method, options, v.norm, v.batch_size)
+        out = project_top(model, layer, top, images, prepare, maps, how=how)
         projection = out.projection.numpy()
         panels[layer] = {
             "projection": as_image_channels(projection, images.shape[1]),

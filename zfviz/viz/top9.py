@@ -12,8 +12,9 @@ the earlier image and the result does not depend on the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -104,6 +105,18 @@ class Projections:
     patch: Tensor  # (M, k, C_img, h, w) the stored image, same crop
 
 
+@dataclass(frozen=True)
+class Explainer:
+    """How ``project_top`` explains each kept activation: the paper's deconvnet (contrast normalization
+    ``norm``: ``"pass"`` or ``"backprop"``), or any ``method`` of ``zfviz.attribution`` with its
+    ``options`` (Fig. 2 under another rule of the family); ``batch_size`` activations at a time."""
+
+    method: str = "deconvnet"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    norm: str = "pass"
+    batch_size: int = 64
+
+
 def project_top(
     model: nn.Module,
     layer: str,
@@ -112,20 +125,16 @@ def project_top(
     prepare: Callable[[Tensor], Tensor],
     maps: Sequence[int] | None = None,
     *,
-    batch_size: int = 64,
-    norm: str = "pass",
-    method: str = "deconvnet",
-    options: dict | None = None,
+    how: Explainer = Explainer(),
 ) -> Projections:
     """Project every kept activation of ``maps`` (default: all) and crop it and its image to the field.
 
     ``images`` are the stored images the indices in ``top`` refer to, ``prepare`` turns a batch
-    of them into model input. Projections run in batches of ``batch_size`` (map, rank) pairs, each
-    with its own map and position; an image among several maps' top ``k`` goes up the net once per
-    batch (``project_batches``), on any model the attribution mechanism handles (ResNets, VGG-BN);
-    the patches come from the receptive field walked along the module graph. ``method``: any method of ``zfviz.attribution``, with its
-    ``options``, explains each activation instead (Fig. 2 under another rule of the family); the
-    default is the paper's deconvnet.
+    of them into model input. Projections run in batches of ``how.batch_size`` (map, rank) pairs,
+    each with its own map and position; an image among several maps' top ``k`` goes up the net
+    once per batch (``project_batches``), on any model the attribution mechanism handles (ResNets,
+    VGG-BN); the patches come from the receptive field walked along the module graph. ``how``:
+    the paper's deconvnet by default, or another method of the family (``Explainer``).
     """
     maps_t = torch.arange(top.maps) if maps is None else torch.as_tensor(list(maps), dtype=torch.long)
     if len(maps_t) and (maps_t.min() < 0 or maps_t.max() >= top.maps):
@@ -139,14 +148,13 @@ def project_top(
     corner = windows(field, position)
     device = sample.device
     projections = patches = None
-    if method == "deconvnet" and not options:
+    if how.method == "deconvnet" and not how.options:
         units = Units(image_idx, channel.to(device), position.to(device))
-        batches = project_batches(model, images, layer, units, batch_size=batch_size, norm=norm, prepare=prepare)
-    else:
-        batches = attributed_batches(
-            model, images, layer, image_idx, channel, position, batch_size=batch_size, prepare=prepare,
-            method=method, options=options or {},
+        batches = project_batches(
+            model, images, layer, units, batch_size=how.batch_size, norm=how.norm, prepare=prepare
         )  # fmt: skip
+    else:
+        batches = attributed_batches(model, images, layer, Units(image_idx, channel, position), prepare, how)
     for rows, proj in batches:
         proj = crop(proj.cpu(), corner[rows], field.window)
         patch = crop(images[image_idx[rows]], corner[rows], field.window)
@@ -170,19 +178,14 @@ def attributed_batches(
     model: nn.Module,
     images: Tensor,
     layer: str,
-    image: Tensor,
-    channel: Tensor,
-    position: Tensor,
-    *,
-    batch_size: int,
+    units: Units,
     prepare: Callable[[Tensor], Tensor],
-    method: str,
-    options: dict,
+    how: Explainer,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """``project_batches``' ``(rows, maps)`` by ``method`` of ``zfviz.attribution``: row ``j`` explains
-    the activation of map ``channel[j]`` at ``position[j]`` of ``layer`` in ``images[image[j]]``."""
-    for start in range(0, len(image), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(image)))
-        x = prepare(images[image[rows]])
-        target = (layer, channel[rows].to(x.device), position[rows].to(x.device))
-        yield rows, attribute(model, x, target, method, **options)
+    """``project_batches``' ``(rows, maps)`` by ``how.method`` of ``zfviz.attribution``: row ``j`` explains
+    the activation of map ``units.channel[j]`` at ``units.position[j]`` of ``layer`` in ``images[units.image[j]]``."""
+    for start in range(0, len(units.image), how.batch_size):
+        rows = torch.arange(start, min(start + how.batch_size, len(units.image)))
+        x = prepare(images[units.image[rows]])
+        target = (layer, units.channel[rows].to(x.device), units.position[rows].to(x.device))
+        yield rows, attribute(model, x, target, how.method, **how.options)
