@@ -21,8 +21,9 @@ import argparse
 import torch
 from _bench import interleaved, preset_model, ratio_line
 
+from zfviz.attribution.baselines import make_baseline
 from zfviz.evaluate import curves
-from zfviz.evaluate.perturbation import counts, make_baseline, ranks
+from zfviz.evaluate.perturbation import counts, ranks
 
 
 @torch.no_grad()

@@ -21,9 +21,10 @@ from torch import nn
 from torch.testing import assert_close
 
 from zfviz.attribution import attribute
+from zfviz.attribution.baselines import blur, make_baseline
 from zfviz.errors import UserError
 from zfviz.evaluate import curves, deletion, flipping_gap, insertion, pixel_flipping
-from zfviz.evaluate.perturbation import auc, blur, counts, make_baseline, ranks
+from zfviz.evaluate.perturbation import auc, counts, ranks
 
 PROB_TOL = dict(atol=1e-6, rtol=1e-5)
 
@@ -155,6 +156,22 @@ def test_baselines():
     assert_close(blur(images), torch.from_numpy(want).float(), atol=1e-5, rtol=1e-5)  # float32 sums of 121 terms
 
 
+@pytest.mark.parametrize("name", ["zero", "mean", "blur", 0.25])
+def test_one_baseline_vocabulary_for_scores_and_integrated_gradients(name):
+    """Every baseline a user can name means the same image in the deletion score and in integrated gradients."""
+    net, images = linear(), torch.randn(2, 3, 6, 6)
+    given = make_baseline(images, name)
+    assert given.shape == images.shape
+    if not isinstance(name, str):
+        assert (given == name).all()
+    maps = torch.randn(2, 6, 6)
+    assert torch.equal(
+        curves(net, images, 1, maps, steps=4, baseline=name), curves(net, images, 1, maps, steps=4, baseline=given)
+    )
+    ig = attribute(net, images, 1, "integrated_gradients", steps=4, baseline=name)
+    assert torch.equal(ig, attribute(net, images, 1, "integrated_gradients", steps=4, baseline=given))
+
+
 def test_pixel_flipping_orders_and_gap():
     net = linear()
     images = torch.randn(3, 3, 6, 6)
@@ -177,12 +194,12 @@ def test_pixel_flipping_orders_and_gap():
         (dict(maps=torch.zeros(2, 2, 6, 6)), "maps must be N x H x W"),
         (dict(maps=torch.full((2, 6, 6), float("nan"))), "NaN"),
         (dict(baseline="grey"), "unknown baseline 'grey'"),
-        (dict(baseline=torch.zeros(4, 6, 6)), "baseline tensor must broadcast"),
+        (dict(baseline=torch.zeros(4, 6, 6)), "baseline of shape (4, 6, 6) does not broadcast to the inputs'"),
         (dict(steps=0), "steps must be an integer of at least 1"),
         (dict(steps=2.5), "steps must be an integer"),
         (dict(batch_size=0), "batch_size must be"),
         (dict(target=2), "target 2 is not a class of this net"),
-        (dict(target=torch.tensor([0, 1, 1])), "one per image (2)"),
+        (dict(target=torch.tensor([0, 1, 1])), "one integer per image (2)"),
         (dict(images=torch.zeros(3, 6, 6)), "images must be an N x C x H x W tensor"),
         (dict(mode="erase"), "unknown mode 'erase'"),
     ],

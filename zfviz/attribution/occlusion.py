@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from zfviz.activations import Capture, evaluating, resolve
 from zfviz.attribution.occlusion_fast import Sweep
+from zfviz.attribution.targets import check_classes, class_targets
 from zfviz.errors import UserError
 
 FILLS = ("mean", "zero", "noise")
@@ -136,7 +137,7 @@ def occlusion(
     n, c, h, w = images.shape
     dev = images.device
     images = images.float()
-    target = torch.as_tensor(target, device=dev).long().expand(n)
+    target = class_targets(target, n, what="occlusion target").to(dev)
     ys, xs = grid(h, window, stride).to(dev), grid(w, window, stride).to(dev)
     fill = fill_image(fill, (c, h, w), mean, std, seed).to(dev)
     feat_name = resolve_layer(model, layer)
@@ -147,11 +148,7 @@ def occlusion(
             (logits, act), sweep = _unoccluded(model, images, feat_name), None
         if act.dim() != 4:
             raise UserError(f"layer {feat_name!r} gives {act.dim()}-d output; occlusion needs a spatial (conv) layer")
-        classes = logits.shape[1]
-        if target.min() < 0 or target.max() >= classes:
-            bad = sorted({int(t) for t in target.tolist() if not 0 <= t < classes})
-            shown = ", ".join(map(str, bad))
-            raise UserError(f"occlusion target {shown} is not a class of this net: it has classes 0..{classes - 1}")
+        check_classes(target, logits.shape[1], "occlusion target")
         channel = act.flatten(2).amax(dim=2).argmax(dim=1)
         if chunk_size is None:
             largest = sweep.copy_numel() if sweep else 8 * images[0].numel()

@@ -65,24 +65,30 @@ def _per_image(value, n: int, what: str) -> Tensor:
         index = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
         raise UserError(f"{what} must be an integer or one integer per image, got {value!r}") from None
-    if index.is_floating_point() or index.dim() > 1 or (index.dim() == 1 and len(index) not in (1, n)):
+    wrong_type = index.is_floating_point() or index.is_complex()
+    if wrong_type or index.dim() > 1 or (index.dim() == 1 and len(index) not in (1, n)):
         raise UserError(f"{what} must be an integer or one integer per image ({n}), got {value!r}")
     return index.long().reshape(-1).expand(n).clone()
 
 
-def class_targets(target, n: int, classes: int | None = None) -> Tensor:
-    """``target`` (a class index, or one per image) as an (n,) long tensor, checked against ``classes``."""
-    if isinstance(target, tuple) or isinstance(target, str):
-        raise UserError(
-            f"a perturbation map explains a class of the model's output, not {target!r}; give class indices"
-        )
-    index = torch.as_tensor(target)
-    if index.is_floating_point() or index.dim() > 1 or (index.dim() == 1 and len(index) not in (1, n)):
-        raise UserError(f"target must be a class index or one per image ({n}), got {target!r}")
-    index = index.long().reshape(-1).expand(n)
-    if classes is not None and (int(index.min()) < 0 or int(index.max()) >= classes):
-        raise UserError(f"class index must lie in 0..{classes - 1}, got {sorted(set(index.tolist()))}")
+def class_targets(target, n: int, classes: int | None = None, *, what: str = "class index") -> Tensor:
+    """A class target (an index, or one per image) as an (n,) long tensor, checked against ``classes``
+    when it is known (else later, on the logits: ``check_classes``). The one reading of class targets:
+    the perturbation maps and scores, which read the output's probabilities, take no unit target."""
+    if isinstance(target, str) or isinstance(target, tuple) and target and isinstance(target[0], str):
+        raise UserError(f"{what} must be a class of the model's output, not {target!r}; give class indices")
+    index = _per_image(target, n, what)
+    if classes is not None:
+        check_classes(index, classes, what)
     return index
+
+
+def check_classes(index: Tensor, classes: int, what: str = "class index") -> None:
+    """Every entry of ``index`` is a class of a net with ``classes`` outputs, else one line naming the others."""
+    low, high = torch.aminmax(index)  # one pass for both bounds
+    if int(low) < 0 or int(high) >= classes:
+        bad = ", ".join(str(i) for i in sorted({int(i) for i in index.tolist() if not 0 <= i < classes}))
+        raise UserError(f"{what} {bad} is not a class of this net: it has classes 0..{classes - 1}")
 
 
 def strongest(maps: Tensor) -> Tensor:

@@ -8,7 +8,8 @@ should fall fast; add them first to an image that lacks them and it should rise 
   into the baseline in the map's order, most relevant first; the score is the area under the curve of
   the target's softmax probability over the fraction of pixels changed, x in [0, 1]. Lower is better for
   deletion, higher for insertion. RISE deletes to zeros and inserts into a blurred copy; both take any
-  baseline here, blur by default.
+  baseline here (``zfviz.attribution.baselines``: a tensor, a number, ``zero``, ``mean`` or ``blur``),
+  blur by default.
 - ``pixel_flipping`` (Samek et al. 2017, "Evaluating the visualization of what a deep neural network
   has learned"): removal most-relevant-first (MoRF: the curve should fall fast) or
   least-relevant-first (LeRF: it should stay up); ``flipping_gap`` is AUC(LeRF) - AUC(MoRF), larger
@@ -32,17 +33,15 @@ in channels-last memory layout: the same values, and the cpu preset's ZFNet ran 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfviz.activations import evaluating
+from zfviz.attribution.baselines import make_baseline
+from zfviz.attribution.targets import check_classes, class_targets
 from zfviz.errors import UserError
 
-BASELINES = ("blur", "mean", "zero")
 MODES = ("deletion", "insertion")
 ORDERS = ("morf", "lerf")
-# RISE's insertion substrate: a Gaussian blur of kernel 11 and sigma 5 (Petsiuk et al.'s code, klen=11, nsig=5).
-BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
 
 
 def as_maps(maps: Tensor, shape: tuple[int, ...], what: str = "maps") -> Tensor:
@@ -67,59 +66,10 @@ def as_maps(maps: Tensor, shape: tuple[int, ...], what: str = "maps") -> Tensor:
     return maps
 
 
-def targets(target, n: int, device: torch.device) -> Tensor:
-    """One class index per image (LongTensor N) from an int or a sequence/tensor of N (or 1) ints."""
-    try:
-        index = torch.as_tensor(target)
-    except (TypeError, ValueError, RuntimeError):
-        raise UserError(f"target must be a class index or one per image, got {target!r}") from None
-    if index.is_floating_point() or index.is_complex() or index.dim() > 1 or index.numel() not in (1, n):
-        raise UserError(f"target must be a class index or one per image ({n}), got shape {tuple(index.shape)}")
-    return index.to(device).long().reshape(-1).expand(n).clone()
-
-
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"{name} must be an integer of at least 1, got {value!r}")
     return value
-
-
-def blur(images: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
-    """Each channel convolved with a ``kernel`` x ``kernel`` Gaussian of ``sigma`` (separable).
-
-    The border is extended by replication (RISE pads with zeros, which darkens the border toward
-    zero; replication keeps its colour and works on images smaller than the kernel).
-    """
-    x = torch.arange(kernel, dtype=torch.float32, device=images.device) - (kernel - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = (g / g.sum()).to(images.dtype)
-    c, pad = images.shape[1], kernel // 2
-    out = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    out = F.conv2d(out, g.view(1, 1, 1, kernel).expand(c, 1, 1, kernel), groups=c)
-    return F.conv2d(out, g.view(1, 1, kernel, 1).expand(c, 1, kernel, 1), groups=c)
-
-
-def make_baseline(images: Tensor, baseline: str | Tensor) -> Tensor:
-    """The image a fully deleted (or not yet inserted) pixel shows, shaped like ``images``.
-
-    ``"blur"``: a Gaussian blur of the image (``blur``); ``"mean"``: each image's per-channel mean;
-    ``"zero"``: zeros of the input space; a tensor: broadcast to ``images`` (C x H x W, N x C x H x W).
-    """
-    if isinstance(baseline, Tensor):
-        try:
-            torch.broadcast_shapes(baseline.shape, images.shape)
-            return baseline.detach().to(images).expand_as(images)
-        except RuntimeError:
-            raise UserError(
-                f"a baseline tensor must broadcast to the images {tuple(images.shape)}, got {tuple(baseline.shape)}"
-            ) from None
-    if baseline == "blur":
-        return blur(images)
-    if baseline == "mean":
-        return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
-    if baseline == "zero":
-        return torch.zeros_like(images)
-    raise UserError(f"unknown baseline {baseline!r}; choose one of: {', '.join(BASELINES)}, or a tensor like images")
 
 
 def ranks(maps: Tensor, order: str = "morf") -> Tensor:
@@ -153,7 +103,7 @@ def _curves(model, images, target, maps, *, mode: str, order: str, steps, baseli
     n, c, h, w = images.shape
     dev = images.device
     maps = as_maps(maps, images.shape).to(dev)
-    target = targets(target, n, dev)
+    target = class_targets(target, n, what="target").to(dev)
     fill = make_baseline(images, baseline)
     place = ranks(maps, order)
     # Deletion: a changed pixel shows the baseline's value; insertion: it shows the image's. Both as
@@ -185,12 +135,7 @@ def _curves(model, images, target, maps, *, mode: str, order: str, steps, baseli
 def _check_classes(target: Tensor, logits: Tensor) -> None:
     if logits.dim() != 2:
         raise UserError(f"the model must return N x classes scores, got shape {tuple(logits.shape)}")
-    classes = logits.shape[1]
-    if target.min() < 0 or target.max() >= classes:
-        bad = sorted({int(t) for t in target.tolist() if not 0 <= t < classes})
-        raise UserError(
-            f"target {', '.join(map(str, bad))} is not a class of this net: it has classes 0..{classes - 1}"
-        )
+    check_classes(target, logits.shape[1], "target")
 
 
 def auc(curves: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from zfviz.attribution.baselines import BASELINES, make_baseline
 from zfviz.attribution.mechanism import backward
 from zfviz.attribution.options import TENSOR, Option, choice, either, number, optional, whole
 from zfviz.attribution.registry import register_method
@@ -23,7 +24,6 @@ from zfviz.attribution.rows import default_rows, row_targets, take
 from zfviz.errors import UserError
 
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
-BASELINES = ("zero", "mean")
 
 
 def quadrature(steps: int, integration: str) -> tuple[Tensor, Tensor]:
@@ -37,26 +37,6 @@ def quadrature(steps: int, integration: str) -> tuple[Tensor, Tensor]:
     weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
     weights[[0, -1]] /= 2
     return torch.linspace(0, 1, steps, dtype=torch.float64), weights
-
-
-def make_baseline(inputs: Tensor, baseline: Tensor | float | str) -> Tensor:
-    """The reference input ``x'``: a tensor broadcastable to ``inputs``, a number (every pixel),
-    ``"zero"``, or ``"mean"`` (each image's per-channel mean: a flat image of its average colour).
-    A black image depends on the net's preprocessing, so it is given as a tensor or a number."""
-    if isinstance(baseline, Tensor):
-        try:
-            return torch.broadcast_to(baseline.detach().to(inputs), inputs.shape)
-        except RuntimeError:
-            raise UserError(
-                f"baseline of shape {tuple(baseline.shape)} does not broadcast to the inputs' {tuple(inputs.shape)}"
-            ) from None
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(inputs, float(baseline))
-    if baseline == "zero":
-        return torch.zeros_like(inputs)
-    if baseline == "mean" and inputs.dim() > 2:
-        return inputs.mean(dim=tuple(range(2, inputs.dim())), keepdim=True).expand_as(inputs)
-    raise UserError(f"unknown baseline {baseline!r}; give a tensor, a number, or one of: {', '.join(BASELINES)}")
 
 
 @register_method(
