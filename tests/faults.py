@@ -1,7 +1,7 @@
 """Fault injection for the tests: a training run that dies by SIGKILL at a global step, as a crash would.
 
-The engine knows nothing of it: ``engine.fit`` (and ``training.run``) take an ``on_step`` callback, and
-these helpers pass one in. ``killed_zfviz(step, *args)`` runs ``zfviz <args>`` in a fresh process whose
+The engine knows nothing of it: ``engine.fit`` (its ``Run.on_step``), ``training.run`` and
+``train_decoders`` (its ``Conduct.on_step``) take an ``on_step`` callback, and these helpers pass one in. ``killed_zfviz(step, *args)`` runs ``zfviz <args>`` in a fresh process whose
 ``zfviz train`` is given ``kill_at(step)``.
 """
 

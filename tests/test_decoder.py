@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from tests.faults import REPO
-from zfviz.errors import UserError
+from zfviz.errors import Interrupted, UserError
 from zfviz.reconstruction import decoder as decoder_module
 from zfviz.reconstruction.decoder import Conduct, Decoder, Recipe, find_decoder, load_decoder, train_decoders
 
@@ -165,3 +166,24 @@ def test_an_older_trainers_checkpoint_is_not_continued(viz_checkpoint, tmp_path,
     )
     assert train_decoders(viz_checkpoint, ["conv1"], tmp_path / "b", recipe=TINY)["conv1"] == folder
     assert same(weights(folder), weights(whole))
+
+
+def test_ctrl_c_stops_a_decoder_at_the_steps_end_with_a_checkpoint(viz_checkpoint, tmp_path, one_thread):
+    """The engine's Ctrl-C handling: the first SIGINT (sent here from step 2) lets the step finish, saves it
+    and ends in one line that says how to continue (the same call, not ``zfviz train``)."""
+
+    def ctrl_c_at_2(step: int) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as stopped:
+        train_decoders(viz_checkpoint, ["conv1"], tmp_path, recipe=TINY, conduct=Conduct(on_step=ctrl_c_at_2))
+    folder = next(tmp_path.glob("*/conv1"))
+    assert str(stopped.value) == (
+        f"interrupted at epoch 1 of 2, step 2 of 3; checkpoint kept at {folder / 'checkpoint.pt'}; "
+        "training the decoders again continues from it"
+    )
+    assert stopped.value.resume_dir is None and not (folder / "run.json").exists()
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (0, 2)  # no checkpoint was due there (every 50 steps): the stop's own
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back

@@ -46,7 +46,7 @@ from zfviz import run_cache
 from zfviz.activations import MEANINGS, resolve, stream
 from zfviz.data.preprocess import file_sha256
 from zfviz.engine import Run, Settings, Task, fit
-from zfviz.errors import UserError
+from zfviz.errors import Interrupted, UserError
 from zfviz.reconstruction.invert import normalized_error, psnr, to_pixels
 from zfviz.utils import atomic_path, git_state, rng_state, set_rng_state, versions
 
@@ -260,6 +260,8 @@ def _fit(decoder: Decoder, batches: _Batches, folder: Path, key: dict, recipe: R
     before = rng_state()  # a resumed run puts back the RNG it saved; the caller's RNG is left untouched
     try:
         return fit(decoder, batches, None, optim, settings, run, _SquaredError(key["layer"]))
+    except Interrupted as err:  # no "zfviz train ... resume=true" line: the same call continues it
+        raise Interrupted(f"{err}; training the decoders again continues from it") from None
     finally:
         set_rng_state(before)
 
