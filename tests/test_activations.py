@@ -155,6 +155,24 @@ def test_an_in_place_relu_after_the_layer_does_not_change_what_was_captured():
     assert torch.equal(flat.outputs["0"], expected.flatten(1))
 
 
+def test_graph_capture_keeps_the_graph_and_stops_at_the_last_layer_in_running_order():
+    """``graph=True`` (the mechanism, maximization): gradients flow from what is kept to the input, a
+    later in-place op does not touch it (the net goes on with a copy), ``order`` is the running order."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.Conv2d(2, 3, 1), nn.ReLU(), nn.Conv2d(3, 1, 1))
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    calls = []
+    net[4].register_forward_hook(lambda *_: calls.append(1))
+    with Capture(net, ["2", "0"], stop=True, graph=True) as capture:
+        assert capture(x) is None
+    first, second = capture.outputs["0"], capture.outputs["2"]
+    assert capture.order == ["0", "2"] and calls == []  # stopped after the later of the two
+    with torch.no_grad():
+        assert (net[0](x) < 0).any() and torch.equal(first, net[0](x))  # not rectified in place
+    (grad,) = torch.autograd.grad(second.sum(), first)
+    expected = torch.autograd.grad(net[2](net[1](first.clone())).sum(), first)[0]
+    assert torch.equal(grad, expected)  # ``second`` was computed from ``first`` itself
+
+
 def test_hooks_are_gone_after_the_block_and_after_an_exception():
     model = ours()
     with Capture(model, ["conv1", "fc7"], stop=True) as capture:

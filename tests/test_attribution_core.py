@@ -22,7 +22,7 @@ from zfviz.ablation import VARIANTS, variant_model_kwargs
 from zfviz.activations import Capture
 from zfviz.attribution import attribute, backward, rules
 from zfviz.attribution.composites import GUIDED_BACKPROP, Composite
-from zfviz.attribution.mechanism import rules_applied
+from zfviz.attribution.mechanism import batched_backward, rules_applied
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.viz.deconv import project, project_with_values
@@ -142,6 +142,37 @@ def test_deconvnet_unit_targets_equal_independent_oracles_on_every_table3_varian
     for i in range(len(x)):
         theirs = captum.attribute(x[i : i + 1], neuron_selector=(active, *where[i].tolist()))
         _assert_close_to(ours[i : i + 1], theirs * values[i])  # Captum starts from 1, the paper from the value
+
+
+class _NoBatchingRule(torch.autograd.Function):
+    """The identity whose backward reads a value (``float``): a vmapped backward cannot run it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * (1.0 + 0.0 * float(grad.sum()))
+
+
+class _Opaque(nn.Module):
+    def forward(self, x):
+        return _NoBatchingRule.apply(x)
+
+
+@pytest.mark.parametrize("opaque", [False, True])
+def test_batched_backward_equals_one_backward_per_start(opaque):
+    """Many starting signals from one forward pass equal one autograd call each, vmapped or (a module
+    without a batching rule) one by one, in chunks of ``rows`` images' worth."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _Opaque() if opaque else nn.Identity(), nn.ReLU(), nn.Conv2d(4, 5, 3))
+    x = torch.randn(3, 3, 9, 9)
+    signals = torch.randn(5, 3, 5, 5, 5)
+    got = batched_backward(model, x, "3", lambda act: signals, rows=6)  # chunks of 2 signals
+    xg = x.clone().requires_grad_(True)
+    out = model(xg)
+    expected = torch.stack([torch.autograd.grad(out, xg, s, retain_graph=True)[0] for s in signals])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)  # vmapped kernels may sum in another order
 
 
 @pytest.mark.parametrize("method", METHODS)
