@@ -25,13 +25,14 @@ usage: python scripts/bench_occlusion.py [--models alexnet,vgg16] [--settings 16
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from _bench import interleaved, preset_model, ratio_line
 from captum.attr import Occlusion
 
-from zfviz.attribution.occlusion import grid, occlusion
+from zfviz.attribution.occlusion import Occluder, grid, occlusion
 
 CHECKPOINT = Path("runs/figures/cpu/zfnet/checkpoint.pt")
 
@@ -64,7 +65,33 @@ def cpu_preset_inputs(n: int):
     return model, torch.randn(n, 3, size, size), torch.randint(0, 10, (n,)), "random weights, random images"
 
 
-def compare(name, model, images, target, window, stride, ppes, repeats, plain: bool = True, captum_stride=None) -> None:
+@dataclass(frozen=True)
+class Case:
+    """One comparison: a net, its images and their target classes, the occluder's window and stride."""
+
+    name: str
+    model: torch.nn.Module
+    images: torch.Tensor
+    target: torch.Tensor
+    window: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class Runs:
+    """How a case is timed: Captum at each perturbations_per_eval of ``ppes``, ``repeats`` interleaved
+    rounds, our plain path too (``plain``), Captum on a coarser ``captum_stride`` grid (scaled)."""
+
+    ppes: tuple[int, ...]
+    repeats: int
+    plain: bool = True
+    captum_stride: int | None = None
+
+
+def compare(case: Case, runs: Runs) -> None:
+    name, model, images, target = case.name, case.model, case.images, case.target
+    window, stride = case.window, case.stride
+    ppes, repeats, plain, captum_stride = runs.ppes, runs.repeats, runs.plain, runs.captum_stride
     size = images.shape[-1]
     if (size - window) % stride:
         raise SystemExit(f"{name}: choose (size - window) divisible by stride, so Captum's windows are ours")
@@ -83,9 +110,11 @@ def compare(name, model, images, target, window, stride, ppes, repeats, plain: b
     }  # fmt: skip
     if plain:
         methods["zfviz, whole occluded copies batched"] = lambda: occlusion(
-            model, images, target, window, stride, fast=False
+            model, images, target, Occluder(window, stride), fast=False
         )
-    methods["zfviz, receptive-field rectangles (fast)"] = lambda: occlusion(model, images, target, window, stride)
+    methods["zfviz, receptive-field rectangles (fast)"] = lambda: occlusion(
+        model, images, target, Occluder(window, stride)
+    )
     # Rounds of every method in turn, so a burst of load on the shared cores hits all of them; best of rounds.
     timed = interleaved(methods, repeats)
     best = {label: (timed.best(label), timed.best_cpu(label)) for label in methods}
@@ -183,21 +212,21 @@ def main() -> None:
             if name == "zfnet64":
                 model, images, target, what = cpu_preset_inputs(2 if args.quick else 8)
                 ppes = (64,) if args.quick else (16, 64, 256)
-                compare(f"cpu preset, 64 px ({what})", model, images, target, 16, 4, ppes, args.repeats)
+                compare(Case(f"cpu preset, 64 px ({what})", model, images, target, 16, 4), Runs(ppes, args.repeats))
             elif name == "zfnet224":
                 # Kaiming, not the paper's N(0, 1e-2): with tiny weights every p(class) is ~1/1000 and equal.
                 model = preset_model("paper", "zfnet", 1000, "model.init=kaiming").eval()
                 images = torch.randn(2, 3, 224, 224)
                 target = model(images).argmax(dim=1)  # the top class, so p_true is far from 1/1000
                 label = "paper size, 224 px (ZFNet of Fig. 3, random weights)"
-                compare(label, model, images, target, 32, 16, (8, 32), 1)
+                compare(Case(label, model, images, target, 32, 16), Runs((8, 32), 1))
             else:
                 model, images, target = torchvision_inputs(name, args.images, args.size)
                 ppes = (64,) if args.quick else PPES[name]
                 for window, stride in settings:
                     label = f"torchvision {name}, {args.size} px (random weights)"
-                    compare(label, model, images, target, window, stride, ppes, args.repeats, args.plain,
-                            args.captum_stride)  # fmt: skip
+                    runs = Runs(ppes, args.repeats, args.plain, args.captum_stride)
+                    compare(Case(label, model, images, target, window, stride), runs)
 
     print("\nsummary (ratio = captum's best perturbations_per_eval time / zfviz fast time; goal >= 3):")
     for line in SUMMARY:

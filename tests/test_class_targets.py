@@ -10,7 +10,7 @@ from torch import nn
 
 from zfviz.attribution import attribute
 from zfviz.attribution.methods.rise import rise
-from zfviz.attribution.occlusion import occlusion
+from zfviz.attribution.occlusion import Occluder, occlusion
 from zfviz.attribution.targets import class_targets
 from zfviz.errors import UserError
 from zfviz.evaluate.perturbation import deletion
@@ -25,7 +25,7 @@ def net() -> nn.Sequential:
 
 CALLS = {
     "rise": lambda model, x, t: rise(model, x, t, masks=4),
-    "occlusion": lambda model, x, t: occlusion(model, x, t, window=4, stride=4),
+    "occlusion": lambda model, x, t: occlusion(model, x, t, Occluder(4, 4)),
     "deletion": lambda model, x, t: deletion(model, x, t, x.sum(dim=1), steps=2),
     "occlusion method": lambda model, x, t: attribute(model, x, t, "occlusion", window=4, stride=4),
 }

@@ -56,7 +56,7 @@ from tests.test_amp_ddp_cpu import (
 from tests.test_attribution_core import random_biases, zfnet
 from zfviz import distributed
 from zfviz.attribution import METHODS, attribute
-from zfviz.attribution.occlusion import occlusion
+from zfviz.attribution.occlusion import Occluder, occlusion
 from zfviz.checkpoint import load_checkpoint, save_checkpoint
 from zfviz.data import build_data
 from zfviz.data.tensor_loader import TensorLoader
@@ -335,8 +335,8 @@ def test_attribution_maps_on_cuda_equal_the_cpus(method, fp32_math):
 def test_occlusion_maps_on_cuda_equal_the_cpus(fast, fp32_math):
     model = random_biases(zfnet()).eval()
     x, target = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
-    want = occlusion(model, x, target, window=16, stride=8, fast=fast)
-    got = occlusion(copy.deepcopy(model).to(CUDA), x.to(CUDA), target.to(CUDA), window=16, stride=8, fast=fast)
+    want = occlusion(model, x, target, Occluder(16, 8), fast=fast)
+    got = occlusion(copy.deepcopy(model).to(CUDA), x.to(CUDA), target.to(CUDA), Occluder(16, 8), fast=fast)
     # Probabilities and activation sums in float32 on both (see the attribution test): on the CPU, channels-last
     # kernels move them by at most 4e-6 of their range. The chosen map and the winning classes are decisions,
     # equal unless two candidates tie to 1e-6, which random nets on random images do not.

@@ -17,7 +17,7 @@ from captum.attr import Occlusion
 from torch import nn
 from torch.testing import assert_close
 
-from zfviz.attribution.occlusion import MAPS, grid, occlusion, resolve_layer
+from zfviz.attribution.occlusion import MAPS, Occluder, grid, occlusion, resolve_layer
 from zfviz.attribution.occlusion_chain import lrn as _lrn
 from zfviz.errors import UserError
 from zfviz.models import build_model
@@ -118,7 +118,7 @@ def test_maps_equal_a_brute_force_loop(name, size, window, stride, fill):
     fill_img = fill_pixels(fill, (3, size, size), seed=5)
     expected, channel = brute_force(model, images, target, window, stride, fill_img, "relu5")
     for fast in (True, False):
-        got = occlusion(model, images, target, window, stride, fill=fill, layer="conv5", seed=5, fast=fast)
+        got = occlusion(model, images, target, Occluder(window, stride, fill, seed=5), "conv5", fast=fast)
         assert torch.equal(got["channel"], channel)
         assert_maps_equal(got, expected)
 
@@ -138,10 +138,10 @@ def test_chunk_size_does_not_change_the_maps():
     model = tiny()
     images = torch.randn(2, 3, 64, 64)
     target = torch.tensor([4, 9])
-    reference = occlusion(model, images, target, 16, 8, chunk_size=None)
+    reference = occlusion(model, images, target, Occluder(16, 8), chunk_size=None)
     assert reference["p_true"].shape == (2, 7, 7)
     for chunk in (9, 49, 60):
-        assert_maps_equal(occlusion(model, images, target, 16, 8, chunk_size=chunk), reference)
+        assert_maps_equal(occlusion(model, images, target, Occluder(16, 8), chunk_size=chunk), reference)
 
 
 def test_p_true_drop_equals_captum_occlusion_with_window_equal_to_stride():
@@ -149,7 +149,7 @@ def test_p_true_drop_equals_captum_occlusion_with_window_equal_to_stride():
     images = torch.randn(2, 3, 64, 64)
     target = torch.tensor([2, 5])
     window = 16
-    maps = occlusion(model, images, target, window, window, fill="mean")
+    maps = occlusion(model, images, target, Occluder(window, window, "mean"))
     attribution = Occlusion(lambda x: model(x).softmax(dim=1)).attribute(
         images, sliding_window_shapes=(3, window, window), strides=(3, window, window), baselines=0.0, target=target
     )
@@ -173,7 +173,7 @@ def test_hand_weighted_net_gives_the_closed_form():
     blocks = image[0, 0].reshape(2, 2, 2, 2).sum(dim=(1, 3))  # the 2x2 block under each occluder position
     mean, std = torch.tensor(2.0), torch.tensor(4.0)  # black pixel = (0 - 2) / 4 = -0.5 after normalization
     for fill, value in (("mean", 0.0), ("zero", -0.5), (0.25, 0.25)):
-        maps = occlusion(net, image, 1, window=2, stride=2, fill=fill, layer="conv1", mean=mean, std=std)
+        maps = occlusion(net, image, 1, Occluder(2, 2, fill, mean=mean, std=std), "conv1")
         # The ReLU zeroes a negative fill: the map's sum is 2 * (7.5 - block) + 4 * relu(2 * fill).
         map_sum = 2 * (image.sum() - blocks) + 4 * max(2 * value, 0.0)
         assert_close(maps["feature_activation"][0], map_sum)
@@ -194,15 +194,15 @@ def test_a_wrapped_net_gives_the_same_maps_as_the_net():
     model = tiny()
     images = torch.randn(1, 3, 64, 64)
     assert resolve_layer(Wrapped(model), "net.conv5") == "net.relu5"
-    direct = occlusion(model, images, 1, 16, 16, layer="conv5")
-    wrapped = occlusion(Wrapped(model), images, 1, 16, 16, layer="net.conv5")
+    direct = occlusion(model, images, 1, Occluder(16, 16), "conv5")
+    wrapped = occlusion(Wrapped(model), images, 1, Occluder(16, 16), "net.conv5")
     assert_maps_equal(wrapped, direct)
 
 
 def test_model_state_and_hooks_are_restored():
     model = tiny().train()
-    occlusion(model, torch.randn(1, 3, 64, 64), 0, 32, 32, fast=False)
-    occlusion(model, torch.randn(1, 3, 64, 64), 0, 32, 32, fast=True)
+    occlusion(model, torch.randn(1, 3, 64, 64), 0, Occluder(32, 32), fast=False)
+    occlusion(model, torch.randn(1, 3, 64, 64), 0, Occluder(32, 32), fast=True)
     assert model.training
     assert all(not m._forward_hooks for m in model.modules())
 
@@ -225,8 +225,9 @@ def test_grid_keeps_the_occluder_inside():
 )
 def test_user_mistakes_name_the_valid_choices(kwargs, message):
     args = dict(window=16, stride=16) | kwargs
+    layer = args.pop("layer", None)
     with pytest.raises(UserError, match=message):
-        occlusion(tiny(), torch.randn(1, 3, 64, 64), 0, **args)
+        occlusion(tiny(), torch.randn(1, 3, 64, 64), 0, Occluder(**args), layer)
 
 
 @pytest.mark.slow

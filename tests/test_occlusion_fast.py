@@ -16,8 +16,8 @@ from torch import nn
 
 from tests.test_occlusion import assert_maps_equal, brute_force, fill_pixels
 from zfviz.activations import evaluating
-from zfviz.attribution.occlusion import fill_image, grid, occlusion, resolve_layer
-from zfviz.attribution.occlusion_fast import Sweep
+from zfviz.attribution.occlusion import Occluder, fill_image, grid, occlusion, resolve_layer
+from zfviz.attribution.occlusion_fast import Squares, Sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +63,7 @@ def planned_steps(model, images, layer, window, stride) -> list[str]:
     ys = grid(size, window, stride)
     with evaluating(model), torch.no_grad():
         fill = fill_image("mean", (3, size, size))
-        _, _, sweep = Sweep.build(model, images, resolve_layer(model, layer), fill, ys, ys, window)
+        _, _, sweep = Sweep.build(model, images, resolve_layer(model, layer), Squares(fill, window, ys, ys))
     return [] if sweep is None else [step.path for step in sweep.steps]
 
 
@@ -91,7 +91,9 @@ def test_fast_path_equals_brute_force_on_torchvision_nets(name, n, size, window,
     expected, channel = brute_force(model, images, target, window, stride, fill_pixels("noise", (3, size, size), seed=5), feature)  # fmt: skip
     got: dict = {}
     sizes = batch_sizes_seen(
-        model, first_conv, lambda: got.update(occlusion(model, images, target, window, stride, "noise", layer, seed=5))
+        model,
+        first_conv,
+        lambda: got.update(occlusion(model, images, target, Occluder(window, stride, "noise", seed=5), layer)),
     )
     assert max(sizes) == len(images)  # only the unoccluded images: no occluded copy went through conv1
     assert torch.equal(got["channel"], channel)
@@ -102,7 +104,7 @@ def test_the_plain_path_does_send_copies_through_conv1():
     """The check above can fail: without the fast path, conv1 sees the batches of occluded copies."""
     model = tv_net("alexnet")
     images = torch.randn(1, 3, 79, 79)
-    sizes = batch_sizes_seen(model, "features.0", lambda: occlusion(model, images, 0, 13, 11, fast=False))
+    sizes = batch_sizes_seen(model, "features.0", lambda: occlusion(model, images, 0, Occluder(13, 11), fast=False))
     assert max(sizes) == len(grid(79, 13, 11)) ** 2
 
 
@@ -110,8 +112,8 @@ def test_bottleneck_blocks_and_the_default_layer_after_the_swap():
     model = tv_net("resnet50")
     images = torch.randn(1, 3, 80, 80)
     assert "layer2.0" in planned_steps(model, images, None, 16, 16)
-    fast = occlusion(model, images, 2, 16, 16)
-    plain = occlusion(model, images, 2, 16, 16, fast=False)  # equals brute force: test_occlusion.py
+    fast = occlusion(model, images, 2, Occluder(16, 16))
+    plain = occlusion(model, images, 2, Occluder(16, 16), fast=False)  # equals brute force: test_occlusion.py
     assert fast["layer"] == "layer4"
     assert_maps_equal(fast, plain)
 
@@ -135,14 +137,14 @@ def test_a_skip_connection_to_an_early_map_falls_back_to_whole_copies():
     assert planned_steps(model, images, "conv2", 4, 4) == []
     target = torch.tensor([1])
     expected, _ = brute_force(model, images, target, 4, 4, fill_pixels("mean", (3, 24, 24)), "conv2")
-    assert_maps_equal(occlusion(model, images, target, 4, 4, layer="conv2"), expected)
+    assert_maps_equal(occlusion(model, images, target, Occluder(4, 4), "conv2"), expected)
 
 
 def test_torchvision_model_is_unchanged():
     model = tv_net("resnet18").train()
     model.layer1[0].relu.inplace = True
     state = {key: value.clone() for key, value in model.state_dict().items()}
-    occlusion(model, torch.randn(1, 3, 64, 64), 0, 16, 16)
+    occlusion(model, torch.randn(1, 3, 64, 64), 0, Occluder(16, 16))
     assert model.training and all(m.training for m in model.modules())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert all(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
@@ -162,7 +164,7 @@ def test_a_shortcut_wider_than_the_main_path_is_pasted_into_the_union():
     assert steps == ["0", "1"]
     target = torch.tensor([0, 4])
     expected, _ = brute_force(model, images, target, 5, 3, fill_pixels("noise", (3, 26, 26), seed=5), "1")
-    assert_maps_equal(occlusion(model, images, target, 5, 3, "noise", "1", seed=5), expected)
+    assert_maps_equal(occlusion(model, images, target, Occluder(5, 3, "noise", seed=5), "1"), expected)
 
 
 def test_each_origin_computes_exactly_the_region_its_occluder_reaches(monkeypatch):
@@ -185,7 +187,7 @@ def test_each_origin_computes_exactly_the_region_its_occluder_reaches(monkeypatc
         monkeypatch.setattr(occlusion_fast, "GROUP_COST", cost)
         with torch.no_grad():
             images, fill = torch.randn(1, 3, size, size), torch.zeros(3, size, size)
-            _, _, sweep = Sweep.build(model, images, "4", fill, ys, ys, window)
+            _, _, sweep = Sweep.build(model, images, "4", Squares(fill, window, ys, ys))
         ops = [op for step in sweep.steps for op in step.main if isinstance(op, Window)]
         assert len(ops) == 4  # conv, pool, conv, conv
         for iy, y in enumerate(ys.tolist()):

@@ -23,7 +23,7 @@ from tests.deconv_oracle import strongest_start
 from tests.imagenet_fixtures import make_tree
 from tests.test_deconv import assert_close as deconv_close
 from tests.test_lrp import zennit_on_our_nets, zennit_relevance
-from zfviz.attribution.occlusion import occlusion
+from zfviz.attribution.occlusion import Occluder, occlusion
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.cli import main as zfviz_main
 from zfviz.data.trained import load_data
@@ -225,7 +225,7 @@ def test_an_occlusion_target_the_net_lacks_is_one_line():
     model = build_model("zfnet", num_classes=4, input_size=64, width=0.1, fc_dims=16).eval()
     images = torch.randn(2, 3, 64, 64)
     with pytest.raises(UserError, match=r"^occlusion target 4, 7 is not a class of this net: it has classes 0\.\.3$"):
-        occlusion(model, images, torch.tensor([4, 7]), window=16, stride=16)
+        occlusion(model, images, torch.tensor([4, 7]), Occluder(16, 16))
     with pytest.raises(UserError, match="occlusion target -1 is not a class"):
-        occlusion(model, images, -1, window=16, stride=16)
-    assert occlusion(model, images, 3, window=16, stride=16)["p_true"].shape == (2, 4, 4)  # 3 is fine
+        occlusion(model, images, -1, Occluder(16, 16))
+    assert occlusion(model, images, 3, Occluder(16, 16))["p_true"].shape == (2, 4, 4)  # 3 is fine

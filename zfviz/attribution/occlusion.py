@@ -19,11 +19,13 @@ the model's own forward finishes from where the rectangle covers the whole map. 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from zfviz.activations import Capture, evaluating, resolve
-from zfviz.attribution.occlusion_fast import Sweep
+from zfviz.attribution.occlusion_fast import Squares, Sweep
 from zfviz.attribution.targets import check_classes, class_targets
 from zfviz.errors import UserError
 
@@ -90,11 +92,12 @@ def occluded_copies(images: Tensor, fill: Tensor, n_idx: Tensor, ys: Tensor, xs:
     return occlude_boxes(images[n_idx], torch.stack([ys, xs, side, side], dim=1), fill)
 
 
-def _copies_forward(model, feat_name, images, fill, n_idx, ys, xs, window, channel) -> tuple[Tensor, Tensor]:
+def _copies_forward(model, feat_name: str, images: Tensor, squares: Squares, n_idx, p_idx, channel):
     """The plain path: whole occluded copies, batched; the chosen map's total taken in the layer's hook."""
+    ys, xs = squares.ys[p_idx // len(squares.xs)], squares.xs[p_idx % len(squares.xs)]
     rows = torch.arange(len(n_idx), device=images.device)
     with Capture(model, [feat_name], keep=lambda out: out[rows, channel[n_idx]].sum(dim=(1, 2))) as capture:
-        logits = capture(occluded_copies(images, fill, n_idx, ys, xs, window))
+        logits = capture(occluded_copies(images, squares.fill, n_idx, ys, xs, squares.window))
     return logits, capture.outputs[feat_name]
 
 
@@ -105,45 +108,58 @@ def _unoccluded(model: nn.Module, images: Tensor, feat_name: str) -> tuple[Tenso
     return logits, capture.outputs[feat_name]
 
 
+@dataclass(frozen=True)
+class Occluder:
+    """The square swept over the images: its side ``window`` and ``stride`` in pixels, and what it
+    shows (``fill``: a name of ``FILLS``, a number, or a (C, H, W) image; ``fill_image``), with the
+    normalization ``mean``/``std`` that ``"zero"`` needs and the ``seed`` of ``"noise"``."""
+
+    window: int
+    stride: int
+    fill: str | float | Tensor = "mean"
+    mean: Tensor | list[float] | float | None = None
+    std: Tensor | list[float] | float | None = None
+    seed: int = 0
+
+    def squares(self, shape: tuple[int, int, int], device) -> Squares:
+        """Every position of the square on (C, H, W) images: its fill image and its origins along each axis."""
+        c, h, w = shape
+        ys, xs = grid(h, self.window, self.stride).to(device), grid(w, self.window, self.stride).to(device)
+        fill = fill_image(self.fill, (c, h, w), self.mean, self.std, self.seed).to(device)
+        return Squares(fill, self.window, ys, xs)
+
+
 @torch.no_grad()
 def occlusion(
     model: nn.Module,
     images: Tensor,
     target: Tensor | int,
-    window: int,
-    stride: int,
-    fill: str | float | Tensor = "mean",
+    occluder: Occluder,
     layer: str | None = None,
     *,
-    mean=None,
-    std=None,
-    seed: int = 0,
     chunk_size: int | None = None,
     fast: bool = True,
 ) -> dict[str, Tensor]:
     """Occlusion maps for normalized ``images`` (N, C, H, W) and their true classes ``target``.
 
     Returns ``p_true``, ``top_class``, ``top_prob`` and ``feature_activation``, each (N, rows, cols)
-    over occluder positions (top-left corners ``grid(H, window, stride)``), plus ``channel`` (N,):
-    the map of ``layer`` (rectified) with the largest single activation on the unoccluded image,
+    over the ``occluder``'s positions (top-left corners ``grid(H, window, stride)``), plus ``channel``
+    (N,): the map of ``layer`` (rectified) with the largest single activation on the unoccluded image,
     ``p_true_clean`` (N,) and ``layer``, the module path whose maps those are (``None``: the last
     conv block's rectified output, on our nets ``relu5``, the paper's layer 5; on any other net see
-    ``resolve_layer``). ``mean``/``std`` (the normalization) are needed only for ``fill="zero"``.
-    ``chunk_size`` copies run per forward (None: as many as keep the largest map under
-    ``CHUNK_BYTES``); the maps do not depend on it. ``fast=False`` forwards whole occluded copies.
+    ``resolve_layer``). ``chunk_size`` copies run per forward (None: as many as keep the largest map
+    under ``CHUNK_BYTES``); the maps do not depend on it. ``fast=False`` forwards whole occluded copies.
     """
     if images.dim() != 4:
         raise UserError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    n, c, h, w = images.shape
-    dev = images.device
+    n, dev = len(images), images.device
     images = images.float()
     target = class_targets(target, n, what="occlusion target").to(dev)
-    ys, xs = grid(h, window, stride).to(dev), grid(w, window, stride).to(dev)
-    fill = fill_image(fill, (c, h, w), mean, std, seed).to(dev)
+    squares = occluder.squares(tuple(images.shape[1:]), dev)
     feat_name = resolve_layer(model, layer)
     with evaluating(model):
         if fast:
-            logits, act, sweep = Sweep.build(model, images, feat_name, fill, ys, xs, window)
+            logits, act, sweep = Sweep.build(model, images, feat_name, squares)
         else:
             (logits, act), sweep = _unoccluded(model, images, feat_name), None
         if act.dim() != 4:
@@ -155,7 +171,7 @@ def occlusion(
             chunk_size = max(1, CHUNK_BYTES // (4 * largest))
         # All (image, position) pairs, image-major, positions in the sweep's order (class by class, so a chunk
         # holds few batches of equal rectangles); chunks are slices of this list.
-        per_image = len(ys) * len(xs)
+        per_image = len(squares.ys) * len(squares.xs)
         pos = (sweep.order if sweep else torch.arange(per_image, device=dev)).repeat(n)
         n_all = torch.arange(n, device=dev).repeat_interleave(per_image)
         logits_all, totals = [], []
@@ -164,8 +180,7 @@ def occlusion(
             if sweep is not None:
                 lg, total = sweep.forward(n_idx, p_idx, channel)
             else:
-                y_idx, x_idx = ys[p_idx // len(xs)], xs[p_idx % len(xs)]
-                lg, total = _copies_forward(model, feat_name, images, fill, n_idx, y_idx, x_idx, window, channel)
+                lg, total = _copies_forward(model, feat_name, images, squares, n_idx, p_idx, channel)
             logits_all.append(lg)
             totals.append(total)
     # Back to (image, row, column) order.
@@ -173,7 +188,7 @@ def occlusion(
     probs = torch.cat(logits_all)[slot].softmax(dim=1)
     n_all = n_all[slot]
     top_prob, top_class = probs.max(dim=1)
-    shape = (n, len(ys), len(xs))
+    shape = (n, len(squares.ys), len(squares.xs))
     return {
         "p_true": probs[torch.arange(len(n_all), device=dev), target[n_all]].reshape(shape),
         "top_class": top_class.reshape(shape),

@@ -16,6 +16,8 @@ caller forwards whole occluded copies).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -195,13 +197,24 @@ def _run_ops(ops: list, patch: Tensor, r0: Tensor, c0: Tensor, n_idx: Tensor, wh
     return patch, r0, c0
 
 
+@dataclass(frozen=True)
+class Squares:
+    """The occluded squares: the ``fill`` image (C, H, W) they show, their side ``window`` and their
+    top-left origins ``ys``, ``xs`` along each axis; position p is (p // len(xs), p % len(xs))."""
+
+    fill: Tensor
+    window: int
+    ys: Tensor
+    xs: Tensor
+
+
 class Sweep:
     """The fast path on one batch of images: the chain's clean maps and rectangles, planned once."""
 
-    def __init__(self, model: nn.Module, images: Tensor, steps: list[Step], feat: str, fill: Tensor, window: int,
-                 ys: Tensor, xs: Tensor, classes: list[Tensor], counts: list[int]):  # fmt: skip
-        self.model, self.steps, self.feat, self.fill, self.window = model, steps, feat, fill, window
-        self.ys, self.xs = ys, xs  # occluder origins along each axis; position p is (p // len(xs), p % len(xs))
+    def __init__(self, model: nn.Module, images: Tensor, steps: list[Step], feat: str, squares: Squares,
+                 classes: list[Tensor], counts: list[int]):  # fmt: skip
+        self.model, self.steps, self.feat = model, steps, feat
+        self.fill, self.window, self.ys, self.xs = squares.fill, squares.window, squares.ys, squares.xs
         self.classes, self.counts = classes, counts
         grid_y, grid_x = torch.meshgrid(classes[0], classes[1], indexing="ij")
         self.group = (grid_y * counts[1] + grid_x).flatten()  # each position's class of copies
@@ -214,10 +227,11 @@ class Sweep:
         self.rest_numel = 0  # floats per copy of the largest map the model's own forward makes after the swap
 
     @classmethod
-    def build(cls, model: nn.Module, images: Tensor, feat: str, fill: Tensor, ys: Tensor, xs: Tensor, window: int):
+    def build(cls, model: nn.Module, images: Tensor, feat: str, squares: Squares):
         """``(logits, feature layer output, sweep or None)`` for ``images`` in eval mode; None: no usable chain."""
         steps, containers = candidates(model)
         logits, act, good = record(model, images, steps, containers, feat)
+        ys, xs, window = squares.ys, squares.xs, squares.window
         full = (torch.full_like(ys, window), torch.full_like(xs, window))
         rect, x, costs = Rect(tuple(images.shape[-2:]), (ys, xs), full), images, []
         planned: list[Step] = []
@@ -237,7 +251,7 @@ class Sweep:
                 _settle(r, classes, counts)
                 if _same(r, step.rect):
                     del step.paste[key]
-        sweep = cls(model, images, planned, feat, fill, window, ys, xs, classes, counts)
+        sweep = cls(model, images, planned, feat, squares, classes, counts)
         return logits, act, sweep if sweep._reproduces(logits, act) else None
 
     def _reproduces(self, logits: Tensor, act: Tensor) -> bool:

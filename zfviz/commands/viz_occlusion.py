@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from zfviz.attribution.occlusion import grid, occluded_copies, occlusion, resolve_layer
+from zfviz.attribution.occlusion import Occluder, grid, occluded_copies, occlusion, resolve_layer
 from zfviz.commands.shared import Outputs, checkpoint_source, fill_for, open_run, pick_images, pixels
 from zfviz.plotting.deconv import as_image_channels
 from zfviz.plotting.occlusion import OcclusionMaps, Projections, occlusion_figure
@@ -25,7 +25,7 @@ def run(cfg: DictConfig) -> dict:
     loader, x, labels = pick_images(data, v.split, v.images, device)
     start = time.perf_counter()
     fill = fill_for(v.fill, loader, tuple(x.shape[1:]), cfg.seed).to(device)
-    maps = occlusion(model, x, labels, v.window, v.stride, fill, v.layer, chunk_size=v.chunk_size)
+    maps = occlusion(model, x, labels, Occluder(v.window, v.stride, fill), v.layer, chunk_size=v.chunk_size)
     sweep_s = time.perf_counter() - start
     feature_name = maps.pop("layer")  # the module path the maps of panels (b), (c) come from
     maps = {key: value.cpu().numpy() for key, value in maps.items()}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from zfviz.attribution.occlusion import FILLS, grid, occlusion
+from zfviz.attribution.occlusion import FILLS, Occluder, grid, occlusion
 from zfviz.attribution.options import TENSOR, Option, choice, either, number, optional, whole
 from zfviz.attribution.registry import register_method
 from zfviz.attribution.targets import class_targets
@@ -52,7 +52,7 @@ def occlusion_map(
     window = max(1, min(h, w) // 4) if window is None else window
     stride = max(1, window // 4) if stride is None else stride
     index = class_targets(target, n).to(inputs.device)  # occlusion() checks the range
-    maps = occlusion(model, inputs, index, window, stride, fill, chunk_size=chunk_size)
+    maps = occlusion(model, inputs, index, Occluder(window, stride, fill), chunk_size=chunk_size)
     drop = maps["p_true_clean"][:, None, None] - maps["p_true"]  # (N, rows, cols)
     along_y = coverage(h, window, stride).to(drop)
     along_x = coverage(w, window, stride).to(drop)
