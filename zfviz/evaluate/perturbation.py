@@ -32,6 +32,8 @@ in channels-last memory layout: the same values, and the cpu preset's ZFNet ran 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -92,20 +94,37 @@ def _check(images: Tensor) -> Tensor:
     return images.detach().float()
 
 
+@dataclass(frozen=True)
+class _Walk:
+    """How a curve changes the pixels: ``mode`` (deletion: they show the baseline; insertion: the
+    baseline shows them), in ``order`` (morf: most relevant first), at ``steps`` points, with
+    ``batch_size`` copies per forward; checked when made."""
+
+    mode: str
+    order: str
+    steps: int
+    baseline: str | float | Tensor
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        if self.order not in ORDERS:
+            raise UserError(f"unknown order {self.order!r}; choose one of: {', '.join(ORDERS)}")
+        _positive_int("steps", self.steps)
+        _positive_int("batch_size", self.batch_size)
+
+
 @torch.no_grad()
-def _curves(model, images, target, maps, *, mode: str, order: str, steps, baseline, batch_size) -> Tensor:
-    if mode not in MODES:
-        raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
-    if order not in ORDERS:
-        raise UserError(f"unknown order {order!r}; choose one of: {', '.join(ORDERS)}")
-    steps, batch_size = _positive_int("steps", steps), _positive_int("batch_size", batch_size)
+def _curves(model, images, target, maps, walk: _Walk) -> Tensor:
+    mode, steps, baseline, batch_size = walk.mode, walk.steps, walk.baseline, walk.batch_size
     images = _check(images)
     n, c, h, w = images.shape
     dev = images.device
     maps = as_maps(maps, images.shape).to(dev)
     target = class_targets(target, n, what="target").to(dev)
     fill = make_baseline(images, baseline)
-    place = ranks(maps, order)
+    place = ranks(maps, walk.order)
     # Deletion: a changed pixel shows the baseline's value; insertion: it shows the image's. Both as
     # N x H x W x C, so the copies are built straight into channels-last memory.
     shown, other = (
@@ -156,8 +175,7 @@ def curves(
 ) -> Tensor:
     """The target's softmax probability as pixels are deleted or inserted, most relevant first:
     N x (steps + 1), the y values whose area ``deletion``/``insertion`` return (module docstring)."""
-    kw = {"steps": steps, "baseline": baseline, "batch_size": batch_size}
-    return _curves(model, images, target, maps, mode=mode, order="morf", **kw)
+    return _curves(model, images, target, maps, _Walk(mode, "morf", steps, baseline, batch_size))
 
 
 def deletion(
@@ -191,8 +209,7 @@ def pixel_flipping(
 ) -> Tensor:
     """Samek et al. 2017's pixel flipping per image (N): area under the probability as pixels are
     replaced by the baseline, most relevant first (``"morf"``) or least relevant first (``"lerf"``)."""
-    kw = {"steps": steps, "baseline": baseline, "batch_size": batch_size}
-    return auc(_curves(model, images, target, maps, mode="deletion", order=order, **kw))
+    return auc(_curves(model, images, target, maps, _Walk("deletion", order, steps, baseline, batch_size)))
 
 
 def flipping_gap(
