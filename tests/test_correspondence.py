@@ -10,6 +10,7 @@ from zfviz.commands.viz_correspondence import run, table1
 from zfviz.errors import UserError
 from zfviz.models import build_model
 from zfviz.viz.correspondence import (
+    Draws,
     aligned_pool,
     check_box,
     correspondence,
@@ -75,12 +76,12 @@ def test_aligned_pool_prefers_images_near_the_class_mean():
 def test_the_same_image_occluded_in_the_same_place_scores_zero_and_random_places_do_not():
     model = tiny()
     pool = torch.randn(1, 3, 64, 64).expand(6, -1, -1, -1)  # perfectly "aligned" images
-    rows = correspondence(model, pool, PARTS, torch.zeros(3, 64, 64), k=5, draws=3, seed=1)
+    rows = correspondence(model, pool, PARTS, torch.zeros(3, 64, 64), Draws(k=5, count=3, seed=1))
     df = pd.DataFrame(rows)
     assert len(df) == 3 * 3 * 2  # draws x (parts + random) x layers
     assert (df[df["part"] != "random"]["score"] == 0).all()
     assert (df[df["part"] == "random"]["score"] > 0).all()
-    again = pd.DataFrame(correspondence(model, pool, PARTS, torch.zeros(3, 64, 64), k=5, draws=3, seed=1))
+    again = pd.DataFrame(correspondence(model, pool, PARTS, torch.zeros(3, 64, 64), Draws(k=5, count=3, seed=1)))
     pd.testing.assert_frame_equal(df, again)  # seeded
 
 
@@ -117,7 +118,7 @@ def test_random_is_reserved_and_k_must_fit_the_pool():
     with pytest.raises(UserError, match="'random' is the name of the random-box row"):
         correspondence(tiny(), pool, {"random": [0, 0, 4, 4]}, fill)
     with pytest.raises(UserError, match="k=5 images per draw must be between 2 and the pool's 4"):
-        correspondence(tiny(), pool, PARTS, fill, k=5)
+        correspondence(tiny(), pool, PARTS, fill, Draws(k=5))
 
 
 @pytest.mark.slow

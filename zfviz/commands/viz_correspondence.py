@@ -18,7 +18,7 @@ from zfviz.commands.shared import Outputs, check_split, checkpoint_source, fill_
 from zfviz.errors import UserError
 from zfviz.plotting.occlusion import correspondence_figure
 from zfviz.results import paper_table
-from zfviz.viz.correspondence import RANDOM, aligned_pool, correspondence, occlude_boxes, random_boxes
+from zfviz.viz.correspondence import RANDOM, Draws, aligned_pool, correspondence, occlude_boxes, random_boxes
 
 PAPER_LAYERS = {"conv5": "layer5", "fc7": "layer7"}
 
@@ -61,9 +61,8 @@ def run(cfg: DictConfig) -> dict:
     layers = list(v.layers)
     random_size = tuple(v.random_size) if v.random_size else None
     start = time.perf_counter()
-    rows = correspondence(
-        model, images, parts, fill, k=v.k, draws=v.draws, layers=tuple(layers), random_size=random_size, seed=cfg.seed
-    )
+    draws = Draws(k=v.k, count=v.draws, random_size=random_size, seed=cfg.seed)
+    rows = correspondence(model, images, parts, fill, draws, layers=tuple(layers))
     wall = time.perf_counter() - start
     table = table1(rows, layers)
     out = Outputs(cfg)

@@ -11,6 +11,8 @@ Features are the rectified outputs (``conv5`` means relu5's output, ``fc7`` relu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -77,24 +79,32 @@ def aligned_pool(images: Tensor, labels: Tensor, cls: int, size: int | None) -> 
     return index[order[: size or len(index)]]
 
 
+@dataclass(frozen=True)
+class Draws:
+    """The random sets scored: ``count`` draws of ``k`` images each, and random boxes (one per image,
+    each in its own place) of ``random_size`` (None: the first part's size), all from ``seed``."""
+
+    k: int = 5
+    count: int = 10
+    random_size: tuple[int, int] | None = None
+    seed: int = 0
+
+
 def correspondence(
     model: nn.Module,
     images: Tensor,
     parts: dict[str, list[int]],
     fill: Tensor,
-    *,
-    k: int = 5,
-    draws: int = 10,
+    draws: Draws | None = None,
     layers: tuple[str, ...] = ("conv5", "fc7"),
-    random_size: tuple[int, int] | None = None,
-    seed: int = 0,
 ) -> list[dict]:
-    """Scores of every part and of random boxes, for ``draws`` random sets of ``k`` of ``images``.
+    """Scores of every part and of random boxes, for ``draws``' random sets of ``images``.
 
     ``images`` (normalized, aligned: one class) are the pool to draw from; ``parts`` maps a name to
-    its box ``[top, left, height, width]``. Random boxes (one per image, each in its own place)
-    have ``random_size`` (default: the first part's size). Rows: ``draw``, ``part``, ``layer``, ``score``.
+    its box ``[top, left, height, width]``. Rows: ``draw``, ``part``, ``layer``, ``score``.
     """
+    draws = draws or Draws()
+    k, random_size = draws.k, draws.random_size
     size = tuple(images.shape[-2:])
     if not parts:
         raise UserError("name at least one part box: parts: {name: [top, left, height, width]}")
@@ -105,9 +115,9 @@ def correspondence(
     boxes = {name: torch.tensor(check_box(box, size, f"part {name!r}")) for name, box in parts.items()}
     random_size = tuple(random_size or boxes[next(iter(boxes))][2:].tolist())
     check_box([0, 0, *random_size], size, "random_size")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(draws.seed)
     rows = []
-    for draw in range(draws):
+    for draw in range(draws.count):
         chosen = torch.randperm(len(images), generator=generator)[:k]
         draw_boxes = dict(boxes)
         draw_boxes[RANDOM] = random_boxes(k, size, random_size, generator)
