@@ -2,7 +2,7 @@
 
 1. Top-9 projections of every conv5 map over N images: zfviz's batched deconvnet against a loop
    that calls Captum's ``NeuronDeconvolution`` once per (map, image) on the same activations.
-   The outputs are checked equal (Captum seeds a neuron with 1, the deconvnet with its value).
+   The outputs are checked equal (Captum starts a neuron from 1, the deconvnet from its value).
 2. The streaming top-9 pass against plain inference (``model(x)`` under ``no_grad``) on the same
    batches: the search must keep at least 80% of inference speed.
 3. ``project(model, x, layer, channel=[...])``, every map of the layer for a few images in one call
@@ -156,7 +156,7 @@ def main() -> None:
     slow = interleaved({"captum": theirs}, 1)  # once: it is the slow one
     t_captum, captum = slow.best("captum"), slow.results["captum"]
     values = top.values.reshape(-1)
-    positive = values > 0  # Captum's seed 1 scales to the deconvnet's seed only for positive values
+    positive = values > 0  # Captum's start 1 scales to the deconvnet's only for positive values
     expected = captum[positive] * values[positive, None, None, None]
     scale = float(expected.abs().max())
     max_err = float((mine[positive] - expected).abs().max()) / scale
@@ -215,7 +215,7 @@ def several_maps(model, x, layer: str, repeats: int) -> None:
     t_maps, t_bp, t_loop, t_captum = (timed.best(k) for k in ("maps", "maps_backprop", "loop", "captum"))
     with torch.no_grad():
         values = top_activations(model, [x], [layer], k=len(x))[layer]
-    # Captum seeds each cell with 1, the deconvnet with its value: scale Captum's maps to compare.
+    # Captum starts each cell from 1, the deconvnet from its value: scale Captum's maps to compare.
     best = torch.empty(len(x), maps)
     best[values.image, torch.arange(maps)[:, None].expand_as(values.image)] = values.values
     positive = best > 0

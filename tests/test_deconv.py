@@ -161,7 +161,7 @@ def test_captum_neuron_deconvolution_agrees(tv_alexnet):
     net = tv_alexnet
     relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
     x = torch.randn(2, 3, 224, 224)
-    # conv5's ReLU, in a map active in both images: with a positive value, seeding with 1 or the value agree.
+    # conv5's ReLU, in a map active in both images: with a positive value, starting from 1 or from the value agree.
     layer = "features.11"
     with torch.no_grad():
         channel = int(net.features[:12](x).amax(dim=(2, 3)).min(dim=0).values.argmax())
@@ -174,7 +174,7 @@ def test_captum_neuron_deconvolution_agrees(tv_alexnet):
         for i in range(len(x)):
             y, w = where[i].tolist()
             theirs = deconv.attribute(x[i : i + 1], neuron_selector=(channel, y, w))
-            # Captum seeds the neuron with 1; the paper (and we) seed it with its value.
+            # Captum starts the neuron from 1; the paper (and we) from its value.
             assert_close(ours[i : i + 1], theirs * values[i])
     finally:
         for module in relus:

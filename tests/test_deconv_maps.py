@@ -153,7 +153,7 @@ def test_project_batches_takes_each_image_up_once_per_batch(resnet18):
         got = _collect(project_batches(resnet18, x, "layer1", Units(image, channel), batch_size=6), 7)
     finally:
         handle.remove()
-    # Most projections first: image 2 (3 seeds) with image 0 (2 <= 3 seeds, 6 rows), then 1 and 3.
+    # Most projections first: image 2 (3 starts) with image 0 (2 <= 3 starts, 6 rows), then 1 and 3.
     assert seen == [2, 2]
     for j in range(7):
         one = project(resnet18, x[image[j] : image[j] + 1], "layer1", int(channel[j]))

@@ -8,7 +8,9 @@ each leaf module that may get a rule swaps the module's output for an identical 
 backward is the rule's (a ``torch.autograd.Function``); on a plain ReLU, a rule that only reshapes
 gradients rewrites the input gradient of autograd's own ReLU node instead. Modules without a rule
 keep autograd's gradient. The hooks are gone, and the canonizers' rewrites undone, when the call
-returns or raises.
+returns or raises. ``backward`` starts from one signal at the target (``start``: 1 or the target's
+value); ``batched_backward`` pushes a batch of starting signals down from one forward pass (the
+deconvnet's many projections of few images, Fig. 2), in the same setting.
 """
 
 from __future__ import annotations
