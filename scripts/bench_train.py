@@ -242,8 +242,8 @@ def fit_path(cfg, train, test, model: nn.Module, *, new: bool, fit_wide: bool = 
             memory = real
         torch.manual_seed(0)  # the same dropout masks on every path
         with tempfile.TemporaryDirectory() as out, _patched(engine, "reuse_freed_memory", memory):
-            return engine.fit(net, train, test, cfg.optim, trainer, device=torch.device("cpu"), out_dir=out,
-                              config=OmegaConf.to_container(cfg, resolve=True))  # fmt: skip
+            where = engine.Run(out, OmegaConf.to_container(cfg, resolve=True))
+            return engine.fit(net, train, test, cfg.optim, trainer, where)
 
     return run
 
