@@ -29,7 +29,7 @@ from zfviz.outputs import FIG_RECONSTRUCTION, RECONSTRUCTION, named
 from zfviz.plotting import plt
 from zfviz.plotting.reconstruction import reconstruction_panels
 from zfviz.reconstruction.decoder import Recipe, layer_features_of, load_decoder, train_decoders
-from zfviz.reconstruction.invert import invert, normalized_error, psnr, to_pixels
+from zfviz.reconstruction.invert import Descent, invert, normalized_error, psnr, to_pixels
 from zfviz.reconstruction.parameterization import data_color
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
 
@@ -59,7 +59,7 @@ def reconstruct(run_dir: Path, args, recipe: Recipe):
     for layer in LAYERS:
         with torch.no_grad():
             learned = load_decoder(runs[layer])(feats[layer])
-        regularized = invert(model, x, layer, steps=args.steps, seed=args.seed, color=color).images
+        regularized = invert(model, x, layer, descent=Descent(steps=args.steps, seed=args.seed), color=color).images
         for method, images in (("regularized", regularized), ("learned", learned)):
             pixels = to_pixels(images, test.mean, test.std)
             shown[(method, layer)] = pixels.numpy()

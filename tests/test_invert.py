@@ -14,6 +14,8 @@ from torch import nn
 from tests.figure_runs import fake_run, load_script
 from zfviz.errors import UserError
 from zfviz.reconstruction.invert import (
+    Descent,
+    Regularizer,
     invert,
     layer_features,
     normalized_error,
@@ -85,7 +87,7 @@ def test_conv1_of_real_images_reaches_the_documented_psnr_and_deeper_layers_do_w
     x, pixels, mean, std = standardized(images())
     db = {}
     for layer in ("conv1", "conv2", "conv3"):
-        result = invert(net, x, layer, steps=100)
+        result = invert(net, x, layer, descent=Descent(steps=100))
         db[layer] = psnr(to_pixels(result.images, mean, std), pixels).mean().item()
     assert db["conv1"] > conv1_db, db
     assert db["conv1"] > db["conv2"] + 5 > db["conv3"] + 8, db
@@ -94,7 +96,7 @@ def test_conv1_of_real_images_reaches_the_documented_psnr_and_deeper_layers_do_w
 def test_the_objective_decreases_and_is_the_sum_of_its_terms(one_thread):
     net = tiny_net()
     x = standardized(digits())[0][:2]
-    result = invert(net, x, "conv2", steps=60, lambda_tv=0.02, lambda_a=1e-3)
+    result = invert(net, x, "conv2", regularizer=Regularizer(lambda_a=1e-3, lambda_tv=0.02), descent=Descent(steps=60))
     assert result.trace.shape == (60, 2)
     assert (result.trace[-1] < 0.25 * result.trace[0]).all()
     assert (result.trace[-10:].mean(0) < result.trace[10:20].mean(0)).all()
@@ -138,15 +140,18 @@ def test_normalized_error_and_psnr_equal_hand_computations():
 
 def test_a_seed_repeats_a_result_and_another_seed_does_not(one_thread):
     net, x = tiny_net(), standardized(digits())[0][:2]
-    a, b = invert(net, x, "conv2", steps=15, seed=3), invert(net, x, "conv2", steps=15, seed=3)
+    a, b = (
+        invert(net, x, "conv2", descent=Descent(steps=15, seed=3)),
+        invert(net, x, "conv2", descent=Descent(steps=15, seed=3)),
+    )
     assert torch.equal(a.images, b.images) and torch.equal(a.trace, b.trace)
-    assert not torch.allclose(invert(net, x, "conv2", steps=15, seed=4).images, a.images)
+    assert not torch.allclose(invert(net, x, "conv2", descent=Descent(steps=15, seed=4)).images, a.images)
 
 
 def test_batching_images_does_not_change_their_reconstructions(one_thread):
     net, x = tiny_net(), standardized(digits())[0][:3]
-    together = invert(net, x, "conv2", steps=30)
-    alone = torch.cat([invert(net, x[i : i + 1], "conv2", steps=30).images for i in range(3)])
+    together = invert(net, x, "conv2", descent=Descent(steps=30))
+    alone = torch.cat([invert(net, x[i : i + 1], "conv2", descent=Descent(steps=30)).images for i in range(3)])
     # Same arithmetic per image; only the conv kernels' blocking over the batch may differ (float32 rounding).
     assert torch.allclose(together.images, alone, atol=1e-4)
 
@@ -156,7 +161,7 @@ def test_the_model_is_left_as_it_was(one_thread):
     net.conv2.weight.requires_grad_(False)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     flags = [p.requires_grad for p in net.parameters()]
-    invert(net, standardized(digits())[0][:1], "conv3", steps=3)
+    invert(net, standardized(digits())[0][:1], "conv3", descent=Descent(steps=3))
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert [p.requires_grad for p in net.parameters()] == flags
     assert all(p.grad is None for p in net.parameters())
@@ -172,8 +177,8 @@ def test_tied_channels_reconstruct_gray_images_gray_and_no_worse(one_thread):
     net = tiny_net()
     x, pixels, mean, std = (t[:2] if torch.is_tensor(t) and t.dim() == 4 else t for t in standardized(digits()))
     for layer in ("conv1", "conv2"):
-        tied = invert(net, x, layer, steps=40, color=torch.ones(3, 1))
-        free = invert(net, x, layer, steps=40)
+        tied = invert(net, x, layer, descent=Descent(steps=40), color=torch.ones(3, 1))
+        free = invert(net, x, layer, descent=Descent(steps=40))
         assert torch.equal(tied.images, tied.images[:, :1].expand_as(tied.images))
         assert (free.images[:, 0] - free.images[:, 1]).abs().max() > 0.05  # untied: colored
         assert (tied.trace[-1] < 0.5 * tied.trace[0]).all()
@@ -190,7 +195,7 @@ def test_the_tv_weight_grows_with_depth_and_bad_input_is_one_line():
     with pytest.raises(UserError, match="unknown layer 'conv9'"):
         invert(net, x, "conv9")
     with pytest.raises(UserError, match="steps=0"):
-        invert(net, x, "conv1", steps=0)
+        invert(net, x, "conv1", descent=Descent(steps=0))
 
 
 def test_viz_invert_writes_the_figure_the_table_and_their_provenance(viz_config, tmp_path):

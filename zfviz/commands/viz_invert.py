@@ -21,7 +21,7 @@ from zfviz.commands.shared import Outputs, checkpoint_source, open_run, pick_ima
 from zfviz.errors import UserError
 from zfviz.plotting.reconstruction import reconstruction_panels
 from zfviz.reconstruction.decoder import Recipe, layer_features_of, load_decoder, train_decoders
-from zfviz.reconstruction.invert import invert, normalized_error, psnr, to_pixels
+from zfviz.reconstruction.invert import Descent, Regularizer, invert, normalized_error, psnr, to_pixels
 from zfviz.reconstruction.parameterization import data_color
 
 METHODS = ("regularized", "learned")
@@ -38,9 +38,12 @@ def run(cfg: DictConfig) -> dict:
     loader, x, _ = pick_images(data, v.split, v.images, device)
     start = time.perf_counter()
     if v.method == "regularized":
-        options = {k: v[k] for k in ("steps", "lr", "lambda_a", "alpha", "lambda_tv", "beta")}
+        reg = Regularizer(lambda_a=v.lambda_a, alpha=v.alpha, lambda_tv=v.lambda_tv, beta=v.beta)
+        descent = Descent(steps=v.steps, lr=v.lr, seed=int(cfg.seed))
         color = data_color(loader) if v.gray else None
-        recon = {layer: invert(model, x, layer, seed=int(cfg.seed), color=color, **options).images for layer in layers}
+        recon = {
+            layer: invert(model, x, layer, regularizer=reg, descent=descent, color=color).images for layer in layers
+        }
         extra = {"color": None if color is None else color.tolist()}
     else:
         recipe = Recipe(**OmegaConf.to_container(v.decoder, resolve=True), seed=int(cfg.seed))

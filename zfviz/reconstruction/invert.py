@@ -112,35 +112,53 @@ def tv_weight(model: nn.Module, path: str) -> float:
     return min(TV_MAX, TV_FIRST * TV_GROWTH ** max(0, k - 1))
 
 
+@dataclass(frozen=True)
+class Regularizer:
+    """Mahendran & Vedaldi's R(x): ``lambda_a`` times the alpha-norm (exponent ``alpha``) plus
+    ``lambda_tv`` times total variation^``beta`` (None: by depth, ``tv_weight``), both normalized by
+    ``scale`` (the module docstring's b)."""
+
+    lambda_a: float = 1e-5
+    alpha: float = 6.0
+    lambda_tv: float | None = None
+    beta: float = 2.0
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Descent:
+    """The optimization: ``steps`` of Adam with step ``lr``, cosine-annealed to 0, from ``init_std``
+    times one N(0, 1) image drawn from ``seed``."""
+
+    steps: int = 200
+    lr: float = 0.1
+    init_std: float = 0.1
+    seed: int = 0
+
+
 def invert(
     model: nn.Module,
     images: Tensor,
     layer: str,
     *,
     meaning: Meaning = "rectified",
-    steps: int = 200,
-    lr: float = 0.1,
-    alpha: float = 6.0,
-    lambda_a: float = 1e-5,
-    lambda_tv: float | None = None,
-    beta: float = 2.0,
-    scale: float = 1.0,
-    init_std: float = 0.1,
-    seed: int = 0,
+    regularizer: Regularizer | None = None,
+    descent: Descent | None = None,
     color: Tensor | None = None,
 ) -> Inversion:
     """Reconstruct ``images`` (model inputs, N x C x H x W) from their representation at ``layer``.
 
     ``layer`` is a name of the layer vocabulary (``conv1`` .. ``fc8`` on our nets) read in
-    ``meaning`` (default: after its ReLU, what the next layer is given). ``lambda_a``/``alpha`` weigh
-    the alpha-norm prior, ``lambda_tv``/``beta`` the total variation (None: by depth, ``tv_weight``),
-    both normalized by ``scale``
-    (the module docstring's b). Starts from ``init_std`` times one N(0, 1) image drawn from ``seed``;
-    ``lr`` is Adam's step, cosine-annealed to 0 over ``steps``. The model is left as it was: eval mode
-    only inside the call, and the gradient is taken with respect to x alone (no parameter's ``.grad``
-    is written). ``color`` (C x C'): optimize C' latent channels mixed into the image's C, e.g.
-    ``data_color``'s ones for gray data (every channel of the result equal); None: channels free.
+    ``meaning`` (default: after its ReLU, what the next layer is given); the objective is the
+    representation's distance plus the ``regularizer``, minimized as ``descent`` says (defaults:
+    ``Regularizer()``, ``Descent()``). The model is left as it was: eval mode only inside the call,
+    and the gradient is taken with respect to x alone (no parameter's ``.grad`` is written).
+    ``color`` (C x C'): optimize C' latent channels mixed into the image's C, e.g. ``data_color``'s
+    ones for gray data (every channel of the result equal); None: channels free.
     """
+    reg, descent = regularizer or Regularizer(), descent or Descent()
+    steps, lr, alpha, beta, scale, lambda_a = descent.steps, descent.lr, reg.alpha, reg.beta, reg.scale, reg.lambda_a
+    lambda_tv = reg.lambda_tv
     if steps < 1:
         raise UserError(f"steps={steps} is not valid; give 1 or more optimization steps")
     path = resolve(model, layer, meaning)
@@ -151,9 +169,9 @@ def invert(
     if color is not None and (color.dim() != 2 or color.shape[0] != images.shape[1]):
         raise UserError(f"color is {tuple(color.shape)}: give a {images.shape[1]} x C' basis (image channels first)")
     color = None if color is None else color.to(images)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(int(descent.seed))
     latent = (images.shape[1] if color is None else color.shape[1], *images.shape[2:])
-    start = init_std * torch.randn(latent, generator=gen).to(images)
+    start = descent.init_std * torch.randn(latent, generator=gen).to(images)
     start = start if color is None else torch.einsum("ck,khw->chw", color, start)
     param = PixelParam(start.expand_as(images), color=color)
     opt = torch.optim.Adam(param.params(), lr=lr, eps=EPS)
