@@ -301,9 +301,9 @@ class _AfterStep:
     """What ``fit`` does after every update: the step's checkpoint (every ``ckpt_every`` steps, and before
     halting on Ctrl-C), then ``on_step``. An epoch's last step is left to the epoch's own checkpoint."""
 
-    def __init__(self, ckpt: Checkpoints, at: Position, settings: Settings, steps: int, run: Run) -> None:
+    def __init__(self, ckpt: Checkpoints, at: Position, settings: Settings, steps: int, run: Run, ctrl_c: _CtrlC):
         self.ckpt, self.at, self.every, self.steps, self.on_step = ckpt, at, settings.ckpt_every, steps, run.on_step
-        self.ctrl_c: _CtrlC | None = None
+        self.ctrl_c = ctrl_c
         self.lr = 0.0  # the lr the epoch under way started with, saved with its running sums
 
     def __call__(self, step: int, sums: dict) -> None:
@@ -314,7 +314,7 @@ class _AfterStep:
             self.ckpt.save(at.epoch - 1, step, {**sums, "lr": self.lr}, at.rows)
         if self.on_step is not None:
             self.on_step(at.global_step)
-        if inside and self.ctrl_c is not None and self.ctrl_c.pressed:  # at an epoch's last step: finish it
+        if inside and self.ctrl_c.pressed:  # at an epoch's last step: finish it
             if self.ckpt.saved != (at.epoch - 1, step):
                 self.ckpt.save(at.epoch - 1, step, {**sums, "lr": self.lr}, at.rows)
             raise _HaltTraining
@@ -349,11 +349,10 @@ def fit(
         optim.scaler = torch.amp.GradScaler("cuda")
     ckpt = Checkpoints(model, optim, run)
     at = ckpt.restore(run.resume_state, steps) if run.resume_state is not None else Position()
-    after_step, clock = _AfterStep(ckpt, at, settings, steps, run), _Clock(at.rows)
-    # The allocator keeps freed buffers over the whole run, evaluations and checkpoints included (cpu_memory.py).
     ctrl_c = _CtrlC(lambda: ckpt.interrupted(at, settings.epochs, steps), enabled=not run.dist_info.enabled)
+    after_step, clock = _AfterStep(ckpt, at, settings, steps, run, ctrl_c), _Clock(at.rows)
+    # The allocator keeps freed buffers over the whole run, evaluations and checkpoints included (cpu_memory.py).
     with ctrl_c, reuse_freed_memory(run.device):
-        after_step.ctrl_c = ctrl_c
         for epoch in range(at.epoch, settings.epochs + 1):
             at.epoch = epoch
             train_loader.set_epoch(epoch, start_batch=at.step)
