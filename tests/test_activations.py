@@ -11,7 +11,7 @@ from torch.testing import assert_close
 from torchvision import models
 
 from zfviz.activations import Capture, layer_names, resolve, stream
-from zfviz.attribution.occlusion import occlusion
+from zfviz.attribution.occlusion import Occluder, occlusion
 from zfviz.errors import UserError
 from zfviz.features import layer_outputs
 from zfviz.models import build_model
@@ -255,7 +255,7 @@ def brute_force(model, images, target, window, stride, layer):
 def test_occlusion_defaults_to_the_last_conv_block_on_torchvision_nets(net, layer):
     model = getattr(models, net)(weights=None, num_classes=10).eval()
     images, target = torch.randn(2, 3, 64, 64), torch.tensor([3, 8])
-    maps = occlusion(model, images, target, window=16, stride=16)
+    maps = occlusion(model, images, target, Occluder(window=16, stride=16))
     p_true, total, channel = brute_force(model, images, target, 16, 16, layer)
     assert maps["layer"] == layer
     assert torch.equal(maps["channel"], channel)
@@ -268,8 +268,8 @@ def test_occlusion_defaults_to_the_last_conv_block_on_torchvision_nets(net, laye
 def test_occlusion_reports_the_layer_it_used_on_our_nets():
     model = ours()
     images = torch.randn(1, 3, 64, 64)
-    default = occlusion(model, images, 1, 32, 32)
-    named = occlusion(model, images, 1, 32, 32, layer="conv5")
+    default = occlusion(model, images, 1, Occluder(32, 32))
+    named = occlusion(model, images, 1, Occluder(32, 32), layer="conv5")
     assert default["layer"] == named["layer"] == "relu5"
     for key in ("p_true", "feature_activation", "channel"):
         assert torch.equal(default[key], named[key])
