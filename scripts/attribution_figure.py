@@ -33,7 +33,7 @@ COLUMNS = {
     "input_x_gradient": ("input_x_gradient", {}),
     "integrated_gradients": ("integrated_gradients", {"steps": 32}),
     "smoothgrad": ("saliency", {"smooth_samples": 16, "smooth_sigma": 0.15}),
-    "deconvnet": ("deconvnet", {"seed": "one"}),
+    "deconvnet": ("deconvnet", {"start": "one"}),
     "guided_backprop": ("guided_backprop", {}),
     "lrp_epsilon": ("lrp", {"rule": "epsilon"}),
     "lrp_epsilon_plus_zB": ("lrp", {"composite": "epsilon_plus_box"}),

@@ -119,7 +119,7 @@ def pairs(name: str, model: nn.Module, x: Tensor, target: Tensor, steps: int) ->
         "guided_backprop": (lambda: attribute(model, x, target, "guided_backprop"), "captum",
                             lambda: GuidedBackprop(peer).attribute(x, target=target)),
         # Captum's deconvolution starts from 1 and backpropagates through contrast normalization.
-        "deconvnet": (lambda: attribute(model, x, target, "deconvnet", seed="one", norm="backprop"), "captum",
+        "deconvnet": (lambda: attribute(model, x, target, "deconvnet", start="one", norm="backprop"), "captum",
                       lambda: Deconvolution(peer).attribute(x, target=target)),
         "lrp_epsilon": (lambda: attribute(model, x, target, "lrp", rule="epsilon", epsilon=1e-9), "captum",
                         lambda: LRP(peer).attribute(x, target=target)),  # Captum's epsilon: 1e-9

@@ -77,7 +77,7 @@ METHODS: dict[str, tuple[str | None, dict]] = {
     "integrated_gradients": ("integrated_gradients", {"steps": 16}),  # Gauss-Legendre: 16 nodes suffice
     "smoothgrad": ("saliency", {"smooth_samples": 16, "smooth_sigma": 0.15, "smooth_seed": 0}),
     "guided_backprop": ("guided_backprop", {}),
-    "deconvnet": ("deconvnet", {"seed": "one"}),
+    "deconvnet": ("deconvnet", {"start": "one"}),
     "gradcam": ("gradcam", {}),
     "guided_gradcam": ("guided_gradcam", {}),
     "lrp_epsilon": ("lrp", {"rule": "epsilon"}),

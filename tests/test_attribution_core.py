@@ -95,7 +95,7 @@ def test_gradient_family_equals_captum(net):
         "input_x_gradient": (InputXGradient, {}, {}),
         "guided_backprop": (GuidedBackprop, {}, {}),
         # Captum's deconvolution starts from 1 and backpropagates through LRN.
-        "deconvnet": (Deconvolution, {}, {"seed": "one", "norm": "backprop"}),
+        "deconvnet": (Deconvolution, {}, {"start": "one", "norm": "backprop"}),
     }
     for method, (peer, peer_kw, ours_kw) in peers.items():
         expected = peer(model).attribute(x.clone(), target=cls, **peer_kw)
@@ -191,7 +191,7 @@ def test_seeds_one_and_value_and_the_whole_map():
     with Capture(model, ["conv5"]) as capture, torch.no_grad():
         capture(x)
     act = capture.outputs["conv5"][:, 3, 2, 2]
-    one = attribute(model, x, ("conv5", 3, (2, 2)), "deconvnet", seed="one")
+    one = attribute(model, x, ("conv5", 3, (2, 2)), "deconvnet", start="one")
     value = attribute(model, x, ("conv5", 3, (2, 2)), "deconvnet")
     torch.testing.assert_close(value, one * act.reshape(-1, 1, 1, 1))  # linear in the seed: rounding only
     xg = x.clone().requires_grad_(True)

@@ -256,7 +256,7 @@ CAPTUM_PEERS = {
     "saliency": (Saliency, {"abs": False}, {}),
     "input_x_gradient": (InputXGradient, {}, {}),
     "guided_backprop": (GuidedBackprop, {}, {}),
-    "deconvnet": (Deconvolution, {}, {"seed": "one", "norm": "backprop"}),
+    "deconvnet": (Deconvolution, {}, {"start": "one", "norm": "backprop"}),
 }
 
 

@@ -58,16 +58,21 @@ def register_method(
     """Register ``fn(model, inputs, target, *, <one keyword per option>)`` as ``name``.
 
     ``options`` declare the keywords (``attribute`` passes every one, defaults filled in, so ``fn``
-    gives none a default of its own); ``supports(module)`` says whether the method handles a leaf
-    module; ``gradient=True`` lets SmoothGrad wrap it.
+    gives none a default of its own; ``fn(model, inputs, target, **options)`` takes them all as one
+    mapping, for a method that hands them on whole); ``supports(module)`` says whether the method
+    handles a leaf module; ``gradient=True`` lets SmoothGrad wrap it.
     """
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in METHODS:
             raise ValueError(f"attribution method {name!r} is already registered")
         # The declaration is the options; the signature must agree with it, which a drift would break.
-        keywords = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
-        if [p.name for p in keywords] != [o.name for o in options] or any(p.default is not p.empty for p in keywords):
+        params = inspect.signature(fn).parameters.values()
+        keywords = [p for p in params if p.kind is p.KEYWORD_ONLY]
+        whole = not keywords and any(p.kind is p.VAR_KEYWORD for p in params)  # fn(model, inputs, target, **options)
+        if not whole and (
+            [p.name for p in keywords] != [o.name for o in options] or any(p.default is not p.empty for p in keywords)
+        ):
             raise TypeError(f"{name}: {fn.__name__} must take exactly its declared options as keywords, no defaults")
         METHODS[name] = Method(name, fn, supports, gradient, tuple(options))
         return fn

@@ -43,8 +43,8 @@ def smooth(
     Sample ``s`` adds ``sigma * torch.randn(inputs.shape)``, the ``s``-th draw of a CPU generator
     seeded with ``smooth_seed`` (``None``: a fresh seed). ``smooth_batch`` noisy copies of the batch
     go through ``method`` in one call (default: about ``default_rows`` rows); it changes the result
-    only within float tolerance. The option is ``smooth_seed``, not ``seed``: the deconvnet's
-    ``seed`` says where its backward pass starts.
+    only within float tolerance. ``smooth_seed`` is a random seed like every ``seed``; it carries the
+    ``smooth_`` prefix of SmoothGrad's options, so a wrapped method's own ``seed`` keeps its name.
     """
     inputs = inputs.detach()
     n = len(inputs)

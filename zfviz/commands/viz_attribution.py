@@ -27,8 +27,8 @@ from zfviz.plotting.deconv import as_image_channels
 from zfviz.utils import resolve_device
 
 # The keys of configs/viz/attribution.yaml this command reads itself; every other key there is a method
-# option, typed bare, declared (and checked) with its method (``zfviz.attribution.registry``). ``start`` is
-# the deconvnet's ``seed`` (``seed=`` is the run's).
+# option, typed bare, declared (and checked) with its method (``zfviz.attribution.registry``). ``seed=`` is
+# the run's RNG seed; where a backward pass starts is ``start=`` (the deconvnet's option).
 OWN_KEYS = (
     "name", "method", "target", "images", "n", "split", "net", "weights", "size", "batch_size", "options", "stem",
 )  # fmt: skip
@@ -89,11 +89,6 @@ def _options(v: DictConfig) -> dict:
     if not OmegaConf.is_dict(extra) and not isinstance(extra, dict):
         raise UserError(f"options={extra} is not valid: give options={{name:value,...}}")
     given.update(OmegaConf.to_container(extra) if OmegaConf.is_config(extra) else extra)
-    if given.get("start") is not None:
-        if v.method != "deconvnet":
-            raise UserError(f"start= is an option of deconvnet only, not of {v.method}")
-        given["seed"] = given.pop("start")
-    given.pop("start", None)
     return attribution_options(v.method, given)
 
 

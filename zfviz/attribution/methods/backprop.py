@@ -1,14 +1,15 @@
 """The gradient family on the one mechanism: saliency, input x gradient, deconvnet, guided backprop, LRP.
 
-Each is one call of ``mechanism.backward`` with a composite (``None``: autograd's gradient) and a seed:
+Each is one call of ``mechanism.backward`` with a composite (``None``: autograd's gradient) and a
+start (where the backward pass starts: ``targets.start_signal``):
 
-- ``saliency`` (Simonyan et al. 2014): the signed gradient of the target; seed 1.
-- ``input_x_gradient`` (Shrikumar et al. 2016): inputs times that gradient; seed 1.
+- ``saliency`` (Simonyan et al. 2014): the signed gradient of the target; start 1.
+- ``input_x_gradient`` (Shrikumar et al. 2016): inputs times that gradient; start 1.
 - ``deconvnet`` (Zeiler & Fergus 2014, Sec. 2.1): ReLUs rectify the signal coming down, filters are
   transposed, pools route through the switches; contrast normalization passes (``norm="pass"``, the
-  paper) or backpropagates (``"backprop"``). Seed: the target's value, as the paper projects the
-  activation, so a unit target equals ``zfviz.viz.deconv.project``.
-- ``guided_backprop`` (Springenberg et al. 2015): the gradient, and ReLUs also rectify; seed 1.
+  paper) or backpropagates (``"backprop"``). Start (``start=``): the target's value, as the paper
+  projects the activation, so a unit target equals ``zfviz.viz.deconv.project``; or ``one``.
+- ``guided_backprop`` (Springenberg et al. 2015): the gradient, and ReLUs also rectify; start 1.
 - ``lrp`` (Bach et al. 2015): relevance, starting from the target's score; see ``composites``.
 """
 
@@ -53,12 +54,12 @@ def input_x_gradient(model: nn.Module, inputs: Tensor, target) -> Tensor:
     gradient=True,
     options=(
         Option("norm", choice(*NORM_MODES), "pass", "contrast normalization passes (the paper) or backpropagates"),
-        Option("seed", choice(*STARTS), "value", "the backward pass starts from the target's value (the paper) or 1"),
+        Option("start", choice(*STARTS), "value", "the backward pass starts from the target's value (the paper) or 1"),
     ),
 )
-def deconvnet(model: nn.Module, inputs: Tensor, target, *, norm: str, seed: str) -> Tensor:
+def deconvnet(model: nn.Module, inputs: Tensor, target, *, norm: str, start: str) -> Tensor:
     """The deconvnet's projection of the target (its value, as the paper) down to pixel space."""
-    return backward(model, inputs, target, composite=deconvnet_composite(norm), start=seed).inputs
+    return backward(model, inputs, target, composite=deconvnet_composite(norm), start=start).inputs
 
 
 @register_method("guided_backprop", supports=GUIDED_BACKPROP.supports, gradient=True)
@@ -81,20 +82,8 @@ def guided_backprop(model: nn.Module, inputs: Tensor, target) -> Tensor:
         Option("high", _BOUND, None, "zbox: the highest input value, in the model's input space"),
     ),
 )
-def lrp(
-    model: nn.Module, inputs: Tensor, target, *, composite, rule, first_rule, epsilon, alpha, beta, low, high
-) -> Tensor:
+def lrp(model: nn.Module, inputs: Tensor, target, **options) -> Tensor:
     """Layer-wise relevance propagation (Bach et al. 2015): the target's score redistributed layer by layer.
 
-    The rules: ``composites.lrp_from_options``."""
-    rules_of = lrp_from_options(
-        composite=composite,
-        rule=rule,
-        first_rule=first_rule,
-        epsilon=epsilon,
-        alpha=alpha,
-        beta=beta,
-        low=low,
-        high=high,
-    )
-    return backward(model, inputs, target, composite=rules_of, start="value").inputs
+    The rules: ``composites.lrp_from_options`` (the declared options, handed on whole)."""
+    return backward(model, inputs, target, composite=lrp_from_options(**options), start="value").inputs
