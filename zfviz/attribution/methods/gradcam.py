@@ -25,7 +25,7 @@ from zfviz.errors import UserError
 
 
 def layer_gradient(model: nn.Module, inputs: Tensor, target, path: str) -> tuple[Tensor, Tensor]:
-    """The output ``A`` of module ``path`` and the gradient of the target wrt it (seed 1).
+    """The output ``A`` of module ``path`` and the gradient of the target wrt it (start 1).
 
     Grad-CAM needs nothing below the layer, so the forward hook hands the rest of the net a copy of
     a detached ``A``: the backward stops there (half the work of ``mechanism.backward(wrt=...)`` on
