@@ -14,6 +14,7 @@ from zfviz.attribution.occlusion import Occluder, occlusion
 from zfviz.attribution.targets import class_targets
 from zfviz.errors import UserError
 from zfviz.evaluate.perturbation import deletion
+from zfviz.viz.invariance import invariance
 
 
 def net() -> nn.Sequential:
@@ -23,11 +24,20 @@ def net() -> nn.Sequential:
     ).eval()
 
 
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return torch.equal(a["p_true"], b["p_true"])
+    if isinstance(a, list):  # invariance's rows
+        return a == b
+    return torch.equal(a, b)
+
+
 CALLS = {
     "rise": lambda model, x, t: rise(model, x, t, masks=4),
     "occlusion": lambda model, x, t: occlusion(model, x, t, Occluder(4, 4)),
     "deletion": lambda model, x, t: deletion(model, x, t, x.sum(dim=1), steps=2),
     "occlusion method": lambda model, x, t: attribute(model, x, t, "occlusion", window=4, stride=4),
+    "invariance": lambda model, x, t: invariance(model, x, t, {"rotate": [0.0, 90.0]}, ("0",)),
 }
 
 
@@ -37,9 +47,8 @@ def test_every_perturbation_method_reads_class_targets_alike(call):
     run = CALLS[call]
     # an index, one per image as a list, a tuple or a tensor: the same maps
     maps = [run(model, x, t) for t in (3, [3, 3], (3, 3), torch.tensor([3, 3]))]
-    first = maps[0]["p_true"] if isinstance(maps[0], dict) else maps[0]
     for other in maps[1:]:
-        assert torch.equal(first, other["p_true"] if isinstance(other, dict) else other)
+        assert _same(maps[0], other)
     for target, words in (
         (7, "7 is not a class of this net: it has classes 0..4"),
         ([1, -1], "-1 is not a class of this net: it has classes 0..4"),

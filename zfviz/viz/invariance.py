@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfviz.activations import features
+from zfviz.attribution.targets import check_classes, class_targets
 from zfviz.errors import UserError
 
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -80,7 +81,7 @@ def invariance(
 
     ``sweeps`` maps a transform name to its amounts (fractions of the height, factors, degrees).
     """
-    target = torch.as_tensor(target).long().expand(len(images))
+    target = class_targets(target, len(images), what="target")
     layers = list(layers)
     base = features(model, images, layers)
     rows = []
@@ -88,6 +89,7 @@ def invariance(
         moved = torch.cat([transform(images, kind, a, background) for a in amounts])
         feats = features(model, moved, layers, with_output=True)
         probs = feats["output"].softmax(dim=1)
+        check_classes(target, probs.shape[1], "target")
         for j, amount in enumerate(amounts):
             for i in range(len(images)):
                 k = j * len(images) + i  # the copies are amount-major
