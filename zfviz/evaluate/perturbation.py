@@ -183,8 +183,7 @@ def deletion(
 ) -> Tensor:
     """Petsiuk et al. 2018's deletion score per image (N): area under the probability as the most
     relevant pixels are replaced by the baseline first. Lower means a more faithful map."""
-    kw = {"steps": steps, "baseline": baseline, "batch_size": batch_size}
-    return auc(curves(model, images, target, maps, mode="deletion", **kw))
+    return auc(_curves(model, images, target, maps, _Walk("deletion", "morf", steps, baseline, batch_size)))
 
 
 def insertion(
@@ -192,8 +191,7 @@ def insertion(
 ) -> Tensor:
     """Petsiuk et al. 2018's insertion score per image (N): area under the probability as the most
     relevant pixels are put into the baseline first. Higher means a more faithful map."""
-    kw = {"steps": steps, "baseline": baseline, "batch_size": batch_size}
-    return auc(curves(model, images, target, maps, mode="insertion", **kw))
+    return auc(_curves(model, images, target, maps, _Walk("insertion", "morf", steps, baseline, batch_size)))
 
 
 def pixel_flipping(
