@@ -4,7 +4,8 @@
 The package reads bottom-up:
 
 - base types: ``state`` (what one call's hooks share, ``Unsupported``), ``targets`` (what is
-  explained, where the backward pass starts), ``options`` (how a method declares its options);
+  explained, where the backward pass starts), ``baselines`` (the reference input: one vocabulary),
+  ``options`` (how a method declares its options);
 - the mechanism: ``rules`` (how a signal crosses one module), ``canonize`` (temporary model
   rewrites), ``composites`` (which module gets which rule), ``mechanism`` (hooks and ``backward``);
   the perturbation sweeps ``occlusion`` (with ``occlusion_fast``/``occlusion_chain``);
