@@ -9,14 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.imagenet_fixtures import make_tree
 from zfviz.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from zfviz.commands import viz_attribution
-from zfviz.data import build_data, fashion_mnist
+from zfviz.commands import CONFIG_DIR, viz_attribution
+from zfviz.data import build_data, fashion_mnist, imagenet
 from zfviz.data.preprocess import source_preprocess
 from zfviz.data.tensor_loader import resize_uint8
 from zfviz.data.trained import load_data, preprocessing_of
+from zfviz.models import build_model
+from zfviz.training import model_kwargs
 
 
 def _with_preprocessing(old: Path) -> Path:
@@ -105,3 +109,37 @@ def test_the_transfer_normalization_reads_the_stored_statistics(viz_checkpoint, 
     stored = source_preprocess(load_checkpoint(path), path)
     assert stored == recomputed  # the same floats: the loaders' float32 statistics times 255
     assert "preprocessing" not in load_checkpoint(viz_checkpoint)  # the old one carries none
+
+
+def test_an_imagenet_checkpoint_carries_its_mean_image_and_needs_no_pass_over_the_training_files(tmp_path, monkeypatch):
+    root = tmp_path / "ilsvrc"
+    special = make_tree(root, "imagefolder")
+    overrides = ["preset=paper", "data=imagenet", f"data.root={root}", "data.workers=0", "data.skip_bad=true",
+                 "debug=fast", "model.width=0.125", "model.fc_dims=64"]  # fmt: skip
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    size, chans = cfg.model.input_size, cfg.model.in_chans
+    # As training builds it: the mean pass over the training files, its cache beside the checkpoint.
+    data = build_data(cfg.data, input_size=size, batch_size=4, in_chans=chans, cache_dir=str(tmp_path / "run"))
+    config = {**OmegaConf.to_container(cfg, resolve=True), "num_classes": data.num_classes}
+    net = build_model(cfg.model.name, num_classes=data.num_classes, **model_kwargs(cfg.model))
+    old, moved = tmp_path / "run" / "checkpoint.pt", tmp_path / "moved" / "checkpoint.pt"
+    save_checkpoint(old, net, config, 1)  # reads mean_image.pt beside it
+    save_checkpoint(
+        moved, net, config, 1, preprocessing=preprocessing_of(data, cfg.data, input_size=size, in_chans=chans)
+    )
+    assert not (moved.parent / "mean_image.pt").exists()
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the training files were read for their mean")
+
+    monkeypatch.setattr(imagenet, "_sum_images", no_pass)
+    before, after = load_data(load_checkpoint(old), old), load_data(load_checkpoint(moved), moved)
+    assert str(special["truncated"]) in load_checkpoint(moved)["preprocessing"]["bad_files"]
+    for split in ("train", "test"):  # the same images (the unreadable one left out), mean and inputs
+        a, b = getattr(before, split), getattr(after, split)
+        assert torch.equal(a.mean, b.mean) and torch.equal(a.labels, b.labels) and len(a.images) == len(b.images)
+        assert torch.equal(a.normalize(a.images[:3]), b.normalize(b.images[:3]))
+    assert after.classes == before.classes
+    # The transfer's per-channel scaling: the same floats from the stored image as from mean_image.pt.
+    assert source_preprocess(load_checkpoint(moved), moved) == source_preprocess(load_checkpoint(old), old)

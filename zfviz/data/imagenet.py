@@ -390,8 +390,11 @@ def build_imagenet(
     rank: int = 0,
     world_size: int = 1,
     cache_dir: str | os.PathLike | None = None,
+    stored_mean: tuple[torch.Tensor, list[str]] | None = None,
 ) -> DataBundle:
-    """Train and val loaders of ImageNet under ``data_cfg.root`` (configs/data/imagenet.yaml)."""
+    """Train and val loaders of ImageNet under ``data_cfg.root`` (configs/data/imagenet.yaml). ``stored_mean``:
+    the mean image and the unreadable training files a checkpoint carries (``zfviz.data.trained``), used
+    instead of a pass over the training files or its cache."""
     if not data_cfg.get("root"):
         raise UserError(f"ImageNet: data.root is not set; {LAYOUT}")
     root = Path(data_cfg.root).expanduser()
@@ -419,7 +422,10 @@ def build_imagenet(
     cache = data_cfg.get("mean_cache")
     cache = Path(cache) if cache else (Path(cache_dir) / "mean_image.pt" if cache_dir is not None else None)
     full = ImageNetImages(root, train_paths, train_labels)
-    mean, bad = mean_image(full, cache, workers=workers, skip_bad=skip_bad, rank=rank, world_size=world_size)
+    if stored_mean is None:
+        mean, bad = mean_image(full, cache, workers=workers, skip_bad=skip_bad, rank=rank, world_size=world_size)
+    else:
+        mean, bad = stored_mean[0], list(stored_mean[1])
     if bad and rank == 0:
         print(skipped_line(bad, "training "), file=sys.stderr)
 

@@ -55,12 +55,12 @@ def file_sha256(path: str | Path) -> str:
 def source_preprocess(ckpt: dict, checkpoint_path: str | Path, cache_dir: str | Path | None = None) -> Preprocess:
     """The normalization the checkpoint's net was trained with.
 
-    A checkpoint carries the statistics its training loaders used (``preprocessing``); one written
-    before that, of Fashion-MNIST, stores ``data.mean = null`` (computed at load time from the training
-    pixels), so the statistics are recomputed once with ``build_data`` and the checkpoint's own data
-    config, then kept in ``<cache_dir>/norm-<hash>.json``. ImageNet checkpoints subtract a per-pixel
-    mean image: we use its per-channel average (std 1), read from ``mean_image.pt`` beside the
-    checkpoint or ``data.mean_cache``.
+    A checkpoint carries the statistics its training used (``preprocessing``: the loaders' mean/std, or
+    ImageNet's mean image). One written before that, of Fashion-MNIST, stores ``data.mean = null``
+    (computed at load time from the training pixels), so the statistics are recomputed once with
+    ``build_data`` and the checkpoint's own data config, then kept in ``<cache_dir>/norm-<hash>.json``.
+    ImageNet checkpoints subtract a per-pixel mean image: we use its per-channel average (std 1), read
+    from the checkpoint, else from ``mean_image.pt`` beside it or ``data.mean_cache``.
     """
     config = ckpt["config"]
     model_cfg, data_cfg = config["model"], config["data"]
@@ -68,10 +68,14 @@ def source_preprocess(ckpt: dict, checkpoint_path: str | Path, cache_dir: str | 
     if data_cfg.get("mean") is not None and data_cfg.get("std") is not None:
         mean, std = np.atleast_1d(data_cfg["mean"]) * 255.0, np.atleast_1d(data_cfg["std"]) * 255.0
         return Preprocess(size, chans, tuple(map(float, mean)), tuple(map(float, std)))
-    stored = (ckpt.get("preprocessing") or {}).get("normalization")
-    if stored:  # the training loaders' own statistics (fractions of 255), as TensorLoader scales them
-        mean, std = (torch.as_tensor(stored[k], dtype=torch.float32).reshape(-1) * 255 for k in ("mean", "std"))
+    stored = ckpt.get("preprocessing") or {}
+    if stored.get("normalization"):
+        norm = stored["normalization"]  # the training loaders' statistics (fractions of 255), scaled as they scale them
+        mean, std = (torch.as_tensor(norm[k], dtype=torch.float32).reshape(-1) * 255 for k in ("mean", "std"))
         return Preprocess(size, chans, tuple(map(float, mean)), tuple(map(float, std)))
+    if stored.get("mean_image") is not None:  # ImageNet's, as mean_image.pt holds it
+        mean = stored["mean_image"].mean(dim=(1, 2))
+        return Preprocess(size, chans, tuple(map(float, mean)), (1.0,) * len(mean))
     if data_cfg["name"] == "imagenet":
         candidates = [Path(p) for p in (data_cfg.get("mean_cache"),) if p] + [
             Path(checkpoint_path).parent / "mean_image.pt"

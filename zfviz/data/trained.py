@@ -1,12 +1,13 @@
 """The data a checkpoint's net was trained on, normalized as in training (the viz commands' inputs).
 
 Training stores the preprocessing in the checkpoint (``preprocessing_of``: the data set's name and
-classes, the input size and channels, the per-channel mean/std the loaders normalized by), so a
-Fashion-MNIST split is read only when asked for and its statistics are not recomputed over the
-60,000 training images. A checkpoint written before that carries none: its data set is built
-as in training and the statistics recomputed (``build_data``). ImageNet subtracts a mean image,
-which the training run leaves beside its checkpoint (``mean_image.pt``); its splits are
-``ImageNetView``s, decoded when indexed.
+classes, the input size and channels, the per-channel mean/std the loaders normalized by, or
+ImageNet's mean image and the training files its pass could not read), so a Fashion-MNIST split is
+read only when asked for and no statistic is recomputed over the training images. A checkpoint
+written before that carries none: its data set is built as in training and the statistics
+recomputed (``build_data``), ImageNet's mean image read from ``mean_image.pt`` beside the
+checkpoint when the training run left it there. ImageNet's splits are ``ImageNetView``s, decoded
+when indexed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from zfviz.data import DataBundle, build_data, fashion_mnist_folder, fashion_mnist_loader, read_fashion_mnist
+from zfviz.data.imagenet import build_imagenet
 from zfviz.data.imagenet_view import viz_bundle
 from zfviz.errors import UserError
 
@@ -25,14 +27,18 @@ VIZ_BATCH = 256  # the loaders' batch size; the viz commands index images, they 
 
 def preprocessing_of(data: DataBundle, data_cfg, *, input_size: int, in_chans: int) -> dict:
     """What a checkpoint carries about its inputs: the data set's name and class names, the input size
-    and channels, and the loaders' statistics (mean/std as fractions of 255; None for ImageNet)."""
-    return {
+    and channels, and the loaders' statistics (mean/std as fractions of 255), or for ImageNet its mean
+    image (3 x 256 x 256, 0-255) and the training files the pass that made it could not read."""
+    stored = {
         "data": str(data_cfg.name),
         "classes": list(data.classes),
         "input_size": int(input_size),
         "in_chans": int(in_chans),
         "normalization": dict(data.normalization) if data.normalization else None,
     }
+    if data_cfg.name == "imagenet":
+        stored.update(mean_image=data.train.images.mean, bad_files=sorted(data.train.bad_files))
+    return stored
 
 
 def load_data(ckpt: dict, path=None, *, root=None) -> DataBundle | TrainedSplits:
@@ -44,13 +50,15 @@ def load_data(ckpt: dict, path=None, *, root=None) -> DataBundle | TrainedSplits
     stored = ckpt.get("preprocessing") or {}
     if stored.get("normalization") and data_cfg.name == "fashion_mnist":
         return TrainedSplits(data_cfg, stored)
-    model_cfg = ckpt["config"]["model"]
-    beside = Path(path).parent / "mean_image.pt" if path else None
-    if data_cfg.name == "imagenet" and not data_cfg.get("mean_cache") and beside is not None and beside.is_file():
-        data_cfg.mean_cache = str(beside)  # not recomputed over the training set, and the same mean
-    data = build_data(
-        data_cfg, input_size=model_cfg["input_size"], batch_size=VIZ_BATCH, in_chans=model_cfg["in_chans"]
-    )
+    size, chans = ckpt["config"]["model"]["input_size"], ckpt["config"]["model"]["in_chans"]
+    if stored.get("mean_image") is not None and data_cfg.name == "imagenet":
+        mean = (stored["mean_image"], stored["bad_files"])
+        data = build_imagenet(data_cfg, input_size=size, batch_size=VIZ_BATCH, stored_mean=mean)
+    else:
+        beside = Path(path).parent / "mean_image.pt" if path else None
+        if data_cfg.name == "imagenet" and not data_cfg.get("mean_cache") and beside is not None and beside.is_file():
+            data_cfg.mean_cache = str(beside)  # not recomputed over the training set, and the same mean
+        data = build_data(data_cfg, input_size=size, batch_size=VIZ_BATCH, in_chans=chans)
     trained = ckpt["config"].get("num_classes", data.num_classes)
     if data.num_classes != trained:  # labels would index outputs that mean other classes, or none
         raise UserError(
