@@ -59,6 +59,7 @@ class Run:
     dist_info: DistInfo = field(default_factory=DistInfo)
     resume_state: dict | None = None
     on_step: Callable[[int], None] | None = None
+    preprocessing: dict | None = None  # what its checkpoints carry about the inputs (zfviz.data.trained)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -108,6 +109,7 @@ class Checkpoints:
         self.out_dir, self.path = run.out_dir, run.out_dir / "checkpoint.pt"
         self.model, self.optim = model, optim
         self.config, self.device, self.dist = run.config, run.device, run.dist_info
+        self.preprocessing = run.preprocessing  # what a checkpoint says about its inputs
         self.saved: tuple[int, int] | None = None  # (completed epochs, steps) of the newest checkpoint.pt
 
     def _schedulers(self) -> dict:
@@ -146,7 +148,8 @@ class Checkpoints:
             "partial": dict(sums) if sums else None,
             "rows": rows,
         }
-        save_checkpoint(self.path, self.model, self.config, epoch, rows[-1] if rows else None, extra=state)
+        row = rows[-1] if rows else None
+        save_checkpoint(self.path, self.model, self.config, epoch, row, extra=state, preprocessing=self.preprocessing)
         self.saved = (epoch, step)
 
     def epoch_done(self, epoch: int, rows: list[dict], save_epochs: frozenset[int]) -> None:
@@ -156,7 +159,8 @@ class Checkpoints:
             return
         atomic_write_text(self.out_dir / "metrics.csv", _metrics_csv(rows))
         if epoch in save_epochs:
-            save_checkpoint(self.out_dir / f"checkpoint_epoch{epoch}.pt", self.model, self.config, epoch, rows[-1])
+            path = self.out_dir / f"checkpoint_epoch{epoch}.pt"
+            save_checkpoint(path, self.model, self.config, epoch, rows[-1], preprocessing=self.preprocessing)
 
     def diverged(self, err: FloatingPointError, at: Position) -> TrainingDiverged:
         """A non-finite loss stops the run, naming the last good checkpoint."""

@@ -21,6 +21,7 @@ from zfviz import distributed
 from zfviz.checkpoint import checkpoint_header, load_checkpoint, without_runtime_keys
 from zfviz.data import build_data
 from zfviz.data.images import skipped_line
+from zfviz.data.trained import preprocessing_of
 from zfviz.engine import Run, fit
 from zfviz.errors import UserError
 from zfviz.models import build_model
@@ -184,7 +185,8 @@ def _run(cfg: DictConfig, out_dir: Path, info: distributed.DistInfo, device, on_
         out_dir = resume_dir
 
     start = time.perf_counter()
-    where = Run(out_dir, config, device, info, resume_state=resume_state, on_step=on_step)
+    preprocessing = preprocessing_of(data, cfg.data, input_size=cfg.model.input_size, in_chans=cfg.model.in_chans)
+    where = Run(out_dir, config, device, info, resume_state=resume_state, on_step=on_step, preprocessing=preprocessing)
     rows = fit(model, data.train, data.test, cfg.optim, cfg.trainer, where)
     summary = {
         "model": cfg.model.name,
