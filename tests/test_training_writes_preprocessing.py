@@ -24,7 +24,9 @@ def test_training_stores_its_statistics_in_every_checkpoint(fmnist_dir, tmp_path
         assert (stored["input_size"], stored["in_chans"]) == (cfg.model.input_size, cfg.model.in_chans)
     read = fashion_mnist.load_split
     seen = []
-    monkeypatch.setattr(fashion_mnist, "load_split", lambda folder, split, *a: seen.append(split) or read(folder, split, *a))
+    monkeypatch.setattr(
+        fashion_mnist, "load_split", lambda folder, split, *a: seen.append(split) or read(folder, split, *a)
+    )
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         viz = compose(config_name="viz", overrides=["viz=attribution", f"checkpoint={tmp_path / 'run' / 'checkpoint.pt'}",
                                                     f"out_dir={tmp_path / 'viz'}", "device=cpu", "viz.n=2"])  # fmt: skip
