@@ -109,78 +109,110 @@ def test_every_viz_method_runs_on_a_paper_preset_checkpoint(paper_runs, tmp_path
     run_viz(method, f"checkpoint={paper_runs['zfnet']}", *args, *extra, out=out)
     for name in files:
         assert (out / name).is_file() and (out / f"{Path(name).stem}.meta.json").is_file(), name
-    if method == "deconv":  # 224-px projections of the images asked for, in the split's order
-        saved = np.load(out / "deconv_conv5.npz")
-        assert saved["projection"].shape == (2, 2, 3, 224, 224) and saved["images"].tolist() == [0, 5]
-        # Values: each image's two most active conv5 maps (a forward hook), each projected by autograd with the
-        # deconvnet's rules (the oracle of tests/test_deconv.py).
-        model, _, x, _ = val_images(paper_runs["zfnet"], [0, 5])
-        conv5 = []
-        handle = model.conv5.register_forward_hook(lambda _m, _i, output: conv5.append(output.detach()))
+    CHECKS.get(method, lambda *_: None)(paper_runs, out, tmp_path)
+
+
+def _check_deconv(paper_runs, out: Path, tmp_path: Path) -> None:
+    """224-px projections of the images asked for, in the split's order."""
+    saved = np.load(out / "deconv_conv5.npz")
+    assert saved["projection"].shape == (2, 2, 3, 224, 224) and saved["images"].tolist() == [0, 5]
+    # Values: each image's two most active conv5 maps (a forward hook), each projected by autograd with the
+    # deconvnet's rules (the oracle of tests/test_deconv.py).
+    model, _, x, _ = val_images(paper_runs["zfnet"], [0, 5])
+    conv5 = []
+    handle = model.conv5.register_forward_hook(lambda _m, _i, output: conv5.append(output.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert saved["maps"].tolist() == conv5[0].flatten(2).amax(dim=2).topk(2, dim=1).indices.tolist()
+    for i in range(2):
+        for j, channel in enumerate(saved["maps"][i].tolist()):
+            expected = oracle(model, x[i : i + 1], "conv5", strongest_start(channel))[0]
+            deconv_close(torch.from_numpy(saved["projection"][i, j]), expected)
+
+
+def _check_top9(paper_runs, out: Path, tmp_path: Path) -> None:
+    """The search covered the 6 val images; conv5's receptive field is most of 224 px."""
+    assert not (out / "2024.npz").exists()
+    saved = np.load(tmp_path / "arrays" / "2024.npz")
+    assert str(Path("arrays") / "2024.npz") in json.loads((out / "2024.meta.json").read_text())["files"]
+    assert set(saved["conv5/all_image"].flatten().tolist()) <= set(range(6))
+    assert saved["conv2/patch"].shape[-1] < saved["conv5/patch"].shape[-1] <= 224
+
+
+def _check_attribution(paper_runs, out: Path, tmp_path: Path) -> None:
+    """LRP maps of the two val images at 224 px, explaining their labels."""
+    saved = np.load(out / "attribution_lrp.npz")
+    assert saved["maps"].shape == (2, 3, 224, 224) and saved["names"].tolist() == ["test #0", "test #5"]
+    model, _, x, labels = val_images(paper_runs["zfnet"], [0, 5])
+    assert saved["target"].tolist() == labels.tolist()
+    # Oracle: Zennit's epsilon rule on every conv and linear layer (lrp's default), normalization passed.
+    expected = zennit_relevance(model, x.clone(), labels, zennit_on_our_nets("epsilon"))
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(
+        torch.from_numpy(saved["maps"]), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item()
+    )
+
+
+def _check_evolution(paper_runs, out: Path, tmp_path: Path) -> None:
+    """The training split without the truncated file: 14 images."""
+    assert int(np.load(out / "fig4_evolution.npz")["conv1/image"].max()) < 14
+
+
+def _check_architecture(paper_runs, out: Path, tmp_path: Path) -> None:
+    table = pd.read_csv(out / "fig6_architecture.csv")
+    assert table["model"].tolist() == ["alexnet", "zfnet"]
+    assert table["conv1"].tolist() == ["11x11 stride 4", "7x7 stride 2"]
+
+
+def _check_occlusion(paper_runs, out: Path, tmp_path: Path) -> None:
+    """A 56-px square every 28 px over 224 px: 7 x 7 positions."""
+    saved = np.load(out / "fig7_occlusion.npz")
+    assert saved["p_true"].shape == (2, 7, 7)
+    # Oracle: the 49 occluded copies of each image made here, the square black (a zero image normalized
+    # as the net's input): on each, the probability of the image's label and the total of relu5's map that
+    # is strongest on the unoccluded image (this tiny net's probabilities barely move, ~1e-3 around 1/3;
+    # its conv5 maps do, and show the occluder).
+    model, loader, x, labels = val_images(paper_runs["zfnet"], [0, 3])
+    assert saved["labels"].tolist() == labels.tolist()
+    black = loader.normalize(torch.zeros(1, *loader.images[[0]].shape[1:], dtype=torch.uint8))[0]
+    relu5 = []
+    handle = model.relu5.register_forward_hook(lambda _m, _i, output: relu5.append(output.detach().clone()))
+    for i in range(2):
+        copies = torch.cat([x[i : i + 1], x[i].repeat(49, 1, 1, 1)])
+        for k in range(49):
+            top, left = 28 * (k // 7), 28 * (k % 7)
+            copies[1 + k, :, top : top + 56, left : left + 56] = black[:, top : top + 56, left : left + 56]
         with torch.no_grad():
-            model(x)
-        handle.remove()
-        assert saved["maps"].tolist() == conv5[0].flatten(2).amax(dim=2).topk(2, dim=1).indices.tolist()
-        for i in range(2):
-            for j, channel in enumerate(saved["maps"][i].tolist()):
-                expected = oracle(model, x[i : i + 1], "conv5", strongest_start(channel))[0]
-                deconv_close(torch.from_numpy(saved["projection"][i, j]), expected)
-    if method == "top9":  # the search covered the 6 val images; conv5's receptive field is most of 224 px
-        assert not (out / "2024.npz").exists()
-        saved = np.load(tmp_path / "arrays" / "2024.npz")
-        assert str(Path("arrays") / "2024.npz") in json.loads((out / "2024.meta.json").read_text())["files"]
-        assert set(saved["conv5/all_image"].flatten().tolist()) <= set(range(6))
-        assert saved["conv2/patch"].shape[-1] < saved["conv5/patch"].shape[-1] <= 224
-    if method == "attribution":  # LRP maps of the two val images at 224 px, explaining their labels
-        saved = np.load(out / "attribution_lrp.npz")
-        assert saved["maps"].shape == (2, 3, 224, 224) and saved["names"].tolist() == ["test #0", "test #5"]
-        model, _, x, labels = val_images(paper_runs["zfnet"], [0, 5])
-        assert saved["target"].tolist() == labels.tolist()
-        # Oracle: Zennit's epsilon rule on every conv and linear layer (lrp's default), normalization passed.
-        expected = zennit_relevance(model, x.clone(), labels, zennit_on_our_nets("epsilon"))
-        assert expected.abs().sum() > 0
-        torch.testing.assert_close(
-            torch.from_numpy(saved["maps"]), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item()
-        )
-    if method == "evolution":  # the training split without the truncated file: 14 images
-        assert int(np.load(out / "fig4_evolution.npz")["conv1/image"].max()) < 14
-    if method == "architecture":
-        table = pd.read_csv(out / "fig6_architecture.csv")
-        assert table["model"].tolist() == ["alexnet", "zfnet"]
-        assert table["conv1"].tolist() == ["11x11 stride 4", "7x7 stride 2"]
-    if method == "occlusion":  # a 56-px square every 28 px over 224 px: 7 x 7 positions
-        saved = np.load(out / "fig7_occlusion.npz")
-        assert saved["p_true"].shape == (2, 7, 7)
-        # Oracle: the 49 occluded copies of each image made here, the square black (a zero image normalized
-        # as the net's input): on each, the probability of the image's label and the total of relu5's map that
-        # is strongest on the unoccluded image (this tiny net's probabilities barely move, ~1e-3 around 1/3;
-        # its conv5 maps do, and show the occluder).
-        model, loader, x, labels = val_images(paper_runs["zfnet"], [0, 3])
-        assert saved["labels"].tolist() == labels.tolist()
-        black = loader.normalize(torch.zeros(1, *loader.images[[0]].shape[1:], dtype=torch.uint8))[0]
-        relu5 = []
-        handle = model.relu5.register_forward_hook(lambda _m, _i, output: relu5.append(output.detach().clone()))
-        for i in range(2):
-            copies = torch.cat([x[i : i + 1], x[i].repeat(49, 1, 1, 1)])
-            for k in range(49):
-                top, left = 28 * (k // 7), 28 * (k % 7)
-                copies[1 + k, :, top : top + 56, left : left + 56] = black[:, top : top + 56, left : left + 56]
-            with torch.no_grad():
-                p_true = model(copies).softmax(dim=1)[1:, labels[i]].reshape(7, 7)
-            maps = relu5.pop()
-            channel = int(maps[0].flatten(1).amax(dim=1).argmax())
-            total = maps[1:, channel].sum(dim=(1, 2)).reshape(7, 7)
-            assert int(saved["channel"][i]) == channel and total.std() > 1e-3 * total.abs().max()
-            torch.testing.assert_close(torch.from_numpy(saved["p_true"][i]), p_true, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(torch.from_numpy(saved["feature_activation"][i]), total, rtol=1e-4, atol=1e-5)
-        handle.remove()
-    if method == "invariance":  # the untransformed image (a shift of 0) is at distance 0 from itself
-        table = pd.read_csv(out / "fig5_invariance.csv")
-        distances = table.filter(regex=r"^dist_")
-        assert list(distances.columns) == ["dist_conv1", "dist_fc7"]
-        identity = (table["transform"] == "translate") & (table["amount"] == 0)
-        assert identity.sum() == 2 and (distances[identity] < 1e-4).all().all()  # as tests/test_invariance.py
-        assert (distances[~identity]["dist_conv1"] > 1e-3).any()  # and the others are measured, not all zero
+            p_true = model(copies).softmax(dim=1)[1:, labels[i]].reshape(7, 7)
+        maps = relu5.pop()
+        channel = int(maps[0].flatten(1).amax(dim=1).argmax())
+        total = maps[1:, channel].sum(dim=(1, 2)).reshape(7, 7)
+        assert int(saved["channel"][i]) == channel and total.std() > 1e-3 * total.abs().max()
+        torch.testing.assert_close(torch.from_numpy(saved["p_true"][i]), p_true, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(saved["feature_activation"][i]), total, rtol=1e-4, atol=1e-5)
+    handle.remove()
+
+
+def _check_invariance(paper_runs, out: Path, tmp_path: Path) -> None:
+    """The untransformed image (a shift of 0) is at distance 0 from itself."""
+    table = pd.read_csv(out / "fig5_invariance.csv")
+    distances = table.filter(regex=r"^dist_")
+    assert list(distances.columns) == ["dist_conv1", "dist_fc7"]
+    identity = (table["transform"] == "translate") & (table["amount"] == 0)
+    assert identity.sum() == 2 and (distances[identity] < 1e-4).all().all()  # as tests/test_invariance.py
+    assert (distances[~identity]["dist_conv1"] > 1e-3).any()  # and the others are measured, not all zero
+
+
+CHECKS = {
+    "deconv": _check_deconv,
+    "top9": _check_top9,
+    "attribution": _check_attribution,
+    "evolution": _check_evolution,
+    "architecture": _check_architecture,
+    "occlusion": _check_occlusion,
+    "invariance": _check_invariance,
+}
 
 
 @pytest.mark.slow

@@ -158,30 +158,40 @@ def command(line: str, work: Path) -> tuple[list[str], Path]:
     program, args = words[0], words[1:]
     if program == "torchrun":  # no 8 GPUs here: 2 CPU processes (gloo), the same code path
         args = ["--nproc_per_node=2" if a.startswith("--nproc_per_node") else a for a in args]
-    filled = []
-    for arg in args:
-        key, eq, value = arg.partition("=")
-        if eq and key.endswith(("checkpoint", "viz.alexnet")) and value in CHECKPOINTS:
-            value = CHECKPOINTS[value]
-        elif eq and key.endswith("root") and value in DATA:
-            value = str(work / "data_trees" / DATA[value])
-        assert "..." not in value and not value.startswith("/data/"), f"{line!r}: no fixture for {arg!r}"
-        filled.append(f"{key}{eq}{value}")
-    given = {a.partition("=")[0] for a in filled}
-    if filled[:1] == ["transfer"] or filled[0].endswith("table7.py"):
-        filled += [a for a in TRANSFER_FAST if a.partition("=")[0] not in given]
-    if "preset=paper" in filled and "train" in filled:
-        filled += [a for a in PAPER_FAST if a.partition("=")[0] not in given]
-    if filled[:2] == ["viz", "dissect"]:
-        filled += [a for a in DISSECT_FAST if a.partition("=")[0] not in given]
-    hydra_app = program in ("zfviz", "torchrun") or program == "python" and "table7" in filled[0]
-    if hydra_app and not any(a.startswith("debug=") for a in filled):
-        filled.append("debug=fast")
+    filled = _shrunk(program, [_filled(arg, line, work) for arg in args])
     where = {"zfviz": [str(BIN / "zfviz")], "torchrun": [str(BIN / "torchrun")], "python": [sys.executable]}
     assert program in where, f"{line!r}: no rule runs a {program!r} line"
     if program == "python":
         filled[0] = str(REPO / filled[0])
     return [*where[program], *filled], cwd
+
+
+def _filled(arg: str, line: str, work: Path) -> str:
+    """``arg`` with a checkpoint or data placeholder replaced by its fixture."""
+    key, eq, value = arg.partition("=")
+    if eq and key.endswith(("checkpoint", "viz.alexnet")) and value in CHECKPOINTS:
+        value = CHECKPOINTS[value]
+    elif eq and key.endswith("root") and value in DATA:
+        value = str(work / "data_trees" / DATA[value])
+    assert "..." not in value and not value.startswith("/data/"), f"{line!r}: no fixture for {arg!r}"
+    return f"{key}{eq}{value}"
+
+
+def _shrunk(program: str, filled: list[str]) -> list[str]:
+    """``filled`` with the sizes this module runs lines at (TRANSFER_FAST, PAPER_FAST, DISSECT_FAST, debug=fast),
+    each unless the line sets its key."""
+    given = {a.partition("=")[0] for a in filled}
+    extra = []
+    if filled[:1] == ["transfer"] or filled[0].endswith("table7.py"):
+        extra += TRANSFER_FAST
+    if "preset=paper" in filled and "train" in filled:
+        extra += PAPER_FAST
+    if filled[:2] == ["viz", "dissect"]:
+        extra += DISSECT_FAST
+    hydra_app = program in ("zfviz", "torchrun") or program == "python" and "table7" in filled[0]
+    if hydra_app and not any(a.startswith("debug=") for a in filled):
+        extra.append("debug=fast")
+    return filled + [a for a in extra if a.partition("=")[0] not in given]
 
 
 def run_folders(work: Path) -> dict[Path, float]:
