@@ -312,6 +312,7 @@ class ImageNetLoader:
         for x, y, bad in self._data_loader():
             if bad:
                 if not self.skip_bad:
+                    self._loader = None  # its persistent workers end with this pass, not at a later collection
                     raise _bad_image_error(bad[0])
                 self.bad_files.update(b.path for b in bad)
             if len(y):
