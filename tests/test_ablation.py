@@ -135,6 +135,7 @@ def test_experiment_table3_lists_every_variant_and_sets_the_budget_per_preset():
     assert compose_cfg([]).variant is None
 
 
+@pytest.mark.slow
 def test_run_key_ignores_how_a_run_is_carried_out_but_not_what_it_trains():
     base = ablation.run_key(ablation.apply_variant(compose_cfg(["drop=[fc6,fc7]"]), None))
     same = [

@@ -73,6 +73,7 @@ def layer_dtypes():
 # --- bf16 autocast -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bf16_autocast_computes_in_bf16_keeps_float32_weights_and_learns(fmnist_dir, tmp_path):
     with layer_dtypes() as seen:
         run(train_cfg(fmnist_dir, "device=cpu", "trainer.amp=bf16", "trainer.epochs=3"), tmp_path)

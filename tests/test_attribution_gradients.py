@@ -367,6 +367,7 @@ def captum_copy(model: nn.Module) -> nn.Module:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_PARAMS)
 def test_gradcam_equals_captum(net):
     build, size, layer = CAM_NETS[net]
@@ -381,6 +382,7 @@ def test_gradcam_equals_captum(net):
     torch.testing.assert_close(grid, cam, **TOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_PARAMS)
 def test_guided_gradcam_equals_captum(net):
     build, size, layer = CAM_NETS[net]

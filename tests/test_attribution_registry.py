@@ -34,6 +34,7 @@ def registered_in_source() -> set[str]:
     return set(re.findall(r"register_method\(\s*\"(\w+)\"", text))
 
 
+@pytest.mark.slow
 def test_importing_the_package_registers_every_method_module_and_nothing_of_viz():
     code = "import sys, json, zfviz.attribution as a; print(json.dumps([sorted(a.METHODS), sorted(sys.modules)]))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
@@ -108,6 +109,7 @@ def test_a_bad_value_is_one_line_naming_the_key_and_what_it_accepts_before_any_w
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_a_bad_option_value_with_exit_2_before_reading_anything(tmp_path):
     for args, says in [
         (["method=occlusion", "options={window:0}"], "window=0 is not valid for occlusion"),
@@ -138,6 +140,7 @@ def help_page(capsys, *argv: str) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_help_lists_every_methods_declared_options_or_one_methods(capsys):
     page = help_page(capsys)
     for name, spec in METHODS.items():

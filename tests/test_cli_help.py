@@ -36,6 +36,7 @@ def keys_section(page: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^  (\S+(?:, \S+)*)(?: {2,}|$)", section, re.M)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "ablate", "transfer", "viz"])
 def test_command_help_says_what_keys_and_example_and_every_key_exists(command, capsys):
     page = help_page(capsys, command)

@@ -23,6 +23,7 @@ def compose_cfg(command: str, overrides: list[str]):
         return compose(config_name=command, overrides=overrides)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("group", sorted(GROUP_CHOICES))
 def test_every_group_choice_composes(command, group):
@@ -125,6 +126,7 @@ def test_cfg_job_prints_the_resolved_config():
     assert "name: alexnet" in result.stdout and "input_size: 64" in result.stdout
 
 
+@pytest.mark.slow
 def test_viz_without_a_method_names_the_methods(tmp_path):
     result = run_zfviz("viz", cwd=tmp_path)
     assert result.returncode == 2

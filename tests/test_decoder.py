@@ -40,6 +40,7 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_training_writes_a_finished_run_that_a_rerun_loads(viz_checkpoint, tmp_path, one_thread, monkeypatch):
     runs = train_decoders(viz_checkpoint, ["conv1", "fc6"], tmp_path / "dec", recipe=TINY)
     assert set(runs) == {"conv1", "fc6"} and runs["conv1"].parent == runs["fc6"].parent
@@ -75,6 +76,7 @@ def test_training_writes_a_finished_run_that_a_rerun_loads(viz_checkpoint, tmp_p
         train_decoders(viz_checkpoint, ["fc6"], tmp_path / "dec", recipe=TINY, epochs=3)
 
 
+@pytest.mark.slow
 def test_a_seed_repeats_a_decoder_and_another_seed_does_not(viz_checkpoint, tmp_path, one_thread):
     a = train_decoders(viz_checkpoint, ["conv2"], tmp_path / "a", recipe=TINY)["conv2"]
     b = train_decoders(viz_checkpoint, ["conv2"], tmp_path / "b", recipe=TINY)["conv2"]
@@ -125,6 +127,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(vi
     assert same(weights(folder), weights(whole))
 
 
+@pytest.mark.slow
 def test_a_stopped_run_continues_in_process_and_leaves_the_callers_rng_alone(viz_checkpoint, tmp_path, one_thread):
     """The engine's resume, in-process: stopped by an error right after the step-4 checkpoint (epoch 2, step 1),
     continued to the weights of an uninterrupted run, the caller's RNG left where an uninterrupted run leaves it."""

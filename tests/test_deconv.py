@@ -134,6 +134,7 @@ def tv_alexnet():
     return alexnet(weights=None).eval()  # random weights, in-place ReLUs, functional flatten
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "size,layer",
     [(224, "features.10"), (224, "classifier.4"), (100, "classifier.1"), (100, "features.3")],

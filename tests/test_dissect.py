@@ -387,6 +387,7 @@ def dissect_cfg(overrides: list[str]):
         return compose(config_name="viz", overrides=["viz=dissect", "device=cpu", *overrides])
 
 
+@pytest.mark.slow
 def test_command_writes_one_csv_per_layer_equal_to_dissect(viz_checkpoint, square_folder, tmp_path):
     from zfviz.commands import viz_dissect
     from zfviz.data.trained import load_data
@@ -414,6 +415,7 @@ def test_command_writes_one_csv_per_layer_equal_to_dissect(viz_checkpoint, squar
     assert result["images"] == 6 and set(result["detectors"]) == {"conv1", "conv5"}
 
 
+@pytest.mark.slow
 def test_command_mistakes_are_one_line_and_write_nothing(viz_checkpoint, square_folder, tmp_path):
     from zfviz.commands import viz_dissect
 

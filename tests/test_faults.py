@@ -206,6 +206,7 @@ def tiny_checkpoint(folder: Path, fmnist_dir: Path) -> Path:
     return folder / "checkpoint.pt"
 
 
+@pytest.mark.slow
 def test_a_read_only_output_folder_is_one_line(read_only, tmp_path, fmnist_dir, monkeypatch, capsys):
     folder, ckpt = read_only(), tiny_checkpoint(tmp_path, fmnist_dir)
     monkeypatch.chdir(tmp_path)  # Hydra's own run folder goes under runs/ here
@@ -281,6 +282,7 @@ def test_ctrl_c_in_any_command_is_one_line_with_status_130(capsys):
 # --- torch.load ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_torch_load_reads_weights_only():
     # A pickle that is not weights-only can run code; every load in the package and scripts refuses it.
     unsafe, seen = [], 0

@@ -54,6 +54,7 @@ def mean_subtracted(root: Path, rel: str, mean: torch.Tensor) -> torch.Tensor:
     return imagenet.load_256(root / rel).float() - mean
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_both_layouts_give_shapes_labels_and_the_10_views(trees, tmp_path, layout):
     root, special = trees[layout]
@@ -215,7 +216,8 @@ def test_limit_takes_the_same_number_from_every_class():
     assert imagenet.balanced_subset(labels, None).tolist() == list(range(14))
 
 
-@pytest.mark.parametrize("workers", [0, 1])
+# workers=1 is slow: its worker processes end at a garbage collection some tests later, which waits for them.
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_a_truncated_image_stops_the_run_naming_it_or_is_skipped_and_counted(trees, tmp_path, workers):
     root, special = trees["imagefolder"]
     with pytest.raises(UserError) as err:
@@ -378,6 +380,7 @@ def test_computing_the_mean_image_leaves_the_global_rng_alone(trees, tmp_path):
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.slow
 def test_a_pass_over_the_loaders_leaves_the_global_rng_alone(trees, tmp_path):
     """A resumed run makes its loaders' first pass in a later epoch than an uninterrupted run: if that pass
     drew from the global RNG, the two runs' dropout masks would part (found by killing make rehearsal

@@ -173,6 +173,7 @@ def test_the_model_is_left_as_it_was(one_thread):
 # conv1 and 0.267 -> 0.143 at conv2; the untied start's colored noise stays where the net barely
 # separates the channels. At conv3 and fc4 (0.64 vs 0.64, 0.73 vs 0.76) both sit near a flat image's
 # error and differ by noise, so only the layers that keep the image are compared, with no tolerance.
+@pytest.mark.slow
 def test_tied_channels_reconstruct_gray_images_gray_and_no_worse(one_thread):
     net = tiny_net()
     x, pixels, mean, std = (t[:2] if torch.is_tensor(t) and t.dim() == 4 else t for t in standardized(digits()))
@@ -198,6 +199,7 @@ def test_the_tv_weight_grows_with_depth_and_bad_input_is_one_line():
         invert(net, x, "conv1", descent=Descent(steps=0))
 
 
+@pytest.mark.slow
 def test_viz_invert_writes_the_figure_the_table_and_their_provenance(viz_config, tmp_path):
     from zfviz.commands.viz import run
 
@@ -217,6 +219,7 @@ def test_viz_invert_writes_the_figure_the_table_and_their_provenance(viz_config,
         run(viz_config("invert", "viz.method=pixels"))
 
 
+@pytest.mark.slow
 def test_viz_invert_learned_trains_its_decoder_once_then_reads_it(viz_config, tmp_path, one_thread):
     from zfviz.commands.viz import run
 

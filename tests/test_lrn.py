@@ -67,6 +67,7 @@ def test_channels_last_and_many_uneven_chunks(monkeypatch):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_gradcheck_and_second_derivatives_in_float64(size):
     x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)

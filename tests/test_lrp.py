@@ -147,6 +147,7 @@ def test_every_table3_variant_equals_zennit_under_every_composite(variant):
         torch.testing.assert_close(relevance, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", ["vgg11", "alexnet"])
 def test_lrp_epsilon_equals_captum(net):
     from captum.attr import LRP

@@ -70,6 +70,7 @@ def test_the_objective_climbs_and_beats_every_real_image():
         assert torch.equal(result.activation, target_values(net, TARGETS, result.images).diagonal())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("param", ["pixels", "fourier"])
 def test_a_batch_of_k_targets_equals_k_single_runs(param):
     net = tiny_net()
@@ -235,6 +236,7 @@ def test_generator_parameterization_draws_from_its_generator():
 # --- zfviz viz maximize -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_command_writes_images_table_and_provenance(viz_config, tmp_path):
     from zfviz.commands import viz_maximize
     from zfviz.data.trained import load_data
@@ -264,6 +266,7 @@ def test_command_writes_images_table_and_provenance(viz_config, tmp_path):
     assert meta["command"] == "zfviz viz maximize" and meta["sources"][0]["checkpoint"] == str(cfg.checkpoint)
 
 
+@pytest.mark.slow
 def test_command_gives_gray_images_for_gray_data_unless_told_not_to(viz_config, tmp_path):
     from zfviz.commands import viz_maximize
 
@@ -277,6 +280,7 @@ def test_command_gives_gray_images_for_gray_data_unless_told_not_to(viz_config, 
         assert (equal, color) == ((True, [[1.0]] * 3) if gray else (False, None))
 
 
+@pytest.mark.slow
 def test_command_classes_and_mistakes(viz_config, tmp_path):
     from zfviz.commands import viz_maximize
 
@@ -326,6 +330,7 @@ def test_figure_script_rows_equal_their_images(viz_checkpoint, tmp_path, monkeyp
     assert (out / "fig_maximize_t.png").is_file() and (out / "fig_maximize_t.meta.json").is_file()
 
 
+@pytest.mark.slow
 def test_command_generator_prior_uses_the_decoder(viz_config, tmp_path, monkeypatch):
     """param=generator: images are the decoder's drawings of fc6 codes (a stand-in decoder here)."""
     import sys

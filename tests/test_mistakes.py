@@ -49,6 +49,7 @@ BAD_VALUES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
 def test_a_bad_config_value_is_one_line_before_any_work(override, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # Hydra's run folder; no data set is there, so reading data would fail otherwise
@@ -57,6 +58,7 @@ def test_a_bad_config_value_is_one_line_before_any_work(override, message, capsy
     assert not list(tmp_path.rglob("checkpoint.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
 def test_device_cuda_without_a_gpu_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -64,6 +66,7 @@ def test_device_cuda_without_a_gpu_is_one_line(capsys, tmp_path, monkeypatch):
     assert line == "zfviz: error: device=cuda, but PyTorch sees no GPU on this machine; use device=cpu (or auto)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["ablate", "drop=fc6"], ["transfer"], ["viz", "deconv"]])
 def test_every_command_checks_the_same_values(command, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

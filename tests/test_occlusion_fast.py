@@ -80,6 +80,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,n,size,window,stride,layer,first_conv,reached", CASES)
 def test_fast_path_equals_brute_force_on_torchvision_nets(name, n, size, window, stride, layer, first_conv, reached):
     model = tv_net(name)
@@ -108,6 +109,7 @@ def test_the_plain_path_does_send_copies_through_conv1():
     assert max(sizes) == len(grid(79, 13, 11)) ** 2
 
 
+@pytest.mark.slow
 def test_bottleneck_blocks_and_the_default_layer_after_the_swap():
     model = tv_net("resnet50")
     images = torch.randn(1, 3, 80, 80)

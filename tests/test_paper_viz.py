@@ -239,6 +239,7 @@ def test_architecture_refuses_swapped_checkpoints(paper_runs, tmp_path, capsys, 
     assert not out.exists()  # refused before any work: nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "key,value",
     [("stem", "../../x"), ("stem", "/tmp/elsewhere/x"), ("stem", "sub/x"), ("figure", "/tmp/x"), ("stem", "..")],

@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from zfviz import pipeline
 
 PY = sys.executable
 
 
+@pytest.mark.slow
 def test_a_stage_logs_its_output_and_records_its_time(tmp_path, capsys):
     runs = tmp_path / "runs"
     rc = pipeline.main(["stage", "hello", "--runs", str(runs), "--", PY, "-c", "print('one'); print('two')"])
@@ -24,6 +26,7 @@ def test_a_stage_logs_its_output_and_records_its_time(tmp_path, capsys):
     assert pipeline.last_line(runs / "logs" / "hello.log") == "two"
 
 
+@pytest.mark.slow
 def test_a_failed_stage_passes_its_status_on_shows_the_logs_tail_and_records_nothing(tmp_path, capsys):
     runs = tmp_path / "runs"
     code = "import sys; [print(f'line {i}') for i in range(40)]; sys.exit(3)"
@@ -130,6 +133,7 @@ def test_the_paper_preset_lists_its_data_and_refuses_to_start_without_them(tmp_p
     assert pipeline.main(["needs", "--preset", "cpu"]) == 0
 
 
+@pytest.mark.slow
 def test_the_make_target_lists_the_paper_data_before_anything_runs(tmp_path):
     """`make figures PRESET=paper` with no data: the list, one error line, exit 2, no run folder made.
 

@@ -54,6 +54,7 @@ def assert_fields_match(model: nn.Module, size: int, layers) -> None:
             assert field.box(y, x) == box, (layer, y, x)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_resnet18_fields_follow_the_residual_blocks():
     model = torchvision.models.resnet18(weights=None)
@@ -64,6 +65,7 @@ def test_resnet18_fields_follow_the_residual_blocks():
     assert receptive_field(model, "layer2", (3, 128, 128)).jump == (8, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_resnet18_third_stage_and_the_whole_image_after_the_pool():
     model = torchvision.models.resnet18(weights=None)

@@ -215,6 +215,7 @@ def test_occlusion_map_with_overlapping_squares_averages_the_drops():
     assert torch.allclose(amap, total / count, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_viz_attribution_command_runs_rise(viz_config):
     from zfviz.commands import viz_attribution
 

@@ -86,6 +86,7 @@ def test_stored_and_recomputed_loaders_are_the_same(viz_checkpoint):
     assert stored.classes == recomputed.classes and stored.source == recomputed.source
 
 
+@pytest.mark.slow
 def test_viz_attribution_on_stored_preprocessing_reads_no_training_image_and_draws_the_same_map(
     viz_config, viz_checkpoint, tmp_path, monkeypatch
 ):
@@ -111,6 +112,7 @@ def test_the_transfer_normalization_reads_the_stored_statistics(viz_checkpoint, 
     assert "preprocessing" not in load_checkpoint(viz_checkpoint)  # the old one carries none
 
 
+@pytest.mark.slow
 def test_an_imagenet_checkpoint_carries_its_mean_image_and_needs_no_pass_over_the_training_files(tmp_path, monkeypatch):
     root = tmp_path / "ilsvrc"
     special = make_tree(root, "imagefolder")

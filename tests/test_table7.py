@@ -104,6 +104,7 @@ def toy_features(n_per_class: int = 30, classes: int = 4, dim: int = 16, seed: i
     return {"conv5": separable.astype(np.float32), "fc7": noise.astype(np.float32)}, labels
 
 
+@pytest.mark.slow
 def test_svm_and_softmax_separate_a_separable_toy_set_and_not_noise():
     feats, labels = toy_features()
     protocol = SplitProtocol([5], splits=3, test_per_class=20)

@@ -79,6 +79,7 @@ def test_fewer_images_than_k_and_hooks_are_gone():
     assert all(not m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.slow
 def test_in_place_relu_after_the_layer_does_not_change_what_is_ranked():
     from torchvision.models import alexnet
 

@@ -26,6 +26,7 @@ def _net(name: str) -> nn.Module:
     return model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
     ("name", "layer", "size"),

@@ -3,6 +3,7 @@ viz command on the run reads no training image."""
 
 from __future__ import annotations
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from zfviz.checkpoint import load_checkpoint
@@ -11,6 +12,7 @@ from zfviz.data import build_data, fashion_mnist
 from zfviz.training import run
 
 
+@pytest.mark.slow
 def test_training_stores_its_statistics_in_every_checkpoint(fmnist_dir, tmp_path, monkeypatch):
     args = ["debug=fast", f"data.root={fmnist_dir}", "model.width=0.125", "model.fc_dims=64", "trainer.epochs=1",
             "trainer.save_epochs=[1]"]  # fmt: skip

@@ -64,6 +64,7 @@ def test_a_bad_class_list_names_the_key_and_what_is_right(bad):
         check_classes(bad)
 
 
+@pytest.mark.slow
 def test_a_bad_class_list_is_one_line_from_the_cli_before_any_data_is_read(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     line = one_line_error(capsys, ["train", "debug=fast", "data.root=/nonexistent", "data.classes=[0,12]"])

@@ -71,6 +71,7 @@ def _model(name: str, path: Path, **kwargs) -> torch.nn.Module:
 # --- our nets ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_our_checkpoint_writes_the_maps_attribute_gives_with_png_and_meta(viz_config, viz_checkpoint, tmp_path):
     result = viz_attribution.run(viz_config("attribution", "viz.method=lrp", "viz.rule=epsilon", "viz.n=3", "seed=5"))
     saved = np.load(tmp_path / "attribution_lrp.npz")
@@ -137,6 +138,7 @@ def library_maps(model, x, method, target, options) -> torch.Tensor:
     return attribute(model, x, target, method, **options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_targets_and_options_reach_the_method(viz_config, viz_checkpoint, fmnist_dir, tmp_path, case):
     """The saved maps are ``attribute``'s with the target and options given (oracle: the library call on the
@@ -168,6 +170,7 @@ def test_targets_and_options_reach_the_method(viz_config, viz_checkpoint, fmnist
     assert expected.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_the_deconvnet_unit_target_equals_project(viz_config, viz_checkpoint, tmp_path):
     viz_attribution.run(viz_config("attribution", "viz.method=deconvnet", "viz.target=[conv4,5]", "viz.n=2"))
     from zfviz.viz.deconv import project
@@ -178,6 +181,7 @@ def test_the_deconvnet_unit_target_equals_project(viz_config, viz_checkpoint, tm
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "attribution_deconvnet.npz")["maps"]), expected)
 
 
+@pytest.mark.slow
 def test_image_files_for_our_net_are_read_gray_at_its_input_size(viz_config, photos, tmp_path):
     viz_attribution.run(viz_config("attribution", f"viz.images={photos}", "viz.method=gradcam"))
     saved = np.load(tmp_path / "attribution_gradcam.npz")
@@ -217,6 +221,7 @@ def test_a_torchvision_net_from_a_local_state_dict_on_real_photos(viz_config, we
     ]
 
 
+@pytest.mark.slow
 def test_weights_of_another_class_count_a_wrapper_and_ddp_prefix_load(viz_config, weights, photos, tmp_path):
     state = torch.load(weights("resnet18", num_classes=10), weights_only=True)
     wrapped = tmp_path / "wrapped.pt"
@@ -321,6 +326,7 @@ def test_bad_torchvision_input(viz_config, weights, photos, tmp_path):
 # --- top9 under any method ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_top9_default_is_todays_deconvnet_and_other_methods_explain_the_same_units(
     viz_config, viz_checkpoint, tmp_path
 ):

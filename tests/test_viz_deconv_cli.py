@@ -66,6 +66,7 @@ def split_inputs(checkpoint: Path) -> tuple[torch.nn.Module, torch.Tensor]:
     return model.eval(), loader.normalize(loader.images)
 
 
+@pytest.mark.slow
 def test_top9_writes_the_figure_and_arrays_that_match_a_fresh_search(zfnet_ckpt, tmp_path):
     out = tmp_path / "out"
     cfg = viz_cfg("top9", [f"checkpoint={zfnet_ckpt}", f"out_dir={out}", "viz.layers=[conv2,conv5]", "viz.maps=[0,3]"])
@@ -98,6 +99,7 @@ def test_top9_writes_the_figure_and_arrays_that_match_a_fresh_search(zfnet_ckpt,
                 assert float(outside.abs().max()) <= 1e-6 * float(full[rank].abs().max()), (layer, row, rank)
 
 
+@pytest.mark.slow
 def test_deconv_command_projects_each_images_most_active_maps(zfnet_ckpt, tmp_path):
     out = tmp_path / "out"
     cfg = viz_cfg("deconv", [f"checkpoint={zfnet_ckpt}", f"out_dir={out}", "viz.layer=conv3", "viz.maps=2"])
@@ -122,6 +124,7 @@ def test_deconv_command_projects_each_images_most_active_maps(zfnet_ckpt, tmp_pa
             deconv_close(torch.from_numpy(arrays["projection"][i, j]), expected)
 
 
+@pytest.mark.slow
 def test_evolution_reads_the_epochs_from_the_run_folder(zfnet_ckpt, tmp_path):
     out = tmp_path / "out"
     cfg = viz_cfg("evolution", [f"checkpoint={zfnet_ckpt}", f"out_dir={out}", "viz.layers=[conv1,conv4]", "viz.maps=1"])
@@ -136,6 +139,7 @@ def test_evolution_reads_the_epochs_from_the_run_folder(zfnet_ckpt, tmp_path):
     assert not np.allclose(arrays["conv4/projection"][0, 0], arrays["conv4/projection"][0, 1])
 
 
+@pytest.mark.slow
 def test_architecture_writes_the_numbers_beside_the_figure(zfnet_ckpt, tmp_path, fmnist_dir):
     alex = make_checkpoints(tmp_path, fmnist_dir, model="alexnet", epochs=(1,))
     clip_dir = tmp_path / "clip"
@@ -155,6 +159,7 @@ def test_architecture_writes_the_numbers_beside_the_figure(zfnet_ckpt, tmp_path,
         viz_architecture.run(viz_cfg("architecture", [f"checkpoint={zfnet_ckpt}", f"out_dir={out}"]))
 
 
+@pytest.mark.slow
 def test_mistakes_are_one_line_user_errors(zfnet_ckpt, tmp_path):
     out = f"out_dir={tmp_path / 'out'}"
     with pytest.raises(UserError, match="set checkpoint="):

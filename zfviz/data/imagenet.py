@@ -309,14 +309,17 @@ class ImageNetLoader:
         return self._loader
 
     def __iter__(self):
+        stopped_at = None
         for x, y, bad in self._data_loader():
-            if bad:
-                if not self.skip_bad:
-                    self._loader = None  # its persistent workers end with this pass, not at a later collection
-                    raise _bad_image_error(bad[0])
-                self.bad_files.update(b.path for b in bad)
+            if bad and not self.skip_bad:
+                stopped_at = bad[0]
+                break  # raised below, once the loop has let go of the workers (not at a later garbage collection)
+            self.bad_files.update(b.path for b in bad)
             if len(y):
                 yield x, y
+        if stopped_at is not None:
+            self._loader = None  # a pass stopped half-way: the next one starts the persistent workers afresh
+            raise _bad_image_error(stopped_at)
 
 
 def _sum_images(images: ImageNetImages, indices: list[int], *, workers: int, skip_bad: bool, progress: bool):
@@ -327,13 +330,17 @@ def _sum_images(images: ImageNetImages, indices: list[int], *, workers: int, ski
     # that computed the mean would initialize its net differently from one that read it from the cache.
     loader = DataLoader(images, batch_size=64, sampler=indices, num_workers=workers, collate_fn=_collate,
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    stopped_at = None
     for x, y, bad in tqdm(loader, desc="mean image", disable=not progress, dynamic_ncols=True, mininterval=1.0):
         if bad and not skip_bad:
-            raise _bad_image_error(bad[0])
+            stopped_at = bad[0]
+            break  # raised below, once the loop has let go of the workers (not at a later garbage collection)
         bad_files += [b.path for b in bad]
         if len(y):
             total += x.double().sum(0)
             count += len(y)
+    if stopped_at is not None:
+        raise _bad_image_error(stopped_at)
     return total, count, bad_files
 
 
