@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,19 @@ def one_thread():
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler(request):
+    """Ctrl-C's handler is put back after each test: the engine takes Ctrl-C over only from Python's own
+    handler, so one left behind would silently turn off the Ctrl-C tests that follow. Saying which test
+    left it (a warning) finds the code that does not restore it."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        warnings.warn(f"{request.node.nodeid} left SIGINT's handler changed to {after!r}", stacklevel=1)
 
 
 @pytest.fixture(autouse=True)

@@ -177,7 +177,7 @@ def test_ctrl_c_stops_a_decoder_at_the_steps_end_with_a_checkpoint(viz_checkpoin
 
     def ctrl_c_at_2(step: int) -> None:
         if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # to this thread, at once (os.kill may land on another thread)
 
     with pytest.raises(Interrupted) as stopped:
         train_decoders(viz_checkpoint, ["conv1"], tmp_path, recipe=TINY, conduct=Conduct(on_step=ctrl_c_at_2))
