@@ -79,19 +79,34 @@ def test_ours_lines_follow_the_numbers(results):
     e = entry(build_report(results, "cpu"), "table2")
     assert e.finding.text.startswith("ZFNet 8.74% against the AlexNet replication 9.08% top-1 test error")
     assert "ahead by 0.34 points" in e.finding.text and "up to 1.50" in e.finding.text
-    assert e.finding.shown == "not shown"  # 0.34 is within the 1.5-point seed noise
+    assert e.finding.verdict == "not shown: +0.34, n=1, no interval"
     write_csv(results, "table2_cpu.csv", table2_rows(zfnet_err=7.0))
     e = entry(build_report(results, "cpu"), "table2")
-    assert "ahead by 2.08 points" in e.finding.text and e.finding.shown == "shown"
+    # Issue 27: one net of each has no interval, so even a 2-point gap is not shown (it was before).
+    assert "ahead by 2.08 points" in e.finding.text and e.finding.verdict == "not shown: +2.08, n=1, no interval"
     write_csv(results, "table2_cpu.csv", table2_rows(zfnet_err=9.5))
     assert "behind by 0.42 points" in entry(build_report(results, "cpu"), "table2").finding.text
 
+    t1 = entry(build_report(results, "cpu"), "table1")  # no draws file: the means alone, n=1
+    assert "3 of 3 parts below random" in t1.finding.text and t1.finding.shown == "not shown"
+    write_csv(results, "table1_cpu_draws.csv", table1_draws(heel_shift=0.0))
     t1 = entry(build_report(results, "cpu"), "table1")
-    assert "3 of 3 parts below random" in t1.finding.text and t1.finding.shown == "shown"
+    assert t1.finding.shown == "shown" and "heel +0.01 [" in t1.finding.verdict and "n=4 draws" in t1.finding.verdict
     write_csv(results, "table1_cpu.csv", table1_rows(heel=0.07))
+    write_csv(results, "table1_cpu_draws.csv", table1_draws(heel_shift=0.008))
     t1 = entry(build_report(results, "cpu"), "table1")
     assert "heel 0.070" in t1.finding.text and "2 of 3 parts below random" in t1.finding.text
-    assert t1.finding.shown == "partly"
+    assert t1.finding.shown == "partly"  # heel's draws straddle random's: not shown; toe and shaft shown
+
+
+def table1_draws(heel_shift: float) -> list[dict]:
+    """table1_<preset>_draws.csv's rows: 4 draws, random above every part by 0.01-0.02 at conv5, heel moved up by
+    ``heel_shift`` with a spread that straddles random's score when the shift is 0.008."""
+    rows = []
+    for draw, wobble in enumerate((-0.004, 0.004, -0.002, 0.002)):
+        scores = {"toe": 0.048, "heel": 0.058 + heel_shift + 2 * wobble, "shaft": 0.053, "random": 0.068 + wobble}
+        rows += [{"draw": draw, "part": p, "layer": "conv5", "score": v} for p, v in scores.items()]
+    return rows
 
 
 def within_rows(within_at_60: float) -> list[dict]:
@@ -110,9 +125,12 @@ def test_within_line_reads_both_stand_ins(results):
     write_csv(results, "transfer_within_cpu.csv", within_rows(within_at_60=85.0))
     e = entry(build_report(results, "cpu"), "within")
     assert e.finding.text == (
-        "cross-domain: pretrained wins at 0 of 2 sizes (35.0% vs 37.5% at 1/class, 80.6% vs 97.3% at 60); "
-        "within-domain: pretrained wins at 1 of 2 sizes (60.0% vs 30.0% at 1/class, 85.0% vs 90.0% at 60)."
+        "cross-domain: pretrained wins at 0 of 2 sizes (0 of 2 sizes beyond the split spread; 35.0% vs 37.5% at "
+        "1/class, 80.6% vs 97.3% at 60); within-domain: pretrained wins at 1 of 2 sizes (1 of 2 sizes beyond the "
+        "split spread; 60.0% vs 30.0% at 1/class, 85.0% vs 90.0% at 60)."
     )
+    # Welch over 5 splits of std 1: +30 and -5 points, each far outside +/-1.46 (t(8) x sqrt(2/5)).
+    assert e.finding.verdict.startswith("partly: 1/class +30.00 [+28.54, +31.46], n=5 splits; 60/class -5.00 [")
     assert e.finding.shown == "partly" and list(e.table.columns) == [
         "stand_in",
         "n_per_class",
@@ -133,7 +151,7 @@ def test_missing_artifacts_are_listed_not_linked(results):
     links = LinkParser.parse(page)
     assert not [u for u in links.hrefs + links.srcs if "fig2_top9" in u]
     table1 = entry(report, "table1")  # present, with one of its files missing
-    assert table1.missing == ["table1_cpu_draws.csv"] and table1.finding.shown == "shown"
+    assert table1.missing == ["table1_cpu_draws.csv"] and table1.finding.shown == "not shown"  # n=1: no draws
 
 
 def test_every_file_of_the_preset_is_listed_once(results):

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zfviz.report import evidence as ev
+
 # How far a result reproduces its claim; the summary table's last column.
 SHOWN = ("shown", "partly", "not shown", "opposite", "by eye", "n/a", "missing")
 
@@ -36,16 +38,30 @@ class MissingData(Exception):
 
 @dataclass(frozen=True)
 class Finding:
-    """What our run shows: one line of text, how far it reproduces the claim, and a short form for
-    the summary table (the line itself when empty)."""
+    """What our run shows: one line of text, how far it reproduces the claim, a short form for the summary
+    table (the line itself when empty) and the effects the verdict rests on (``zfviz.report.evidence``: when
+    there are any, ``shown`` is their verdict by the rule, never set by hand)."""
 
     text: str
     shown: str
     brief: str = ""
+    evidence: tuple[ev.Evidence, ...] = ()
 
     def __post_init__(self) -> None:
         if self.shown not in SHOWN:
             raise ValueError(f"shown={self.shown!r}; expected one of {SHOWN}")
+        if self.evidence and self.shown != ev.verdict_of(self.evidence):
+            raise ValueError(f"shown={self.shown!r} but the evidence says {ev.verdict_of(self.evidence)!r}")
+
+    @property
+    def verdict(self) -> str:
+        """The verdict cell: ``not shown: +0.40 [-0.90, +1.60], n=3 seeds`` (the verdict alone without effects)."""
+        return f"{self.shown}: {ev.cell(self.evidence)}" if self.evidence else self.shown
+
+
+def judged(text: str, parts: list[ev.Evidence] | tuple[ev.Evidence, ...], brief: str = "") -> Finding:
+    """A finding whose verdict is the rule's, from its effects."""
+    return Finding(text, ev.verdict_of(parts), brief, tuple(parts))
 
 
 @dataclass(frozen=True)
@@ -130,8 +146,3 @@ def num(x: float, digits: int = 2) -> str:
 
 def signed(x: float, digits: int = 2) -> str:
     return f"{x:+.{digits}f}"
-
-
-def verdict(held: list[bool]) -> str:
-    """``shown`` when every part of a claim holds, ``not shown`` when none does, else ``partly``."""
-    return "shown" if all(held) else "not shown" if not any(held) else "partly"

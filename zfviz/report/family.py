@@ -5,10 +5,14 @@ measures of explanations with the taxonomy's two claims (issues 13-16).
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pandas as pd
 
 from zfviz import outputs
-from zfviz.report.catalog import Artifact, Finding, MissingData, Results, num, verdict
+from zfviz.report import evidence as ev
+from zfviz.report.catalog import Artifact, Finding, MissingData, Results, judged, num
 
 
 def attribution(r: Results) -> Finding:
@@ -40,11 +44,16 @@ def reconstruction(r: Results) -> Finding:
             f"learned decoder wins at {', '.join(learned_wins) or 'no layer'}"
         )
         deep = err.index[len(err) // 2 :]
+        # One error per layer and method, no per-image rows: each part is n=1 without an interval.
         held += [
-            bool((err.loc[last] > err.loc[first]).all()),
-            all(err.loc[layer, "learned"] < err.loc[layer, "regularized"] for layer in deep),
+            ev.single(f"{net}: deeper keeps less", float((err.loc[last] - err.loc[first]).min()), "image set"),
+            ev.single(
+                f"{net}: learned beats regularized at depth",
+                float((err.loc[deep, "regularized"] - err.loc[deep, "learned"]).min()),
+                "image set",
+            ),
         ]
-    return Finding("; ".join(parts) + " (error = ||x* - x|| / ||x||).", verdict(held), parts[0].split("; the")[0])
+    return judged("; ".join(parts) + " (error = ||x* - x|| / ||x||).", held, parts[0].split("; the")[0])
 
 
 def maximize(r: Results) -> Finding:
@@ -56,8 +65,10 @@ def maximize(r: Results) -> Finding:
         + ", ".join(f"{beat[p]:.0%} of targets with {p} (median {num(median[p])}x)" for p in beat.index)
         + f"; {len(t)} targets over {t['net'].nunique()} nets"
     )
-    held = [m > 1 for m in median]
-    return Finding(text + ".", verdict(held), ", ".join(f"{p} {beat[p]:.0%}" for p in beat.index) + " beat real images")
+    # A target whose ratio is not a number (its strongest real image does not drive it) has no effect to count.
+    parts = [ev.bootstrap(f"{p}: median ratio minus 1", t.loc[t["param"] == p, "ratio"].dropna() - 1, "targets",
+                          np.median) for p in beat.index]  # fmt: skip
+    return judged(text + ".", parts, ", ".join(f"{p} {beat[p]:.0%}" for p in beat.index) + " beat real images")
 
 
 def dissection(r: Results) -> Finding:
@@ -74,22 +85,38 @@ def dissection(r: Results) -> Finding:
         f"{', '.join(f'{layer} {n}' for layer, n in per_layer.items())}; object or part detectors: "
         f"{int(semantic.get(low, 0))} in {low}, {int(semantic.get(high, 0))} in {high}"
     )
-    held = [per_layer[high] > per_layer[low], semantic.get(high, 0) > semantic.get(low, 0)]
-    return Finding(text + ".", verdict(held), f"{len(det)} detectors, {int(counts.get('color', 0))} of them colour")
+    is_det = t["detector"].astype(bool)
+    is_sem = is_det & t["category"].isin(["object", "part"])
+    at = {layer: t["layer"] == layer for layer in (low, high)}
+    parts = [
+        ev.bootstrap_diff(f"detectors, {high} minus {low}", is_det[at[high]], is_det[at[low]], "units", np.sum),
+        ev.bootstrap_diff(
+            f"object/part detectors, {high} minus {low}", is_sem[at[high]], is_sem[at[low]], "units", np.sum
+        ),
+    ]
+    return judged(text + ".", parts, f"{len(det)} detectors, {int(counts.get('color', 0))} of them colour")
+
+
+def _interval(row: pd.Series) -> tuple[float, float, float]:
+    return float(row["mean"]), float(row["ci_low"]), float(row["ci_high"])
 
 
 def evaluation(r: Results) -> Finding:
     t = r.csv(outputs.EVALUATION)
-    parts, held = [], []
+    parts, weakest = [], []
     for net, g in t.groupby("net", sort=False):
-        deletion = g[g["metric"] == "deletion"].set_index("method")["mean"]
+        rows = g[g["metric"] == "deletion"].set_index("method")
+        deletion = rows["mean"]
         methods = deletion.drop("random").sort_values()
         parts.append(
             f"{net}: deletion AUC best {', '.join(f'{m} {num(v)}' for m, v in methods.head(3).items())}, worst "
             f"{methods.index[-1]} {num(methods.iloc[-1])}, random map {num(deletion['random'])}"
         )
-        held.append(bool((methods < deletion["random"]).all()))
-    return Finding("; ".join(parts) + " (lower is better).", verdict(held), parts[0].split(", worst")[0])
+        # Every method below the random map: the part is the method whose interval comes closest to it.
+        each = [ev.difference(f"{net}: random minus {m}", _interval(rows.loc["random"]), _interval(rows.loc[m]),
+                              int(rows.loc[m, "n"]), "images") for m in methods.index]  # fmt: skip
+        weakest.append(min(each, key=lambda e: e.low))
+    return judged("; ".join(parts) + " (lower is better).", weakest, parts[0].split(", worst")[0])
 
 
 def randomization(r: Results) -> Finding:
@@ -109,17 +136,21 @@ def randomization(r: Results) -> Finding:
         f"{', '.join(num(grad[n]) for n in nets)} ({', '.join(nets)}): at full randomization guided backprop is "
         f"{'less' if (gb > grad + 0.1).all() else 'no less'} sensitive; the layer-by-layer cascade is in the figure only"
     )
-    shown = "shown" if (gb > grad + 0.1).all() else "not shown"
-    return Finding(
-        text + ".", shown, f"guided backprop {num(gb.iloc[0])} vs gradient {num(grad.iloc[0])} (Spearman, {nets[0]})"
+    rows = t[t["metric"] == "randomization_spearman"].set_index(["net", "method"])
+    parts = [ev.difference(f"{n}: guided backprop minus gradient", _interval(rows.loc[(n, "guided_backprop")]),
+                           _interval(rows.loc[(n, "saliency")]), int(rows.loc[(n, "saliency"), "n"]), "images")
+             for n in nets]  # fmt: skip
+    return judged(
+        text + ".", parts, f"guided backprop {num(gb.iloc[0])} vs gradient {num(grad.iloc[0])} (Spearman, {nets[0]})"
     )
 
 
 def claims(r: Results) -> Finding:
     t = r.csv(outputs.CLAIMS)
     t["shown"] = t["shown"].astype(str).str.lower() == "true"
-    parts, held = [], []
+    parts, held, evidence = [], [], []
     for claim, g in t.groupby("claim", sort=False):
+        evidence += [_measure(claim, m) for m in g.itertuples()]
         best = g.iloc[0]
         parts.append(
             f'"{claim}": {"shown" if g["shown"].all() else "not shown" if not g["shown"].any() else "partly shown"} '
@@ -127,7 +158,18 @@ def claims(r: Results) -> Finding:
             f"{num(best['ci_high'])}])"
         )
         held.append(bool(g["shown"].all()))
-    return Finding("; ".join(parts) + ".", verdict(held), f"{sum(held)} of {len(held)} claims shown")
+    return judged("; ".join(parts) + ".", evidence, f"{sum(held)} of {len(held)} claims' measures all shown")
+
+
+def _measure(claim: str, m) -> ev.Evidence:
+    """One measure of a claim, signed by the direction its text names ("lower is better": the paper's
+    direction is negative), n read from the text ("over 48 test images", "across 18 nets")."""
+    n = re.search(r"(?:over|across) (\d+) ((?:test )?[a-z]+)", m.measure)
+    sign = -1 if "lower is better" in m.measure or "negative: the claim" in m.measure else 1
+    net = re.search(r"\((zfnet|alexnet)\)$", claim)
+    name = m.measure.split(",")[0].split(" of ")[0] + (f" ({net.group(1)})" if net else "")
+    return ev.from_interval(name, m.value, m.ci_low, m.ci_high,
+                            int(n.group(1)) if n else 1, n.group(2) if n else "set", sign)  # fmt: skip
 
 
 def _reconstruction_view(t: pd.DataFrame) -> pd.DataFrame:

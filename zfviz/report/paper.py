@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from zfviz import outputs
-from zfviz.report.catalog import Artifact, Finding, MissingData, Results, num, signed, verdict
+from zfviz.report import evidence as ev
+from zfviz.report.catalog import Artifact, Finding, MissingData, Results, judged, num, signed
 
 WORK = "work-paper"
 
@@ -34,20 +35,15 @@ def table2(r: Results) -> Finding:
         f"by {num(abs(gap))} points"
     )
     noise = _seed_noise(r)
-    if noise is None:
-        return Finding(
-            text + ".",
-            "shown" if gap > 0 else "not shown",
-            f"ZFNet {'ahead' if gap > 0 else 'behind'} by {num(abs(gap))} points",
+    gap_ev = ev.single("ZFNet ahead", gap, "net each")  # one net of each: no per-image or per-seed rows to resample
+    brief = f"ZFNet {'ahead' if gap > 0 else 'behind'} by {num(abs(gap))} points"
+    if noise is not None:
+        text += (
+            f"; another seed moves Table 3's rows by {num(noise[0])} points on average (up to {num(noise[1])}), so "
+            "one net of each cannot tell this gap from seed noise"
         )
-    within = abs(gap) <= noise[1]
-    text += (
-        f"; another seed moves Table 3's rows by {num(noise[0])} points on average (up to {num(noise[1])}), so this gap "
-        + ("is not a finding." if within else "is beyond that noise.")
-    )
-    shown = "not shown" if within or gap <= 0 else "shown"
-    brief = f"ZFNet {'ahead' if gap > 0 else 'behind'} by {num(abs(gap))} points (seed noise up to {num(noise[1])})"
-    return Finding(text, shown, brief)
+        brief += f" (seed noise up to {num(noise[1])})"
+    return judged(text + ".", [gap_ev], brief)
 
 
 def training(r: Results) -> Finding:
@@ -90,16 +86,25 @@ def evolution(r: Results) -> Finding:
     z = r.npz(outputs.FIG4_EVOLUTION_ARRAYS)
     epochs = z["epochs"]
     layers = sorted({k.split("/")[0] for k in z if k.endswith("/projection")})
-    settle = {layer: max(_settle_epoch(p, epochs) for p in z[f"{layer}/projection"]) for layer in layers}
+    per_map = {layer: [_settle_epoch(p, epochs) for p in z[f"{layer}/projection"]] for layer in layers}
+    settle = {layer: max(per_map[layer]) for layer in layers}
     order = [settle[layer] for layer in layers]
     text = (
         "the projection of each shown map's strongest activation settles (correlation >= 0.9 with the last "
         f"saved epoch's, every map shown) by epoch {', '.join(f'{settle[layer]} in {layer}' for layer in layers)} "
-        f"(saved epochs {', '.join(str(int(e)) for e in epochs)})"
+        f"(saved epochs {', '.join(str(int(e)) for e in epochs)}; {len(per_map[layers[0]])} maps per layer)"
     )
-    rising = all(b >= a for a, b in zip(order, order[1:], strict=False))
-    shown = "shown" if rising and order[0] < order[-1] else "partly" if order[0] < order[-1] else "not shown"
-    return Finding(text + ".", shown, f"{layers[0]} settles by epoch {order[0]}, {layers[-1]} by {order[-1]}")
+    low, high = layers[0], layers[-1]
+    later = [float(b - a) for a, b in zip(per_map[low], per_map[high], strict=True)]
+    name = f"{high} settles later than {low} (epochs)"
+    if max(per_map[high]) == int(epochs[-1]):
+        # A map settling only at the last saved epoch has not been seen to settle: its epoch is the
+        # comparison's own end point (the correlation with itself is 1), so the difference has no interval.
+        text += f"; {high} settles at the last saved epoch, which holds by construction"
+        parts = [ev.Evidence(name, float(np.mean(later)), None, None, len(later), "maps")]
+    else:
+        parts = [ev.t_interval(name, later, "maps")]
+    return judged(text + ".", parts, f"{low} settles by epoch {order[0]}, {high} by {order[-1]}")
 
 
 def _jump(curve: pd.Series) -> float:
@@ -111,34 +116,69 @@ def _jump(curve: pd.Series) -> float:
     return float(curve.to_numpy()[first].mean() / curve.max())
 
 
+def _per_image_jumps(f: pd.DataFrame, kind: str) -> list[float]:
+    """Per image: conv1's share of its largest change at the first step minus fc7's (positive: conv1 jumps more)."""
+    out = []
+    for _, g in f[f["transform"] == kind].groupby("image"):
+        curve = g.groupby("amount")[["dist_conv1", "dist_fc7"]].mean()
+        out.append(_jump(curve["dist_conv1"]) - _jump(curve["dist_fc7"]))
+    return out
+
+
+def _stable(f: pd.DataFrame, kind: str) -> ev.Evidence:
+    """The output stays stable under the largest ``kind``: per image, p(true) there (the mean of a shift's two
+    directions) minus one half, over the images."""
+    g = f[f["transform"] == kind]
+    largest = g[np.isclose(g["amount"].abs(), g["amount"].abs().max())]
+    return ev.bootstrap(f"{kind}: p(true) at the largest minus 0.5", largest.groupby("image")["p_true"].mean() - 0.5,
+                        "images")  # fmt: skip
+
+
 def invariance(r: Results) -> Finding:
     f = r.csv(outputs.FIG5_INVARIANCE)
     mean = f.groupby(["transform", "amount"])[["dist_conv1", "dist_fc7", "p_true"]].mean()
-    jumps, held = [], []
+    jumps, parts = [], []
     for kind in ("translate", "scale"):
         curve = mean.loc[kind]
         j1, j7 = _jump(curve["dist_conv1"]), _jump(curve["dist_fc7"])
         jumps.append(f"{kind}: conv1 {j1:.0%} vs fc7 {j7:.0%}")
-        held.append(j1 > j7)
+        parts.append(ev.bootstrap(f"{kind}: conv1 minus fc7 first-step share", _per_image_jumps(f, kind), "images"))
+    lowest = f.groupby(["transform", "image"])["p_true"].min().unstack("transform")
+    parts.append(
+        ev.bootstrap(
+            "rotation lowers p(true) more", lowest[["translate", "scale"]].min(axis=1) - lowest["rotate"], "images"
+        )
+    )
+    parts += [_stable(f, kind) for kind in ("translate", "scale")]
     p = {kind: float(mean.loc[kind]["p_true"].min()) for kind in ("translate", "scale", "rotate")}
-    held.append(p["rotate"] < min(p["translate"], p["scale"]))
+    shifts = f[f["transform"] == "translate"]
+    shifts = shifts[np.isclose(shifts["amount"].abs(), shifts["amount"].abs().max())]
     text = (
         "the first step of a transformation already makes this share of the largest feature change ("
         + "; ".join(jumps)
         + f"); mean p(true class) stays at or above {num(p['translate'])} under translation and {num(p['scale'])} "
-        f"under scaling, but falls to {p['rotate']:.3f} under rotation"
+        f"under scaling, but falls to {p['rotate']:.3f} under rotation; at the largest shift p(true) is below 0.5 in "
+        f"{int((shifts['p_true'] < 0.5).sum())} of {len(shifts)} image/direction pairs"
     )
-    return Finding(text + ".", verdict(held), f"first step: {jumps[0]}; rotation p(true) min {p['rotate']:.3f}")
+    return judged(text + ".", parts, f"first step: {jumps[0]}; rotation p(true) min {p['rotate']:.3f}")
 
 
 def architecture(r: Results) -> Finding:
     t = r.csv(outputs.FIG6_ARCHITECTURE).set_index("net")
     a, z = t.loc["alexnet"], t.loc["zfnet"]
     off, on = t.loc["zfnet, no clipping"], t.loc["zfnet, clipping"]
-    held = [
-        a["l1_alias_energy"] > z["l1_alias_energy"],
-        a["l1_dead_frac"] > z["l1_dead_frac"],
-        off["l1_rms_dominance"] > 1.5 * on["l1_rms_dominance"],
+    # One net of each and one comparison: no seeds, so every part is n=1 without an interval.
+    parts = [
+        ev.single("aliasing, AlexNet minus ZFNet", a["l1_alias_energy"] - z["l1_alias_energy"], "net each"),
+        ev.single("dead maps, AlexNet minus ZFNet", a["l1_dead_frac"] - z["l1_dead_frac"], "net each"),
+        ev.single(
+            "layer-2 high frequencies, AlexNet minus ZFNet", a["l2_proj_hf_energy"] - z["l2_proj_hf_energy"], "net each"
+        ),
+        ev.single(
+            "dominance without minus 1.5x with clipping",
+            off["l1_rms_dominance"] - 1.5 * on["l1_rms_dominance"],
+            "net each",
+        ),
     ]
     text = (
         f"layer-1 filter energy above the stride's Nyquist: AlexNet {num(a['l1_alias_energy'])}, ZFNet "
@@ -146,11 +186,12 @@ def architecture(r: Results) -> Finding:
         f"layer-2 projection energy above 0.25 cycles/px AlexNet {num(a['l2_proj_hf_energy'])}, ZFNet "
         f"{num(z['l2_proj_hf_energy'])}; largest filter RMS / median without clipping "
         f"{num(off['l1_rms_dominance'])}, with {num(on['l1_rms_dominance'])}"
-        + ("" if held[2] else " (no filter dominates)")
+        + ("" if parts[3].estimate > 0 else " (no filter dominates)")
+        + "; one net of each, not replicated"
     )
-    return Finding(
+    return judged(
         text + ".",
-        verdict(held),
+        parts,
         f"aliasing {num(a['l1_alias_energy'])} vs {num(z['l1_alias_energy'])}; dead {a['l1_dead_frac']:.0%} vs "
         f"{z['l1_dead_frac']:.0%}; no-clip dominance {num(off['l1_rms_dominance'])}",
     )
@@ -166,8 +207,9 @@ def occlusion(r: Results) -> Finding:
         f"{', '.join(num(v) for v in lowest)}; unoccluded {', '.join(num(v) for v in z['p_true_clean'])}); "
         f"the most probable class changes at {', '.join(f'{c:.0%}' for c in changed)} of the positions"
     )
-    shown = "shown" if dropped == len(lowest) else "not shown" if dropped == 0 else "partly"
-    return Finding(text + ".", shown, f"p(true) < 0.5 in {dropped} of {len(lowest)} images")
+    # The paper's direction: the square takes p(true) below one half somewhere (its "drops sharply").
+    parts = [ev.bootstrap("0.5 minus lowest p(true)", 0.5 - lowest, "images")]
+    return judged(text + ".", parts, f"p(true) < 0.5 in {dropped} of {len(lowest)} images")
 
 
 def correspondence(r: Results) -> Finding:
@@ -182,12 +224,61 @@ def correspondence(r: Results) -> Finding:
         f"parts below random; fc7 {', '.join(f'{p} {v:.3f}' for p, v in parts['layer7_mean'].items())} against "
         f"{rand['layer7_mean']:.3f}"
     )
-    shown = "shown" if below5.all() else "not shown" if not below5.any() else "partly"
-    return Finding(
+    return judged(
         text + ".",
-        shown,
+        _correspondence_parts(r, t),
         f"conv5: {int(below5.sum())}/{len(parts)} parts below random; fc7: {int(below7.sum())}/{len(parts)}",
     )
+
+
+def _correspondence_parts(r: Results, t: pd.DataFrame) -> list[ev.Evidence]:
+    """Per part, random minus the part's conv5 score: over the draws (paired by draw) when the draws file is
+    there, else the table's means alone (n=1)."""
+    parts = [p for p in t.index if p != "random"]
+    if not r.has(outputs.TABLE1_DRAWS):
+        return [ev.single(p, t.loc["random", "layer5_mean"] - t.loc[p, "layer5_mean"], "draws") for p in parts]
+    d = r.csv(outputs.TABLE1_DRAWS)
+    conv5 = d[d["layer"] == d["layer"].iloc[0]].pivot_table(index="draw", columns="part", values="score")
+    return [ev.t_interval(p, conv5["random"] - conv5[p], "draws") for p in parts]
+
+
+def _ablation_runs(r: Results) -> list[pd.DataFrame]:
+    """Every run of Table 3 the results hold, one frame (variant -> val, train error) per run: the table's,
+    and each repeat file's two columns, a run kept once (by its run folder)."""
+    t = r.csv(outputs.TABLE3).set_index("variant")
+    runs, seen = [t[["val_top1_err", "train_top1_err"]]], {tuple(t["run_dir"])}
+    for name in (outputs.TABLE3_SEED1, outputs.TABLE3_REPEAT):
+        if not r.has(name):
+            continue
+        x = r.csv(name).set_index("variant")
+        for suffix in ("", "_repeat"):
+            dirs = tuple(x.get(f"run_dir{suffix}", pd.Series(dtype=str)).astype(str))
+            if f"train_top1_err{suffix}" not in x or (dirs and dirs in seen):
+                continue
+            seen.add(dirs)
+            runs.append(x[[f"val_top1_err{suffix}", f"train_top1_err{suffix}"]].set_axis(runs[0].columns, axis=1))
+    return runs
+
+
+def _ablation_parts(runs: list[pd.DataFrame]) -> list[ev.Evidence]:
+    depth = [float(e.loc["alexnet_no3467", "val_top1_err"] - e.loc["alexnet", "val_top1_err"]) for e in runs]
+    fc = [
+        max(abs(float(e.loc[f"{b}_fc{n}", "val_top1_err"] - e.loc[b, "val_top1_err"])) for b in ("alexnet", "zfnet")
+            for n in (2048, 8192))
+        for e in runs
+    ]  # fmt: skip
+    wider = [float(e.loc["zfnet", "val_top1_err"] - e.loc["zfnet_b", "val_top1_err"]) for e in runs]
+    gap = [float(e.loc["zfnet_b_fc8192", "val_top1_err"] - e.loc["zfnet_b_fc8192", "train_top1_err"]) for e in runs]
+    return [
+        ev.t_interval("depth matters", depth, "runs"),
+        # "Barely matters": the 1-point margin minus the largest change of the four fc sizes.
+        ev.t_interval("fc size barely matters (1 - largest change)", [FC_MARGIN - x for x in fc], "runs"),
+        ev.t_interval("wider conv3-5 help", wider, "runs"),
+        ev.t_interval("wider conv + fc overfit", gap, "runs"),
+    ]
+
+
+FC_MARGIN = 1.0  # points of top-1 error: a change of fc6-7's size within it "barely matters" (paper -0.5 to +1.8)
 
 
 def ablation(r: Results) -> Finding:
@@ -198,16 +289,18 @@ def ablation(r: Results) -> Finding:
     d_fc = [float(err[f"{b}_fc{n}"] - err[b]) for b in ("alexnet", "zfnet") for n in (2048, 8192)]
     d_b = float(err["zfnet_b"] - err["zfnet"])
     gap = float(t.loc["zfnet_b_fc8192", "val_top1_err"] - t.loc["zfnet_b_fc8192", "train_top1_err"])
-    held = [d_depth > noise, max(abs(d) for d in d_fc) <= max(noise, 1.0), d_b < -noise, gap > noise]
+    runs = _ablation_runs(r)
+    parts = _ablation_parts(runs)
     text = (
         f"removing conv3-4 and fc6-7 changes AlexNet's test error by {signed(d_depth)} points (paper +30.8); "
         f"halving or doubling fc6-7 by {', '.join(signed(d) for d in d_fc)} (paper -0.5 to +1.8); ZFNet-b's wider "
         f"conv3-5 by {signed(d_b)} (paper -0.9); ZFNet-b with doubled fc6-7 has test minus train error "
-        f"{signed(gap)} (paper +28.3, overfitting); another seed moves a row by up to {num(noise)} points"
+        f"{signed(gap)} (paper +28.3, overfitting); another seed moves a row by up to {num(noise)} points; "
+        f"each effect over the {len(runs)} runs of every row the results hold"
     )
-    names = ("depth matters", "fc size barely matters", "wider conv3-5 help", "wider conv + fc overfit")
-    brief = f"holds: {', '.join(n for n, h in zip(names, held, strict=True) if h) or 'none'}; removing 3,4,6,7: {signed(d_depth)} (paper +30.8)"
-    return Finding(text + ".", verdict(held), brief)
+    held = [p.name.split(" (")[0] for p in parts if p.verdict == "shown"]
+    brief = f"holds: {', '.join(held) or 'none'}; removing 3,4,6,7: {signed(d_depth)} (paper +30.8)"
+    return judged(text + ".", parts, brief)
 
 
 def ablation_noise(r: Results) -> Finding:

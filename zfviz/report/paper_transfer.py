@@ -10,9 +10,26 @@ from __future__ import annotations
 import pandas as pd
 
 from zfviz import outputs
-from zfviz.report.catalog import Artifact, Finding, Results, num, pct, verdict
+from zfviz.report import evidence as ev
+from zfviz.report.catalog import Artifact, Finding, Results, judged, num, pct
 
 WORK = "work-paper"
+
+
+def _splits(r: Results, table: str) -> int:
+    """How many random splits a transfer table's means and standard deviations are over (its sidecar's config)."""
+    for source in r.meta(table).get("sources") or []:
+        if isinstance(source, dict) and (source.get("config") or {}).get("splits"):
+            return int(source["config"]["splits"])
+    return 1
+
+
+def _gain(name: str, pretrained: pd.Series, scratch: pd.Series, splits: int) -> ev.Evidence:
+    """Pretrained minus scratch accuracy, each a mean and std over ``splits`` splits (Welch's interval)."""
+    return ev.welch(
+        name, (pretrained["accuracy"], pretrained["std"], splits), (scratch["accuracy"], scratch["std"], splits),
+        "splits",
+    )  # fmt: skip
 
 
 def _transfer(r: Results, table: str, n: int) -> Finding:
@@ -27,11 +44,31 @@ def _transfer(r: Results, table: str, n: int) -> Finding:
     )
     if best < scratch:
         text += "; the opposite of the paper: the stand-in is cross-domain (clothes to digits), the paper's claim is about new classes of the same kind of images"
-    return Finding(
-        text + ".",
-        "shown" if best > scratch else "opposite",
-        f"pretrained {pct(best)} vs scratch {pct(scratch)} ({n}/class)",
-    )
+    method = next(m for m in t.index if m.startswith("Pretrained convnet") and float(t.loc[m, f"acc_{n}"]) == best)
+    columns = {f"acc_{n}": "accuracy", f"std_{n}": "std"}
+    rows = t.loc[[method, "Non-pretrained convnet"], list(columns)].rename(columns=columns)
+    gain = _gain("pretrained minus scratch", rows.iloc[0], rows.iloc[1], _splits(r, table))
+    return judged(text + ".", [gain], f"pretrained {pct(best)} vs scratch {pct(scratch)} ({n}/class)")
+
+
+def _best_rows(t: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per size, the best pretrained head's row and the scratch row (accuracy, std, splits)."""
+    best = t[t["pretrained"]].sort_values("accuracy").groupby("n_per_class").tail(1).set_index("n_per_class")
+    scratch = t[~t["pretrained"]].set_index("n_per_class")
+    return best.sort_index(), scratch.loc[best.sort_index().index]
+
+
+def _size_parts(t: pd.DataFrame) -> list[ev.Evidence]:
+    best, scratch = _best_rows(t)
+    return [
+        _gain(f"{n}/class", best.loc[n], scratch.loc[n], int(min(best.loc[n, "splits"], scratch.loc[n, "splits"])))
+        for n in best.index
+    ]
+
+
+def _wins(parts: list[ev.Evidence]) -> str:
+    shown = sum(p.verdict == "shown" for p in parts)
+    return f"{shown} of {len(parts)} sizes beyond the split spread"
 
 
 def fig9(r: Results) -> Finding:
@@ -39,13 +76,13 @@ def fig9(r: Results) -> Finding:
     acc = t.pivot_table(index="n_per_class", columns="pretrained", values="accuracy", aggfunc="max")
     wins = acc[True] > acc[False]
     lo, hi = acc.index.min(), acc.index.max()
+    parts = _size_parts(t)
     text = (
         f"the best pretrained head beats training from scratch at {int(wins.sum())} of {len(acc)} sizes "
-        f"({lo}..{hi} images/class): {pct(acc.loc[lo, True])} vs {pct(acc.loc[lo, False])} at {lo}, "
+        f"({lo}..{hi} images/class; {_wins(parts)}): {pct(acc.loc[lo, True])} vs {pct(acc.loc[lo, False])} at {lo}, "
         f"{pct(acc.loc[hi, True])} vs {pct(acc.loc[hi, False])} at {hi} (cross-domain stand-in: clothes to digits)"
     )
-    shown = "shown" if wins.all() else "opposite" if not wins.any() else "partly"
-    return Finding(text + ".", shown, f"pretrained wins at {int(wins.sum())} of {len(acc)} sizes")
+    return judged(text + ".", parts, f"pretrained wins at {int(wins.sum())} of {len(acc)} sizes ({_wins(parts)})")
 
 
 def pascal(r: Results) -> Finding:
@@ -68,13 +105,28 @@ def features(r: Results) -> Finding:
     conv = svm.loc[1:5, low]
     rising = bool((conv.diff().dropna() > 0).all())
     fc7_wins = bool(svm.loc[7, high] > svm.loc[5, high])
+    parts = _layer_parts(t[t["classifier"] == "svm"], low, high)
     text = (
         f"linear SVM at {low}/class: {', '.join(pct(v) for v in conv)} for layers 1-5, {pct(svm.loc[7, low])} for fc7 "
         f"({'rising' if rising else 'not rising'} layer by layer to conv5); at {high}/class fc7 {pct(svm.loc[7, high])} "
         f"{'beats' if fc7_wins else 'does not beat'} conv5 {pct(svm.loc[5, high])} (paper, Caltech-256: 71.7 vs 65.6); "
         f"data: {t['dataset'].iloc[0]}"
     )
-    return Finding(text + ".", verdict([rising, fc7_wins]), f"layers 1-5: {pct(conv.iloc[0])} to {pct(conv.iloc[-1])}")
+    return judged(text + ".", parts, f"layers 1-5: {pct(conv.iloc[0])} to {pct(conv.iloc[-1])}")
+
+
+def _layer_parts(svm: pd.DataFrame, low: int, high: int) -> list[ev.Evidence]:
+    """Each step up the conv layers at ``low``/class, and fc7 against conv5 at ``high``/class (Welch over splits)."""
+    rows = svm.set_index(["layer_index", "n_per_class"]).rename(
+        columns={"accuracy_mean": "accuracy", "accuracy_std": "std"}
+    )
+
+    def step(a: int, b: int, n: int) -> ev.Evidence:
+        x, y = rows.loc[(b, n)], rows.loc[(a, n)]
+        return ev.welch(f"layer {b} minus {a} at {n}/class", (x["accuracy"], x["std"], int(x["splits"])),
+                        (y["accuracy"], y["std"], int(y["splits"])), "splits")  # fmt: skip
+
+    return [*(step(a, a + 1, low) for a in range(1, 5)), step(5, 7, high)]
 
 
 def _group_column(t: pd.DataFrame) -> str | None:
@@ -88,18 +140,19 @@ def within(r: Results) -> Finding:
     t = r.csv(outputs.TRANSFER_WITHIN)
     column = _group_column(t)
     groups = list(t.groupby(column)) if column else [("within-domain", t)]
-    parts, verdicts = [], {}
+    parts, evidence = [], {}
     for label, g in groups:
         acc = g.pivot_table(index="n_per_class", columns="pretrained", values="accuracy", aggfunc="max")
         wins = acc[True] > acc[False]
         lo, hi = acc.index.min(), acc.index.max()
+        evidence[str(label)] = _size_parts(g)
         parts.append(
-            f"{label}: pretrained wins at {int(wins.sum())} of {len(acc)} sizes ({pct(acc.loc[lo, True])} vs "
-            f"{pct(acc.loc[lo, False])} at {lo}/class, {pct(acc.loc[hi, True])} vs {pct(acc.loc[hi, False])} at {hi})"
+            f"{label}: pretrained wins at {int(wins.sum())} of {len(acc)} sizes ({_wins(evidence[str(label)])}; "
+            f"{pct(acc.loc[lo, True])} vs {pct(acc.loc[lo, False])} at {lo}/class, {pct(acc.loc[hi, True])} vs "
+            f"{pct(acc.loc[hi, False])} at {hi})"
         )
-        verdicts[str(label)] = "shown" if wins.all() else "opposite" if not wins.any() else "partly"
-    key = next((k for k in verdicts if "within" in k or "fashion" in k), next(iter(verdicts)))
-    return Finding("; ".join(parts) + ".", verdicts[key], parts[[str(g[0]) for g in groups].index(key)])
+    key = next((k for k in evidence if "within" in k or "fashion" in k), next(iter(evidence)))
+    return judged("; ".join(parts) + ".", evidence[key], parts[[str(g[0]) for g in groups].index(key)])
 
 
 def _fig9_view(t: pd.DataFrame) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from zfviz.outputs import PAPER_COST, TIMINGS
+from zfviz.report.evidence import RULE
 from zfviz.report.page import Entry, Report
 from zfviz.report.provenance import run_lines
 
@@ -76,7 +77,7 @@ def _html_entry(e: Entry, preset: str) -> str:
     out.append(f'<p class="paper"><b>Paper / companion work found:</b> {escape(e.paper)}</p>')
     out.append(
         f'<p class="ours"><b>Ours ({escape(preset)} preset) shows:</b> {escape(f.text)} '
-        f'<span class="{shown_class(f.shown)}">[{escape(f.shown)}]</span></p>'
+        f'<span class="{shown_class(f.shown)}">[{escape(f.verdict)}]</span></p>'
     )
     for fig in e.figures:
         out.append(f'<figure><img src="{escape(fig)}" alt="{escape(e.title)}: {escape(fig)}">'
@@ -100,7 +101,7 @@ def _html_entry(e: Entry, preset: str) -> str:
 def summary_frame(report: Report) -> pd.DataFrame:
     rows = [
         {"Result": e.title, "Effect in the paper / companion work": e.effect, "Ours": e.finding.brief or e.finding.text,
-         "Shown": e.finding.shown, "key": e.key}
+         "Shown": e.finding.verdict, "key": e.key, "kind": e.finding.shown}
         for _, _, entries in report.works for e in entries
     ]  # fmt: skip
     return pd.DataFrame(rows)
@@ -111,7 +112,7 @@ def _html_summary(report: Report) -> str:
     for r in summary_frame(report).itertuples(index=False):
         rows.append(
             f'<tr><td class=text><a href="#{r.key}">{escape(r.Result)}</a></td><td class=text>{escape(r[1])}</td>'
-            f'<td class=text>{escape(r.Ours)}</td><td class="text {shown_class(r.Shown)}">{escape(r.Shown)}</td></tr>'
+            f'<td class=text>{escape(r.Ours)}</td><td class="text {shown_class(r.kind)}">{escape(r.Shown)}</td></tr>'
         )
     head = "<tr><th>Result</th><th>Effect in the paper / companion work</th><th>Ours</th><th>Shown?</th></tr>"
     return f'<div class="scroll"><table><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
@@ -209,7 +210,7 @@ this page when the page was written.</p>
 <nav id="contents"><p><b>Contents:</b> {quick}</p>
 <details><summary>Every result</summary><ul>{"".join(toc)}</ul></details></nav>
 <section id="provenance"><h2>Provenance</h2>{_html_provenance(report)}</section>
-<section id="summary"><h2>Paper vs ours</h2>{_html_summary(report)}</section>
+<section id="summary"><h2>Paper vs ours</h2><p class="note">{escape(RULE)}</p>{_html_summary(report)}</section>
 <section id="timings"><h2>Wall times</h2>{timings_html}</section>
 {cost_html}
 {chr(10).join(body)}
@@ -238,7 +239,7 @@ def github_slug(heading: str) -> str:
 def _md_entry(e: Entry, preset: str) -> list[str]:
     f = e.finding
     out = [f"### {e.title}", "", f"- **Paper / companion work found:** {e.paper}",
-           f"- **Ours ({preset} preset) shows:** {f.text} **[{f.shown}]**", ""]  # fmt: skip
+           f"- **Ours ({preset} preset) shows:** {f.text} **[{f.verdict}]**", ""]  # fmt: skip
     out += [f"![{e.title}: {fig}]({fig})\n" for fig in e.figures]
     if e.table is not None:
         note = f" ({e.table_note})" if e.table_note else ""
@@ -262,7 +263,7 @@ def to_markdown(report: Report) -> str:
            "Written by `python scripts/report.py` from the files in this folder (the same content as "
            "[index.html](index.html)). Each result: what the paper or the companion work found, and what ours "
            "shows, computed from the CSVs when the report was written.", "",
-           "## Paper vs ours", "", md_table(summary.drop(columns="key")), "", "## Provenance", ""]  # fmt: skip
+           "## Paper vs ours", "", RULE, "", md_table(summary.drop(columns=["key", "kind"])), "", "## Provenance", ""]  # fmt: skip
     out += [f"- {line}" for line in run_lines(report.provenance)] + [""]
     timings = timings_frame(report)
     if timings is not None:
