@@ -37,6 +37,11 @@ def test_the_rule_on_hand_made_effects(low, high, n, verdict):
     assert effect(low, high, n).verdict == verdict
 
 
+def test_a_threshold_short_of_reached_is_not_shown_never_opposite():
+    assert ev.Evidence("x", -0.3, -0.5, -0.1, 3, "images", threshold=True).verdict == "not shown"
+    assert ev.Evidence("x", 0.3, 0.1, 0.5, 3, "images", threshold=True).verdict == "shown"
+
+
 def test_a_verdict_cell_names_estimate_interval_and_n():
     assert ev.Evidence("x", 0.4, -0.9, 1.6, 3, "seeds").cell() == "+0.40 [-0.90, +1.60], n=3 seeds"
     assert ev.single("x", 0.42).cell() == "+0.42, n=1, no interval"
@@ -165,6 +170,8 @@ def test_occlusion_over_its_images(findings):
     e = findings["fig7"].evidence[0]
     assert e.n == len(lowest) and e.estimate == pytest.approx(0.5 - lowest.mean())
     assert e.low >= 0.5 - lowest.max() - 1e-12 and e.high <= 0.5 - lowest.min() + 1e-12  # a mean of resamples
+    # A threshold not reached is "not shown", never "opposite" (p(true) staying above 1/2 is not a rise).
+    assert e.threshold and (e.verdict == "shown") == (e.low > 0) and e.verdict != "opposite"
 
 
 def test_maximization_over_its_targets(findings):

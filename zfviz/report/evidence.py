@@ -12,7 +12,9 @@ counts), a seeded percentile bootstrap (2,000 resamples) where the unit is image
   and some not gives "partly", none shown with some opposite and the rest not shown gives "not shown".
 
 A claim that something barely matters is signed as (margin - largest change): shown when the interval of the
-largest change stays below the margin. "by eye", "n/a" and "missing" are not effects and stay as they are.
+largest change stays below the margin. A claim that a threshold is reached (``threshold=True``: p(true) falls
+below one half) is shown when the interval is past it, and otherwise not shown: falling short of a threshold
+is not the opposite of the claim. "by eye", "n/a" and "missing" are not effects and stay as they are.
 """
 
 from __future__ import annotations
@@ -49,12 +51,15 @@ class Evidence:
     high: float | None
     n: int
     unit: str
+    threshold: bool = False  # a threshold reached or not: never "opposite"
 
     @property
     def verdict(self) -> str:
         if self.low is None or self.high is None:
             return "not shown"
-        return "shown" if self.low > 0 else "opposite" if self.high < 0 else "not shown"
+        if self.low > 0:
+            return "shown"
+        return "opposite" if self.high < 0 and not self.threshold else "not shown"
 
     def cell(self, digits: int = 2) -> str:
         """``+0.40 [-0.90, +1.60], n=3 seeds``; ``+0.40, n=1, no interval`` when there is none."""

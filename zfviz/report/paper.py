@@ -7,6 +7,8 @@ The "paper found" lines quote the paper (numbers from its tables, as in zfviz/pa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -208,7 +210,7 @@ def occlusion(r: Results) -> Finding:
         f"the most probable class changes at {', '.join(f'{c:.0%}' for c in changed)} of the positions"
     )
     # The paper's direction: the square takes p(true) below one half somewhere (its "drops sharply").
-    parts = [ev.bootstrap("0.5 minus lowest p(true)", 0.5 - lowest, "images")]
+    parts = [replace(ev.bootstrap("0.5 minus lowest p(true)", 0.5 - lowest, "images"), threshold=True)]
     return judged(text + ".", parts, f"p(true) < 0.5 in {dropped} of {len(lowest)} images")
 
 
