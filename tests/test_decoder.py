@@ -171,7 +171,16 @@ def test_an_older_trainers_checkpoint_is_not_continued(viz_checkpoint, tmp_path,
     assert same(weights(folder), weights(whole))
 
 
-def test_ctrl_c_stops_a_decoder_at_the_steps_end_with_a_checkpoint(viz_checkpoint, tmp_path, one_thread):
+@pytest.fixture
+def live_ctrl_c():
+    """Ctrl-C handled by Python, as in a terminal: a job started in the background (CI's, often) inherits
+    SIGINT ignored, and the engine rightly leaves an ignored Ctrl-C alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_a_decoder_at_the_steps_end_with_a_checkpoint(viz_checkpoint, tmp_path, one_thread, live_ctrl_c):
     """The engine's Ctrl-C handling: the first SIGINT (sent here from step 2) lets the step finish, saves it
     and ends in one line that says how to continue (the same call, not ``zfviz train``)."""
 
