@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -93,3 +95,86 @@ def test_every_file_in_results_has_its_provenance_sidecar():
     for p in outputs:
         meta = json.loads(p.with_suffix(".meta.json").read_text())
         assert "git_sha" in meta and meta["sources"], p.name
+
+
+# --- sidecars name the command that made their file (issue 27) -------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+MAKE_TABLE = """
+import sys
+import pandas as pd
+from zfviz.results import write_table
+write_table(pd.DataFrame({"a": [1]}), sys.argv[sys.argv.index("--out") + 1], sources=[{"x": 1}])
+"""
+HYDRA_APP = """
+import hydra
+from zfviz.results import write_meta
+
+@hydra.main(config_path=".", config_name="app", version_base="1.3")
+def main(cfg):
+    # A name the caller gives gives way to the running Hydra job's own command.
+    write_meta(f"{cfg.out}/t_{cfg.x}.csv", sources=[{"x": cfg.x}], command="named by the caller")
+
+main()
+"""
+
+
+def test_a_sidecar_names_the_command_line_of_the_script_that_wrote_it(tmp_path):
+    script = tmp_path / "make_table.py"
+    script.write_text(MAKE_TABLE)
+    out = tmp_path / "a folder" / "t.csv"
+    subprocess.run([sys.executable, str(script), "--out", str(out), "--seed", "3"], check=True, cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    # Written out by hand: the program as one would type it again, the path with a space quoted.
+    assert meta["command"] == f"python {script} --out '{out}' --seed 3"
+    assert meta["sources"] == [{"x": 1}] and "git_sha" in meta
+
+
+def test_the_command_line_reads_as_typed_from_the_repository(monkeypatch):
+    from zfviz.utils import command_line
+
+    monkeypatch.chdir(REPO)  # a relative script path is read from the working folder
+
+    assert (
+        command_line([str(REPO / "scripts" / "table2.py"), "--preset", "cpu"])
+        == "python scripts/table2.py --preset cpu"
+    )
+    assert (
+        command_line(["scripts/bench_deconv.py", "--out", "results"]) == "python scripts/bench_deconv.py --out results"
+    )
+    assert command_line([str(REPO / "zfviz" / "pipeline.py"), "end"]) == "python -m zfviz.pipeline end"
+    assert command_line(["/usr/local/bin/zfviz", "viz", "top9", "x=[a, b]"]) == "zfviz viz top9 'x=[a, b]'"
+
+
+@pytest.mark.slow  # two Hydra launches, about 9 s
+def test_a_sidecar_written_by_a_hydra_app_names_the_job_and_its_overrides(tmp_path):
+    """In a sweep each job's sidecar names its own point; Hydra's own settings (hydra.*) are not the job's."""
+    (tmp_path / "app.py").write_text(HYDRA_APP)
+    (tmp_path / "app.yaml").write_text("x: 0\ny: [a]\nout: .\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = lambda *args: subprocess.run([sys.executable, "app.py", *args], check=True, cwd=tmp_path, env=env)  # noqa: E731
+    run("x=1", "y=[a,b]", f"out={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    run("-m", "x=2,3", f"out={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    commands = {x: json.loads((tmp_path / f"t_{x}.meta.json").read_text())["command"] for x in (1, 2, 3)}
+    assert commands == {
+        1: f"zfviz app x=1 'y=[a,b]' out={tmp_path}",
+        2: f"zfviz app x=2 out={tmp_path}",
+        3: f"zfviz app x=3 out={tmp_path}",
+    }
+
+
+def test_the_report_reads_sidecars_with_and_without_their_command(tmp_path):
+    from zfviz.report.provenance import provenance, run_lines
+
+    sha = "a" * 40
+    old = {"git_sha": sha, "git_dirty": False, "wall_time_s": 60, "sources": [{"x": 1}]}  # before issue 27
+    new = {**old, "command": "python scripts/bench_deconv.py --out results"}
+    for stem, meta in (("old", old), ("new", new)):
+        (tmp_path / f"{stem}.csv").write_text("a\n1\n")
+        (tmp_path / f"{stem}.meta.json").write_text(json.dumps(meta))
+    prov = provenance(tmp_path, ["old.csv", "new.csv"])
+    assert prov.commands == {"new": "python scripts/bench_deconv.py --out results"}
+    assert [(c.sha, sorted(c.files)) for c in prov.commits] == [(sha, ["new.csv", "old.csv"])] and not prov.unknown
+    lines = run_lines(prov)
+    assert "1 of 2 sidecars name the command that made their files" in " ".join(lines)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from zfviz.errors import UserError
-from zfviz.utils import atomic_path, atomic_write_text, git_state, versions
+from zfviz.utils import atomic_path, atomic_write_text, command_line, git_state, hydra_command, versions
 
 # Which row of the paper's Table 2 each of our models reproduces.
 TABLE2_ROWS = {
@@ -111,11 +111,23 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 
 
 def write_meta(path: str | Path, *, sources: list[dict], wall_time_s: float | None = None, **fields) -> Path:
-    """Write ``<path without suffix>.meta.json``: ``fields``, git state, versions, wall time and ``sources``.
+    """Write ``<path without suffix>.meta.json``: ``fields``, the command, git state, versions, wall time and
+    ``sources``.
 
-    One sidecar per stem, so ``fig5.csv`` and ``fig5.png`` share ``fig5.meta.json``.
+    One sidecar per stem, so ``fig5.csv`` and ``fig5.png`` share ``fig5.meta.json``. ``command`` is the
+    command that made the file: a running Hydra app's job and overrides (``zfviz viz viz=top9 checkpoint=...``),
+    else the ``command`` the caller names (a command's ``run(cfg)`` called in-process names itself), else this
+    process's command line (``python scripts/table2.py --preset cpu ...``). Sidecars older than issue 27 have none.
     """
-    meta = {**fields, **git_state(), "versions": versions(), "wall_time_s": wall_time_s, "sources": sources}
+    command = hydra_command() or fields.pop("command", None) or command_line()
+    meta = {
+        **fields,
+        "command": command,
+        **git_state(),
+        "versions": versions(),
+        "wall_time_s": wall_time_s,
+        "sources": sources,
+    }
     target = Path(path).with_suffix(".meta.json")
     atomic_write_text(target, json.dumps(meta, indent=2, default=str))
     return target

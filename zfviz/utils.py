@@ -7,8 +7,10 @@ import errno
 import os
 import platform
 import random
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from zfviz.errors import UserError
@@ -161,6 +164,31 @@ def git_state(root: str | Path | None = None) -> dict:
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", False
     return {"git_sha": sha or None, "git_dirty": dirty if sha else None}
+
+
+def hydra_command() -> str | None:
+    """The running Hydra job as a command line: ``zfviz <job name> <its overrides>`` (a sweep's job: its own
+    point); None outside a Hydra app."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    return shlex.join(["zfviz", hydra.job.name, *hydra.overrides.task])
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """``argv`` (this process's ``sys.argv``) as one would type it again: a script as ``python scripts/x.py``
+    (from the repository's root when it lies there), a module of zfviz as ``python -m zfviz.x``, an installed
+    program by its name (``zfviz``; inside a Hydra app, ``hydra_command`` says more)."""
+    program, *args = sys.argv if argv is None else argv
+    path = Path(program)
+    if path.suffix != ".py":
+        return shlex.join([path.name, *args])
+    root = Path(__file__).resolve().parent.parent
+    with contextlib.suppress(ValueError):
+        path = path.resolve().relative_to(root)
+    if path.parts[0] == "zfviz" and not path.is_absolute():
+        return shlex.join(["python", "-m", ".".join(path.with_suffix("").parts), *args])
+    return shlex.join(["python", str(path), *args])
 
 
 def versions() -> dict:

@@ -34,6 +34,8 @@ class Provenance:
     report: dict  # git state and machine at report time
     timings: pd.DataFrame | None
     timings_meta: dict
+    # The command each sidecar names (stem -> command line); sidecars written before issue 27 name none.
+    commands: dict[str, str] = field(default_factory=dict)
 
 
 def _meta(folder: Path, name: str) -> dict:
@@ -48,7 +50,7 @@ def provenance(folder: str | Path, files: list[str]) -> Provenance:
     """The provenance of ``files`` (names in ``folder``), read from their sidecars and the machine."""
     folder = Path(folder)
     commits: dict[tuple[str, bool], Commit] = {}
-    unknown, torch, seen_stems = [], set(), set()
+    unknown, torch, seen_stems, commands = [], set(), set(), {}
     for name in files:
         meta = _meta(folder, name)
         sha = meta.get("git_sha")
@@ -61,6 +63,8 @@ def provenance(folder: str | Path, files: list[str]) -> Provenance:
         if stem not in seen_stems:  # one wall time per sidecar, shared by its CSV and figure
             seen_stems.add(stem)
             commit.wall_time_s += float(meta.get("wall_time_s") or 0.0)
+            if isinstance(meta.get("command"), str) and meta["command"]:
+                commands[stem] = meta["command"]
         if isinstance(meta.get("versions"), dict) and meta["versions"].get("torch"):
             torch.add(meta["versions"]["torch"])
     timings = None
@@ -81,6 +85,7 @@ def provenance(folder: str | Path, files: list[str]) -> Provenance:
         report=report,
         timings=timings,
         timings_meta=_meta(folder, TIMINGS),
+        commands=commands,
     )
 
 
@@ -103,6 +108,12 @@ def run_lines(p: Provenance) -> list[str]:
         )
     if p.unknown:
         lines.append(f"no commit recorded for: {', '.join(p.unknown)}")
+    stems = {name.rsplit(".", 1)[0] for c in p.commits for name in c.files}
+    if stems:
+        lines.append(
+            f"{len(p.commands)} of {len(stems)} sidecars name the command that made their files "
+            "(their command field; sidecars written before issue 27 name none)"
+        )
     machine = p.timings_meta.get("machine") if isinstance(p.timings_meta.get("machine"), dict) else None
     if machine:
         lines.append(f"make figures ran on: {machine.get('cpu')}, {machine.get('cores')} cores")
