@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,16 @@ def test_the_report_reads_sidecars_with_and_without_their_command(tmp_path):
     assert [(c.sha, sorted(c.files)) for c in prov.commits] == [(sha, ["new.csv", "old.csv"])] and not prov.unknown
     lines = run_lines(prov)
     assert "1 of 2 sidecars name the command that made their files" in " ".join(lines)
+
+
+def test_make_figures_timings_sidecar_names_the_step_that_wrote_it(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results" / "timings.csv"
+    (runs / "timings").mkdir(parents=True)
+    (runs / "figures_run.json").write_text(json.dumps({"started": 1000.0}))
+    record = {"stage": "a", "seconds": 1.0, "started": 1001.0, "finished": 1002.0}
+    (runs / "timings" / "a.json").write_text(json.dumps(record))
+    args = ["end", "--runs", str(runs), "--out", str(out)]
+    subprocess.run([sys.executable, "-m", "zfviz.pipeline", *args], check=True, capture_output=True, cwd=REPO)
+    assert json.loads(out.with_suffix(".meta.json").read_text())["command"] == shlex.join(
+        ["python", "-m", "zfviz.pipeline", *args]
+    )

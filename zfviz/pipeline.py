@@ -40,7 +40,7 @@ from tqdm import tqdm
 from zfviz import outputs
 from zfviz.errors import UserError
 from zfviz.scale import scaled
-from zfviz.utils import atomic_write_text, cpu_model, git_state
+from zfviz.utils import atomic_write_text, command_line, cpu_model, git_state
 
 TAIL_LINES = 20  # of a failed stage's log, printed before its path
 
@@ -182,6 +182,7 @@ def end(runs: Path, out: Path) -> None:
     cold = len(ran) == len(times)
     meta = {
         "table": out.name,
+        "command": command_line(),  # the end step that wrote the table; each stage's own is in its log
         **{k: this[k] for k in ("git_sha", "git_dirty")},  # the run that wrote the table last
         "sources": [{"stage": stage, "log": str(runs / "logs" / f"{stage}.log")} for stage in table["stage"]],
         "machine": machine(),
