@@ -13,7 +13,7 @@ depend on them). Captum's ReLU hooks fail on in-place ReLUs, so Captum gets a co
 net with ``inplace=False`` (the same weights); zfviz gets the net as torchvision builds it.
 The verdict lines read ``ratio <model> <method> zfviz/peer = t_zfviz / t_peer`` (below 1: faster).
 usage: python scripts/bench_attribution.py [--models zfnet,vgg16,resnet18] [--methods saliency,lrp_zbox]
-       [--size 64] [--batch 8] [--threads N] [--quick]
+       [--size 64] [--batch 8] [--threads N] [--quick] [--out results]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 import torchvision
-from _bench import interleaved, preset_model, ratio_line
+from _bench import Bench, interleaved, out_argument, preset_model, ratio
 from captum.attr import (
     LRP,
     Deconvolution,
@@ -166,10 +166,11 @@ def compare(label: str, ours: Callable, peer_name: str, peer, rounds: int) -> No
     apart = float((a - b).abs().max()) / max(scale, 1e-30)
     t_ours, t_peer = timed.best("zfviz"), timed.best(peer_name)
     print(f"  {label:<34} zfviz {t_ours:8.4f} s   {peer_name} {t_peer:8.4f} s   apart {apart:.1e} of {scale:.1e}")
-    print(ratio_line(f"{label} zfviz/{peer_name}", t_ours / t_peer))
+    ratio(f"{label} zfviz/{peer_name}", t_ours, t_peer, "s")
 
 
 def main() -> None:
+    bench = Bench.begin(__file__)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--size", type=int, default=64, help="input size of the torchvision nets (px)")
@@ -181,6 +182,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 images at 32 px, 4 steps, one round")
+    out_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.size, args.batch, args.steps, args.rounds = 32, 2, 4, 1
@@ -205,6 +207,7 @@ def main() -> None:
             if methods and method not in methods:
                 continue
             compare(f"{name} {method}", ours, peer_name, peer, args.rounds)
+    bench.write(args.out, vars(args))
 
 
 if __name__ == "__main__":

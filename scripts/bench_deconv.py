@@ -18,6 +18,7 @@ Both ratios come from one run in one process; the methods compared run in turn, 
 round, and each timing is the best of its rounds. Without ``--checkpoint`` the net is the cpu
 preset's ZFNet as ``configs/`` builds it, with random weights.
 usage: python scripts/bench_deconv.py [--images 500] [--maps-images 16] [--checkpoint runs/figures/cpu/zfnet/checkpoint.pt] [--quick]
+       [--out results]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from _bench import interleaved, preset_model, ratio_line
+from _bench import Bench, interleaved, out_argument, preset_model, ratio
 from captum.attr import NeuronDeconvolution
 from omegaconf import OmegaConf
 
@@ -65,6 +66,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--search-repeats", type=int, default=7, help="interleaved runs of search and inference")
     parser.add_argument("--maps-images", type=int, default=16, help="images of the several-maps comparison (3.)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 images, one round of each timing")
+    out_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.images, args.repeats, args.search_repeats, args.maps_images = 20, 1, 1, 4
@@ -91,6 +93,7 @@ def captum_top9(deconv: NeuronDeconvolution, x, image, channel, position) -> tor
 
 
 def main() -> None:
+    bench = Bench.begin(__file__)
     args = parse_args()
     torch.manual_seed(0)
     if args.checkpoint:
@@ -168,7 +171,7 @@ def main() -> None:
     print(f"   chain inverter (tests')      {t_chain:8.3f} s   {n / t_chain:9.1f} projections/s  (the old fast path)")
     print(f"   zfviz project_top (+ crops)  {t_crops:8.3f} s   {n / t_crops:9.1f} projections/s")
     print(f"   Captum loop per (map, image) {t_captum:8.3f} s   {n / t_captum:9.1f} projections/s")
-    print(ratio_line("Captum time / zfviz time", t_captum / t_ours, ">= 10"))
+    ratio("Captum time / zfviz time", t_captum, t_ours, "s", ">= 10")
     print(
         f"   speed-up vs Captum: {t_captum / t_ours:.1f}x (norm=backprop {t_captum / t_backprop:.1f}x, "
         f"with crops {t_captum / t_crops:.1f}x; goal >= 10x)"
@@ -178,11 +181,12 @@ def main() -> None:
     print(f"\n2. streaming top-9 search over {len(x)} images, layer {args.layer}")
     print(f"   plain inference {t_plain:7.3f} s   {len(x) / t_plain:8.1f} images/s")
     print(f"   top-9 search    {t_search:7.3f} s   {len(x) / t_search:8.1f} images/s")
-    print(ratio_line("search speed / inference speed", t_plain / t_search, ">= 0.80"))
+    ratio("search speed / inference speed", len(x) / t_search, len(x) / t_plain, "images/s", ">= 0.80")
     print(f"\n4. the one path against the chain inverter, top-{k} of 1.")
-    print(ratio_line("mechanism top-9 time / chain-inverter time", t_ours / t_chain))
+    ratio("mechanism top-9 time / chain-inverter time", t_ours, t_chain, "s")
     assert max_err < 1e-4, "zfviz and Captum disagree"
     several_maps(model, x[: args.maps_images], args.layer, args.repeats)
+    bench.write(args.out, vars(args))
 
 
 def several_maps(model, x, layer: str, repeats: int) -> None:
@@ -227,8 +231,8 @@ def several_maps(model, x, layer: str, repeats: int) -> None:
     print(f"   same, norm=backprop            {t_bp:8.3f} s   {n / t_bp:9.1f} projections/s")
     print(f"   loop of project per map        {t_loop:8.3f} s   {n / t_loop:9.1f} projections/s")
     print(f"   Captum NeuronDeconvolution per map {t_captum:8.3f} s   {n / t_captum:9.1f} projections/s")
-    print(ratio_line("Captum per-map loop time / several-maps call time", t_captum / t_maps))
-    print(ratio_line("per-map project loop time / several-maps call time", t_loop / t_maps))
+    ratio("Captum per-map loop time / several-maps call time", t_captum, t_maps, "s")
+    ratio("per-map project loop time / several-maps call time", t_loop, t_maps, "s")
     print(
         f"   Captum / norm=backprop call: {t_captum / t_bp:.1f}x; equal outputs (norm=backprop): max |zfviz - "
         f"Captum*value| / max|Captum*value| = {max_err:.2e} over {int(positive.sum())}/{n} positive activations"

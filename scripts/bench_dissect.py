@@ -15,7 +15,7 @@ script's 18 nets (ZFNet, AlexNet and the 16 Table 3 variants, ZFNet's size or sm
 The net is ``runs/figures/cpu/<net>/checkpoint.pt`` if it exists (trained weights), else the preset's
 net with random weights (speed barely depends on them; detector counts do). The data set is
 ``data/concepts`` if it exists, else a concept set of ``--count`` images built in a temporary folder.
-usage: python scripts/bench_dissect.py [--count 1500] [--batch 100] [--rounds 2] [--threads N] [--quick]
+usage: python scripts/bench_dissect.py [--count 1500] [--batch 100] [--rounds 2] [--threads N] [--quick] [--out results]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _bench import figures_model, interleaved, ratio_line
+from _bench import Bench, figures_model, interleaved, out_argument, ratio
 
 from zfviz.data.tensor_loader import resize_uint8
 from zfviz.dissection import Broden, detector_counts, dissect
@@ -44,6 +44,7 @@ def peak_mb() -> float:
 
 
 def main() -> None:
+    bench = Bench.begin(__file__)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--count", type=int, default=1500, help="images of the concept set built when data/concepts is absent"
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 40 images built afresh, one round")
+    out_argument(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,12 +105,13 @@ def main() -> None:
                   f"streaming {best['streaming']:.2f} s ({len(broden) / best['streaming']:.0f} images/s), "
                   f"one plain pass {best['one_pass']:.2f} s; tables identical: {same}")  # fmt: skip
             print(f"  detectors per layer: {detector_counts(cached).sum(axis=1).to_dict()}")
-            print(ratio_line(f"{name} cached/one_pass", best["cached"] / best["one_pass"]))
-            print(ratio_line(f"{name} streaming/cached", best["streaming"] / best["cached"]))
+            ratio(f"{name} cached/one_pass", best["cached"], best["one_pass"], "s")
+            ratio(f"{name} streaming/cached", best["streaming"], best["cached"], "s")
         print(f"  peak resident memory: {before:.0f} MB before the nets, {peak_mb():.0f} MB after")
         predicted = decode + per_net["alexnet"] + (NETS - 1) * per_net["zfnet"]
         print(f"  predicted dissection time of dissection_figure.py's {NETS} nets: {predicted:.0f} s "
               f"(decoding once + AlexNet + {NETS - 1} x ZFNet, the variants being ZFNet or smaller)")  # fmt: skip
+        bench.write(args.out, {**vars(args), "concepts": str(root)})
 
 
 if __name__ == "__main__":

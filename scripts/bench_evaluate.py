@@ -12,6 +12,7 @@ more than the per-forward overhead; the curves' own work, building the copies, c
 grows with the thread count (one image's small ops wait on thread synchronization), so the ratio
 depends on ``--threads``: on a busy 2-core machine it read 4.6 at one thread and 24 at two.
 usage: python scripts/bench_evaluate.py [--images 8] [--steps 32] [--batch 256] [--rounds 3] [--threads N] [--quick]
+       [--out results]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _bench import interleaved, preset_model, ratio_line
+from _bench import Bench, interleaved, out_argument, preset_model, ratio
 
 from zfviz.attribution.baselines import make_baseline
 from zfviz.evaluate import curves
@@ -48,6 +49,7 @@ def forwards(model, rows: torch.Tensor, batch: int) -> None:
 
 
 def main() -> None:
+    bench = Bench.begin(__file__)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--steps", type=int, default=32)
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 images, 4 steps, one round")
+    out_argument(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,12 +88,13 @@ def main() -> None:
         per_row = 1e3 * best / (args.images * (args.steps + 1))
         print(f"  {label}: {best:.3f} s ({per_row:.2f} ms per perturbed image, {timings.best_cpu(label):.3f} s CPU)")
     print(f"  largest difference between the curves: {diff:.2e}")
-    print(ratio_line("loop/batched", timings.best("loop") / timings.best("batched"), ">= 10"))
-    ceiling = timings.best("forward_loop") / timings.best("forward_batched")
+    ratio("loop/batched", timings.best("loop"), timings.best("batched"), "s", ">= 10")
+    one_at_a_time, batched = timings.best("forward_loop"), timings.best("forward_batched")
     print(f"  the forwards alone, the same number of rows one at a time vs in batches of {args.batch}: "
-          f"{timings.best('forward_loop'):.3f} s vs {timings.best('forward_batched'):.3f} s")  # fmt: skip
-    print(ratio_line("ceiling = forwards one row at a time / batched forwards", ceiling))
+          f"{one_at_a_time:.3f} s vs {batched:.3f} s")  # fmt: skip
+    ceiling = ratio("ceiling = forwards one row at a time / batched forwards", one_at_a_time, batched, "s")
     print(f"  batched curves reach {timings.best('loop') / timings.best('batched') / ceiling:.0%} of that ceiling")
+    bench.write(args.out, vars(args))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ up to the last, partial batch, so take ``perturbations_per_eval`` well below 196
 equality with Captum is then not checked here (tests check the fast path against brute force).
 
 usage: python scripts/bench_occlusion.py [--models alexnet,vgg16] [--settings 16/16,16/4] [--images 1]
-       [--repeats 2] [--threads N] [--plain] [--captum-stride S] [--quick]
+       [--repeats 2] [--threads N] [--plain] [--captum-stride S] [--quick] [--out results]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _bench import interleaved, preset_model, ratio_line
+from _bench import Bench, interleaved, out_argument, preset_model, ratio
 from captum.attr import Occlusion
 
 from zfviz.attribution.occlusion import Occluder, grid, occlusion
@@ -67,8 +67,10 @@ def cpu_preset_inputs(n: int):
 
 @dataclass(frozen=True)
 class Case:
-    """One comparison: a net, its images and their target classes, the occluder's window and stride."""
+    """One comparison: a net (``key``, as ``--models`` names it; ``name``, in words), its images and their
+    target classes, the occluder's window and stride."""
 
+    key: str
     name: str
     model: torch.nn.Module
     images: torch.Tensor
@@ -134,7 +136,7 @@ def compare(case: Case, runs: Runs) -> None:
     best_ppe = captum_best.rsplit("=", 1)[1]
     print(f"  speed-up over captum's best (perturbations_per_eval={best_ppe}): wall {captum_s / fast_s:.1f}x, "
           f"cpu time {captum_cpu / fast_cpu:.1f}x")  # fmt: skip
-    print(ratio_line("captum best wall / zfviz fast wall", captum_s / fast_s, ">= 3"))
+    ratio(f"{case.key} {window}/{stride} captum best wall / zfviz fast wall", captum_s, fast_s, "s", ">= 3")
     row = f"{name}, window {window} / stride {stride}: captum best (ppe {best_ppe}) {captum_s:.2f} s"
     SUMMARY.append(f"{row}, fast {fast_s:.2f} s, ratio wall {captum_s / fast_s:.2f}x, cpu {captum_cpu / fast_cpu:.2f}x")
     if scale != 1:
@@ -175,6 +177,7 @@ PPES = {"alexnet": (16, 64, 256), "vgg16": (16, 64), "resnet18": (16, 64, 256)}
 
 
 def main() -> None:
+    bench = Bench.begin(__file__)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of: {', '.join(MODELS)}")
     parser.add_argument("--settings", default="16/16,16/4", help="window/stride pairs for the torchvision nets")
@@ -191,6 +194,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-224", action="store_true", help="leave out zfnet224")
     parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes, one round, few settings")
+    out_argument(parser)
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
@@ -212,26 +216,28 @@ def main() -> None:
             if name == "zfnet64":
                 model, images, target, what = cpu_preset_inputs(2 if args.quick else 8)
                 ppes = (64,) if args.quick else (16, 64, 256)
-                compare(Case(f"cpu preset, 64 px ({what})", model, images, target, 16, 4), Runs(ppes, args.repeats))
+                case = Case(name, f"cpu preset, 64 px ({what})", model, images, target, 16, 4)
+                compare(case, Runs(ppes, args.repeats))
             elif name == "zfnet224":
                 # Kaiming, not the paper's N(0, 1e-2): with tiny weights every p(class) is ~1/1000 and equal.
                 model = preset_model("paper", "zfnet", 1000, "model.init=kaiming").eval()
                 images = torch.randn(2, 3, 224, 224)
                 target = model(images).argmax(dim=1)  # the top class, so p_true is far from 1/1000
                 label = "paper size, 224 px (ZFNet of Fig. 3, random weights)"
-                compare(Case(label, model, images, target, 32, 16), Runs((8, 32), 1))
+                compare(Case(name, label, model, images, target, 32, 16), Runs((8, 32), 1))
             else:
                 model, images, target = torchvision_inputs(name, args.images, args.size)
                 ppes = (64,) if args.quick else PPES[name]
                 for window, stride in settings:
                     label = f"torchvision {name}, {args.size} px (random weights)"
                     runs = Runs(ppes, args.repeats, args.plain, args.captum_stride)
-                    compare(Case(label, model, images, target, window, stride), runs)
+                    compare(Case(name, label, model, images, target, window, stride), runs)
 
     print("\nsummary (ratio = captum's best perturbations_per_eval time / zfviz fast time; goal >= 3):")
     for line in SUMMARY:
         print(f"  {line}")
     print(f"loadavg at the end {loadavg()}")
+    bench.write(args.out, {**vars(args), "models": models, "settings": settings})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ its rounds. Printed per net and parameterization: seconds of each and ``ratio se
 
 The net is ``runs/figures/cpu/<net>/checkpoint.pt`` if it exists (trained weights), else the preset's
 net with random weights (speed barely depends on them).
-usage: python scripts/bench_reconstruction.py [--targets 10] [--steps 32] [--rounds 2] [--threads N] [--quick]
+usage: python scripts/bench_reconstruction.py [--targets 10] [--steps 32] [--rounds 2] [--threads N] [--quick] [--out results]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _bench import figures_model, interleaved, preset_model, ratio_line
+from _bench import Bench, figures_model, interleaved, out_argument, preset_model, ratio
 
 from zfviz.reconstruction.maximize import Canvas, Priors, Target, maximize
 
@@ -28,12 +28,14 @@ BOUNDS = (-0.81, 2.02)  # Fashion-MNIST's pixels 0..255 after its normalization 
 
 
 def main() -> None:
+    bench = Bench.begin(__file__)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=10, help="K: the class logits and units optimized")
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 targets, 2 steps, one round, ZFNet")
+    out_argument(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,7 +63,8 @@ def main() -> None:
             best = {label: timings.best(label) for label in ("batched", "sequential")}
             print(f"{name} ({'trained' if trained else 'random weights'}), {param}: batched {best['batched']:.2f} s, "
                   f"sequential {best['sequential']:.2f} s; largest image difference {diff:.1e}")  # fmt: skip
-            print(ratio_line(f"{name} {param} sequential/batched", best["sequential"] / best["batched"], "> 1"))
+            ratio(f"{name} {param} sequential/batched", best["sequential"], best["batched"], "s", "> 1")
+    bench.write(args.out, {**vars(args), "nets": list(nets)})
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@
 
 The nets are built from ``configs/`` (``_bench.preset_model``).
 
-usage: python scripts/bench_train.py [--batches 10] [--repeats 3] [--paper-batch 8] [--paper-steps 2] [--quick]
+usage: python scripts/bench_train.py [--batches 10] [--repeats 3] [--paper-batch 8] [--paper-steps 2] [--quick] [--out results]
        python scripts/bench_train.py --fit [--fit-images 5000] [--fit-epochs 3] [--repeats 2] [--models zfnet,alexnet]
+       (with --out DIR: DIR/bench_train.csv, or DIR/bench_train_fit.csv for --fit)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _bench import interleaved, preset_model, ratio_line
+from _bench import Bench, interleaved, out_argument, preset_model, ratio
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
@@ -168,7 +169,7 @@ def old_vs_new(preset: str, name: str, batch: int, steps: int, rounds: int, leve
               f"peak RSS +{peaks[label]:7.1f} MB")  # fmt: skip
     print(f"  weights after {min(steps, 3)} steps, old vs new: max gap {weight_gap(model, batches[:3]):.2e} of max |w|")
     goal = ">= 1.5" if preset == "cpu" else ">= 1.25"
-    print(ratio_line(f"new/old {preset} {name}", rates["new"] / rates["old"], goal))
+    ratio(f"new/old {preset} {name}", rates["new"], rates["old"], "img/s", goal)
     return rates
 
 
@@ -276,8 +277,8 @@ def fit_bench(names: list[str], images: int, epochs: int, rounds: int) -> None:
         gap = max(abs(a["train_loss"] - b["train_loss"]) for a, b in zip(old, new, strict=True))
         same = all(a["train_loss"] == b["train_loss"] for a, b in zip(epoch_wide, new, strict=True))
         print(f"  train losses, old vs new: max gap {gap:.1e}; epoch-wide vs fit-wide reuse identical: {same}")
-        print(ratio_line(f"fit new/old {name}", rates["new"] / rates["old"], ">= 1.5"))
-        print(ratio_line(f"fit new/epoch-wide reuse {name}", rates["new"] / rates["new, epoch-wide reuse"]))
+        ratio(f"fit new/old {name}", rates["new"], rates["old"], "img/s", ">= 1.5")
+        ratio(f"fit new/epoch-wide reuse {name}", rates["new"], rates["new, epoch-wide reuse"], "img/s")
 
 
 def _with_peak(fn, peaks: list):
@@ -304,7 +305,7 @@ def achieved_lines(preset: str, name: str, rates: dict, peak: float) -> None:
         achieved = rates[label] * 3 * 2 * macs / 1e9  # backward ~ 2x forward
         goal = ">= 0.40" if label == "new" and preset == "paper" else ""
         print(f"  {label:4s} {achieved:7.1f} GFLOP/s")
-        print(ratio_line(f"achieved/peak {preset} {name} {label}", achieved / peak, goal))
+        ratio(f"achieved/peak {preset} {name} {label}", achieved, peak, "GFLOP/s", goal)
 
 
 def loadavg() -> str:
@@ -313,6 +314,7 @@ def loadavg() -> str:
 
 
 def main() -> None:
+    bench = Bench.begin(__file__)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
@@ -324,6 +326,7 @@ def main() -> None:
     parser.add_argument("--fit-epochs", type=int, default=3)
     parser.add_argument("--models", default="zfnet,alexnet", help="the nets of section 4")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 batches, 1 repeat, a tiny paper batch")
+    out_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.batches, args.repeats, args.paper_batch, args.paper_steps = 2, 1, 2, 1
@@ -334,6 +337,7 @@ def main() -> None:
         with seeded(0, deterministic=True):
             fit_bench(args.models.split(","), args.fit_images, args.fit_epochs, max(args.repeats, 1))
         print(f"loadavg at the end {loadavg()}")
+        bench.write(args.out, vars(args), stem="bench_train_fit")
         return
 
     # 1. engine overhead at the cpu preset
@@ -351,7 +355,7 @@ def main() -> None:
     print(f"cpu preset ZFNet ({size} px), batch 128, {args.batches} batches x {args.repeats} repeats (medians):")
     print(f"  bare loop   {b:8.1f} img/s")
     print(f"  zfviz       {o:8.1f} img/s")
-    print(ratio_line("zfviz/bare", o / b, ">= 0.95"))
+    ratio("zfviz/bare", o, b, "img/s", ">= 0.95")
 
     # 2. old vs new path, both presets; 3. each step's achieved GFLOP/s against the matmul peak
     with seeded(0, deterministic=True):  # as zfviz train runs (deterministic: true)
@@ -368,6 +372,7 @@ def main() -> None:
         with seeded(0, deterministic=True):
             fit_bench(args.models.split(","), args.fit_images, args.fit_epochs, 1)
     print(f"loadavg at the end {loadavg()}")
+    bench.write(args.out, vars(args))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""The ``scripts/bench_*.py`` benchmarks still start and reach their verdict (``--quick``: a smoke run, no timing claims)."""
+"""The ``scripts/bench_*.py`` benchmarks still start and reach their verdict (``--quick``: a smoke run, no timing
+claims), and with ``--out DIR`` write what they printed to ``DIR/<script>.csv`` with its sidecar (issue 27)."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import math
 import os
 import re
 import subprocess
@@ -9,12 +13,20 @@ import sys
 from pathlib import Path
 
 import captum  # noqa: F401  the deconv, occlusion and attribution benchmarks compare against Captum,
+import pandas as pd
 import pytest
 import zennit  # noqa: F401  and LRP against Zennit: both in the dev extra, so a missing one fails here
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (REPO / "scripts").glob("bench_*.py"))
 RATIO = re.compile(r"^\s*ratio \S.* = \d+\.\d{3}\b", re.MULTILINE)
+# A verdict line as a reader sees it: "  ratio <name> = 1.234   (goal >= 10)".
+RATIO_LINE = re.compile(r"^  ratio (?P<name>\S.*?) = (?P<ratio>\d+\.\d{3})(?:   \(goal (?P<goal>.+)\))?$", re.MULTILINE)
+# What every benchmark's sidecar holds: the house's (write_meta) and the machine and run around the timings.
+SIDECAR_KEYS = {
+    "command", "git_sha", "git_dirty", "versions", "wall_time_s", "sources",
+    "cpu", "cores", "torch_threads", "load_1min_at_start", "settings",
+}  # fmt: skip
 
 
 def test_every_benchmark_is_covered():
@@ -29,14 +41,72 @@ def test_every_benchmark_is_covered():
     ]
 
 
+def printed_ratios(stdout: str) -> list[tuple[str, str, str]]:
+    """(name, ratio as printed, goal or "") of every verdict line."""
+    return [(m["name"], m["ratio"], m["goal"] or "") for m in RATIO_LINE.finditer(stdout)]
+
+
+def written_ratios(csv: Path) -> list[tuple[str, str, str]]:
+    """The same three of every row of a benchmark's CSV, the ratio at the printed precision."""
+    df = pd.read_csv(csv, keep_default_na=False)
+    assert list(df.columns) == ["name", "value", "unit", "baseline", "ratio", "goal"]
+    assert (df["unit"] != "").all(), df
+    for row in df.itertuples():
+        # ratio = value / baseline, each read back from its decimal text: equal up to the CSV round trip.
+        assert math.isclose(row.ratio, row.value / row.baseline, rel_tol=1e-12), row
+    return [(r.name, f"{r.ratio:.3f}", str(r.goal)) for r in df.itertuples()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_a_quick_run_prints_its_ratios(script, tmp_path):
+def test_a_quick_run_prints_its_ratios_and_writes_them_with_a_sidecar(script, tmp_path):
     # From a temporary folder: no trained checkpoint under runs/ is picked up, so the net is the preset's.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / script), "--quick"],
+        [sys.executable, str(REPO / "scripts" / script), "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert RATIO.search(result.stdout), result.stdout
+    stem = script.removesuffix(".py")
+    assert sorted(p.name for p in out.iterdir()) == [f"{stem}.csv", f"{stem}.meta.json"]  # no temporary left
+    printed = printed_ratios(result.stdout)
+    assert printed and written_ratios(out / f"{stem}.csv") == printed
+    meta = json.loads((out / f"{stem}.meta.json").read_text())
+    assert SIDECAR_KEYS <= set(meta), SIDECAR_KEYS - set(meta)
+    assert meta["command"] == f"python scripts/{script} --quick --out {out}"
+    assert meta["settings"]["quick"] is True and meta["settings"]["out"] == str(out)
+    assert meta["cores"] == os.cpu_count() and meta["torch_threads"] == 1  # OMP_NUM_THREADS above
+    assert meta["load_1min_at_start"] >= 0 and meta["sources"] == [
+        {"script": f"scripts/{script}", "timing": "interleaved rounds in one process"}
+    ]
+
+
+@pytest.fixture
+def bench_module(monkeypatch):
+    """``scripts/_bench.py`` as a module, its record of figures empty."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # as a benchmark imports it, from its own folder
+    module = importlib.import_module("_bench")
+    monkeypatch.setattr(module, "FIGURES", [])
+    return module
+
+
+def test_the_ratios_a_benchmark_states_are_the_rows_it_writes(bench_module, tmp_path, capsys):
+    bench = bench_module.Bench.begin(str(REPO / "scripts" / "bench_made_up.py"))
+    assert bench_module.ratio("Captum time / zfviz time", 3.0, 0.25, "s", ">= 10") == 12.0
+    bench_module.ratio("search speed / inference speed", 900.0, 1000.0, "images/s")
+    printed = capsys.readouterr().out
+    assert printed.splitlines() == [
+        "  ratio Captum time / zfviz time = 12.000   (goal >= 10)",
+        "  ratio search speed / inference speed = 0.900",
+    ]
+    assert bench.write(None, {}) is None  # without --out, nothing is written
+    path = bench.write(tmp_path, {"rounds": 3})
+    assert path == tmp_path / "bench_made_up.csv" and written_ratios(path) == printed_ratios(printed)
+    rows = pd.read_csv(path, keep_default_na=False).to_dict("records")
+    assert rows[0] == {"name": "Captum time / zfviz time", "value": 3.0, "unit": "s", "baseline": 0.25,
+                       "ratio": 12.0, "goal": ">= 10"}  # fmt: skip
+    meta = json.loads(path.with_suffix(".meta.json").read_text())
+    assert SIDECAR_KEYS <= set(meta) and meta["settings"] == {"rounds": 3} and meta["table"] == path.name
+    assert bench.write(tmp_path, {}, stem="bench_made_up_fit").name == "bench_made_up_fit.csv"
