@@ -58,6 +58,19 @@ test-fast: install data
 test-gpu: install data
 	ZFVIZ_REQUIRE_CUDA=1 $(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
 
+# make bench: every scripts/bench_*.py at its default (full) settings, one after another (and bench_train.py's
+# whole fit runs, --fit), each timing zfviz against a baseline in one process, interleaved. Each writes its
+# ratio lines to $(RESULTS)/<script>.csv (bench_deconv.csv, ..., bench_train_fit.csv) with a sidecar naming the
+# CPU, cores, torch threads, the load average at the start, the commit and the command. It wants a quiet
+# machine: any other load on the cores makes the ratios noise (the sidecar's load_1min_at_start says how
+# quiet it was). The documentation's speed figures are these files.
+BENCHES := $(sort $(wildcard scripts/bench_*.py))
+.PHONY: bench
+bench: install data
+	@for script in $(BENCHES); do echo "== $(BIN)/python $$script --out $(RESULTS)"; \
+		$(BIN)/python $$script --out $(RESULTS) || exit 1; done
+	$(BIN)/python scripts/bench_train.py --fit --out $(RESULTS)
+
 lint: install
 	$(BIN)/ruff check zfviz tests scripts
 
