@@ -27,7 +27,7 @@ DATA_ARGS = $(DATA_ARGS_$(PRESET))
 DATA_ROOTS = IMAGENET="$(IMAGENET)" CALTECH101="$(CALTECH101)" CALTECH256="$(CALTECH256)" VOC2012="$(VOC2012)" \
 	BRODEN="$(BRODEN)"
 
-.PHONY: install data test test-fast test-gpu figures stages report chromium lint clean-figures concepts rehearsal check-results
+.PHONY: install data test test-fast test-gpu figures stages report chromium lint clean-figures concepts rehearsal check-results redraw
 
 install: $(VENV)/.installed
 
@@ -283,6 +283,11 @@ $(RESULTS)/index.html $(RESULTS)/README.md &: $(REPORT_INPUTS) | install
 # make report: the report of what is in RESULTS now (never a stage: a clean clone has results/ but no runs/).
 report: install chromium
 	$(BIN)/python scripts/report.py --preset $(PRESET) --results $(RESULTS) --scale $(SCALE) --screenshot
+
+# make redraw: the figures whose data files are in RESULTS (tables, .npz), drawn again from those files alone
+# (zfviz/plotting/redraw.py; no run folder, no training), each with a sidecar naming its data files and commit.
+redraw: install
+	$(BIN)/python -m zfviz.plotting.redraw --results $(RESULTS) --preset $(PRESET)
 
 # Headless Chromium for the report's screenshot and its browser test (Debian's chromium, as root; else a hint).
 chromium:

@@ -39,9 +39,8 @@ from zfviz.errors import UserError
 from zfviz.models.load import load_net
 from zfviz.outputs import DISSECTION, FIG_DISSECTION, named
 from zfviz.plotting import plt
+from zfviz.plotting.dissection import LAYERS, count_panel
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
-
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
 def normalizer(ckpt: dict, path: Path, known: dict[str, Callable]) -> Callable:
@@ -75,26 +74,6 @@ def dissect_run(name: str, run_dir: Path, batches: Batches, normalizers: dict[st
     print(f"{name}: {len(layers)} layers dissected in {time.perf_counter() - start:.1f} s", flush=True)
     source = run_source(summary, net=name, checkpoint=str(path), epoch=ckpt.get("epoch"))
     return df.assign(net=name), model, prepare, source
-
-
-def count_panel(ax, counts: dict[str, pd.DataFrame], categories: list[str]) -> None:
-    """A nets x layers grid: each cell its detector count, with the count per category written out
-    (c3 o1: three color and one object detectors); grey where the net has no such layer."""
-    grid = np.full((len(counts), len(LAYERS)), np.nan)
-    for r, table in enumerate(counts.values()):
-        for layer, row in table.iterrows():
-            c = LAYERS.index(layer)
-            grid[r, c] = row[categories].sum()
-            parts = " ".join(f"{cat[0]}{int(row[cat])}" for cat in categories if row[cat])
-            ax.text(c, r, f"{int(grid[r, c])}" + (f"  ({parts})" if parts else ""), ha="center", va="center",
-                    fontsize=7)  # fmt: skip
-    ax.imshow(np.ma.masked_invalid(grid), cmap="Blues", aspect="auto", vmin=0, vmax=max(4.0, np.nanmax(grid) * 1.6))
-    ax.set_facecolor("0.85")
-    ax.set_xticks(range(len(LAYERS)), LAYERS, fontsize=8)
-    ax.set_yticks(range(len(counts)), list(counts), fontsize=8)
-    ax.set_title(
-        "detectors (IoU >= 0.04) per layer; " + ", ".join(f"{cat[0]} = {cat}" for cat in categories), fontsize=8
-    )
 
 
 def top_units(df: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -153,7 +132,9 @@ def main() -> int:
         for col, (image, amap) in enumerate(zip(images, maps, strict=True)):
             ax = fig.add_subplot(grid[1 + row, col])
             ax.imshow(image.permute(1, 2, 0).numpy(), extent=(0, size[1], size[0], 0))
-            ax.contour(np.asarray(amap > unit.threshold, dtype=float), levels=[0.5], colors="white", linewidths=1.2)
+            ax.contour(
+                np.asarray(amap > unit.threshold, dtype=float), levels=[0.5], colors="red", linewidths=1.2
+            )  # not white: on white
             ax.set_axis_off()
             if col == 0:
                 ax.set_title(f"{results[0][0]['net'].iloc[0]} {unit.layer} unit {unit.unit}: {unit.concept} "

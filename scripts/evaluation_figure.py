@@ -422,6 +422,8 @@ def _figure(cascade_by_method: dict, image: np.ndarray, title: str):
         trained = cascade[0][1]
         maps[method] = [m[0].numpy() for _, m in cascade]
         curves[method] = [_finite_mean(randomization_scores(trained, m)["spearman"].numpy()) for _, m in cascade]
+    images = len(next(iter(cascade_by_method.values()))[0][1])  # say it: the maps are one image's, the curves n's
+    title += f"\nmaps: one test image; curves: mean over {images} test images"
     return randomization_figure(image, maps, steps, curves, title=title)
 
 

@@ -21,8 +21,8 @@ import pandas as pd
 from zfviz.ablation import read_manifests, repeat_table, table3
 from zfviz.errors import UserError
 from zfviz.outputs import FIG_TABLE3, TABLE3, TABLE3_RERUN, named
-from zfviz.plotting.ablation import ablation_bars
-from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
+from zfviz.plotting.redraw import redraw
+from zfviz.results import load_run, run_source, runs_parser, write_table
 
 
 def provenance(entries: list[dict]) -> list[dict]:
@@ -48,13 +48,6 @@ def main() -> int:
     write_table(
         df, f"{args.out}/{named(TABLE3, args.preset)}", sources=sources, wall_time_s=float(df["wall_time_s"].sum())
     )
-    title = f"Table 3 ablations, {args.preset} preset ({df['dataset'].iloc[0]}, {int(df['epochs'].iloc[0])} epochs)"
-    save_figure(
-        ablation_bars(df, title=title),
-        f"{args.out}/{named(FIG_TABLE3, args.preset)}",
-        sources=sources,
-        table=named(TABLE3, args.preset),
-    )
     if again is not None:
         path = f"{args.out}/{named(TABLE3_RERUN, args.preset, name=args.repeat_name)}"
         write_table(again, path, sources=sources + provenance(repeats))
@@ -63,6 +56,7 @@ def main() -> int:
             f"table3: |val top-1 diff| max {again['val_top1_diff'].abs().max():.2f}, "
             f"mean {again['val_top1_diff'].abs().mean():.2f} points over {len(again)} variants"
         )
+    redraw(args.out, args.preset, FIG_TABLE3)  # the figure from the files just written (and any reruns there)
     with pd.option_context("display.width", 220, "display.max_columns", 30):
         cols = ["variant", "parameters", "train_top1_err", "val_top1_err", "val_top5_err", "paper_val_top1_err"]
         print(df[cols].to_string(index=False))

@@ -19,9 +19,8 @@ import pandas as pd
 
 from zfviz.errors import UserError
 from zfviz.outputs import FIG9_TRANSFER, FIG9_TRANSFER_TABLE, FIG_TABLE6_AP, TABLE4, TABLE5, TABLE6, named
-from zfviz.plotting import plt
-from zfviz.plotting.transfer import accuracy_vs_examples, ap_bars
-from zfviz.results import load_run, paper_table, run_source, save_figure, write_table
+from zfviz.plotting.redraw import redraw
+from zfviz.results import load_run, paper_table, run_source, write_table
 
 # Our heads -> the paper's row of the same method; the SVM's paper numbers are Table 7's layer-7 SVM.
 OURS = {
@@ -131,24 +130,12 @@ def main() -> int:
         if args.fig9:
             run, summary = load_run(args.fig9, "summary.csv", command=TRANSFER)
             write_table(summary, out / named(FIG9_TRANSFER_TABLE, args.preset), sources=[source(run, args.fig9)], wall_time_s=run["wall_time_s"])  # fmt: skip
-            where = "digits stand-in" if run.get("stand_in") else run["dataset"]
-            fig = accuracy_vs_examples(
-                summary, paper_table("table5_caltech256"), title=f"ours: {where} ({args.preset} preset)"
-            )
-            save_figure(fig, out / named(FIG9_TRANSFER, args.preset))
-            plt.close(fig)
+            redraw(out, args.preset, FIG9_TRANSFER)  # the figure from the table just written
         if args.table6:
             run, rows = load_run(args.table6, "rows.csv", command=TRANSFER)
             table = pascal_table(run, rows)
             write_table(table, out / named(TABLE6, args.preset), sources=[source(run, args.table6)], wall_time_s=run["wall_time_s"])  # fmt: skip
-            fig = ap_bars(rows, title=f"per-class AP, {run['dataset']} {'stand-in' if run.get('stand_in') else ''}")
-            save_figure(
-                fig,
-                out / named(FIG_TABLE6_AP, args.preset),
-                sources=[source(run, args.table6)],
-                table=named(TABLE6, args.preset),
-            )
-            plt.close(fig)
+            redraw(out, args.preset, FIG_TABLE6_AP)  # the figure from the table just written
             print(table.to_string(index=False))
     except UserError as err:
         print(f"transfer_tables: error: {err}", file=sys.stderr)

@@ -25,9 +25,8 @@ import pandas as pd
 from zfviz.data.fashion_mnist import class_names
 from zfviz.errors import UserError
 from zfviz.outputs import FIG_TRANSFER_WITHIN, TRANSFER_WITHIN, named
-from zfviz.plotting import plt
-from zfviz.plotting.transfer import stand_ins_side_by_side
-from zfviz.results import load_run, run_source, save_figure, write_table
+from zfviz.plotting.redraw import redraw
+from zfviz.results import load_run, run_source, write_table
 
 TRANSFER = "zfviz transfer"
 COLUMNS = ["stand_in", "pretrained_on", "transfer_to", "head", "pretrained", "n_per_class", "accuracy", "std",
@@ -120,13 +119,7 @@ def main() -> int:
     sources = [cross_prov, within_prov]
     table_name, figure = named(TRANSFER_WITHIN, args.preset), named(FIG_TRANSFER_WITHIN, args.preset)
     write_table(table, out / table_name, sources=sources)
-    panels = {  # what the net was pretrained on, then what it was moved to
-        f"cross-domain\npretrained on {c_from}\n-> {c_to}": cross,
-        f"within-domain\npretrained on {w_from}\n-> {w_to}": within,
-    }
-    fig = stand_ins_side_by_side(panels, title=f"Fig. 9's comparison in two stand-ins ({args.preset} preset)")
-    save_figure(fig, out / figure, sources=sources, table=table_name)  # fmt: skip
-    plt.close(fig)
+    redraw(out, args.preset, FIG_TRANSFER_WITHIN)  # the figure from the table just written
     print(headline(table))
     print(f"wrote {out}/{table_name} and {figure}")
     return 0

@@ -19,7 +19,7 @@ from zfviz.commands.shared import Outputs, pick_maps, split_images
 from zfviz.data.trained import load_data
 from zfviz.errors import UserError
 from zfviz.models.load import load_net
-from zfviz.plotting.deconv import architecture_figure, as_image_channels
+from zfviz.plotting.deconv import architecture_from_arrays, as_image_channels
 from zfviz.utils import resolve_device
 from zfviz.viz.architecture import alias_energy, dead_fraction, high_frequency_energy, rms_dominance
 from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> dict:
     check_nets(nets)
     start = time.perf_counter()
     datasets: dict[str, tuple] = {}
-    rows, filters, projections, arrays, sources = [], {}, {}, {}, []
+    rows, arrays, sources = [], {}, []
     for label, (path, what) in nets.items():
         model, ckpt = load_net(path, device, what)
         config = ckpt["config"]
@@ -86,7 +86,6 @@ def run(cfg: DictConfig) -> dict:
             "l1_rms_dominance": rms_dominance(weight),
             "l1_alias_energy": float(alias_energy(weight, conv1.stride[0]).mean()),
         }
-        filters[label] = weight.numpy()
         compare = label in ("alexnet", "zfnet")  # layer 2 and dead filters: the AlexNet-vs-ZFNet panels
         layers = ["relu1", v.layer2] if compare else ["relu1"]
         tops = top_activations(model, ordered_batches(images, prepare, v.batch_size), layers, k=1)
@@ -101,7 +100,6 @@ def run(cfg: DictConfig) -> dict:
             row["l2_proj_hf_energy"] = float(high_frequency_energy(proj[alive.numpy()], v.cutoff).mean())
             row["l2_patch_hf_energy"] = float(high_frequency_energy(patch[alive], v.cutoff).mean())
             shown = pick_maps(v.maps, out.maps.numel(), cfg.seed, label)
-            projections[label] = proj[shown]
             arrays[f"{label}/l2_projection"] = proj
             arrays[f"{label}/l2_values"] = out.values[:, 0].numpy()
             arrays[f"{label}/l2_shown"] = np.array(shown)
@@ -117,9 +115,7 @@ def run(cfg: DictConfig) -> dict:
     target = out.folder
     elapsed = time.perf_counter() - start
     out.table(df, f"{v.stem}.csv")
-    names = {"alexnet": "AlexNet", "zfnet": "ZFNet", "zfnet, no clipping": "ZFNet, no clipping"}
-    titled = {names.get(k, "ZFNet, clipping 0.1" if "clipping" in k else k): w for k, w in filters.items()}
-    fig = architecture_figure(titled, {names[k]: p for k, p in projections.items()}, title="Fig. 6: layers 1-2")
+    fig = architecture_from_arrays(arrays)  # the figure from what the .npz keeps: redrawable from it alone
     out.figure(fig, f"{v.stem}.png")
     out.arrays(f"{v.stem}.npz", **arrays)
     out.provenance(sources, wall_time_s=elapsed)

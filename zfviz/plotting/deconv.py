@@ -142,24 +142,61 @@ def filter_bank(weight: np.ndarray) -> np.ndarray:
     return mosaic(square([resize(show_filter(w, scale), 4 * max(w.shape[-2:])) for w in weight]), gap=2)
 
 
-def architecture_figure(filters: dict[str, np.ndarray], projections: dict[str, np.ndarray], title: str = "") -> Figure:
-    """Fig. 6: layer-1 filter banks (one panel each) above layer-2 projections (one panel each).
+def architecture_figure(
+    filters: dict[str, np.ndarray],
+    projections: dict[str, np.ndarray],
+    title: str = "",
+    *,
+    map_labels: dict[str, Sequence[str]] | None = None,
+) -> Figure:
+    """Fig. 6: layer-1 filter banks (one panel each, in a row) above layer-2 projections (one tile per
+    map, each tile named by ``map_labels[name]``, default "map <i>"), the canvas sized to what it holds.
 
     ``projections[name]`` is (M, C, h, w): one projection per shown layer-2 map.
     """
-    ncols = max(len(filters), len(projections))
-    fig, axes = plt.subplots(2, ncols, figsize=(4.2 * ncols, 8.6), squeeze=False, constrained_layout=True)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for ax, (name, weight) in zip(axes[0], filters.items(), strict=False):
+    nf, npj = max(len(filters), 1), max(len(projections), 1)
+    side = max((math.ceil(math.sqrt(len(p))) for p in projections.values()), default=1)
+    fig = plt.figure(figsize=(max(3.2 * nf, 4.6 * npj), 3.6 + 4.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6, 4.6])
+    for ax, (name, weight) in zip(np.atleast_1d(top.subplots(1, nf)), filters.items(), strict=False):
         ax.imshow(filter_bank(weight), interpolation="nearest")
         ax.set_title(f"{name}: layer-1 filters", fontsize=9)
-    for ax, (name, proj) in zip(axes[1], projections.items(), strict=False):
-        ax.imshow(mosaic(square([resize(show_projection(p), 48) for p in proj]), gap=2), interpolation="nearest")
-        ax.set_title(f"{name}: layer-2 projections", fontsize=9)
+        ax.set_axis_off()
+    top.suptitle("layer-1 filters (each net's filters scaled together: a dominant filter stands out)", fontsize=9)
+    for sub, (name, proj) in zip(np.atleast_1d(bottom.subfigures(1, npj)), projections.items(), strict=False):
+        labels = (map_labels or {}).get(name) or [f"map {i}" for i in range(len(proj))]
+        axes = np.asarray(sub.subplots(side, side, squeeze=False))
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for ax, tile, label in zip(axes.flat, proj, labels, strict=False):
+            ax.imshow(show_projection(tile), interpolation="nearest")
+            ax.set_title(label, fontsize=8, pad=2)
+        sub.suptitle(
+            f"{name}: layer-2 projections, each map at its strongest activation (tile: map, activation)", fontsize=9
+        )
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     return fig
+
+
+NET_NAMES = {"alexnet": "AlexNet", "zfnet": "ZFNet", "zfnet, no clipping": "ZFNet, no clipping",
+             "zfnet, clipping": "ZFNet, clipping 0.1"}  # fmt: skip
+
+
+def architecture_from_arrays(arrays: dict[str, np.ndarray], title: str = "Fig. 6: layers 1-2") -> Figure:
+    """Fig. 6 from the arrays ``zfviz viz architecture`` keeps (its .npz): ``<net>/l1_filters`` per net;
+    ``<net>/l2_projection``, ``<net>/l2_shown`` (the maps shown) and ``<net>/l2_values`` per compared net."""
+    nets = list(dict.fromkeys(key.split("/")[0] for key in arrays))
+    filters = {NET_NAMES.get(n, n): arrays[f"{n}/l1_filters"] for n in nets if f"{n}/l1_filters" in arrays}
+    projections, labels = {}, {}
+    for net in nets:
+        if f"{net}/l2_projection" not in arrays:
+            continue
+        shown = np.asarray(arrays[f"{net}/l2_shown"], dtype=np.int64)
+        values = np.asarray(arrays[f"{net}/l2_values"])
+        projections[NET_NAMES.get(net, net)] = np.asarray(arrays[f"{net}/l2_projection"])[shown]
+        labels[NET_NAMES.get(net, net)] = [f"map {m}: {values[m]:.1f}" for m in shown]
+    return architecture_figure(filters, projections, title=title, map_labels=labels)
 
 
 def projections_figure(

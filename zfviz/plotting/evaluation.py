@@ -14,10 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from zfviz.plotting import plt
 from zfviz.plotting.deconv import show_image
+
+# The "random" method's map ignores the net, so it is the same map before and after randomization: its
+# similarity is 1.0 by construction, a reference line for the others, never a method to rank.
+REFERENCE = "random"
+REFERENCE_LABEL = "random map: 1.0 by construction (reference, not a method)"
 
 
 def magnitude(amap: np.ndarray) -> np.ndarray:
@@ -52,23 +58,72 @@ def randomization_figure(
     labels = ["trained" if s == "none" else f"{s}" for s in steps]
     for row, method in enumerate(methods):
         axes[row, 0].imshow(show_image(image))
-        axes[row, 0].set_ylabel(method, fontsize=7, rotation=0, ha="right", va="center")
+        axes[row, 0].set_ylabel(method, fontsize=8, rotation=0, ha="right", va="center")
         for col, amap in enumerate(maps[method], start=1):
             axes[row, col].imshow(magnitude(amap), cmap="magma", vmin=0, vmax=1)
             if row == 0:
-                axes[row, col].set_title(labels[col - 1], fontsize=7)
+                axes[row, col].set_title(labels[col - 1], fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     ax = bottom.subplots()
     colors = plt.get_cmap("tab20")
     for i, method in enumerate(curves):
+        if method == REFERENCE:  # 1.0 by construction: a yardstick, not the least sensitive method
+            ax.plot(range(len(steps)), curves[method], color="0.5", ls=":", label=REFERENCE_LABEL)
+            continue
         ax.plot(range(len(steps)), curves[method], marker="o", markersize=3, color=colors(i % 20), label=method)
-    ax.set_xticks(range(len(steps)), ["trained", *[f"+{s}" for s in steps[1:]]], fontsize=7)
+    ax.set_xticks(range(len(steps)), ["trained", *[f"+{s}" for s in steps[1:]]], fontsize=8)
     ax.set_ylabel("Spearman (|trained|, |randomized|)", fontsize=8)
     ax.set_xlabel("layers re-initialized, cumulatively from the top", fontsize=8)
     ax.axhline(0, color="gray", linewidth=0.5)
-    ax.legend(fontsize=6, ncols=3, loc="upper right")
+    ax.legend(fontsize=8, ncols=3, loc="upper right")
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def randomization_summary(table: pd.DataFrame, title: str = "") -> Figure:
+    """Each method's similarity between its maps from the trained and the fully randomized net, with its
+    interval, one panel per net. ``table``: ``evaluation_<preset>.csv`` (net, method, metric, mean,
+    ci_low, ci_high, n), its randomization_spearman and randomization_ssim rows; the number of images
+    is each row's n, said on its label. The random map is a dotted reference line at its value."""
+    rows = table[table["metric"].isin(RANDOMIZATION_METRICS)]
+    nets = list(dict.fromkeys(rows["net"]))
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 5.2), squeeze=False, sharey=True,
+                             layout="constrained")  # fmt: skip
+    for ax, net in zip(axes[0], nets, strict=True):
+        _summary_panel(ax, rows[rows["net"] == net])
+        ax.set_title(net, fontsize=10)
+    axes[0, 0].set_ylabel("method (n: images explained)", fontsize=9)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+RANDOMIZATION_METRICS = {
+    "randomization_spearman": "Spearman rank correlation",
+    "randomization_ssim": "SSIM",
+}
+
+
+def _summary_panel(ax, rows: pd.DataFrame) -> None:
+    methods = [m for m in dict.fromkeys(rows["method"]) if m != REFERENCE]
+    y = np.arange(len(methods))[::-1]
+    for k, (metric, name) in enumerate(RANDOMIZATION_METRICS.items()):
+        part = rows[rows["metric"] == metric].set_index("method")
+        at = part.reindex(methods)
+        offset = 0.15 * (1 - 2 * k)
+        ax.errorbar(at["mean"], y + offset, xerr=[at["mean"] - at["ci_low"], at["ci_high"] - at["mean"]],
+                    fmt="o", ms=4, capsize=2, color=f"C{k}", label=f"{name} (95% interval over images)")  # fmt: skip
+    reference = rows[rows["method"] == REFERENCE]["mean"]
+    if len(reference):  # the same value under both measures: one line
+        ax.axvline(float(reference.iloc[0]), color="0.4", ls=":", lw=1.2, label=REFERENCE_LABEL)
+    n = rows[rows["method"] != REFERENCE].groupby("method")["n"].min().reindex(methods)
+    ax.set_yticks(y, [f"{m} (n={int(c)})" for m, c in zip(methods, n, strict=True)], fontsize=8)
+    ax.axvline(0, color="0.3", lw=0.6)
+    ax.set_xlabel("similarity of |map| trained vs every layer randomized\n(lower: the map depends on the weights)",
+                  fontsize=9)  # fmt: skip
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)

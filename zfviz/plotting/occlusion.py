@@ -57,7 +57,7 @@ class Projections:
 
 
 def occlusion_figure(
-    images: np.ndarray,
+    images: np.ndarray | None,
     sweep: OcclusionMaps,
     class_names: Sequence[str],
     labels: Sequence[int],
@@ -68,35 +68,51 @@ def occlusion_figure(
 ) -> Figure:
     """The paper's 5-panel row per image: (a) input, (b) map total, (c) projections, (d) p(true), (e) top class.
 
-    Without ``projections`` panel (c) is left out. ``occluded``: each image occluded where p(true) is
-    lowest, shown in (a) in place of the plain image.
+    Without ``projections`` panel (c) is left out; without ``images`` (the maps alone, as their .npz
+    keeps them) panel (a). ``occluded``: each image occluded where p(true) is lowest, shown in (a) in
+    place of the plain image.
     """
-    n, size = len(images), images.shape[-1]
     maps, origins, window = sweep.maps, sweep.origins, sweep.window
-    panels = ["a", "b"] + (["c"] if projections is not None else []) + ["d", "e"]
-    fig, axes = plt.subplots(n, len(panels), figsize=(3.1 * len(panels), 3.0 * n), squeeze=False)
-    worst = maps["p_true"].reshape(n, -1).argmin(axis=1)
+    n = len(maps["p_true"])
+    size = images.shape[-1] if images is not None else int(origins[-1] + window)
+    panels = (["a"] if images is not None else []) + ["b"] + (["c"] if projections is not None else []) + ["d", "e"]
+    fig, axes = plt.subplots(n, len(panels), figsize=(3.3 * len(panels), 3.0 * n), squeeze=False)
     for i in range(n):
         row = dict(zip(panels, axes[i], strict=True))
-        ax = row["a"]
-        ax.imshow(show_image(images[i] if occluded is None else occluded[i]))
-        if occluded is not None:  # outline the square it shows: where p(true) is lowest
-            r, c = divmod(int(worst[i]), maps["p_true"].shape[2])
-            ax.add_patch(Rectangle((origins[c] - 0.5, origins[r] - 0.5), window, window, fill=False, ec="w", lw=0.8))
-        ax.set(xticks=[], yticks=[], title=f"(a) {class_names[labels[i]]}, p={maps['p_true_clean'][i]:.2f}")
+        if images is not None:
+            _input_panel(row["a"], images[i] if occluded is None else occluded[i], sweep, i, occluded is not None)
+            row["a"].set_title(f"(a) {class_names[labels[i]]}, p={maps['p_true_clean'][i]:.2f}", fontsize=9)
+        else:
+            row["b"].set_ylabel(f"{class_names[labels[i]]}, p={maps['p_true_clean'][i]:.2f}", fontsize=9)
         im = _heatmap(row["b"], maps["feature_activation"][i], origins, window, size, cmap="viridis")
-        fig.colorbar(im, ax=row["b"], fraction=0.046)
+        _colorbar(fig, im, row["b"], f"{sweep.layer} map total")
         row["b"].set_title(f"(b) {sweep.layer} map {int(maps['channel'][i])}: total", fontsize=9)
         if projections is not None:
             _projection_panel(row["c"], projections, i, window, size)
         im = _heatmap(row["d"], maps["p_true"][i], origins, window, size, cmap="magma", vmin=0, vmax=1)
-        fig.colorbar(im, ax=row["d"], fraction=0.046)
+        _colorbar(fig, im, row["d"], "p(true class)")
         row["d"].set_title("(d) p(true class)", fontsize=9)
-        _top_class_panel(row["e"], maps["top_class"][i], origins, window, size, class_names)
+        _top_class_panel(fig, row["e"], sweep, i, class_names, size)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _colorbar(fig, im, ax, label: str) -> None:
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+
+
+def _input_panel(ax, image: np.ndarray, sweep: OcclusionMaps, i: int, outline: bool) -> None:
+    ax.imshow(show_image(image))
+    if outline:  # outline the square it shows: where p(true) is lowest
+        p_true, origins = sweep.maps["p_true"], sweep.origins
+        r, c = divmod(int(p_true[i].argmin()), p_true.shape[2])
+        ax.add_patch(Rectangle((origins[c] - 0.5, origins[r] - 0.5), sweep.window, sweep.window, fill=False, ec="r",
+                               lw=1.2))  # fmt: skip
+    ax.set(xticks=[], yticks=[])
 
 
 def _projection_panel(ax, projections: Projections, i: int, window: int, size: int) -> None:
@@ -111,15 +127,26 @@ def _projection_panel(ax, projections: Projections, i: int, window: int, size: i
     ax.set_title("(c) " + " / ".join(projections.titles), fontsize=8)
 
 
-def _top_class_panel(ax, top_class: np.ndarray, origins: np.ndarray, window: int, size: int, class_names) -> None:
-    # Colours for the classes that occur here only, so 1000-class maps stay readable.
+def _top_class_panel(fig, ax, sweep: OcclusionMaps, i: int, class_names, size: int) -> None:
+    """(e): the most probable class at each occluder position. Where one class wins everywhere (the net
+    keeps its answer wherever the square sits) the colours would be one flat patch: the panel then
+    shows that class's probability instead, with a colour bar of its range, and says so."""
+    top_class, origins, window = sweep.maps["top_class"][i], sweep.origins, sweep.window
     present = np.unique(top_class)
+    if len(present) == 1:
+        prob = sweep.maps["top_prob"][i]
+        im = _heatmap(ax, prob, origins, window, size, cmap="cividis")
+        _colorbar(fig, im, ax, f"p({class_names[int(present[0])]})")
+        ax.set_title(f"(e) top class: {class_names[int(present[0])]} at every\nposition; its p "
+                     f"{prob.min():.3f}-{prob.max():.3f}", fontsize=8)  # fmt: skip
+        return
+    # Colours for the classes that occur here only, so 1000-class maps stay readable.
     codes = np.searchsorted(present, top_class)
     palette = plt.get_cmap("tab10" if len(present) <= 10 else "tab20").colors
     cmap = ListedColormap([palette[k % len(palette)] for k in range(len(present))])
     _heatmap(ax, codes, origins, window, size, cmap=cmap, vmin=-0.5, vmax=len(present) - 0.5)
     handles = [Patch(color=cmap(k), label=class_names[int(c)]) for k, c in enumerate(present[:20])]
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title("(e) most probable class", fontsize=9)
 
 
