@@ -197,3 +197,12 @@ def test_a_missing_data_file_is_one_line(results: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "evaluation_cpu.csv is missing" in err
     assert main(["--results", str(results), "--only", "fig2_top9_cpu.png"]) == 2
+
+
+def test_a_plain_redraw_leaves_the_figures_whose_data_hold_less_alone(results: Path) -> None:
+    assert main(["--results", str(results)]) == 0
+    drawn = {p.name for p in results.glob("*.png")}
+    assert "fig_table3_cpu.png" in drawn and "fig6_architecture_cpu.png" in drawn
+    assert not drawn & {"fig7_occlusion_cpu.png", "fig_dissection_cpu.png", "fig_randomization_cpu.png"}
+    assert main(["--results", str(results), "--only", "fig7_occlusion_cpu.png"]) == 0
+    assert (results / "fig7_occlusion_cpu.png").is_file()

@@ -2,6 +2,7 @@
 no checkpoint, no training.
 
 usage: python -m zfviz.plotting.redraw --results results [--preset cpu] [--only fig_table3_cpu.png ...]
+(without --only: every figure but ``PARTIAL``'s, whose data hold less than make figures draws)
 
 Each figure is one function of its data files (``DRAWN``: figure -> the files it reads, the drawing).
 The scripts that compute those files call ``redraw`` on them after writing, so ``make figures`` and
@@ -195,6 +196,9 @@ DRAWN: dict[str, tuple[tuple[str, ...], Callable[[Data], Figure]]] = {
     FIG7_OCCLUSION: ((FIG7_OCCLUSION_ARRAYS,), fig7),
     FIG6_ARCHITECTURE_FIGURE: ((FIG6_ARCHITECTURE_ARRAYS, FIG6_ARCHITECTURE), fig6),
 }
+# Figures whose data files hold less than make figures draws (the input images, the projections, the per-step
+# maps): redrawn only when named with --only, so a plain redraw never replaces make figures' fuller picture.
+PARTIAL = frozenset({FIG_RANDOMIZATION, FIG_DISSECTION, FIG7_OCCLUSION})
 COMMAND = "python -m zfviz.plotting.redraw"
 
 
@@ -243,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             raise UserError(f"--only: {', '.join(unknown)} is not redrawn from data; choose from {', '.join(chosen)}")
         for name, pattern in chosen.items():
-            if args.only and name not in args.only:
+            wanted = name in args.only if args.only else pattern not in PARTIAL
+            if not wanted:
                 continue
             print(f"redraw: {redraw(args.results, args.preset, pattern)}")
     except UserError as err:
