@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 from zfviz.utils import restore_torch_state, torch_state
 
@@ -53,6 +54,15 @@ def _sigint_handler(request):
     if after is not before:
         signal.signal(signal.SIGINT, before)
         warnings.warn(f"{request.node.nodeid} left SIGINT's handler changed to {after!r}", stacklevel=1)
+
+
+@pytest.fixture(autouse=True)
+def _no_hydra_job_left():
+    """A Hydra app run in this process (``run_zfviz``) leaves its job in Hydra's singleton after it returns;
+    the next test would take it for its own running job (``utils.hydra_command``: a sidecar's command). A
+    ``zfviz`` process runs one app, so this is the test process's state to clear, not the library's."""
+    yield
+    HydraConfig.instance().cfg = None
 
 
 @pytest.fixture(autouse=True)
