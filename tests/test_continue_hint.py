@@ -1,5 +1,6 @@
-"""The line an interrupted command ends with names a command the user can type (``zfviz viz invert``, not
-``zfviz viz_invert``: the Hydra job of ``zfviz viz <method>`` is named ``viz_<method>``)."""
+"""The line an interrupted command ends with names a command the user can type: the Hydra job of
+``zfviz viz <method>`` is named ``viz`` and carries ``viz=<method>`` among its overrides, which the dispatcher
+reads back as the same method."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ def _job(monkeypatch, name: str, overrides: list[str]) -> None:
 @pytest.mark.parametrize(
     ("job", "expected"),
     [
-        ("viz_invert", "; run the same command again to continue: zfviz viz invert method=learned 'layers=[conv1]'"),
-        ("ablate", "; run the same command again to continue: zfviz ablate method=learned 'layers=[conv1]'"),
+        ("viz", "; run the same command again to continue: zfviz viz viz=invert method=learned 'layers=[conv1]'"),
+        ("ablate", "; run the same command again to continue: zfviz ablate viz=invert method=learned 'layers=[conv1]'"),
     ],
 )
 def test_the_continue_line_is_a_command_a_user_can_type(monkeypatch, job, expected):
-    _job(monkeypatch, job, ["method=learned", "layers=[conv1]"])
+    _job(monkeypatch, job, ["viz=invert", "method=learned", "layers=[conv1]"])
     assert _how_to_continue("runs/x") == expected
 
 

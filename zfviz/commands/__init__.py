@@ -45,7 +45,8 @@ def _how_to_continue(resume_dir) -> str:
         return ""
     hydra = HydraConfig.get()
     if hydra.job.name != "train":  # ablate and the decoders resume their caches by themselves
-        command = hydra.job.name.split("_", 1) if hydra.job.name.startswith("viz_") else [hydra.job.name]
-        return f"; run the same command again to continue: {shlex.join(['zfviz', *command, *hydra.overrides.task])}"
+        return (
+            f"; run the same command again to continue: {shlex.join(['zfviz', hydra.job.name, *hydra.overrides.task])}"
+        )
     args = [a for a in hydra.overrides.task if a.partition("=")[0] != "resume"]
     return f"; resume with: {shlex.join(['zfviz', 'train', *args, 'resume=true', f'hydra.run.dir={resume_dir}'])}"
