@@ -43,6 +43,19 @@ def source(run: dict, run_dir: str) -> dict:
     return run_source(run, run_dir=run_dir, **{k: run.get(k) for k in keep})
 
 
+def data_label(run: dict) -> str:
+    """What a run's images are: the data set it names, or the stand-in that took its place (the digits stand in
+    for Caltech-256 when its folder is absent, and ``dataset`` still names what it stands in for)."""
+    return "stand-in: scikit-learn digits" if run.get("stand_in") else run["dataset"]
+
+
+def fig9_table(run: dict, summary: pd.DataFrame) -> pd.DataFrame:
+    """The run's summary with a ``data`` column beside ``dataset``: the images the accuracies were measured on."""
+    table = summary.copy()
+    table.insert(table.columns.get_loc("dataset") + 1, "data", data_label(run))
+    return table
+
+
 def caltech_table(run: dict, summary: pd.DataFrame, paper_name: str, ns: list[int]) -> pd.DataFrame:
     """The paper's rows (prior work first), then ours; ours carry the paper's value of the same method."""
     # Table 4's CSV names its columns acc_15_per_class; Table 5's acc_15.
@@ -61,7 +74,7 @@ def caltech_table(run: dict, summary: pd.DataFrame, paper_name: str, ns: list[in
         row = {"method": p["method"], "data": f"paper: {paper_data}"}
         row.update({f"paper_{c}": p[c] for c in acc_cols + std_cols})
         rows.append(row)
-    dataset = "stand-in: scikit-learn digits" if run.get("stand_in") else run["dataset"]
+    dataset = data_label(run)
     for head, (name, paper_method) in OURS.items():
         mine = summary[summary["head"] == head].set_index("n_per_class")
         if mine.empty:
@@ -129,7 +142,7 @@ def main() -> int:
             print(table.to_string(index=False), "\n")
         if args.fig9:
             run, summary = load_run(args.fig9, "summary.csv", command=TRANSFER)
-            write_table(summary, out / named(FIG9_TRANSFER_TABLE, args.preset), sources=[source(run, args.fig9)], wall_time_s=run["wall_time_s"])  # fmt: skip
+            write_table(fig9_table(run, summary), out / named(FIG9_TRANSFER_TABLE, args.preset), sources=[source(run, args.fig9)], wall_time_s=run["wall_time_s"])  # fmt: skip
             redraw(out, args.preset, FIG9_TRANSFER)  # the figure from the table just written
         if args.table6:
             run, rows = load_run(args.table6, "rows.csv", command=TRANSFER)

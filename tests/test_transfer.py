@@ -301,6 +301,18 @@ def test_caltech_command_end_to_end_and_the_cache_on_a_second_run(checkpoint, tm
     assert "no results at [45, 60] images per class" in capsys.readouterr().err
 
 
+def test_fig9_table_says_which_images_the_accuracies_were_measured_on():
+    tables = load_script("transfer_tables")
+    summary = pd.DataFrame({"dataset": "caltech256", "head": ["svm", "scratch"], "n_per_class": 1,
+                            "accuracy": [32.2, 37.1]})  # fmt: skip
+    stand_in = tables.fig9_table({"dataset": "caltech256", "stand_in": True}, summary)
+    assert list(stand_in.columns) == ["dataset", "data", "head", "n_per_class", "accuracy"]
+    assert set(stand_in["dataset"]) == {"caltech256"}  # what it stands in for, as the report and redraw read it
+    assert set(stand_in["data"]) == {"stand-in: scikit-learn digits"}
+    assert list(tables.fig9_table({"dataset": "caltech256", "stand_in": False}, summary)["data"]) == ["caltech256"] * 2
+    assert list(summary.columns) == ["dataset", "head", "n_per_class", "accuracy"]  # the run's summary untouched
+
+
 def test_command_mistakes_are_user_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no runs/ here, so no trained net to fall back on
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
