@@ -131,10 +131,13 @@ class Bench:
     def begin(cls, script: str) -> Bench:
         return cls(Path(script), load_1min(), time.perf_counter())
 
-    def write(self, out: str | Path | None, settings: dict, stem: str | None = None) -> Path | None:
+    def write(
+        self, out: str | Path | None, settings: dict, stem: str | None = None, notes: dict | None = None
+    ) -> Path | None:
         """``out/<stem>.csv`` (every ``ratio`` of this process, atomically; ``stem``: the script's name) and its
         ``.meta.json``; nothing without ``out``. ``settings``: the script's arguments as the run used them
-        (after ``--quick``)."""
+        (after ``--quick``); ``notes``: what the run found that is no ratio (a lever that failed, the CPU's
+        instructions), in the sidecar under ``notes``."""
         if out is None:
             return None
         path = Path(out) / f"{stem or self.script.stem}.csv"
@@ -150,6 +153,7 @@ class Bench:
             load_1min_at_start=self.load_at_start,
             load_1min_at_end=load_1min(),
             settings=settings,
+            **({"notes": notes} if notes else {}),
         )
         print(f"wrote {path}")
         return path

@@ -15,12 +15,20 @@
    runs them) on the first ``--fit-images`` Fashion-MNIST images (random images when it is absent), at the
    cpu preset: the old path, the new one with the allocator setting held only inside each epoch (before the
    fit-wide one), and the new one, interleaved; images/s over the whole run and in each epoch, the losses.
+5. ``--levers`` (issue 27): at the cpu preset, ZFNet and AlexNet, images/s of today's training step against the
+   same step with one lever taken: ``torch.compile`` (inductor; its first pass, the compiling, timed apart, and a
+   failure to compile a line of the output and the sidecar, not the end of the run), ReLUs in place, bf16
+   autocast (``trainer.amp=bf16``; fast only where the CPU has bf16 instructions: /proc/cpuinfo's flags name
+   them, in the row and the sidecar), interleaved; and ``zfviz.engine.evaluate`` over the test split against
+   a training epoch (Fashion-MNIST's split sizes, each at the rate measured in the same rounds).
 
 The nets are built from ``configs/`` (``_bench.preset_model``).
 
 usage: python scripts/bench_train.py [--batches 10] [--repeats 3] [--paper-batch 8] [--paper-steps 2] [--quick] [--out results]
        python scripts/bench_train.py --fit [--fit-images 5000] [--fit-epochs 3] [--repeats 2] [--models zfnet,alexnet]
-       (with --out DIR: DIR/bench_train.csv, or DIR/bench_train_fit.csv for --fit)
+       python scripts/bench_train.py --levers [--batches 10] [--repeats 3] [--no-compile] [--models zfnet,alexnet]
+       (with --out DIR: DIR/bench_train.csv, or DIR/bench_train_fit.csv for --fit, DIR/bench_train_levers.csv
+       for --levers)
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import copy
 import ctypes
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -86,19 +95,21 @@ def old_model(model: nn.Module) -> nn.Module:
     return old
 
 
-def path(model: nn.Module, batches, *, channels_last: bool, reuse_memory: bool):
-    """A training pass of ``train_one_epoch`` over ``batches`` with the levers given (the model is its own copy)."""
+def path(model: nn.Module, batches, *, channels_last: bool, reuse_memory: bool, amp: str | None = None, prepare=None):
+    """A training pass of ``train_one_epoch`` over ``batches`` with the levers given (the model is its own copy;
+    ``amp`` is ``zfviz train``'s ``trainer.amp``, ``prepare`` turns the copy into the net trained: compiled, ...)."""
     model = copy.deepcopy(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer, _, _ = build_optimizer(model, Cfg(OPTIM), len(batches), 1)
+    net = model if prepare is None else prepare(model)
 
     def run() -> nn.Module:
         with contextlib.ExitStack() as stack:
             if not reuse_memory:  # glibc's own thresholds, as before issue 17
                 stack.enter_context(_patched(engine, "reuse_freed_memory", lambda device: contextlib.nullcontext()))
-            settings = Settings(epochs=1, channels_last=channels_last, progress=False)
-            train_one_epoch(model, batches, optimizer, device=torch.device("cpu"), settings=settings)
+            settings = Settings(epochs=1, channels_last=channels_last, progress=False, amp=amp)
+            train_one_epoch(net, batches, optimizer, device=torch.device("cpu"), settings=settings)
         return model
 
     return run
@@ -295,6 +306,100 @@ def _load_noted(fn, loads: list):
     return run
 
 
+# The cpu preset's data, Fashion-MNIST: the images of a training epoch and of the evaluation after it.
+EPOCH_IMAGES, TEST_IMAGES = 60_000, 10_000
+TODAY = {"channels_last": True, "reuse_memory": True}  # the path zfviz train takes
+
+
+def bf16_support(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's bf16 instructions as /proc/cpuinfo names them ("none": bf16 autocast then emulates them, slowly)."""
+    try:
+        flags = next(ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return "+".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
+
+
+def inplace_relu(model: nn.Module) -> nn.Module:
+    """``model`` with every ReLU rectifying in place (the house keeps them out of place for the hooks of the
+    visualizations; a training step has none)."""
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = True
+    return model
+
+
+def compiled_path(model: nn.Module, batches) -> tuple[object, float | str]:
+    """Today's path through ``torch.compile`` (inductor), compiled by one first pass timed on its own:
+    (the pass, the first pass's seconds), or (None, why it did not compile)."""
+    start = time.perf_counter()
+    try:
+        run = path(model, batches, **TODAY, prepare=torch.compile)
+        run()
+    except Exception as err:  # no compiler, an op inductor lacks: a row of the benchmark, not its end
+        return None, f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+    return run, time.perf_counter() - start
+
+
+def evaluation(model: nn.Module, images: int, batch: int):
+    """``zfviz.engine.evaluate`` over ``images`` random images (a multiple of ``batch``) in batches of ``batch``,
+    as ``fit`` runs it after each epoch (the net channels-last; its own copy)."""
+    net = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    batches = make_batches(images // batch, batch, model.input_size)
+    return lambda: engine.evaluate(net, batches, device=torch.device("cpu"))
+
+
+def lever_paths(model: nn.Module, batches, eval_images: int, eval_batch: int) -> dict:
+    """Today's training pass, the same with each lever taken, and the evaluation pass (all but compile)."""
+    return {
+        "today": path(model, batches, **TODAY),
+        "in-place ReLU": path(model, batches, **TODAY, prepare=inplace_relu),
+        "bf16 autocast": path(model, batches, **TODAY, amp="bf16"),
+        "evaluation": evaluation(model, eval_images, eval_batch),
+    }
+
+
+def levers_bench(name: str, steps: int, rounds: int, *, compile_: bool, eval_batch: int) -> str | None:
+    """Section 5 for one net at the cpu preset: images/s of the training step with each lever against today's
+    path, interleaved; torch.compile's first pass apart; the evaluation pass as a fraction of an epoch's time.
+    Returns how compiling went (None without it), for the sidecar."""
+    model = preset_model("cpu", name, 10)
+    batches = make_batches(steps, 128, model.input_size)
+    images, eval_images = steps * 128, max(1, steps * 128 // eval_batch) * eval_batch  # about as many
+    paths = lever_paths(model, batches, eval_images, eval_batch)
+    compiled, first = compiled_path(model, batches) if compile_ else (None, None)
+    if compiled:
+        paths["torch.compile"] = compiled
+    for fn in paths.values():
+        fn()  # warm-up
+    timings = interleaved(paths, rounds)
+    rates = {label: (eval_images if label == "evaluation" else images) / timings.median(label) for label in paths}
+    bf16 = bf16_support()
+    print(f"cpu preset {name} ({model.input_size} px), batch 128, {steps} steps x {rounds} rounds (medians), levers "
+          f"against today's path; CPU bf16 support: {bf16}:")  # fmt: skip
+    for label in (label for label in paths if label != "evaluation"):
+        print(f"  {label:16s} {rates[label]:8.1f} img/s  x{rates[label] / rates['today']:.2f} of today")
+        if label != "today":
+            cpu = f" (CPU bf16: {bf16})" if label.startswith("bf16") else ""
+            ratio(f"levers {label}{cpu}/today cpu {name}", rates[label], rates["today"], "img/s")
+    note = None if not compile_ else f"first pass {first:.1f} s" if compiled else f"failed: {first}"
+    if compile_:
+        print(f"  torch.compile: {note}")
+    if compiled:
+        ratio(f"levers torch.compile first pass/today pass cpu {name}", first, timings.median("today"), "s")
+    eval_s, epoch_s = TEST_IMAGES / rates["evaluation"], EPOCH_IMAGES / rates["today"]
+    print(f"  evaluation {rates['evaluation']:8.1f} img/s: the {TEST_IMAGES} test images in {eval_s:.1f} s, "
+          f"an epoch of {EPOCH_IMAGES} in {epoch_s:.1f} s")  # fmt: skip
+    ratio(f"levers evaluation/epoch cpu {name}", eval_s, epoch_s, "s")
+    return note
+
+
+def eval_batch_size() -> int:
+    """The cpu preset's evaluation batch (``data.eval_batch_size``) as ``zfviz train`` composes it."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=["preset=cpu"]).data.eval_batch_size
+
+
 def achieved_lines(preset: str, name: str, rates: dict, peak: float) -> None:
     """Section 3: the old and the new step's achieved GFLOP/s against the matmul peak."""
     model = preset_model(preset, name, 10 if preset == "cpu" else 1000)
@@ -324,7 +429,9 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="only section 4: whole fit runs")
     parser.add_argument("--fit-images", type=int, default=5000)
     parser.add_argument("--fit-epochs", type=int, default=3)
-    parser.add_argument("--models", default="zfnet,alexnet", help="the nets of section 4")
+    parser.add_argument("--models", default="zfnet,alexnet", help="the nets of sections 4 and 5")
+    parser.add_argument("--levers", action="store_true", help="only section 5: the speed levers against today's path")
+    parser.add_argument("--no-compile", action="store_true", help="section 5 without torch.compile (minutes a net)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 batches, 1 repeat, a tiny paper batch")
     out_argument(parser)
     args = parser.parse_args()
@@ -338,6 +445,14 @@ def main() -> None:
             fit_bench(args.models.split(","), args.fit_images, args.fit_epochs, max(args.repeats, 1))
         print(f"loadavg at the end {loadavg()}")
         bench.write(args.out, vars(args), stem="bench_train_fit")
+        return
+    if args.levers:
+        with seeded(0, deterministic=True):  # as zfviz train runs
+            compiled = {name: levers_bench(name, args.batches, args.repeats, compile_=not args.no_compile,
+                                           eval_batch=eval_batch_size()) for name in args.models.split(",")}  # fmt: skip
+        print(f"loadavg at the end {loadavg()}")
+        notes = {"cpu_bf16": bf16_support(), "torch.compile": compiled}
+        bench.write(args.out, vars(args), stem="bench_train_levers", notes=notes)
         return
 
     # 1. engine overhead at the cpu preset

@@ -110,3 +110,67 @@ def test_the_ratios_a_benchmark_states_are_the_rows_it_writes(bench_module, tmp_
     meta = json.loads(path.with_suffix(".meta.json").read_text())
     assert SIDECAR_KEYS <= set(meta) and meta["settings"] == {"rounds": 3} and meta["table"] == path.name
     assert bench.write(tmp_path, {}, stem="bench_made_up_fit").name == "bench_made_up_fit.csv"
+
+
+@pytest.mark.slow
+def test_a_quick_levers_run_writes_each_lever_against_todays_path(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    argv = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--levers", "--quick", "--no-compile"]
+    result = subprocess.run(
+        [*argv, "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["bench_train_levers.csv", "bench_train_levers.meta.json"]
+    printed = printed_ratios(result.stdout)
+    assert written_ratios(out / "bench_train_levers.csv") == printed
+    meta = json.loads((out / "bench_train_levers.meta.json").read_text())
+    bf16 = meta["notes"]["cpu_bf16"]
+    assert [name for name, _, _ in printed] == [  # --quick: ZFNet alone; --no-compile: no compile rows
+        "levers in-place ReLU/today cpu zfnet",
+        f"levers bf16 autocast (CPU bf16: {bf16})/today cpu zfnet",
+        "levers evaluation/epoch cpu zfnet",
+    ]
+    assert meta["notes"]["torch.compile"] == {"zfnet": None}
+    assert pd.read_csv(out / "bench_train_levers.csv").set_index("name")["unit"].tolist() == ["img/s", "img/s", "s"]
+
+
+@pytest.fixture
+def bench_train(bench_module):
+    return importlib.import_module("bench_train")
+
+
+def test_the_bf16_label_is_the_cpus_own_flags(bench_train, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n\nflags\t\t: fpu\n")
+    assert bench_train.bf16_support(cpuinfo) == "avx512_bf16+amx_bf16"  # the first processor's line
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f\n")
+    assert bench_train.bf16_support(cpuinfo) == "none"
+    assert bench_train.bf16_support(tmp_path / "missing") == "unknown"
+
+
+def test_inplace_relu_changes_no_output(bench_train):
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Sequential(torch.nn.ReLU()))
+    x = torch.randn(5, 4)
+    before = net(x)
+    assert bench_train.inplace_relu(net) is net
+    assert [m.inplace for m in net.modules() if isinstance(m, torch.nn.ReLU)] == [True, True]
+    assert torch.equal(net(x), before)
+
+
+@pytest.mark.slow
+def test_a_net_that_does_not_compile_is_a_line_not_the_end(bench_train, bench_module, monkeypatch, capsys):
+    def no_compiler(model, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nthe details")
+
+    monkeypatch.setattr(bench_train.torch, "compile", no_compiler)
+    note = bench_train.levers_bench("zfnet", 1, 1, compile_=True, eval_batch=128)
+    assert note == "failed: RuntimeError: InvalidCxxCompiler: No working C++ compiler found"
+    printed = capsys.readouterr().out
+    assert f"  torch.compile: {note}\n" in printed and "torch.compile/" not in printed
+    assert [f["name"] for f in bench_module.FIGURES] == [  # the other levers still measured, no compile row
+        "levers in-place ReLU/today cpu zfnet",
+        f"levers bf16 autocast (CPU bf16: {bench_train.bf16_support()})/today cpu zfnet",
+        "levers evaluation/epoch cpu zfnet",
+    ]
