@@ -3,7 +3,8 @@
 The taxonomy paper's comparison (FeatureVis style, issue 13): rows are test images (the first of
 each class, so every row is another class), columns the input and each method of
 ``zfviz.attribution`` explaining the image's true class; one panel per trained net (ZFNet and the
-AlexNet replication at the cpu preset), side by side. Class targets start every method from 1 at
+AlexNet replication at the cpu preset), one above the other, and a colour bar per scale (signed maps;
+Grad-CAM over the image). Class targets start every method from 1 at
 the class score (the gradient), the deconvnet too, as Captum's; LRP starts from the score itself.
 The z^B rule's pixel bounds are the data's 0 and 255 after the net's normalization.
 
@@ -40,6 +41,8 @@ COLUMNS = {
     "gradcam": ("gradcam", {}),
     "guided_gradcam": ("guided_gradcam", {}),
 }
+
+OVERLAID = ("gradcam",)  # non-negative and coarse: laid over the image on its own scale
 
 
 def first_of_each_class(labels: torch.Tensor, count: int) -> list[int]:
@@ -92,7 +95,8 @@ def main() -> int:
         )
         return 2
     panels = {name: (images, maps) for name, images, maps, _, _ in results}
-    fig = attribution_grid(panels, rows, title=f"Attribution methods on the same test images, {args.preset} preset")
+    title = f"Attribution methods on the same test images, explaining each image's true class ({args.preset} preset)"
+    fig = attribution_grid(panels, rows, overlaid=OVERLAID, title=title)
     out = Path(args.out) / named(FIG_ATTRIBUTION, args.preset)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_figure(

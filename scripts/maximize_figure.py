@@ -11,7 +11,9 @@ generator prior. Gray data (Fashion-MNIST) give gray images: the pixels' channel
 parameterization are one batched optimization. The priors are Yosinski et al. 2015's (decay, blur
 every 4 steps) with jitter; the images stay in the pixel range. The CSV has one row per net, layer,
 unit and parameterization: the target's activation on its image, the strongest activation of any of
-those test images, and their ratio (NaN when no test image drives the unit above 0).
+those test images, and their ratio (NaN when no test image drives the unit above 0). The figure shows a
+readable subset (``--shown`` per layer: the units the data drive most, and as many classes), one row per net
+and parameterization; the table holds every target.
 
 usage: python scripts/maximize_figure.py --preset cpu --out results [--decoders DIR] RUN_DIR [RUN_DIR ...]
 """
@@ -31,7 +33,7 @@ from zfviz.errors import UserError
 from zfviz.models.load import load_net
 from zfviz.outputs import FIG_MAXIMIZE, MAXIMIZE, named
 from zfviz.plotting import plt
-from zfviz.plotting.maximize import maximize_grid
+from zfviz.plotting.maximize import maximize_grid, ratio_caption
 from zfviz.reconstruction.maximize import (
     Canvas,
     Priors,
@@ -52,14 +54,22 @@ BATCH = 250
 
 
 def top_units(model, batches, layers: list[str], count: int) -> dict[str, list[int]]:
-    """Per layer, the ``count`` units of highest mean activation (conv: the map's mean) over ``batches``."""
+    """Per layer, the ``count`` units of highest mean activation (conv: the map's mean) over ``batches``,
+    the highest first."""
     paths = {layer: resolve(model, layer, "output") for layer in layers}
     totals: dict[str, torch.Tensor] = {}
     with stream(model, batches, paths, keep=lambda out: out.flatten(2).mean(2) if out.dim() > 2 else out) as passes:
         for outputs, _ in passes:
             for layer in layers:
                 totals[layer] = totals.get(layer, 0) + outputs[layer].sum(0)
-    return {layer: totals[layer].topk(count).indices.sort().values.tolist() for layer in layers}
+    return {layer: totals[layer].topk(count).indices.tolist() for layer in layers}
+
+
+def shown_targets(targets: list[Target], units: dict[str, list[int]], shown: int) -> list[int]:
+    """Indices into ``targets`` of the figure's tiles: the first ``shown`` classes, and per layer the
+    ``shown`` units the test images drive most (``units`` ranks them); the table keeps every target."""
+    keep = {(None, c) for c in range(shown)} | {(layer, u) for layer, ranked in units.items() for u in ranked[:shown]}
+    return [k for k, t in enumerate(targets) if (t.layer, t.channel) in keep]
 
 
 def decoder_for(decoders: Path | None, checkpoint: Path, net: str):
@@ -87,7 +97,8 @@ def maximize_run(run_dir: Path, args) -> tuple[pd.DataFrame, dict, dict]:
     layers = [layer for layer in LAYERS if layer in dict(model.named_modules())]
     units = top_units(model, ordered_batches(images, test.normalize, BATCH), layers, args.units)
     classes = int(ckpt["config"].get("num_classes", 10))
-    targets = [Target(None, c) for c in range(classes)] + [Target(layer, u) for layer in layers for u in units[layer]]
+    targets = [Target(None, c) for c in range(classes)]
+    targets += [Target(layer, u) for layer in layers for u in sorted(units[layer])]
     real, _ = strongest_real(model, targets, ordered_batches(images, test.normalize, BATCH))
     sample = test.normalize(images[:BATCH])
     common = dict(steps=args.steps, lr=args.lr, priors=PRIORS, seed=args.seed)
@@ -112,7 +123,8 @@ def maximize_run(run_dir: Path, args) -> tuple[pd.DataFrame, dict, dict]:
                          "ratio": float(r[k])})  # fmt: skip
         pixels = (result.images * test.std + test.mean).numpy()
         shown[f"{net}\n{param}"] = [
-            (pixels[k], f"{t.layer or 'class'} {t.channel}\n{r[k]:.1f}x") for k, t in enumerate(targets)
+            (pixels[k], _group(targets[k]), _caption(targets[k], result.activation[k], real[k]))
+            for k in shown_targets(targets, units, args.shown)
         ]
     pixels_color = None if runs["pixels"]["color"] is None else runs["pixels"]["color"].tolist()
     source = run_source(summary, net=net, checkpoint=str(path), epoch=ckpt.get("epoch"), pixels_color=pixels_color,
@@ -120,10 +132,20 @@ def maximize_run(run_dir: Path, args) -> tuple[pd.DataFrame, dict, dict]:
     return pd.DataFrame(rows), shown, source
 
 
+def _group(target: Target) -> str:
+    return "fc8 (class logits)" if target.layer is None else target.layer
+
+
+def _caption(target: Target, activation, real) -> str:
+    name = f"class {target.channel}" if target.layer is None else f"unit {target.channel}"
+    return f"{name}\n{ratio_caption(float(activation), float(real))}"
+
+
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--decoders", type=Path, default=None, help="folder of fc6 decoder runs, one per net name")
-    parser.add_argument("--units", type=int, default=4, help="top units per layer")
+    parser.add_argument("--units", type=int, default=4, help="top units per layer (the table)")
+    parser.add_argument("--shown", type=int, default=2, help="of those, the figure's per layer (and its classes)")
     parser.add_argument(
         "--images", type=int, default=1000, help="test images ranking units and giving the strongest real"
     )
@@ -146,9 +168,11 @@ def main() -> int:
     table, figure = named(MAXIMIZE, args.preset), named(FIG_MAXIMIZE, args.preset)
     write_table(df, out / table, sources=[*sources, settings], wall_time_s=wall)
     rows = {label: tiles for r in results for label, tiles in r[1].items()}
-    title = (f"Activation maximization, {args.preset} preset: classes and the top {args.units} units per layer; "
-             f"under each image its activation / the strongest of {args.images} test images'")  # fmt: skip
-    fig = maximize_grid(rows, title=title, tile_inches=0.5)
+    title = (f"Activation maximization, {args.preset} preset. Shown: the first {args.shown} classes and, per layer, "
+             f"the {args.shown} units the first {args.images} test images drive most (of the {args.units} in {table}, "
+             "which holds every target). Under each image: its target's activation / the strongest of those test "
+             "images' ('real <= 0': no test image drives the target above 0, no yardstick)")  # fmt: skip
+    fig = maximize_grid(rows, title=title)
     save_figure(fig, out / figure, sources=[*sources, settings],
                 table=table, wall_time_s=round(time.perf_counter() - start, 2))  # fmt: skip
     plt.close(fig)

@@ -33,8 +33,10 @@ def test_signed_map_sums_channels_and_scales_to_its_own_contrast():
 def test_grid_has_one_panel_per_net_and_refuses_ragged_rows():
     images = np.zeros((2, 1, 8, 8), dtype=np.uint8)
     maps = {"saliency": np.random.randn(2, 3, 8, 8), "gradcam": np.random.rand(2, 1, 8, 8)}
-    fig = attribution_grid({"zfnet": (images, maps), "alexnet": (images, maps)}, ["a", "b"])
-    assert len(fig.subfigs) == 2 and len(fig.axes) == 2 * 2 * 3
+    fig = attribution_grid({"zfnet": (images, maps), "alexnet": (images, maps)}, ["a", "b"], overlaid=("gradcam",))
+    panels = [sub for sub in fig.subfigs if sub.axes and not hasattr(sub.axes[0], "_colorbar")]
+    assert [sub._suptitle.get_text() for sub in panels] == ["zfnet", "alexnet"]
+    assert [len(sub.axes) for sub in panels] == [2 * 3, 2 * 3]
     plt.close(fig)
     with pytest.raises(ValueError, match="one map per row"):
         attribution_grid({"zfnet": (images, {"saliency": maps["saliency"][:1]})}, ["a", "b"])

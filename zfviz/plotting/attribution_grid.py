@@ -1,25 +1,33 @@
 """The taxonomy paper's comparison figure (FeatureVis style): the same images under every method.
 
-Rows are images, columns the input and one attribution method each; several nets sit side by side,
-one panel each, so a column compares methods and a row compares what the nets look at. Arrays in,
-a ``Figure`` out; ``results.save_figure`` writes it.
+One panel per net, stacked (so the figure is as wide as one net's methods, not all of them): rows are
+images, columns the input and one attribution method each, so a column compares images and a row
+compares methods. Arrays in, a ``Figure`` out; ``results.save_figure`` writes it.
 
-Every map is summed over colour channels (a heatmap per image, as Captum and Zennit show them) and
-then shown as ``zfviz.plotting.deconv`` shows a projection: zero at the middle of the scale (white),
-scaled to its own contrast (the 99.5th percentile of its magnitudes), red positive and blue
-negative. One scale per map: the methods' units differ (gradients, relevance, activations).
+Two scales, each with its colour bar. A signed map (gradients, relevance, projections) is summed over
+colour channels and shown as ``zfviz.plotting.deconv`` shows a projection: on a diverging scale centred
+at 0 (white), scaled to its own contrast (the 99.5th percentile of its magnitudes), red positive and
+blue negative; one scale per map, as the methods' units differ. A non-negative coarse map (Grad-CAM) is
+scaled to its maximum and laid over its image on a sequential scale, as Selvaraju et al. (2017) show it.
 """
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from zfviz.plotting import plt
 from zfviz.plotting.deconv import show_image
+
+FONT = 8  # points: the smallest text of the figure (issue 27)
+SIGNED = ("bwr", "signed maps: map / its 99.5th percentile of |map| (red: for the class, blue: against)")
+HEAT = ("jet", "maps over the image (non-negative): map / its maximum")
+HEAT_ALPHA = 0.5
 
 
 def signed_map(tile: np.ndarray) -> np.ndarray:
@@ -30,42 +38,79 @@ def signed_map(tile: np.ndarray) -> np.ndarray:
     return np.clip(tile / scale, -1.0, 1.0) if scale > 0 else np.zeros_like(tile)
 
 
+def heat(tile: np.ndarray) -> np.ndarray:
+    """(C, h, w) non-negative map -> (h, w) in [0, 1], channels summed, scaled to its maximum."""
+    tile = np.asarray(tile, dtype=np.float32).sum(axis=0)
+    top = float(tile.max())
+    return np.clip(tile / top, 0.0, 1.0) if top > 0 else np.zeros_like(tile)
+
+
+def draw_map(ax, picture: np.ndarray, tile: np.ndarray, overlay: bool) -> None:
+    """One map on ``ax``: over ``picture`` on the sequential scale (``overlay``), else alone, signed."""
+    if overlay:
+        ax.imshow(picture)
+        ax.imshow(heat(tile), cmap=HEAT[0], alpha=HEAT_ALPHA, vmin=0.0, vmax=1.0)
+    else:
+        ax.imshow(signed_map(tile), cmap=SIGNED[0], vmin=-1.0, vmax=1.0, interpolation="nearest")
+
+
+def colour_bars(fig, signed: bool, overlaid: bool) -> None:
+    """On ``fig`` (a figure or a subfigure of its own), one horizontal colour bar per scale used, side by
+    side, each labelled with what it means."""
+    scales = [
+        (cmap, label, low) for used, (cmap, label), low in ((signed, SIGNED, -1.0), (overlaid, HEAT, 0.0)) if used
+    ]
+    if not scales:
+        return
+    for cax, (cmap, label, low) in zip(np.atleast_1d(fig.subplots(1, len(scales))), scales, strict=True):
+        bar = fig.colorbar(ScalarMappable(Normalize(low, 1.0), cmap), cax=cax, orientation="horizontal")
+        bar.set_label(textwrap.fill(label, 60), fontsize=FONT)
+        bar.ax.tick_params(labelsize=FONT)
+
+
 def attribution_grid(
     panels: Mapping[str, tuple[np.ndarray, Mapping[str, np.ndarray]]],
     row_labels: Sequence[str],
     *,
+    overlaid: Collection[str] = (),
     title: str = "",
-    tile_inches: float = 0.9,
+    tile_inches: float = 1.05,
 ) -> Figure:
     """``panels``: net name -> (uint8 images ``N x C x H x W``, method -> maps ``N x C' x H x W``).
 
-    Every panel must hold the same ``N`` images (``row_labels``, one per row); methods are columns
-    in the order given.
+    Every panel must hold the same ``N`` images (``row_labels``, one per row); methods are columns in
+    the order given; the methods in ``overlaid`` are non-negative and drawn over the image.
     """
     names = list(panels)
     n = len(row_labels)
-    columns = [1 + len(panels[name][1]) for name in names]
-    fig = plt.figure(
-        figsize=(tile_inches * (sum(columns) + 0.4 * len(names)), tile_inches * n + 0.8), layout="constrained"
-    )
-    subfigs = np.atleast_1d(fig.subfigures(1, len(names), width_ratios=columns))
+    columns = max(1 + len(maps) for _, maps in panels.values())
+    height = tile_inches * n + 0.9
+    fig = plt.figure(figsize=(tile_inches * columns + 1.4, height * len(names) + 1.6), layout="constrained")
+    *subfigs, bars = fig.subfigures(len(names) + 1, 1, height_ratios=[height] * len(names) + [0.9])
+    methods = set()
     for sub, name in zip(subfigs, names, strict=True):
         images, maps = panels[name]
         if len(images) != n or any(len(m) != n for m in maps.values()):
             raise ValueError(f"panel {name}: every method needs one map per row ({n})")
-        axes = np.asarray(sub.subplots(n, 1 + len(maps), squeeze=False))
-        sub.suptitle(name, fontsize=10)
+        methods |= set(maps)
+        axes = np.asarray(sub.subplots(n, columns, squeeze=False))
+        sub.suptitle(name, fontsize=FONT + 3, fontweight="bold")
         for i in range(n):
-            axes[i, 0].imshow(show_image(images[i]))
-            axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
+            picture = show_image(images[i])
+            axes[i, 0].imshow(picture)
+            axes[i, 0].set_ylabel(textwrap.fill(row_labels[i], 14), fontsize=FONT)
             for j, (method, m) in enumerate(maps.items(), start=1):
-                axes[i, j].imshow(signed_map(m[i]), cmap="bwr", vmin=-1.0, vmax=1.0, interpolation="nearest")
+                draw_map(axes[i, j], picture, m[i], method in overlaid)
                 if i == 0:
-                    axes[i, j].set_title(textwrap.fill(method.replace("_", " "), 12), fontsize=7)
-        axes[0, 0].set_title("input", fontsize=7)
+                    over = " (over the image)" if method in overlaid else ""
+                    axes[i, j].set_title(textwrap.fill(method.replace("_", " ") + over, 13), fontsize=FONT)
+        axes[0, 0].set_title("input", fontsize=FONT)
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
+        for ax in axes[:, 1 + len(maps) :].flat:
+            ax.axis("off")
+    colour_bars(bars, signed=bool(methods - set(overlaid)), overlaid=bool(methods & set(overlaid)))
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=FONT + 3)
     return fig

@@ -2,18 +2,24 @@
 
 Each tile is stretched to its own range (min to max): a maximized image's pattern is the point, and
 images of different parameterizations and units differ in contrast by orders of magnitude. The caption
-under a tile says how strongly the image drives its target against the strongest real image.
+under a tile names its target and says how strongly the image drives it against the strongest real
+image (``ratio_caption``); a target no real image drives above 0 has no such yardstick, and says so.
+Tiles are grouped by layer (a header over each group) so a reader finds a layer's units side by side.
 Arrays in, a ``Figure`` out; ``results.save_figure`` writes it.
 """
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from zfviz.plotting import plt
+
+FONT = 8  # points: the smallest text of the figure (issue 27: readable at 100 %)
 
 
 def stretched(tile: np.ndarray) -> np.ndarray:
@@ -26,14 +32,28 @@ def stretched(tile: np.ndarray) -> np.ndarray:
     return tile[:3].transpose(1, 2, 0)
 
 
+def ratio_caption(activation: float, real: float) -> str:
+    """``activation / real`` as "3.4x" (two decimals below 1, never "-0.00x"), or "real <= 0" when no real
+    image drives the target above 0: the ratio then means nothing (and is NaN in the table)."""
+    if not (math.isfinite(real) and real > 0 and math.isfinite(activation)):
+        return "real <= 0"
+    value = activation / real
+    text = f"{value:.1f}" if abs(value) >= 1 else f"{value:.2f}"
+    return ("0.00" if float(text) == 0 else text) + "x"
+
+
 def maximize_grid(
-    rows: Mapping[str, Sequence[tuple[np.ndarray, str]]], *, title: str = "", tile_inches: float = 0.85
+    rows: Mapping[str, Sequence[tuple[np.ndarray, str, str]]],
+    *,
+    title: str = "",
+    tile_inches: float = 0.8,
 ) -> Figure:
-    """``rows``: row label -> [(image C x H x W, caption), ...]; rows may differ in length."""
+    """``rows``: row label -> [(image C x H x W, group, caption), ...]; tiles of one group (a layer) are
+    adjacent, and the first row's order of groups heads the columns. Rows may differ in length."""
     labels = list(rows)
     width = max((len(tiles) for tiles in rows.values()), default=1)
     fig, axes = plt.subplots(
-        len(labels), width, figsize=(tile_inches * width + 1.2, (tile_inches + 0.25) * len(labels) + 0.6),
+        len(labels), width, figsize=(tile_inches * width + 1.4, (tile_inches + 0.45) * len(labels) + 1.2),
         squeeze=False, layout="constrained",
     )  # fmt: skip
     for i, label in enumerate(labels):
@@ -43,10 +63,12 @@ def maximize_grid(
             if j >= len(rows[label]):
                 ax.axis("off")
                 continue
-            image, caption = rows[label][j]
+            image, group, caption = rows[label][j]
             ax.imshow(stretched(image))
-            ax.set_xlabel(caption, fontsize=5)
-        axes[i, 0].set_ylabel(label, fontsize=6)
+            ax.set_xlabel(caption, fontsize=FONT, labelpad=2)
+            if i == 0 and (j == 0 or rows[label][j - 1][1] != group):
+                ax.set_title(group, fontsize=FONT + 1, loc="left", fontweight="bold")
+        axes[i, 0].set_ylabel(label, fontsize=FONT + 1)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(textwrap.fill(title, max(60, int(width * tile_inches * 13))), fontsize=FONT + 2)
     return fig
