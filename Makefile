@@ -88,17 +88,17 @@ FIGURES := $(RESULTS)/table2_$(PRESET).csv
 CHECKPOINT := $(RUNS)/zfnet/checkpoint.pt
 
 # --- deconvnet figures (Figs. 2, 4, 6) ---
-# Fig. 6's clipping contrast: one short ZFNet recipe trained with and without filter RMS clipping.
-CLIP_EPOCHS ?= 5
+# Fig. 6's clipping contrast: one short ZFNet recipe (configs/experiment/fig6_clip.yaml: the paper's init, lr and
+# input scaling) trained with and without filter RMS clipping.
 # Fig. 4 searches the first EVOLUTION_LIMIT training images per saved epoch (null = all).
 EVOLUTION_LIMIT_cpu := 20000
 EVOLUTION_LIMIT := $(or $(EVOLUTION_LIMIT_$(PRESET)),null)
 
 $(RUNS)/zfnet_clip/run.json: | install data
-	$(STAGE) train_zfnet_clip -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=0.1 resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
+	$(STAGE) train_zfnet_clip -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) experiment=fig6_clip trainer.clip_rms=0.1 resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
 
 $(RUNS)/zfnet_noclip/run.json: | install data
-	$(STAGE) train_zfnet_noclip -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) trainer.epochs=$(CLIP_EPOCHS) trainer.clip_rms=null resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
+	$(STAGE) train_zfnet_noclip -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) experiment=fig6_clip trainer.clip_rms=null resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
 
 $(RESULTS)/fig2_top9_$(PRESET).png: $(RUNS)/zfnet/run.json
 	$(STAGE) fig2_top9 -- $(BIN)/zfviz viz top9 checkpoint=$(CHECKPOINT) out_dir=$(RESULTS) viz.stem=fig2_top9_$(PRESET) \
@@ -239,11 +239,66 @@ $(EVALUATION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(ABLATE)/v
 
 FIGURES += $(EVALUATION_OUT)
 
+# --- seeds (issue 27): the results that rest on one trained net (Table 2, Figs. 4-7, Table 1, Table 7) again for
+# every seed k > 0 of SEEDS: its nets trained as seed 0's with seed=k into $(RUNS)/<run>_seed<k>, its stages
+# (named <stage>_seed<k>) run as seed 0's on them, writing the same file names into $(RESULTS)/seeds/<k>/
+# (zfviz/outputs.py SEEDED). Seed 0 is the runs and files above. The cpu preset trains 3 seeds; the paper
+# preset 1 (SEEDS="0 1 2" on GPUs); SEEDS=0 is the quick run.
+SEEDS_cpu := 0 1 2
+SEEDS ?= $(or $(SEEDS_$(PRESET)),0)
+SEEDED := $(filter-out 0,$(SEEDS))
+SEED_RUNS := $(foreach k,$(SEEDED),$(foreach run,zfnet alexnet zfnet_clip zfnet_noclip,$(RUNS)/$(run)_seed$(k)/run.json))
+SEED_NAMES := table2_$(PRESET).csv fig4_evolution_$(PRESET).png fig6_architecture_$(PRESET).csv \
+	fig7_occlusion_$(PRESET).png table1_$(PRESET).csv fig5_invariance_$(PRESET).csv table7_$(PRESET).csv
+SEED_FIGURES := $(foreach k,$(SEEDED),$(addprefix $(RESULTS)/seeds/$(k)/,$(SEED_NAMES)))
+
+# In the rules below % is the seed. A run folder reached only through them would be an intermediate file, which
+# make deletes after the build: .SECONDARY keeps every seed's runs.
+.SECONDARY: $(SEED_RUNS)
+$(RUNS)/zfnet_seed%/run.json: | install data
+	$(STAGE) train_zfnet_seed$* -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) experiment=table2 seed=$* resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
+
+$(RUNS)/alexnet_seed%/run.json: | install data
+	$(STAGE) train_alexnet_seed$* -- $(BIN)/zfviz train model=alexnet preset=$(PRESET) experiment=table2 seed=$* resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
+
+$(RUNS)/zfnet_clip_seed%/run.json: | install data
+	$(STAGE) train_zfnet_clip_seed$* -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) experiment=fig6_clip trainer.clip_rms=0.1 seed=$* resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
+
+$(RUNS)/zfnet_noclip_seed%/run.json: | install data
+	$(STAGE) train_zfnet_noclip_seed$* -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) experiment=fig6_clip trainer.clip_rms=null seed=$* resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
+
+$(RESULTS)/seeds/%/table2_$(PRESET).csv: $(RUNS)/zfnet_seed%/run.json $(RUNS)/alexnet_seed%/run.json
+	$(STAGE) table2_seed$* -- $(BIN)/python scripts/table2.py --preset $(PRESET) --out $(@D) $(^D)
+
+$(RESULTS)/seeds/%/fig4_evolution_$(PRESET).png: $(RUNS)/zfnet_seed%/run.json
+	$(STAGE) fig4_evolution_seed$* -- $(BIN)/zfviz viz evolution checkpoint=$(<D)/checkpoint.pt out_dir=$(@D) viz.stem=fig4_evolution_$(PRESET) \
+		viz.limit=$(EVOLUTION_LIMIT)
+
+$(RESULTS)/seeds/%/fig6_architecture_$(PRESET).csv: $(RUNS)/zfnet_seed%/run.json $(RUNS)/alexnet_seed%/run.json $(RUNS)/zfnet_clip_seed%/run.json \
+		$(RUNS)/zfnet_noclip_seed%/run.json
+	$(STAGE) fig6_architecture_seed$* -- $(BIN)/zfviz viz architecture checkpoint=$(RUNS)/zfnet_seed$*/checkpoint.pt \
+		viz.alexnet=$(RUNS)/alexnet_seed$*/checkpoint.pt viz.clipped=$(RUNS)/zfnet_clip_seed$*/checkpoint.pt \
+		viz.unclipped=$(RUNS)/zfnet_noclip_seed$*/checkpoint.pt out_dir=$(@D) viz.stem=fig6_architecture_$(PRESET)
+
+$(RESULTS)/seeds/%/fig7_occlusion_$(PRESET).png: $(RUNS)/zfnet_seed%/run.json
+	$(STAGE) fig7_occlusion_seed$* -- $(BIN)/zfviz viz occlusion checkpoint=$(<D)/checkpoint.pt out_dir=$(@D) viz.stem=fig7_occlusion_$(PRESET)
+
+$(RESULTS)/seeds/%/table1_$(PRESET).csv: $(RUNS)/zfnet_seed%/run.json
+	$(STAGE) table1_fig8_seed$* -- $(BIN)/zfviz viz correspondence checkpoint=$(<D)/checkpoint.pt out_dir=$(@D) viz.stem=table1_$(PRESET) \
+		viz.figure=fig8_correspondence_$(PRESET)
+
+$(RESULTS)/seeds/%/fig5_invariance_$(PRESET).csv: $(RUNS)/zfnet_seed%/run.json
+	$(STAGE) fig5_invariance_seed$* -- $(BIN)/zfviz viz invariance checkpoint=$(<D)/checkpoint.pt out_dir=$(@D) viz.stem=fig5_invariance_$(PRESET)
+
+$(RESULTS)/seeds/%/table7_$(PRESET).csv: $(RUNS)/zfnet_seed%/run.json
+	$(STAGE) table7_seed$* -- $(BIN)/python scripts/table7.py experiment=table7 preset=$(PRESET) checkpoint=$(<D)/checkpoint.pt out_dir=$(@D) \
+		features.cache_dir=$(FEATURES) hydra.run.dir=$(RUNS)/table7_seed$* $(TABLE7_ARGS_$(PRESET))
+
 # The first prerequisites of `stages` start first under -j: the Table 3 trainings (the longest stage)
 # beside the Table 2 ones. The end prints each stage's wall time and writes $(RESULTS)/timings.csv.
 figures: install data
 	@$(DATA_ROOTS) $(BIN)/python -m zfviz.pipeline needs --preset $(PRESET)
-	@$(if $(filter full,$(SCALE)),$(BIN)/python -m zfviz.pipeline cost --preset $(PRESET) --clip-epochs $(CLIP_EPOCHS),:)
+	@$(if $(filter full,$(SCALE)),$(BIN)/python -m zfviz.pipeline cost --preset $(PRESET) --seeds $(SEEDS),:)
 	@$(BIN)/python -m zfviz.pipeline begin --runs $(RUNS)
 	@OMP_NUM_THREADS=$(THREADS) $(MAKE) --no-print-directory -s -j$(JOBS) stages
 	@FIGURES_JOBS=$(JOBS) OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m zfviz.pipeline end --runs $(RUNS) \
@@ -251,25 +306,27 @@ figures: install data
 	@$(MAKE) --no-print-directory -s chromium $(RESULTS)/index.html
 
 # --- the paper preset rehearsed (issue 25): every stage of make figures PRESET=paper, at SCALE=mini, on
-# miniature data in the real layouts (zfviz/data/miniature.py) built under $(REHEARSAL)/data. Its tables,
+# miniature data in the real layouts (zfviz/data/miniature.py) built under $(REHEARSAL)/data, with two seeds. Its tables,
 # figures and report go to RESULTS (default $(REHEARSAL)/results; the committed results/ is never touched).
 REHEARSAL ?= runs/rehearsal
 MINI_DATA := $(REHEARSAL)/data
 rehearsal: install chromium
 	$(BIN)/python -m zfviz.data.miniature $(MINI_DATA)
-	@$(MAKE) --no-print-directory figures PRESET=paper SCALE=mini RESULTS=$(if $(filter results,$(RESULTS)),$(REHEARSAL)/results,$(RESULTS)) \
+	@$(MAKE) --no-print-directory figures PRESET=paper SCALE=mini SEEDS="0 1" RESULTS=$(if $(filter results,$(RESULTS)),$(REHEARSAL)/results,$(RESULTS)) \
 		RUNS=$(REHEARSAL)/runs ABLATE=$(REHEARSAL)/runs/ablate ABLATE_CACHE=$(REHEARSAL)/runs/ablate_cache \
 		FEATURES=$(REHEARSAL)/runs/features IMAGENET=$(MINI_DATA)/imagenet \
 		CALTECH101=$(MINI_DATA)/caltech101 CALTECH256=$(MINI_DATA)/caltech256 VOC2012=$(MINI_DATA)/VOCdevkit \
 		BRODEN=$(MINI_DATA)/broden
-	@$(MAKE) --no-print-directory check-results PRESET=paper SCALE=mini \
+	@$(MAKE) --no-print-directory check-results PRESET=paper SCALE=mini SEEDS="0 1" \
 		RESULTS=$(if $(filter results,$(RESULTS)),$(REHEARSAL)/results,$(RESULTS))
 
-# Every output of make figures present in RESULTS, and every file there with its provenance sidecar.
+# Every output of make figures present in RESULTS (the seeds' too), and every file there and in its seeds/
+# folders with its provenance sidecar.
 check-results: install
-	@$(BIN)/python -m zfviz.pipeline check --results $(RESULTS) $(FIGURES) $(RESULTS)/index.html $(RESULTS)/README.md
+	@$(BIN)/python -m zfviz.pipeline check --results $(RESULTS) $(FIGURES) $(SEED_FIGURES) $(RESULTS)/index.html \
+		$(RESULTS)/README.md
 
-stages: $(ABLATE)/variants.json $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(FIGURES)
+stages: $(ABLATE)/variants.json $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(FIGURES) $(SEED_RUNS) $(SEED_FIGURES)
 
 clean-figures:
 	rm -rf $(RUNS)
@@ -277,7 +334,8 @@ clean-figures:
 # --- the report (issue 18): every result with the paper's finding and ours, provenance, a screenshot ---
 # Built after the stages (it reads $(RESULTS)/timings.csv); a warm run leaves timings.csv, so nothing reruns.
 REPORT_INPUTS = $(filter-out $(RESULTS)/report_top.png,$(wildcard $(RESULTS)/*_$(PRESET).* $(RESULTS)/*_$(PRESET)_*.* \
-	$(RESULTS)/timings.csv $(RESULTS)/paper_cost.csv)) scripts/report.py $(wildcard zfviz/report/*.py)
+	$(RESULTS)/seeds/*/*_$(PRESET).* $(RESULTS)/seeds/*/*_$(PRESET)_*.* $(RESULTS)/timings.csv $(RESULTS)/paper_cost.csv)) \
+	scripts/report.py $(wildcard zfviz/report/*.py)
 $(RESULTS)/index.html $(RESULTS)/README.md &: $(REPORT_INPUTS) | install
 	$(BIN)/python scripts/report.py --preset $(PRESET) --results $(RESULTS) --scale $(SCALE) --screenshot
 # make report: the report of what is in RESULTS now (never a stage: a clean clone has results/ but no runs/).

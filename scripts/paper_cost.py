@@ -6,7 +6,7 @@ AlexNet at 224 px, batch ``--batch``, ``--steps`` steps after a warm-up step, ``
 threads), and the hours that projects to here and on 1 and 8 GPUs (``zfviz.cost``). The sidecar
 ``paper_cost.meta.json`` names the CPU, the commit, the command, the GPU basis and what was read.
 
-usage: python scripts/paper_cost.py [--out results] [--clip-epochs 5] [--no-measure]
+usage: python scripts/paper_cost.py [--out results] [--no-measure]
        [--gpu "NVIDIA A100 SXM"] [--precision fp32] [--peak-tflops 19.5] [--utilization 0.4] [--gpus 8] [--scaling 0.9]
 """
 
@@ -42,7 +42,6 @@ from zfviz.utils import atomic_write_text
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results")
-    parser.add_argument("--clip-epochs", type=int, default=5, help="the Makefile's CLIP_EPOCHS")
     parser.add_argument("--no-measure", action="store_true", help="leave the CPU columns empty (no training steps)")
     parser.add_argument("--readme", type=Path, help="only rewrite this file's cost table from the CSV in --out")
     parser.add_argument("--batch", type=int, default=8)
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote the cost table into {args.readme}")
         return 0
     count = Counter(paper_model_cfg())
-    stages = paper_stages(count, args.clip_epochs)
+    stages = paper_stages(count)
     measured, load = None, None
     if not args.no_measure:
         threads = torch.get_num_threads()
@@ -80,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_steps": 1, "threads": args.threads, "input_size": count.size, "loadavg_before": load,
         "gflop_per_image_train": {k: count(k, "train") / 1e9 for k in measured},
     }  # fmt: skip
-    write_meta(path, table=path.name, sources=sources(args.clip_epochs), wall_time_s=round(time.perf_counter() - start, 2),
+    write_meta(path, table=path.name, sources=sources(), wall_time_s=round(time.perf_counter() - start, 2),
                command=shlex.join(["python", "scripts/paper_cost.py", *(sys.argv[1:] if argv is None else argv)]),
-               machine=machine(), basis=dataclasses.asdict(basis), clip_epochs=args.clip_epochs,
+               machine=machine(), basis=dataclasses.asdict(basis),
                cpu_measurement=measurement)  # fmt: skip
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 40):
         print(df.drop(columns=["what", "basis"]).to_string(index=False))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 from torch import nn
 
 from zfviz import cost
@@ -94,7 +95,7 @@ def tiny(monkeypatch):
     """scripts/paper_cost.py on one made-up stage (no configs composed, no training step measured)."""
     script = load_script()
     monkeypatch.setattr(script, "paper_model_cfg", lambda: {"name": "zfnet", **PAPER})
-    monkeypatch.setattr(script, "paper_stages", lambda count, clip: [Stage("train_zfnet", "x", [Passes(10, 10**9)])])
+    monkeypatch.setattr(script, "paper_stages", lambda count: [Stage("train_zfnet", "x", [Passes(10, 10**9)])])
     return script
 
 
@@ -102,7 +103,7 @@ def test_script_writes_the_table_atomically_with_its_sidecar(tmp_path, tiny, mon
     assert tiny.main(["--out", str(tmp_path), "--no-measure"]) == 0
     written = (tmp_path / "paper_cost.csv").read_text()
     meta = json.loads((tmp_path / "paper_cost.meta.json").read_text())
-    assert meta["git_sha"] and meta["sources"] and meta["machine"]["cpu"] and meta["clip_epochs"] == 5
+    assert meta["git_sha"] and meta["sources"] and meta["machine"]["cpu"]
     assert meta["command"].startswith("python scripts/paper_cost.py --out") and meta["basis"]["peak_tflops"] == 19.5
     assert list(pd.read_csv(tmp_path / "paper_cost.csv")["stage"]) == ["train_zfnet", "total"]
     assert "total:" in capsys.readouterr().out
@@ -118,20 +119,62 @@ def test_script_writes_the_table_atomically_with_its_sidecar(tmp_path, tiny, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["paper_cost.csv", "paper_cost.meta.json"]
 
 
-def test_pipeline_prints_the_total_from_the_table(tmp_path, tiny, capsys):
+@pytest.fixture
+def clip_recipe(monkeypatch):
+    """Fig. 6's clipping recipe as a table was made for: 10 images trained (no config composed)."""
+    recipe = OmegaConf.create({"trainer": {"epochs": 2}, "data": {"limit": 5}})
+    monkeypatch.setattr(cost, "resolved", lambda command, overrides: recipe)
+    return recipe
+
+
+def test_pipeline_prints_the_total_from_the_table(tmp_path, tiny, capsys, clip_recipe):
     tiny.main(["--out", str(tmp_path), "--no-measure"])
     capsys.readouterr()
     table = str(tmp_path / "paper_cost.csv")
+    df = pd.read_csv(table)
+    df.loc[0, ["stage", "fwd_bwd_images"]] = ["train_zfnet_clip", 10]  # the recipe's 2 epochs x 5 images
+    df.to_csv(table, index=False)
     assert pipeline(["cost", "--preset", "paper", "--table", table]) == 0
     out = capsys.readouterr().out
     assert f"from {table}" in out and "train_zfnet" in out and re.search(r"total: [\d.]+ h .* on 1 GPU", out)
     assert pipeline(["cost", "--preset", "cpu", "--table", table]) == 0 and capsys.readouterr().out == ""
+    assert pipeline(["cost", "--preset", "paper", "--table", table, "--seeds", "0", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "train_zfnet_clip_seed1" in out and "train_zfnet_clip_seed2" in out and f"from {table}" in out
+
+
+def test_a_table_made_for_another_fig6_recipe_is_counted_again(tmp_path, monkeypatch, clip_recipe):
+    table = tmp_path / "paper_cost.csv"
+    pd.DataFrame({"stage": ["train_zfnet_clip", "total"], "fwd_bwd_images": [10, 10]}).to_csv(table, index=False)
+    monkeypatch.setattr(cost, "paper_model_cfg", lambda: {"name": "zfnet", **PAPER})
+    monkeypatch.setattr(cost, "paper_stages", lambda count: [Stage("train_zfnet_clip", "x", [Passes(7, 10**9, True)])])
+    assert cost.read_or_count(table)[1] == f"from {table}"
+    clip_recipe.trainer.epochs = 3  # the recipe now trains 15 images: the table is stale
+    df, source = cost.read_or_count(table)
+    assert source.startswith("counted now") and "another Fig. 6 recipe" in source
+    assert df["fwd_bwd_images"].tolist() == [7, 7]
+    df, source = cost.read_or_count(tmp_path / "absent.csv")
+    assert "absent" in source and df["stage"].tolist() == ["train_zfnet_clip", "total"]
+
+
+def test_each_seed_adds_a_copy_of_the_seeded_stages_and_the_total_counts_them():
+    million = 10**6
+    stages = [Stage("train_zfnet", "t", [Passes(million, 10**9, True)], spreads=True),
+              Stage("ablate", "a", [Passes(million // 2, 10**9)])]  # fmt: skip
+    one = rows(stages, Basis(), None, Flat())
+    assert cost.with_seeds(one, [0]) is one
+    three = cost.with_seeds(one, [0, 1, 2]).set_index("stage")
+    assert list(three.index) == ["train_zfnet", "ablate", "train_zfnet_seed1", "train_zfnet_seed2", "total"]
+    assert three.loc["total", "fwd_bwd_images"] == 3 * million and three.loc["total", "fwd_images"] == million // 2
+    assert three.loc["total", "total_pflop"] == 3.5  # PFLOP: 3 x 1 + 0.5
+    assert three.loc["train_zfnet_seed2", "hours_8gpu"] == three.loc["train_zfnet", "hours_8gpu"]
+    assert set(cost.SEEDED) >= {"train_zfnet", "train_alexnet", "train_zfnet_clip", "train_zfnet_noclip"}
 
 
 def makefile_stages() -> set[str]:
     """The stage names of make figures PRESET=paper, read from the Makefile's $(STAGE) lines."""
     text = re.sub(r"ifeq \(\$\(PRESET\),cpu\).*?endif", "", (REPO / "Makefile").read_text(), flags=re.S)
-    names = set(re.findall(r"\$\(STAGE\) (\S+) --", text))
+    names = {n for n in re.findall(r"\$\(STAGE\) (\S+) --", text) if not n.endswith("_seed$*")}  # SEEDS=0 here
     expand = {"train_$*": ["train_zfnet", "train_alexnet"], "transfer_$*": ["transfer_table4", "transfer_fig9",
               "transfer_table6"]}  # fmt: skip
     names = {n for name in names for n in expand.get(name, [name])}
@@ -148,7 +191,9 @@ def test_every_makefile_stage_is_costed_from_the_resolved_configs():
     val = sum(p.images for p in stages["train_zfnet"].passes if not p.backward)
     assert val == 70 * cost.SIZES["imagenet_val"] * 10  # plateau schedule: every epoch, 10 views
     assert len(stages["ablate"].passes) == 2 * 16  # Table 3's variants
-    assert sum(p.images for p in stages["train_zfnet_clip"].passes if p.backward) == 5 * cost.SIZES["imagenet_train"]
+    clip = OmegaConf.load(REPO / "configs" / "experiment" / "fig6_clip.yaml")  # Fig. 6's recipe, not the preset's
+    clip_trained = sum(p.images for p in stages["train_zfnet_clip"].passes if p.backward)
+    assert clip_trained == clip.trainer.epochs * clip.data.limit
 
 
 @pytest.mark.slow

@@ -49,9 +49,10 @@ def test_last_line_reads_the_newest_status_of_a_progress_bar(tmp_path):
     assert pipeline.last_line(tmp_path / "missing.log") == ""
 
 
-def _record(runs, name, seconds, started):
+def _record(runs, name, seconds, started, command=None):
     (runs / "timings").mkdir(parents=True, exist_ok=True)
     record = {"stage": name, "seconds": seconds, "started": started, "finished": started + seconds}
+    record |= {"command": command} if command else {}
     (runs / "timings" / f"{name}.json").write_text(json.dumps(record))
 
 
@@ -66,12 +67,16 @@ def test_end_writes_every_stage_in_start_order_and_a_warm_run_leaves_the_table(t
     assert json.loads((runs / "figures_run.json").read_text())["started"] > 0
     _begin(runs, 1000.0)
     _record(runs, "b_second", 20.0, 1001.0)
-    _record(runs, "a_first", 10.0, 1000.5)
+    _record(runs, "a_first", 10.0, 1000.5, ["python", "-c", "print(1)"])
     pipeline.end(runs, out)
     assert pd.read_csv(out).to_dict("list") == {"stage": ["a_first", "b_second"], "seconds": [10.0, 20.0]}
     meta = json.loads(out.with_suffix(".meta.json").read_text())
     assert meta["cold_run"]["stages_ran"] == ["a_first", "b_second"] and meta["machine"]["cores"] >= 1
-    assert [s["stage"] for s in meta["sources"]] == ["a_first", "b_second"] and "git_sha" in meta  # a sidecar
+    assert meta["sources"] == [  # each stage's time and command; no path into runs/, which a clone lacks
+        {"stage": "a_first", "seconds": 10.0, "command": "python -c 'print(1)'"},
+        {"stage": "b_second", "seconds": 20.0, "command": None},  # a record from before commands were kept
+    ]
+    assert "git_sha" in meta and meta["command"]  # a sidecar
     before = out.read_bytes(), out.stat().st_mtime_ns
     _begin(runs, 2000.0)  # nothing runs: the table (and what is built from it) stays as it was
     pipeline.end(runs, out)
@@ -186,3 +191,22 @@ def test_check_names_a_missing_result_and_a_file_without_its_sidecar(tmp_path, c
     assert f"{tmp_path / 'u.csv'} is missing" in err
     assert f"{tmp_path / 'f.png'} has no readable f.meta.json" in err
     assert f"{tmp_path / 'g.meta.json'} names no commit or no sources" in err
+
+
+def test_check_covers_each_seeds_folder(tmp_path, capsys):
+    from zfviz.pipeline import main
+
+    sidecar = json.dumps({"git_sha": "abc", "sources": [{"run": "x"}]})
+    (tmp_path / "t.csv").write_text("a\n1\n")
+    (tmp_path / "t.meta.json").write_text(sidecar)
+    seed = tmp_path / "seeds" / "1"
+    seed.mkdir(parents=True)
+    (seed / "t.csv").write_text("a\n2\n")
+    (seed / "t.meta.json").write_text(sidecar)
+    expected = [str(tmp_path / "t.csv"), str(seed / "t.csv")]
+    assert main(["check", "--results", str(tmp_path), *expected]) == 0
+    (seed / "f.png").write_bytes(b"png")
+    assert main(["check", "--results", str(tmp_path), *expected, str(tmp_path / "seeds" / "2" / "t.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{seed / 'f.png'} has no readable f.meta.json" in err
+    assert f"{tmp_path / 'seeds' / '2' / 't.csv'} is missing" in err

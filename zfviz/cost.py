@@ -16,6 +16,10 @@ takes, and the hours that projects to on this CPU and on 1 and 8 GPUs.
   help only the stages that can spread over them (training under ``torchrun``, Table 3's variants as a
   sweep); every other stage is one process on one GPU.
 
+Seeds (issue 27): ``SEEDED`` are the stages ``make figures`` runs again for each seed k > 0 of its ``SEEDS``
+(``<stage>_seed<k>``); ``with_seeds`` adds their rows to a one-seed table. Fig. 5, Table 1 (in ``other``) and
+Table 2 (plots only) of the seeds are not added: a few hundred passes each.
+
 Not counted: decoding JPEGs (the mean-image pass of each ImageNet training run included), the linear
 SVMs' solver time, and the plots and tables (``OTHER``); the GPU projection assumes the input pipeline
 keeps up.
@@ -23,7 +27,6 @@ keeps up.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -72,6 +75,10 @@ EVALUATION_GRADIENTS = {"saliency": 1, "input_x_gradient": 1, "integrated_gradie
                         "guided_backprop": 1, "deconvnet": 1, "gradcam": 1, "guided_gradcam": 2, "lrp_epsilon": 1}  # fmt: skip
 ATTRIBUTION_GRADIENTS = 1 + 1 + 32 + 16 + 1 + 1 + 1 + 1 + 1 + 2  # saliency .. guided_gradcam
 OTHER = ("table2", "table3", "transfer_tables")  # stages that only read CSVs and plot: no net passes
+SEEDED = ("train_zfnet", "train_alexnet", "train_zfnet_clip", "train_zfnet_noclip", "fig4_evolution",
+          "fig6_architecture", "fig7_occlusion", "table7")  # fmt: skip
+# Fig. 6's clipping pair: the Makefile's train_zfnet_clip / train_zfnet_noclip at the paper preset (with trainer.clip_rms).
+CLIP_RECIPE = ["model=zfnet", "experiment=fig6_clip", "preset=paper", "data=imagenet"]
 GROUPED = ("fig5_invariance", "table1_fig8", "attribution")  # a few hundred passes each: the row "other"
 
 
@@ -132,10 +139,15 @@ def evaluations(cfg: DictConfig) -> int:
     return sum(1 for e in range(1, epochs + 1) if e == epochs or e % every == 0)
 
 
+def train_images(cfg: DictConfig) -> int:
+    """Images of one epoch of a ``zfviz train`` run on ImageNet (``data.limit`` caps them)."""
+    return min(SIZES["imagenet_train"], cfg.data.limit or SIZES["imagenet_train"])
+
+
 def training(count: Counter, cfg: DictConfig, name: str, variant: str | None = None) -> tuple[list[Passes], str]:
     """A ``zfviz train`` run on ImageNet: its training steps and its 10-view validations."""
     epochs, evals, views = int(cfg.trainer.epochs), evaluations(cfg), int(cfg.data.eval_views)
-    train = min(SIZES["imagenet_train"], cfg.data.limit or SIZES["imagenet_train"])
+    train = train_images(cfg)
     family = name if variant is None else variant.split("_")[0]
     passes = [Passes(epochs * train, count(name, "train", variant=variant), True, family),
               Passes(evals * SIZES["imagenet_val"] * views, count(name, variant=variant), False, family)]  # fmt: skip
@@ -200,8 +212,8 @@ def evaluation(count: Counter, variants: list[str]) -> Stage:
     return stage
 
 
-def paper_stages(count: Counter, clip_epochs: int = 5) -> list[Stage]:
-    """Every stage of ``make figures PRESET=paper`` with its passes (module docstring)."""
+def paper_stages(count: Counter) -> list[Stage]:
+    """Every stage of ``make figures PRESET=paper`` (one seed) with its passes (module docstring)."""
     stages = []
     imagenet = ["preset=paper", "data=imagenet"]
     table2 = {}
@@ -210,8 +222,7 @@ def paper_stages(count: Counter, clip_epochs: int = 5) -> list[Stage]:
         passes, what = training(count, cfg, net)
         stages.append(Stage(f"train_{net}", f"{net}: {what}", passes, spreads=True, measured=net))
     for clip in ("clip", "noclip"):
-        cfg = resolved("train", ["model=zfnet", f"trainer.epochs={clip_epochs}", *imagenet])
-        passes, what = training(count, cfg, "zfnet")
+        passes, what = training(count, resolved("train", CLIP_RECIPE), "zfnet")
         stages.append(Stage(f"train_zfnet_{clip}", f"zfnet, clip_rms {'0.1' if clip == 'clip' else 'off'}: {what}",
                             passes, spreads=True, measured="zfnet"))  # fmt: skip
     ablate = resolved("ablate", ["experiment=table3", *imagenet])
@@ -337,13 +348,25 @@ def rows(stages: list[Stage], basis: Basis, cpu_img_per_s: dict[str, float] | No
             "hours_8gpu": basis.hours(flop, basis.gpus) if s.spreads else h1,
             "basis": basis.text(s.spreads) + cpu,
         })  # fmt: skip
-    df = pd.DataFrame(out)
+    return with_total(pd.DataFrame(out)).round({"gflop_fwd_bwd": 3, "gflop_fwd": 3, "total_pflop": 4,
+                                                "cpu_img_per_s": 2, "hours_cpu": 1, "hours_1gpu": 3, "hours_8gpu": 3})  # fmt: skip
+
+
+def with_total(df: pd.DataFrame) -> pd.DataFrame:
+    """The stages of ``df`` (its ``total`` row dropped) and their ``total`` row."""
+    df = df[df["stage"] != "total"]
     total = {"stage": "total", "what": "every stage above, one after another", "basis": "sum of the stages"}
     for col in ("fwd_bwd_images", "fwd_images", "total_pflop", "hours_cpu", "hours_1gpu", "hours_8gpu"):
         total[col] = df[col].sum(min_count=1)
-    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
-    return df.round({"gflop_fwd_bwd": 3, "gflop_fwd": 3, "total_pflop": 4, "cpu_img_per_s": 2, "hours_cpu": 1,
-                     "hours_1gpu": 3, "hours_8gpu": 3})  # fmt: skip
+    return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+
+
+def with_seeds(df: pd.DataFrame, seeds: list[int]) -> pd.DataFrame:
+    """The one-seed table ``df`` with a copy of each ``SEEDED`` stage's row per seed k > 0 (``<stage>_seed<k>``,
+    as the Makefile names them), and the total over all of them."""
+    seeded = df[df["stage"].isin(SEEDED)]
+    copies = [seeded.assign(stage=seeded["stage"] + f"_seed{k}") for k in seeds if int(k) != 0]
+    return with_total(pd.concat([df, *copies], ignore_index=True)) if copies else df
 
 
 def _per_image(passes: list[Passes]) -> float:
@@ -377,11 +400,11 @@ def measure_train(count: Counter, nets=("zfnet", "alexnet"), *, batch: int = 8, 
     return rates
 
 
-def sources(clip_epochs: int) -> list[dict]:
+def sources() -> list[dict]:
     """What the counts are read from, for the table's sidecar."""
     return [
         {"configs": "configs/ composed as the Makefile's commands at PRESET=paper: train model=zfnet|alexnet "
-                    f"experiment=table2 data=imagenet; train model=zfnet trainer.epochs={clip_epochs} (CLIP_EPOCHS); "
+                    "experiment=table2 data=imagenet; train model=zfnet experiment=fig6_clip; "
                     "ablate experiment=table3; transfer experiment=table4|fig9|table6|table7; "
                     "viz=top9|evolution|architecture|occlusion|invariance|correspondence"},
         {"scripts": "the defaults of scripts/{reconstruction,maximize,evaluation,dissection,attribution}_figure.py",
@@ -392,16 +415,19 @@ def sources(clip_epochs: int) -> list[dict]:
     ]  # fmt: skip
 
 
-def read_or_count(path: str | Path, clip_epochs: int) -> tuple[pd.DataFrame, str]:
-    """The table at ``path`` when it was made for ``clip_epochs``; else counted now, without the CPU measurement
-    (a few seconds). The second value says which."""
+def read_or_count(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """The table at ``path`` when its Fig. 6 clipping runs train the images ``configs/experiment/fig6_clip.yaml``
+    gives now; else counted now, without the CPU measurement (a few seconds). The second value says which."""
     path = Path(path)
-    meta = path.with_suffix(".meta.json")
-    if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("clip_epochs") == clip_epochs:
-        return pd.read_csv(path), f"from {path}"
+    table = pd.read_csv(path) if path.is_file() else None
+    clip = resolved("train", CLIP_RECIPE)
+    if table is not None:
+        trained = table.loc[table["stage"] == "train_zfnet_clip", "fwd_bwd_images"].tolist()
+        if trained == [int(clip.trainer.epochs) * train_images(clip)]:
+            return table, f"from {path}"
     count = Counter(paper_model_cfg())
-    why = "absent" if not path.is_file() else f"made for another CLIP_EPOCHS than {clip_epochs}"
-    return rows(paper_stages(count, clip_epochs), Basis(), None, count), (
+    why = "absent" if table is None else "made for another Fig. 6 recipe (configs/experiment/fig6_clip.yaml)"
+    return rows(paper_stages(count), Basis(), None, count), (
         f"counted now, {path} is {why}; python scripts/paper_cost.py adds this CPU's hours"
     )
 

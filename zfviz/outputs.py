@@ -3,8 +3,13 @@
 A name is a pattern with ``{preset}`` (``TABLE2.format(preset="cpu")`` is ``table2_cpu.csv``). The
 scripts write their files under these names, the report (``zfviz.report``) reads them, and the
 Makefile's targets spell the same names: ``tests/test_outputs.py`` checks its ``FIGURES`` (what
-``make figures`` builds and ``make check-results`` expects) against ``figures(preset)`` and its
-``viz.stem=``/``viz.figure=`` arguments against these names.
+``make figures`` builds and ``make check-results`` expects) against ``figures(preset)``, its
+``SEED_FIGURES`` against ``seed_figures(preset, seeds)``, and its ``viz.stem=``/``viz.figure=``
+arguments against these names.
+
+Seeds (issue 27): the results that rest on one trained net (``SEEDED``) are made again from the nets
+trained with each seed k > 0 of the Makefile's ``SEEDS``, into ``seeds/<k>/`` under the same names
+(``seeds/1/table2_cpu.csv``); seed 0's are the files above, in ``results/`` itself.
 """
 
 from __future__ import annotations
@@ -72,6 +77,10 @@ FIGURES = (
     FIG_RANDOMIZATION,
 )  # fmt: skip
 CPU_ONLY = (TRANSFER_WITHIN, FIG_TRANSFER_WITHIN)
+# What make figures makes again for each seed k > 0 (the Makefile's SEED_FIGURES), in the Makefile's order; each
+# target's companions (TABLE1_DRAWS, FIG4_EVOLUTION_ARRAYS, ...) go beside it as they do for seed 0.
+SEEDED = (TABLE2, FIG4_EVOLUTION, FIG6_ARCHITECTURE, FIG7_OCCLUSION, TABLE1, FIG5_INVARIANCE, TABLE7)
+SEED_FOLDER = "seeds/{seed}"  # in results/: seed k's files
 
 
 def named(pattern: str, preset: str, **fields: str) -> str:
@@ -82,3 +91,14 @@ def named(pattern: str, preset: str, **fields: str) -> str:
 def figures(preset: str) -> list[str]:
     """The file names ``make figures PRESET=<preset>`` builds, in the Makefile's order."""
     return [named(p, preset) for p in FIGURES if preset == "cpu" or p not in CPU_ONLY]
+
+
+def seed_folder(seed: int) -> str:
+    """Where seed ``seed``'s files go in ``results/``: ``""`` (the folder itself) for seed 0, else ``seeds/<seed>``."""
+    return "" if int(seed) == 0 else SEED_FOLDER.format(seed=int(seed))
+
+
+def seed_figures(preset: str, seeds: list[int]) -> list[str]:
+    """The files (relative to ``results/``) ``make figures PRESET=<preset> SEEDS=<seeds>`` makes for its seeds
+    other than 0, in the Makefile's order (its ``SEED_FIGURES``)."""
+    return [f"{seed_folder(k)}/{named(p, preset)}" for k in seeds if int(k) != 0 for p in SEEDED]

@@ -12,13 +12,16 @@ The Makefile runs every command of ``make figures`` through ``stage``::
   fails, the log's last lines are printed with the log's path, and the exit status is passed on;
 - ``begin`` and ``end`` bracket a ``make figures`` run: ``end`` writes ``results/timings.csv``
   (``stage``, ``seconds``: the latest wall time of every stage, in the order they ran) with a
-  ``.meta.json`` (the run's wall time, whether it was cold, the machine), prints the stage table,
-  and leaves the CSV untouched when nothing ran (a warm run), so the report is not rebuilt for nothing;
+  ``.meta.json`` (the run's wall time, whether it was cold, the machine, and each stage's command:
+  the logs stay under ``runs/``, which a clone does not have), prints the stage table, and leaves the
+  CSV untouched when nothing ran (a warm run), so the report is not rebuilt for nothing;
 - ``needs`` prints, before anything runs, which data a preset reads and where it looks, and fails
   (one line, exit 2) when the paper preset's data are missing;
 - ``cost`` prints, at the paper preset, what the run will cost: each stage's counted FLOPs and projected
   hours on 1 and 8 GPUs and the total, from ``results/paper_cost.csv`` (``scripts/paper_cost.py``), or
-  counted on the spot when that table is absent (``zfviz.cost``); at other presets it prints nothing.
+  counted on the spot when that table is absent (``zfviz.cost``), each seed's runs and stages beside
+  seed 0's (``--seeds``, the Makefile's ``SEEDS``); at other presets it prints nothing;
+- ``check`` lists what a finished run's results lack: an expected file, or a sidecar (``seeds/<k>/`` too).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import fcntl
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -147,10 +151,19 @@ def run_stage(name: str, runs: Path, command: list[str], known: Path | None = No
 
 
 def stage_times(runs: Path) -> pd.DataFrame:
-    """Every stage's latest record, in the order the stages started."""
+    """Every stage's latest record, in the order the stages started (``command``: None where not recorded)."""
     records = [json.loads(p.read_text()) for p in sorted((runs / "timings").glob("*.json"))]
-    frame = pd.DataFrame(records, columns=["stage", "seconds", "started", "finished"])
+    frame = pd.DataFrame(records, columns=["stage", "seconds", "started", "finished", "command"])
     return frame.sort_values("started", kind="stable").reset_index(drop=True)
+
+
+def stage_sources(times: pd.DataFrame) -> list[dict]:
+    """What each stage's log held, for the sidecar: its name, wall time and command (the logs themselves stay
+    under runs/, which is not committed)."""
+    return [
+        {"stage": r.stage, "seconds": r.seconds, "command": shlex.join(r.command) if isinstance(r.command, list) else None}
+        for r in times.itertuples(index=False)
+    ]  # fmt: skip
 
 
 def begin(runs: Path) -> None:
@@ -182,9 +195,9 @@ def end(runs: Path, out: Path) -> None:
     cold = len(ran) == len(times)
     meta = {
         "table": out.name,
-        "command": command_line(),  # the end step that wrote the table; each stage's own is in its log
+        "command": command_line(),  # the end step that wrote the table; each stage's own is in sources
         **{k: this[k] for k in ("git_sha", "git_dirty")},  # the run that wrote the table last
-        "sources": [{"stage": stage, "log": str(runs / "logs" / f"{stage}.log")} for stage in table["stage"]],
+        "sources": stage_sources(times),
         "machine": machine(),
         "jobs": os.environ.get("FIGURES_JOBS"),
         "cold_run": this if cold else before.get("cold_run"),  # every stage ran: a make figures from nothing
@@ -254,22 +267,23 @@ def needs(preset: str, roots: dict[str, str | None]) -> list[str]:
     return missing
 
 
-def cost(preset: str, table: Path | None, clip_epochs: int) -> None:
-    """Print what ``make figures PRESET=paper`` costs before it starts (module docstring)."""
+def cost(preset: str, table: Path | None, seeds: list[int]) -> None:
+    """Print what ``make figures PRESET=paper SEEDS=<seeds>`` costs before it starts (module docstring)."""
     if preset != "paper":
         return
     # Imported here: it loads Hydra and the nets, and every ``stage`` call of a run imports this module.
-    from zfviz.cost import read_or_count, total_lines
+    from zfviz.cost import read_or_count, total_lines, with_seeds
 
-    df, source = read_or_count(table or Path("results") / outputs.PAPER_COST, clip_epochs)
-    print("\n".join(total_lines(df, source)))
+    df, source = read_or_count(table or Path("results") / outputs.PAPER_COST)
+    print("\n".join(total_lines(with_seeds(df, seeds), source)))
 
 
 def check_results(results: Path, expected: list[Path]) -> list[str]:
     """What is wrong with a finished run's ``results``: an expected file missing, or a file (expected or
-    not) without its ``.meta.json`` naming a commit and its sources."""
+    not, in ``results`` or a folder in it such as ``seeds/<k>/``) without its ``.meta.json`` naming a commit
+    and its sources."""
     problems = [f"{p} is missing" for p in expected if not p.is_file()]
-    for path in sorted(results.iterdir()):
+    for path in sorted(results.rglob("*")):
         if not path.is_file() or path.name.endswith(".meta.json"):
             continue
         meta = path.with_suffix(".meta.json")
@@ -317,7 +331,7 @@ def parser() -> argparse.ArgumentParser:
     price = sub.add_parser("cost", help="what make figures costs at the paper preset: FLOPs, GPU hours per stage")
     price.add_argument("--preset", required=True)
     price.add_argument("--table", type=Path, help="scripts/paper_cost.py's table (default: results/paper_cost.csv)")
-    price.add_argument("--clip-epochs", type=int, default=5, help="the Makefile's CLIP_EPOCHS")
+    price.add_argument("--seeds", type=int, nargs="+", default=[0], help="the Makefile's SEEDS (default: 0)")
     return parser
 
 
@@ -345,7 +359,7 @@ ACTIONS = {
     "check": _check,
     "begin": lambda args, _command: begin(args.runs),
     "end": lambda args, _command: end(args.runs, args.out),
-    "cost": lambda args, _command: cost(args.preset, args.table, args.clip_epochs),
+    "cost": lambda args, _command: cost(args.preset, args.table, args.seeds),
     "needs": _needs,
 }
 
