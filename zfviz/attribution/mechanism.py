@@ -15,6 +15,7 @@ deconvnet's many projections of few images, Fig. 2), in the same setting.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ def _hook(composite, name: str, state: CallState) -> Callable:
             if len(inputs) != 1 or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
                 raise Unsupported(name, module, ": a rule needs one input tensor and one output tensor")
             if hasattr(rule, "through_relu") and _plain_relu(module, output):
-                output.grad_fn.register_hook(_through_relu(rule, state))  # no copy, no second ReLU mask
+                state.claimed.add(output.grad_fn)  # no copy, no second ReLU mask
+                state.graph_hooks.append(output.grad_fn.register_hook(_through_relu(rule, state)))
             else:
                 output = _Routed.apply(rule, module, state, inputs[0], output.detach())
         if state.merged and any(module is m for m in state.merged.values()):
@@ -99,20 +101,104 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
 
     Only leaves where a hook can matter get one (``composite.needs_hook``: a rule, a refusal, the
     first layer to find) and the layers batch norms were merged into, so canonizers apply first.
-    Saliency-like composites thus hook only the ReLUs: fewer Python calls per forward pass.
+    Saliency-like composites thus hook only the ReLUs: fewer Python calls per forward pass. A
+    rectification called as a function gets the composite's ReLU rule from ``rectify_functions``.
     """
     state = state or CallState()
     needs_hook = getattr(composite, "needs_hook", None) or (lambda _module: True)
     merged_into = {id(m) for m in state.merged.values()}
+    state.relu_rule, state.relu_refusal = _relu_plan(composite)
     handles = []
     try:
         for name, module in model.named_modules():
             if _leaf(module) and (needs_hook(module) or id(module) in merged_into):
                 handles.append(module.register_forward_hook(_hook(composite, name, state)))
+            if state.relu_refusal is not None:  # a refusal names where the rectification is
+                handles.append(module.register_forward_hook(_note_output(name, state)))
         yield state
     finally:
-        for handle in handles:
+        for handle in handles + state.graph_hooks:
             handle.remove()
+        state.graph_hooks.clear()
+
+
+_RELU = nn.ReLU()  # what a rectification called as a function is to a composite
+
+
+def _relu_plan(composite) -> tuple[object, str | None]:
+    """(the rule a rectification called as a function gets, why it is refused): the composite's rule
+    for an ``nn.ReLU``, if it can act on autograd's ReLU node (``through_relu``), else a refusal."""
+    try:
+        rule = composite.rule_for("ReLU", _RELU)
+    except Unsupported:
+        return None, ""
+    if rule is None or hasattr(rule, "through_relu"):
+        return rule, None
+    return None, f": its ReLU rule ({type(rule).__name__}) needs the module, so use nn.ReLU modules"
+
+
+def _note_output(name: str, state: CallState) -> Callable:
+    def hook(_module, _inputs, output):
+        if isinstance(output, Tensor) and output.grad_fn is not None:
+            state.made_by.setdefault(output.grad_fn, name)  # the innermost module: it returns first
+
+    return hook
+
+
+def _rectifies(node) -> bool:
+    """Whether autograd node ``node`` is a rectification, ``max(x, 0)``: ``F.relu``, ``torch.relu``,
+    ``x.relu()`` and their in-place forms (``ReluBackward0``); ``F.threshold`` at 0 (its gradient is
+    ReLU's); ``x.clamp(min=0)`` with no upper bound. Clipped or smooth gates (``relu6``, ``leaky_relu``,
+    ``silu``) are not: a rectification's rule would be wrong for them."""
+    kind = node.name()
+    if kind == "ReluBackward0":
+        return True
+    if kind in ("ThresholdBackward0", "ThresholdBackward1"):
+        return node._saved_threshold == 0
+    if kind == "ClampMinBackward0":
+        return node._saved_min == 0
+    return kind == "ClampBackward1" and node._saved_min == 0 and node._saved_max is None
+
+
+def _graph(root) -> Iterator:
+    """Every node of the autograd graph below ``root``, each once, nearest first (iteratively: a deep
+    net's graph would overflow a recursion)."""
+    seen, queue = set(), deque([root])
+    while queue:
+        node = queue.popleft()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        yield node
+        queue.extend(child for child, _ in node.next_functions)
+
+
+def rectify_functions(point: Tensor, state: CallState) -> None:
+    """Every rectification in ``point``'s graph that no module's rule claimed (``F.relu`` in a forward,
+    as torchvision's GoogLeNet, Inception-v3 and DenseNet call it) gets the composite's ReLU rule on
+    autograd's node, as a plain ``nn.ReLU`` does; where the rule needs the module, one line refuses.
+
+    Module hooks see leaf modules only, so without this a guided backprop of such a net is its plain
+    gradient. One walk of the graph per forward pass, none when a ReLU keeps autograd's gradient.
+    """
+    if point.grad_fn is None or (state.relu_rule is None and state.relu_refusal is None):
+        return
+    for node in _graph(point.grad_fn):
+        if node in state.claimed or not _rectifies(node):
+            continue
+        if state.relu_refusal is not None:
+            where = f"a rectification called as a function after {_made_after(node, state.made_by)}"
+            raise Unsupported(where, _RELU, state.relu_refusal, kind=node.name())
+        state.claimed.add(node)
+        state.graph_hooks.append(node.register_hook(_through_relu(state.relu_rule, state)))
+
+
+def _made_after(node, made_by: dict) -> str:
+    """The module whose output is the nearest above ``node`` in the graph (``the input``: none)."""
+    for above in _graph(node):
+        if above is not node and above in made_by:
+            return made_by[above]
+    return "the input"
 
 
 @dataclass
@@ -171,6 +257,7 @@ def backward(
         x = inputs.detach().requires_grad_(True)
         out = capture(x.clone())  # a copy: an in-place first module must not touch a leaf or the user's tensor
         point = out if target.layer is None else capture.outputs[target.layer]
+        rectify_functions(point, state)
         if wrt_path is not None and target.layer is not None and capture.order[0] != wrt_path:
             raise UserError(f"layer {wrt} does not run before the target in the model's forward pass")
         grad_start, scores = start_signal(point, target, start)
@@ -206,10 +293,11 @@ def batched_backward(
     Returns ``K x N x ...`` shaped like ``inputs`` per row.
     """
     path = resolve(model, layer, "output")
-    with _prepared(model, composite), Capture(model, [path], stop=True, graph=True) as capture:
+    with _prepared(model, composite) as state, Capture(model, [path], stop=True, graph=True) as capture:
         x = inputs.detach().requires_grad_(True)
         capture(x.clone())
         point = capture.outputs[path]
+        rectify_functions(point, state)
         return _batched_grads(point, x, starts(point.detach()), max(1, rows // max(len(inputs), 1)))
 
 

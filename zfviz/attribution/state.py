@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from zfviz.errors import UserError
 
@@ -17,16 +18,24 @@ from zfviz.errors import UserError
 class Unsupported(UserError):
     """A module the rules of a method cannot handle; ``attribute`` names the methods that can."""
 
-    def __init__(self, name: str, module: nn.Module, why: str = "") -> None:
+    def __init__(self, name: str, module: nn.Module, why: str = "", kind: str | None = None) -> None:
+        """``kind``: what the parentheses name (the module's type; for an op called as a function, its autograd
+        node); ``module`` is what ``attribute`` asks the methods about (a stand-in module for such an op)."""
         self.name, self.module = name, module
-        super().__init__(f"{name} ({type(module).__name__}){why}")
+        super().__init__(f"{name} ({kind or type(module).__name__}){why}")
 
 
 @dataclass
 class CallState:
-    """What the hooks of one call share: which weighted layer came first, the merged batch norms."""
+    """What the hooks of one call share: which weighted layer came first, the merged batch norms, and
+    what a rectification called as a function gets (``mechanism.rectify_functions``)."""
 
     first_done: bool = False
     routing: bool = True  # False: the rules stand aside and autograd's own gradient passes
     merged: dict[int, nn.Module] = field(default_factory=dict)  # id(batch norm) -> its conv/linear
     last_output: dict[int, int] = field(default_factory=dict)  # id(conv/linear) -> data_ptr of its output
+    relu_rule: object = None  # the composite's ReLU rule for rectifications called as functions (None: autograd's)
+    relu_refusal: str | None = None  # why such a rectification is refused, if it is
+    claimed: set = field(default_factory=set)  # autograd ReLU nodes a module's rule already rewrites
+    made_by: dict = field(default_factory=dict)  # autograd node -> the module whose output it made (for a refusal)
+    graph_hooks: list[RemovableHandle] = field(default_factory=list)  # hooks on autograd nodes, removed at the end
