@@ -19,6 +19,7 @@ from pathlib import Path
 from zfviz.outputs import REPORT_HTML, REPORT_MD, REPORT_SCREENSHOT
 from zfviz.report import write_report
 from zfviz.report.browser import MISSING, find_chromium, screenshot
+from zfviz.report.page import seed_files
 from zfviz.results import write_meta
 
 
@@ -41,7 +42,7 @@ def main() -> int:
     # Each output names what it was built from, as every file in results/ does (tests/test_results.py).
     read = sorted(
         p.name for p in folder.iterdir() if p.suffix in (".csv", ".png", ".npz") and p.name != REPORT_SCREENSHOT
-    )
+    ) + [name for name in seed_files(folder, args.preset) if name.endswith((".csv", ".png", ".npz"))]
     for name in (REPORT_HTML, REPORT_MD):
         write_meta(folder / name, sources=[{"file": f} for f in read], page=name, preset=args.preset, scale=args.scale,
                    wall_time_s=round(time.perf_counter() - start, 2))  # fmt: skip

@@ -105,8 +105,13 @@ class Results:
             self._cache[name] = reader(self.folder / name)
         return self._cache[name]
 
-    def csv(self, template: str) -> pd.DataFrame:
-        return self._read(template, pd.read_csv).copy()
+    def csv(self, template: str, required: tuple[str, ...] = ()) -> pd.DataFrame:
+        """The table; a column of ``required`` it lacks is MissingData naming the file and the column."""
+        t = self._read(template, pd.read_csv).copy()
+        lacking = [c for c in required if c not in t.columns]
+        if lacking:
+            raise MissingData(f"{self.name(template)} column {', '.join(lacking)}")
+        return t
 
     def npz(self, template: str) -> dict[str, np.ndarray]:
         return self._read(template, lambda p: dict(np.load(p, allow_pickle=False)))

@@ -17,6 +17,7 @@ import pandas as pd
 from zfviz import outputs
 from zfviz.report.catalog import WORKS, Artifact, Finding, Results, catalog, finding
 from zfviz.report.provenance import Provenance, provenance
+from zfviz.report.seeds import seed_folders
 
 # What the report itself writes: never listed as results.
 OUTPUTS = (outputs.REPORT_HTML, outputs.REPORT_MD, outputs.REPORT_SCREENSHOT)
@@ -80,6 +81,12 @@ def preset_files(folder: Path, preset: str) -> list[str]:
     )
 
 
+def seed_files(folder: Path, preset: str) -> list[str]:
+    """The files of ``preset`` in the seed folders (``zfviz.report.seeds``), as paths relative to ``folder``
+    (``seeds/1/table2_cpu.csv``): the report judges over them and its provenance counts them."""
+    return [f"{d.relative_to(folder).as_posix()}/{n}" for d in seed_folders(folder) for n in preset_files(d, preset)]
+
+
 def table_rows(df: pd.DataFrame, view=None) -> tuple[pd.DataFrame, str]:
     """The rows that matter of a CSV and a note on what is shown: the artifact's ``view`` (a pivot)
     when it has one, else the table, its first rows when it is long."""
@@ -131,13 +138,23 @@ def _entry(artifact: Artifact, results: Results) -> Entry:
         effect=artifact.effect,
         present=present,
         missing=[n for n in names if n not in present],
-        provenance=entry_provenance(results, present),
+        provenance=entry_provenance(results, present + _seeded(results, names)),
     )
     csv = next((n for n in present if n.endswith(".csv")), None)
     if csv is not None:
         entry.table, entry.table_note = table_rows(results.csv(csv), artifact.view)
         entry.table_file = csv
     return entry
+
+
+def _seeded(results: Results, names: list[str]) -> list[str]:
+    """The artifact's files in each seed folder, as paths relative to the results folder."""
+    return [
+        f"{d.relative_to(results.folder).as_posix()}/{n}"
+        for d in seed_folders(results.folder)
+        for n in names
+        if (d / n).is_file()
+    ]
 
 
 def _other(name: str, results: Results) -> Entry:
@@ -168,7 +185,7 @@ def build_report(folder: str | Path, preset: str, scale: str = "full") -> Report
     files = preset_files(folder, preset)
     other = [_other(n, results) for n in files if n not in known and n.endswith(SHOWN_KINDS)]
     works = [(wid, heading, [e for e in entries if e.work == wid]) for wid, heading in WORKS]
-    prov = provenance(folder, files)
+    prov = provenance(folder, files + seed_files(folder, preset))
     cost, cost_meta = read_cost(folder)
     return Report(preset, folder, works, other, prov, cost, cost_meta, scale)
 

@@ -15,6 +15,7 @@ import pandas as pd
 from zfviz import outputs
 from zfviz.report import evidence as ev
 from zfviz.report.catalog import Artifact, Finding, MissingData, Results, judged, num, signed
+from zfviz.report.seeds import over_seeds
 
 WORK = "work-paper"
 
@@ -37,13 +38,10 @@ def table2(r: Results) -> Finding:
         f"by {num(abs(gap))} points"
     )
     noise = _seed_noise(r)
-    gap_ev = ev.single("ZFNet ahead", gap, "net each")  # one net of each: no per-image or per-seed rows to resample
+    gap_ev = ev.single("ZFNet ahead", gap, "net each")  # one net of each: over seeds, over_seeds gives the interval
     brief = f"ZFNet {'ahead' if gap > 0 else 'behind'} by {num(abs(gap))} points"
     if noise is not None:
-        text += (
-            f"; another seed moves Table 3's rows by {num(noise[0])} points on average (up to {num(noise[1])}), so "
-            "one net of each cannot tell this gap from seed noise"
-        )
+        text += f"; another seed moves Table 3's rows by {num(noise[0])} points on average (up to {num(noise[1])})"
         brief += f" (seed noise up to {num(noise[1])})"
     return judged(text + ".", [gap_ev], brief)
 
@@ -51,6 +49,10 @@ def table2(r: Results) -> Finding:
 def training(r: Results) -> Finding:
     if not r.has(outputs.TRAINING_CURVES):
         raise MissingData(r.name(outputs.TRAINING_CURVES))
+    return over_seeds(_trained)(r)  # the curves are seed 0's; Table 2's nets are every seed's
+
+
+def _trained(r: Results) -> Finding:
     t = r.csv(outputs.TABLE2)
     parts = [
         f"{row.model} {int(row.epochs)} epochs, final train error {num(row.train_top1_err)}% (with dropout and "
@@ -165,38 +167,68 @@ def invariance(r: Results) -> Finding:
     return judged(text + ".", parts, f"first step: {jumps[0]}; rotation p(true) min {p['rotate']:.3f}")
 
 
+FIG6_NETS = ("alexnet", "zfnet")  # required rows; the clipping runs' rows are optional
+FIG6_COLUMNS = ("l1_alias_energy", "l1_dead_frac", "l2_proj_hf_energy", "l1_rms_dominance")
+CLIP_OFF, CLIP_ON = "zfnet, no clipping", "zfnet, clipping"  # one row per run of the clipping contrast
+
+
+def _fig6_table(r: Results) -> pd.DataFrame:
+    """Fig. 6's table; a required row or column missing is MissingData naming the file (``diverged``, the
+    clipping runs and any other column are optional)."""
+    t = r.csv(outputs.FIG6_ARCHITECTURE, required=("net", *FIG6_COLUMNS))
+    lacking = [f"row {n!r}" for n in FIG6_NETS if n not in set(t["net"])]
+    if lacking:
+        raise MissingData(f"{r.name(outputs.FIG6_ARCHITECTURE)} {', '.join(lacking)}")
+    return t
+
+
+def _diverged(t: pd.DataFrame) -> str:
+    """``; diverged: <nets>`` when the table says which runs diverged, else nothing."""
+    if "diverged" not in t.columns:
+        return ""
+    nets = [str(n) for n, d in zip(t["net"], t["diverged"], strict=True) if str(d).strip().lower() in ("true", "1")]
+    return f"; diverged: {', '.join(nets)}" if nets else ""
+
+
+def _clipping(t: pd.DataFrame) -> tuple[list[ev.Evidence], str]:
+    """The clipping contrast, the i-th run without clipping against the i-th with (a table may hold several):
+    layer-1 dominance without minus 1.5x with, over the runs, and its clause; nothing when the runs are absent."""
+    off = t.loc[t["net"] == CLIP_OFF, "l1_rms_dominance"].to_numpy(float)
+    on = t.loc[t["net"] == CLIP_ON, "l1_rms_dominance"].to_numpy(float)
+    if not len(off) or len(off) != len(on):
+        return [], ""
+    part = ev.t_interval("dominance without minus 1.5x with clipping", off - 1.5 * on, "runs")
+    clause = (
+        f"; largest filter RMS / median without clipping {', '.join(num(x) for x in off)}, with "
+        f"{', '.join(num(x) for x in on)}{'' if part.estimate > 0 else ' (no filter dominates)'}"
+    )
+    return [part], clause
+
+
 def architecture(r: Results) -> Finding:
-    t = r.csv(outputs.FIG6_ARCHITECTURE).set_index("net")
-    a, z = t.loc["alexnet"], t.loc["zfnet"]
-    off, on = t.loc["zfnet, no clipping"], t.loc["zfnet, clipping"]
-    # One net of each and one comparison: no seeds, so every part is n=1 without an interval.
+    t = _fig6_table(r)
+    a, z = (t[t["net"] == n].iloc[0] for n in FIG6_NETS)
+    # One net of each: n=1 without an interval; over_seeds judges each part over the seeds.
     parts = [
-        ev.single("aliasing, AlexNet minus ZFNet", a["l1_alias_energy"] - z["l1_alias_energy"], "net each"),
-        ev.single("dead maps, AlexNet minus ZFNet", a["l1_dead_frac"] - z["l1_dead_frac"], "net each"),
-        ev.single(
-            "layer-2 high frequencies, AlexNet minus ZFNet", a["l2_proj_hf_energy"] - z["l2_proj_hf_energy"], "net each"
-        ),
-        ev.single(
-            "dominance without minus 1.5x with clipping",
-            off["l1_rms_dominance"] - 1.5 * on["l1_rms_dominance"],
-            "net each",
-        ),
+        ev.single(f"{what}, AlexNet minus ZFNet", a[column] - z[column], "net each")
+        for what, column in (
+            ("aliasing", "l1_alias_energy"),
+            ("dead maps", "l1_dead_frac"),
+            ("layer-2 high frequencies", "l2_proj_hf_energy"),
+        )
     ]
+    clipping, clause = _clipping(t)
     text = (
         f"layer-1 filter energy above the stride's Nyquist: AlexNet {num(a['l1_alias_energy'])}, ZFNet "
         f"{num(z['l1_alias_energy'])}; dead layer-1 maps {a['l1_dead_frac']:.0%} and {z['l1_dead_frac']:.0%}; "
         f"layer-2 projection energy above 0.25 cycles/px AlexNet {num(a['l2_proj_hf_energy'])}, ZFNet "
-        f"{num(z['l2_proj_hf_energy'])}; largest filter RMS / median without clipping "
-        f"{num(off['l1_rms_dominance'])}, with {num(on['l1_rms_dominance'])}"
-        + ("" if parts[3].estimate > 0 else " (no filter dominates)")
-        + "; one net of each, not replicated"
+        f"{num(z['l2_proj_hf_energy'])}{clause}{_diverged(t)}"
     )
-    return judged(
-        text + ".",
-        parts,
+    brief = (
         f"aliasing {num(a['l1_alias_energy'])} vs {num(z['l1_alias_energy'])}; dead {a['l1_dead_frac']:.0%} vs "
-        f"{z['l1_dead_frac']:.0%}; no-clip dominance {num(off['l1_rms_dominance'])}",
+        f"{z['l1_dead_frac']:.0%}"
     )
+    return judged(text + ".", parts + clipping, brief)
 
 
 def occlusion(r: Results) -> Finding:
@@ -345,7 +377,7 @@ ARTIFACTS = (
     Artifact("table2", WORK, "Table 2: ImageNet-style classification error", (outputs.TABLE2,),
              "ZFNet beats the AlexNet replication",
              "ZFNet (7x7 stride-2 conv1, Fig. 3) 38.4% top-1 / 16.5% top-5 ImageNet val error against 40.5 / 18.1 for "
-             "the replication of Krizhevsky et al., one net each.", table2),
+             "the replication of Krizhevsky et al., one net each.", over_seeds(table2)),
     Artifact("training", WORK, "Training curves", (outputs.TRAINING_CURVES,),
              "training to convergence",
              "No training curves are shown; the nets trained 70 epochs, about 12 days on one GTX580.", training),
@@ -357,29 +389,29 @@ ARTIFACTS = (
              (outputs.FIG4_EVOLUTION, outputs.FIG4_EVOLUTION_ARRAYS),
              "lower layers converge first",
              "Lower layers converge within a few epochs; the upper layers develop only after 40-50 epochs, so a net "
-             "must train until fully converged.", evolution),
+             "must train until fully converged.", over_seeds(evolution)),
     Artifact("fig5", WORK, "Fig. 5: invariance to translation, scale, rotation",
              (outputs.FIG5_INVARIANCE, outputs.FIG5_INVARIANCE_FIGURE),
              "layer 1 changes abruptly, layer 7 gradually; rotation breaks the output",
              "Small transformations change layer-1 features a lot and the top feature layer less, quasi-linearly for "
              "translation and scaling; the output is stable to translation and scaling, not to rotation (except "
-             "rotationally symmetric objects).", invariance, _fig5_view),
+             "rotationally symmetric objects).", over_seeds(invariance), _fig5_view),
     Artifact("fig6", WORK, "Fig. 6: AlexNet's vs ZFNet's first layers; filter clipping",
              (outputs.FIG6_ARCHITECTURE, outputs.FIG6_ARCHITECTURE_FIGURE, outputs.FIG6_ARCHITECTURE_ARRAYS),
              "11x11/4 aliases and leaves dead filters; without clipping one filter dominates",
              "AlexNet's 11x11 stride-4 layer 1 mixes very high and low frequencies with dead filters, and its layer 2 "
              "aliases; ZFNet's 7x7 stride 2 gives cleaner, more distinctive features; without feature-scale "
-             "clipping one layer-1 filter dominates.", architecture),
+             "clipping one layer-1 filter dominates.", over_seeds(architecture)),
     Artifact("fig7", WORK, "Fig. 7: occlusion sensitivity", (outputs.FIG7_OCCLUSION, outputs.FIG7_OCCLUSION_ARRAYS),
              "covering the object drops p(true class)",
              "When the grey square covers the object (a dog's face), the strongest conv5 map and the probability of "
-             "the correct class drop sharply: the net localizes the object, not its context.", occlusion),
+             "the correct class drop sharply: the net localizes the object, not its context.", over_seeds(occlusion)),
     Artifact("table1", WORK, "Table 1 and Fig. 8: correspondence of parts",
              (outputs.TABLE1, outputs.FIG8_CORRESPONDENCE, outputs.TABLE1_DRAWS),
              "occluding the same part gives consistent changes at layer 5",
              "Occluding the same part (eyes, nose) of 5 dog images scores 0.067-0.079 at layer 5 against 0.107 for "
              "random parts: the net establishes correspondence implicitly; at layer 7 parts and random are close "
-             "(0.068-0.069 vs 0.073).", correspondence),
+             "(0.068-0.069 vs 0.073).", over_seeds(correspondence)),
     Artifact("table3", WORK, "Table 3: ablations", (outputs.TABLE3, outputs.FIG_TABLE3),
              "depth matters; wider conv3-5 help; wider conv + fc overfit",
              "Removing fc6-7 or conv3-4 costs little or some (40.0-45.4 vs 40.5), removing both (4 layers left) "

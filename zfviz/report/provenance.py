@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from zfviz.outputs import TIMINGS
+from zfviz.report.seeds import SEEDS
 from zfviz.utils import cpu_model, git_state, versions
 
 
@@ -108,6 +110,7 @@ def run_lines(p: Provenance) -> list[str]:
         )
     if p.unknown:
         lines.append(f"no commit recorded for: {', '.join(p.unknown)}")
+    lines += _seed_lines(p)
     stems = {name.rsplit(".", 1)[0] for c in p.commits for name in c.files}
     if stems:
         lines.append(
@@ -133,3 +136,16 @@ def run_lines(p: Provenance) -> list[str]:
     if p.timings is None:
         lines.append(f"{TIMINGS} is missing: this run recorded no stage wall times (make figures writes it)")
     return lines
+
+
+def _seed_lines(p: Provenance) -> list[str]:
+    """How many of the files counted above are other seeds' (``seeds/<k>/<name>``), per seed."""
+    names = [n for c in p.commits for n in c.files] + p.unknown
+    per_seed = Counter(n.split("/")[1] for n in names if n.startswith(f"{SEEDS}/") and n.count("/") == 2)
+    if not per_seed:
+        return []
+    counts = ", ".join(f"seed {k} {per_seed[k]}" for k in sorted(per_seed, key=int))
+    return [
+        f"{sum(per_seed.values())} of these files are other seeds' ({counts}), in {SEEDS}/<k>/ under the names of "
+        "seed 0's, which are the folder's own"
+    ]
