@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from zfviz import outputs
 from zfviz.report import evidence as ev
 from zfviz.report.catalog import Finding, MissingData, Results, judged
 
-SEEDS = "seeds"  # results/seeds/<k>/: seed k's files of the per-net stages
+SEEDS = Path(outputs.SEED_FOLDER).parent.as_posix()  # seed k's files are in seeds/<k>/ (outputs.seed_folder)
 
 
 def seed_folders(folder: str | Path) -> list[Path]:
