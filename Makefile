@@ -252,9 +252,9 @@ SEED_NAMES := table2_$(PRESET).csv fig4_evolution_$(PRESET).png fig6_architectur
 	fig7_occlusion_$(PRESET).png table1_$(PRESET).csv fig5_invariance_$(PRESET).csv table7_$(PRESET).csv
 SEED_FIGURES := $(foreach k,$(SEEDED),$(addprefix $(RESULTS)/seeds/$(k)/,$(SEED_NAMES)))
 
-# In the rules below % is the seed. A run folder reached only through them would be an intermediate file, which
-# make deletes after the build: .SECONDARY keeps every seed's runs.
-.SECONDARY: $(SEED_RUNS)
+# In the rules below % is the seed. A run reached only through them (make results/seeds/1/table2_cpu.csv) would be
+# an intermediate file, which make deletes after the build: .PRECIOUS keeps every seed's runs.
+.PRECIOUS: $(SEED_RUNS)
 $(RUNS)/zfnet_seed%/run.json: | install data
 	$(STAGE) train_zfnet_seed$* -- $(BIN)/zfviz train model=zfnet preset=$(PRESET) experiment=table2 seed=$* resume=true hydra.run.dir=$(@D) $(DATA_ARGS)
 
@@ -295,7 +295,7 @@ $(RESULTS)/seeds/%/table7_$(PRESET).csv: $(RUNS)/zfnet_seed%/run.json
 		features.cache_dir=$(FEATURES) hydra.run.dir=$(RUNS)/table7_seed$* $(TABLE7_ARGS_$(PRESET))
 
 # The first prerequisites of `stages` start first under -j: the Table 3 trainings (the longest stage)
-# beside the Table 2 ones. The end prints each stage's wall time and writes $(RESULTS)/timings.csv.
+# beside the Table 2 ones, then the other seeds' (long stages first, the short ones fill in at the end). The end prints each stage's wall time and writes $(RESULTS)/timings.csv.
 figures: install data
 	@$(DATA_ROOTS) $(BIN)/python -m zfviz.pipeline needs --preset $(PRESET)
 	@$(if $(filter full,$(SCALE)),$(BIN)/python -m zfviz.pipeline cost --preset $(PRESET) --seeds $(SEEDS),:)
@@ -326,7 +326,7 @@ check-results: install
 	@$(BIN)/python -m zfviz.pipeline check --results $(RESULTS) $(FIGURES) $(SEED_FIGURES) $(RESULTS)/index.html \
 		$(RESULTS)/README.md
 
-stages: $(ABLATE)/variants.json $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(FIGURES) $(SEED_RUNS) $(SEED_FIGURES)
+stages: $(ABLATE)/variants.json $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(SEED_RUNS) $(FIGURES) $(SEED_FIGURES)
 
 clean-figures:
 	rm -rf $(RUNS)
