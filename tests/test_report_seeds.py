@@ -147,6 +147,22 @@ def test_fig6_reads_its_columns_defensively(results):
     assert f.shown == "missing" and "fig6_architecture_cpu.csv column l2_proj_hf_energy" in f.text
 
 
+def test_fig6_over_seeds_keeps_a_contrast_only_seed_0_holds(results):
+    """Seed 0's table holds three clipping runs, seeds 1 and 2 none: the AlexNet-vs-ZFNet parts are judged over
+    the 3 seeds, the clipping contrast keeps its own interval over its runs."""
+    write_csv(results, "fig6_architecture_cpu.csv", fig6_rows([2.0, 1.6, 1.8]))
+    for seed, alias in ((1, 0.6), (2, 0.55)):
+        rows = fig6_rows([])
+        rows[0]["l1_alias_energy"] = alias  # AlexNet ahead by 0.3 and 0.25 (0.2 in seed 0)
+        write_csv(seed_folder(results, seed), "fig6_architecture_cpu.csv", rows)
+    f = entry(build_report(results, "cpu"), "fig6").finding
+    aliasing, clipping = f.evidence[0], f.evidence[3]
+    expected = t_interval([0.2, 0.3, 0.25])
+    assert (aliasing.estimate, aliasing.low, aliasing.high) == pytest.approx(expected, rel=1e-9)
+    assert (aliasing.n, aliasing.unit) == (3, "seeds")
+    assert (clipping.n, clipping.unit) == (3, "runs") and "clipping +0.3, -, -" in f.text  # the mean of its runs
+
+
 def test_provenance_counts_the_seed_files(results):
     write_table2(results, [0.5, 0.7, 0.6])
     report = build_report(results, "cpu")

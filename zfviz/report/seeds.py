@@ -86,7 +86,8 @@ def _over(part: ev.Evidence, per_seed: list[tuple[ev.Evidence, ...]]) -> ev.Evid
 
 
 def _per_seed(seeds: list[int], per_seed: list[tuple[ev.Evidence, ...]], lacking: list[str]) -> str:
-    """``; per seed 0, 1, 2: <effect> +a, +b, +c; ...`` (each effect's estimate in each seed that has it)."""
+    """``, per seed 0, 1, 2: <effect> +a, +b, +c; ...`` (each effect's estimate in each seed, ``-`` where a seed
+    lacks it), then the seeds left out."""
     names = [p.name for p in per_seed[0]]
     lines = []
     for name in names:
