@@ -8,7 +8,7 @@ ones it has; its net name is ``t3:<variant>`` (``t3:zfnet`` is not the Table 2 `
 schedule). The CSV has one row per net and unit (net, layer, unit, concept, category, iou,
 threshold, detector). The figure: (top) a nets x layers grid of detector counts, split by category per
 net; (bottom) the first net's strongest detectors, each with its ``--images`` strongest images and
-the thresholded map (A_k > T_k, upsampled as dissection does) outlined. The concept images and masks
+the thresholded map (A_k > T_k, upsampled as dissection does) outlined in cyan on a black halo. The concept images and masks
 are decoded once for all nets (``zfviz.dissection.batches.Batches``), and each net's maps are kept in
 memory for its dissection, so a net costs one forward pass plus the quantile and IoU work.
 
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib import patheffects
 
 from zfviz.ablation import read_manifests
 from zfviz.data.tensor_loader import TensorLoader
@@ -79,7 +80,34 @@ def dissect_run(name: str, run_dir: Path, batches: Batches, normalizers: dict[st
 def top_units(df: pd.DataFrame, count: int) -> pd.DataFrame:
     """The ``count`` best detectors, at most two per layer so several layers show."""
     best = df[df["detector"]].sort_values("iou", ascending=False)
-    return best.groupby("layer", sort=False).head(2).head(count)
+    shown = best.groupby("layer", sort=False).head(2).head(count)
+    shown.attrs["net"] = str(df["net"].iloc[0]) if "net" in df and len(df) else ""
+    return shown
+
+
+def unit_rows(sub, shown: pd.DataFrame, model, prepare, batches: Batches, broden: Broden, count: int) -> None:
+    """On ``sub``: a row per shown unit, its ``count`` strongest concept images, each with the region where
+    the unit's map exceeds its threshold outlined (cyan on a black halo: visible on any background)."""
+    size = broden.mask_size()
+    strongest = {  # one pass per layer shown finds every unit's strongest images
+        layer: strongest_images(model, batches, layer, k=count, prepare=prepare)[1] for layer in shown["layer"].unique()
+    }
+    axes = np.asarray(sub.subplots(len(shown), count, squeeze=False))
+    halo = [patheffects.withStroke(linewidth=3.2, foreground="black")]
+    for row, unit in enumerate(shown.itertuples()):
+        picked = strongest[unit.layer][unit.unit].tolist()
+        images = torch.stack([broden[i].image for i in picked])
+        maps = unit_maps(model, images, unit.layer, size, prepare)[:, unit.unit]
+        for ax, image, amap in zip(axes[row], images, maps, strict=True):
+            ax.imshow(image.permute(1, 2, 0).numpy(), extent=(0, size[1], size[0], 0))
+            lines = ax.contour(np.asarray(amap > unit.threshold, dtype=float), levels=[0.5], colors="cyan",
+                               linewidths=1.4)  # fmt: skip
+            lines.set_path_effects(halo)
+            ax.set_axis_off()
+        axes[row, 0].set_title(f"{shown.attrs.get('net', '')} {unit.layer} unit {unit.unit}: {unit.concept} "
+                               f"({unit.category}), IoU {unit.iou:.2f}", fontsize=8, loc="left")  # fmt: skip
+    sub.suptitle(f"the strongest detectors' {count} strongest images; outlined: where the unit's map exceeds its "
+                 "threshold T_k (upsampled as dissection does)", fontsize=9)  # fmt: skip
 
 
 def main() -> int:
@@ -116,31 +144,14 @@ def main() -> int:
     write_table(df, out / table, sources=sources, wall_time_s=wall)
     counts = {name: detector_counts(r[0], broden.categories) for (name, _), r in zip(nets, results, strict=True)}
     shown = top_units(results[0][0], args.units)
-    fig = plt.figure(figsize=(10, 1 + 0.28 * len(counts) + 1.8 * len(shown)))
-    grid = fig.add_gridspec(1 + len(shown), args.images, height_ratios=[0.28 * len(counts)] + [1.8] * len(shown))
-    count_panel(fig.add_subplot(grid[0, :]), counts, broden.categories)
-    _, model, prepare, _ = results[0]
-    size = broden.mask_size()
-    strongest = {  # one pass per layer shown finds every unit's strongest images
-        layer: strongest_images(model, batches, layer, k=args.images, prepare=prepare)[1]
-        for layer in shown["layer"].unique()
-    }
-    for row, unit in enumerate(shown.itertuples()):
-        picked = strongest[unit.layer][unit.unit].tolist()
-        images = torch.stack([broden[i].image for i in picked])
-        maps = unit_maps(model, images, unit.layer, size, prepare)[:, unit.unit]
-        for col, (image, amap) in enumerate(zip(images, maps, strict=True)):
-            ax = fig.add_subplot(grid[1 + row, col])
-            ax.imshow(image.permute(1, 2, 0).numpy(), extent=(0, size[1], size[0], 0))
-            ax.contour(
-                np.asarray(amap > unit.threshold, dtype=float), levels=[0.5], colors="red", linewidths=1.2
-            )  # not white: on white
-            ax.set_axis_off()
-            if col == 0:
-                ax.set_title(f"{results[0][0]['net'].iloc[0]} {unit.layer} unit {unit.unit}: {unit.concept} "
-                             f"({unit.category}), IoU {unit.iou:.2f}", fontsize=8, loc="left")  # fmt: skip
+    top = max(1.4, 0.3 * len(counts) + 0.9)
+    fig = plt.figure(figsize=(10, 0.8 + top + 1.9 * len(shown)), layout="constrained")
+    upper, lower = fig.subfigures(2, 1, height_ratios=[top, 0.1 + 1.9 * len(shown)])
+    count_panel(upper.subplots(), counts, broden.categories)
+    if len(shown):
+        _, model, prepare, _ = results[0]
+        unit_rows(lower, shown, model, prepare, batches, broden, args.images)
     fig.suptitle(f"Network dissection on the concept set ({len(broden)} images), {args.preset} preset")
-    fig.tight_layout()
     save_figure(fig, out / figure, sources=sources, table=table,
                 wall_time_s=round(time.perf_counter() - start, 2), concepts=str(broden.root))  # fmt: skip
     plt.close(fig)

@@ -385,7 +385,7 @@ def main() -> int:
     fig = _figure(
         cascades[first],
         shown["image"],
-        f"{first}: maps as layers are re-initialized from the top ({args.preset} preset)",
+        f"{first}: cascading randomization (Adebayo et al. 2018), {args.preset} preset",
     )
     save_figure(fig, out / figure, sources=sources[:1], settings=settings, table=table, wall_time_s=wall)  # fmt: skip
     plt.close(fig)
@@ -422,9 +422,8 @@ def _figure(cascade_by_method: dict, image: np.ndarray, title: str):
         trained = cascade[0][1]
         maps[method] = [m[0].numpy() for _, m in cascade]
         curves[method] = [_finite_mean(randomization_scores(trained, m)["spearman"].numpy()) for _, m in cascade]
-    images = len(next(iter(cascade_by_method.values()))[0][1])  # say it: the maps are one image's, the curves n's
-    title += f"\nmaps: one test image; curves: mean over {images} test images"
-    return randomization_figure(image, maps, steps, curves, title=title)
+    images = len(next(iter(cascade_by_method.values()))[0][1])  # the maps are one image's, the curves n's
+    return randomization_figure(image, maps, steps, curves, images=images, title=title)
 
 
 if __name__ == "__main__":

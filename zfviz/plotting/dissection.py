@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.transforms import ScaledTranslation
 
 from zfviz.dissection import detector_counts
 from zfviz.plotting import plt
@@ -21,7 +22,7 @@ NO_LAYER = "0.8"  # the grey of a cell whose net has no such layer
 def count_panel(ax, counts: Mapping[str, pd.DataFrame], categories: Sequence[str], iou: float = 0.04) -> None:
     """A nets x layers grid: each cell its detector count, with the count per category written out
     (c3 o1: three color and one object detectors); grey where the net has no such layer (a Table 3
-    variant with that layer removed), said in the legend."""
+    variant with that layer removed), said in a legend under the panel when there is such a cell."""
     grid = np.full((len(counts), len(LAYERS)), np.nan)
     for r, table in enumerate(counts.values()):
         for layer, row in table.iterrows():
@@ -45,8 +46,11 @@ def count_panel(ax, counts: Mapping[str, pd.DataFrame], categories: Sequence[str
     bar = ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
     bar.set_label("detectors in the layer", fontsize=8)
     bar.ax.tick_params(labelsize=8)
-    ax.legend(handles=[Patch(color=NO_LAYER, label="grey: the net has no such layer (removed in Table 3)")],
-              loc="upper left", bbox_to_anchor=(0.0, -0.12), fontsize=8, frameon=False)  # fmt: skip
+    if np.isnan(grid).any():  # below the x label, whatever the panel's height (an offset in points, not axes)
+        below = ax.transAxes + ScaledTranslation(0, -34 / 72, ax.figure.dpi_scale_trans)
+        ax.legend(handles=[Patch(color=NO_LAYER, label="grey: the net has no such layer (removed in Table 3)")],
+                  loc="upper left", bbox_to_anchor=(0.0, 0.0), bbox_transform=below, fontsize=8,
+                  frameon=False)  # fmt: skip
 
 
 def dissection_counts(table: pd.DataFrame, title: str = "") -> Figure:

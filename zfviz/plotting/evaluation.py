@@ -5,7 +5,8 @@ Top: one image's map per method (rows) as the net's layers are re-initialized fr
 shown as its magnitude (channels summed, then absolute, as Adebayo et al.'s main figures), stretched
 from its own 1st to 99th percentile: a method that explains the model loses its structure as the columns go right.
 Bottom: the mean Spearman rank correlation between each method's trained and randomized maps, per
-cascade step; a curve that stays near 1 is a method whose maps do not depend on the weights.
+cascade step, over the images the caller says (``images``); a curve that stays near 1 is a method whose
+maps do not depend on the weights. The random map's curve is 1 by construction: a dotted reference line.
 Arrays in, a ``Figure`` out; ``results.save_figure`` writes it.
 """
 
@@ -15,6 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from zfviz.plotting import plt
@@ -42,45 +45,64 @@ def randomization_figure(
     steps: Sequence[str],
     curves: Mapping[str, Sequence[float]],
     *,
+    images: int = 1,
     title: str = "",
     tile_inches: float = 0.75,
 ) -> Figure:
     """``image``: uint8 (C, h, w), the explained image; ``maps``: method -> one (h, w) map per step of
-    ``steps`` (``"none"`` first: the trained net); ``curves``: method -> mean Spearman per step."""
+    ``steps`` (``"none"`` first: the trained net); ``curves``: method -> mean Spearman per step over
+    ``images`` test images. ``REFERENCE``'s curve is drawn as a labelled reference line, not a method."""
     methods = list(maps)
     for method in methods:
         if len(maps[method]) != len(steps):
             raise ValueError(f"{method}: one map per cascade step ({len(steps)}), got {len(maps[method])}")
     cols = 1 + len(steps)
-    fig = plt.figure(figsize=(tile_inches * cols + 1.2, tile_inches * len(methods) + 3.6), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[tile_inches * len(methods), 3.2])
-    axes = np.asarray(top.subplots(len(methods), cols, squeeze=False))
-    labels = ["trained" if s == "none" else f"{s}" for s in steps]
-    for row, method in enumerate(methods):
+    fig = plt.figure(figsize=(tile_inches * cols + 2.4, tile_inches * len(methods) + 4.0), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[tile_inches * len(methods) + 0.4, 3.4])
+    _map_grid(top, image, maps, steps)
+    _curves(bottom.subplots(), curves, steps, images)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _map_grid(sub, image: np.ndarray, maps: Mapping[str, Sequence[np.ndarray]], steps: Sequence[str]) -> None:
+    """One row per method: the image, then its map at each cascade step, with the maps' colour bar."""
+    axes = np.asarray(sub.subplots(len(maps), 1 + len(steps), squeeze=False))
+    labels = ["trained" if s == "none" else f"+{s}" for s in steps]
+    for row, (method, row_maps) in enumerate(maps.items()):
         axes[row, 0].imshow(show_image(image))
-        axes[row, 0].set_ylabel(method, fontsize=8, rotation=0, ha="right", va="center")
-        for col, amap in enumerate(maps[method], start=1):
+        name = f"{method}\n(reference)" if method == REFERENCE else method
+        axes[row, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+        for col, amap in enumerate(row_maps, start=1):
             axes[row, col].imshow(magnitude(amap), cmap="magma", vmin=0, vmax=1)
             if row == 0:
                 axes[row, col].set_title(labels[col - 1], fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    ax = bottom.subplots()
-    colors = plt.get_cmap("tab20")
-    for i, method in enumerate(curves):
-        if method == REFERENCE:  # 1.0 by construction: a yardstick, not the least sensitive method
-            ax.plot(range(len(steps)), curves[method], color="0.5", ls=":", label=REFERENCE_LABEL)
-            continue
-        ax.plot(range(len(steps)), curves[method], marker="o", markersize=3, color=colors(i % 20), label=method)
+    sub.suptitle("maps of 1 test image as the layers are re-initialized, cumulatively from the top", fontsize=9)
+    bar = sub.colorbar(ScalarMappable(Normalize(0, 1), "magma"), ax=axes, shrink=0.5, aspect=30)
+    bar.set_label("|map|, from its 1st (0) to its 99th percentile (1)", fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+
+
+def _curves(ax, curves: Mapping[str, Sequence[float]], steps: Sequence[str], images: int) -> None:
+    """Each method's mean Spearman per step; the random map as a dotted reference line."""
+    colors = plt.get_cmap("tab10")
+    methods = [m for m in curves if m != REFERENCE]
+    for i, method in enumerate(methods):  # past ten methods the colours repeat with another marker
+        ax.plot(range(len(steps)), curves[method], marker="os^D"[i // 10 % 4], markersize=4, color=colors(i % 10),
+                label=method, zorder=3)  # fmt: skip
+    if REFERENCE in curves:  # 1.0 by construction: a yardstick under the methods, not the least sensitive one
+        ax.plot(range(len(steps)), curves[REFERENCE], color="0.3", ls=":", lw=1.5, label=REFERENCE_LABEL, zorder=2)
     ax.set_xticks(range(len(steps)), ["trained", *[f"+{s}" for s in steps[1:]]], fontsize=8)
-    ax.set_ylabel("Spearman (|trained|, |randomized|)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    noun = "image" if images == 1 else "images"
+    ax.set_ylabel(f"Spearman (|trained|, |randomized|)\nmean over {images} test {noun}", fontsize=8)
     ax.set_xlabel("layers re-initialized, cumulatively from the top", fontsize=8)
     ax.axhline(0, color="gray", linewidth=0.5)
-    ax.legend(fontsize=8, ncols=3, loc="upper right")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
 
 
 def randomization_summary(table: pd.DataFrame, title: str = "") -> Figure:
