@@ -321,3 +321,32 @@ def test_architecture_numbers_on_hand_made_filters():
     assert float(alias_energy(slow[None, None], stride=4)) == pytest.approx(0.0, abs=1e-12)  # 1/16 < 1/8
     assert float(high_frequency_energy(fast.T[None])) == pytest.approx(1.0)  # along rows: the max-norm sees it
     assert float(high_frequency_energy(torch.full((1, 8, 8), 3.0))) == 0.0  # flat: no energy at all
+
+
+def test_a_diverged_net_is_flagged_and_its_measures_are_nan_not_numbers():
+    import math
+
+    from zfviz.viz.architecture import dead_fraction, diverged, rms_dominance
+
+    bank = torch.ones(4, 1, 2, 2)
+    assert not diverged([bank], [2.3, None, 0.4])  # None: a loss not recorded (an epoch not evaluated)
+    assert diverged([bank], [2.3, float("nan")]) and diverged([bank], [float("inf")])
+    bank[2, 0, 1, 1] = float("nan")
+    assert diverged([bank], []) and math.isnan(rms_dominance(bank))  # not a max over the finite filters
+    assert math.isnan(dead_fraction(torch.tensor([0.0, float("nan"), 2.0])))  # not "1 of 3 dead"
+
+
+def test_top9_block_scales_each_maps_projections_together():
+    import numpy as np
+
+    from zfviz.plotting.deconv import contrast_scale, top9_block
+
+    assert contrast_scale(np.array([0.0, 0.0, 0.0, 2.0, -2.0])) == pytest.approx(2.0)  # zeros do not count
+    assert contrast_scale(np.zeros(3)) == 0.0
+    projection = np.zeros((4, 1, 3, 3), dtype=np.float32)
+    projection[:, 0, 1, 1] = [4.0, 2.0, -4.0, 1.0]  # one pixel each, the second half as strong as the first
+    patch = np.zeros((4, 1, 3, 3), dtype=np.uint8)
+    block = top9_block(projection, patch)
+    centres = [block[1, 1, 0], block[1, 5, 0], block[5, 1, 0], block[5, 5, 0]]  # 2 x 2 tiles, 1-px gaps
+    scale = np.percentile([4.0, 2.0, 4.0, 1.0], 99.5)
+    assert centres == pytest.approx([0.5 + 0.5 * v / scale for v in (4.0, 2.0, -4.0, 1.0)])

@@ -236,9 +236,40 @@ def test_command_writes_fig7_with_deconv_projections(viz_config, tmp_path):
 
     from zfviz.commands.viz_occlusion import run
 
-    cfg = viz_config("occlusion", "viz.images=[0,5]", "viz.stride=8", "viz.fill=zero")
+    cfg = viz_config("occlusion", "viz.images=[0,5]", "viz.stride=8", "viz.fill=zero", "viz.object_frac=null")
     run(cfg)
     saved = np.load(tmp_path / "fig7_occlusion.npz")
     assert saved["p_true"].shape == (2, 7, 7) and saved["top_class"].shape == (2, 7, 7)
-    assert saved["origins"].tolist() == [0, 8, 16, 24, 32, 40, 48]
+    assert saved["origins"].tolist() == [0, 8, 16, 24, 32, 40, 48] and int(saved["window"]) == 16
+    assert np.isnan(saved["object_frac"])
     assert (tmp_path / "fig7_occlusion.png").is_file()
+
+
+@pytest.mark.slow
+def test_command_sizes_the_square_to_the_objects(viz_config, tmp_path):
+    import numpy as np
+
+    from zfviz.commands.viz_occlusion import run
+
+    run(viz_config("occlusion", "viz.images=[0,5]", "viz.stride=8", "viz.projections=0", "viz.object_frac=0.25"))
+    saved = np.load(tmp_path / "fig7_occlusion.npz")
+    boxes = saved["object_boxes"]
+    side = np.median(np.sqrt(boxes[:, 2] * boxes[:, 3].astype(float)))  # two images: the mean of their sides
+    assert int(saved["window"]) == round(0.25 * side) and float(saved["object_frac"]) == 0.25
+    assert saved["origins"].tolist() == list(range(0, 64 - int(saved["window"]) + 1, 8))
+
+
+def test_object_boxes_find_the_object_on_its_background():
+    from zfviz.attribution.occlusion import object_boxes, object_window
+
+    images = torch.full((3, 1, 10, 12), 7.0)  # background 7, whatever its level
+    images[0, :, 2:5, 3:9] = 200.0  # a bright 3 x 6 object
+    images[1, :, 6:10, 0:2] = 0.0  # a dark 4 x 2 object at the corner
+    images[1, :, 7, 1] = 3.0  # a pixel within 10% of the largest difference of the background: still object (inside)
+    images[1, :, 0, 11] = 7.5  # a pixel within 10% of the largest difference: background
+    # image 2: flat, no object: the whole frame
+    assert object_boxes(images).tolist() == [[2, 3, 3, 6], [6, 0, 4, 2], [0, 0, 10, 12]]
+    boxes = torch.tensor([[0, 0, 4, 9], [0, 0, 8, 8], [0, 0, 10, 12]])  # sides 6, 8, ~10.95: the median is 8
+    assert object_window(boxes, 0.5, 64) == 4 and object_window(boxes, 1.0, 6) == 6  # within the image
+    with pytest.raises(UserError, match="object_frac"):
+        object_window(boxes, 0.0, 64)

@@ -53,6 +53,35 @@ def grid(size: int, window: int, stride: int) -> Tensor:
     return torch.arange(0, size - window + 1, stride)
 
 
+def object_boxes(pixels: Tensor, threshold: float = 0.1) -> Tensor:
+    """(N, 4) top, left, height, width of the object in each of ``pixels`` (N, C, H, W): the box around the
+    pixels that differ from the image's background (the median of its border) by more than ``threshold``
+    of the largest such difference. An image with no such pixel is all object (its whole frame).
+
+    Fig. 7's square covers a part of the object (the dog's face): sizing it needs the object's extent.
+    """
+    gray = torch.as_tensor(pixels).float().mean(dim=1)
+    n, h, w = gray.shape
+    border = torch.cat([gray[:, 0], gray[:, -1], gray[:, :, 0], gray[:, :, -1]], dim=1).median(dim=1).values
+    diff = (gray - border[:, None, None]).abs()
+    mask = diff > threshold * diff.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    boxes = torch.tensor([[0, 0, h, w]] * n)
+    for i in range(n):
+        rows, cols = mask[i].any(dim=1).nonzero()[:, 0], mask[i].any(dim=0).nonzero()[:, 0]
+        if len(rows):
+            boxes[i] = torch.stack([rows[0], cols[0], rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1])
+    return boxes
+
+
+def object_window(boxes: Tensor, fraction: float, size: int) -> int:
+    """The occluder's side: ``fraction`` of the objects' typical side (the median over ``boxes`` of each box's
+    geometric-mean side), within 1..``size``. One side for all images: their maps share one grid."""
+    if not 0 < fraction <= 1:
+        raise UserError(f"viz.object_frac={fraction} must be in (0, 1]: the share of the object's side it covers")
+    side = (boxes[:, 2].double() * boxes[:, 3].double()).sqrt().quantile(0.5)  # an even count: the middle two's mean
+    return int(min(size, max(1, round(fraction * float(side)))))
+
+
 def fill_image(fill, shape: tuple[int, int, int], mean=None, std=None, seed: int = 0, gray: bool = False) -> Tensor:
     """The (C, H, W) image whose pixels the occluder shows, in the model's normalized input space.
 

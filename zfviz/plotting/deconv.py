@@ -2,7 +2,8 @@
 
 Arrays in, a matplotlib ``Figure`` out. Grids of many small images are assembled as one mosaic
 array per panel (one ``imshow``), which keeps hundreds of tiles fast to draw.
-Projections are shown as the paper does: each one contrast-stretched on its own, zero at mid-gray.
+Projections are shown as the paper does, zero at mid-gray: each contrast-stretched on its own, or (Fig. 2)
+each map's top 9 stretched together.
 """
 
 from __future__ import annotations
@@ -24,17 +25,25 @@ def as_image_channels(projection: np.ndarray, channels: int) -> np.ndarray:
     return projection.sum(axis=-3, keepdims=True) if channels == 1 else projection
 
 
-def show_projection(tile: np.ndarray) -> np.ndarray:
-    """(C, h, w) projection -> (h, w, 3) in [0, 1]: zero at 0.5, scaled to its own contrast.
-
-    The scale is the 99.5th percentile of the magnitudes, not the maximum: a handful of very
-    strong pixels would otherwise leave the rest of the pattern flat gray.
-    """
+def show_projection(tile: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """(C, h, w) projection -> (h, w, 3) in [0, 1]: zero at 0.5, ``scale`` (default: the tile's own
+    ``contrast_scale``) at black and white."""
     tile = np.asarray(tile, dtype=np.float32)
-    magnitude = np.abs(tile)
-    scale = float(np.percentile(magnitude, 99.5)) or float(magnitude.max())
+    scale = contrast_scale(tile) if scale is None else scale
     tile = 0.5 + 0.5 * tile / scale if scale > 0 else np.full_like(tile, 0.5)
     return _rgb(tile)
+
+
+def contrast_scale(projections: np.ndarray) -> float:
+    """The magnitude shown at full black or white: the 99.5th percentile of the nonzero magnitudes.
+
+    A percentile, not the maximum: a handful of very strong pixels would otherwise leave the rest of
+    the pattern flat grey. Nonzero only: a deep layer's projection is zero outside the few pixels that
+    drive the map, and counting those zeros would put the percentile on the faintest strokes' floor.
+    """
+    magnitude = np.abs(np.asarray(projections, dtype=np.float32))
+    nonzero = magnitude[magnitude > 0]
+    return float(np.percentile(nonzero, 99.5)) if nonzero.size else 0.0
 
 
 def show_image(tile: np.ndarray) -> np.ndarray:
@@ -81,8 +90,13 @@ def square(items: list, ncols: int | None = None) -> list[list]:
 
 
 def top9_block(projection: np.ndarray, patch: np.ndarray) -> np.ndarray:
-    """One map's (k, C, h, w) projections as a square grid, its patches as a grid beside it."""
-    left = mosaic(square([show_projection(p) for p in projection]))
+    """One map's (k, C, h, w) projections as a square grid, its patches as a grid beside it.
+
+    The k projections share one contrast scale, as in the paper's Fig. 2: their strengths stay comparable
+    within the map, and a map whose projections are weak next to another map's is still shown at full contrast.
+    """
+    scale = contrast_scale(projection)
+    left = mosaic(square([show_projection(p, scale) for p in projection]))
     right = mosaic(square([show_image(p) for p in patch]))
     gap = np.full((left.shape[0], max(2, left.shape[1] // 12), 3), GAP, dtype=np.float32)
     return np.concatenate([left, gap, right], axis=1)
@@ -136,10 +150,70 @@ def evolution_figure(
     return fig
 
 
-def filter_bank(weight: np.ndarray) -> np.ndarray:
+def filter_bank(weight: np.ndarray, ncols: int | None = None) -> np.ndarray:
     """Layer-1 filters (F, C, kh, kw) as one mosaic, scaled together (a dominant filter stands out)."""
     scale = float(np.abs(weight).max())
-    return mosaic(square([resize(show_filter(w, scale), 4 * max(w.shape[-2:])) for w in weight]), gap=2)
+    return mosaic(square([resize(show_filter(w, scale), 4 * max(w.shape[-2:])) for w in weight], ncols), gap=2)
+
+
+FIGURE_WIDTH = 12.0  # inches: two nets side by side, as the paper sets them
+FILTER_HEIGHT, TILE = 3.4, 1.3  # inches: a filter bank's row; one layer-2 projection tile (with its label)
+PROJECTION_COLS = 4
+
+
+def _shown(ax, tile: np.ndarray, vmax: float):
+    """An (h, w, 3) tile in [0, 1] (0.5 = zero) drawn in the units -vmax..vmax: gray tiles as a colour-mapped
+    image a colour bar can name, colour tiles as they are (their bar then stands for each channel)."""
+    if np.array_equal(tile[..., 0], tile[..., 1]) and np.array_equal(tile[..., 0], tile[..., 2]):
+        values = vmax * (2.0 * tile[..., 0] - 1.0)
+        return ax.imshow(values, cmap="gray", vmin=-vmax, vmax=vmax, interpolation="nearest")
+    ax.imshow(tile, interpolation="nearest")
+    return plt.cm.ScalarMappable(norm=plt.Normalize(-vmax, vmax), cmap="gray")
+
+
+def _bar(cell, ax, mappable, label: str, ticks=None, ticklabels=None) -> None:
+    """A grey colour bar from black through mid-grey (zero) to white, as the tiles are drawn."""
+    bar = cell.colorbar(mappable, ax=ax, shrink=0.85, pad=0.02)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+    if ticks is not None:
+        bar.set_ticks(ticks, labels=ticklabels)
+
+
+def _columns(count: int) -> int:
+    """Columns for ``count`` tiles: a divisor (full rows) a little wider than square, else about 5:4."""
+    root = math.sqrt(count)
+    return next((d for d in range(math.ceil(root), math.floor(2 * root) + 1) if count % d == 0), math.ceil(1.25 * root))
+
+
+def _filters_cell(cell, name: str, weight: np.ndarray) -> None:
+    weight = np.asarray(weight, dtype=np.float32)
+    ax = cell.subplots()
+    scale = float(np.abs(weight).max())
+    mappable = _shown(ax, filter_bank(weight, _columns(len(weight))), scale)
+    ax.set_axis_off()
+    f, c, kh, kw = weight.shape
+    ax.set_title(f"{name}: {f} layer-1 filters, {kh}x{kw}", fontsize=9)
+    what = "weight, each colour channel" if c == 3 else "weight"
+    _bar(cell, ax, mappable, f"{what} (one scale for the net's bank)")
+
+
+def _projections_cell(cell, name: str, proj: np.ndarray, labels: Sequence[str]) -> None:
+    """One mosaic (one image, one colour bar), each tile's label in the white above it."""
+    tiles = [show_projection(tile) for tile in proj]
+    h, w = tiles[0].shape[:2]
+    gap = max(2, h // 4)  # room for a label at 8 pt above each tile
+    image = mosaic(square(tiles, PROJECTION_COLS), gap=gap)
+    image = np.concatenate([np.full((gap, image.shape[1], 3), GAP, dtype=np.float32), image])
+    ax = cell.subplots()
+    mappable = _shown(ax, image, 1.0)
+    ax.set_axis_off()
+    for k, label in enumerate(labels[: len(tiles)]):
+        row, col = divmod(k, PROJECTION_COLS)
+        ax.text(col * (w + gap) + w / 2, row * (h + gap) + gap - 1, label, fontsize=8, ha="center", va="bottom")
+    ax.set_title(f"{name}: layer-2 projections (tile: map, its strongest activation)", fontsize=9)
+    _bar(cell, ax, mappable, "projection, each tile scaled to its own\n99.5th percentile |value|; grey = 0",
+         ticks=[-1, 0, 1], ticklabels=["-scale", "0", "+scale"])  # fmt: skip
 
 
 def architecture_figure(
@@ -149,31 +223,28 @@ def architecture_figure(
     *,
     map_labels: dict[str, Sequence[str]] | None = None,
 ) -> Figure:
-    """Fig. 6: layer-1 filter banks (one panel each, in a row) above layer-2 projections (one tile per
-    map, each tile named by ``map_labels[name]``, default "map <i>"), the canvas sized to what it holds.
+    """Fig. 6, two nets a row as the paper sets them: the layer-1 filters of the nets whose layer 2 is
+    shown (AlexNet, ZFNet), their layer-2 projections (one tile per map, named by ``map_labels[name]``,
+    default "map <i>"), then the other nets' layer-1 filters in pairs (without, with clipping).
 
     ``projections[name]`` is (M, C, h, w): one projection per shown layer-2 map.
     """
-    nf, npj = max(len(filters), 1), max(len(projections), 1)
-    side = max((math.ceil(math.sqrt(len(p))) for p in projections.values()), default=1)
-    fig = plt.figure(figsize=(max(3.2 * nf, 4.6 * npj), 3.6 + 4.6), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6, 4.6])
-    for ax, (name, weight) in zip(np.atleast_1d(top.subplots(1, nf)), filters.items(), strict=False):
-        ax.imshow(filter_bank(weight), interpolation="nearest")
-        ax.set_title(f"{name}: layer-1 filters", fontsize=9)
-        ax.set_axis_off()
-    top.suptitle("layer-1 filters (each net's filters scaled together: a dominant filter stands out)", fontsize=9)
-    for sub, (name, proj) in zip(np.atleast_1d(bottom.subfigures(1, npj)), projections.items(), strict=False):
-        labels = (map_labels or {}).get(name) or [f"map {i}" for i in range(len(proj))]
-        axes = np.asarray(sub.subplots(side, side, squeeze=False))
-        for ax in axes.flat:
-            ax.set_axis_off()
-        for ax, tile, label in zip(axes.flat, proj, labels, strict=False):
-            ax.imshow(show_projection(tile), interpolation="nearest")
-            ax.set_title(label, fontsize=8, pad=2)
-        sub.suptitle(
-            f"{name}: layer-2 projections, each map at its strongest activation (tile: map, activation)", fontsize=9
-        )
+    compared = [n for n in filters if n in projections]
+    others = [n for n in filters if n not in projections]
+    rows = [("filters", compared), ("projections", list(projections))]
+    rows += [("filters", others[i : i + 2]) for i in range(0, len(others), 2)]
+    rows = [(kind, names) for kind, names in rows if names]
+    side = max((math.ceil(len(p) / PROJECTION_COLS) for p in projections.values()), default=1)
+    heights = [TILE * side + 0.5 if kind == "projections" else FILTER_HEIGHT for kind, _ in rows]
+    fig = plt.figure(figsize=(FIGURE_WIDTH, sum(heights) + (0.4 if title else 0.0)), layout="constrained")
+    subs = np.atleast_1d(fig.subfigures(len(rows), 1, height_ratios=heights))
+    for sub, (kind, names) in zip(subs, rows, strict=True):
+        for cell, name in zip(np.atleast_1d(sub.subfigures(1, 2)), names, strict=False):
+            if kind == "filters":
+                _filters_cell(cell, name, filters[name])
+            else:
+                labels = (map_labels or {}).get(name) or [f"map {i}" for i in range(len(projections[name]))]
+                _projections_cell(cell, name, projections[name], labels)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

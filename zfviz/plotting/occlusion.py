@@ -37,13 +37,15 @@ def _heatmap(ax, values: np.ndarray, origins: np.ndarray, window: int, size: int
 @dataclass(frozen=True)
 class OcclusionMaps:
     """What a sweep gives the figure: ``maps`` (``zfviz.attribution.occlusion.occlusion``'s arrays,
-    (N, rows, cols) each), the occluder's top-left ``origins`` along an axis, its side ``window`` and
-    the ``layer`` whose map panel (b) totals."""
+    (N, rows, cols) each), the occluder's top-left ``origins`` along an axis, its side ``window``,
+    the ``layer`` whose map panel (b) totals and, if known, each image's ``objects`` box (N, 4: top,
+    left, height, width) that the square was sized to."""
 
     maps: dict[str, np.ndarray]
     origins: np.ndarray
     window: int
     layer: str
+    objects: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,9 @@ def _colorbar(fig, im, ax, label: str) -> None:
 
 def _input_panel(ax, image: np.ndarray, sweep: OcclusionMaps, i: int, outline: bool) -> None:
     ax.imshow(show_image(image))
+    if sweep.objects is not None:  # the object's box, which the square was sized to
+        top, left, height, width = (int(v) for v in sweep.objects[i])
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), width, height, fill=False, ec="c", lw=1, ls="--"))
     if outline:  # outline the square it shows: where p(true) is lowest
         p_true, origins = sweep.maps["p_true"], sweep.origins
         r, c = divmod(int(p_true[i].argmin()), p_true.shape[2])
@@ -139,6 +144,7 @@ def _top_class_panel(fig, ax, sweep: OcclusionMaps, i: int, class_names, size: i
         _colorbar(fig, im, ax, f"p({class_names[int(present[0])]})")
         ax.set_title(f"(e) top class: {class_names[int(present[0])]} at every\nposition; its p "
                      f"{prob.min():.3f}-{prob.max():.3f}", fontsize=8)  # fmt: skip
+        ax.set_xlabel(f"the only class that wins: {class_names[int(present[0])]}", fontsize=8)
         return
     # Colours for the classes that occur here only, so 1000-class maps stay readable.
     codes = np.searchsorted(present, top_class)
@@ -146,8 +152,9 @@ def _top_class_panel(fig, ax, sweep: OcclusionMaps, i: int, class_names, size: i
     cmap = ListedColormap([palette[k % len(palette)] for k in range(len(present))])
     _heatmap(ax, codes, origins, window, size, cmap=cmap, vmin=-0.5, vmax=len(present) - 0.5)
     handles = [Patch(color=cmap(k), label=class_names[int(c)]) for k, c in enumerate(present[:20])]
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax.set_title("(e) most probable class", fontsize=9)
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False,
+              title="class", title_fontsize=8)  # fmt: skip
+    ax.set_title(f"(e) most probable class ({len(present)} win somewhere)", fontsize=9)
 
 
 def correspondence_figure(images: np.ndarray, occluded: dict[str, np.ndarray], title: str = "") -> Figure:

@@ -162,10 +162,13 @@ def fig7(data: Data) -> Figure:
     v, config = meta.get("config", {}).get("viz", {}), meta.get("config", {})
     labels = arrays.pop("labels").tolist()
     origins, _ = arrays.pop("origins"), arrays.pop("images")
-    window = int(v.get("window", origins[1] - origins[0] if len(origins) > 1 else 1))
-    sweep = OcclusionMaps(arrays, origins, window, str(v.get("layer", "feature")))
+    # the square's side as the sweep used it (sized to the objects: the .npz keeps it), else as configured
+    window = int(arrays.pop("window", v.get("window", origins[1] - origins[0] if len(origins) > 1 else 1)))
+    objects, frac = arrays.pop("object_boxes", None), float(arrays.pop("object_frac", np.nan))
+    sweep = OcclusionMaps(arrays, origins, window, str(v.get("layer", "feature")), objects=objects)
+    sized = "" if np.isnan(frac) else f" ({frac:g} of the objects' median side)"
     title = (
-        f"Occlusion, {window}-px {v.get('fill', '')} square, stride {v.get('stride', '?')} "
+        f"Occlusion, {window}-px {v.get('fill', '')} square{sized}, stride {v.get('stride', '?')} "
         f"({config.get('model', {}).get('name', 'net')})\nrows: test images {list(map(int, _))}, "
         "their class and clean p on the left; panels (a) input and (c) projections need the net (zfviz viz occlusion)"
     )

@@ -5,6 +5,9 @@ dominates; (2) AlexNet's 11x11 stride-4 layer 1 has dead filters and extremely h
 ZFNet's 7x7 stride 2 does not; (3) AlexNet's layer-2 projections show aliasing artifacts. Here:
 
 - ``rms_dominance``: the largest layer-1 filter RMS over the median one (1 = all equal).
+- ``diverged``: a weight or a recorded training loss that is not a finite number. Every other measure
+  of such a net describes a broken net, not its recipe: a table keeps the flag beside them, so a
+  verdict never reads a NaN (or the last good checkpoint of a run that blew up) as a result.
 - ``dead_fraction``: the share of maps whose rectified output never exceeds zero on a sample.
 - ``alias_energy``: the share of a filter's spectral energy above the Nyquist frequency of its
   own output grid, ``1 / (2 * stride)`` cycles per pixel. A stride-s layer cannot represent that
@@ -18,6 +21,9 @@ separately. Means are removed first, so a flat patch has no energy rather than a
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor
 
@@ -28,13 +34,24 @@ def filter_rms(weight: Tensor) -> Tensor:
 
 
 def rms_dominance(weight: Tensor) -> float:
-    """Largest filter RMS over the median filter RMS."""
+    """Largest filter RMS over the median filter RMS; NaN when a weight is not finite (see ``diverged``)."""
     rms = filter_rms(weight)
+    if not bool(torch.isfinite(rms).all()):
+        return math.nan
     return float(rms.max() / rms.median().clamp_min(1e-12))
 
 
+def diverged(parameters: Iterable[Tensor], losses: Iterable[float]) -> bool:
+    """Whether training broke down: any parameter or recorded loss (None: not recorded) is not finite."""
+    if any(not bool(torch.isfinite(p.detach()).all()) for p in parameters):
+        return True
+    return any(loss is not None and not math.isfinite(float(loss)) for loss in losses)
+
+
 def dead_fraction(max_activation: Tensor, tol: float = 0.0) -> float:
-    """Share of maps whose largest rectified activation over a sample is at most ``tol``."""
+    """Share of maps whose largest rectified activation over a sample is at most ``tol``; NaN if one is not finite."""
+    if not bool(torch.isfinite(max_activation).all()):
+        return math.nan  # a NaN map is neither dead nor alive: a diverged net's
     return float((max_activation <= tol).float().mean())
 
 
