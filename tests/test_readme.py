@@ -11,7 +11,11 @@ writes (a run folder, results/) runs that line first if this session has not (``
 line's test also passes alone. A line that no rule here can run fails ``test_every_readme_line_is_run``,
 so the README cannot drift from what runs.
 
-Each ``torchrun`` and ``python scripts/...`` line, and the first line of each ``zfviz`` command, runs as
+A ``make`` line (``make redraw``, ``make bench``) runs its target in the repository with this suite's venv and
+``RESULTS`` a copy of ``results/`` under the working folder: the repository's ``results/`` is never written
+(``make bench`` at ``--quick``: make's own recipe, each benchmark with ``--quick``).
+
+Each ``torchrun``, ``python scripts/...`` and ``make`` line, and the first line of each ``zfviz`` command, runs as
 a process of its own (the installed entry point in a fresh interpreter, as a user's shell starts it); the
 other ``zfviz`` lines run the same dispatcher in this process (``tests.cli_args.run_zfviz``), which
 spares each one a Python, torch and Hydra start of seconds.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +59,8 @@ NOT_RUN_HERE = {
     "miniature data (CI); tests/test_scale.py reads these stages from make -n",
     "make test-gpu": "GPU machines (it fails without CUDA: tests/test_gpu.py under ZFVIZ_REQUIRE_CUDA=1)",
 }
+# The make targets whose lines run here (``make_command``); the other make lines are NOT_RUN_HERE.
+MAKE_TARGETS = ("redraw", "bench")
 # Where a placeholder in a README line points (values of key=... after $HOME and ~ are expanded).
 FIGURES = "runs/figures/cpu"
 CHECKPOINTS = {
@@ -147,9 +154,34 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
+def make_results(work: Path) -> Path:
+    """The ``RESULTS`` of the make lines: a copy of the repository's ``results/`` (made on first use)."""
+    copy = work / "make_results"
+    if not copy.is_dir():
+        shutil.copytree(REPO / "results", copy)
+    return copy
+
+
+def make_command(words: list[str], work: Path) -> list[str]:
+    """A ``make`` line's argv: its target in the repository with this venv, its install step taken as done (a make
+    inside the suite must not reinstall the venv the suite runs in) and RESULTS a copy (``make_results``). ``make
+    bench`` runs its recipe as ``make -n`` prints it, each benchmark at ``--quick`` (a smoke run, not hours)."""
+    target = words[1]
+    assert len(words) == 2 and target in MAKE_TARGETS, f"{shlex.join(words)}: no rule runs this make line"
+    venv = BIN.parent
+    argv = ["make", "-C", str(REPO), "--no-print-directory", "-o", f"{venv}/.installed", f"VENV={venv}"]
+    argv.append(f"RESULTS={make_results(work)}")
+    if target != "bench":
+        return [*argv, target]
+    recipe = subprocess.run([*argv, "-n", "bench", "BENCH_ARGS=--quick"], capture_output=True, text=True, check=True)
+    return ["bash", "-ec", re.sub(r"(?<!--quick )--out ", "--quick --out ", recipe.stdout)]
+
+
 def command(line: str, work: Path) -> tuple[list[str], Path]:
     """(argv, cwd) for a README line, placeholders filled; AssertionError if it has one this module lacks."""
     home, cwd = work / "home", work
+    if line.startswith("make "):
+        return make_command(line.split(), work), REPO
     line = line.replace("$HOME", str(home)).replace("~/", f"{home}/")
     if line.startswith("cd "):
         folder, _, line = line[3:].partition(" && ")
@@ -253,10 +285,11 @@ def test_every_docs_page_is_in_the_index():
 
 
 def test_every_readme_line_is_run():
-    unrun = [ln for ln in LINES if ln not in NOT_RUN_HERE and not ln.split(" && ")[-1].startswith(
-        ("zfviz ", "python scripts/", "torchrun "))]  # fmt: skip
+    run_here = ("zfviz ", "python scripts/", "torchrun ", *(f"make {target}" for target in MAKE_TARGETS))
+    unrun = [ln for ln in LINES if ln not in NOT_RUN_HERE and not ln.split(" && ")[-1].startswith(run_here)]
     assert not unrun, f"README lines no test runs (add a rule to tests/test_readme.py): {unrun}"
-    for kind in (" -m ", "zfviz viz ", "preset=paper", "zfviz transfer ", "zfviz ablate ", "python scripts/"):
+    kinds = (" -m ", "zfviz viz ", "preset=paper", "zfviz transfer ", "zfviz ablate ", "python scripts/")
+    for kind in (*kinds, "make redraw", "make bench"):
         assert any(kind in ln for ln in LINES), (
             f"the README's bash blocks lost every {kind!r} line; is the parser broken?"
         )
@@ -289,11 +322,34 @@ def ran() -> set[str]:
     return set()
 
 
+def results_state() -> dict[str, int]:
+    """Each file of the repository's results/ and when it was last written."""
+    return {p.name: p.stat().st_mtime_ns for p in (REPO / "results").iterdir()}
+
+
+def check_make(argv: list[str], stdout: str, results: Path, start: float) -> None:
+    """What a make line leaves in its copy of results/: the figures redrawn, or every benchmark's CSV and sidecar
+    (bench_train.py's sections of their own too, those the recipe runs)."""
+    if argv[0] == "make":  # make redraw
+        drawn = [Path(p) for p in re.findall(r"^redraw: (\S+)$", stdout, re.M)]
+        assert drawn and all(p.parent == results and p.stat().st_mtime >= start for p in drawn), stdout[-2000:]
+        return
+    stems = [p.stem for p in sorted((REPO / "scripts").glob("bench_*.py"))]
+    stems += [f"bench_train_{section}" for section in ("fit", "levers") if f"--{section} " in argv[-1]]
+    for name in (f"{stem}{suffix}" for stem in stems for suffix in (".csv", ".meta.json")):
+        assert (results / name).stat().st_mtime >= start, f"make bench did not write {name}"
+
+
 def run_line(line: str, work: Path) -> None:
     argv, cwd = command(line, work)
-    before, start = run_folders(work), time.time()
-    result = run(argv, cwd) if line in PROCESS_LINES else run_zfviz(*argv[1:], cwd=cwd)
+    before, start, results = run_folders(work), time.time(), results_state()
+    timeout = 1800 if line == "make bench" else 600  # every benchmark's smoke run, one after another
+    result = run(argv, cwd, timeout) if line in PROCESS_LINES else run_zfviz(*argv[1:], cwd=cwd)
     assert result.returncode == 0 and "Traceback" not in result.stderr, f"{shlex.join(argv)}\n{result.stderr[-3000:]}"
+    if line.startswith("make "):
+        assert results_state() == results, "a make line wrote into the repository's results/"
+        check_make(argv, result.stdout, make_results(work), start)
+        return
     made = new_run_folders(cwd, before)
     zfviz, page = argv[0].endswith("zfviz"), {"--cfg", "--help"} & set(argv)
     if page:  # the resolved config or the help page, and no run
