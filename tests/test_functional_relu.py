@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from tests.test_attribution_core import assert_unchanged, snapshot
-from zfviz.attribution import attribute, backward, rules
+from zfviz.attribution import attribute, backward, registry, rules
 from zfviz.attribution.composites import Composite, gradient_composite
 from zfviz.errors import UserError
 from zfviz.viz.deconv import project
@@ -169,7 +169,7 @@ class NeedsModule:
 
 @pytest.mark.parametrize(
     "relu_rule, why",
-    [(NeedsModule(), "its ReLU rule (NeedsModule) needs the module"), (None, "")],
+    [(NeedsModule(), ": its ReLU rule (NeedsModule) needs an nn.ReLU module, not a function"), (None, "")],
     ids=["rule needs the module", "ReLU not in the composite"],
 )
 def test_refusal_names_the_rectification_and_leaves_the_model(relu_rule, why):
@@ -180,10 +180,8 @@ def test_refusal_names_the_rectification_and_leaves_the_model(relu_rule, why):
     before = snapshot(functional)
     with pytest.raises(UserError) as err:
         backward(functional, torch.randn(1, 3, 8, 8), [1], composite=composite)
-    message = str(err.value)
-    assert message.startswith("a rectification called as a function after ")
-    assert "(ReluBackward0)" in message and why in message and "\n" not in message
-    assert message.split(" after ")[1].split(" ")[0] in ("fc1", "conv2", "conv1")  # the module it rectifies
+    # the first found from the output: the ReLU after fc1, named by the layer whose output it rectifies
+    assert str(err.value) == f"a rectification called as a function after fc1 (ReluBackward0){why}"
     assert_unchanged(functional, before)
 
 
@@ -194,8 +192,57 @@ def test_refusal_through_attribute_names_the_methods_that_work(monkeypatch):
     refusing = Composite("guided_backprop", [((nn.ReLU,), NeedsModule()), ((nn.Conv2d, nn.Linear, nn.MaxPool2d), None)])
     monkeypatch.setattr(backprop, "GUIDED_BACKPROP", refusing)
     _, functional = twins()
-    with pytest.raises(UserError, match=r"^guided_backprop cannot handle a rectification called as a function after"):
+    with pytest.raises(UserError) as err:
         attribute(functional, torch.randn(1, 3, 8, 8), 1, "guided_backprop")
+    assert str(err.value).startswith(
+        "guided_backprop cannot handle a rectification called as a function after fc1 (ReluBackward0): its ReLU rule"
+    )
+    assert str(err.value).endswith("; methods that work on it: " + ", ".join(methods_for(nn.ReLU())))
+
+
+def methods_for(module: nn.Module) -> list[str]:
+    """The registered methods that handle ``module`` (the refusal lists these)."""
+    return [name for name, method in registry.METHODS.items() if method.supports(module)]
+
+
+class GatedNet(nn.Module):
+    """A conv, a gate called as a function (``F.silu`` or ``torch.sigmoid``), a linear layer."""
+
+    def __init__(self, gate) -> None:
+        super().__init__()
+        self.gate, self.conv, self.fc = gate, nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(self.gate(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize(
+    "gate, module, node", [(F.silu, nn.SiLU, "SiluBackward0"), (torch.sigmoid, nn.Sigmoid, "SigmoidBackward0")]
+)
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet", "lrp"])
+def test_a_gate_called_as_a_function_is_refused_as_its_module_is(method, gate, module, node):
+    """Its module is refused (no rule for it); the function was the plain gradient under the method's name."""
+    net = GatedNet(gate).eval()
+    before = snapshot(net)
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(UserError) as err:
+        attribute(net, x, 1, method)
+    able = methods_for(module())
+    assert str(err.value) == (
+        f"{method} cannot handle {module.__name__} called as a function after conv ({node}); "
+        f"methods that work on it: {', '.join(able)}"
+    )
+    assert "saliency" in able and method not in able
+    assert_unchanged(net, before)
+    attribute(net, x, 1, "saliency")  # the gradient methods still run
+
+
+def test_a_gate_whose_module_keeps_the_gradient_keeps_it_as_a_function():
+    """A composite giving nn.Sigmoid autograd's gradient gives torch.sigmoid the same: no refusal."""
+    composite = Composite("sigmoid-ok", [((nn.Sigmoid,), None), ((nn.Conv2d, nn.Linear), None)])
+    net = GatedNet(torch.sigmoid).eval()
+    x = torch.randn(2, 3, 8, 8)
+    same(backward(net, x, [1, 2], composite=composite).inputs, backward(net, x, [1, 2]).inputs)
 
 
 def googlenet() -> nn.Module:

@@ -6,11 +6,13 @@ signal crosses a module. Here a rule is an object with ``backward(module, x, out
 a composite (``composites.py``) says which module gets which rule. For one call, a forward hook on
 each leaf module that may get a rule swaps the module's output for an identical tensor whose
 backward is the rule's (a ``torch.autograd.Function``); on a plain ReLU, a rule that only reshapes
-gradients rewrites the input gradient of autograd's own ReLU node instead. Modules without a rule
-keep autograd's gradient. The hooks are gone, and the canonizers' rewrites undone, when the call
-returns or raises. ``backward`` starts from one signal at the target (``start``: 1 or the target's
-value); ``batched_backward`` pushes a batch of starting signals down from one forward pass (the
-deconvnet's many projections of few images, Fig. 2), in the same setting.
+gradients rewrites the input gradient of autograd's own ReLU node instead. A rectification called
+as a function (``F.relu``), which no module hook sees, gets the same, found by a walk of the graph
+after the forward pass (``rectify_functions``); a gate called as a function is refused where its
+module is. Modules without a rule keep autograd's gradient. The hooks are gone, and the canonizers'
+rewrites undone, when the call returns or raises. ``backward`` starts from one signal at the target
+(``start``: 1 or the target's value); ``batched_backward`` pushes a batch of starting signals down
+from one forward pass (the deconvnet's many projections of few images, Fig. 2), in the same setting.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def _hook(composite, name: str, state: CallState) -> Callable:
                 state.graph_hooks.append(output.grad_fn.register_hook(_through_relu(rule, state)))
             else:
                 output = _Routed.apply(rule, module, state, inputs[0], output.detach())
+                state.made_by[output.grad_fn] = name  # a refusal below it names this module
         if state.merged and any(module is m for m in state.merged.values()):
             state.last_output[id(module)] = output.data_ptr()
         return output
@@ -107,14 +110,12 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
     state = state or CallState()
     needs_hook = getattr(composite, "needs_hook", None) or (lambda _module: True)
     merged_into = {id(m) for m in state.merged.values()}
-    state.relu_rule, state.relu_refusal = _relu_plan(composite)
+    state.model, state.composite = model, composite
     handles = []
     try:
         for name, module in model.named_modules():
             if _leaf(module) and (needs_hook(module) or id(module) in merged_into):
                 handles.append(module.register_forward_hook(_hook(composite, name, state)))
-            if state.relu_refusal is not None:  # a refusal names where the rectification is
-                handles.append(module.register_forward_hook(_note_output(name, state)))
         yield state
     finally:
         for handle in handles + state.graph_hooks:
@@ -123,33 +124,59 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
 
 
 _RELU = nn.ReLU()  # what a rectification called as a function is to a composite
+# autograd's node of an activation called as a function (F.silu, torch.sigmoid, ...) -> its module, which
+# the composite is asked about: a gate a composite refuses as a module is refused as a function too
+_GATES = {
+    "HardtanhBackward0": nn.Hardtanh,  # F.relu6, F.hardtanh
+    "LeakyReluBackward0": nn.LeakyReLU,
+    "LeakyReluBackward1": nn.LeakyReLU,
+    "RreluWithNoiseBackward0": nn.RReLU,
+    "EluBackward0": nn.ELU,  # F.elu, F.selu
+    "EluBackward1": nn.ELU,
+    "CeluBackward0": nn.CELU,
+    "GeluBackward0": nn.GELU,
+    "SiluBackward0": nn.SiLU,
+    "HardswishBackward0": nn.Hardswish,
+    "HardsigmoidBackward0": nn.Hardsigmoid,
+    "SigmoidBackward0": nn.Sigmoid,
+    "TanhBackward0": nn.Tanh,
+    "SoftplusBackward0": nn.Softplus,
+    "MishBackward0": nn.Mish,
+    "LogSigmoidBackward0": nn.LogSigmoid,
+    "PreluKernelBackward0": nn.PReLU,
+    "GluBackward0": nn.GLU,
+}
+_STAND_INS: dict[type, nn.Module] = {}
 
 
-def _relu_plan(composite) -> tuple[object, str | None]:
-    """(the rule a rectification called as a function gets, why it is refused): the composite's rule
-    for an ``nn.ReLU``, if it can act on autograd's ReLU node (``through_relu``), else a refusal."""
+def _stand_in(node) -> nn.Module | None:
+    """The module an activation node stands for: ``_RELU`` for a rectification, a gate's module, or None."""
+    if _rectifies(node):
+        return _RELU
+    kind = _GATES.get(node.name())
+    if kind is None:
+        return None
+    return _STAND_INS.setdefault(kind, kind())
+
+
+def _plan(composite, module: nn.Module) -> tuple[object, str | None]:
+    """(the rule ``module``'s op called as a function gets, why it is refused): the composite's rule for
+    the module, usable where it acts on autograd's node (a ReLU's ``through_relu``); else a refusal."""
     try:
-        rule = composite.rule_for("ReLU", _RELU)
+        rule = composite.rule_for(type(module).__name__, module)
     except Unsupported:
         return None, ""
-    if rule is None or hasattr(rule, "through_relu"):
+    if rule is None or (module is _RELU and hasattr(rule, "through_relu")):
         return rule, None
-    return None, f": its ReLU rule ({type(rule).__name__}) needs the module, so use nn.ReLU modules"
-
-
-def _note_output(name: str, state: CallState) -> Callable:
-    def hook(_module, _inputs, output):
-        if isinstance(output, Tensor) and output.grad_fn is not None:
-            state.made_by.setdefault(output.grad_fn, name)  # the innermost module: it returns first
-
-    return hook
+    kind = type(module).__name__
+    return None, f": its {kind} rule ({type(rule).__name__}) needs an nn.{kind} module, not a function"
 
 
 def _rectifies(node) -> bool:
     """Whether autograd node ``node`` is a rectification, ``max(x, 0)``: ``F.relu``, ``torch.relu``,
     ``x.relu()`` and their in-place forms (``ReluBackward0``); ``F.threshold`` at 0 (its gradient is
     ReLU's); ``x.clamp(min=0)`` with no upper bound. Clipped or smooth gates (``relu6``, ``leaky_relu``,
-    ``silu``) are not: a rectification's rule would be wrong for them."""
+    ``silu``) are not: they get their own modules' rules (``_GATES``)."""
     kind = node.name()
     if kind == "ReluBackward0":
         return True
@@ -174,30 +201,43 @@ def _graph(root) -> Iterator:
 
 
 def rectify_functions(point: Tensor, state: CallState) -> None:
-    """Every rectification in ``point``'s graph that no module's rule claimed (``F.relu`` in a forward,
-    as torchvision's GoogLeNet, Inception-v3 and DenseNet call it) gets the composite's ReLU rule on
-    autograd's node, as a plain ``nn.ReLU`` does; where the rule needs the module, one line refuses.
+    """Every activation in ``point``'s graph that no module's rule claimed gets the composite's rule for
+    its module: a rectification (``F.relu`` in a forward, as torchvision's GoogLeNet, Inception-v3 and
+    DenseNet call it) the ReLU rule on autograd's node, as a plain ``nn.ReLU`` does; a gate the
+    composite refuses as a module (``F.silu``, ``torch.sigmoid``), or a rule that needs the module, ends
+    in one line. A gate whose module keeps autograd's gradient keeps it.
 
-    Module hooks see leaf modules only, so without this a guided backprop of such a net is its plain
-    gradient. One walk of the graph per forward pass, none when a ReLU keeps autograd's gradient.
+    Module hooks see leaf modules only, so without this a guided backprop of such a net was its plain
+    gradient. One walk of the graph per forward pass (cheap next to the pass), none without rules.
     """
-    if point.grad_fn is None or (state.relu_rule is None and state.relu_refusal is None):
+    if point.grad_fn is None or state.composite is None:
         return
     for node in _graph(point.grad_fn):
-        if node in state.claimed or not _rectifies(node):
+        module = None if node in state.claimed else _stand_in(node)
+        if module is None:
             continue
-        if state.relu_refusal is not None:
-            where = f"a rectification called as a function after {_made_after(node, state.made_by)}"
-            raise Unsupported(where, _RELU, state.relu_refusal, kind=node.name())
-        state.claimed.add(node)
-        state.graph_hooks.append(node.register_hook(_through_relu(state.relu_rule, state)))
+        if type(module) not in state.plans:
+            state.plans[type(module)] = _plan(state.composite, module)
+        rule, refusal = state.plans[type(module)]
+        if refusal is not None:
+            what = "a rectification" if module is _RELU else type(module).__name__
+            where = f"{what} called as a function after {_made_after(node, state)}"
+            raise Unsupported(where, module, refusal, kind=node.name())
+        if rule is not None:
+            state.claimed.add(node)
+            state.graph_hooks.append(node.register_hook(_through_relu(rule, state)))
 
 
-def _made_after(node, made_by: dict) -> str:
-    """The module whose output is the nearest above ``node`` in the graph (``the input``: none)."""
+def _made_after(node, state: CallState) -> str:
+    """The module nearest above ``node`` in the graph: a routed module whose output it reads, or one
+    whose parameter it uses (``the input``: none)."""
+    owners = {id(p): name.rpartition(".")[0] for name, p in state.model.named_parameters()}
     for above in _graph(node):
-        if above is not node and above in made_by:
-            return made_by[above]
+        if above in state.made_by:
+            return state.made_by[above]
+        variable = getattr(above, "variable", None)  # an AccumulateGrad node: a parameter's
+        if variable is not None and id(variable) in owners:
+            return owners[id(variable)]
     return "the input"
 
 

@@ -28,14 +28,15 @@ class Unsupported(UserError):
 @dataclass
 class CallState:
     """What the hooks of one call share: which weighted layer came first, the merged batch norms, and
-    what a rectification called as a function gets (``mechanism.rectify_functions``)."""
+    what an activation called as a function gets (``mechanism.rectify_functions``)."""
 
     first_done: bool = False
     routing: bool = True  # False: the rules stand aside and autograd's own gradient passes
     merged: dict[int, nn.Module] = field(default_factory=dict)  # id(batch norm) -> its conv/linear
     last_output: dict[int, int] = field(default_factory=dict)  # id(conv/linear) -> data_ptr of its output
-    relu_rule: object = None  # the composite's ReLU rule for rectifications called as functions (None: autograd's)
-    relu_refusal: str | None = None  # why such a rectification is refused, if it is
+    model: nn.Module | None = None  # the model the rules apply to (a refusal names its modules)
+    composite: object = None  # the rules, for activations called as functions too (None: autograd's gradient)
+    plans: dict = field(default_factory=dict)  # activation type -> (its rule, why it is refused)
     claimed: set = field(default_factory=set)  # autograd ReLU nodes a module's rule already rewrites
-    made_by: dict = field(default_factory=dict)  # autograd node -> the module whose output it made (for a refusal)
+    made_by: dict = field(default_factory=dict)  # autograd node -> the routed module whose output it made
     graph_hooks: list[RemovableHandle] = field(default_factory=list)  # hooks on autograd nodes, removed at the end
