@@ -432,7 +432,7 @@ def main() -> None:
     parser.add_argument("--models", default="zfnet,alexnet", help="the nets of sections 4 and 5")
     parser.add_argument("--levers", action="store_true", help="only section 5: the speed levers against today's path")
     parser.add_argument("--no-compile", action="store_true", help="section 5 without torch.compile (minutes a net)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 batches, 1 repeat, a tiny paper batch")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 batches, 1 repeat, no compile")
     out_argument(parser)
     args = parser.parse_args()
     if args.quick:
@@ -448,8 +448,10 @@ def main() -> None:
         return
     if args.levers:
         with seeded(0, deterministic=True):  # as zfviz train runs
-            compiled = {name: levers_bench(name, args.batches, args.repeats, compile_=not args.no_compile,
-                                           eval_batch=eval_batch_size()) for name in args.models.split(",")}  # fmt: skip
+            options = {"compile_": not (args.no_compile or args.quick), "eval_batch": eval_batch_size()}
+            compiled = {
+                name: levers_bench(name, args.batches, args.repeats, **options) for name in args.models.split(",")
+            }
         print(f"loadavg at the end {loadavg()}")
         notes = {"cpu_bf16": bf16_support(), "torch.compile": compiled}
         bench.write(args.out, vars(args), stem="bench_train_levers", notes=notes)

@@ -116,7 +116,7 @@ def test_the_ratios_a_benchmark_states_are_the_rows_it_writes(bench_module, tmp_
 def test_a_quick_levers_run_writes_each_lever_against_todays_path(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
-    argv = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--levers", "--quick", "--no-compile"]
+    argv = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--levers", "--quick"]
     result = subprocess.run(
         [*argv, "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
     )
@@ -126,7 +126,7 @@ def test_a_quick_levers_run_writes_each_lever_against_todays_path(tmp_path):
     assert written_ratios(out / "bench_train_levers.csv") == printed
     meta = json.loads((out / "bench_train_levers.meta.json").read_text())
     bf16 = meta["notes"]["cpu_bf16"]
-    assert [name for name, _, _ in printed] == [  # --quick: ZFNet alone; --no-compile: no compile rows
+    assert [name for name, _, _ in printed] == [  # --quick: ZFNet alone, no compiling
         "levers in-place ReLU/today cpu zfnet",
         f"levers bf16 autocast (CPU bf16: {bf16})/today cpu zfnet",
         "levers evaluation/epoch cpu zfnet",
