@@ -60,16 +60,19 @@ test-gpu: install data
 
 # make bench: every scripts/bench_*.py at its default (full) settings, one after another (and bench_train.py's
 # whole fit runs, --fit), each timing zfviz against a baseline in one process, interleaved. Each writes its
-# ratio lines to $(RESULTS)/<script>.csv (bench_deconv.csv, ..., bench_train_fit.csv) with a sidecar naming the
+# ratio lines to $(RESULTS)/<script>.csv (bench_deconv.csv, ..., bench_train_fit.csv, bench_train_levers.csv: the
+# speed levers of the training step, torch.compile included) with a sidecar naming the
 # CPU, cores, torch threads, the load average at the start, the commit and the command. It wants a quiet
 # machine: any other load on the cores makes the ratios noise (the sidecar's load_1min_at_start says how
 # quiet it was). The documentation's speed figures are these files.
 BENCHES := $(sort $(wildcard scripts/bench_*.py))
+BENCH_ARGS ?=
 .PHONY: bench
 bench: install data
 	@for script in $(BENCHES); do echo "== $(BIN)/python $$script --out $(RESULTS)"; \
-		$(BIN)/python $$script --out $(RESULTS) || exit 1; done
-	$(BIN)/python scripts/bench_train.py --fit --out $(RESULTS)
+		$(BIN)/python $$script $(BENCH_ARGS) --out $(RESULTS) || exit 1; done
+	$(BIN)/python scripts/bench_train.py --fit $(BENCH_ARGS) --out $(RESULTS)
+	$(BIN)/python scripts/bench_train.py --levers $(BENCH_ARGS) --out $(RESULTS)
 
 lint: install
 	$(BIN)/ruff check zfviz tests scripts
