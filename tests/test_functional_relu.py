@@ -17,7 +17,8 @@ from torch import nn
 
 from tests.test_attribution_core import assert_unchanged, snapshot
 from zfviz.attribution import attribute, backward, registry, rules
-from zfviz.attribution.composites import Composite, gradient_composite
+from zfviz.attribution.composites import GUIDED_BACKPROP, Composite, gradient_composite
+from zfviz.attribution.mechanism import rectify_functions, rules_applied
 from zfviz.errors import UserError
 from zfviz.viz.deconv import project
 
@@ -131,6 +132,19 @@ def test_deconv_project_of_functional_net_equals_module_net():
     assert not torch.allclose(project(functional, x, "conv2", 2), gradient, rtol=1e-3, atol=1e-6)
 
 
+def test_graph_hooks_are_removed_when_the_call_ends():
+    """A graph kept past the call gives autograd's gradient again: the node hooks end with the call."""
+    _, functional = twins()
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    with rules_applied(functional, GUIDED_BACKPROP) as state:
+        out = functional(x)
+        rectify_functions(out, state)
+        (guided,) = torch.autograd.grad(out[0, 1], x, retain_graph=True)
+    (after,) = torch.autograd.grad(out[0, 1], x)
+    (plain,) = torch.autograd.grad(functional(x)[0, 1], x)
+    assert torch.equal(after, plain) and not torch.allclose(guided, plain, rtol=1e-3, atol=1e-6)
+
+
 def test_a_module_relu_is_rewritten_once():
     """A module ReLU's node is claimed by its module hook; the graph walk leaves it alone (two
     deconvnet hooks would still agree, so count the calls of the rule)."""
@@ -197,7 +211,18 @@ def test_refusal_through_attribute_names_the_methods_that_work(monkeypatch):
     assert str(err.value).startswith(
         "guided_backprop cannot handle a rectification called as a function after fc1 (ReluBackward0): its ReLU rule"
     )
-    assert str(err.value).endswith("; methods that work on it: " + ", ".join(methods_for(nn.ReLU())))
+    able = [name for name in methods_for(nn.ReLU()) if name != "guided_backprop"]  # never the refusing method
+    assert str(err.value).endswith("; methods that work on it: " + ", ".join(able))
+
+
+def test_a_refusal_never_lists_the_refusing_method():
+    """LRP lists batch norms (merged into the layer before) but refuses one that comes first (DenseNet's)."""
+    net = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    with pytest.raises(UserError) as err:
+        attribute(net, torch.randn(1, 3, 8, 8), 1, "lrp")
+    assert str(err.value).startswith("lrp cannot handle 0 (BatchNorm2d): LRP merges a batch norm")
+    named = str(err.value).split("; methods that work on it: ")[1].split(", ")
+    assert "lrp" not in named and "guided_backprop" in named
 
 
 def methods_for(module: nn.Module) -> list[str]:

@@ -112,8 +112,9 @@ def check_options(method: str, options: dict) -> tuple[Method, dict, dict]:
 
 
 def cannot_handle(method: str, err: Unsupported) -> UserError:
-    """``err`` as one line naming the methods that do handle the module."""
-    able = [name for name, m in METHODS.items() if m.supports(err.module)]
+    """``err`` as one line naming the methods that do handle the module (never ``method``: a type it lists
+    may still be refused, as LRP refuses a batch norm with no layer before it to merge into)."""
+    able = [name for name, m in METHODS.items() if name != method and m.supports(err.module)]
     return UserError(f"{method} cannot handle {err}; methods that work on it: {', '.join(able) or 'none'}")
 
 
