@@ -147,16 +147,22 @@ def test_architecture_writes_the_numbers_beside_the_figure(zfnet_ckpt, tmp_path,
     clipped = make_checkpoints(clip_dir, fmnist_dir, epochs=(1,), clip=0.1)
     out = tmp_path / "out"
     overrides = [f"checkpoint={zfnet_ckpt}", f"out_dir={out}", f"viz.alexnet={alex}", "viz.maps=4"]
-    cfg = viz_cfg("architecture", [*overrides, f"viz.clipped={clipped}", f"viz.unclipped={zfnet_ckpt}"])
-    viz_architecture.run(cfg)
+    # one checkpoint per seed: here the same pair twice
+    pairs = [f"viz.clipped=[{clipped},{clipped}]", f"viz.unclipped=[{zfnet_ckpt},{zfnet_ckpt}]"]
+    viz_architecture.run(viz_cfg("architecture", [*overrides, *pairs]))
     df = pd.read_csv(out / "fig6_architecture.csv")
-    assert list(df["net"]) == ["alexnet", "zfnet", "zfnet, no clipping", "zfnet, clipping"]
-    assert df.loc[df.net == "zfnet, clipping", "clip_rms"].item() == 0.1
+    assert list(df["net"]) == ["alexnet", "zfnet"] + ["zfnet, no clipping", "zfnet, clipping"] * 2
+    assert df.loc[df.net == "zfnet, clipping", "clip_rms"].tolist() == [0.1, 0.1]
+    assert df["seed"].tolist() == [0] * 6 and not df["diverged"].any()  # random weights, finite: not diverged
+    assert (df["l1_rms_max"] > 0).all() and df["l1_rms_dominance"].ge(1).all()
+    assert "zfnet, clipping, run 1/l1_filters" in np.load(out / "fig6_architecture.npz").files
     for column in ("l1_dead_frac", "l1_alias_energy", "l2_proj_hf_energy", "l2_patch_hf_energy"):
         assert df[column].dropna().between(0, 1).all(), column
     assert (out / "fig6_architecture.meta.json").is_file() and (out / "fig6_architecture.png").is_file()
     with pytest.raises(UserError, match="viz.alexnet"):
         viz_architecture.run(viz_cfg("architecture", [f"checkpoint={zfnet_ckpt}", f"out_dir={out}"]))
+    with pytest.raises(UserError, match="as many checkpoints each, one per seed, or neither; got 2 and 1"):
+        viz_architecture.run(viz_cfg("architecture", [*overrides, pairs[0], f"viz.unclipped={zfnet_ckpt}"]))
 
 
 @pytest.mark.slow

@@ -123,7 +123,8 @@ def top9_figure(layers: dict[str, dict[str, np.ndarray]], title: str = "") -> Fi
         ax.set_axis_off()
         shown = ", ".join(str(int(m)) for m in arrays["maps"])
         k = arrays["projection"].shape[1]
-        ax.set_title(f"{name}: maps {shown} (per map: top {k} projections | image patches)", fontsize=9)
+        ax.set_title(f"{name}: maps {shown} (per map: top {k} projections, one contrast scale, grey = 0 | "
+                     "image patches)", fontsize=9)  # fmt: skip
     if title:
         fig.suptitle(title)
     return fig
