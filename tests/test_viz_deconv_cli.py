@@ -163,6 +163,9 @@ def test_architecture_writes_the_numbers_beside_the_figure(zfnet_ckpt, tmp_path,
         viz_architecture.run(viz_cfg("architecture", [f"checkpoint={zfnet_ckpt}", f"out_dir={out}"]))
     with pytest.raises(UserError, match="as many checkpoints each, one per seed, or neither; got 2 and 1"):
         viz_architecture.run(viz_cfg("architecture", [*overrides, pairs[0], f"viz.unclipped={zfnet_ckpt}"]))
+    swapped = [f"viz.clipped={zfnet_ckpt}", f"viz.unclipped={clipped}"]
+    with pytest.raises(UserError, match=r"viz.unclipped=.* was trained with trainer.clip_rms=0.1"):
+        viz_architecture.run(viz_cfg("architecture", [*overrides, *swapped]))
 
 
 @pytest.mark.slow

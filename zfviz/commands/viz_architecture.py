@@ -44,11 +44,17 @@ PAPER = {
 
 def check_nets(nets: dict[str, tuple]) -> None:
     """Every checkpoint holds the net its key says, read from the configs alone, before any work:
-    swapped ``checkpoint=`` and ``viz.alexnet=`` would give a mislabelled figure and table."""
-    for label, (path, what, _) in nets.items():
+    swapped ``checkpoint=`` and ``viz.alexnet=`` (or clipped and unclipped) would give a mislabelled figure
+    and table."""
+    for label, (path, what, kind) in nets.items():
         if not path:
             raise UserError(f"set {what}=path/to/checkpoint.pt (a 'zfviz train' checkpoint)")
-        found = checkpoint_header(path)["config"]["model"]["name"]
+        config = checkpoint_header(path)["config"]
+        clip = config["trainer"].get("clip_rms")
+        if kind.startswith("zfnet, ") and (clip is None) != (kind == "zfnet, no clipping"):
+            raise UserError(f"{what}={path} was trained with trainer.clip_rms={clip}: viz.clipped takes nets trained "
+                            "with clipping, viz.unclipped nets trained without")  # fmt: skip
+        found = config["model"]["name"]
         wanted = "alexnet" if label == "alexnet" else "zfnet"
         if found.split("_")[0] != wanted:  # zfnet_b (Table 3's variant) is a ZFNet too
             raise UserError(
