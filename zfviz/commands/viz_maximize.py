@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zfviz.commands.shared import Outputs, checkpoint_source, open_run, pixels, split_images
 from zfviz.errors import UserError
-from zfviz.plotting.maximize import maximize_grid
+from zfviz.plotting.maximize import maximize_grid, ratio_caption
 from zfviz.reconstruction.maximize import (
     MEAN,
     PARAMS,
@@ -122,8 +122,9 @@ def run(cfg: DictConfig) -> dict:
     })  # fmt: skip
     out = Outputs(cfg)
     shown = pixels(result.images, loader)
-    captions = [f"{t.label()}\n{r:.2f}x real" for t, r in zip(targets, table["ratio"], strict=True)]
-    tiles = list(zip(shown, captions, strict=True))
+    ratios = [ratio_caption(a, r) for a, r in zip(table["activation"], table["strongest_real"], strict=True)]
+    captions = [f"{t.label()}\n{r}{' real' if r.endswith('x') else ''}" for t, r in zip(targets, ratios, strict=True)]
+    tiles = [(image, t.layer or "output", caption) for image, t, caption in zip(shown, targets, captions, strict=True)]
     net = ckpt["config"]["model"]["name"]
     out.figure(maximize_grid({f"{net}, {v.param}": tiles}, title=f"Activation maximization, {v.steps} steps"),
                f"{v.stem}.png")  # fmt: skip
