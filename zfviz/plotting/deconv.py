@@ -255,19 +255,25 @@ NET_NAMES = {"alexnet": "AlexNet", "zfnet": "ZFNet", "zfnet, no clipping": "ZFNe
              "zfnet, clipping": "ZFNet, clipping 0.1"}  # fmt: skip
 
 
+def net_name(key: str) -> str:
+    """A net's name in the figure: ``NET_NAMES``'s, keeping a ``, run <i>`` suffix (one of several seeds)."""
+    base, run, rest = key.partition(", run ")
+    return NET_NAMES.get(base, base) + (f", run {rest}" if run else "")
+
+
 def architecture_from_arrays(arrays: dict[str, np.ndarray], title: str = "Fig. 6: layers 1-2") -> Figure:
     """Fig. 6 from the arrays ``zfviz viz architecture`` keeps (its .npz): ``<net>/l1_filters`` per net;
     ``<net>/l2_projection``, ``<net>/l2_shown`` (the maps shown) and ``<net>/l2_values`` per compared net."""
     nets = list(dict.fromkeys(key.split("/")[0] for key in arrays))
-    filters = {NET_NAMES.get(n, n): arrays[f"{n}/l1_filters"] for n in nets if f"{n}/l1_filters" in arrays}
+    filters = {net_name(n): arrays[f"{n}/l1_filters"] for n in nets if f"{n}/l1_filters" in arrays}
     projections, labels = {}, {}
     for net in nets:
         if f"{net}/l2_projection" not in arrays:
             continue
         shown = np.asarray(arrays[f"{net}/l2_shown"], dtype=np.int64)
         values = np.asarray(arrays[f"{net}/l2_values"])
-        projections[NET_NAMES.get(net, net)] = np.asarray(arrays[f"{net}/l2_projection"])[shown]
-        labels[NET_NAMES.get(net, net)] = [f"map {m}: {values[m]:.1f}" for m in shown]
+        projections[net_name(net)] = np.asarray(arrays[f"{net}/l2_projection"])[shown]
+        labels[net_name(net)] = [f"map {m}: {values[m]:.1f}" for m in shown]
     return architecture_figure(filters, projections, title=title, map_labels=labels)
 
 
