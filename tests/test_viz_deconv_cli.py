@@ -155,6 +155,7 @@ def test_architecture_writes_the_numbers_beside_the_figure(zfnet_ckpt, tmp_path,
     assert df.loc[df.net == "zfnet, clipping", "clip_rms"].tolist() == [0.1, 0.1]
     assert df["seed"].tolist() == [0] * 6 and not df["diverged"].any()  # random weights, finite: not diverged
     assert (df["l1_rms_max"] > 0).all() and df["l1_rms_dominance"].ge(1).all()
+    assert df["chance_top1_err"].tolist() == [90.0] * 6  # ten classes
     assert "zfnet, clipping, run 1/l1_filters" in np.load(out / "fig6_architecture.npz").files
     for column in ("l1_dead_frac", "l1_alias_energy", "l2_proj_hf_energy", "l2_patch_hf_energy"):
         assert df[column].dropna().between(0, 1).all(), column

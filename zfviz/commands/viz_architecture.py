@@ -149,8 +149,10 @@ def measure(key: str, net: tuple[str, str, str], cfg: DictConfig, datasets: dict
     if compare:
         numbers, more = layer2(model, tops, images, prepare, v, cfg, key)
         row, arrays = row | numbers, arrays | more
-    row |= {"val_top1_err": ckpt.get("metrics", {}).get("val_top1_err"), "paper_fig6": PAPER[label],
-            "checkpoint": str(path)}  # fmt: skip
+    classes = model.get_submodule("fc8").out_features
+    # chance_top1_err: a net that never learned (error at guessing) has filters that say little about its recipe
+    row |= {"val_top1_err": ckpt.get("metrics", {}).get("val_top1_err"), "chance_top1_err": 100 * (1 - 1 / classes),
+            "paper_fig6": PAPER[label], "checkpoint": str(path)}  # fmt: skip
     return row, arrays, {"net": key, "checkpoint": str(path), "epoch": ckpt["epoch"], "config": config}
 
 
