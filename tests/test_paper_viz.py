@@ -81,8 +81,9 @@ METHODS = {
     "evolution": (["viz.layers=[conv1,conv5]", "viz.maps=1"], ["fig4_evolution.png", "fig4_evolution.npz"]),
     "architecture": ([], ["fig6_architecture.csv", "fig6_architecture.png", "fig6_architecture.npz"]),
     "occlusion": (
-        ["viz.images=[0,3]", "viz.object_frac=null", "viz.window=56", "viz.stride=28", "viz.fill=zero",
-         "viz.projections=1"],
+        # the square's side as given (object_frac=null), not sized to the objects
+        ["viz.images=[0,3]", "viz.object_frac=null", "viz.window=56", "viz.stride=28", "viz.fill=zero"]
+        + ["viz.projections=1"],
         ["fig7_occlusion.png", "fig7_occlusion.npz"],
     ),
     "correspondence": (
