@@ -38,7 +38,7 @@ def test_validation_honours_the_users_search_path(user_configs):
     search = f"hydra.searchpath=[file://{user_configs}]"
     validate("train", [search, "experiment=mine", "debug=fast"])
     validate("train", [search, "model=mynet"])
-    with pytest.raises(UserError, match="unknown experiment 'mine'; choose one of: fig9, table2"):
+    with pytest.raises(UserError, match="unknown experiment 'mine'; choose one of: fig6_clip, fig9, table2"):
         validate("train", ["experiment=mine"])
     with pytest.raises(UserError, match="unknown model 'nope'; choose one of: alexnet, mynet, zfnet"):
         validate("train", [search, "model=nope"])
