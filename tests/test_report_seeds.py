@@ -134,12 +134,12 @@ def test_fig6_reads_its_columns_defensively(results):
     write_csv(results, "fig6_architecture_cpu.csv", fig6_rows([2.0]))
     f = entry(build_report(results, "cpu"), "fig6").finding
     assert "diverged: zfnet, no clipping" in f.text and f.evidence[0].estimate == pytest.approx(0.2)
-    assert f.evidence[3].estimate == pytest.approx(0.5) and f.evidence[3].n == 1
+    assert f.evidence[3].estimate == pytest.approx(1.0) and f.evidence[3].n == 1
     write_csv(results, "fig6_architecture_cpu.csv", fig6_rows([2.0, 1.6, 1.8], drop="diverged"))
     f = entry(build_report(results, "cpu"), "fig6").finding
     assert "diverged" not in f.text and "without clipping 2.00, 1.60, 1.80, with 1.00, 1.00, 1.00" in f.text
     e = f.evidence[3]  # three clipping runs in one table: their own t interval
-    assert (e.estimate, e.low, e.high, e.n) == pytest.approx((*t_interval([0.5, 0.1, 0.3]), 3), rel=1e-9)
+    assert (e.estimate, e.low, e.high, e.n) == pytest.approx((*t_interval([1.0, 0.6, 0.8]), 3), rel=1e-9)
     write_csv(results, "fig6_architecture_cpu.csv", fig6_rows([]))  # no clipping runs: the three other parts
     assert len(entry(build_report(results, "cpu"), "fig6").finding.evidence) == 3
     write_csv(results, "fig6_architecture_cpu.csv", fig6_rows([2.0], drop="l2_proj_hf_energy"))
@@ -160,7 +160,7 @@ def test_fig6_over_seeds_keeps_a_contrast_only_seed_0_holds(results):
     expected = t_interval([0.2, 0.3, 0.25])
     assert (aliasing.estimate, aliasing.low, aliasing.high) == pytest.approx(expected, rel=1e-9)
     assert (aliasing.n, aliasing.unit) == (3, "seeds")
-    assert (clipping.n, clipping.unit) == (3, "runs") and "clipping +0.3, -, -" in f.text  # the mean of its runs
+    assert (clipping.n, clipping.unit) == (3, "runs") and "clipping +0.8, -, -" in f.text  # the mean of its runs
 
 
 def test_provenance_counts_the_seed_files(results):
