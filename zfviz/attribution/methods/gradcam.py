@@ -1,21 +1,43 @@
 """Grad-CAM and guided Grad-CAM (Selvaraju et al. 2017).
 
-- ``gradcam``: at a conv layer's map ``A`` (``N x K x h x w``), the weights ``alpha_k = mean_ij
+- ``gradcam``: at a layer's map ``A`` (``N x K x h x w``), the weights ``alpha_k = mean_ij
   dy/dA_kij`` and the map ``ReLU(sum_k alpha_k A_k)``, bilinearly upsampled to the input
-  (``upsample=False`` keeps the layer's grid). The default layer is the last conv layer's rectified
-  output (``relu5`` on our nets, ``layer4`` on a ResNet), the layer the paper uses.
+  (``upsample=False`` keeps the layer's grid).
 - ``guided_gradcam``: guided backprop times the upsampled Grad-CAM map.
+
+The default layer is the last spatial map before global pooling, as the paper takes the last conv
+layer's: found from the graph, not from the module list, in one forward pass with a hook on every
+module. It is the last module output, in call order, that lies on the input's grid (``as_grid``), is
+not a pooling module's output (nor a block's that returns it, nor a shape-keeping module's applied to
+a globally pooled one), and on whose cells the target depends (a non-zero gradient there; if none
+has one, the last the target is connected to: a zero head gives honest zeros). An output changed in
+place later is read as the forward pass left it, its gradient with it (DenseNet's ``features`` after
+the ``F.relu`` its forward applies). So ``relu5`` on our nets, ``features.11`` on AlexNet (the ReLU
+before the last max pool), ``layer4`` on a ResNet, RegNet's ``trunk_output`` (after the last residual
+sum), ``inception5b`` on GoogLeNet (its aux branches never run in eval mode), ``permute`` on Swin (the
+normed last stage, channels first) and ``encoder.layers.encoder_layer_<last>.ln_1`` on a ViT: the
+class token, which alone feeds the head, reads the patch tokens only through the last block's attention.
+A block and its last module share one output; the block, called last, names it.
+
+A map is read on the input's grid (``as_grid``): a conv map as it is; a channels-last map (Swin's
+``N x h x w x C``) permuted; a token sequence (ViT's ``N x (1 + hw) x C``) without its leading class
+(or other extra) tokens, the patch tokens laid out ``h x w``. A named ``layer=`` is read the same way.
+An ``N x a x b x c`` tensor is channels-first when ``b x c`` can be the input's grid at some stride
+(``_on_grid``), else channels-last when ``a x b`` can; ``N x T x C`` tokens take the fewest leading
+extra tokens that leave a grid of the input's aspect.
 
 The gradient starts from 1 at the target (its gradient, not its score).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zfviz.activations import MEANINGS, evaluating, hooks, resolve
+from zfviz.activations import MEANINGS, evaluating, hooks, layer_names, resolve
 from zfviz.attribution.composites import GUIDED_BACKPROP
 from zfviz.attribution.mechanism import backward
 from zfviz.attribution.options import FLAG, NAME, Option, choice, optional
@@ -60,7 +82,115 @@ def layer_gradient(model: nn.Module, inputs: Tensor, target, path: str) -> tuple
     return found["layer"].detach(), grad
 
 
-_LAYER = Option("layer", optional(NAME), None, "the layer (null: the last conv layer's, relu5 or layer4)")
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
+_EXTRA_TOKENS = 8  # leading tokens a ViT may put before its patches: class, distillation, registers
+
+
+def _on_grid(h: int, w: int, size: tuple[int, int]) -> bool:
+    """Whether an ``h x w`` map can be the grid of an input of ``size`` at some stride ``s``: each side
+    within the input, and ``h / w`` the input's aspect up to a cell of rounding on each side."""
+    height, width = size
+    return 1 <= h <= height and 1 <= w <= width and abs(h * width - w * height) <= height + width
+
+
+def token_grid(count: int, size: tuple[int, int]) -> tuple[int, int, int] | None:
+    """``(extra, h, w)``: ``count`` tokens read as ``extra`` leading tokens (a class token) and an ``h x w``
+    patch grid (at least 2 patches) of an input of ``size``, the fewest extras that fit; else ``None``."""
+    height, width = size
+    for extra in range(min(count - 1, _EXTRA_TOKENS + 1)):
+        cells = count - extra
+        h = max(1, round(math.sqrt(cells * height / width)))
+        if cells % h == 0 and _on_grid(h, cells // h, size):
+            return extra, h, cells // h
+    return None
+
+
+def as_grid(t: Tensor, size: tuple[int, int]) -> Tensor | None:
+    """A layer's output ``t`` as ``N x C x h x w`` on the grid of an input of ``size`` (module docstring):
+    a conv map as it is, a channels-last map permuted, a token sequence's patch tokens reshaped (its
+    leading extra tokens left out); ``None`` for anything else."""
+    if t.dim() == 4:
+        if not _on_grid(t.shape[2], t.shape[3], size) and _on_grid(t.shape[1], t.shape[2], size):
+            return t.permute(0, 3, 1, 2)
+        return t
+    if t.dim() == 3 and (found := token_grid(t.shape[1], size)) is not None:
+        extra, h, w = found
+        return t[:, extra:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+    return None
+
+
+class _Maps:
+    """Forward hooks on every module: each module's first output that lies on the input's grid and is
+    not pooled, in call order."""
+
+    def __init__(self, inputs: Tensor) -> None:
+        self.n, self.size = len(inputs), tuple(inputs.shape[2:])
+        self.seen: list[tuple[str, Tensor]] = []
+        self.pooled: list[Tensor] = []  # a pool's output, and a block's that returns it unchanged
+        self.called: set[str] = set()
+
+    def _pooled(self, inputs: tuple, output: Tensor) -> bool:
+        """A pooled tensor itself (a block returning it), or a globally pooled one (one cell) with its shape
+        kept (ConvNeXt's LayerNorm2d after the global pool): past the pooling, not a map before it."""
+        came = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+        return any(
+            output is p or (came is p and output.shape == p.shape and p.shape[2:].numel() == 1) for p in self.pooled
+        )
+
+    def hook(self, path: str):
+        def record(module, inputs, output) -> None:
+            if path in self.called or not isinstance(output, Tensor):
+                return
+            self.called.add(path)  # a module called twice: its first call, as layer_gradient reads it
+            if isinstance(module, _POOLS) or self._pooled(inputs, output):
+                self.pooled.append(output)
+            elif output.dim() > 2 and len(output) == self.n and as_grid(output, self.size) is not None:
+                self.seen.append((path, output))
+
+        return record
+
+
+def _last_map(model: nn.Module, inputs: Tensor, target) -> tuple[str, Tensor, Tensor]:
+    """The default layer (module docstring), its output and the target's gradient there (start 1).
+
+    One forward pass records the candidates; the backward runs from the target down to the last one
+    on whose cells it depends, trying them last first (on a CNN the first try is it; on a ViT the
+    last block's outputs come first, whose patch tokens the class token never reads).
+    """
+    parsed = parse_target(model, target, len(inputs))
+    maps, found = _Maps(inputs), {}
+
+    def keep(_module, _inputs, output):
+        found.setdefault("target", output)
+
+    pairs = [(path, maps.hook(path)) for path in layer_names(model)]
+    pairs += [(parsed.layer, keep)] if parsed.layer is not None else []
+    with evaluating(model), hooks(model, pairs), torch.enable_grad():
+        out = model(inputs.detach())
+        point = out if parsed.layer is None else found.get("target")
+        if point is None:
+            raise UserError(f"layer {parsed.layer!r} is never called by the model's forward pass")
+        grad_start, _ = start_signal(point, parsed, "one")
+        connected = None
+        for path, output in reversed(maps.seen):
+            if output is point:
+                continue
+            (grad,) = torch.autograd.grad(point, output, grad_start, retain_graph=True, allow_unused=True)
+            if grad is not None and as_grid(grad, maps.size).any():
+                return path, output.detach(), grad
+            if connected is None and grad is not None:  # a zero gradient everywhere (a zero head): honest zeros
+                connected = path, output.detach(), grad
+    if connected is None:
+        raise UserError(
+            "the target depends on no layer output on the input's grid (N x C x H x W, channels-last, or patch "
+            "tokens); name a layer"
+        )
+    return connected
+
+
+_LAYER = Option(
+    "layer", optional(NAME), None, "the layer (null: the last spatial map before global pooling, found from the graph)"
+)
 _MEANING = Option("meaning", choice(*MEANINGS), "rectified", "how layer is read (rectified: after its ReLU)")
 
 
@@ -78,20 +208,27 @@ def gradcam(
 ) -> Tensor:
     """Grad-CAM (Selvaraju et al. 2017), ``N x 1 x H x W`` at the input's size (``upsample=False``:
     the layer's ``h x w``). ``layer`` resolves with ``meaning`` (``"rectified"``: ``conv5`` is read
-    after its ReLU, ``layer4`` is itself); ``None`` is the last conv layer's. ``relu=False`` keeps
-    the negative evidence the paper's ReLU removes."""
-    path = resolve(model, layer, meaning)
-    acts, grads = layer_gradient(model, inputs, target, path)
+    after its ReLU, ``layer4`` is itself); ``None`` is the last spatial map before global pooling
+    (module docstring). ``relu=False`` keeps the negative evidence the paper's ReLU removes."""
+    if layer is None:
+        path, acts, grads = _last_map(model, inputs, target)
+    else:
+        path = resolve(model, layer, meaning)
+        acts, grads = layer_gradient(model, inputs, target, path)
     return _cam(path, acts, grads, inputs, upsample=upsample, relu=relu)
 
 
 def _cam(path: str, acts: Tensor, grads: Tensor, inputs: Tensor, *, upsample: bool, relu: bool) -> Tensor:
-    """Grad-CAM's map from layer ``path``'s output ``acts`` and the target's gradient there."""
-    if acts.dim() != 4:
+    """Grad-CAM's map from layer ``path``'s output ``acts`` and the target's gradient there, both read
+    on the input's grid (``as_grid``)."""
+    size = tuple(inputs.shape[2:])
+    grid = as_grid(acts, size) if acts.dim() > 2 else None
+    if grid is None:
         raise UserError(
-            f"Grad-CAM needs a conv layer's map (N x C x H x W), but {path!r} gives shape {tuple(acts.shape)}; "
-            "name a conv layer or block"
+            f"Grad-CAM needs a conv layer's map (N x C x H x W, channels-last, or tokens on the input's patch grid), "
+            f"but {path!r} gives shape {tuple(acts.shape)}; name a conv layer or block"
         )
+    acts, grads = grid, as_grid(grads, size)
     weights = grads.mean(dim=(2, 3), keepdim=True)  # alpha_k: the global-average-pooled gradient
     cam = (weights * acts).sum(dim=1, keepdim=True)
     if relu:
@@ -109,6 +246,6 @@ def guided_gradcam(model: nn.Module, inputs: Tensor, target, *, layer: str | Non
     One forward pass serves both: the plain gradient at the layer first, then guided backprop over
     the same graph (``backward(plain_wrt=True)``), where two calls would run the net twice.
     """
-    path = resolve(model, layer, meaning)
+    path = _last_map(model, inputs, target)[0] if layer is None else resolve(model, layer, meaning)
     result = backward(model, inputs, target, composite=GUIDED_BACKPROP, wrt=path, plain_wrt=True)
     return result.inputs * _cam(path, result.layer, result.layer_grad, inputs, upsample=True, relu=True)
