@@ -1,8 +1,11 @@
 """What the ``zfviz viz <method>`` commands share: their config keys in, their files out.
 
 In: ``open_run`` opens ``cfg.checkpoint`` on ``cfg.device`` with the data it was trained on
-(``zfviz.models.load``, ``zfviz.data.trained``); ``viz.split``, ``viz.images`` and ``viz.maps``
-pick images and maps; ``attribution_options`` checks a method's options. Out: ``Outputs`` writes
+(``zfviz.models.load``, ``zfviz.data.trained``); ``open_viz`` opens that or any other ``viz.net=``
+(torchvision, timm, a user's factory: ``zfviz.models.load.open_net``) with the image files of
+``viz.images=`` read as that net expects, so every command takes the same nets; ``viz.split``,
+``viz.images`` and ``viz.maps`` pick images and maps; ``attribution_options`` checks a method's
+options. Out: ``Outputs`` writes
 figures, arrays and tables into the command's folder and gives every file it wrote a
 ``<stem>.meta.json`` sidecar (git state, versions, the resolved config, seed, wall time, the
 checkpoints read), as ``zfviz.results`` does for the tables. Commands import this module, never
@@ -11,6 +14,7 @@ each other; nothing below the commands imports it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +28,20 @@ from zfviz.activations import Capture, evaluating, resolve
 from zfviz.attribution.occlusion import fill_image
 from zfviz.attribution.registry import check_options
 from zfviz.data import DataBundle
+from zfviz.data.images import image_paths, read_images
 from zfviz.data.tensor_loader import TensorLoader
 from zfviz.data.trained import load_data
 from zfviz.errors import UserError
-from zfviz.models.load import load_net
+from zfviz.models.load import Preprocessing, load_net, net_kind, open_net
 from zfviz.plotting import plt
 from zfviz.results import save_figure, write_csv, write_meta
 from zfviz.utils import atomic_path, resolve_device
 
 SPLITS = ("train", "test")
+NET_KEYS = ("weights", "size", "mean", "std")  # what goes with viz.net=, never with a checkpoint of ours
+# The keys of a run's config that describe a net= run: the rest is the training config the viz config
+# inherits, which describes no net of net= (issue 29).
+NET_RUN_KEYS = ("viz", "seed", "device", "out_dir", "arrays_dir")
 
 
 # --- in -----------------------------------------------------------------------------------------
@@ -44,6 +53,97 @@ def open_run(cfg: DictConfig) -> tuple[nn.Module, dict, DataBundle, torch.device
     device = resolve_device(cfg.device)
     model, ckpt = load_net(cfg.checkpoint, device)
     return model, ckpt, load_data(ckpt, cfg.checkpoint, root=cfg.data.get("root")), device
+
+
+@dataclass
+class Opened:
+    """A net to look at, on ``device``, with its images (``data``; None where a command reads its own)."""
+
+    model: nn.Module
+    data: DataBundle | None
+    device: torch.device
+    name: str  # what titles call the net
+    source: dict  # its provenance, for the .meta.json sidecars
+    ckpt: dict | None = None  # a checkpoint of ours
+    preprocessing: Preprocessing | None = None  # a net of net=: how its inputs are made from image files
+
+
+def open_viz(cfg: DictConfig, files: bool = True) -> Opened:
+    """The net of ``cfg.checkpoint`` with its data, or of ``viz.net=`` with the image files of
+    ``viz.images=`` (both splits; ``files=False``: none read) as the net's preprocessing makes them."""
+    v = cfg.viz
+    if not v.get("net"):
+        refuse_net_keys(v)
+        model, ckpt, data, device = open_run(cfg)
+        return Opened(model, data, device, ckpt["config"]["model"]["name"], checkpoint_source(cfg, ckpt), ckpt)
+    paths = net_image_paths(cfg) if files else None
+    model, preprocessing, info, device = open_net_of(cfg)
+    data = file_data(paths, preprocessing, info) if files else None
+    source = net_source(cfg, info, images=None if paths is None else [str(p) for p in paths])
+    return Opened(model, data, device, info["net"], source, None, preprocessing)
+
+
+def refuse_net_keys(v: DictConfig) -> None:
+    for key in NET_KEYS:
+        if v.get(key) is not None:
+            raise UserError(f"{key}= goes with net=torchvision:<name> (or timm:, <module>:<function>); "
+                            "a checkpoint of ours holds its own")  # fmt: skip
+
+
+def net_image_paths(cfg: DictConfig, n=None) -> list[Path]:
+    """``viz.images=`` as image files for a net of ``viz.net=`` (the first ``n``), checked with the net's
+    keys before any net is read."""
+    check_net_keys(cfg)
+    v = cfg.viz
+    images = OmegaConf.to_container(v.images) if OmegaConf.is_config(v.images) else v.images
+    if images is None or (isinstance(images, list) and images and all(isinstance(i, int) for i in images)):
+        raise UserError(f"net={v.net} reads image files: give images=a folder or a list of files")
+    return first_n(image_paths(images), n)
+
+
+def first_n(paths: list, n) -> list:
+    """The first ``n`` of ``paths`` (all when ``n`` is None), saying so when some are left out."""
+    if n is not None and len(paths) > n:
+        print(f"zfviz: using the first {n} of {len(paths)} images (n={n})")
+        return paths[:n]
+    return paths
+
+
+def check_net_keys(cfg: DictConfig) -> dict:
+    """The checks of ``viz.net=`` that read no file: not with a checkpoint, a known form, and a valid
+    ``size``/``mean``/``std``; returns those three as given (None where not)."""
+    v = cfg.viz
+    if cfg.checkpoint:
+        raise UserError("give checkpoint= (a net of ours) or net=torchvision:<name>, not both")
+    net_kind(v.net)
+    given = {k: OmegaConf.to_container(v[k]) if OmegaConf.is_config(v[k]) else v[k] for k in NET_KEYS[1:] if k in v}
+    Preprocessing().given(**given)
+    return given
+
+
+def open_net_of(cfg: DictConfig) -> tuple[nn.Module, Preprocessing, dict, torch.device]:
+    """``viz.net=`` with ``viz.weights=`` (and ``size``, ``mean``, ``std``) on ``cfg.device``: the model,
+    its preprocessing and its provenance; every mistake in the keys is one line before a file is read."""
+    given = check_net_keys(cfg)
+    device = resolve_device(cfg.device)
+    model, preprocessing, info = open_net(cfg.viz.net, cfg.viz.get("weights"), device, **given)
+    return model, preprocessing, info, device
+
+
+def file_data(paths, preprocessing: Preprocessing, info: dict) -> DataBundle:
+    """Image files as a net of ``viz.net=`` sees them, as both splits of a data set (labels unknown: -1)."""
+    images = read_images(paths, preprocessing.crop, 3, preprocessing.resize, preprocessing.interpolation)
+    loader = TensorLoader(images, torch.full((len(images),), -1), 64, mean=preprocessing.mean, std=preprocessing.std)
+    classes = info.get("categories") or [f"class {c}" for c in range(info.get("num_classes") or 0)]
+    stats = {"mean": list(preprocessing.mean), "std": list(preprocessing.std)}
+    return DataBundle(loader, loader, tuple(classes), source="files", normalization=stats)
+
+
+def net_source(cfg: DictConfig, info: dict, **extra) -> dict:
+    """The provenance of a run on a net of ``viz.net=``: the net, its weights file and sha256, its
+    preprocessing, ``extra``, the command's settings (class names left out: the net's metadata)."""
+    kept = {k: val for k, val in info.items() if k != "categories"}
+    return {**kept, **extra, "viz": OmegaConf.to_container(cfg.viz, resolve=True)}
 
 
 def check_split(split: str) -> None:
@@ -189,11 +289,10 @@ class Outputs:
         stems: dict[str, list[str]] = {}
         for path in self.written:  # a file outside the folder (arrays_dir) is named by its path
             stems.setdefault(path.stem, []).append(path.name if path.parent == self.folder else str(path))
-        common = {
-            "command": f"zfviz viz {self.cfg.viz.name}",
-            "seed": self.cfg.get("seed"),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        if self.cfg.viz.get("net"):
+            config = {k: config[k] for k in NET_RUN_KEYS if k in config}
+        common = {"command": f"zfviz viz {self.cfg.viz.name}", "seed": self.cfg.get("seed"), "config": config}
         wall = None if wall_time_s is None else round(wall_time_s, 2)
         sidecars = []
         for files in stems.values():

@@ -1,9 +1,9 @@
 """``zfviz viz attribution``: one method of the visualization family (issue 13) on a few images.
 
 The net is ours (``checkpoint=``, its images from a split or from files, read and normalized as in
-its training) or a torchvision architecture with a local state_dict (``net=torchvision:<name>
-weights=...``, image files resized to 256, centre-cropped to 224 and normalized with ImageNet's
-mean/std, as torchvision's pretrained nets expect). ``zfviz.attribution.attribute`` explains each
+its training) or any other ``net=`` (``torchvision:<name>`` with ``weights=`` a file or a weight name,
+``timm:<name>``, ``<module>:<function>``: ``zfviz.models.load``), its image files resized, cropped and
+normalized as that net expects (``size=``, ``mean=``, ``std=`` override). ``zfviz.attribution.attribute`` explains each
 image's predicted class (or its label, a class, a unit). Writes ``<stem>.png`` (input beside map),
 ``<stem>.npz`` (the raw maps) and their ``.meta.json``; every mistake is found before any of them.
 """
@@ -17,20 +17,32 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zfviz.attribution import attribute
-from zfviz.commands.shared import Outputs, attribution_options, check_split, checkpoint_source, open_run, predictions
+from zfviz.commands.shared import (
+    Outputs,
+    attribution_options,
+    check_split,
+    checkpoint_source,
+    file_data,
+    first_n,
+    net_image_paths,
+    net_source,
+    open_net_of,
+    open_run,
+    predictions,
+    refuse_net_keys,
+)
 from zfviz.data.imagenet import PREP_SIZE
 from zfviz.data.images import image_paths, read_images
 from zfviz.errors import UserError
-from zfviz.models.load import IMAGENET_CROP, IMAGENET_RESIZE, imagenet_normalize, load_torchvision, torchvision_name
 from zfviz.plotting.attribution import attribution_figure
 from zfviz.plotting.deconv import as_image_channels
-from zfviz.utils import resolve_device
 
 # The keys of configs/viz/attribution.yaml this command reads itself; every other key there is a method
 # option, typed bare, declared (and checked) with its method (``zfviz.attribution.registry``). ``seed=`` is
 # the run's RNG seed; where a backward pass starts is ``start=`` (the deconvnet's option).
 OWN_KEYS = (
-    "name", "method", "target", "images", "n", "split", "net", "weights", "size", "batch_size", "options", "stem",
+    "name", "method", "target", "images", "n", "split", "net", "weights", "size", "mean", "std", "batch_size",
+    "options", "stem",
 )  # fmt: skip
 OVERLAID = ("gradcam",)  # non-negative, coarse: drawn over the image
 
@@ -42,8 +54,8 @@ def run(cfg: DictConfig) -> dict:
     if v.n is not None and (not isinstance(v.n, int) or isinstance(v.n, bool) or v.n < 1):
         raise UserError(f"n={v.n} is not valid: give a whole number of images, 1 or more")
     if v.net is not None:
-        model, images, prepare, names, info = _torchvision_inputs(cfg)
-        labels, classes, source, net = None, info.pop("categories"), info, info["net"]
+        model, images, prepare, names, classes, source = _net_inputs(cfg)
+        labels, net = None, source["net"]
     else:
         model, images, prepare, names, labels, classes, source = _our_inputs(cfg)
         net = source["train_config"]["model"]["name"]
@@ -92,29 +104,19 @@ def _options(v: DictConfig) -> dict:
     return attribution_options(v.method, given)
 
 
-def _torchvision_inputs(cfg: DictConfig):
-    """(model, uint8 images, normalize, names, provenance) for ``net=torchvision:<name>`` and ``images=``."""
-    v = cfg.viz
-    if cfg.checkpoint:
-        raise UserError("give checkpoint= (a net of ours) or net=torchvision:<name>, not both")
-    torchvision_name(v.net)  # a typo in the name is found before any file is read
-    if v.images is None or _indices(v.images):
-        raise UserError(f"net={v.net} reads image files: give images=a folder or a list of files")
-    size = IMAGENET_CROP if v.size is None else v.size
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise UserError(f"size={size} is not valid: give a whole number of pixels, e.g. size=224")
-    paths = _cap(image_paths(v.images), v.n)
-    model, info = load_torchvision(v.net, v.weights, resolve_device(cfg.device))
-    images = read_images(paths, size, 3, resize=round(size * IMAGENET_RESIZE / IMAGENET_CROP))
-    return model, images, imagenet_normalize, [str(p) for p in paths], info
+def _net_inputs(cfg: DictConfig):
+    """(model, uint8 images, normalize, names, class names, provenance) for ``net=`` and ``images=``."""
+    paths = net_image_paths(cfg, cfg.viz.n)
+    model, preprocessing, info, _ = open_net_of(cfg)
+    data = file_data(paths, preprocessing, info)
+    names = [str(p) for p in paths]
+    return model, data.test.images, preprocessing.normalize, names, info["categories"], net_source(cfg, info)
 
 
 def _our_inputs(cfg: DictConfig):
     """(model, uint8 images, normalize, names, labels or None, class names, provenance) for ``checkpoint=``."""
     v = cfg.viz
-    for key in ("weights", "size"):
-        if v.get(key) is not None:
-            raise UserError(f"{key}= goes with net=torchvision:<name>; a checkpoint of ours holds its own")
+    refuse_net_keys(v)
     check_split(v.split)
     model, ckpt, data, _ = open_run(cfg)
     loader = getattr(data, v.split)
@@ -126,7 +128,7 @@ def _our_inputs(cfg: DictConfig):
         picked = torch.as_tensor(index)
         images, labels, names = loader.images[picked], loader.labels[picked], [f"{v.split} #{i}" for i in index]
     else:
-        paths = _cap(image_paths(v.images), v.n)
+        paths = first_n(image_paths(v.images), v.n)
         size, channels = loader.images.shape[-1], loader.images.shape[1]
         imagenet = ckpt["config"]["data"]["name"] == "imagenet"
         resize = PREP_SIZE if imagenet else size  # ImageNet's viz view: the centre of the 256 square
@@ -137,13 +139,6 @@ def _our_inputs(cfg: DictConfig):
 def _indices(images) -> bool:
     values = OmegaConf.to_container(images) if OmegaConf.is_config(images) else images
     return isinstance(values, list) and bool(values) and all(isinstance(i, int) for i in values)
-
-
-def _cap(paths: list, n) -> list:
-    if n is not None and len(paths) > n:
-        print(f"zfviz: using the first {n} of {len(paths)} images (n={n})")
-        return paths[:n]
-    return paths
 
 
 def _target(spec, predicted: torch.Tensor, labels, n: int):

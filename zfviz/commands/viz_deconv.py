@@ -1,5 +1,7 @@
 """``zfviz viz deconv``: deconvnet projections (Section 2.1) of one layer's maps for a few images.
 
+The net is ours (``checkpoint=``, ``images=`` indices into a split) or any ``net=`` of ``zfviz viz
+attribution`` (``images=`` image files, read as that net expects: ``zfviz.commands.shared.open_viz``).
 Writes ``<stem>.png`` and ``<stem>.npz`` (the projections) with their ``.meta.json``.
 """
 
@@ -11,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zfviz.activations import Capture, evaluating, resolve
-from zfviz.commands.shared import Outputs, checkpoint_source, open_run, pick_maps, split_images
+from zfviz.commands.shared import Outputs, open_viz, pick_maps, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, projections_figure
 from zfviz.viz.deconv import project_with_values
@@ -20,9 +22,11 @@ from zfviz.viz.deconv import project_with_values
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
     start = time.perf_counter()
-    model, ckpt, data, device = open_run(cfg)
-    images, prepare = split_images(data, v.split, None, device)
-    index = torch.as_tensor(list(v.images), dtype=torch.long)
+    opened = open_viz(cfg)
+    model, device = opened.model, opened.device
+    images, prepare = split_images(opened.data, v.split, None, device)
+    # A net of net= reads the files of images= as its split: all of them are shown.
+    index = torch.as_tensor(list(v.images) if opened.ckpt else range(len(images)), dtype=torch.long)
     if len(index) == 0 or index.min() < 0 or index.max() >= len(images):
         raise UserError(f"viz.images must be indices in 0..{len(images) - 1} of the {v.split} split")
     stored = images[index]
@@ -53,6 +57,6 @@ def run(cfg: DictConfig) -> dict:
     fig = projections_figure(stored.numpy(), shown, label_rows, title=f"deconvnet projections, {v.layer} ({v.norm})")
     out.figure(fig, f"{stem}.png")
     out.arrays(f"{stem}.npz", images=index, maps=chosen, projection=projection)
-    out.provenance([checkpoint_source(cfg, ckpt)], wall_time_s=time.perf_counter() - start)
+    out.provenance([opened.source], wall_time_s=time.perf_counter() - start)
     print(f"wrote {folder / stem}.png and .npz")
     return {"layer": v.layer, "images": index.tolist(), "maps": chosen.tolist(), "out": str(folder / f"{stem}.png")}

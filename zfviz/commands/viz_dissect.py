@@ -3,7 +3,8 @@
 Every unit of each layer is scored against the concepts of a Broden-layout folder
 (``zfviz.dissection.dissect``): its best concept, that concept's category, their IoU, the unit's
 threshold T_k and whether it is a detector. The images are read as the net was trained to see them:
-resized to its input size as its training data were, normalized with its training statistics.
+resized to its input size as its training data were, normalized with its training statistics; for a
+``net=`` of ``zfviz viz attribution``, resized to its crop and normalized as its preprocessing says.
 ``data.root`` names the folder; when it is null, the concept set built from Fashion-MNIST
 (``zfviz.dissection.concepts``) is made on first use in ``viz.concepts.root`` and reused after.
 Writes ``<stem>_<layer>.csv`` per layer, each with its ``.meta.json``.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.commands.shared import Outputs, checkpoint_source
+from zfviz.commands.shared import Outputs, checkpoint_source, open_viz, refuse_net_keys
 from zfviz.data.trained import load_data
 from zfviz.dissection import Broden, detector_counts, dissect
 from zfviz.dissection.dissect import probed_layers, resized
@@ -27,8 +28,9 @@ from zfviz.utils import resolve_device
 CSV_COLUMNS = ["unit", "concept", "category", "iou", "threshold", "detector"]
 
 
-def concept_folder(cfg: DictConfig, ckpt: dict) -> Path:
-    """``data.root`` if given (it must exist), else the Fashion-MNIST concept set, built once."""
+def concept_folder(cfg: DictConfig, source: str | None) -> Path:
+    """``data.root`` if given (it must exist), else the Fashion-MNIST concept set, built once (from the
+    Fashion-MNIST files at ``source``, or fetched where the data set's reader puts them)."""
     root = cfg.get("data", {}).get("root")
     if root:
         path = Path(str(root)).expanduser()
@@ -39,9 +41,23 @@ def concept_folder(cfg: DictConfig, ckpt: dict) -> Path:
         return path
     from zfviz.dissection.concepts import build_concepts  # only the default needs Fashion-MNIST's builder
 
-    return build_concepts(
-        cfg.viz.concepts.root, count=int(cfg.viz.concepts.count), source=ckpt["config"]["data"].get("root")
-    )
+    return build_concepts(cfg.viz.concepts.root, count=int(cfg.viz.concepts.count), source=source)
+
+
+def _net(cfg: DictConfig, layers: list[str]):
+    """(model, prepare, provenance, the Fashion-MNIST folder for the default concepts) of ``checkpoint=``
+    (``data.root`` is the concepts' folder here, not the training data's) or of ``net=``; a wrong layer
+    name is one line before any data is read."""
+    if cfg.viz.get("net"):
+        opened = open_viz(cfg, files=False)
+        probed_layers(opened.model, layers)
+        return opened.model, resized(opened.preprocessing.normalize, opened.preprocessing.crop), opened.source, None
+    refuse_net_keys(cfg.viz)
+    model, ckpt = load_net(cfg.checkpoint, resolve_device(cfg.device))
+    probed_layers(model, layers)
+    data = load_data(ckpt, cfg.checkpoint)  # the training statistics
+    prepare = resized(data.test.normalize, int(ckpt["config"]["model"]["input_size"]))
+    return model, prepare, checkpoint_source(cfg, ckpt), ckpt["config"]["data"].get("root")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -53,12 +69,8 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"viz.quantile={v.quantile} is not valid: give a fraction in (0, 1), e.g. 0.005")
     if not isinstance(v.batch_size, int) or v.batch_size < 1:
         raise UserError(f"viz.batch_size={v.batch_size} is not valid: give a whole number, 1 or more")
-    device = resolve_device(cfg.device)
-    model, ckpt = load_net(cfg.checkpoint, device)
-    probed_layers(model, layers)  # a wrong layer name is one line before any data is read
-    broden = Broden(concept_folder(cfg, ckpt))
-    data = load_data(ckpt, cfg.checkpoint)  # the training statistics
-    prepare = resized(data.test.normalize, int(ckpt["config"]["model"]["input_size"]))
+    model, prepare, source, concepts = _net(cfg, layers)
+    broden = Broden(concept_folder(cfg, concepts))
     start = time.perf_counter()
     df = dissect(
         model, broden, layers, quantile=float(v.quantile), iou_threshold=float(v.iou_threshold),
@@ -68,8 +80,7 @@ def run(cfg: DictConfig) -> dict:
     out = Outputs(cfg)
     for layer in layers:
         out.table(df.loc[df["layer"] == layer, CSV_COLUMNS].reset_index(drop=True), f"{v.stem}_{layer}.csv")
-    source = checkpoint_source(cfg, ckpt, broden=str(broden.root), images=len(broden))
-    out.provenance([source], wall_time_s=wall)
+    out.provenance([{**source, "broden": str(broden.root), "images": len(broden)}], wall_time_s=wall)
     counts = detector_counts(df, broden.categories)
     print(counts.assign(units=df.groupby("layer", sort=False).size()).to_string())
     rate = len(broden) / wall if wall > 0 else float("inf")

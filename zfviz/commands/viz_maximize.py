@@ -8,7 +8,9 @@ output is the net's. All targets are optimized in one batch (``zfviz.reconstruct
 and ``ratio`` = activation / strongest_real. Gray data (Fashion-MNIST repeated to 3 channels) give
 gray images: ``gray=true`` ties the pixels' channels (``data_color``); the Fourier color basis of
 gray data has one axis anyway. Writes ``<stem>.png``, ``<stem>.csv``, ``<stem>.npz`` and
-their ``.meta.json``; every mistake is found before anything is optimized or written.
+their ``.meta.json``; every mistake is found before anything is optimized or written. The net is ours
+(``checkpoint=``) or any ``net=`` of ``zfviz viz attribution``, whose real images are the files of ``images=``
+(``zfviz.commands.shared.open_viz``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.commands.shared import Outputs, checkpoint_source, open_run, pixels, split_images
+from zfviz.commands.shared import Outputs, open_viz, pixels, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.maximize import maximize_grid, ratio_caption
 from zfviz.reconstruction.maximize import (
@@ -87,9 +89,10 @@ def _checked(v: DictConfig) -> tuple[list[Target], Priors]:
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
     targets, priors = _checked(v)
-    model, ckpt, data, device = open_run(cfg)
-    images, prepare = split_images(data, v.split, v.real_images, device)
-    loader = getattr(data, v.split)
+    opened = open_viz(cfg)
+    model, device = opened.model, opened.device
+    images, prepare = split_images(opened.data, v.split, v.real_images, device)
+    loader = getattr(opened.data, v.split)
     sample = prepare(images[:1])  # the model's input: gray data come repeated to its channels
     size, channels = int(sample.shape[-1]), int(sample.shape[1])
     check_targets(model, targets, sample)  # a wrong unit is one line before any ascent
@@ -125,13 +128,12 @@ def run(cfg: DictConfig) -> dict:
     ratios = [ratio_caption(a, r) for a, r in zip(table["activation"], table["strongest_real"], strict=True)]
     captions = [f"{t.label()}\n{r}{' real' if r.endswith('x') else ''}" for t, r in zip(targets, ratios, strict=True)]
     tiles = [(image, t.layer or "output", caption) for image, t, caption in zip(shown, targets, captions, strict=True)]
-    net = ckpt["config"]["model"]["name"]
-    out.figure(maximize_grid({f"{net}, {v.param}": tiles}, title=f"Activation maximization, {v.steps} steps"),
+    out.figure(maximize_grid({f"{opened.name}, {v.param}": tiles}, title=f"Activation maximization, {v.steps} steps"),
                f"{v.stem}.png")  # fmt: skip
     out.table(table, f"{v.stem}.csv")
     out.arrays(f"{v.stem}.npz", images=result.images.cpu(), objective=result.objective.cpu())
-    out.provenance([checkpoint_source(cfg, ckpt, decoder=v.decoder, color=None if color is None else color.tolist())],
-                   wall_time_s=wall)  # fmt: skip
+    color_list = None if color is None else color.tolist()
+    out.provenance([{**opened.source, "decoder": v.decoder, "color": color_list}], wall_time_s=wall)
     print(table.to_string(index=False))
     print(f"{len(targets)} targets, {v.steps} steps in {wall:.1f} s; wrote {out.folder / v.stem}.png, .csv, .npz")
     return {"targets": [t.label() for t in targets], "ratio": table["ratio"].tolist(), "wall_s": wall,

@@ -3,7 +3,9 @@
 One streaming pass over the split finds, for every map of every chosen layer, its 9 strongest
 activations (one per image); then a subset of maps is projected and cropped to the receptive field.
 ``method=`` projects with another method of the family (``zfviz.attribution``) instead of the
-paper's deconvnet, so Fig. 2 can be read under any rule; the default path is the paper's.
+paper's deconvnet, so Fig. 2 can be read under any rule; the default path is the paper's. The net is
+ours (``checkpoint=``, searched over a split) or any ``net=`` of ``zfviz viz attribution`` (searched over
+the image files of ``images=``, read as that net expects: ``zfviz.commands.shared.open_viz``).
 Writes ``<stem>.png`` (one panel per layer) and ``<stem>.npz`` (the raw arrays, keys ``<layer>/...``),
 with their ``.meta.json``.
 """
@@ -14,7 +16,7 @@ import time
 
 from omegaconf import DictConfig
 
-from zfviz.commands.shared import Outputs, attribution_options, checkpoint_source, open_run, pick_maps, split_images
+from zfviz.commands.shared import Outputs, attribution_options, open_viz, pick_maps, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, top9_figure
 from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
@@ -28,8 +30,9 @@ def run(cfg: DictConfig) -> dict:
     if v.method == "deconvnet" and options:
         options.setdefault("norm", v.norm)
     stem = v.stem or ("fig2_top9" if v.method == "deconvnet" else f"fig2_top9_{v.method}")
-    model, ckpt, data, device = open_run(cfg)
-    images, prepare = split_images(data, v.split, v.limit, device)
+    opened = open_viz(cfg)
+    model = opened.model
+    images, prepare = split_images(opened.data, v.split, v.limit, opened.device)
     start = time.perf_counter()
     tops = top_activations(model, ordered_batches(images, prepare, v.batch_size), list(v.layers), k=v.k)
     search_s = time.perf_counter() - start
@@ -52,12 +55,13 @@ def run(cfg: DictConfig) -> dict:
         arrays[f"{layer}/all_position"] = top.position.numpy()
     out = Outputs(cfg)
     folder = out.folder
-    title = f"Top {v.k} activations over {len(images)} {v.split} images ({ckpt['config']['model']['name']})"
+    searched = f"{v.split} images" if opened.ckpt else "image files"  # a net= run's files stand in for both splits
+    title = f"Top {v.k} activations over {len(images)} {searched} ({opened.name})"
     title += "" if v.method == "deconvnet" else f", {v.method}"
     fig = top9_figure(panels, title=title)
     out.figure(fig, f"{stem}.png")
     out.arrays(f"{stem}.npz", **arrays)
     total_s = time.perf_counter() - start
-    out.provenance([checkpoint_source(cfg, ckpt)], wall_time_s=total_s)
+    out.provenance([opened.source], wall_time_s=total_s)
     print(f"searched {len(images)} images in {search_s:.1f} s; wrote {folder / stem}.png and .npz ({total_s:.1f} s)")
     return {"images": len(images), "layers": list(v.layers), "search_s": search_s, "out": str(folder / f"{stem}.png")}

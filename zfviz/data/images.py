@@ -76,15 +76,27 @@ def _decoded(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")  # CMYK, gray, palette: the channels asked for
 
 
-def load_square(path: str | os.PathLike, size: int, channels: int = 3) -> torch.Tensor:
-    """uint8 (channels, size, size): decoded, shorter side resized to ``size`` (bilinear), centre kept.
+def resampling(interpolation: str) -> Image.Resampling:
+    """PIL's filter of a name (``bilinear``, ``bicubic``, ...: torchvision's and timm's spelling)."""
+    try:
+        return Image.Resampling[str(interpolation).upper()]
+    except KeyError:
+        names = ", ".join(r.name.lower() for r in Image.Resampling)
+        raise UserError(f"interpolation {interpolation!r} is not one PIL knows; choose one of: {names}") from None
+
+
+def load_square(
+    path: str | os.PathLike, size: int, channels: int = 3, interpolation: str = "bilinear", crop: int | None = None
+) -> torch.Tensor:
+    """uint8 (channels, crop, crop): decoded, shorter side resized to ``size`` (``interpolation``), the
+    centre ``crop`` square (default ``size``) kept.
 
     Raises one of ``DECODE_ERRORS`` on an unreadable file; the caller decides (skip it or stop).
     """
     with Image.open(path) as img:
         img = _decoded(img, channels)
     new = resized_size(*img.size, size)
-    img = img.resize(new, Image.Resampling.BILINEAR).crop(centre_box(*new, size))
+    img = img.resize(new, resampling(interpolation)).crop(centre_box(*new, crop or size))
     array = np.asarray(img, dtype=np.uint8)
     array = array[None] if channels == 1 else array.transpose(2, 0, 1)
     return torch.from_numpy(array.copy())
@@ -102,14 +114,18 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
     return torch.from_numpy(array.copy())
 
 
-def file_reader(paths: Sequence[Path], channels: int) -> Callable[[np.ndarray, int], torch.Tensor]:
-    """``read(indices, size)`` over image files, for an ImageSet; a bad file is a UserError naming it."""
+def file_reader(
+    paths: Sequence[Path], channels: int, interpolation: str = "bilinear", crop: int | None = None
+) -> Callable[[np.ndarray, int], torch.Tensor]:
+    """``read(indices, size)`` over image files, for an ImageSet: each resized to ``size``, its centre
+    ``crop`` (default ``size``) kept; a bad file is a UserError naming it."""
+    resampling(interpolation)  # a bad name is one line before any file is read
 
     def read(index: np.ndarray, size: int) -> torch.Tensor:
         squares = []
         for i in index:
             try:
-                squares.append(load_square(paths[int(i)], size, channels))
+                squares.append(load_square(paths[int(i)], size, channels, interpolation, crop))
             except DECODE_ERRORS as err:
                 raise UserError(f"cannot read image {paths[int(i)]}: {err}") from None
         return torch.stack(squares)
@@ -146,13 +162,14 @@ def image_paths(images) -> list[Path]:
     return paths
 
 
-def read_images(paths, size: int, channels: int = 3, resize: int | None = None) -> torch.Tensor:
-    """uint8 (N, channels, size, size): each file's shorter side resized to ``resize`` (default ``size``),
-    then the centre ``size`` square, as torchvision's Resize + CenterCrop. A file that cannot be decoded
-    is a UserError naming it."""
+def read_images(
+    paths, size: int, channels: int = 3, resize: int | None = None, interpolation: str = "bilinear"
+) -> torch.Tensor:
+    """uint8 (N, channels, size, size): each file's shorter side resized to ``resize`` (default ``size``)
+    with the ``interpolation`` filter, then the centre ``size`` square cut from the whole resized image in
+    one step, as torchvision's Resize + CenterCrop (two centred crops can land a pixel off: rounding).
+    A file that cannot be decoded is a UserError naming it."""
     resize = resize or size
     if resize < size:
         raise UserError(f"cannot crop {size} px from images resized to {resize} px")
-    squares = file_reader([Path(p) for p in paths], channels)(np.arange(len(paths)), resize)
-    left, top, right, bottom = centre_box(resize, resize, size)
-    return squares[..., top:bottom, left:right].contiguous()
+    return file_reader([Path(p) for p in paths], channels, interpolation, size)(np.arange(len(paths)), resize)
