@@ -5,11 +5,10 @@ In: ``open_run`` opens ``cfg.checkpoint`` on ``cfg.device`` with the data it was
 (torchvision, timm, a user's factory: ``zfviz.models.load.open_net``) with the image files of
 ``viz.images=`` read as that net expects, so every command takes the same nets; ``viz.split``,
 ``viz.images`` and ``viz.maps`` pick images and maps; ``attribution_options`` checks a method's
-options. Out: ``Outputs`` writes
-figures, arrays and tables into the command's folder and gives every file it wrote a
-``<stem>.meta.json`` sidecar (git state, versions, the resolved config, seed, wall time, the
-checkpoints read), as ``zfviz.results`` does for the tables. Commands import this module, never
-each other; nothing below the commands imports it.
+options. Out: ``Outputs`` writes figures, arrays and tables into the command's folder and gives every
+file it wrote a ``<stem>.meta.json`` sidecar (git state, versions, the resolved config, seed, wall
+time, the checkpoints or nets read), as ``zfviz.results`` does for the tables. Commands import this
+module, never each other; nothing below the commands imports it.
 """
 
 from __future__ import annotations
@@ -84,6 +83,7 @@ def open_viz(cfg: DictConfig, files: bool = True) -> Opened:
 
 
 def refuse_net_keys(v: DictConfig) -> None:
+    """One line if a key of ``viz.net=`` (weights, size, mean, std) is given with a checkpoint of ours."""
     for key in NET_KEYS:
         if v.get(key) is not None:
             raise UserError(f"{key}= goes with net=torchvision:<name> (or timm:, <module>:<function>); "
