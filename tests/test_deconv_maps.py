@@ -105,8 +105,8 @@ def test_several_maps_mistakes_are_one_line_user_errors():
         project(model, x, "conv3", [0, 1], (3, 0))
     with pytest.raises(UserError, match="norm mode"):
         project(model, x, "conv3", [0], norm="skip")
-    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 4, 1))
-    with pytest.raises(UserError, match="deconvnet cannot handle 1 \\(GELU\\)"):
+    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LogSigmoid(), nn.Conv2d(4, 4, 1))
+    with pytest.raises(UserError, match="deconvnet cannot handle 1 \\(LogSigmoid\\)"):
         project(bad, x, "2", [0, 1])
     assert hooks_left(bad) == 0 and hooks_left(model) == 0
 

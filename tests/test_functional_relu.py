@@ -151,9 +151,9 @@ def test_a_module_relu_is_rewritten_once():
     calls = []
 
     class Counting(rules.ReluGuided):
-        def through_relu(self, masked, grad):
+        def through_node(self, masked, grad):
             calls.append(1)
-            return super().through_relu(masked, grad)
+            return super().through_node(masked, grad)
 
     composite = gradient_composite("counting", Counting())
     module_net, functional = twins()
@@ -175,7 +175,7 @@ def test_model_unchanged_and_no_hooks_left():
 
 
 class NeedsModule:
-    """A ReLU rule that needs the module's input: it has no ``through_relu`` form."""
+    """A ReLU rule that needs the module's input: it has no ``through_node`` form."""
 
     def backward(self, module, x, out, grad):
         return grad * (x > 0)
@@ -215,12 +215,19 @@ def test_refusal_through_attribute_names_the_methods_that_work(monkeypatch):
     assert str(err.value).endswith("; methods that work on it: " + ", ".join(able))
 
 
+class OwnLayerNorm(nn.LayerNorm):
+    """A LayerNorm with a forward of its own: LRP lists layer norms but cannot read what this one normalizes."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, -1)).transpose(1, -1)
+
+
 def test_a_refusal_never_lists_the_refusing_method():
-    """LRP lists batch norms (merged into the layer before) but refuses one that comes first (DenseNet's)."""
-    net = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    """LRP lists layer norms but refuses one with a forward of its own."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), OwnLayerNorm(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
     with pytest.raises(UserError) as err:
         attribute(net, torch.randn(1, 3, 8, 8), 1, "lrp")
-    assert str(err.value).startswith("lrp cannot handle 0 (BatchNorm2d): LRP merges a batch norm")
+    assert str(err.value).startswith("lrp cannot handle 1 (OwnLayerNorm): its rule needs nn.LayerNorm's own forward")
     named = str(err.value).split("; methods that work on it: ")[1].split(", ")
     assert "lrp" not in named and "guided_backprop" in named
 
@@ -231,7 +238,7 @@ def methods_for(module: nn.Module) -> list[str]:
 
 
 class GatedNet(nn.Module):
-    """A conv, a gate called as a function (``F.silu`` or ``torch.sigmoid``), a linear layer."""
+    """A conv, a gate called as a function (``F.logsigmoid``, ``torch.sigmoid``), a linear layer."""
 
     def __init__(self, gate) -> None:
         super().__init__()
@@ -241,12 +248,11 @@ class GatedNet(nn.Module):
         return self.fc(self.gate(self.conv(x)).flatten(1))
 
 
-@pytest.mark.parametrize(
-    "gate, module, node", [(F.silu, nn.SiLU, "SiluBackward0"), (torch.sigmoid, nn.Sigmoid, "SigmoidBackward0")]
-)
+@pytest.mark.parametrize("gate, module, node", [(F.logsigmoid, nn.LogSigmoid, "LogSigmoidBackward0")])
 @pytest.mark.parametrize("method", ["guided_backprop", "deconvnet", "lrp"])
 def test_a_gate_called_as_a_function_is_refused_as_its_module_is(method, gate, module, node):
-    """Its module is refused (no rule for it); the function was the plain gradient under the method's name."""
+    """Its module is refused (no rule for it); the function was the plain gradient under the method's name.
+    (F.silu and torch.sigmoid get their modules' rules: tests/test_modern_rules.py.)"""
     net = GatedNet(gate).eval()
     before = snapshot(net)
     x = torch.randn(1, 3, 8, 8)

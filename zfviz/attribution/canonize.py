@@ -6,9 +6,18 @@ LRP's rules are stated for a chain of linear layers and ReLUs (Montavon et al. 2
   rule needs still exists in the backward pass. Every method uses it.
 - ``MergeBatchNorm``: a batch norm after a conv/linear layer is folded into that layer's weight and
   bias, and itself made the identity, so the layer's rule sees the affine map the net computes.
-- ``ResidualSum``: torchvision's ``BasicBlock``/``Bottleneck`` add their shortcut with ``+=``; the
-  block's forward is replaced by one that adds through an explicit ``Sum`` module, so a rule can
-  split relevance between the two branches in proportion to their contributions.
+- ``ResidualSum``: torchvision's residual blocks (ResNet's ``BasicBlock``/``Bottleneck``, MobileNetV2/V3's
+  ``InvertedResidual``, EfficientNet's ``MBConv``/``FusedMBConv``, RegNet's ``ResBottleneckBlock``,
+  ConvNeXt's ``CNBlock``) add their shortcut with ``+``; the block's forward is replaced by one that
+  adds through an explicit ``Sum`` module, so a rule can split relevance between the two branches in
+  proportion to their contributions. ConvNeXt's layer scale (a per-channel factor after the block's
+  last linear layer) is folded into that layer's weight and bias, so the layer's rule sees the map the
+  net computes.
+- ``SqueezeExcitationGate``: torchvision's ``SqueezeExcitation`` multiplies its input by a gate computed
+  from it; the product goes through an explicit ``Product`` module, so a rule can treat the gate as
+  a constant (``rules.SignalTakeAll``).
+- A batch norm *before* its conv (DenseNet, pre-activation ResNets) has a ReLU between the two, so no
+  rewrite folds it exactly; LRP passes relevance through it (``composites``), as Zennit does.
 
 Each ``apply`` returns its undo; ``canonized`` undoes them in reverse order, also on an exception.
 The rewrite swaps objects (parameters, buffers, attributes) in and puts the user's own objects
@@ -141,12 +150,23 @@ class Sum(nn.Module):
         return x.sum(dim=-1)
 
 
+class Product(nn.Module):
+    """The explicit gating: signal and gate stacked on the last dimension (in that order), multiplied."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[..., 0] * x[..., 1]
+
+
+def _added(block: nn.Module, shortcut: Tensor, branch: Tensor) -> Tensor:
+    return block.residual_sum(torch.stack([shortcut, branch], dim=-1))
+
+
 def _basic_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
     def forward(x: Tensor) -> Tensor:
         out = block.relu(block.bn1(block.conv1(x)))
         out = block.bn2(block.conv2(out))
         identity = x if block.downsample is None else block.downsample(x)
-        return block.relu(block.residual_sum(torch.stack([identity, out], dim=-1)))
+        return block.relu(_added(block, identity, out))
 
     return forward
 
@@ -157,33 +177,123 @@ def _bottleneck_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
         out = block.relu(block.bn2(block.conv2(out)))
         out = block.bn3(block.conv3(out))
         identity = x if block.downsample is None else block.downsample(x)
-        return block.relu(block.residual_sum(torch.stack([identity, out], dim=-1)))
+        return block.relu(_added(block, identity, out))
 
     return forward
 
 
+def _inverted_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
+    """MobileNetV2's ``InvertedResidual`` (its branch is ``conv``)."""
+    return lambda x: _added(block, x, block.conv(x))
+
+
+def _mbconv_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
+    """MobileNetV3's ``InvertedResidual``, EfficientNet's ``MBConv``/``FusedMBConv``: ``block``, then the
+    stochastic depth where there is one (the identity at eval)."""
+    depth = getattr(block, "stochastic_depth", None)
+    return lambda x: _added(block, x, block.block(x) if depth is None else depth(block.block(x)))
+
+
+def _regnet_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
+    def forward(x: Tensor) -> Tensor:
+        return block.activation(_added(block, x if block.proj is None else block.proj(x), block.f(x)))
+
+    return forward
+
+
+def _convnext_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
+    """ConvNeXt's ``CNBlock`` with its layer scale folded into the block's last linear layer (``_fold_scale``)."""
+    return lambda x: _added(block, x, block.stochastic_depth(block.block(x)))
+
+
+def _fold_scale(block: nn.Module) -> list[Callable[[], None]]:
+    """``layer_scale * linear(x)`` as one linear layer: the scale multiplies its rows and bias."""
+    linear = [m for m in block.block if isinstance(m, nn.Linear)][-1]
+    scale = block.layer_scale.detach().reshape(-1)
+    with torch.no_grad():
+        weight, bias = linear.weight * scale[:, None], None if linear.bias is None else linear.bias * scale
+    undos = [_swap(linear, "_parameters", "weight", nn.Parameter(weight, linear.weight.requires_grad))]
+    if bias is not None:
+        undos.append(_swap(linear, "_parameters", "bias", nn.Parameter(bias, linear.bias.requires_grad)))
+    return undos
+
+
+# torchvision module -> {block class name: (forward builder, whether the block adds its shortcut)}
+_BLOCKS = {
+    "torchvision.models.resnet": {
+        "BasicBlock": (_basic_forward, lambda _block: True),
+        "Bottleneck": (_bottleneck_forward, lambda _block: True),
+    },
+    "torchvision.models.mobilenetv2": {"InvertedResidual": (_inverted_forward, lambda b: b.use_res_connect)},
+    "torchvision.models.mobilenetv3": {"InvertedResidual": (_mbconv_forward, lambda b: b.use_res_connect)},
+    "torchvision.models.efficientnet": {
+        "MBConv": (_mbconv_forward, lambda b: b.use_res_connect),
+        "FusedMBConv": (_mbconv_forward, lambda b: b.use_res_connect),
+    },
+    "torchvision.models.regnet": {"ResBottleneckBlock": (_regnet_forward, lambda _block: True)},
+    "torchvision.models.convnext": {"CNBlock": (_convnext_forward, lambda _block: True)},
+}
+
+
+def _block_kinds() -> dict[type, tuple]:
+    """The residual block classes of the torchvision modules this process imported (a process that never
+    imported one holds none of its blocks, so none is imported here)."""
+    kinds = {}
+    for module_name, blocks in _BLOCKS.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            kinds.update({getattr(module, name): how for name, how in blocks.items()})
+    return kinds
+
+
 class ResidualSum:
-    """torchvision ResNet blocks add their shortcut through an explicit ``Sum`` module for the call."""
+    """torchvision's residual blocks add their shortcut through an explicit ``Sum`` module for the call."""
 
     def apply(self, model: nn.Module, state) -> Callable[[], None]:
-        # Not imported: a process that never imported torchvision's resnet module holds none of its blocks.
-        resnet = sys.modules.get("torchvision.models.resnet")
-        if resnet is None:
-            return lambda: None
-        BasicBlock, Bottleneck = resnet.BasicBlock, resnet.Bottleneck  # noqa: N806
-        blocks = [m for m in model.modules() if type(m) in (BasicBlock, Bottleneck)]
+        kinds = _block_kinds()
         undos = []
-        for block in blocks:
+        for block in model.modules():
+            build, adds = kinds.get(type(block), (None, None))
+            if build is None or not adds(block):
+                continue
             if "residual_sum" in block._modules or "forward" in block.__dict__:
                 continue  # the user's own rewrite: leave it (its additions stay plain gradients)
+            if hasattr(block, "layer_scale"):
+                undos += _fold_scale(block)
             block.add_module("residual_sum", Sum())
-            build = _basic_forward if isinstance(block, BasicBlock) else _bottleneck_forward
             block.forward = build(block)  # an instance attribute shadows the class's forward
-            undos.append(block)
+            undos.append(lambda block=block: (block._modules.pop("residual_sum"), block.__dict__.pop("forward")))
 
         def undo() -> None:
-            for block in undos:
-                del block._modules["residual_sum"]
+            for step in reversed(undos):
+                step()
+
+        return undo
+
+
+def _gated_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
+    def forward(x: Tensor) -> Tensor:
+        scale = block._scale(x)
+        return block.gate_product(torch.stack([x, scale.expand_as(x)], dim=-1))
+
+    return forward
+
+
+class SqueezeExcitationGate:
+    """torchvision's ``SqueezeExcitation`` multiplies by its gate through an explicit ``Product`` for the call."""
+
+    def apply(self, model: nn.Module, state) -> Callable[[], None]:
+        misc = sys.modules.get("torchvision.ops.misc")
+        kind = None if misc is None else misc.SqueezeExcitation
+        blocks = [m for m in model.modules() if kind is not None and type(m) is kind]
+        blocks = [b for b in blocks if "gate_product" not in b._modules and "forward" not in b.__dict__]
+        for block in blocks:
+            block.add_module("gate_product", Product())
+            block.forward = _gated_forward(block)
+
+        def undo() -> None:
+            for block in blocks:
+                del block._modules["gate_product"]
                 del block.__dict__["forward"]
 
         return undo

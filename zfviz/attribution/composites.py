@@ -15,18 +15,46 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torch import nn
+from torchvision.ops import Permute, StochasticDepth
 
 from zfviz.attribution import rules
-from zfviz.attribution.canonize import MergeBatchNorm, ResidualSum, Sum
+from zfviz.attribution.canonize import MergeBatchNorm, Product, ResidualSum, SqueezeExcitationGate, Sum
 from zfviz.attribution.state import Unsupported
 from zfviz.errors import UserError
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
-PASS_THROUGH = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.Flatten, nn.Unflatten)
+# what is the identity at eval, or moves values without mixing them (ConvNeXt's Permute): the gradient is right
+PASS_THROUGH = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    StochasticDepth,
+    Permute,
+)
 MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 AVG_POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-MERGED_ONLY = "merged"  # a batch norm: fine once merged into its layer, else unsupported
+LAYER_NORMS = (nn.LayerNorm, nn.GroupNorm)  # torchvision's LayerNorm2d is an nn.LayerNorm
+# activations other than the ReLU (the ReLU6 is an nn.Hardtanh): ``rules`` states their convention
+GATES = (
+    nn.Hardtanh,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Mish,
+    nn.Softplus,
+)
 
 
 @dataclass
@@ -58,49 +86,58 @@ class Composite:
         return True  # unsupported: refused if it runs
 
     def rule_for(self, name: str, module: nn.Module, *, first: bool = False, merged: bool = False):
+        """``module``'s rule (``None``: autograd's gradient); a merged batch norm is the identity, so none."""
         for types, rule in self.rules:
             if isinstance(module, types):
-                if rule == MERGED_ONLY:
-                    if not merged:
-                        raise Unsupported(name, module, ": LRP merges a batch norm into the conv/linear before it")
+                if merged:
                     return None
+                why = getattr(rule, "refusal", lambda _module: None)(module)
+                if why is not None:
+                    raise Unsupported(name, module, why)
                 if first and self.first is not None:
                     return self.first
                 return rule
         raise Unsupported(name, module)
 
 
-_COMMON = [(PASS_THROUGH, None), (MAX_POOLS, None), (AVG_POOLS, None), (NORMS, None), ((Sum,), None)]
+_COMMON = [(PASS_THROUGH, None), (MAX_POOLS, None), (AVG_POOLS, None), (NORMS + LAYER_NORMS, None), ((Sum,), None)]
 
 
-def gradient_composite(name: str, relu_rule, *, norm: str = "backprop") -> Composite:
-    """Saliency-like methods: a ReLU rule, everything else the gradient (or ``norm="pass"`` for LRN)."""
+def gradient_composite(name: str, relu_rule, gate_rule=None, *, norm: str = "backprop") -> Composite:
+    """Saliency-like methods: a ReLU rule, a rule for the other activations (``None``: the gradient),
+    everything else the gradient (or ``norm="pass"`` for LRN)."""
     lrn = rules.Pass() if norm == "pass" else None
-    return Composite(name, [((nn.ReLU,), relu_rule), ((nn.LocalResponseNorm,), lrn), (WEIGHTED, None), *_COMMON])
+    return Composite(
+        name,
+        [((nn.ReLU,), relu_rule), (GATES, gate_rule), ((nn.LocalResponseNorm,), lrn), (WEIGHTED, None), *_COMMON],
+    )
 
 
 def lrp_composite(name: str, conv, dense, first=None) -> Composite:
-    """LRP: ``conv``/``dense`` rules, ReLU and LRN pass, max pool to the winner, average pools and
-    residual sums split in proportion; batch norms merged and residual additions made modules."""
+    """LRP: ``conv``/``dense`` rules, every activation and LRN pass, max pool to the winner, average
+    pools and residual sums split in proportion, a squeeze-and-excitation gate a constant, layer norms
+    with sigma constant; batch norms merged into the layer before (one with none before passes, as in
+    Zennit), residual additions made modules, ConvNeXt's layer scale folded into its linear layer."""
     return Composite(
         name,
         [
             ((nn.Conv2d,), conv),
             ((nn.Linear,), dense),
-            ((nn.ReLU, nn.LocalResponseNorm), rules.Pass()),
+            ((nn.ReLU, *GATES, nn.LocalResponseNorm, *NORMS), rules.Pass()),
             (MAX_POOLS, None),
             (AVG_POOLS + (Sum,), rules.Proportional()),
-            (NORMS, MERGED_ONLY),
+            ((Product,), rules.SignalTakeAll()),
+            (LAYER_NORMS, rules.NormalizerConstant()),
             (PASS_THROUGH, None),
         ],
         first,
-        (MergeBatchNorm(), ResidualSum()),
+        (MergeBatchNorm(), ResidualSum(), SqueezeExcitationGate()),
     )
 
 
 NORM_MODES = ("pass", "backprop")  # the deconvnet's contrast normalization: passes (the paper) or backpropagates
-DECONVNET = gradient_composite("deconvnet", rules.ReluDeconvnet(), norm="pass")  # the paper: LRN passes
-_DECONVNET_BACKPROP = gradient_composite("deconvnet", rules.ReluDeconvnet())
+DECONVNET = gradient_composite("deconvnet", rules.Deconvnet(), rules.Deconvnet(), norm="pass")  # the paper: LRN passes
+_DECONVNET_BACKPROP = gradient_composite("deconvnet", rules.Deconvnet(), rules.Deconvnet())
 
 
 def deconvnet_composite(norm: str) -> Composite:
@@ -110,7 +147,7 @@ def deconvnet_composite(norm: str) -> Composite:
     return DECONVNET if norm == "pass" else _DECONVNET_BACKPROP
 
 
-GUIDED_BACKPROP = gradient_composite("guided_backprop", rules.ReluGuided())
+GUIDED_BACKPROP = gradient_composite("guided_backprop", rules.ReluGuided(), rules.Guided())
 LRP = lrp_composite("lrp-epsilon", rules.Epsilon(), rules.Epsilon())
 
 RULES = ("epsilon", "alpha_beta", "zplus")

@@ -5,11 +5,12 @@ et al. 2015) and LRP (Bach et al. 2015) are the same backward pass with differen
 signal crosses a module. Here a rule is an object with ``backward(module, x, out, grad) -> grad_x``;
 a composite (``composites.py``) says which module gets which rule. For one call, a forward hook on
 each leaf module that may get a rule swaps the module's output for an identical tensor whose
-backward is the rule's (a ``torch.autograd.Function``); on a plain ReLU, a rule that only reshapes
-gradients rewrites the input gradient of autograd's own ReLU node instead. A rectification called
-as a function (``F.relu``), which no module hook sees, gets the same, found by a walk of the graph
-after the forward pass (``rectify_functions``); a gate called as a function is refused where its
-module is. Modules without a rule keep autograd's gradient. The hooks are gone, and the canonizers'
+backward is the rule's (a ``torch.autograd.Function``); on a plain activation (``nn.ReLU``, ``nn.SiLU``
+...), a rule that only reshapes gradients rewrites the input gradient of autograd's own node instead.
+An activation called as a function (``F.relu``, ``F.silu``), which no module hook sees, gets its
+module's rule the same way, found by a walk of the graph after the forward pass
+(``rectify_functions``), or is refused where its module is. Modules without a rule keep autograd's
+gradient. The hooks are gone, and the canonizers'
 rewrites undone, when the call returns or raises. ``backward`` starts from one signal at the target
 (``start``: 1 or the target's value); ``batched_backward`` pushes a batch of starting signals down
 from one forward pass (the deconvnet's many projections of few images, Fig. 2), in the same setting.
@@ -55,21 +56,18 @@ def _leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None
 
 
-def _plain_relu(module: nn.Module, output: Tensor) -> bool:
-    """``module`` is an ``nn.ReLU`` whose output comes straight from autograd's ReLU node."""
-    return (
-        isinstance(module, nn.ReLU)
-        and type(module).forward is nn.ReLU.forward
-        and output.grad_fn is not None
-        and output.grad_fn.name() == "ReluBackward0"
-    )
+def _own_node(module: nn.Module, output: Tensor) -> bool:
+    """``module`` is an activation with its class's own forward (an ``nn.ReLU``, ``nn.SiLU``, ``nn.ReLU6``
+    ...) whose output comes straight from that activation's autograd node."""
+    kind = None if output.grad_fn is None else _NODES.get(output.grad_fn.name())
+    return kind is not None and isinstance(module, kind) and type(module).forward is kind.forward
 
 
-def _through_relu(rule, state: CallState) -> Callable:
-    """A post-hook on a ReLU's autograd node: its input gradient becomes the rule's."""
+def _through_node(rule, state: CallState) -> Callable:
+    """A post-hook on an activation's autograd node: its input gradient becomes the rule's."""
 
     def hook(grad_inputs, grad_outputs):
-        return (rule.through_relu(grad_inputs[0], grad_outputs[0]),) if state.routing else None
+        return (rule.through_node(grad_inputs[0], grad_outputs[0]),) if state.routing else None
 
     return hook
 
@@ -85,9 +83,9 @@ def _hook(composite, name: str, state: CallState) -> Callable:
         if rule is not None:
             if len(inputs) != 1 or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
                 raise Unsupported(name, module, ": a rule needs one input tensor and one output tensor")
-            if hasattr(rule, "through_relu") and _plain_relu(module, output):
-                state.claimed.add(output.grad_fn)  # no copy, no second ReLU mask
-                state.graph_hooks.append(output.grad_fn.register_hook(_through_relu(rule, state)))
+            if hasattr(rule, "through_node") and _own_node(module, output):
+                state.claimed.add(output.grad_fn)  # no copy, no second mask
+                state.graph_hooks.append(output.grad_fn.register_hook(_through_node(rule, state)))
             else:
                 output = _Routed.apply(rule, module, state, inputs[0], output.detach())
                 state.made_by[output.grad_fn] = name  # a refusal below it names this module
@@ -146,6 +144,7 @@ _GATES = {
     "PreluKernelBackward0": nn.PReLU,
     "GluBackward0": nn.GLU,
 }
+_NODES = {"ReluBackward0": nn.ReLU, **_GATES}  # an activation module's own node -> the class whose forward makes it
 _STAND_INS: dict[type, nn.Module] = {}
 
 
@@ -161,12 +160,12 @@ def _stand_in(node) -> nn.Module | None:
 
 def _plan(composite, module: nn.Module) -> tuple[object, str | None]:
     """(the rule ``module``'s op called as a function gets, why it is refused): the composite's rule for
-    the module, usable where it acts on autograd's node (a ReLU's ``through_relu``); else a refusal."""
+    the module, usable where it acts on autograd's node (its ``through_node``); else a refusal."""
     try:
         rule = composite.rule_for(type(module).__name__, module)
     except Unsupported:
         return None, ""
-    if rule is None or (module is _RELU and hasattr(rule, "through_relu")):
+    if rule is None or hasattr(rule, "through_node"):
         return rule, None
     kind = type(module).__name__
     return None, f": its {kind} rule ({type(rule).__name__}) needs an nn.{kind} module, not a function"
@@ -202,10 +201,10 @@ def _graph(root) -> Iterator:
 
 def rectify_functions(point: Tensor, state: CallState) -> None:
     """Every activation in ``point``'s graph that no module's rule claimed gets the composite's rule for
-    its module: a rectification (``F.relu`` in a forward, as torchvision's GoogLeNet, Inception-v3 and
-    DenseNet call it) the ReLU rule on autograd's node, as a plain ``nn.ReLU`` does; a gate the
-    composite refuses as a module (``F.silu``, ``torch.sigmoid``), or a rule that needs the module, ends
-    in one line. A gate whose module keeps autograd's gradient keeps it.
+    its module on autograd's node, as the plain module does: a rectification (``F.relu`` in a forward,
+    as torchvision's GoogLeNet, Inception-v3 and DenseNet call it) the ReLU rule, a gate (``F.silu``,
+    ``torch.sigmoid``) its module's. A gate the composite refuses as a module, or a rule that needs the
+    module, ends in one line. A gate whose module keeps autograd's gradient keeps it.
 
     Module hooks see leaf modules only, so without this a guided backprop of such a net was its plain
     gradient. One walk of the graph per forward pass (cheap next to the pass), none without rules.
@@ -225,7 +224,7 @@ def rectify_functions(point: Tensor, state: CallState) -> None:
             raise Unsupported(where, module, refusal, kind=node.name())
         if rule is not None:
             state.claimed.add(node)
-            state.graph_hooks.append(node.register_hook(_through_relu(rule, state)))
+            state.graph_hooks.append(node.register_hook(_through_node(rule, state)))
 
 
 def _made_after(node, state: CallState) -> str:
@@ -365,7 +364,7 @@ def _batched_grads(point: Tensor, x: Tensor, signals: Tensor, step: int) -> Tens
 
 def _in_place_is_safe(modules: list[tuple[str, nn.Module]], composite) -> bool:
     """Whether the model's in-place modules may stay in place for this call: all are plain ReLUs
-    that autograd differentiates itself, or whose rule only rewrites that gradient (``through_relu``).
+    that autograd differentiates itself, or whose rule only rewrites that gradient (``through_node``).
 
     A rule's ``_Routed`` output is a copy, and so is what the net gets of ``wrt``'s output, so a later
     in-place ReLU never touches what a rule saved or what ``backward`` returns (and autograd's version
@@ -382,7 +381,7 @@ def _in_place_is_safe(modules: list[tuple[str, nn.Module]], composite) -> bool:
                 rule = composite.rule_for(name, module)
             except Unsupported:
                 return False  # the forward pass will say so, where the module runs
-            if rule is not None and not hasattr(rule, "through_relu"):
+            if rule is not None and not hasattr(rule, "through_node"):
                 return False
     return True
 

@@ -8,11 +8,20 @@ pooling everywhere (the switches; PyTorch's backward adds where overlapping pool
 
 ReLU rules: the deconvnet passes the rectified signal, ``relu(grad)`` (Zeiler & Fergus 2014, Sec.
 2.1); guided backprop also keeps the forward mask, ``relu(grad) * (x > 0)`` (Springenberg et al. 2015).
-A rule that only looks at gradients may also say how it crosses a plain ``nn.ReLU`` given autograd's
-own ReLU gradient: ``through_relu(masked, grad)``, ``masked = grad * (x > 0)``. ``mechanism`` then leaves
-the ReLU's output and backward alone and only rewrites its input gradient, which saves a copy of
-every ReLU output in the forward pass and a mask in the backward (guided backprop ran 1.1x Captum's
-time before on resnet18).
+A rule that only looks at gradients may also say how it crosses an activation's own autograd node
+given that node's input gradient: ``through_node(local, grad)``, ``local = f'(x) * grad`` (for a ReLU
+``grad * (x > 0)``). ``mechanism`` then leaves the activation's output and backward alone and only
+rewrites its input gradient, which saves a copy of every activation output in the forward pass and a
+mask in the backward (guided backprop ran 1.1x Captum's time before on resnet18).
+
+Other activations (ReLU6, SiLU, GELU, Hardswish, Hardsigmoid, ELU, LeakyReLU, Sigmoid, Tanh, Mish, ...),
+whose papers define no deconvnet or guided backprop, follow one convention, the ReLU case read as
+"the gate's own gradient, and the signal rectified": the deconvnet passes the rectified signal,
+``relu(grad)``, whatever the gate (``Deconvnet``, as for a ReLU: the forward pass plays no part);
+guided backprop multiplies the gate's local gradient by the rectified signal, ``f'(x) * relu(grad)``
+(``Guided``; for a ReLU ``f'(x)`` is the mask). A gate's local gradient may be negative (SiLU below
+about -1.28, GELU, Mish, a leaky ReLU's slope is not): guided backprop does not rectify it again.
+LRP passes relevance through every activation unchanged (``Pass``, as Zennit's ``Pass`` does).
 
 LRP rules (Bach et al. 2015; Montavon et al. 2019, "Layer-wise relevance propagation: an overview"),
 for a layer ``z = W x + b`` with relevance ``R`` at its output, ``T(s; W)`` the transpose of ``W``
@@ -28,8 +37,16 @@ applied to ``s`` and ``stab(z) = z + epsilon * sign(z)`` (sign(0) = 1; a zero de
 - ``Flat``: every input of a unit's receptive field gets an equal share (W = 1, x = 1, no bias).
 - ``Proportional``: any linear map without parameters (average pooling, the residual ``Sum``):
   ``R_in = x * J^T (R / stab(out))``, a split in proportion to the inputs' contributions.
-- ``Pass``: the signal crosses unchanged (ReLU and contrast normalization under LRP; the latter also
-  under the deconvnet, as the paper does).
+- ``Pass``: the signal crosses unchanged (every activation, contrast normalization and a batch norm
+  that could not be merged, as Zennit does, under LRP; contrast normalization also under the
+  deconvnet, as the paper does).
+- ``SignalTakeAll`` (Arras et al. 2017, "Explaining recurrent neural network predictions in
+  sentiment analysis"): a product ``signal * gate`` gives all its relevance to the signal; the gate
+  (a squeeze-and-excitation's sigmoid) is a constant and gets none: conserved exactly.
+- ``NormalizerConstant`` (Ali et al. 2022, "XAI for Transformers: better explanations through
+  conservative propagation", their LN-rule): a LayerNorm or GroupNorm with its standard deviation
+  held constant is the linear map ``y = gamma * center(x) / sigma + beta``; the epsilon rule on it,
+  ``R_in = x * T(R / stab(y); gamma * center / sigma)``, conserves relevance when ``beta = 0``.
 """
 
 from __future__ import annotations
@@ -47,17 +64,17 @@ class Pass:
     def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
         return grad.reshape(x.shape)
 
-    def through_relu(self, masked: Tensor, grad: Tensor) -> Tensor:
+    def through_node(self, local: Tensor, grad: Tensor) -> Tensor:
         return grad
 
 
-class ReluDeconvnet:
-    """The deconvnet's ReLU: rectify the signal coming down (Zeiler & Fergus 2014)."""
+class Deconvnet:
+    """The deconvnet's ReLU, and any activation's: rectify the signal coming down (Zeiler & Fergus 2014)."""
 
     def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
         return grad.clamp(min=0)
 
-    def through_relu(self, masked: Tensor, grad: Tensor) -> Tensor:
+    def through_node(self, local: Tensor, grad: Tensor) -> Tensor:
         return grad.clamp(min=0)
 
 
@@ -68,8 +85,19 @@ class ReluGuided:
         # ReLU's own backward kernel applies the mask in one pass (no bool tensor, no float copy of it)
         return torch.ops.aten.threshold_backward(grad, out, 0).clamp_(min=0)
 
-    def through_relu(self, masked: Tensor, grad: Tensor) -> Tensor:
-        return masked.clamp(min=0)  # relu(grad) * mask = relu(grad * mask): the mask is 0 or 1
+    def through_node(self, local: Tensor, grad: Tensor) -> Tensor:
+        return local.clamp(min=0)  # relu(grad) * mask = relu(grad * mask): the mask is 0 or 1
+
+
+class Guided:
+    """Guided backprop through any activation: its local gradient times the rectified signal,
+    ``f'(x) * relu(grad)`` (the convention above; for a ReLU, ``ReluGuided``)."""
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        return vjp(module.forward, x, grad.clamp(min=0))
+
+    def through_node(self, local: Tensor, grad: Tensor) -> Tensor:
+        return torch.where(grad > 0, local, 0.0)  # f'(x) * grad where grad > 0: f'(x) * relu(grad)
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -202,3 +230,60 @@ class Proportional:
     def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
         # module.forward, not module(...): the call's hooks must not fire again inside the backward pass
         return x * vjp(module.forward, x, grad / stabilize(out, self.epsilon))
+
+
+class SignalTakeAll:
+    """A product of a signal and a gate, stacked on the last dimension (``canonize.Product``): the
+    signal (slot 0) takes all the relevance, the gate (slot 1) none (Arras et al. 2017)."""
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        return torch.stack([grad, torch.zeros_like(grad)], dim=-1)
+
+
+class NormalizerConstant:
+    """LayerNorm / LayerNorm2d / GroupNorm with sigma held constant, then LRP-epsilon (Ali et al. 2022)."""
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = float(epsilon)
+
+    def refusal(self, module: nn.Module) -> str | None:
+        """Why this rule cannot read ``module``'s normalized dimensions (None: it can)."""
+        if isinstance(module, nn.GroupNorm) or type(module).forward is nn.LayerNorm.forward or _channels_first(module):
+            return None
+        return f": its rule needs nn.LayerNorm's own forward or a LayerNorm2d, not {type(module).__name__}'s"
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        mean = _group_mean(module, x.shape)
+        sigma = mean((x - mean(x)).square()).add(module.eps).sqrt()
+        scale = _per_channel(module, module.weight, x) / sigma
+        # the map is gamma * P x / sigma with P the centering: symmetric, so its transpose is P (gamma s / sigma)
+        u = scale * grad / stabilize(out, self.epsilon)
+        return x * (u - mean(u))
+
+
+def _channels_first(module: nn.Module) -> bool:
+    """torchvision's (and timm's) ``LayerNorm2d``: a LayerNorm over dimension 1 of an ``N x C x H x W`` map."""
+    return isinstance(module, nn.LayerNorm) and type(module).__name__ == "LayerNorm2d"
+
+
+def _group_mean(module: nn.Module, shape: torch.Size):
+    """``t`` -> the mean over each normalized group of ``t``, broadcast back to ``shape``."""
+    if isinstance(module, nn.GroupNorm):
+
+        def group_mean(t: Tensor) -> Tensor:
+            grouped = t.reshape(shape[0], module.num_groups, -1)
+            return grouped.mean(-1, keepdim=True).expand_as(grouped).reshape(shape)
+
+        return group_mean
+    dims = (1,) if _channels_first(module) else tuple(range(-len(module.normalized_shape), 0))
+    return lambda t: t.mean(dims, keepdim=True)
+
+
+def _per_channel(module: nn.Module, gamma: Tensor | None, x: Tensor) -> Tensor | float:
+    """The affine scale ``gamma`` shaped to broadcast against ``x`` (1 without one)."""
+    if gamma is None:
+        return 1.0
+    gamma = gamma.detach()
+    if isinstance(module, nn.GroupNorm) or _channels_first(module):
+        return gamma.reshape(-1, *(1,) * (x.dim() - 2))
+    return gamma
