@@ -266,6 +266,45 @@ def test_convnext_block_conserves_without_biases():
     torch.testing.assert_close(ours.sum(), net(x)[0, 1].detach(), rtol=1e-4, atol=1e-6)
 
 
+def small_densenet() -> nn.Module:
+    """torchvision's DenseNet at its smallest: BN-ReLU-conv layers, concatenations, F.relu, a functional pool."""
+    torch.manual_seed(6)
+    net = torchvision.models.DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=3)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+@pytest.mark.slow
+def test_densenet_pools_in_proportion_as_its_module_twin_does():
+    """DenseNet's functional global pool is made a module for the call: LRP equals that of the same
+    layers written with an nn.ReLU and an nn.AdaptiveAvgPool2d (the even split of the mean would not)."""
+    net = small_densenet()
+    before = snapshot(net)
+    twin = nn.Sequential(net.features, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier).eval()
+    x = torch.randn(2, 3, 16, 16)
+    ours = attribute(net, x, [0, 2], "lrp")
+    torch.testing.assert_close(ours, attribute(twin, x, [0, 2], "lrp"), rtol=1e-5, atol=1e-7)
+    assert_unchanged(net, before)
+
+
+@pytest.mark.slow
+def test_densenet_conserves_without_biases():
+    """Concatenation gives each input its own slice's relevance; a batch norm with no layer before it passes."""
+    net = zero_biases(small_densenet())
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.zero_()
+    x = torch.randn(2, 3, 16, 16)
+    ours = attribute(net, x, [0, 2], "lrp", epsilon=0.0)
+    torch.testing.assert_close(ours.sum((1, 2, 3)), net(x)[[0, 1], [0, 2]].detach(), rtol=1e-4, atol=1e-6)
+
+
 # --- torchvision's modern nets, random weights --------------------------------------------------
 
 MODERN = ["densenet121", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny"]

@@ -16,6 +16,9 @@ LRP's rules are stated for a chain of linear layers and ReLUs (Montavon et al. 2
 - ``SqueezeExcitationGate``: torchvision's ``SqueezeExcitation`` multiplies its input by a gate computed
   from it; the product goes through an explicit ``Product`` module, so a rule can treat the gate as
   a constant (``rules.SignalTakeAll``).
+- ``ModulePooling``: torchvision's DenseNet and MobileNetV2 pool globally with
+  ``F.adaptive_avg_pool2d``, which PyTorch records as a mean that keeps no input, so no rule could
+  split it; for the call they pool through an ``nn.AdaptiveAvgPool2d`` module instead.
 - A batch norm *before* its conv (DenseNet, pre-activation ResNets) has a ReLU between the two, so no
   rewrite folds it exactly; LRP passes relevance through it (``composites``), as Zennit does.
 
@@ -39,6 +42,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfviz.attribution.state import CallState
@@ -295,5 +299,42 @@ class SqueezeExcitationGate:
             for block in blocks:
                 del block._modules["gate_product"]
                 del block.__dict__["forward"]
+
+        return undo
+
+
+def _densenet_forward(net: nn.Module) -> Callable[[Tensor], Tensor]:
+    return lambda x: net.classifier(torch.flatten(net.global_pool(F.relu(net.features(x))), 1))
+
+
+def _mobilenet_v2_forward(net: nn.Module) -> Callable[[Tensor], Tensor]:
+    return lambda x: net.classifier(torch.flatten(net.global_pool(net.features(x)), 1))
+
+
+_POOLING_NETS = {
+    "torchvision.models.densenet": ("DenseNet", _densenet_forward),
+    "torchvision.models.mobilenetv2": ("MobileNetV2", _mobilenet_v2_forward),
+}
+
+
+class ModulePooling:
+    """torchvision's DenseNet and MobileNetV2 pool through an ``nn.AdaptiveAvgPool2d`` module for the call."""
+
+    def apply(self, model: nn.Module, state) -> Callable[[], None]:
+        kinds = {}
+        for module_name, (name, build) in _POOLING_NETS.items():
+            module = sys.modules.get(module_name)
+            if module is not None:
+                kinds[getattr(module, name)] = build
+        nets = [m for m in model.modules() if type(m) in kinds and "forward" not in m.__dict__]
+        nets = [m for m in nets if "global_pool" not in m._modules]
+        for net in nets:
+            net.add_module("global_pool", nn.AdaptiveAvgPool2d(1))
+            net.forward = kinds[type(net)](net)
+
+        def undo() -> None:
+            for net in nets:
+                del net._modules["global_pool"]
+                del net.__dict__["forward"]
 
         return undo

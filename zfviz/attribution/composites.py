@@ -18,7 +18,14 @@ from torch import nn
 from torchvision.ops import Permute, StochasticDepth
 
 from zfviz.attribution import rules
-from zfviz.attribution.canonize import MergeBatchNorm, Product, ResidualSum, SqueezeExcitationGate, Sum
+from zfviz.attribution.canonize import (
+    MergeBatchNorm,
+    ModulePooling,
+    Product,
+    ResidualSum,
+    SqueezeExcitationGate,
+    Sum,
+)
 from zfviz.attribution.state import Unsupported
 from zfviz.errors import UserError
 
@@ -117,7 +124,8 @@ def lrp_composite(name: str, conv, dense, first=None) -> Composite:
     """LRP: ``conv``/``dense`` rules, every activation and LRN pass, max pool to the winner, average
     pools and residual sums split in proportion, a squeeze-and-excitation gate a constant, layer norms
     with sigma constant; batch norms merged into the layer before (one with none before passes, as in
-    Zennit), residual additions made modules, ConvNeXt's layer scale folded into its linear layer."""
+    Zennit), residual additions and global pools made modules, ConvNeXt's layer scale folded into its
+    linear layer."""
     return Composite(
         name,
         [
@@ -131,7 +139,7 @@ def lrp_composite(name: str, conv, dense, first=None) -> Composite:
             (PASS_THROUGH, None),
         ],
         first,
-        (MergeBatchNorm(), ResidualSum(), SqueezeExcitationGate()),
+        (MergeBatchNorm(), ResidualSum(), SqueezeExcitationGate(), ModulePooling()),
     )
 
 
