@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
 from zfviz.attribution import attribute
-from zfviz.attribution.methods.gradcam import _last_map, as_grid, token_grid
+from zfviz.attribution.methods.gradcam import _fits, _last_map, as_grid, token_grid
 from zfviz.errors import UserError
 
 
@@ -82,6 +82,14 @@ def test_maps_are_laid_out_channels_first():
     want = tokens[:, 1:].reshape(2, 6, 4, 8).permute(0, 3, 1, 2)
     assert torch.equal(as_grid(tokens, (96, 64)), want)
     assert as_grid(torch.randn(2, 10), (224, 224)) is None
+
+
+def test_the_default_takes_only_maps_on_the_grid():
+    size = (224, 224)
+    assert _fits(torch.zeros(1, 96, 56, 56), size) and _fits(torch.zeros(1, 56, 56, 96), size)
+    assert _fits(torch.zeros(1, 197, 768), size) and _fits(torch.zeros(1, 512, 1, 1), size)  # a 1 x 1 map too
+    assert not _fits(torch.zeros(1, 64, 49, 96), size)  # MaxViT's 64 windows of 7 x 7 cells, partitioned
+    assert not _fits(torch.zeros(1, 197, 3, 768), size) and not _fits(torch.zeros(1, 10), size)
 
 
 # --- the default layer on hand-built nets ---------------------------------------------------------

@@ -7,7 +7,7 @@
 
 The default layer is the last spatial map before global pooling, as the paper takes the last conv
 layer's: found from the graph, not from the module list, in one forward pass with a hook on every
-module. It is the last module output, in call order, that lies on the input's grid (``as_grid``), is
+module. It is the last module output, in call order, that lies on the input's grid (``_fits``), is
 not a pooling module's output (nor a block's that returns it, nor a shape-keeping module's applied to
 a globally pooled one), and on whose cells the target depends (a non-zero gradient there; if none
 has one, the last the target is connected to: a zero head gives honest zeros). An output changed in
@@ -105,6 +105,15 @@ def token_grid(count: int, size: tuple[int, int]) -> tuple[int, int, int] | None
     return None
 
 
+def _fits(t: Tensor, size: tuple[int, int]) -> bool:
+    """Whether ``t`` lies on the grid of an input of ``size`` in one of ``as_grid``'s readings (a named
+    layer's 4-D output is read channels first even when neither fits; the default takes only a fit, not
+    MaxViT's windows partitioned as ``N x windows x cells x C``)."""
+    if t.dim() == 4:
+        return _on_grid(t.shape[2], t.shape[3], size) or _on_grid(t.shape[1], t.shape[2], size)
+    return t.dim() == 3 and token_grid(t.shape[1], size) is not None
+
+
 def as_grid(t: Tensor, size: tuple[int, int]) -> Tensor | None:
     """A layer's output ``t`` as ``N x C x h x w`` on the grid of an input of ``size`` (module docstring):
     a conv map as it is, a channels-last map permuted, a token sequence's patch tokens reshaped (its
@@ -144,7 +153,7 @@ class _Maps:
             self.called.add(path)  # a module called twice: its first call, as layer_gradient reads it
             if isinstance(module, _POOLS) or self._pooled(inputs, output):
                 self.pooled.append(output)
-            elif output.dim() > 2 and len(output) == self.n and as_grid(output, self.size) is not None:
+            elif output.dim() > 2 and len(output) == self.n and _fits(output, self.size):
                 self.seen.append((path, output))
 
         return record
