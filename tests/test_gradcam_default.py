@@ -199,7 +199,7 @@ def test_no_map_on_the_grid_is_one_line():
     ],
 )
 def test_the_default_layer_of_torchvisions_nets(name, size, expected):
-    kwargs = {"image_size": size} if name == "vit_b_16" else {}
+    kwargs = {"vit_b_16": {"image_size": size}, "googlenet": {"init_weights": False}}.get(name, {})
     model = redrawn(torchvision.models.get_model(name, weights=None, **kwargs))
     x = torch.randn(1, 3, size, size)
     path, acts, grads = _last_map(model, x, 5)
