@@ -46,10 +46,10 @@ from zfviz.errors import UserError
 
 _WINDOWED = (ShiftedWindowAttention, RelativePositionalMultiHeadAttention)
 _ARGUMENTS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
-_OURS = ("attention_rollout", "generic_attention")
 
 
 def _self_attention(module: nn.Module) -> bool:
+    """The module these methods read (and so list in another method's refusal)."""
     return isinstance(module, nn.MultiheadAttention)
 
 
@@ -58,11 +58,11 @@ def _attention_paths(model: nn.Module, method: str) -> list[str]:
     modules = dict(model.named_modules())
     for name, module in modules.items():
         if isinstance(module, _WINDOWED):
-            raise Unsupported(name, module, ": windowed attention, across whose windows rollout is not defined")
+            raise Unsupported(name, module, ": windowed attention, whose product across layers is not defined")
     paths = [name for name, module in modules.items() if _self_attention(module)]
     if not paths:
         leaves = [m for m in modules.values() if not any(True for _ in m.children())]
-        able = [n for n, m in METHODS.items() if n not in _OURS and all(m.supports(leaf) for leaf in leaves)]
+        able = [n for n, m in METHODS.items() if m.supports is not _self_attention and all(map(m.supports, leaves))]
         raise UserError(
             f"{method} needs self-attention (nn.MultiheadAttention, as in torchvision's ViT) and "
             f"{type(model).__name__} has none; methods that work on it: {', '.join(able)}"
