@@ -266,6 +266,40 @@ def test_convnext_block_conserves_without_biases():
     torch.testing.assert_close(ours.sum(), net(x)[0, 1].detach(), rtol=1e-4, atol=1e-6)
 
 
+class Pooled(nn.Module):
+    """A conv, then a pool: a module, or the same pool called as a function (Inception-v3's ``F.avg_pool2d``)."""
+
+    def __init__(self, pool: nn.Module | None, fn=None) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv, self.pool, self.fn = nn.Conv2d(3, 4, 3), pool, fn
+        self.fc = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        out = F.relu(self.conv(x))
+        return self.fc((self.pool(out) if self.fn is None else self.fn(out)).flatten(1))
+
+
+@pytest.mark.parametrize(
+    ("pool", "fn"),
+    [
+        (nn.AvgPool2d(3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1)),
+        (nn.AvgPool2d(3, 2, 1, count_include_pad=False), lambda t: F.avg_pool2d(t, 3, 2, 1, count_include_pad=False)),
+        (nn.AdaptiveAvgPool2d(2), lambda t: F.adaptive_avg_pool2d(t, 2)),
+    ],
+    ids=["avg_pool2d", "avg_pool2d without pad", "adaptive_avg_pool2d"],
+)
+def test_a_pool_called_as_a_function_splits_as_its_module_does(pool, fn):
+    """LRP's proportional split at a pool called as a function (its node keeps the input): not the even one."""
+    module_net, functional = Pooled(pool).eval(), Pooled(None, fn).eval()
+    functional.load_state_dict(module_net.state_dict())
+    x = torch.randn(2, 3, 5, 5)
+    ours = attribute(functional, x, [0, 2], "lrp")
+    torch.testing.assert_close(ours, attribute(module_net, x, [0, 2], "lrp"), rtol=1e-5, atol=1e-7)
+    plain = backward(functional, x, [0, 2], composite=None).inputs
+    assert not torch.allclose(ours, plain * x, rtol=1e-3)
+
+
 def small_densenet() -> nn.Module:
     """torchvision's DenseNet at its smallest: BN-ReLU-conv layers, concatenations, F.relu, a functional pool."""
     torch.manual_seed(6)
@@ -353,7 +387,7 @@ def test_modern_nets_give_their_own_maps_and_stay_unchanged(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MODERN)
+@pytest.mark.parametrize("name", [*MODERN, "mnasnet0_5"])
 def test_modern_nets_conserve_relevance_without_biases(name):
     """LRP-0 with every bias zero: the input's relevance sums to the logit. Within 1%: LRP-0's near-zero
     denominators (depthwise convs of few inputs) cost float precision, never the rules' sums."""

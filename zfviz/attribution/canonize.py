@@ -7,10 +7,10 @@ LRP's rules are stated for a chain of linear layers and ReLUs (Montavon et al. 2
 - ``MergeBatchNorm``: a batch norm after a conv/linear layer is folded into that layer's weight and
   bias, and itself made the identity, so the layer's rule sees the affine map the net computes.
 - ``ResidualSum``: torchvision's residual blocks (ResNet's ``BasicBlock``/``Bottleneck``, MobileNetV2/V3's
-  ``InvertedResidual``, EfficientNet's ``MBConv``/``FusedMBConv``, RegNet's ``ResBottleneckBlock``,
-  ConvNeXt's ``CNBlock``) add their shortcut with ``+``; the block's forward is replaced by one that
-  adds through an explicit ``Sum`` module, so a rule can split relevance between the two branches in
-  proportion to their contributions. ConvNeXt's layer scale (a per-channel factor after the block's
+  ``InvertedResidual``, MNASNet's ``_InvertedResidual``, EfficientNet's ``MBConv``/``FusedMBConv``,
+  RegNet's ``ResBottleneckBlock``, ConvNeXt's ``CNBlock``) add their shortcut with ``+``; the block's
+  forward is replaced by one that adds through an explicit ``Sum`` module, so a rule can split
+  relevance between the two branches in proportion to their contributions. ConvNeXt's layer scale (a per-channel factor after the block's
   last linear layer) is folded into that layer's weight and bias, so the layer's rule sees the map the
   net computes.
 - ``SqueezeExcitationGate``: torchvision's ``SqueezeExcitation`` multiplies its input by a gate computed
@@ -198,6 +198,11 @@ def _mbconv_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
     return lambda x: _added(block, x, block.block(x) if depth is None else depth(block.block(x)))
 
 
+def _mnasnet_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
+    """MNASNet's ``_InvertedResidual`` (its branch is ``layers``)."""
+    return lambda x: _added(block, x, block.layers(x))
+
+
 def _regnet_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
     def forward(x: Tensor) -> Tensor:
         return block.activation(_added(block, x if block.proj is None else block.proj(x), block.f(x)))
@@ -234,6 +239,7 @@ _BLOCKS = {
         "MBConv": (_mbconv_forward, lambda b: b.use_res_connect),
         "FusedMBConv": (_mbconv_forward, lambda b: b.use_res_connect),
     },
+    "torchvision.models.mnasnet": {"_InvertedResidual": (_mnasnet_forward, lambda b: b.apply_residual)},
     "torchvision.models.regnet": {"ResBottleneckBlock": (_regnet_forward, lambda _block: True)},
     "torchvision.models.convnext": {"CNBlock": (_convnext_forward, lambda _block: True)},
 }

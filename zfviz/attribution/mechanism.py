@@ -144,6 +144,19 @@ _GATES = {
     "PreluKernelBackward0": nn.PReLU,
     "GluBackward0": nn.GLU,
 }
+# autograd's node of a pool called as a function, which keeps its input -> the module rebuilt from it (and
+# the signal arriving at its output), so a rule that needs the module (LRP's proportional split) still acts
+_POOLS: dict[str, Callable] = {
+    "AvgPool2DBackward0": lambda node, _grad: nn.AvgPool2d(
+        node._saved_kernel_size,
+        node._saved_stride,
+        node._saved_padding,
+        node._saved_ceil_mode,
+        node._saved_count_include_pad,
+        node._saved_divisor_override,
+    ),
+    "AdaptiveAvgPool2DBackward0": lambda _node, grad: nn.AdaptiveAvgPool2d(grad.shape[-2:]),
+}
 _NODES = {"ReluBackward0": nn.ReLU, **_GATES}  # an activation module's own node -> the class whose forward makes it
 _STAND_INS: dict[type, nn.Module] = {}
 
@@ -152,10 +165,10 @@ def _stand_in(node) -> nn.Module | None:
     """The module an activation node stands for: ``_RELU`` for a rectification, a gate's module, or None."""
     if _rectifies(node):
         return _RELU
-    kind = _GATES.get(node.name())
+    kind = _GATES.get(node.name()) or (nn.AvgPool2d if node.name() in _POOLS else None)
     if kind is None:
         return None
-    return _STAND_INS.setdefault(kind, kind())
+    return _STAND_INS.setdefault(kind, kind(1) if kind is nn.AvgPool2d else kind())
 
 
 def _plan(composite, module: nn.Module) -> tuple[object, str | None]:
@@ -165,7 +178,7 @@ def _plan(composite, module: nn.Module) -> tuple[object, str | None]:
         rule = composite.rule_for(type(module).__name__, module)
     except Unsupported:
         return None, ""
-    if rule is None or hasattr(rule, "through_node"):
+    if rule is None or hasattr(rule, "through_node") or isinstance(module, nn.AvgPool2d):  # a pool: rebuilt
         return rule, None
     kind = type(module).__name__
     return None, f": its {kind} rule ({type(rule).__name__}) needs an nn.{kind} module, not a function"
@@ -224,7 +237,22 @@ def rectify_functions(point: Tensor, state: CallState) -> None:
             raise Unsupported(where, module, refusal, kind=node.name())
         if rule is not None:
             state.claimed.add(node)
-            state.graph_hooks.append(node.register_hook(_through_node(rule, state)))
+            hook = _through_node(rule, state) if hasattr(rule, "through_node") else _rebuilt(rule, node, state)
+            state.graph_hooks.append(node.register_hook(hook))
+
+
+def _rebuilt(rule, node, state: CallState) -> Callable:
+    """A post-hook on a pool's node: its input gradient becomes ``rule.backward`` of the module rebuilt
+    from the node, at the input it kept (read now: the backward pass frees it)."""
+    x, build = node._saved_self.detach(), _POOLS[node.name()]
+
+    def hook(grad_inputs, grad_outputs):
+        if not state.routing:
+            return None
+        module = build(node, grad_outputs[0])
+        return (rule.backward(module, x, module(x), grad_outputs[0]),)
+
+    return hook
 
 
 def _made_after(node, state: CallState) -> str:
