@@ -9,7 +9,8 @@ backward is the rule's (a ``torch.autograd.Function``); on a plain activation (`
 ...), a rule that only reshapes gradients rewrites the input gradient of autograd's own node instead.
 An activation called as a function (``F.relu``, ``F.silu``), which no module hook sees, gets its
 module's rule the same way, found by a walk of the graph after the forward pass
-(``rectify_functions``), or is refused where its module is. Modules without a rule keep autograd's
+(``rectify_functions``), or is refused where its module is; an average pool called as a function gets
+its module's rule on the module rebuilt from autograd's node. Modules without a rule keep autograd's
 gradient. The hooks are gone, and the canonizers'
 rewrites undone, when the call returns or raises. ``backward`` starts from one signal at the target
 (``start``: 1 or the target's value); ``batched_backward`` pushes a batch of starting signals down
@@ -216,8 +217,9 @@ def rectify_functions(point: Tensor, state: CallState) -> None:
     """Every activation in ``point``'s graph that no module's rule claimed gets the composite's rule for
     its module on autograd's node, as the plain module does: a rectification (``F.relu`` in a forward,
     as torchvision's GoogLeNet, Inception-v3 and DenseNet call it) the ReLU rule, a gate (``F.silu``,
-    ``torch.sigmoid``) its module's. A gate the composite refuses as a module, or a rule that needs the
-    module, ends in one line. A gate whose module keeps autograd's gradient keeps it.
+    ``torch.sigmoid``) its module's, an average pool (``F.avg_pool2d``) its module's on the module rebuilt
+    from the node. A gate the composite refuses as a module, or a rule that needs the module, ends in
+    one line. A gate whose module keeps autograd's gradient keeps it.
 
     Module hooks see leaf modules only, so without this a guided backprop of such a net was its plain
     gradient. One walk of the graph per forward pass (cheap next to the pass), none without rules.
