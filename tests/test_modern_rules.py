@@ -26,6 +26,7 @@ from tests.test_lrp import zennit_relevance
 from zfviz.attribution import attribute, rules
 from zfviz.attribution.composites import DECONVNET, GUIDED_BACKPROP, lrp_composite
 from zfviz.attribution.mechanism import backward
+from zfviz.errors import UserError
 
 # (module, its functional form): every activation the rules give the non-ReLU convention
 GATES = [
@@ -396,3 +397,40 @@ def test_modern_nets_conserve_relevance_without_biases(name):
     relevance = attribute(model, x, 3, "lrp", epsilon=0.0)
     logit = model(x)[0, 3].detach()
     torch.testing.assert_close(relevance.sum(), logit, rtol=1e-2, atol=1e-6)
+
+
+class SoftmaxAttention(nn.Module):
+    """A token mixer as Swin's and MaxViT's: the attention's softmax called as a function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.fc = nn.Linear(4, 12), nn.Linear(4 * 9, 3)
+
+    def forward(self, x):
+        tokens = x.flatten(2).transpose(1, 2)  # N x 9 x 4
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        return self.fc((torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v).flatten(1))
+
+
+def tiny_vit() -> nn.Module:
+    return torchvision.models.VisionTransformer(32, 16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16)
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "where"),
+    [
+        (SoftmaxAttention, (1, 4, 3, 3), "Softmax called as a function after qkv (SoftmaxBackward0)"),
+        (tiny_vit, (1, 3, 32, 32), "Softmax called as a function after encoder.layers.encoder_layer_0.self_attention"),
+    ],
+    ids=["softmax", "vit"],
+)
+@pytest.mark.parametrize("method", ["deconvnet", "guided_backprop", "lrp"])
+def test_attention_is_refused_in_one_line_until_a_rule_exists(make, shape, where, method):
+    """Its layer norms and GELUs have rules now; its softmax (plain or fused) has none: never the gradient
+    under the method's name."""
+    net = make().eval()
+    before = snapshot(net)
+    with pytest.raises(UserError) as err:
+        attribute(net, torch.randn(shape), 1, method)
+    assert str(err.value).startswith(f"{method} cannot handle {where}") and "saliency" in str(err.value)
+    assert_unchanged(net, before)

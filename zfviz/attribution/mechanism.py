@@ -144,7 +144,10 @@ _GATES = {
     "LogSigmoidBackward0": nn.LogSigmoid,
     "PreluKernelBackward0": nn.PReLU,
     "GluBackward0": nn.GLU,
+    "SoftmaxBackward0": nn.Softmax,  # attention's (Swin's, MaxViT's): no method of the family has its rule yet
+    "LogSoftmaxBackward0": nn.LogSoftmax,
 }
+_ATTENTION = "ScaledDotProduct"  # fused attention's nodes (nn.MultiheadAttention in ViT): its softmax, to a composite
 # autograd's node of a pool called as a function, which keeps its input -> the module rebuilt from it (and
 # the signal arriving at its output), so a rule that needs the module (LRP's proportional split) still acts
 _POOLS: dict[str, Callable] = {
@@ -166,7 +169,8 @@ def _stand_in(node) -> nn.Module | None:
     """The module an activation node stands for: ``_RELU`` for a rectification, a gate's module, or None."""
     if _rectifies(node):
         return _RELU
-    kind = _GATES.get(node.name()) or (nn.AvgPool2d if node.name() in _POOLS else None)
+    name = node.name()
+    kind = _GATES.get(name) or (nn.AvgPool2d if name in _POOLS else nn.Softmax if name.startswith(_ATTENTION) else None)
     if kind is None:
         return None
     return _STAND_INS.setdefault(kind, kind(1) if kind is nn.AvgPool2d else kind())
