@@ -57,11 +57,17 @@ def _leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None
 
 
-def _own_node(module: nn.Module, output: Tensor) -> bool:
-    """``module`` is an activation with its class's own forward (an ``nn.ReLU``, ``nn.SiLU``, ``nn.ReLU6``
-    ...) whose output comes straight from that activation's autograd node."""
-    kind = None if output.grad_fn is None else _NODES.get(output.grad_fn.name())
-    return kind is not None and isinstance(module, kind) and type(module).forward is kind.forward
+def _walk_finds(composite, name: str, module: nn.Module) -> bool:
+    """Whether ``rectify_functions`` gives ``module`` its rule without a hook: an activation with its
+    class's own forward (``nn.ReLU``, ``nn.SiLU``, ``nn.ReLU6`` ...), whose autograd node the walk of the
+    graph finds as it finds a function's, and a rule that acts on that node (``through_node``)."""
+    kind = next((k for k in _ACTIVATIONS if isinstance(module, k)), None)
+    if kind is None or type(module).forward is not kind.forward:
+        return False
+    try:
+        return hasattr(composite.rule_for(name, module), "through_node")
+    except Unsupported:
+        return False  # the module's hook says so, naming the module
 
 
 def _through_node(rule, state: CallState) -> Callable:
@@ -84,12 +90,8 @@ def _hook(composite, name: str, state: CallState) -> Callable:
         if rule is not None:
             if len(inputs) != 1 or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
                 raise Unsupported(name, module, ": a rule needs one input tensor and one output tensor")
-            if hasattr(rule, "through_node") and _own_node(module, output):
-                state.claimed.add(output.grad_fn)  # no copy, no second mask
-                state.graph_hooks.append(output.grad_fn.register_hook(_through_node(rule, state)))
-            else:
-                output = _Routed.apply(rule, module, state, inputs[0], output.detach())
-                state.made_by[output.grad_fn] = name  # a refusal below it names this module
+            output = _Routed.apply(rule, module, state, inputs[0], output.detach())
+            state.made_by[output.grad_fn] = name  # a refusal below it names this module
         if state.merged and any(module is m for m in state.merged.values()):
             state.last_output[id(module)] = output.data_ptr()
         return output
@@ -102,9 +104,10 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
     """Inside the block, every leaf module of ``model`` passes signals back by ``composite``'s rules.
 
     Only leaves where a hook can matter get one (``composite.needs_hook``: a rule, a refusal, the
-    first layer to find) and the layers batch norms were merged into, so canonizers apply first.
-    Saliency-like composites thus hook only the ReLUs: fewer Python calls per forward pass. A
-    rectification called as a function gets the composite's ReLU rule from ``rectify_functions``.
+    first layer to find) and the layers batch norms were merged into, so canonizers apply first. A
+    plain activation whose rule acts on autograd's node (the deconvnet's and guided backprop's, LRP's
+    pass) gets none: ``rectify_functions`` rewrites its node after the forward pass, as it does a
+    function's (no copy of its output, no second mask), so saliency-like composites hook nothing.
     """
     state = state or CallState()
     needs_hook = getattr(composite, "needs_hook", None) or (lambda _module: True)
@@ -114,6 +117,8 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
     try:
         for name, module in model.named_modules():
             if _leaf(module) and (needs_hook(module) or id(module) in merged_into):
+                if id(module) not in merged_into and _walk_finds(composite, name, module):
+                    continue
                 handles.append(module.register_forward_hook(_hook(composite, name, state)))
         yield state
     finally:
@@ -161,7 +166,7 @@ _POOLS: dict[str, Callable] = {
     ),
     "AdaptiveAvgPool2DBackward0": lambda _node, grad: nn.AdaptiveAvgPool2d(grad.shape[-2:]),
 }
-_NODES = {"ReluBackward0": nn.ReLU, **_GATES}  # an activation module's own node -> the class whose forward makes it
+_ACTIVATIONS = (nn.ReLU, *dict.fromkeys(_GATES.values()))  # modules whose stock forward makes one of these nodes
 _STAND_INS: dict[type, nn.Module] = {}
 
 
