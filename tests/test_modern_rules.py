@@ -40,8 +40,16 @@ GATES = [
     (nn.Sigmoid(), torch.sigmoid),
     (nn.Tanh(), torch.tanh),
     (nn.Mish(), F.mish),
+    (nn.CELU(), F.celu),
 ]
-IDS = [type(module).__name__ for module, _ in GATES]
+IN_PLACE = [  # in-place functional forms, some of which autograd records under another node
+    (nn.SiLU(), lambda x: F.silu(x, inplace=True)),
+    (nn.ELU(), lambda x: F.elu(x, inplace=True)),
+    (nn.CELU(), lambda x: F.celu(x, inplace=True)),
+    (nn.LeakyReLU(0.1), lambda x: F.leaky_relu(x, 0.1, inplace=True)),
+    (nn.ReLU6(), lambda x: F.relu6(x, inplace=True)),
+]
+IDS = [type(module).__name__ for module, _ in GATES] + [f"{type(module).__name__} in place" for module, _ in IN_PLACE]
 LRP_0 = lrp_composite("lrp-0", rules.Epsilon(0.0), rules.Epsilon(0.0))
 
 
@@ -68,7 +76,7 @@ def local_gradient(gate: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return grad
 
 
-@pytest.mark.parametrize(("gate", "fn"), GATES, ids=IDS)
+@pytest.mark.parametrize(("gate", "fn"), GATES + IN_PLACE, ids=IDS)
 def test_gates_follow_the_stated_convention_as_modules_and_as_functions(gate, fn):
     """deconvnet: relu(signal); guided backprop: f'(x) * relu(signal); LRP: the relevance passes."""
     net = gated(gate)

@@ -138,6 +138,7 @@ _GATES = {
     "EluBackward0": nn.ELU,  # F.elu, F.selu
     "EluBackward1": nn.ELU,
     "CeluBackward0": nn.CELU,
+    "CeluBackward1": nn.CELU,
     "GeluBackward0": nn.GELU,
     "SiluBackward0": nn.SiLU,
     "HardswishBackward0": nn.Hardswish,
