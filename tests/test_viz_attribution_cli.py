@@ -253,7 +253,7 @@ def _fails(cfg, match: str, out: Path) -> str:
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        (["viz.method=fancy"], r"unknown attribution method 'fancy'; choose one of: deconvnet, gradcam, .*saliency"),
+        (["viz.method=fancy"], r"unknown attribution method 'fancy'; choose one of: attention_rollout, deconvnet, .*saliency"),
         (["viz.method=lrp", "viz.rule=nope"], r"rule=nope is not valid for lrp: give one of epsilon, alpha_beta"),
         (["viz.method=lrp", "viz.steps=3"], r"steps is not an option of lrp; its options: composite, rule,"),
         (["viz.rule=epsilon"], r"rule is not an option of saliency; its options: smooth_samples"),
