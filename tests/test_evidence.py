@@ -177,12 +177,24 @@ def test_transfer_by_welch_over_splits(findings):
     assert T_975[8] * math.sqrt(se2) <= e.high - e.estimate <= T_975[4] * math.sqrt(se2)
 
 
-def test_occlusion_over_its_images(findings):
-    z = np.load(RESULTS / "fig7_occlusion_cpu.npz")
-    lowest = z["p_true"].reshape(len(z["p_true"]), -1).min(axis=1)
+def _lowest(folder: Path) -> np.ndarray:
+    z = np.load(folder / "fig7_occlusion_cpu.npz")
+    return z["p_true"].reshape(len(z["p_true"]), -1).min(axis=1)
+
+
+def test_occlusion_over_its_images_or_seeds(findings):
+    """One seed: a bootstrap over the images; with seed folders: a t interval over the seeds' estimates."""
+    seeds = sorted(RESULTS.glob("seeds/*/fig7_occlusion_cpu.npz"))
     e = findings["fig7"].evidence[0]
-    assert e.n == len(lowest) and e.estimate == pytest.approx(0.5 - lowest.mean())
-    assert e.low >= 0.5 - lowest.max() - 1e-12 and e.high <= 0.5 - lowest.min() + 1e-12  # a mean of resamples
+    lowest = _lowest(RESULTS)
+    if not seeds:
+        assert e.n == len(lowest) and e.estimate == pytest.approx(0.5 - lowest.mean())
+        assert e.low >= 0.5 - lowest.max() - 1e-12 and e.high <= 0.5 - lowest.min() + 1e-12  # a mean of resamples
+    else:
+        per_seed = [0.5 - _lowest(f.parent).mean() for f in seeds] + [0.5 - lowest.mean()]
+        assert (e.n, e.unit) == (len(per_seed), "seeds") and e.estimate == pytest.approx(np.mean(per_seed))
+        half = T_975[len(per_seed) - 1] * np.std(per_seed, ddof=1) / math.sqrt(len(per_seed))
+        assert (e.low, e.high) == pytest.approx((e.estimate - half, e.estimate + half))
     # A threshold not reached is "not shown", never "opposite" (p(true) staying above 1/2 is not a rise).
     assert e.threshold and (e.verdict == "shown") == (e.low > 0) and e.verdict != "opposite"
 
