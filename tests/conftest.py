@@ -143,3 +143,16 @@ def viz_config(viz_checkpoint: Path, tmp_path: Path):
             return compose(config_name="viz", overrides=[*base, *overrides])
 
     return compose_viz
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """scikit-learn's two sample photos (427 x 640) as JPEGs in a folder (one per test module)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    folder = tmp_path_factory.mktemp("photos")
+    sample = load_sample_images()
+    for name, image in zip(sample.filenames, sample.images, strict=True):
+        Image.fromarray(image).save(folder / f"{Path(name).stem}.jpg")
+    return folder

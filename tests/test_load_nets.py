@@ -17,7 +17,6 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from sklearn.datasets import load_sample_images
 
 from tests.cli_args import run_zfviz
 from tests.test_dissect import CATEGORIES, LABELS, squares
@@ -75,16 +74,6 @@ def not_a_net():
 '''
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    """scikit-learn's two sample photos (427 x 640) as JPEGs in a folder."""
-    folder = tmp_path_factory.mktemp("photos")
-    sample = load_sample_images()
-    for name, image in zip(sample.filenames, sample.images, strict=True):
-        Image.fromarray(image).save(folder / f"{Path(name).stem}.jpg")
-    return folder
-
-
 @pytest.fixture
 def factory(tmp_path) -> str:
     """The name of a module of nets in ``tmp_path`` (the working folder of the runs), new per test: a
@@ -122,14 +111,14 @@ def _files(folder: Path) -> list[Path]:
 # --- torchvision's weight names, from torch's cache ---------------------------------------------------
 
 
-@pytest.mark.slow  # squeezenet at 224 px, two photos, in-process CLI: ~2 s
+@pytest.mark.slow  # squeezenet at 224 px, two photo_folder, in-process CLI: ~2 s
 @pytest.mark.usefixtures("one_thread")
-def test_a_weight_name_reads_torchs_cache_with_the_enums_preprocessing(photos, tmp_path, monkeypatch):
+def test_a_weight_name_reads_torchs_cache_with_the_enums_preprocessing(photo_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     member = torchvision.models.get_model_weights("squeezenet1_1").DEFAULT
     cached = torch_cache_file(member)
     assert cached == tmp_path / "torch/hub/checkpoints/squeezenet1_1-b8a52dc0.pth"  # torch.hub's name for its URL
-    base = ["viz", "attribution", "net=torchvision:squeezenet1_1", f"images={photos}", "method=saliency"]
+    base = ["viz", "attribution", "net=torchvision:squeezenet1_1", f"images={photo_folder}", "method=saliency"]
     _refused(*base, "weights=DEFAULT", cwd=tmp_path, says=f"fetch {member.url} to {cached}")
     _refused(*base, "weights=IMAGENET1K_V9", cwd=tmp_path, says="give one of IMAGENET1K_V1, DEFAULT, or a file")
     cached.parent.mkdir(parents=True)
@@ -138,7 +127,7 @@ def test_a_weight_name_reads_torchs_cache_with_the_enums_preprocessing(photos, t
     saved = np.load(tmp_path / "out/attribution_saliency.npz")
     assert saved["maps"].shape == (2, 3, 224, 224)  # the enum's crop: no size= given
     # Oracle: torchvision's own transform of these weights, on each photo.
-    theirs = torch.stack([member.transforms()(Image.open(p)) for p in sorted(photos.iterdir())])
+    theirs = torch.stack([member.transforms()(Image.open(p)) for p in sorted(photo_folder.iterdir())])
     x = Preprocessing().normalize(torch.from_numpy(saved["images"]))
     torch.testing.assert_close(x, theirs, atol=1e-6, rtol=0)
     model = torchvision.models.get_model("squeezenet1_1", weights=None)
@@ -166,12 +155,12 @@ def test_a_weight_name_reads_torchs_cache_with_the_enums_preprocessing(photos, t
         ("resnet18", "IMAGENET1K_V1", Preprocessing(224, 256)),
     ],
 )
-def test_the_preprocessing_is_read_from_torchvisions_weight_metadata(photos, name, weights, expected):
+def test_the_preprocessing_is_read_from_torchvisions_weight_metadata(photo_folder, name, weights, expected):
     """Read, not built: Inception-v3 and EfficientNet-B7 need no net in memory for this."""
     member = torchvision_weights(name, weights)
     assert torchvision_preprocessing(member) == expected
     # Oracle: torchvision's transform for those weights on a photo, against our reading and normalization.
-    path = photos / "china.jpg"
+    path = photo_folder / "china.jpg"
     ours = expected.normalize(read_images([path], expected.crop, 3, expected.resize, expected.interpolation))
     torch.testing.assert_close(ours[0], member.transforms()(Image.open(path)), atol=1e-6, rtol=0)
 
@@ -216,17 +205,17 @@ def test_a_state_dict_saved_from_torchvisions_weights_without_aux_heads_loads(tm
 
 @pytest.mark.slow  # a timm resnet18 at 224 px: ~2 s
 @pytest.mark.usefixtures("one_thread")
-def test_a_timm_net_brings_its_pretrained_cfg_preprocessing(photos, tmp_path):
+def test_a_timm_net_brings_its_pretrained_cfg_preprocessing(photo_folder, tmp_path):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     net = timm.create_model("resnet18", pretrained=False, num_classes=7).eval()  # fine-tuned to 7 classes
     torch.save(net.state_dict(), tmp_path / "t.pth")
-    base = ["viz", "attribution", "net=timm:resnet18", f"images={photos}", "method=saliency"]
+    base = ["viz", "attribution", "net=timm:resnet18", f"images={photo_folder}", "method=saliency"]
     _ok(*base, f"weights={tmp_path / 't.pth'}", "out_dir=out", cwd=tmp_path)
     saved = np.load(tmp_path / "out/attribution_saliency.npz")
     config = timm.data.resolve_data_config({}, model=net)
     # Oracle: timm's own eval transform (resize floor(224 / crop_pct), bicubic, centre crop, its mean/std).
-    theirs = torch.stack([timm.data.create_transform(**config)(Image.open(p)) for p in sorted(photos.iterdir())])
+    theirs = torch.stack([timm.data.create_transform(**config)(Image.open(p)) for p in sorted(photo_folder.iterdir())])
     pre = Preprocessing(224, 235, tuple(config["mean"]), tuple(config["std"]), "bicubic")
     x = pre.normalize(torch.from_numpy(saved["images"]))
     torch.testing.assert_close(x, theirs, atol=1e-5, rtol=0)
@@ -238,12 +227,12 @@ def test_a_timm_net_brings_its_pretrained_cfg_preprocessing(photos, tmp_path):
 
 @pytest.mark.slow  # a timm resnet18 at 64 px, twice: ~2 s
 @pytest.mark.usefixtures("one_thread")
-def test_timms_default_weights_are_read_from_the_hugging_face_cache(photos, tmp_path, monkeypatch):
+def test_timms_default_weights_are_read_from_the_hugging_face_cache(photo_folder, tmp_path, monkeypatch):
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    base = ["viz", "attribution", "net=timm:resnet18", "weights=DEFAULT", f"images={photos}", "size=64"]
+    base = ["viz", "attribution", "net=timm:resnet18", "weights=DEFAULT", f"images={photo_folder}", "size=64"]
     _refused(*base, cwd=tmp_path, says="timm's timm/resnet18.a1_in1k is not in the Hugging Face cache, and zfviz "
              "never downloads: fetch https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors")  # fmt: skip
     # The cache as huggingface_hub lays it out: refs/main names the snapshot holding the file.
@@ -260,7 +249,7 @@ def test_timms_default_weights_are_read_from_the_hugging_face_cache(photos, tmp_
     torch.testing.assert_close(torch.from_numpy(saved["maps"]), attribute(net, x, net(x).argmax(1), "saliency"))
     source = _meta(tmp_path / "out/attribution_saliency.meta.json")["sources"][0]
     assert source["weights"] == str(repo / "snapshots/0123abc/model.safetensors")
-    _refused("viz", "attribution", "net=timm:resnet_nope", f"images={photos}", "weights=x.pth", cwd=tmp_path,
+    _refused("viz", "attribution", "net=timm:resnet_nope", f"images={photo_folder}", "weights=x.pth", cwd=tmp_path,
              says="unknown timm net 'resnet_nope'")  # fmt: skip
 
 
@@ -269,13 +258,13 @@ def test_timms_default_weights_are_read_from_the_hugging_face_cache(photos, tmp_
 
 @pytest.mark.slow  # four in-process runs: ~3 s
 @pytest.mark.usefixtures("one_thread")
-def test_a_users_factory_with_size_mean_std_and_its_own_cfg(photos, tmp_path, factory):
-    base = ["viz", "attribution", f"images={photos}", "method=saliency"]
+def test_a_users_factory_with_size_mean_std_and_its_own_cfg(photo_folder, tmp_path, factory):
+    base = ["viz", "attribution", f"images={photo_folder}", "method=saliency"]
     _ok(
         *base, f"net={factory}:tiny", "size=32", "mean=[0.5,0.5,0.5]", "std=[0.25,0.25,0.25]", "out_dir=a", cwd=tmp_path
     )
     saved = np.load(tmp_path / "a/attribution_saliency.npz")
-    paths = sorted(photos.iterdir())
+    paths = sorted(photo_folder.iterdir())
     images = read_images(paths, 32, 3, 37)  # 32 * 256 / 224 = 36.6: the resize keeps ImageNet's ratio
     assert np.array_equal(saved["images"], images.numpy())
     x = (images.float() / 255 - 0.5) / 0.25
@@ -302,8 +291,8 @@ def test_a_users_factory_with_size_mean_std_and_its_own_cfg(photos, tmp_path, fa
 
 
 @pytest.mark.slow  # a dozen in-process refusals: ~4 s
-def test_every_refusal_is_one_line_and_exit_2(photos, tmp_path, factory):
-    base = ["viz", "attribution", f"images={photos}"]
+def test_every_refusal_is_one_line_and_exit_2(photo_folder, tmp_path, factory):
+    base = ["viz", "attribution", f"images={photo_folder}"]
     torch.save({"conv1.weight": torch.zeros(2)}, tmp_path / "bent.pth")
     for args, says in [
         ([f"net={factory}:missing"], f"net={factory}:missing: {factory} ({tmp_path / factory}.py) has no function missing"),
@@ -327,13 +316,13 @@ def test_every_refusal_is_one_line_and_exit_2(photos, tmp_path, factory):
 
 @pytest.mark.slow  # resnet18 at 64 px: ~2 s
 @pytest.mark.usefixtures("one_thread")
-def test_top9_on_a_torchvision_net_searches_the_image_files(photos, tmp_path):
+def test_top9_on_a_torchvision_net_searches_the_image_files(photo_folder, tmp_path):
     torch.save(_random_state("resnet18"), tmp_path / "r18.pth")
-    _ok("viz", "top9", "net=torchvision:resnet18", "weights=r18.pth", f"images={photos}", "size=64",
+    _ok("viz", "top9", "net=torchvision:resnet18", "weights=r18.pth", f"images={photo_folder}", "size=64",
         "layers=[layer1]", "maps=[0,5]", "k=2", "out_dir=out", cwd=tmp_path)  # fmt: skip
     saved = np.load(tmp_path / "out/fig2_top9.npz")
     model, pre, _ = open_net("torchvision:resnet18", tmp_path / "r18.pth", CPU, size=64)
-    stored = read_images(sorted(photos.iterdir()), 64, 3, 73)
+    stored = read_images(sorted(photo_folder.iterdir()), 64, 3, 73)
     top = top_activations(model, ordered_batches(stored, pre.normalize, 8), ["layer1"], k=2)["layer1"]
     torch.testing.assert_close(torch.from_numpy(saved["layer1/all_values"]), top.values)
     assert saved["layer1/projection"].shape[:2] == (2, 2)
@@ -343,11 +332,11 @@ def test_top9_on_a_torchvision_net_searches_the_image_files(photos, tmp_path):
 
 @pytest.mark.slow  # two in-process runs of a tiny net: ~2 s
 @pytest.mark.usefixtures("one_thread")
-def test_deconv_and_maximize_on_a_users_factory(photos, tmp_path, factory):
-    net = [f"net={factory}:tiny", f"images={photos}", "size=32", "mean=[0.5,0.5,0.5]", "std=[0.25,0.25,0.25]"]
+def test_deconv_and_maximize_on_a_users_factory(photo_folder, tmp_path, factory):
+    net = [f"net={factory}:tiny", f"images={photo_folder}", "size=32", "mean=[0.5,0.5,0.5]", "std=[0.25,0.25,0.25]"]
     _ok("viz", "deconv", *net, "layer=conv1", "maps=[1,3]", "out_dir=d", cwd=tmp_path)
     model = sys.modules[factory].tiny().eval()
-    x = (read_images(sorted(photos.iterdir()), 32, 3, 37).float() / 255 - 0.5) / 0.25
+    x = (read_images(sorted(photo_folder.iterdir()), 32, 3, 37).float() / 255 - 0.5) / 0.25
     chosen = torch.tensor([[1, 3], [1, 3]])
     projected, _, _ = project_with_values(model, x, "conv1", chosen, None, norm="pass")
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "d/deconv_conv1.npz")["projection"]), projected)

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from sklearn.datasets import load_sample_images
 from torchvision.transforms import v2
 
 from tests.cli_args import run_zfviz
@@ -29,16 +28,6 @@ from zfviz.viz.receptive_field import crop
 from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
 
 SMALL = ["viz.size=64"]  # torchvision nets at 64 px (73 px resized, centre 64): a second, not ten
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    """scikit-learn's two sample photos (427 x 640) as JPEGs in a folder."""
-    folder = tmp_path_factory.mktemp("photos")
-    sample = load_sample_images()
-    for name, image in zip(sample.filenames, sample.images, strict=True):
-        Image.fromarray(image).save(folder / f"{Path(name).stem}.jpg")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +171,8 @@ def test_the_deconvnet_unit_target_equals_project(viz_config, viz_checkpoint, tm
 
 
 @pytest.mark.slow
-def test_image_files_for_our_net_are_read_gray_at_its_input_size(viz_config, photos, tmp_path):
-    viz_attribution.run(viz_config("attribution", f"viz.images={photos}", "viz.method=gradcam"))
+def test_image_files_for_our_net_are_read_gray_at_its_input_size(viz_config, photo_folder, tmp_path):
+    viz_attribution.run(viz_config("attribution", f"viz.images={photo_folder}", "viz.method=gradcam"))
     saved = np.load(tmp_path / "attribution_gradcam.npz")
     assert saved["images"].shape == (2, 1, 64, 64) and saved["maps"].shape == (2, 1, 64, 64)
     assert [Path(n).name for n in saved["names"]] == ["china.jpg", "flower.jpg"]
@@ -195,14 +184,16 @@ def test_image_files_for_our_net_are_read_gray_at_its_input_size(viz_config, pho
 
 @pytest.mark.slow  # building and running two torchvision nets: ~5-6 s each
 @pytest.mark.parametrize("net,method", [("resnet18", "guided_backprop"), ("alexnet", "lrp")])
-def test_a_torchvision_net_from_a_local_state_dict_on_real_photos(viz_config, weights, photos, tmp_path, net, method):
+def test_a_torchvision_net_from_a_local_state_dict_on_real_photos(
+    viz_config, weights, photo_folder, tmp_path, net, method
+):
     path = weights(net)
-    viz_attribution.run(torchvision_cfg(viz_config, net, path, photos, f"viz.method={method}"))
+    viz_attribution.run(torchvision_cfg(viz_config, net, path, photo_folder, f"viz.method={method}"))
     saved = np.load(tmp_path / f"attribution_{method}.npz")
     assert saved["maps"].shape == (2, 3, 64, 64) and saved["images"].shape == (2, 3, 64, 64)
     # Oracle for the preprocessing: torchvision's own Resize(73) + CenterCrop(64) (PIL, bilinear).
     prep = v2.Compose([v2.Resize(73), v2.CenterCrop(64), v2.PILToTensor()])
-    files = sorted(photos.iterdir())
+    files = sorted(photo_folder.iterdir())
     crops = torch.stack([prep(Image.open(f).convert("RGB")) for f in files])
     assert torch.equal(torch.from_numpy(saved["images"]), crops)
     normalized = v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])(crops.float() / 255)
@@ -222,21 +213,21 @@ def test_a_torchvision_net_from_a_local_state_dict_on_real_photos(viz_config, we
 
 
 @pytest.mark.slow
-def test_weights_of_another_class_count_a_wrapper_and_ddp_prefix_load(viz_config, weights, photos, tmp_path):
+def test_weights_of_another_class_count_a_wrapper_and_ddp_prefix_load(viz_config, weights, photo_folder, tmp_path):
     state = torch.load(weights("resnet18", num_classes=10), weights_only=True)
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, wrapped)
-    files = [photos / "flower.jpg"]
+    files = [photo_folder / "flower.jpg"]
     viz_attribution.run(torchvision_cfg(viz_config, "resnet18", wrapped, f"[{files[0]}]", "viz.method=gradcam"))
     saved = np.load(tmp_path / "attribution_gradcam.npz")
     assert saved["maps"].shape == (1, 1, 64, 64) and 0 <= int(saved["predicted"][0]) < 10
     assert json.loads((tmp_path / "attribution_gradcam.meta.json").read_text())["sources"][0]["num_classes"] == 10
 
 
-def test_read_images_is_resize_then_centre_crop(photos):
-    crops = read_images([photos / "china.jpg"], 224, resize=256)
+def test_read_images_is_resize_then_centre_crop(photo_folder):
+    crops = read_images([photo_folder / "china.jpg"], 224, resize=256)
     prep = v2.Compose([v2.Resize(256), v2.CenterCrop(224), v2.PILToTensor()])
-    assert torch.equal(crops[0], prep(Image.open(photos / "china.jpg").convert("RGB")))
+    assert torch.equal(crops[0], prep(Image.open(photo_folder / "china.jpg").convert("RGB")))
 
 
 # --- bad input: one line, nothing written --------------------------------------------------------------
@@ -253,7 +244,10 @@ def _fails(cfg, match: str, out: Path) -> str:
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        (["viz.method=fancy"], r"unknown attribution method 'fancy'; choose one of: attention_rollout, deconvnet, .*saliency"),
+        (
+            ["viz.method=fancy"],
+            r"unknown attribution method 'fancy'; choose one of: attention_rollout, deconvnet, .*saliency",
+        ),
         (["viz.method=lrp", "viz.rule=nope"], r"rule=nope is not valid for lrp: give one of epsilon, alpha_beta"),
         (["viz.method=lrp", "viz.steps=3"], r"steps is not an option of lrp; its options: composite, rule,"),
         (["viz.rule=epsilon"], r"rule is not an option of saliency; its options: smooth_samples"),
@@ -275,11 +269,11 @@ def test_bad_input_with_our_checkpoint(viz_config, tmp_path, overrides, match):
 
 
 @pytest.mark.slow  # loads resnet18 a dozen times: ~5.5 s
-def test_bad_torchvision_input(viz_config, weights, photos, tmp_path):
+def test_bad_torchvision_input(viz_config, weights, photo_folder, tmp_path):
     resnet = weights("resnet18")
     out = tmp_path
 
-    def cfg(net="resnet18", path=resnet, images=photos, *more):
+    def cfg(net="resnet18", path=resnet, images=photo_folder, *more):
         return torchvision_cfg(viz_config, net, path, images, *more)
 
     _fails(cfg("resnet99"), r"unknown torchvision classification net 'resnet99'; choose one of: alexnet,", out)
@@ -307,16 +301,18 @@ def test_bad_torchvision_input(viz_config, weights, photos, tmp_path):
     _fails(cfg(images=tmp_path / "missing"), r"images: no such file or folder: .*missing", out)
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "a.jpg").write_bytes((photos / "china.jpg").read_bytes())
-    (bad / "b.jpg").write_bytes((photos / "china.jpg").read_bytes()[:2000])  # truncated
+    (bad / "a.jpg").write_bytes((photo_folder / "china.jpg").read_bytes())
+    (bad / "b.jpg").write_bytes((photo_folder / "china.jpg").read_bytes()[:2000])  # truncated
     (bad / "c.png").write_text("not an image")
     _fails(cfg(images=bad), r"cannot read image .*b\.jpg", out)
     _fails(cfg(images=f"[{bad / 'c.png'}]"), r"cannot read image .*c\.png", out)
     _fails(cfg(images="[0,1]"), r"net=torchvision:resnet18 reads image files", out)
-    _fails(cfg("resnet18", resnet, photos, "viz.size=0"), r"size=0 is not valid", out)
-    _fails(cfg("resnet18", resnet, photos, "viz.target=label"), r"target=label needs images of the split", out)
+    _fails(cfg("resnet18", resnet, photo_folder, "viz.size=0"), r"size=0 is not valid", out)
+    _fails(cfg("resnet18", resnet, photo_folder, "viz.target=label"), r"target=label needs images of the split", out)
     _fails(
-        cfg("resnet18", resnet, photos, "viz.target=[layer9,0]"), r"unknown layer 'layer9'; choose one of: conv1", out
+        cfg("resnet18", resnet, photo_folder, "viz.target=[layer9,0]"),
+        r"unknown layer 'layer9'; choose one of: conv1",
+        out,
     )
     _fails(
         viz_config("attribution", "checkpoint=null", "viz.net=resnet18"), r"net=resnet18: give net=torchvision:", out
@@ -368,10 +364,10 @@ def test_a_home_path_reaches_the_command_quoted_for_hydra():
 
 
 @pytest.mark.slow
-def test_the_cli_with_tilde_paths_and_a_bad_input_exits_2_with_one_line(weights, photos, tmp_path, monkeypatch):
+def test_the_cli_with_tilde_paths_and_a_bad_input_exits_2_with_one_line(weights, photo_folder, tmp_path, monkeypatch):
     home = tmp_path / "home"
     (home / "pics").mkdir(parents=True)
-    for f in photos.iterdir():
+    for f in photo_folder.iterdir():
         (home / "pics" / f.name).write_bytes(f.read_bytes())
     (home / "r18.pth").write_bytes(weights("resnet18").read_bytes())
     # In this process: no shell expands the ~ here either (the words arrive as typed, as from zsh), and
