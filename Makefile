@@ -302,7 +302,7 @@ $(RESULTS)/seeds/%/table7_$(PRESET).csv: $(RUNS)/zfnet_seed%/run.json
 figures: install data
 	@$(DATA_ROOTS) $(BIN)/python -m zfviz.pipeline needs --preset $(PRESET)
 	@$(if $(filter full,$(SCALE)),$(BIN)/python -m zfviz.pipeline cost --preset $(PRESET) --seeds $(SEEDS),:)
-	@$(BIN)/python -m zfviz.pipeline begin --runs $(RUNS)
+	@$(BIN)/python -m zfviz.pipeline begin --runs $(RUNS) --results $(RESULTS) --seeds $(SEEDS)
 	@OMP_NUM_THREADS=$(THREADS) $(MAKE) --no-print-directory -s -j$(JOBS) stages
 	@FIGURES_JOBS=$(JOBS) OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m zfviz.pipeline end --runs $(RUNS) \
 		--out $(RESULTS)/timings.csv

@@ -7,7 +7,8 @@ holds a finished decoder of fc6 for the run's checkpoint (``reconstruction_figur
 there; ``zfviz.reconstruction.decoder.find_decoder``), the
 generator prior. Gray data (Fashion-MNIST) give gray images: the pixels' channels are tied into one
 (``data_color``), and the Fourier color basis of gray data has one axis. "Top" is a documented rule: the units with the highest mean activation over the first
-``--images`` test images (the units the data drive most, not dead ones). All targets of a net and a
+``--images`` test images, among those some image drives above 0 (the units the data drive most, not
+dead ones). All targets of a net and a
 parameterization are one batched optimization. The priors are Yosinski et al. 2015's (decay, blur
 every 4 steps) with jitter; the images stay in the pixel range. The CSV has one row per net, layer,
 unit and parameterization: the target's activation on its image, the strongest activation of any of
@@ -55,14 +56,26 @@ BATCH = 250
 
 def top_units(model, batches, layers: list[str], count: int) -> dict[str, list[int]]:
     """Per layer, the ``count`` units of highest mean activation (conv: the map's mean) over ``batches``,
-    the highest first."""
+    the highest first, among the units some image drives above 0 (a unit no image drives above 0 has no
+    yardstick, ``strongest_real``); fewer when fewer are alive, with a note."""
     paths = {layer: resolve(model, layer, "output") for layer in layers}
     totals: dict[str, torch.Tensor] = {}
+    peaks: dict[str, torch.Tensor] = {}
     with stream(model, batches, paths, keep=lambda out: out.flatten(2).mean(2) if out.dim() > 2 else out) as passes:
         for outputs, _ in passes:
             for layer in layers:
                 totals[layer] = totals.get(layer, 0) + outputs[layer].sum(0)
-    return {layer: totals[layer].topk(count).indices.tolist() for layer in layers}
+                peak = outputs[layer].amax(0)
+                peaks[layer] = peak if layer not in peaks else torch.maximum(peaks[layer], peak)
+    ranked = {}
+    for layer in layers:
+        alive = (peaks[layer] > 0).nonzero().flatten()
+        order = totals[layer][alive].argsort(descending=True)[:count]
+        ranked[layer] = alive[order].tolist()
+        if len(ranked[layer]) < count:
+            print(f"{layer}: only {len(alive)} units driven above 0 by these images; {len(ranked[layer])} taken",
+                  flush=True)  # fmt: skip
+    return ranked
 
 
 def shown_targets(targets: list[Target], units: dict[str, list[int]], shown: int) -> list[int]:

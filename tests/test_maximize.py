@@ -302,6 +302,23 @@ def test_command_classes_and_mistakes(viz_config, tmp_path):
         assert not out.exists() or not any(out.iterdir())
 
 
+def test_the_figure_ranks_only_units_some_image_drives_above_zero(capsys):
+    """A unit no image drives above 0 has no yardstick ("real <= 0"): never a "top" unit, even when its mean
+    beats a live unit's. fc6 = (3x - 1, -0.5) on x = +1, -1: unit 0 peaks at 2 with mean -1; unit 1 is a
+    constant -0.5, dead, with the higher mean."""
+    net = nn.Sequential()
+    net.add_module("fc6", nn.Linear(1, 2))
+    with torch.no_grad():
+        net.fc6.weight.copy_(torch.tensor([[3.0], [0.0]]))
+        net.fc6.bias.copy_(torch.tensor([-1.0, -0.5]))
+    module = load_script("maximize_figure")
+    batches = [torch.tensor([[1.0]]), torch.tensor([[-1.0]])]
+    assert module.top_units(net, batches, ["fc6"], 2) == {"fc6": [0]}
+    assert "fc6: only 1 units driven above 0" in capsys.readouterr().out
+    net.fc6.bias.data[1] = 0.5  # now alive, and ahead by its mean
+    assert module.top_units(net, batches, ["fc6"], 2) == {"fc6": [1, 0]}
+
+
 @pytest.mark.slow
 def test_figure_script_rows_equal_their_images(viz_checkpoint, tmp_path, monkeypatch):
     """``scripts/maximize_figure.py`` on one run: a row per target and parameterization, ratios as defined."""

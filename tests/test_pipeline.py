@@ -84,6 +84,26 @@ def test_end_writes_every_stage_in_start_order_and_a_warm_run_leaves_the_table(t
     assert "0 of 2 stages ran" in capsys.readouterr().out
 
 
+def test_begin_records_the_load_and_sets_aside_seed_folders_outside_seeds(tmp_path, capsys):
+    """make figures SEEDS=0 after a 3-seed run: seeds/1 and seeds/2 need not match the new seed 0, and the
+    report judges over every seed folder it finds, so they move to runs/set_aside/ (kept, not deleted)."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for k in (1, 2):
+        (results / "seeds" / str(k)).mkdir(parents=True)
+        (results / "seeds" / str(k) / "table2_cpu.csv").write_text(f"seed {k}\n")
+    pipeline.begin(runs, results, [0, 2])
+    assert sorted(p.name for p in (results / "seeds").iterdir()) == ["2"]
+    (moved,) = (runs / "set_aside" / "seeds").iterdir()
+    assert moved.name.startswith("1-") and (moved / "table2_cpu.csv").read_text() == "seed 1\n"
+    assert "not among SEEDS=0 2" in capsys.readouterr().out
+    load = json.loads((runs / "figures_run.json").read_text())["load"]
+    assert load is None or (len(load) == 3 and all(x >= 0 for x in load))
+    _record(runs, "a", 10.0, json.loads((runs / "figures_run.json").read_text())["started"] + 1)
+    pipeline.end(runs, tmp_path / "timings.csv")
+    cold = json.loads((tmp_path / "timings.meta.json").read_text())["cold_run"]
+    assert cold["load_at_start"] == load and "load_at_end" in cold
+
+
 def test_a_partial_run_keeps_the_last_cold_runs_wall_time(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "timings.csv"
     _begin(runs, 1000.0)
@@ -210,3 +230,11 @@ def test_check_covers_each_seeds_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{seed / 'f.png'} has no readable f.meta.json" in err
     assert f"{tmp_path / 'seeds' / '2' / 't.csv'} is missing" in err
+
+
+def test_the_reports_run_line_says_how_loaded_the_machine_was():
+    from zfviz.report.provenance import _load_note
+
+    run = {"load_at_start": [0.12, 0.3, 0.5], "load_at_end": [2.4, 2.2, 2.04]}
+    assert _load_note(run, "2") == " (load average 0.1 at start, 2.0 over its last 15 min; 2 jobs)"
+    assert _load_note({"load_at_start": None}, None) == ""  # a run recorded before the load was kept

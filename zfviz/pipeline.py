@@ -166,15 +166,39 @@ def stage_sources(times: pd.DataFrame) -> list[dict]:
     ]  # fmt: skip
 
 
-def begin(runs: Path) -> None:
+def load_average() -> list[float] | None:
+    """The machine's 1-, 5- and 15-minute load averages, or None where the OS has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def begin(runs: Path, results: Path | None = None, seeds: list[int] | None = None) -> None:
+    """Mark the start of a ``make figures`` run (time, load). Seed folders of ``results`` the run's
+    ``seeds`` leave out move to ``runs/set_aside/``: the report judges over every seed folder it finds,
+    and one from an earlier run need not match this run's seed 0."""
     runs.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(runs / "figures_run.json", json.dumps({"started": time.time()}))
+    if results is not None and seeds is not None:
+        set_aside_seeds(results, runs, seeds)
+    atomic_write_text(runs / "figures_run.json", json.dumps({"started": time.time(), "load": load_average()}))
+
+
+def set_aside_seeds(results: Path, runs: Path, seeds: list[int]) -> None:
+    folder = results / "seeds"
+    stale = sorted(d for d in folder.glob("*") if d.is_dir() and d.name.isdigit() and int(d.name) not in seeds)
+    for d in stale:
+        to = runs / "set_aside" / "seeds" / f"{d.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        to.parent.mkdir(parents=True, exist_ok=True)
+        d.rename(to)
+        print(f"make figures: {d} is not among SEEDS={' '.join(map(str, seeds))}: moved to {to}")
 
 
 def end(runs: Path, out: Path) -> None:
     """Write ``out`` (stage, seconds) and its meta when a stage ran since ``begin``; print the table."""
     marker = runs / "figures_run.json"
-    started = json.loads(marker.read_text())["started"] if marker.is_file() else time.time()
+    mark = json.loads(marker.read_text()) if marker.is_file() else {"started": time.time()}
+    started = mark["started"]
     wall = time.time() - started
     times = stage_times(runs)
     ran = times[times["finished"] >= started]
@@ -191,7 +215,8 @@ def end(runs: Path, out: Path) -> None:
     atomic_write_text(out, table.to_csv(index=False, float_format="%.2f"))
     meta_path = out.with_suffix(".meta.json")
     before = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    this = {**git_state(), "wall_time_s": round(wall, 2), "stages_ran": list(ran["stage"])}
+    this = {**git_state(), "wall_time_s": round(wall, 2), "stages_ran": list(ran["stage"]),
+            "load_at_start": mark.get("load"), "load_at_end": load_average()}  # fmt: skip
     cold = len(ran) == len(times)
     meta = {
         "table": out.name,
@@ -322,6 +347,8 @@ def parser() -> argparse.ArgumentParser:
     one.add_argument("--scale", default="full", help="configs/scale/<name>.yaml: the sizes this stage runs at")
     for action in ("begin", "end", "stage"):
         (one if action == "stage" else sub.add_parser(action)).add_argument("--runs", required=True, type=Path)
+    sub.choices["begin"].add_argument("--results", type=Path, help="RESULTS: its seed folders outside --seeds move aside")
+    sub.choices["begin"].add_argument("--seeds", type=int, nargs="+", help="the Makefile's SEEDS")
     sub.choices["end"].add_argument("--out", required=True, type=Path)
     check = sub.add_parser("check", help="every expected result present, every result with its sidecar")
     check.add_argument("--results", required=True, type=Path)
@@ -357,7 +384,7 @@ def _needs(args, _command) -> None:
 ACTIONS = {
     "stage": lambda args, command: run_stage(args.name, args.runs, command, args.expected, args.scale),
     "check": _check,
-    "begin": lambda args, _command: begin(args.runs),
+    "begin": lambda args, _command: begin(args.runs, args.results, args.seeds),
     "end": lambda args, _command: end(args.runs, args.out),
     "cost": lambda args, _command: cost(args.preset, args.table, args.seeds),
     "needs": _needs,

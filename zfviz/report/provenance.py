@@ -126,6 +126,7 @@ def run_lines(p: Provenance) -> list[str]:
             sha = (run.get("git_sha") or "")[:7]
             lines.append(
                 f"{kind.replace('_', ' ')} of make figures: {run['wall_time_s'] / 60:.1f} min wall at commit {sha}"
+                f"{_load_note(run, p.timings_meta.get('jobs'))}"
             )
     r = p.report
     lines.append(
@@ -149,3 +150,15 @@ def _seed_lines(p: Provenance) -> list[str]:
         f"{sum(per_seed.values())} of these files are other seeds' ({counts}), in {SEEDS}/<k>/ under the names of "
         "seed 0's, which are the folder's own"
     ]
+
+
+def _load_note(run: dict, jobs) -> str:
+    """``" (load average 0.1 at start, 2.0 over its last 15 min; 2 jobs)"``: how quiet the machine was. A
+    run of J jobs loads it by about J; more means other work shared the cores and the wall time is not the
+    run's alone. Empty for runs recorded before issue 27 kept the load."""
+    start, end = run.get("load_at_start"), run.get("load_at_end")
+    if not start and not end:
+        return ""
+    parts = [f"{start[0]:.1f} at start" if start else None, f"{end[2]:.1f} over its last 15 min" if end else None]
+    return f" (load average {', '.join(p for p in parts if p)}{f'; {jobs} jobs' if jobs else ''})"
+
