@@ -12,7 +12,7 @@ rounds (every method once per round, in turn), measured in this process.
 
 On shared cores ``--threads 1`` gives the steadiest numbers: with 2 threads and other jobs running,
 every parallel op waits for a descheduled sibling thread. Window 16 / stride 4 on vgg16 is 2809
-occluded copies per image, minutes per Captum run: ``--captum-stride 16`` times Captum on the
+occluded copies per image, minutes per Captum run: ``--captum-stride 16`` (the default) times Captum on the
 stride-16 grid of the same window (196 copies) and scales its time by the number of copies (Captum
 runs one forward per copy, in batches of ``perturbations_per_eval``: its time is linear in the copies,
 up to the last, partial batch, so take ``perturbations_per_eval`` well below 196);
@@ -189,8 +189,9 @@ def main() -> None:
     parser.add_argument(
         "--captum-stride",
         type=int,
-        default=None,
-        help="time Captum on this coarser stride's grid and scale by the copies (vgg16 16/4)",
+        default=16,
+        help="time Captum on this coarser stride's grid and scale by the copies (default 16: at window 16 / stride 4 "
+        "a vgg16 Captum run takes many minutes, and make bench runs this at its defaults; 0: Captum's own grid)",
     )
     parser.add_argument("--skip-224", action="store_true", help="leave out zfnet224")
     parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes, one round, few settings")
