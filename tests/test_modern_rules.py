@@ -424,15 +424,21 @@ def tiny_vit() -> nn.Module:
     return torchvision.models.VisionTransformer(32, 16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16)
 
 
+_ATTENTIONS = {
+    "softmax": (SoftmaxAttention, (1, 4, 3, 3), "Softmax called as a function after qkv (SoftmaxBackward0)"),
+    "vit": (tiny_vit, (1, 3, 32, 32), "Softmax called as a function after encoder.layers.encoder_layer_0.self_attention"),
+}
+
+
 @pytest.mark.parametrize(
-    ("make", "shape", "where"),
+    ("make", "shape", "where", "method"),
     [
-        (SoftmaxAttention, (1, 4, 3, 3), "Softmax called as a function after qkv (SoftmaxBackward0)"),
-        (tiny_vit, (1, 3, 32, 32), "Softmax called as a function after encoder.layers.encoder_layer_0.self_attention"),
+        pytest.param(*_ATTENTIONS[net], method, id=f"{method}-{net}")
+        for net in _ATTENTIONS
+        for method in ("deconvnet", "guided_backprop", "lrp")
+        if (net, method) != ("vit", "lrp")  # AttnLRP's rules for ViT's blocks: tests/test_attention_lrp.py
     ],
-    ids=["softmax", "vit"],
 )
-@pytest.mark.parametrize("method", ["deconvnet", "guided_backprop", "lrp"])
 def test_attention_is_refused_in_one_line_until_a_rule_exists(make, shape, where, method):
     """Its layer norms and GELUs have rules now; its softmax (plain or fused) has none: never the gradient
     under the method's name."""

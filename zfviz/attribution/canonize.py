@@ -19,6 +19,8 @@ LRP's rules are stated for a chain of linear layers and ReLUs (Montavon et al. 2
 - ``ModulePooling``: torchvision's DenseNet and MobileNetV2 pool globally with
   ``F.adaptive_avg_pool2d``, which PyTorch records as a mean that keeps no input, so no rule could
   split it; for the call they pool through an ``nn.AdaptiveAvgPool2d`` module instead.
+- ``transformer.AttentionBlocks`` (beside the attention's rule, in ``transformer``): torchvision's ViT and
+  Swin blocks call their attention through one module and add their residuals through ``Sum``.
 - A batch norm *before* its conv (DenseNet, pre-activation ResNets) has a ReLU between the two, so no
   rewrite folds it exactly; LRP passes relevance through it (``composites``), as Zennit does.
 
@@ -161,7 +163,8 @@ class Product(nn.Module):
         return x[..., 0] * x[..., 1]
 
 
-def _added(block: nn.Module, shortcut: Tensor, branch: Tensor) -> Tensor:
+def added(block: nn.Module, shortcut: Tensor, branch: Tensor) -> Tensor:
+    """``shortcut + branch`` through the block's ``Sum`` module (``residual_sum``), which a rule can split."""
     return block.residual_sum(torch.stack([shortcut, branch], dim=-1))
 
 
@@ -170,7 +173,7 @@ def _basic_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
         out = block.relu(block.bn1(block.conv1(x)))
         out = block.bn2(block.conv2(out))
         identity = x if block.downsample is None else block.downsample(x)
-        return block.relu(_added(block, identity, out))
+        return block.relu(added(block, identity, out))
 
     return forward
 
@@ -181,38 +184,38 @@ def _bottleneck_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
         out = block.relu(block.bn2(block.conv2(out)))
         out = block.bn3(block.conv3(out))
         identity = x if block.downsample is None else block.downsample(x)
-        return block.relu(_added(block, identity, out))
+        return block.relu(added(block, identity, out))
 
     return forward
 
 
 def _inverted_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
     """MobileNetV2's ``InvertedResidual`` (its branch is ``conv``)."""
-    return lambda x: _added(block, x, block.conv(x))
+    return lambda x: added(block, x, block.conv(x))
 
 
 def _mbconv_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
     """MobileNetV3's ``InvertedResidual``, EfficientNet's ``MBConv``/``FusedMBConv``: ``block``, then the
     stochastic depth where there is one (the identity at eval)."""
     depth = getattr(block, "stochastic_depth", None)
-    return lambda x: _added(block, x, block.block(x) if depth is None else depth(block.block(x)))
+    return lambda x: added(block, x, block.block(x) if depth is None else depth(block.block(x)))
 
 
 def _mnasnet_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
     """MNASNet's ``_InvertedResidual`` (its branch is ``layers``)."""
-    return lambda x: _added(block, x, block.layers(x))
+    return lambda x: added(block, x, block.layers(x))
 
 
 def _regnet_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
     def forward(x: Tensor) -> Tensor:
-        return block.activation(_added(block, x if block.proj is None else block.proj(x), block.f(x)))
+        return block.activation(added(block, x if block.proj is None else block.proj(x), block.f(x)))
 
     return forward
 
 
 def _convnext_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
     """ConvNeXt's ``CNBlock`` with its layer scale folded into the block's last linear layer (``_fold_scale``)."""
-    return lambda x: _added(block, x, block.stochastic_depth(block.block(x)))
+    return lambda x: added(block, x, block.stochastic_depth(block.block(x)))
 
 
 def _fold_scale(block: nn.Module) -> list[Callable[[], None]]:

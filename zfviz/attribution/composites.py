@@ -27,6 +27,7 @@ from zfviz.attribution.canonize import (
     Sum,
 )
 from zfviz.attribution.state import Unsupported
+from zfviz.attribution.transformer import AttentionBlocks, AttentionCall, AttnLRP
 from zfviz.errors import UserError
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -125,7 +126,8 @@ def lrp_composite(name: str, conv, dense, first=None) -> Composite:
     pools and residual sums split in proportion, a squeeze-and-excitation gate a constant, layer norms
     with sigma constant; batch norms merged into the layer before (one with none before passes, as in
     Zennit), residual additions and global pools made modules, ConvNeXt's layer scale folded into its
-    linear layer."""
+    linear layer; the attention of torchvision's ViT and Swin by AttnLRP (``transformer``), its epsilon
+    ``dense``'s."""
     return Composite(
         name,
         [
@@ -135,11 +137,12 @@ def lrp_composite(name: str, conv, dense, first=None) -> Composite:
             (MAX_POOLS, None),
             (AVG_POOLS + (Sum,), rules.Proportional()),
             ((Product,), rules.SignalTakeAll()),
+            ((AttentionCall,), AttnLRP(getattr(dense, "epsilon", 1e-6))),
             (LAYER_NORMS, rules.NormalizerConstant()),
             (PASS_THROUGH, None),
         ],
         first,
-        (MergeBatchNorm(), ResidualSum(), SqueezeExcitationGate(), ModulePooling()),
+        (MergeBatchNorm(), ResidualSum(), SqueezeExcitationGate(), ModulePooling(), AttentionBlocks()),
     )
 
 

@@ -47,6 +47,9 @@ applied to ``s`` and ``stab(z) = z + epsilon * sign(z)`` (sign(0) = 1; a zero de
   conservative propagation", their LN-rule): a LayerNorm or GroupNorm with its standard deviation
   held constant is the linear map ``y = gamma * center(x) / sigma + beta``; the epsilon rule on it,
   ``R_in = x * T(R / stab(y); gamma * center / sigma)``, conserves relevance when ``beta = 0``.
+- ``softmax_relevance`` and ``product_relevance`` (Achtibat et al. 2024, "AttnLRP: attention-aware
+  layer-wise relevance propagation for transformers"): the attention's softmax and its two bilinear
+  products, applied by ``transformer.AttnLRP`` inside one attention call.
 """
 
 from __future__ import annotations
@@ -287,3 +290,28 @@ def _per_channel(module: nn.Module, gamma: Tensor | None, x: Tensor) -> Tensor |
     if isinstance(module, nn.GroupNorm) or _channels_first(module):
         return gamma.reshape(-1, *(1,) * (x.dim() - 2))
     return gamma
+
+
+def softmax_relevance(x: Tensor, probs: Tensor, relevance: Tensor) -> Tensor:
+    """AttnLRP's softmax rule (Achtibat et al. 2024, Proposition 3.1): ``R_in = x * (R - s * sum(R))`` over
+    the last dimension, ``s = softmax(x)``.
+
+    It is the epsilon rule on the softmax linearized at its input (each output ``s_j`` split over the inputs
+    by ``x_i ds_j/dx_i``), with the decomposition's bias term ``sum_j R_j (1 - x_j + sum_i s_i x_i)`` not
+    redistributed, as the paper and its library (``lxt``) leave it: the one place where AttnLRP does not
+    conserve relevance, even with every bias of the net zero.
+    """
+    return x * (relevance - probs * relevance.sum(-1, keepdim=True))
+
+
+def product_relevance(a: Tensor, b: Tensor, relevance: Tensor, total: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
+    """AttnLRP's uniform rule for a bilinear product ``a @ b`` (Achtibat et al. 2024, Proposition 3.3): half
+    the relevance to each operand, each half by the epsilon rule with the other operand held constant,
+    ``R_a = a * ((R / 2z) @ b^T)``, ``R_b = b * (a^T @ (R / 2z))``.
+
+    ``total`` is the ``z`` the product enters: ``a @ b`` itself, or with a constant added (Swin's relative
+    position bias), which then keeps its share as a bias does under the epsilon rule. With nothing added
+    and epsilon 0, ``R_a`` and ``R_b`` each sum to half of ``R``.
+    """
+    share = relevance / stabilize(2 * total, epsilon)
+    return a * (share @ b.transpose(-2, -1)), b * (a.transpose(-2, -1) @ share)
