@@ -426,7 +426,11 @@ def tiny_vit() -> nn.Module:
 
 _ATTENTIONS = {
     "softmax": (SoftmaxAttention, (1, 4, 3, 3), "Softmax called as a function after qkv (SoftmaxBackward0)"),
-    "vit": (tiny_vit, (1, 3, 32, 32), "Softmax called as a function after encoder.layers.encoder_layer_0.self_attention"),
+    "vit": (
+        tiny_vit,
+        (1, 3, 32, 32),
+        "Softmax called as a function after encoder.layers.encoder_layer_0.self_attention",
+    ),
 }
 
 
