@@ -147,6 +147,33 @@ def test_the_default_below_a_unit_target_is_the_last_map_it_depends_on():
     assert _last_map(model, x, 1)[0] == "relu2"  # a class: the last conv's rectified map, not the pool's
 
 
+class InPlaceAfter(nn.Module):
+    """DenseNet in miniature: its forward rectifies the trunk's output in place (``F.relu``) before the pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        out = F.relu(self.features(x), inplace=True)
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+@pytest.mark.parametrize("build", [WithAux, InPlaceAfter])
+def test_guided_gradcam_at_the_default_is_one_pass_of_guided_backprop_times_gradcam(build):
+    torch.manual_seed(0)
+    model, x = build().eval(), torch.randn(2, 3, 8, 8)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    got = attribute(model, x, [0, 2], "guided_gradcam")
+    assert len(calls) == 1  # the default layer searched in guided backprop's own pass
+    two_calls = attribute(model, x, [0, 2], "guided_backprop") * attribute(model, x, [0, 2], "gradcam")
+    torch.testing.assert_close(got, two_calls, rtol=1e-6, atol=0)  # the same kernels; a product's rounding
+    assert got.abs().sum() > 0
+    assert all(not m._forward_hooks for m in model.modules())
+
+
 def test_a_vit_defaults_to_the_last_blocks_first_norm_on_its_patch_grid():
     model, x = tiny_vit(), torch.randn(2, 3, 32, 32)
     path, acts, grads = _last_map(model, x, [1, 4])

@@ -17,7 +17,7 @@ the hooks are removed when the call ends, also on an exception.
   target (a layer the target does not reach adds nothing).
 
 The map is the class token's row of ``R`` over the patch tokens, laid out on the patch grid as Grad-CAM
-lays out tokens (``gradcam.token_grid``: the class token is the first of the leading extra tokens),
+lays out tokens (``grids.token_grid``: the class token is the first of the leading extra tokens),
 bilinearly upsampled to the input (``upsample=False``: the grid): ``N x 1 x H x W``.
 
 Windowed attention (Swin's shifted windows, MaxViT's block and grid attention) mixes tokens only inside
@@ -37,7 +37,7 @@ from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from zfviz.activations import evaluating, hooks
-from zfviz.attribution.methods.gradcam import token_grid
+from zfviz.attribution.grids import token_grid
 from zfviz.attribution.options import FLAG, Option
 from zfviz.attribution.registry import METHODS, register_method
 from zfviz.attribution.state import Unsupported

@@ -17,21 +17,18 @@ before the last max pool), ``layer4`` on a ResNet, RegNet's ``trunk_output`` (af
 sum), ``inception5b`` on GoogLeNet (its aux branches never run in eval mode), ``permute`` on Swin (the
 normed last stage, channels first) and ``encoder.layers.encoder_layer_<last>.ln_1`` on a ViT: the
 class token, which alone feeds the head, reads the patch tokens only through the last block's attention.
-A block and its last module share one output; the block, called last, names it.
+A block and its last module share one output; the block, called last, names it. Guided Grad-CAM searches
+the default in the forward pass of its guided backprop: one pass serves the search, the map and the guided
+signal, as it does with a named layer.
 
-A map is read on the input's grid (``as_grid``): a conv map as it is; a channels-last map (Swin's
-``N x h x w x C``) permuted; a token sequence (ViT's ``N x (1 + hw) x C``) without its leading class
-(or other extra) tokens, the patch tokens laid out ``h x w``. A named ``layer=`` is read the same way.
-An ``N x a x b x c`` tensor is channels-first when ``b x c`` can be the input's grid at some stride
-(``_on_grid``), else channels-last when ``a x b`` can; ``N x T x C`` tokens take the fewest leading
-extra tokens that leave a grid of the input's aspect.
+A map, the default's or a named ``layer=``'s, is read on the input's grid as ``zfviz.attribution.grids`` lays
+it out: a conv map as it is, a channels-last map (Swin's) permuted, a token sequence's (ViT's) patch tokens
+without its class token.
 
 The gradient starts from 1 at the target (its gradient, not its score).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +36,8 @@ from torch import Tensor, nn
 
 from zfviz.activations import MEANINGS, evaluating, hooks, layer_names, resolve
 from zfviz.attribution.composites import GUIDED_BACKPROP
-from zfviz.attribution.mechanism import backward
+from zfviz.attribution.grids import as_grid, on_grid, token_grid
+from zfviz.attribution.mechanism import _prepared, backward, rectify_functions
 from zfviz.attribution.options import FLAG, NAME, Option, choice, optional
 from zfviz.attribution.registry import register_method
 from zfviz.attribution.targets import parse_target, start_signal
@@ -83,26 +81,6 @@ def layer_gradient(model: nn.Module, inputs: Tensor, target, path: str) -> tuple
 
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
-_EXTRA_TOKENS = 8  # leading tokens a ViT may put before its patches: class, distillation, registers
-
-
-def _on_grid(h: int, w: int, size: tuple[int, int]) -> bool:
-    """Whether an ``h x w`` map can be the grid of an input of ``size`` at some stride ``s``: each side
-    within the input, and ``h / w`` the input's aspect up to a cell of rounding on each side."""
-    height, width = size
-    return 1 <= h <= height and 1 <= w <= width and abs(h * width - w * height) <= height + width
-
-
-def token_grid(count: int, size: tuple[int, int]) -> tuple[int, int, int] | None:
-    """``(extra, h, w)``: ``count`` tokens read as ``extra`` leading tokens (a class token) and an ``h x w``
-    patch grid (at least 2 patches) of an input of ``size``, the fewest extras that fit; else ``None``."""
-    height, width = size
-    for extra in range(min(count - 1, _EXTRA_TOKENS + 1)):
-        cells = count - extra
-        h = max(1, round(math.sqrt(cells * height / width)))
-        if cells % h == 0 and _on_grid(h, cells // h, size):
-            return extra, h, cells // h
-    return None
 
 
 def _fits(t: Tensor, size: tuple[int, int]) -> bool:
@@ -110,22 +88,8 @@ def _fits(t: Tensor, size: tuple[int, int]) -> bool:
     layer's 4-D output is read channels first even when neither fits; the default takes only a fit, not
     MaxViT's windows partitioned as ``N x windows x cells x C``)."""
     if t.dim() == 4:
-        return _on_grid(t.shape[2], t.shape[3], size) or _on_grid(t.shape[1], t.shape[2], size)
+        return on_grid(t.shape[2], t.shape[3], size) or on_grid(t.shape[1], t.shape[2], size)
     return t.dim() == 3 and token_grid(t.shape[1], size) is not None
-
-
-def as_grid(t: Tensor, size: tuple[int, int]) -> Tensor | None:
-    """A layer's output ``t`` as ``N x C x h x w`` on the grid of an input of ``size`` (module docstring):
-    a conv map as it is, a channels-last map permuted, a token sequence's patch tokens reshaped (its
-    leading extra tokens left out); ``None`` for anything else."""
-    if t.dim() == 4:
-        if not _on_grid(t.shape[2], t.shape[3], size) and _on_grid(t.shape[1], t.shape[2], size):
-            return t.permute(0, 3, 1, 2)
-        return t
-    if t.dim() == 3 and (found := token_grid(t.shape[1], size)) is not None:
-        extra, h, w = found
-        return t[:, extra:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
-    return None
 
 
 class _Maps:
@@ -159,42 +123,72 @@ class _Maps:
         return record
 
 
-def _last_map(model: nn.Module, inputs: Tensor, target) -> tuple[str, Tensor, Tensor]:
-    """The default layer (module docstring), its output and the target's gradient there (start 1).
-
-    One forward pass records the candidates; the backward runs from the target down to the last one
-    on whose cells it depends, trying them last first (on a CNN the first try is it; on a ViT the
-    last block's outputs come first, whose patch tokens the class token never reads).
-    """
-    parsed = parse_target(model, target, len(inputs))
-    maps, found = _Maps(inputs), {}
+def _mapped_forward(model: nn.Module, x: Tensor, parsed, maps: _Maps) -> Tensor:
+    """``model(x)`` with ``maps`` recording the candidates: the target's point (the output, or the unit's layer)."""
+    found: dict[str, Tensor] = {}
 
     def keep(_module, _inputs, output):
         found.setdefault("target", output)
 
     pairs = [(path, maps.hook(path)) for path in layer_names(model)]
     pairs += [(parsed.layer, keep)] if parsed.layer is not None else []
-    with evaluating(model), hooks(model, pairs), torch.enable_grad():
-        out = model(inputs.detach())
-        point = out if parsed.layer is None else found.get("target")
-        if point is None:
-            raise UserError(f"layer {parsed.layer!r} is never called by the model's forward pass")
-        grad_start, _ = start_signal(point, parsed, "one")
-        connected = None
-        for path, output in reversed(maps.seen):
-            if output is point:
-                continue
-            (grad,) = torch.autograd.grad(point, output, grad_start, retain_graph=True, allow_unused=True)
-            if grad is not None and as_grid(grad, maps.size).any():
-                return path, output.detach(), grad
-            if connected is None and grad is not None:  # a zero gradient everywhere (a zero head): honest zeros
-                connected = path, output.detach(), grad
+    with hooks(model, pairs):
+        out = model(x)
+    point = out if parsed.layer is None else found.get("target")
+    if point is None:
+        raise UserError(f"layer {parsed.layer!r} is never called by the model's forward pass")
+    return point
+
+
+def _search(maps: _Maps, point: Tensor, grad_start: Tensor) -> tuple[str, Tensor, Tensor]:
+    """The default layer among ``maps``' candidates, its output and the target's gradient there (the graph
+    kept): the backward runs from the target down to the last one on whose cells it depends, trying them last
+    first (on a CNN the first try is it; on a ViT the last block's outputs come first, whose patch tokens the
+    class token never reads)."""
+    connected = None
+    for path, output in reversed(maps.seen):
+        if output is point:
+            continue
+        (grad,) = torch.autograd.grad(point, output, grad_start, retain_graph=True, allow_unused=True)
+        if grad is not None and as_grid(grad, maps.size).any():
+            return path, output.detach(), grad
+        if connected is None and grad is not None:  # a zero gradient everywhere (a zero head): honest zeros
+            connected = path, output.detach(), grad
     if connected is None:
         raise UserError(
             "the target depends on no layer output on the input's grid (N x C x H x W, channels-last, or patch "
             "tokens); name a layer"
         )
     return connected
+
+
+def _last_map(model: nn.Module, inputs: Tensor, target) -> tuple[str, Tensor, Tensor]:
+    """The default layer (module docstring), its output and the target's gradient there (start 1), from one
+    forward pass that records the candidates."""
+    parsed, maps = parse_target(model, target, len(inputs)), _Maps(inputs)
+    with evaluating(model), torch.enable_grad():
+        point = _mapped_forward(model, inputs.detach(), parsed, maps)
+        grad_start, _ = start_signal(point, parsed, "one")
+        return _search(maps, point, grad_start)
+
+
+def _guided_last_map(model: nn.Module, inputs: Tensor, target) -> tuple[Tensor, str, Tensor, Tensor]:
+    """Guided backprop's signal at ``inputs``, and the default layer, its output and the target's gradient there
+    (``_last_map``'s), from one forward pass under guided backprop's rules: the search's gradients with the rules
+    standing aside (as ``backward(plain_wrt=True)``'s at a named layer), then the rules' pass over the same graph."""
+    parsed, maps = parse_target(model, target, len(inputs)), _Maps(inputs)
+    with _prepared(model, GUIDED_BACKPROP) as state:
+        x = inputs.detach().requires_grad_(True)
+        point = _mapped_forward(model, x.clone(), parsed, maps)  # a copy: an in-place first module keeps x a leaf
+        rectify_functions(point, state)
+        grad_start, _ = start_signal(point, parsed, "one")
+        state.routing = False
+        try:
+            path, acts, grads = _search(maps, point, grad_start)
+        finally:
+            state.routing = True
+        (guided,) = torch.autograd.grad(point, x, grad_start, allow_unused=True)
+    return (torch.zeros_like(x) if guided is None else guided), path, acts, grads
 
 
 _LAYER = Option(
@@ -253,8 +247,13 @@ def guided_gradcam(model: nn.Module, inputs: Tensor, target, *, layer: str | Non
     shaped like ``inputs`` (the one-channel map weights every input channel alike).
 
     One forward pass serves both: the plain gradient at the layer first, then guided backprop over
-    the same graph (``backward(plain_wrt=True)``), where two calls would run the net twice.
+    the same graph (``backward(plain_wrt=True)``), where two calls would run the net twice; the default
+    layer is searched in that pass too (``_guided_last_map``).
     """
-    path = _last_map(model, inputs, target)[0] if layer is None else resolve(model, layer, meaning)
-    result = backward(model, inputs, target, composite=GUIDED_BACKPROP, wrt=path, plain_wrt=True)
-    return result.inputs * _cam(path, result.layer, result.layer_grad, inputs, upsample=True, relu=True)
+    if layer is None:
+        guided, path, acts, grads = _guided_last_map(model, inputs, target)
+    else:
+        path = resolve(model, layer, meaning)
+        result = backward(model, inputs, target, composite=GUIDED_BACKPROP, wrt=path, plain_wrt=True)
+        guided, acts, grads = result.inputs, result.layer, result.layer_grad
+    return guided * _cam(path, acts, grads, inputs, upsample=True, relu=True)
