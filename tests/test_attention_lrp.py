@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torchvision.models.maxvit import MaxVit, RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import (
     PatchMergingV2,
     ShiftedWindowAttention,
@@ -35,7 +36,7 @@ from tests.test_attribution_core import assert_unchanged, snapshot
 from zfviz.attribution import attribute, backward
 from zfviz.attribution.composites import lrp_from_options
 from zfviz.attribution.rules import product_relevance, softmax_relevance
-from zfviz.attribution.transformer import attend, read_mha, read_swin
+from zfviz.attribution.transformer import attend, read_maxvit, read_mha, read_swin
 from zfviz.errors import UserError
 
 LRP0 = {"composite": None, "rule": None, "first_rule": None, "epsilon": 0.0}
@@ -96,6 +97,15 @@ def test_swins_attention_recomputed_is_torchvisions(kind, shift):
         torch.testing.assert_close(back(attend(heads, to_tokens(x)).out), attn(x))
 
 
+def test_maxvits_attention_recomputed_is_torchvisions():
+    torch.manual_seed(0)
+    attn = RelativePositionalMultiHeadAttention(8, 4, 4).eval()
+    x = torch.randn(2, 3, 4, 8)  # 3 windows of 2 x 2 tokens
+    heads, to_tokens, back = read_maxvit(attn, x)
+    with torch.no_grad():
+        torch.testing.assert_close(back(attend(heads, to_tokens(x)).out), attn(x))
+
+
 def test_vits_attention_recomputed_is_torchs():
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
@@ -142,7 +152,17 @@ def _layer_norm(x, shape, weight=None, bias=None, eps=1e-5):
     return centred / sigma * weight + bias
 
 
-_MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
+_PRODUCTS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.einsum)  # attention's, in these nets
+
+
+def _identity(fn):
+    """``fn`` (of one tensor, with options) under the identity rule."""
+    return lambda x, *args, **kwargs: _IdentityRule.apply(x, lambda t: fn(t, *args, **kwargs))
+
+
+def _constant(fn):
+    """``fn`` as a constant: a squeeze-and-excitation's sigmoid gate gets no relevance (the signal takes all)."""
+    return lambda *args, **kwargs: fn(*args, **kwargs).detach()
 
 
 class AttnLRPAsGradient(TorchFunctionMode):
@@ -152,8 +172,17 @@ class AttnLRPAsGradient(TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.softmaxes: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.replaced = {
+            F.layer_norm: _layer_norm,
+            F.gelu: _identity(F.gelu),
+            torch.tanh: _identity(torch.tanh),
+            F.normalize: _identity(F.normalize),
+            torch.sigmoid: _constant(torch.sigmoid),
+            F.softmax: self.softmax,
+            F.multi_head_attention_forward: self.attention,
+        }
 
-    def softmax(self, scores):
+    def softmax(self, scores, *_args, **_kwargs):
         probs = scores.softmax(-1)
         self.softmaxes.append((scores, probs))
         return probs
@@ -169,18 +198,10 @@ class AttnLRPAsGradient(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.layer_norm:
-            return _layer_norm(*args, **kwargs)
-        if func is F.gelu:
-            return _IdentityRule.apply(args[0], F.gelu)
-        if func is F.normalize:
-            return _IdentityRule.apply(args[0], lambda t: F.normalize(t, *args[1:], **kwargs))
-        if func is F.softmax:
-            return self.softmax(args[0])
-        if func is F.multi_head_attention_forward:
-            return self.attention(*args, **kwargs)
+        if func in self.replaced:
+            return self.replaced[func](*args, **kwargs)
         out = func(*args, **kwargs)
-        return _Half.apply(out) if func in _MATMULS else out
+        return _Half.apply(out) if func in _PRODUCTS else out
 
 
 def oracle(model: nn.Module, x: torch.Tensor, target: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,10 +249,25 @@ def tiny_swin(v2: bool = False, zero_biases: bool = False) -> SwinTransformer:
     return _draw(model, model.head, zero_biases)
 
 
+def tiny_maxvit(zero_biases: bool = False) -> MaxVit:
+    """A 16 px input, 8 x 8 after the stem, two blocks of one layer: windows and grid cells of 2 x 2 tokens. Its
+    MBConvs' pre-norms (batch norms before a conv, which LRP passes) are a per-channel scaling: their mean and
+    bias 0, so gradient x input passes them too."""
+    torch.manual_seed(0)
+    model = MaxVit((16, 16), 8, 2, [8, 16], [1, 1], head_dim=4, stochastic_depth_prob=0.0, num_classes=5)
+    model = _draw(model, model.classifier[-1], zero_biases)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("pre_norm.bias"):
+                p.zero_()
+    return model
+
+
 NETS = {
     "vit": (tiny_vit, (3, 8, 8)),
     "swin": (tiny_swin, (3, 10, 10)),
     "swin_v2": (lambda **kw: tiny_swin(v2=True, **kw), (3, 10, 10)),
+    "maxvit": (tiny_maxvit, (3, 16, 16)),
 }
 
 
@@ -260,7 +296,7 @@ def test_lrp_equals_attnlrp_as_gradient_times_input(net):
     )
 
 
-@pytest.mark.parametrize("net", ["vit", "swin"])
+@pytest.mark.parametrize("net", ["vit", "swin", "maxvit"])
 def test_with_every_bias_zero_relevance_is_conserved_up_to_the_softmax_bias_terms(net):
     build, shape = NETS[net]
     model = build(zero_biases=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torch import nn
+from torchvision.models.maxvit import SwapAxes, WindowDepartition, WindowPartition
 from torchvision.ops import Permute, StochasticDepth
 
 from zfviz.attribution import rules
@@ -31,7 +32,8 @@ from zfviz.attribution.transformer import AttentionBlocks, AttentionCall, AttnLR
 from zfviz.errors import UserError
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
-# what is the identity at eval, or moves values without mixing them (ConvNeXt's Permute): the gradient is right
+# what is the identity at eval, or moves values without mixing them (ConvNeXt's Permute, MaxViT's window partition):
+# the gradient is right
 PASS_THROUGH = (
     nn.Dropout,
     nn.Dropout1d,
@@ -42,6 +44,9 @@ PASS_THROUGH = (
     nn.Unflatten,
     StochasticDepth,
     Permute,
+    SwapAxes,
+    WindowPartition,
+    WindowDepartition,
 )
 MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 AVG_POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)

@@ -1,29 +1,30 @@
 """LRP through attention (issue 28): AttnLRP (Achtibat et al. 2024, "AttnLRP: attention-aware layer-wise
-relevance propagation for transformers", ICML) on torchvision's vision transformers (ViT, Swin V1 and V2).
+relevance propagation for transformers", ICML) on torchvision's vision transformers (ViT, Swin V1 and V2, MaxViT).
 
 Outside the attention a transformer is made of modules LRP already has rules for: linear layers (epsilon),
 layer norms (sigma held constant, Ali et al. 2022), GELUs (identity: the relevance passes, AttnLRP's
 Eq. 9), residual additions (split in proportion, AttnLRP's Eq. 8 on a sum). The attention itself,
-``softmax(Q K^T / sqrt(d) + B) V`` with ``B`` a constant bias (none in ViT; Swin's relative position bias
-and shift mask), gets AttnLRP's rules (``rules.softmax_relevance``, ``rules.product_relevance``):
+``softmax(Q K^T / sqrt(d) + B) V`` with ``B`` a constant bias (none in ViT; Swin's and MaxViT's relative
+position bias, Swin's shift mask), gets AttnLRP's rules (``rules.softmax_relevance``, ``rules.product_relevance``):
 
 - the query, key, value and output projections: epsilon (Eq. 8), as any linear layer;
 - ``A V`` and ``Q K^T``: the uniform rule, half the relevance to each operand, each half by epsilon
   (Proposition 3.3); a bias added to ``Q K^T`` keeps its share, as a bias does under epsilon;
 - the softmax: ``R_in = S * (R - A * sum(R))`` (Proposition 3.1), which leaves the decomposition's bias
-  term out and so does not conserve relevance (the one place in the net);
+  term out and so does not conserve relevance (with every bias zero, the one place in the net that does not);
 - the scaling by ``1/sqrt(d)`` (Swin V2: its logit scale) and Swin V2's normalization of queries and keys:
   identity (Proposition 3.4), the relevance passes.
 
 How it runs on the mechanism (``mechanism``: a rule crosses one leaf module with one input tensor). For
-the call, ``AttentionBlocks`` rewrites each of torchvision's ``EncoderBlock`` (ViT) and
-``SwinTransformerBlock``/``V2`` so that its attention is called through an ``AttentionCall``, a leaf whose
+the call, ``AttentionBlocks`` rewrites each of torchvision's ``EncoderBlock`` (ViT), ``SwinTransformerBlock``/``V2``
+and ``PartitionAttentionLayer`` (MaxViT) so that its attention is called through an ``AttentionCall``, a leaf whose
 forward is the attention module's own (the model's output does not move) and whose rule (``AttnLRP``)
 recomputes the attention from the module's weights and propagates the relevance of its output to its
-input tokens; the block's two residual additions and ViT's position embedding go through a ``Sum``
-(``canonize``; the position embedding, a constant, keeps its share as a bias does). Swin's windows are
-cut from the map and put back as its forward does (zero padding, the cyclic shift, the partition):
-moving values, they move relevance unchanged. The rewrite is undone when the call returns or raises.
+input tokens; the block's two residual additions, ViT's position embedding and the shortcut of MaxViT's
+``MBConv`` go through a ``Sum`` (``canonize``; the position embedding, a constant, keeps its share as a bias
+does). Swin's windows are cut from the map and put back as its forward does (zero padding, the cyclic
+shift, the partition), MaxViT's by its own modules: moving values, they move relevance unchanged. The
+rewrite is undone when the call returns or raises.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models import maxvit
 from torchvision.models import swin_transformer as swin
 from torchvision.models import vision_transformer as vit
 
@@ -181,7 +183,7 @@ def _relative_bias(attn: nn.Module) -> Tensor:
     return 16 * torch.sigmoid(swin._get_relative_position_bias(table, attn.relative_position_index, attn.window_size))
 
 
-def _swin_call(attn: nn.Module, x: Tensor) -> Tensor:
+def _module_call(attn: nn.Module, x: Tensor) -> Tensor:
     return attn(x)
 
 
@@ -203,6 +205,16 @@ def read_swin(attn: nn.Module, x: Tensor) -> Layout:
     heads = Heads(projections, (attn.proj.weight, attn.proj.bias), attn.num_heads, scale, bias, cosine=v2)
     back = partial(_unwindows, size=x.shape, window=window, shift=shift)
     return heads, partial(_windows, window=window, shift=shift), back
+
+
+def read_maxvit(attn: nn.Module, x: Tensor) -> Layout:
+    """MaxViT's relative-position attention on ``N x G x P x C``: G windows (or grid cells) of P tokens each."""
+    bias = attn.to_qkv.bias
+    biases = bias.chunk(3) if bias is not None else (None,) * 3
+    projections = list(zip(attn.to_qkv.weight.chunk(3), biases, strict=True))
+    position = attn.get_relative_positional_bias()  # 1 x heads x P x P
+    heads = Heads(projections, (attn.merge.weight, attn.merge.bias), attn.n_heads, attn.scale_factor, position)
+    return heads, partial(torch.flatten, start_dim=0, end_dim=1), partial(torch.unflatten, dim=0, sizes=x.shape[:2])
 
 
 class AttentionCall(nn.Module):
@@ -267,28 +279,49 @@ def _swin_v2_block(block: nn.Module) -> Callable[[Tensor], Tensor]:
     return forward
 
 
-# torchvision's transformer modules -> (their forward for the call, their attention child, how it is called, how
-# it is read; None: no attention)
+def _maxvit_layer(layer: nn.Module) -> Callable[[Tensor], Tensor]:
+    """MaxViT's ``PartitionAttentionLayer``: windows (or grid cells) cut, attention and MLP added, put back."""
+
+    def forward(x: Tensor) -> Tensor:
+        gh, gw = layer.grid_size[0] // layer.p, layer.grid_size[1] // layer.p
+        x = layer.partition_swap(layer.partition_op(x, layer.p))
+        norm, _, dropout = layer.attn_layer
+        x = added(layer, x, layer.stochastic_dropout(dropout(layer.attention_call(norm(x)))))
+        x = added(layer, x, layer.stochastic_dropout(layer.mlp_layer(x)))
+        return layer.departition_op(layer.departition_swap(x), layer.p, gh, gw)
+
+    return forward
+
+
+def _mbconv(block: nn.Module) -> Callable[[Tensor], Tensor]:
+    """MaxViT's ``MBConv``: its shortcut added through ``Sum``."""
+    return lambda x: added(block, block.proj(x), block.stochastic_depth(block.layers(x)))
+
+
+# torchvision's transformer modules -> (their forward for the call, their attention module, how it is called,
+# how it is read; None: no attention)
 _KINDS = {
-    vit.EncoderBlock: (_vit_block, "self_attention", _mha_call, read_mha),
+    vit.EncoderBlock: (_vit_block, lambda b: b.self_attention, _mha_call, read_mha),
     vit.Encoder: (_vit_encoder, None, None, None),
-    swin.SwinTransformerBlock: (_swin_block, "attn", _swin_call, read_swin),
-    swin.SwinTransformerBlockV2: (_swin_v2_block, "attn", _swin_call, read_swin),
+    swin.SwinTransformerBlock: (_swin_block, lambda b: b.attn, _module_call, read_swin),
+    swin.SwinTransformerBlockV2: (_swin_v2_block, lambda b: b.attn, _module_call, read_swin),
+    maxvit.PartitionAttentionLayer: (_maxvit_layer, lambda b: b.attn_layer[1], _module_call, read_maxvit),
+    maxvit.MBConv: (_mbconv, None, None, None),
 }
 
 
 class AttentionBlocks:
-    """torchvision's ViT and Swin blocks call their attention through an ``AttentionCall`` and add through a
-    ``Sum`` for the call (ViT's encoder its position embedding too)."""
+    """torchvision's ViT, Swin and MaxViT blocks call their attention through an ``AttentionCall`` and add
+    through a ``Sum`` for the call (ViT's encoder its position embedding too, MaxViT's MBConv its shortcut)."""
 
     def apply(self, model: nn.Module, state) -> Callable[[], None]:
         blocks = [m for m in model.modules() if type(m) in _KINDS and "forward" not in m.__dict__]
         blocks = [b for b in blocks if "residual_sum" not in b._modules and "attention_call" not in b._modules]
         for block in blocks:
-            build, child, call, read = _KINDS[type(block)]
+            build, attention, call, read = _KINDS[type(block)]
             block.add_module("residual_sum", Sum())
-            if child is not None:
-                block.add_module("attention_call", AttentionCall(getattr(block, child), call, read))
+            if attention is not None:
+                block.add_module("attention_call", AttentionCall(attention(block), call, read))
             block.forward = build(block)  # an instance attribute shadows the class's forward
 
         def undo() -> None:
