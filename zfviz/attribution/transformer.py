@@ -12,8 +12,8 @@ position bias, Swin's shift mask), gets AttnLRP's rules (``rules.softmax_relevan
   (Proposition 3.3); a bias added to ``Q K^T`` keeps its share, as a bias does under epsilon;
 - the softmax: ``R_in = S * (R - A * sum(R))`` (Proposition 3.1), which leaves the decomposition's bias
   term out and so does not conserve relevance (with every bias zero, the one place in the net that does not);
-- the scaling by ``1/sqrt(d)`` (Swin V2: its logit scale) and Swin V2's normalization of queries and keys:
-  identity (Proposition 3.4), the relevance passes.
+- the scaling by ``1/sqrt(d)`` (Swin V2: its logit scale; epsilon on a constant factor is the identity) and
+  Swin V2's normalization of queries and keys (Proposition 3.4): identity, the relevance passes.
 
 How it runs on the mechanism (``mechanism``: a rule crosses one leaf module with one input tensor). For
 the call, ``AttentionBlocks`` rewrites each of torchvision's ``EncoderBlock`` (ViT), ``SwinTransformerBlock``/``V2``
