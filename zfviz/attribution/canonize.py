@@ -112,6 +112,31 @@ def _swap(module: nn.Module, store: str, name: str, value) -> Callable[[], None]
     return lambda: table.__setitem__(name, old)
 
 
+def in_reverse(undos: list[Callable[[], None]]) -> Callable[[], None]:
+    """One undo that runs ``undos`` last first."""
+
+    def undo() -> None:
+        for step in reversed(undos):
+            step()
+
+    return undo
+
+
+def rewrite(module: nn.Module, build: Callable[[nn.Module], Callable], **children: nn.Module) -> Callable[[], None]:
+    """For the call, ``module`` holds ``children`` and runs ``build(module)`` as its forward (an instance
+    attribute shadows its class's); the undo takes both away."""
+    for name, child in children.items():
+        module.add_module(name, child)
+    module.forward = build(module)
+
+    def undo() -> None:
+        for name in children:
+            del module._modules[name]
+        del module.__dict__["forward"]
+
+    return undo
+
+
 class MergeBatchNorm:
     """Batch norms folded into the conv/linear layer before them (eval-mode statistics)."""
 
@@ -141,12 +166,7 @@ class MergeBatchNorm:
             undos.append(_swap(norm, "__dict__", "eps", 0.0))
             state.merged[id(norm)] = layer
             undos.append(lambda norm=norm: state.merged.pop(id(norm), None))
-
-        def undo() -> None:
-            for step in reversed(undos):
-                step()
-
-        return undo
+        return in_reverse(undos)
 
 
 class Sum(nn.Module):
@@ -273,15 +293,8 @@ class ResidualSum:
                 continue  # the user's own rewrite: leave it (its additions stay plain gradients)
             if hasattr(block, "layer_scale"):
                 undos += _fold_scale(block)
-            block.add_module("residual_sum", Sum())
-            block.forward = build(block)  # an instance attribute shadows the class's forward
-            undos.append(lambda block=block: (block._modules.pop("residual_sum"), block.__dict__.pop("forward")))
-
-        def undo() -> None:
-            for step in reversed(undos):
-                step()
-
-        return undo
+            undos.append(rewrite(block, build, residual_sum=Sum()))
+        return in_reverse(undos)
 
 
 def _gated_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -300,16 +313,7 @@ class SqueezeExcitationGate:
         kind = None if misc is None else misc.SqueezeExcitation
         blocks = [m for m in model.modules() if kind is not None and type(m) is kind]
         blocks = [b for b in blocks if "gate_product" not in b._modules and "forward" not in b.__dict__]
-        for block in blocks:
-            block.add_module("gate_product", Product())
-            block.forward = _gated_forward(block)
-
-        def undo() -> None:
-            for block in blocks:
-                del block._modules["gate_product"]
-                del block.__dict__["forward"]
-
-        return undo
+        return in_reverse([rewrite(block, _gated_forward, gate_product=Product()) for block in blocks])
 
 
 def _densenet_forward(net: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -337,13 +341,4 @@ class ModulePooling:
                 kinds[getattr(module, name)] = build
         nets = [m for m in model.modules() if type(m) in kinds and "forward" not in m.__dict__]
         nets = [m for m in nets if "global_pool" not in m._modules]
-        for net in nets:
-            net.add_module("global_pool", nn.AdaptiveAvgPool2d(1))
-            net.forward = kinds[type(net)](net)
-
-        def undo() -> None:
-            for net in nets:
-                del net._modules["global_pool"]
-                del net.__dict__["forward"]
-
-        return undo
+        return in_reverse([rewrite(net, kinds[type(net)], global_pool=nn.AdaptiveAvgPool2d(1)) for net in nets])

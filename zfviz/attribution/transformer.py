@@ -41,7 +41,7 @@ from torchvision.models import maxvit
 from torchvision.models import swin_transformer as swin
 from torchvision.models import vision_transformer as vit
 
-from zfviz.attribution.canonize import Sum, added
+from zfviz.attribution.canonize import Sum, added, in_reverse, rewrite
 from zfviz.attribution.rules import product_relevance, softmax_relevance, stabilize
 
 
@@ -317,17 +317,11 @@ class AttentionBlocks:
     def apply(self, model: nn.Module, state) -> Callable[[], None]:
         blocks = [m for m in model.modules() if type(m) in _KINDS and "forward" not in m.__dict__]
         blocks = [b for b in blocks if "residual_sum" not in b._modules and "attention_call" not in b._modules]
+        undos = []
         for block in blocks:
             build, attention, call, read = _KINDS[type(block)]
-            block.add_module("residual_sum", Sum())
+            children = {"residual_sum": Sum()}
             if attention is not None:
-                block.add_module("attention_call", AttentionCall(attention(block), call, read))
-            block.forward = build(block)  # an instance attribute shadows the class's forward
-
-        def undo() -> None:
-            for block in blocks:
-                block._modules.pop("residual_sum")
-                block._modules.pop("attention_call", None)
-                del block.__dict__["forward"]
-
-        return undo
+                children["attention_call"] = AttentionCall(attention(block), call, read)
+            undos.append(rewrite(block, build, **children))
+        return in_reverse(undos)
