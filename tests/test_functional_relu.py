@@ -2,7 +2,7 @@
 
 A net calling ``F.relu`` (torchvision's GoogLeNet, Inception-v3, DenseNet, many users' nets) has no
 ReLU module for a forward hook to find; the rules act on autograd's ReLU nodes instead
-(``mechanism.rectify_functions``). Oracle: the same net, same weights, written with ``nn.ReLU``
+(``graph.rectify_functions``). Oracle: the same net, same weights, written with ``nn.ReLU``
 modules. Properties: guided backprop and the deconvnet are not the gradient; the model is left as it
 was, also after a refusal.
 """
@@ -18,7 +18,8 @@ from torch import nn
 from tests.test_attribution_core import assert_unchanged, snapshot
 from zfviz.attribution import attribute, backward, registry, rules
 from zfviz.attribution.composites import GUIDED_BACKPROP, Composite, gradient_composite
-from zfviz.attribution.mechanism import rectify_functions, rules_applied
+from zfviz.attribution.graph import rectify_functions
+from zfviz.attribution.mechanism import rules_applied
 from zfviz.errors import UserError
 from zfviz.viz.deconv import project
 

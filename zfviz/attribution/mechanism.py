@@ -7,19 +7,17 @@ a composite (``composites.py``) says which module gets which rule. For one call,
 each leaf module that may get a rule swaps the module's output for an identical tensor whose
 backward is the rule's (a ``torch.autograd.Function``); on a plain activation (``nn.ReLU``, ``nn.SiLU``
 ...), a rule that only reshapes gradients rewrites the input gradient of autograd's own node instead.
-An activation called as a function (``F.relu``, ``F.silu``), which no module hook sees, gets its
-module's rule the same way, found by a walk of the graph after the forward pass
-(``rectify_functions``), or is refused where its module is; an average pool called as a function gets
-its module's rule on the module rebuilt from autograd's node. Modules without a rule keep autograd's
-gradient. The hooks are gone, and the canonizers'
-rewrites undone, when the call returns or raises. ``backward`` starts from one signal at the target
-(``start``: 1 or the target's value); ``batched_backward`` pushes a batch of starting signals down
-from one forward pass (the deconvnet's many projections of few images, Fig. 2), in the same setting.
+What the forward pass calls as a function (``F.relu``, a residual ``+``, ``x.mean([2, 3])``), which no
+module hook sees, gets its module's rule from a walk of the graph after the forward pass, or is
+refused in one line (``graph.py``). Modules without a rule keep autograd's gradient. The hooks are
+gone, and the canonizers' rewrites undone, when the call returns or raises. ``backward`` starts from
+one signal at the target (``start``: 1 or the target's value); ``batched_backward`` pushes a batch of
+starting signals down from one forward pass (the deconvnet's many projections of few images, Fig. 2),
+in the same setting.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from torch import Tensor, nn
 
 from zfviz.activations import Capture, evaluating, resolve
 from zfviz.attribution.canonize import Canonizer, OutOfPlace, canonized
+from zfviz.attribution.graph import cover_hook, opaque, operands_kept, rectify_functions, walk_finds
 from zfviz.attribution.rules import vjp
 from zfviz.attribution.state import CallState, Unsupported
 from zfviz.attribution.targets import Target, parse_target, start_signal
@@ -55,28 +54,6 @@ class _Routed(torch.autograd.Function):
 
 def _leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None
-
-
-def _walk_finds(composite, name: str, module: nn.Module) -> bool:
-    """Whether ``rectify_functions`` gives ``module`` its rule without a hook: an activation with its
-    class's own forward (``nn.ReLU``, ``nn.SiLU``, ``nn.ReLU6`` ...), whose autograd node the walk of the
-    graph finds as it finds a function's, and a rule that acts on that node (``through_node``)."""
-    kind = next((k for k in _ACTIVATIONS if isinstance(module, k)), None)
-    if kind is None or type(module).forward is not kind.forward:
-        return False
-    try:
-        return hasattr(composite.rule_for(name, module), "through_node")
-    except Unsupported:
-        return False  # the module's hook says so, naming the module
-
-
-def _through_node(rule, state: CallState) -> Callable:
-    """A post-hook on an activation's autograd node: its input gradient becomes the rule's."""
-
-    def hook(grad_inputs, grad_outputs):
-        return (rule.through_node(grad_inputs[0], grad_outputs[0]),) if state.routing else None
-
-    return hook
 
 
 def _hook(composite, name: str, state: CallState) -> Callable:
@@ -116,168 +93,18 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
     handles = []
     try:
         for name, module in model.named_modules():
-            if _leaf(module) and (needs_hook(module) or id(module) in merged_into):
-                if id(module) not in merged_into and _walk_finds(composite, name, module):
-                    continue
-                handles.append(module.register_forward_hook(_hook(composite, name, state)))
+            if not _leaf(module):
+                continue
+            if needs_hook(module) or id(module) in merged_into:
+                if id(module) in merged_into or not walk_finds(composite, name, module):
+                    handles.append(module.register_forward_hook(_hook(composite, name, state)))
+            elif opaque(module):  # its ops keep the gradient as the module does: the walk leaves them alone
+                handles.append(module.register_forward_hook(cover_hook(state)))
         yield state
     finally:
         for handle in handles + state.graph_hooks:
             handle.remove()
         state.graph_hooks.clear()
-
-
-_RELU = nn.ReLU()  # what a rectification called as a function is to a composite
-# autograd's node of an activation called as a function (F.silu, torch.sigmoid, ...) -> its module, which
-# the composite is asked about: a gate a composite refuses as a module is refused as a function too
-_GATES = {
-    "HardtanhBackward0": nn.Hardtanh,  # F.relu6, F.hardtanh
-    "LeakyReluBackward0": nn.LeakyReLU,
-    "LeakyReluBackward1": nn.LeakyReLU,
-    "RreluWithNoiseBackward0": nn.RReLU,
-    "EluBackward0": nn.ELU,  # F.elu, F.selu
-    "EluBackward1": nn.ELU,
-    "CeluBackward0": nn.CELU,
-    "CeluBackward1": nn.CELU,
-    "GeluBackward0": nn.GELU,
-    "SiluBackward0": nn.SiLU,
-    "HardswishBackward0": nn.Hardswish,
-    "HardsigmoidBackward0": nn.Hardsigmoid,
-    "SigmoidBackward0": nn.Sigmoid,
-    "TanhBackward0": nn.Tanh,
-    "SoftplusBackward0": nn.Softplus,
-    "MishBackward0": nn.Mish,
-    "LogSigmoidBackward0": nn.LogSigmoid,
-    "PreluKernelBackward0": nn.PReLU,
-    "GluBackward0": nn.GLU,
-    "SoftmaxBackward0": nn.Softmax,  # attention's (Swin's, MaxViT's): no method of the family has its rule yet
-    "LogSoftmaxBackward0": nn.LogSoftmax,
-}
-_ATTENTION = "ScaledDotProduct"  # fused attention's nodes (nn.MultiheadAttention in ViT): its softmax, to a composite
-# autograd's node of a pool called as a function, which keeps its input -> the module rebuilt from it (and
-# the signal arriving at its output), so a rule that needs the module (LRP's proportional split) still acts
-_POOLS: dict[str, Callable] = {
-    "AvgPool2DBackward0": lambda node, _grad: nn.AvgPool2d(
-        node._saved_kernel_size,
-        node._saved_stride,
-        node._saved_padding,
-        node._saved_ceil_mode,
-        node._saved_count_include_pad,
-        node._saved_divisor_override,
-    ),
-    "AdaptiveAvgPool2DBackward0": lambda _node, grad: nn.AdaptiveAvgPool2d(grad.shape[-2:]),
-}
-_ACTIVATIONS = (nn.ReLU, *dict.fromkeys(_GATES.values()))  # modules whose stock forward makes one of these nodes
-_STAND_INS: dict[type, nn.Module] = {}
-
-
-def _stand_in(node) -> nn.Module | None:
-    """The module an activation node stands for: ``_RELU`` for a rectification, a gate's module, or None."""
-    if _rectifies(node):
-        return _RELU
-    name = node.name()
-    kind = _GATES.get(name) or (nn.AvgPool2d if name in _POOLS else nn.Softmax if name.startswith(_ATTENTION) else None)
-    if kind is None:
-        return None
-    return _STAND_INS.setdefault(kind, kind(1) if kind is nn.AvgPool2d else kind())
-
-
-def _plan(composite, module: nn.Module) -> tuple[object, str | None]:
-    """(the rule ``module``'s op called as a function gets, why it is refused): the composite's rule for
-    the module, usable where it acts on autograd's node (its ``through_node``); else a refusal."""
-    try:
-        rule = composite.rule_for(type(module).__name__, module)
-    except Unsupported:
-        return None, ""
-    if rule is None or hasattr(rule, "through_node") or isinstance(module, nn.AvgPool2d):  # a pool: rebuilt
-        return rule, None
-    kind = type(module).__name__
-    return None, f": its {kind} rule ({type(rule).__name__}) needs an nn.{kind} module, not a function"
-
-
-def _rectifies(node) -> bool:
-    """Whether autograd node ``node`` is a rectification, ``max(x, 0)``: ``F.relu``, ``torch.relu``,
-    ``x.relu()`` and their in-place forms (``ReluBackward0``); ``F.threshold`` at 0 (its gradient is
-    ReLU's); ``x.clamp(min=0)`` with no upper bound. Clipped or smooth gates (``relu6``, ``leaky_relu``,
-    ``silu``) are not: they get their own modules' rules (``_GATES``)."""
-    kind = node.name()
-    if kind == "ReluBackward0":
-        return True
-    if kind in ("ThresholdBackward0", "ThresholdBackward1"):
-        return node._saved_threshold == 0
-    if kind == "ClampMinBackward0":
-        return node._saved_min == 0
-    return kind == "ClampBackward1" and node._saved_min == 0 and node._saved_max is None
-
-
-def _graph(root) -> Iterator:
-    """Every node of the autograd graph below ``root``, each once, nearest first (iteratively: a deep
-    net's graph would overflow a recursion)."""
-    seen, queue = set(), deque([root])
-    while queue:
-        node = queue.popleft()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        yield node
-        queue.extend(child for child, _ in node.next_functions)
-
-
-def rectify_functions(point: Tensor, state: CallState) -> None:
-    """Every activation in ``point``'s graph that no module's rule claimed gets the composite's rule for
-    its module on autograd's node, as the plain module does: a rectification (``F.relu`` in a forward,
-    as torchvision's GoogLeNet, Inception-v3 and DenseNet call it) the ReLU rule, a gate (``F.silu``,
-    ``torch.sigmoid``) its module's, an average pool (``F.avg_pool2d``) its module's on the module rebuilt
-    from the node. A gate the composite refuses as a module, or a rule that needs the module, ends in
-    one line. A gate whose module keeps autograd's gradient keeps it.
-
-    Module hooks see leaf modules only, so without this a guided backprop of such a net was its plain
-    gradient. One walk of the graph per forward pass (cheap next to the pass), none without rules.
-    """
-    if point.grad_fn is None or state.composite is None:
-        return
-    for node in _graph(point.grad_fn):
-        module = None if node in state.claimed else _stand_in(node)
-        if module is None:
-            continue
-        if type(module) not in state.plans:
-            state.plans[type(module)] = _plan(state.composite, module)
-        rule, refusal = state.plans[type(module)]
-        if refusal is not None:
-            what = "a rectification" if module is _RELU else type(module).__name__
-            where = f"{what} called as a function after {_made_after(node, state)}"
-            raise Unsupported(where, module, refusal, kind=node.name())
-        if rule is not None:
-            state.claimed.add(node)
-            hook = _through_node(rule, state) if hasattr(rule, "through_node") else _rebuilt(rule, node, state)
-            state.graph_hooks.append(node.register_hook(hook))
-
-
-def _rebuilt(rule, node, state: CallState) -> Callable:
-    """A post-hook on a pool's node: its input gradient becomes ``rule.backward`` of the module rebuilt
-    from the node, at the input it kept (read now: the backward pass frees it)."""
-    x, build = node._saved_self.detach(), _POOLS[node.name()]
-
-    def hook(grad_inputs, grad_outputs):
-        if not state.routing:
-            return None
-        module = build(node, grad_outputs[0])
-        return (rule.backward(module, x, module(x), grad_outputs[0]),)
-
-    return hook
-
-
-def _made_after(node, state: CallState) -> str:
-    """The module nearest above ``node`` in the graph: a routed module whose output it reads, or one
-    whose parameter it uses (``the input``: none)."""
-    owners = {id(p): name.rpartition(".")[0] for name, p in state.model.named_parameters()}
-    for above in _graph(node):
-        if above in state.made_by:
-            return state.made_by[above]
-        variable = getattr(above, "variable", None)  # an AccumulateGrad node: a parameter's
-        if variable is not None and id(variable) in owners:
-            return owners[id(variable)]
-    return "the input"
 
 
 @dataclass
@@ -334,7 +161,8 @@ def backward(
         Capture(model, layers, stop=target.layer is not None, graph=True) as capture,
     ):
         x = inputs.detach().requires_grad_(True)
-        out = capture(x.clone())  # a copy: an in-place first module must not touch a leaf or the user's tensor
+        with operands_kept(state):
+            out = capture(x.clone())  # a copy: an in-place first module must not touch a leaf or the user's tensor
         point = out if target.layer is None else capture.outputs[target.layer]
         rectify_functions(point, state)
         if wrt_path is not None and target.layer is not None and capture.order[0] != wrt_path:
@@ -374,7 +202,8 @@ def batched_backward(
     path = resolve(model, layer, "output")
     with _prepared(model, composite) as state, Capture(model, [path], stop=True, graph=True) as capture:
         x = inputs.detach().requires_grad_(True)
-        capture(x.clone())
+        with operands_kept(state):
+            capture(x.clone())
         point = capture.outputs[path]
         rectify_functions(point, state)
         return _batched_grads(point, x, starts(point.detach()), max(1, rows // max(len(inputs), 1)))

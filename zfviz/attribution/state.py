@@ -28,7 +28,7 @@ class Unsupported(UserError):
 @dataclass
 class CallState:
     """What the hooks of one call share: which weighted layer came first, the merged batch norms, and
-    what an activation called as a function gets (``mechanism.rectify_functions``)."""
+    what an op called as a function gets (``graph.rectify_functions``)."""
 
     first_done: bool = False
     routing: bool = True  # False: the rules stand aside and autograd's own gradient passes
@@ -36,7 +36,9 @@ class CallState:
     last_output: dict[int, int] = field(default_factory=dict)  # id(conv/linear) -> data_ptr of its output
     model: nn.Module | None = None  # the model the rules apply to (a refusal names its modules)
     composite: object = None  # the rules, for activations called as functions too (None: autograd's gradient)
-    plans: dict = field(default_factory=dict)  # activation type -> (its rule, why it is refused)
-    claimed: set = field(default_factory=set)  # autograd ReLU nodes a module's rule already rewrites
+    plans: dict = field(default_factory=dict)  # stand-in module type -> (its rule, why it is refused)
+    claimed: set = field(default_factory=set)  # autograd nodes the walk already gave a rule
+    kept: dict = field(default_factory=dict)  # a sum's or mean's node -> its operands, recorded in the forward pass
+    opaque: dict = field(default_factory=dict)  # output node of a module keeping the gradient -> its inputs' nodes
     made_by: dict = field(default_factory=dict)  # autograd node -> the routed module whose output it made
     graph_hooks: list[RemovableHandle] = field(default_factory=list)  # hooks on autograd nodes, removed at the end
