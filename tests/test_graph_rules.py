@@ -129,6 +129,33 @@ def test_lrp0_without_biases_conserves_the_logit(add):
     torch.testing.assert_close(relevance.sum((1, 2, 3)), logits, rtol=1e-4, atol=1e-6)
 
 
+class Normalized(nn.Module):
+    """``net`` after the input's normalization, written in the forward with buffers (as users do), as
+    ``-((mean - x) / std)``: a subtraction from, a division by and a negation of constants."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor([0.4, 0.5, 0.6]).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).reshape(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.net(-((self.mean - x) / self.std))
+
+
+@pytest.mark.parametrize("options", LRP_OPTIONS)
+def test_relevance_crosses_an_affine_map_of_constants_whole(options):
+    """LRP's proportional split of ``c x`` gives ``x`` all of it (autograd's gradient scaled it by ``1 / std``
+    and flipped its sign twice): the relevance at the raw input is the one at the normalized input."""
+    functional, _ = resnets()
+    net = Normalized(functional).eval()
+    ours = attribute(net, X, CLS, "lrp", **LRP_OPTIONS[options])
+    expected = attribute(functional, (X - net.mean) / net.std, CLS, "lrp", **LRP_OPTIONS[options])
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
+    saliency = attribute(net, X, CLS, "saliency")  # the gradient methods keep autograd's gradient
+    torch.testing.assert_close(saliency, attribute(functional, (X - net.mean) / net.std, CLS, "saliency") / net.std)
+
+
 def test_zennit_on_the_module_twin_equals_ours_on_the_functional_net():
     """Zennit sees modules only: its ``Sum`` and an average pool get its ``Norm`` rule (the proportional
     split), the convs z+ and the head epsilon (EpsilonPlus)."""

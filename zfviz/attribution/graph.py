@@ -17,9 +17,12 @@ asking the composite about a stand-in module:
   torch.sigmoid(x)``): ``canonize.Product``'s rule (LRP: the signal takes all), autograd's gradient
   under a composite that lists no ``Product`` (the deconvnet's and guided backprop's, as for
   torchvision's SE block);
-- linear and shape ops (a view, ``torch.cat``, a conv or matmul by a parameter, a mul by a constant, a
-  max pool's switches, a batch norm in eval mode): autograd's gradient, their definition under the
-  deconvnet and guided backprop;
+- an elementwise affine map of one such tensor (``x * c``, ``x / c``, ``-x``, ``x + c``, ``c - x``, the
+  input's normalization written in a forward): ``Sum``'s rule read for a one-operand map (LRP: the
+  operand takes all the relevance, where autograd's gradient scaled it by ``c``);
+- linear and shape ops (a view, ``torch.cat``, a conv or matmul by a parameter, a max pool's switches,
+  a batch norm in eval mode): autograd's gradient, their definition under the deconvnet and guided
+  backprop;
 - anything else (``F.softsign``, a GELU written by hand, a product of two inputs that is no gate, a
   division by the input) is refused in one line naming the op, the module it follows and the methods
   that work: never the plain gradient under another method's name.
@@ -91,6 +94,9 @@ _REDUCTIONS = ("MeanBackward0", "MeanBackward1", "SumBackward0", "SumBackward1")
 _SIGMOID_GATES = ("SigmoidBackward0", "HardsigmoidBackward0")  # a gate in (0, 1): squeeze-and-excitation's
 _MEAN = nn.AdaptiveAvgPool2d(1)  # what a mean or sum over dimensions is to a composite (a global average pool)
 _SUM, _PRODUCT = Sum(), Product()
+# elementwise and affine in one operand that depends on the input (x * c, x / c, -x, x + c, c - x): the
+# proportional split of such a map gives that operand all the relevance, as a residual's sum with a constant
+_AFFINE = frozenset("Add Sub Rsub Mul Div Neg".split())
 # ops whose gradient is their definition under every method (``_base`` names: autograd's without Backward<n>)
 _SHAPE = frozenset(
     "View UnsafeView Reshape ReshapeAlias ReshapeCopy Permute Transpose T Expand Squeeze Unsqueeze Clone LazyClone "
@@ -151,7 +157,22 @@ def _stand_in(node, reach: set) -> nn.Module | None:
         return _MEAN
     if name == "MulBackward0" and _inputs_reached(node, reach) == 2 and _gate_of(node) is not None:
         return _PRODUCT
+    if _base(name) in _AFFINE and _inputs_reached(node, reach) == 1 and _scales(node, reach):
+        return _SCALED
     return None
+
+
+class Scaled(nn.Module):
+    """What an elementwise affine map of one input-dependent operand (``x * c``, ``x / c``, ``-x``, ``x + c``)
+    is to the walk: a linear map without parameters, so it gets the rule the composite gives ``Sum``."""
+
+
+_SCALED = Scaled()
+
+
+def _scales(node, reach: set) -> bool:
+    """Whether the operand ``node`` reaches is one it scales or shifts (not a division's denominator)."""
+    return _base(node.name()) != "Div" or node.next_functions[0][0] in reach
 
 
 _STAND_INS: dict[str, nn.Module] = {}
@@ -239,6 +260,8 @@ def _plan(composite, module: nn.Module) -> tuple[object, str | None]:
     does not list keeps autograd's gradient (the deconvnet's and guided backprop's SE convention)."""
     if module is _PRODUCT and not composite.supports(module):
         return None, None
+    if module is _SCALED:
+        return _plan(composite, _SUM)[0], None
     try:
         rule = composite.rule_for(type(module).__name__, module)
     except Unsupported:
@@ -449,12 +472,29 @@ def _split_product(rule, node, state: CallState) -> Callable:
     return hook
 
 
+def _passed(node, state: CallState) -> Callable:
+    """A post-hook on an elementwise affine map of one operand: under a rule that splits linear maps in
+    proportion, that operand takes all the relevance (``c x / (c x)``), summed to its shape."""
+
+    leaves = [getattr(child, "variable", None) is not None for child, _ in node.next_functions]  # parameters'
+
+    def hook(grad_inputs, grad_outputs):
+        if not state.routing:
+            return None
+        relevance = grad_outputs[0]
+        pairs = zip(grad_inputs, leaves, strict=True)
+        return tuple(g if g is None or leaf else relevance.sum_to_size(g.shape) for g, leaf in pairs)
+
+    return hook
+
+
 # stand-in type -> the post-hook that applies a rule needing the module, from what the node or the forward pass kept
 _REBUILT: dict[type, Callable] = {
     nn.AvgPool2d: _rebuilt,
     nn.AdaptiveAvgPool2d: _split_mean,
     Sum: _split_sum,
     Product: _split_product,
+    Scaled: lambda rule, node, state: _passed(node, state),
 }
 
 
