@@ -244,6 +244,20 @@ def hand_gelu(x):
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
 
 
+class Cube(torch.autograd.Function):
+    """An autograd function of one's own: its backward is its author's, not a rule's."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * grad
+
+
 class Unruled(nn.Module):
     """A conv, a nonlinearity called as a function that no rule covers, a linear layer."""
 
@@ -262,8 +276,9 @@ class Unruled(nn.Module):
         (F.softsign, "div called as a function after conv (DivBackward0): a division by a tensor that depends on"),
         (hand_gelu, "mul called as a function after conv (MulBackward0): a product of two tensors that both"),
         (lambda t: F.local_response_norm(t, 3), "div called as a function after conv (DivBackward0)"),
+        (Cube.apply, "cube called as a function after conv (CubeBackward): no rule covers it"),
     ],
-    ids=["softsign", "gelu by hand", "local_response_norm"],
+    ids=["softsign", "gelu by hand", "local_response_norm", "autograd function"],
 )
 @pytest.mark.parametrize("method", ["deconvnet", "guided_backprop", "lrp"])
 def test_a_nonlinearity_no_rule_covers_is_refused_in_one_line(method, fn, where):

@@ -38,6 +38,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import cache
 
 import torch
 from torch import Tensor, nn
@@ -138,6 +139,7 @@ class _Reduction(nn.Module):
         return self.fn(x)
 
 
+@cache
 def _base(name: str) -> str:
     """Autograd's node name without ``Backward<n>``: the op (``MulBackward0`` -> ``Mul``)."""
     return re.sub(r"Backward\d*$", "", name)
@@ -366,12 +368,14 @@ def _give_rule(node, module: nn.Module, state: CallState) -> None:
 
 def _refusal(node, reach: set, state: CallState) -> Unsupported | None:
     """Why ``node`` is refused (None: a linear or shape op, or one of zfviz's own functions)."""
-    name, base = node.name(), _base(node.name())
-    if getattr(node, "variable", None) is not None or name.startswith("torch::autograd::Copy"):
-        return None  # the input's leaf; an in-place copy into a slice
-    forward_cls = getattr(node, "_forward_cls", None)  # a torch.autograd.Function's node (a rule's _Routed)
-    if forward_cls is not None and forward_cls.__module__.startswith("zfviz."):
-        return None
+    name = node.name()
+    base = _base(name)
+    if name.startswith("torch::autograd::"):
+        return None  # the input's leaf (AccumulateGrad); an in-place copy into a slice (CopySlices)
+    if name.endswith("Backward"):  # a torch.autograd.Function's node (``<Function>Backward``): zfviz's own passes
+        forward_cls = getattr(node, "_forward_cls", None)
+        if forward_cls is not None and forward_cls.__module__.startswith("zfviz."):
+            return None
     if base in _MULTILINEAR and _inputs_reached(node, reach) >= 2:
         why = ": a product of two tensors that both depend on the input, neither a sigmoid gate"
     elif base == "Div" and len(node.next_functions) > 1 and node.next_functions[1][0] in reach:
