@@ -312,3 +312,31 @@ def test_the_model_is_unchanged_and_sums_keep_the_gradient_under_saliency():
     xg = X.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(functional(xg)[[0, 1], CLS].sum(), xg)
     assert torch.equal(attribute(functional, X, CLS, "saliency"), grad)
+
+
+class FunctionalLayers(nn.Module):
+    """A conv and a linear layer called as functions on parameters of their own (``F.conv2d``, ``F.linear``)."""
+
+    def __init__(self, conv: nn.Conv2d, fc: nn.Linear) -> None:
+        super().__init__()
+        self.conv, self.fc = conv, fc
+
+    def forward(self, x):
+        out = F.relu(F.conv2d(x, self.conv.weight, self.conv.bias)).flatten(1)
+        return F.linear(out, self.fc.weight, self.fc.bias)
+
+
+def test_layers_called_as_functions_keep_the_gradient_where_their_modules_do():
+    """The deconvnet's and guided backprop's transposed filters are autograd's gradient: the same map as
+    the modules'. LRP's rules need the module (its input and weights), so LRP refuses in one line."""
+    torch.manual_seed(6)
+    conv, fc = nn.Conv2d(3, 4, 3), nn.Linear(16, 5)
+    modules, functional = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), fc).eval(), FunctionalLayers(conv, fc).eval()
+    for method in ("deconvnet", "guided_backprop"):
+        torch.testing.assert_close(attribute(functional, X, CLS, method), attribute(modules, X, CLS, method))
+    with pytest.raises(UserError) as err:
+        attribute(functional, X, CLS, "lrp")
+    assert str(err.value).startswith(
+        "lrp cannot handle Linear called as a function after fc (AddmmBackward0): its Linear rule (Epsilon) "
+        "needs an nn.Linear module, not a function; methods that work on it: "
+    )

@@ -20,9 +20,10 @@ asking the composite about a stand-in module:
 - an elementwise affine map of one such tensor (``x * c``, ``x / c``, ``-x``, ``x + c``, ``c - x``, the
   input's normalization written in a forward): ``Sum``'s rule read for a one-operand map (LRP: the
   operand takes all the relevance, where autograd's gradient scaled it by ``c``);
-- linear and shape ops (a view, ``torch.cat``, a conv or matmul by a parameter, a max pool's switches,
-  a batch norm in eval mode): autograd's gradient, their definition under the deconvnet and guided
-  backprop;
+- a conv or linear layer (``F.conv2d``, ``F.linear``, ``x @ w``): autograd's gradient where the composite
+  gives its module that (the deconvnet's transposed filters); a rule that needs the module (LRP's) refuses;
+- linear and shape ops (a view, ``torch.cat``, a max pool's switches, a batch norm in eval mode):
+  autograd's gradient, their definition under the deconvnet and guided backprop;
 - anything else (``F.softsign``, a GELU written by hand, a product of two inputs that is no gate, a
   division by the input) is refused in one line naming the op, the module it follows and the methods
   that work: never the plain gradient under another method's name.
@@ -114,6 +115,13 @@ _LINEAR = _SHAPE | frozenset(
     "MaxPool2DWithIndices MaxPool2D MaxPool3DWithIndices AdaptiveMaxPool2D AdaptiveMaxPool3D MkldnnMaxPool2D Amax "
     "Amin Max Min AvgPool3D AdaptiveAvgPool3D MkldnnAdaptiveAvgPool2D MaxUnpool2D".split()
 )
+# a conv or linear layer called as a function (F.conv2d, F.linear, x @ w): the module a composite is asked about
+_WEIGHTED_OPS = {
+    **dict.fromkeys(
+        "Convolution ConvDepthwise2D SlowConv2D MkldnnConvolution CudnnConvolution".split(), nn.Conv2d(1, 1, 1)
+    ),
+    **dict.fromkeys("Addmm Mm Bmm Matmul Mv Addmv Baddbmm Addbmm Linear MkldnnLinear".split(), nn.Linear(1, 1)),
+}
 # linear in each operand: a product where two operands depend on the input
 _MULTILINEAR = frozenset("Mul Mm Bmm Matmul Addmm Baddbmm Addbmm Mv Addmv Linear Convolution".split())
 # the leaf modules whose stock forward makes only nodes the walk reads itself: no hook marks their ops
@@ -380,12 +388,25 @@ def _refusal(node, reach: set, state: CallState) -> Unsupported | None:
         why = ": a product of two tensors that both depend on the input, neither a sigmoid gate"
     elif base == "Div" and len(node.next_functions) > 1 and node.next_functions[1][0] in reach:
         why = ": a division by a tensor that depends on the input"
+    elif base in _WEIGHTED_OPS:
+        return _weighted_refusal(node, base, state)
     elif base in _LINEAR or base.startswith("Upsample"):
         return None
     else:
         why = ": no rule covers it"
     where = f"{base.lower()} called as a function after {_made_after(node, state)}"
     return Unsupported(where, _UNCOVERED, why, kind=name)
+
+
+def _weighted_refusal(node, base: str, state: CallState) -> Unsupported | None:
+    """A conv or linear layer called as a function keeps autograd's gradient where its module would (the
+    deconvnet's transposed filters); a rule that needs the module (LRP's) refuses it."""
+    module = _WEIGHTED_OPS[base]
+    refusal = _planned(module, state)[1]
+    if refusal is None:
+        return None
+    where = f"{type(module).__name__} called as a function after {_made_after(node, state)}"
+    return Unsupported(where, module, refusal, kind=node.name())
 
 
 def _through_node(rule, state: CallState) -> Callable:
