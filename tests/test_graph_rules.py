@@ -239,6 +239,19 @@ def test_x_times_its_sigmoid_is_silu_under_lrp():
     assert ours.abs().sum() > 0
 
 
+@pytest.mark.parametrize("method", ["deconvnet", "guided_backprop", "lrp"])
+def test_a_clamp_is_the_hardtanh_of_its_bounds(method):
+    """``x.clamp(0, 6)`` gets ``nn.ReLU6``'s rule (a Hardtanh), as ``F.relu6`` does."""
+    torch.manual_seed(2)
+    module_net = nn.Sequential(nn.Linear(6, 5), nn.ReLU6(), nn.Linear(5, 3)).eval()
+    with torch.no_grad():
+        module_net[0].weight.mul_(8)  # some units above 6
+    x, cls = torch.randn(2, 6), torch.tensor([0, 2])
+    ours = attribute(Between(module_net, lambda t: t.clamp(0, 6)), x, cls, method)
+    torch.testing.assert_close(ours, attribute(module_net, x, cls, method))
+    assert ours.abs().sum() > 0
+
+
 def hand_gelu(x):
     """GELU's tanh approximation as BERT's and GPT-2's code write it."""
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))

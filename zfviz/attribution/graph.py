@@ -54,6 +54,9 @@ _RELU = nn.ReLU()  # what a rectification called as a function is to a composite
 # the composite is asked about: a gate a composite refuses as a module is refused as a function too
 _GATES = {
     "HardtanhBackward0": nn.Hardtanh,  # F.relu6, F.hardtanh
+    "ClampBackward1": nn.Hardtanh,  # x.clamp(0, 6) (clamp(min=0) alone is a rectification: _rectifies)
+    "ClampMinBackward0": nn.Hardtanh,
+    "ClampMaxBackward0": nn.Hardtanh,
     "LeakyReluBackward0": nn.LeakyReLU,
     "LeakyReluBackward1": nn.LeakyReLU,
     "RreluWithNoiseBackward0": nn.RReLU,
