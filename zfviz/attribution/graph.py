@@ -139,6 +139,14 @@ class Uncovered(nn.Module):
 _UNCOVERED = Uncovered()
 
 
+class Scaled(nn.Module):
+    """What an elementwise affine map of one input-dependent operand (``x * c``, ``x / c``, ``-x``, ``x + c``)
+    is to the walk: a linear map without parameters, so it gets the rule the composite gives ``Sum``."""
+
+
+_SCALED = Scaled()
+
+
 class _Reduction(nn.Module):
     """A mean or sum over dimensions as the forward pass called it, for a rule that needs a module."""
 
@@ -173,14 +181,6 @@ def _stand_in(node, reach: set) -> nn.Module | None:
     if _base(name) in _AFFINE and _inputs_reached(node, reach) == 1 and _scales(node, reach):
         return _SCALED
     return None
-
-
-class Scaled(nn.Module):
-    """What an elementwise affine map of one input-dependent operand (``x * c``, ``x / c``, ``-x``, ``x + c``)
-    is to the walk: a linear map without parameters, so it gets the rule the composite gives ``Sum``."""
-
-
-_SCALED = Scaled()
 
 
 def _scales(node, reach: set) -> bool:
