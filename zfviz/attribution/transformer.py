@@ -53,7 +53,7 @@ class Heads:
     out: tuple[Tensor, Tensor | None]  # the output projection's
     heads: int
     scale: Tensor | float  # multiplies the queries: 1/sqrt(d), or Swin V2's per-head logit scale (heads x 1 x 1)
-    bias: Tensor | None = None  # added to the scores (Swin: relative position bias and shift mask)
+    bias: Tensor | None = None  # added to the scores (Swin, MaxViT: relative position bias; Swin: shift mask)
     cosine: bool = False  # queries and keys normalized first (Swin V2)
 
 
@@ -125,14 +125,19 @@ def _same(t: Tensor) -> Tensor:
     return t
 
 
+def _thirds(weight: Tensor, bias: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
+    """The query, key and value projections of one fused projection (stacked in that order)."""
+    biases = bias.chunk(3) if bias is not None else (None,) * 3
+    return list(zip(weight.chunk(3), biases, strict=True))
+
+
 def _mha_call(mha: nn.MultiheadAttention, x: Tensor) -> Tensor:
     return mha(x, x, x, need_weights=False)[0]
 
 
 def read_mha(mha: nn.MultiheadAttention, x: Tensor) -> Layout:
     """ViT's self-attention (``nn.MultiheadAttention``, batch first, one input projection, no mask)."""
-    biases = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None,) * 3
-    projections = list(zip(mha.in_proj_weight.chunk(3), biases, strict=True))
+    projections = _thirds(mha.in_proj_weight, mha.in_proj_bias)
     scale = 1 / math.sqrt(mha.head_dim)
     return Heads(projections, (mha.out_proj.weight, mha.out_proj.bias), mha.num_heads, scale), _same, _same
 
@@ -199,8 +204,7 @@ def read_swin(attn: nn.Module, x: Tensor) -> Layout:
     v2 = isinstance(attn, swin.ShiftedWindowAttentionV2)
     if v2 and qkv_bias is not None:  # V2 gives its keys no bias
         qkv_bias = torch.cat([qkv_bias[:c], torch.zeros_like(qkv_bias[c : 2 * c]), qkv_bias[2 * c :]])
-    biases = qkv_bias.chunk(3) if qkv_bias is not None else (None,) * 3
-    projections = list(zip(attn.qkv.weight.chunk(3), biases, strict=True))
+    projections = _thirds(attn.qkv.weight, qkv_bias)
     scale = torch.clamp(attn.logit_scale, max=math.log(100.0)).exp() if v2 else (c // attn.num_heads) ** -0.5
     heads = Heads(projections, (attn.proj.weight, attn.proj.bias), attn.num_heads, scale, bias, cosine=v2)
     back = partial(_unwindows, size=x.shape, window=window, shift=shift)
@@ -209,9 +213,7 @@ def read_swin(attn: nn.Module, x: Tensor) -> Layout:
 
 def read_maxvit(attn: nn.Module, x: Tensor) -> Layout:
     """MaxViT's relative-position attention on ``N x G x P x C``: G windows (or grid cells) of P tokens each."""
-    bias = attn.to_qkv.bias
-    biases = bias.chunk(3) if bias is not None else (None,) * 3
-    projections = list(zip(attn.to_qkv.weight.chunk(3), biases, strict=True))
+    projections = _thirds(attn.to_qkv.weight, attn.to_qkv.bias)
     position = attn.get_relative_positional_bias()  # 1 x heads x P x P
     heads = Heads(projections, (attn.merge.weight, attn.merge.bias), attn.n_heads, attn.scale_factor, position)
     return heads, partial(torch.flatten, start_dim=0, end_dim=1), partial(torch.unflatten, dim=0, sizes=x.shape[:2])
