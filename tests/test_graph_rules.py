@@ -186,6 +186,31 @@ def test_an_operand_changed_in_place_after_the_add_is_refused():
     attribute(net, X, CLS, "guided_backprop")  # autograd's gradient at the sum: nothing to record
 
 
+class ReluAfterTheSum(nn.Module):
+    """A sum, then an ``nn.ReLU(inplace=True)`` on one of its operands: LRP runs it out of place for the
+    call, so the operand the sum's split reads is still the one it added."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.stem, self.branch = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.relu, self.fc = nn.ReLU(inplace=inplace), nn.Linear(4, 5, bias=False)
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = x + self.branch(x)
+        x = self.relu(x)
+        return self.fc((out + x).mean([2, 3]))
+
+
+def test_an_in_place_relu_after_the_sum_runs_out_of_place_under_lrp():
+    in_place, out_of_place = ReluAfterTheSum(True).eval(), ReluAfterTheSum(False).eval()
+    ours = attribute(in_place, X, CLS, "lrp", epsilon=0.0)
+    torch.testing.assert_close(ours, attribute(out_of_place, X, CLS, "lrp", epsilon=0.0))
+    torch.testing.assert_close(ours.sum((1, 2, 3)), in_place(X)[[0, 1], CLS].detach(), rtol=1e-4, atol=1e-6)
+    assert in_place.relu.inplace  # put back
+
+
 class HandSE(nn.Module):
     """torchvision's ``SqueezeExcitation`` written with functions: the gate multiplies the signal."""
 

@@ -580,15 +580,15 @@ def _versioned(t: Tensor) -> tuple[Tensor, int]:
     return t, t._version
 
 
-def needs_operands(state: CallState) -> bool:
-    """Whether the composite's rule for a sum or a mean needs operands autograd does not keep."""
-    return any(_planned(module, state)[0] is not None for module in (_SUM, _MEAN))
+def keeps_operands(composite) -> bool:
+    """Whether ``composite``'s rule for a sum or a mean needs operands autograd does not keep (LRP's)."""
+    return any(_plan(composite, module)[0] is not None for module in (_SUM, _MEAN))
 
 
 @contextmanager
 def operands_kept(state: CallState) -> Iterator[None]:
     """Inside the block (a forward pass), the operands of sums and means are kept for the walk, where a
     rule of ``state``'s composite needs them (LRP's); otherwise nothing runs per op."""
-    keep = state.composite is not None and needs_operands(state)
+    keep = state.composite is not None and keeps_operands(state.composite)
     with _Keeper(state.kept) if keep else nullcontext():
         yield
