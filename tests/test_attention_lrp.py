@@ -361,6 +361,7 @@ def _redrawn(model: nn.Module, head: nn.Linear) -> nn.Module:
 @pytest.mark.parametrize(
     "name,size,head",
     [("vit_b_16", 32, lambda m: m.heads.head), ("swin_t", 32, lambda m: m.head)],
+    ids=["vit_b_16", "swin_t"],
 )
 def test_torchvision_transformers_random_weights(name, size, head):
     """At the smallest input each allows: ViT-B/16 built for 32 px (2 x 2 patches), Swin-T at 32 px."""
