@@ -140,11 +140,14 @@ def test_every_verdict_is_the_rule_applied_to_its_evidence(findings):
 
 def table3_runs() -> list[pd.Series]:
     """Table 3's val top-1 errors of every run results/ holds: the table's, then each seed or repeat file's
-    columns (either file may be absent), a run counted once by its run folders."""
+    columns (either file may be absent; one that reran an earlier Table 3, its run folders not the table's,
+    is left out), a run counted once by its run folders."""
     t = pd.read_csv(RESULTS / "table3_cpu.csv").set_index("variant")
     runs = {tuple(t["run_dir"]): t["val_top1_err"]}
     for name in ("table3_cpu_seed1.csv", "table3_cpu_repeat.csv"):
         x = pd.read_csv(RESULTS / name).set_index("variant") if (RESULTS / name).is_file() else pd.DataFrame()
+        if "run_dir" in x and not (x["run_dir"] == t["run_dir"].reindex(x.index)).all():
+            continue
         for suffix in ("", "_repeat"):
             if f"train_top1_err{suffix}" in x:
                 runs.setdefault(tuple(x[f"run_dir{suffix}"].astype(str)), x[f"val_top1_err{suffix}"])

@@ -206,3 +206,16 @@ def test_a_plain_redraw_leaves_the_figures_whose_data_hold_less_alone(results: P
     assert not drawn & {"fig7_occlusion_cpu.png", "fig_dissection_cpu.png", "fig_randomization_cpu.png"}
     assert main(["--results", str(results), "--only", "fig7_occlusion_cpu.png"]) == 0
     assert (results / "fig7_occlusion_cpu.png").is_file()
+
+
+def test_a_rerun_of_an_earlier_table3_is_not_this_tables_spread():
+    """table3_cpu_seed1.csv made against an earlier Table 3 (other run folders: another budget, older code)
+    compares other trainings: the bars and the report leave it out."""
+    from zfviz.plotting.ablation import reruns_this_table
+
+    table = pd.DataFrame({"variant": ["a", "b"], "val_top1_err": [14.0, 12.0], "run_dir": ["c/1", "c/2"]})
+    rerun = pd.DataFrame({"variant": ["a", "b"], "val_top1_err": [14.0, 12.0], "val_top1_err_repeat": [15.0, 11.0],
+                          "run_dir": ["c/1", "c/2"], "run_dir_repeat": ["c/3", "c/4"]})  # fmt: skip
+    assert reruns_this_table(table, rerun)
+    assert not reruns_this_table(table, rerun.assign(run_dir=["old/1", "c/2"]))
+    assert not reruns_this_table(table.drop(columns="run_dir"), rerun)

@@ -64,6 +64,17 @@ def _spread_bars(ax, table: pd.DataFrame, y: np.ndarray, spread: pd.DataFrame) -
     return f"\ngrey line: range of val error over {runs} runs of the variant ({what})"
 
 
+def reruns_this_table(table: pd.DataFrame, rerun: pd.DataFrame) -> bool:
+    """Whether ``rerun`` (``zfviz.ablation.repeat_table``'s: a run of Table 3 against its repeat) was
+    measured against ``table``'s own runs: every variant's ``run_dir`` the same. A rerun of an earlier
+    Table 3 (another budget, older code) compares other trainings and must not be read as this table's
+    spread."""
+    if "run_dir" not in table or "run_dir" not in rerun:
+        return False
+    ours = dict(zip(table["variant"], table["run_dir"].astype(str), strict=True))
+    return all(ours.get(v) == str(d) for v, d in zip(rerun["variant"], rerun["run_dir"], strict=True))
+
+
 def seed_spread(table: pd.DataFrame, *reruns: pd.DataFrame, what: str = "") -> pd.DataFrame:
     """Each variant's val top-1 error over ``table``'s run and the runs of ``reruns`` (tables as
     ``zfviz.ablation.repeat_table`` writes them: val_top1_err, val_top1_err_repeat per variant);

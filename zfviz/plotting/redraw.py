@@ -48,7 +48,7 @@ from zfviz.outputs import (
     named,
 )
 from zfviz.plotting import plt
-from zfviz.plotting.ablation import ablation_bars, seed_spread
+from zfviz.plotting.ablation import ablation_bars, reruns_this_table, seed_spread
 from zfviz.plotting.deconv import architecture_from_arrays
 from zfviz.plotting.dissection import dissection_counts
 from zfviz.plotting.evaluation import randomization_summary
@@ -85,7 +85,8 @@ def table3(data: Data) -> Figure:
     """Table 3's bars, each with the range of its val error over every run of it the folder holds."""
     table = data.csv(TABLE3)
     reruns = [data.csv(p) for p in (TABLE3_SEED1, TABLE3_REPEAT) if data.path(p).is_file()]
-    what = "this run (seed 0); an earlier run of seed 0, its repeat and seed 1, older code: see their sidecars"
+    reruns = [x for x in reruns if reruns_this_table(table, x)]  # a rerun of an earlier Table 3 is not its spread
+    what = "this run (seed 0) and its reruns (another seed, the same seed again): see their sidecars"
     spread = seed_spread(table, *reruns, what=what) if reruns else None
     title = (
         f"Table 3 ablations, {data.preset} preset ({table['dataset'].iloc[0]}, {int(table['epochs'].iloc[0])} epochs)"
