@@ -225,3 +225,19 @@ def test_the_generous_verdicts_of_issue_27_are_gone(findings):
     assert findings["fig4"].verdict.endswith("n=2 maps, no interval")
     assert findings["fig6"].shown == "not shown" and all(p.n == 1 for p in findings["fig6"].evidence)
     assert findings["table2"].verdict.endswith("n=1, no interval")
+
+
+def test_a_rerun_of_an_earlier_table3_is_named_not_compared(findings):
+    """table3-noise reads a rerun file only when it was made against table3_cpu.csv's runs; otherwise it names
+    the file and compares nothing (the budgets may differ)."""
+    t = pd.read_csv(RESULTS / "table3_cpu.csv").set_index("variant")
+    seed1 = RESULTS / "table3_cpu_seed1.csv"
+    if not seed1.is_file():
+        pytest.skip("no table3_cpu_seed1.csv in results/")
+    x = pd.read_csv(seed1).set_index("variant")
+    ours = (x["run_dir"] == t["run_dir"].reindex(x.index)).all()
+    f = findings["table3-noise"]
+    if ours:
+        assert f.text.startswith("another seed moves val top-1 error by") and f.shown == "n/a"
+    else:
+        assert f.text.startswith("no rerun of this Table 3: table3_cpu_seed1.csv") and f.shown == "missing"
