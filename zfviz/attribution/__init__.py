@@ -7,7 +7,9 @@ The package reads bottom-up:
   explained, where the backward pass starts), ``baselines`` (the reference input: one vocabulary),
   ``options`` (how a method declares its options);
 - the mechanism: ``rules`` (how a signal crosses one module), ``canonize`` (temporary model
-  rewrites), ``composites`` (which module gets which rule), ``mechanism`` (hooks and ``backward``);
+  rewrites), ``transformer`` (AttnLRP's rules for torchvision's attention blocks), ``composites``
+  (which module gets which rule), ``graph`` (ops called as functions, found on autograd's graph),
+  ``mechanism`` (hooks and ``backward``);
   the perturbation sweeps ``occlusion`` (with ``occlusion_fast``/``occlusion_chain``);
 - ``rows`` and ``smoothgrad`` (copies of a batch through a method), ``registry`` (name -> method
   and its declared options), ``api`` (``attribute``);
