@@ -18,7 +18,9 @@ from torchvision.models.vision_transformer import VisionTransformer
 from tests.test_attribution_core import assert_unchanged, snapshot
 from zfviz.attribution import attribute
 from zfviz.attribution.methods.attention import recompute
+from zfviz.commands import viz_attribution
 from zfviz.errors import UserError
+from zfviz.plotting.attribution import attribution_figure
 
 METHODS = ("attention_rollout", "generic_attention")
 
@@ -226,6 +228,36 @@ def test_a_torchvision_vit_gives_a_finite_non_zero_map(method):
     x = torch.randn(2, 3, 32, 32)
     got = attribute(model.eval(), x, [3, 7], method)
     assert got.shape == (2, 1, 32, 32) and torch.isfinite(got).all() and (got.flatten(1).abs().sum(1) > 0).all()
+
+
+def small_vit() -> nn.Module:
+    """torchvision's ViT at 32 px in 8 px patches, its head drawn: ``net=tests.test_attention_methods:small_vit``."""
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+    nn.init.normal_(model.heads.head.weight, std=0.05)  # torchvision starts the head at zero
+    return model
+
+
+@pytest.mark.slow  # a command run: the net, two photos, the figure
+@pytest.mark.parametrize("method, overlaid", [*((m, True) for m in METHODS), ("saliency", False)])
+def test_the_command_draws_attention_maps_over_the_image(method, overlaid, viz_config, photo_folder, tmp_path,
+                                                         monkeypatch):  # fmt: skip
+    drawn = {}
+
+    def figure(*args, **kwargs):
+        drawn.update(kwargs)
+        return attribution_figure(*args, **kwargs)
+
+    monkeypatch.setattr(viz_attribution, "attribution_figure", figure)
+    net = "viz.net=tests.test_attention_methods:small_vit"
+    viz_attribution.run(viz_config("attribution", "checkpoint=null", net, f"viz.images={photo_folder}",
+                                   "viz.size=32", f"viz.method={method}"))  # fmt: skip
+    maps = np.load(tmp_path / f"attribution_{method}.npz")["maps"]
+    if overlaid:  # one channel, non-negative, a value per patch: a heat map like Grad-CAM's
+        assert maps.shape == (2, 1, 32, 32) and (maps >= 0).all() and maps.any()
+    else:  # saliency's signed gradient per pixel and channel, drawn beside the image
+        assert maps.shape == (2, 3, 32, 32) and (maps < 0).any()
+    assert drawn["overlay"] is overlaid
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ OWN_KEYS = (
     "name", "method", "target", "images", "n", "split", "net", "weights", "size", "mean", "std", "batch_size",
     "options", "stem",
 )  # fmt: skip
-OVERLAID = ("gradcam",)  # non-negative, coarse: drawn over the image
+# Non-negative, coarse heat maps (one value per cell of a layer's grid, or per patch): drawn over the image.
+OVERLAID = ("gradcam", "attention_rollout", "generic_attention")
 
 
 def run(cfg: DictConfig) -> dict:
