@@ -12,14 +12,23 @@ Models: the cpu preset's ZFNet (64 px, as ``configs/`` builds it) and torchvisio
 depend on them). Captum's ReLU hooks fail on in-place ReLUs, so Captum gets a copy of a torchvision
 net with ``inplace=False`` (the same weights); zfviz gets the net as torchvision builds it.
 The verdict lines read ``ratio <model> <method> zfviz/peer = t_zfviz / t_peer`` (below 1: faster).
+
+Modern nets (``--modern`` alone; part of the default run): torchvision ``efficientnet_b0`` and ``convnext_tiny``
+(random weights, ``--modern-size`` 224 px, ``--modern-batch`` 2 images), every gradient-shaped method (saliency,
+input x gradient, guided backprop, the deconvnet, LRP-epsilon, Grad-CAM and guided Grad-CAM at their default
+layers, generic attention where the net has self-attention) against the plainest gradient there is: autograd's
+gradient of the target logits at the input, written here (``autograd_saliency``), nothing of zfviz. The lines
+read ``ratio <net> <method>/saliency = t_method / t_autograd   (goal <= 1.25)``: what a method's rules, hooks and
+graph walk cost over one backward pass. A method a net refuses gets a line saying why, and no ratio.
 usage: python scripts/bench_attribution.py [--models zfnet,vgg16,resnet18] [--methods saliency,lrp_zbox]
-       [--size 64] [--batch 8] [--threads N] [--quick] [--out results]
+       [--size 64] [--batch 8] [--threads N] [--modern] [--modern-size 224] [--modern-batch 2] [--quick] [--out results]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -46,12 +55,26 @@ from zennit.types import Convolution
 
 from zfviz.activations import resolve
 from zfviz.attribution import attribute
+from zfviz.errors import UserError
 
 MODELS = ("zfnet", "vgg16", "resnet18")
 LABELS = (
     "saliency", "input_x_gradient", "integrated_gradients", "guided_backprop", "deconvnet",
     "lrp_epsilon", "gradcam", "guided_gradcam", "lrp_alpha2_beta1", "lrp_zbox",
 )  # fmt: skip
+MODERN = ("efficientnet_b0", "convnext_tiny")
+# The modern section's methods, label -> (method, options): the gradient-shaped ones, at their defaults.
+MODERN_METHODS = {
+    "saliency": ("saliency", {}),
+    "input_x_gradient": ("input_x_gradient", {}),
+    "guided_backprop": ("guided_backprop", {}),
+    "deconvnet": ("deconvnet", {}),
+    "lrp_epsilon": ("lrp", {"rule": "epsilon"}),
+    "gradcam": ("gradcam", {}),
+    "guided_gradcam": ("guided_gradcam", {}),
+    "generic_attention": ("generic_attention", {}),
+}
+MODERN_GOAL = "<= 1.25"
 
 
 def build(name: str, size: int) -> tuple[nn.Module, int]:
@@ -169,8 +192,54 @@ def compare(label: str, ours: Callable, peer_name: str, peer, rounds: int) -> No
     ratio(f"{label} zfviz/{peer_name}", t_ours, t_peer, "s")
 
 
-def main() -> None:
-    bench = Bench.begin(__file__)
+def against_peers(name: str, args: argparse.Namespace, methods: set[str]) -> None:
+    """Each method (those in ``methods``; all if empty) on model ``name`` against its peer library's."""
+    model, size = build(name, args.size)
+    x = torch.randn(args.batch, 3, size, size)
+    target = torch.randint(0, 10 if name == "zfnet" else 1000, (args.batch,))
+    print(f"\n{name} at {size} px, {args.batch} per call")
+    for method, ours, peer_name, peer in pairs(name, model, x, target, args.steps):
+        if methods and method not in methods:
+            continue
+        compare(f"{name} {method}", ours, peer_name, peer, args.rounds)
+
+
+def autograd_saliency(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """The modern section's baseline: autograd's gradient of the target logits at the input."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
+    return grad
+
+
+def modern(name: str, size: int, batch: int, rounds: int, methods: set[str]) -> None:
+    """Each of ``MODERN_METHODS`` (those in ``methods``; all if empty) on torchvision's ``name`` against
+    ``autograd_saliency``, interleaved: its line and ratio, or why the net refuses it."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x, target = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
+    print(f"\n{name} at {size} px, {batch} per call: each method against autograd's saliency")
+    baseline = functools.partial(autograd_saliency, model, x, target)
+    plain = baseline()  # also the warm-up
+    for label, (method, options) in MODERN_METHODS.items():
+        if methods and label not in methods:
+            continue
+        ours = functools.partial(attribute, model, x, target, method, **options)
+        try:
+            got = ours()  # the warm-up, and a refusal said before any timing
+        except UserError as err:
+            print(f"  {name} {label:<18} n/a ({err})")
+            continue
+        timed = interleaved({"method": ours, "autograd": baseline}, rounds)
+        t_ours, t_base = timed.best("method"), timed.best("autograd")
+        line = f"  {name} {label:<18} {t_ours:8.4f} s   autograd {t_base:8.4f} s"
+        if label == "saliency":  # the same computation as the baseline: how far apart the two are
+            line += f"   apart {float((got - plain).abs().max()) / max(float(plain.abs().max()), 1e-30):.1e}"
+        print(line)
+        ratio(f"{name} {label}/saliency", t_ours, t_base, "s", MODERN_GOAL)
+
+
+def arguments() -> tuple[argparse.Namespace, list[str], set[str]]:
+    """The command line (``--quick`` applied), the peer section's models and the methods asked for."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--size", type=int, default=64, help="input size of the torchvision nets (px)")
@@ -181,32 +250,42 @@ def main() -> None:
         "--methods", default="", help="comma-separated method labels (e.g. guided_backprop,lrp_zbox); all if empty"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 images at 32 px, 4 steps, one round")
+    parser.add_argument(
+        "--modern", action="store_true", help=f"only the modern section: {', '.join(MODERN)} against autograd saliency"
+    )
+    parser.add_argument("--modern-size", type=int, default=224, help="input size of the modern nets (px)")
+    parser.add_argument("--modern-batch", type=int, default=2, help="images per call on the modern nets")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 2 images at 32 px (1 on the modern nets), 4 steps, one round"
+    )
     out_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.size, args.batch, args.steps, args.rounds = 32, 2, 4, 1
+        args.modern_size, args.modern_batch = 32, 1
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     methods = {m.strip() for m in args.methods.split(",") if m.strip()}
-    if methods - set(LABELS):
-        parser.error(f"unknown method(s) {', '.join(sorted(methods - set(LABELS)))}; choose from {', '.join(LABELS)}")
+    known = dict.fromkeys([*LABELS, *MODERN_METHODS])
+    if methods - set(known):
+        parser.error(f"unknown method(s) {', '.join(sorted(methods - set(known)))}; choose from {', '.join(known)}")
+    return args, names, methods
+
+
+def main() -> None:
+    bench = Bench.begin(__file__)
+    args, names, methods = arguments()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     warnings.simplefilter("ignore", UserWarning)  # Captum announces its hooks on every call
-    print(f"{args.batch} images per call, {torch.get_num_threads()} threads, best of {args.rounds} interleaved rounds")
-    for name in names:
-        model, size = build(name, args.size)
-        x = torch.randn(args.batch, 3, size, size)
-        target = torch.randint(0, 10 if name == "zfnet" else 1000, (args.batch,))
-        print(f"\n{name} at {size} px")
-        for method, ours, peer_name, peer in pairs(name, model, x, target, args.steps):
-            if methods and method not in methods:
-                continue
-            compare(f"{name} {method}", ours, peer_name, peer, args.rounds)
+    print(f"{torch.get_num_threads()} threads, best of {args.rounds} interleaved rounds")
+    for name in () if args.modern else names:
+        against_peers(name, args, methods)
+    for name in MODERN:
+        modern(name, args.modern_size, args.modern_batch, args.rounds, methods)
     bench.write(args.out, vars(args))
 
 
