@@ -59,7 +59,8 @@ test-gpu: install data
 	ZFVIZ_REQUIRE_CUDA=1 $(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
 
 # make bench: every scripts/bench_*.py at its default (full) settings, one after another (and bench_train.py's
-# whole fit runs, --fit), each timing zfviz against a baseline in one process, interleaved. Each writes its
+# whole fit runs, --fit; its levers, --levers), each after a line `== <script> [--section]` (the tests split the
+# output by it), each timing zfviz against a baseline in one process, interleaved. Each writes its
 # ratio lines to $(RESULTS)/<script>.csv (bench_deconv.csv, ..., bench_train_fit.csv, bench_train_levers.csv: the
 # speed levers of the training step, torch.compile included) with a sidecar naming the
 # CPU, cores, torch threads, the load average at the start, the commit and the command. It wants a quiet
@@ -69,9 +70,11 @@ BENCHES := $(sort $(wildcard scripts/bench_*.py))
 BENCH_ARGS ?=
 .PHONY: bench
 bench: install data
-	@for script in $(BENCHES); do echo "== $(BIN)/python $$script --out $(RESULTS)"; \
+	@for script in $(BENCHES); do echo "== $$script"; \
 		$(BIN)/python $$script $(BENCH_ARGS) --out $(RESULTS) || exit 1; done
+	@echo "== scripts/bench_train.py --fit"
 	$(BIN)/python scripts/bench_train.py --fit $(BENCH_ARGS) --out $(RESULTS)
+	@echo "== scripts/bench_train.py --levers"
 	$(BIN)/python scripts/bench_train.py --levers $(BENCH_ARGS) --out $(RESULTS)
 
 lint: install

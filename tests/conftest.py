@@ -1,4 +1,5 @@
-"""Shared fixtures: a seed for every test and a tiny Fashion-MNIST in the real IDX layout."""
+"""Shared fixtures: a seed for every test, a tiny Fashion-MNIST in the real IDX layout, and the session's one run
+of the benchmarks (``make bench`` at ``--quick``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
 
+from tests.make_runs import BenchRun, run_bench
 from zfviz.utils import restore_torch_state, torch_state
 
 
@@ -156,3 +158,11 @@ def photo_folder(tmp_path_factory) -> Path:
     for name, image in zip(sample.filenames, sample.images, strict=True):
         Image.fromarray(image).save(folder / f"{Path(name).stem}.jpg")
     return folder
+
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory) -> BenchRun:
+    """``make bench``'s recipe, every benchmark at ``--quick``, into a copy of results/, once per session:
+    ``tests/test_bench_scripts.py`` reads each benchmark's part of it and ``tests/test_readme.py`` checks the
+    README's ``make bench`` line on it (each had run all the benchmarks, a minute and a half apiece)."""
+    return run_bench(tmp_path_factory.mktemp("bench"))

@@ -1,5 +1,8 @@
 """The ``scripts/bench_*.py`` benchmarks still start and reach their verdict (``--quick``: a smoke run, no timing
-claims), and with ``--out DIR`` write what they printed to ``DIR/<script>.csv`` with its sidecar (issue 27)."""
+claims), and with ``--out DIR`` write what they printed to ``DIR/<script>.csv`` with its sidecar (issue 27).
+
+The benchmarks run once per session, as ``make bench`` runs them (``conftest.bench_run``: its recipe at
+``--quick`` into a copy of results/); each command's checks read its part of that run."""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import captum  # noqa: F401  the deconv, occlusion and attribution benchmarks compare against Captum,
@@ -17,8 +18,16 @@ import pandas as pd
 import pytest
 import zennit  # noqa: F401  and LRP against Zennit: both in the dev extra, so a missing one fails here
 
+from tests.make_runs import sections
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (REPO / "scripts").glob("bench_*.py"))
+# make bench's commands, by the header its recipe prints before each (tests.make_runs.sections), and the stem of
+# the CSV each writes: every script at its default settings, then bench_train.py's whole fits and its levers.
+COMMANDS = {f"scripts/{script}": script.removesuffix(".py") for script in SCRIPTS} | {
+    f"scripts/bench_train.py --{section}": f"bench_train_{section}" for section in ("fit", "levers")
+}
+OUTPUTS = {f"{stem}{suffix}" for stem in COMMANDS.values() for suffix in (".csv", ".meta.json")}
 RATIO = re.compile(r"^\s*ratio \S.* = \d+\.\d{3}\b", re.MULTILINE)
 # A verdict line as a reader sees it: "  ratio <name> = 1.234   (goal >= 10)".
 RATIO_LINE = re.compile(r"^  ratio (?P<name>\S.*?) = (?P<ratio>\d+\.\d{3})(?:   \(goal (?P<goal>.+)\))?$", re.MULTILINE)
@@ -57,29 +66,40 @@ def written_ratios(csv: Path) -> list[tuple[str, str, str]]:
     return [(r.name, f"{r.ratio:.3f}", str(r.goal)) for r in df.itertuples()]
 
 
+def test_the_bench_output_splits_at_each_commands_header():
+    stdout = "make's own line\n== scripts/bench_a.py\n  ratio a = 1.000\nwrote x\n== scripts/bench_a.py --fit\n"
+    stdout += "== scripts/bench_b.py\nb\n"
+    assert sections(stdout) == {
+        "scripts/bench_a.py": "  ratio a = 1.000\nwrote x\n",
+        "scripts/bench_a.py --fit": "",
+        "scripts/bench_b.py": "b\n",
+    }
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_a_quick_run_prints_its_ratios_and_writes_them_with_a_sidecar(script, tmp_path):
-    # From a temporary folder: no trained checkpoint under runs/ is picked up, so the net is the preset's.
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / script), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert RATIO.search(result.stdout), result.stdout
-    stem = script.removesuffix(".py")
-    assert sorted(p.name for p in out.iterdir()) == [f"{stem}.csv", f"{stem}.meta.json"]  # no temporary left
-    printed = printed_ratios(result.stdout)
+def test_make_bench_runs_each_command_once_and_writes_only_their_tables(bench_run):
+    assert bench_run.result.returncode == 0, bench_run.result.stderr[-2000:]
+    assert list(bench_run.sections) == list(COMMANDS)
+    assert bench_run.written() == OUTPUTS  # each command's CSV and sidecar, no temporary left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_quick_run_prints_its_ratios_and_writes_them_with_a_sidecar(command, bench_run):
+    # make bench's run (conftest.bench_run): one torch thread, no trained checkpoint picked up (the preset's net)
+    assert bench_run.result.returncode == 0, bench_run.result.stderr[-2000:]
+    stdout, stem, out = bench_run.sections[command], COMMANDS[command], bench_run.results
+    assert RATIO.search(stdout), stdout
+    assert {f"{stem}.csv", f"{stem}.meta.json"} <= bench_run.written() == OUTPUTS  # no temporary left
+    printed = printed_ratios(stdout)
     assert printed and written_ratios(out / f"{stem}.csv") == printed
     meta = json.loads((out / f"{stem}.meta.json").read_text())
     assert SIDECAR_KEYS <= set(meta), SIDECAR_KEYS - set(meta)
-    assert meta["command"] == f"python scripts/{script} --quick --out {out}"
+    assert meta["command"] == f"python {command} --quick --out {out}"
     assert meta["settings"]["quick"] is True and meta["settings"]["out"] == str(out)
-    assert meta["cores"] == os.cpu_count() and meta["torch_threads"] == 1  # OMP_NUM_THREADS above
+    assert meta["cores"] == os.cpu_count() and meta["torch_threads"] == 1  # OMP_NUM_THREADS=1 in bench_run
     assert meta["load_1min_at_start"] >= 0 and meta["sources"] == [
-        {"script": f"scripts/{script}", "timing": "interleaved rounds in one process"}
+        {"script": command.split()[0], "timing": "interleaved rounds in one process"}
     ]
 
 
@@ -113,16 +133,11 @@ def test_the_ratios_a_benchmark_states_are_the_rows_it_writes(bench_module, tmp_
 
 
 @pytest.mark.slow
-def test_a_quick_levers_run_writes_each_lever_against_todays_path(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = tmp_path / "out"
-    argv = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--levers", "--quick"]
-    result = subprocess.run(
-        [*argv, "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["bench_train_levers.csv", "bench_train_levers.meta.json"]
-    printed = printed_ratios(result.stdout)
+def test_a_quick_levers_run_writes_each_lever_against_todays_path(bench_run):
+    assert bench_run.result.returncode == 0, bench_run.result.stderr[-2000:]
+    out = bench_run.results
+    assert {"bench_train_levers.csv", "bench_train_levers.meta.json"} <= bench_run.written() == OUTPUTS
+    printed = printed_ratios(bench_run.sections["scripts/bench_train.py --levers"])
     assert written_ratios(out / "bench_train_levers.csv") == printed
     meta = json.loads((out / "bench_train_levers.meta.json").read_text())
     bf16 = meta["notes"]["cpu_bf16"]

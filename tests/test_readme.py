@@ -12,8 +12,9 @@ line's test also passes alone. A line that no rule here can run fails ``test_eve
 so the README cannot drift from what runs.
 
 A ``make`` line (``make redraw``, ``make bench``) runs its target in the repository with this suite's venv and
-``RESULTS`` a copy of ``results/`` under the working folder: the repository's ``results/`` is never written
-(``make bench`` at ``--quick``: make's own recipe, each benchmark with ``--quick``).
+``RESULTS`` a copy of ``results/``: the repository's ``results/`` is never written (``tests.make_runs``). ``make
+bench`` is the session's one run of the benchmarks (``conftest.bench_run``: make's own recipe, each benchmark with
+``--quick``, which ``tests/test_bench_scripts.py`` reads too), checked here as the line's run.
 
 Each ``torchrun``, ``python scripts/...`` and ``make`` line, and the first line of each ``zfviz`` command, runs as
 a process of its own (the installed entry point in a fresh interpreter, as a user's shell starts it); the
@@ -26,7 +27,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -37,11 +37,10 @@ from PIL import Image
 
 from tests.cli_args import run_zfviz
 from tests.imagenet_fixtures import make_tree
+from tests.make_runs import BIN, REPO, BenchRun, make_argv, results_copy, results_state
 from tests.test_transfer_data import caltech_tree, voc_object, voc_tree
 from zfviz.data.voc import CLASSES as VOC_CLASSES
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 # README.md, then docs/ in the order its index links the pages (a line may read what an earlier page's writes).
 INDEX = (REPO / "docs" / "README.md").read_text()
 PAGES = dict.fromkeys(re.findall(r"\]\((\w+\.md)\)", INDEX))
@@ -59,7 +58,8 @@ NOT_RUN_HERE = {
     "miniature data (CI); tests/test_scale.py reads these stages from make -n",
     "make test-gpu": "GPU machines (it fails without CUDA: tests/test_gpu.py under ZFVIZ_REQUIRE_CUDA=1)",
 }
-# The make targets whose lines run here (``make_command``); the other make lines are NOT_RUN_HERE.
+# The make targets whose lines run here (``make_command``; ``make bench`` once per session, ``check_bench``); the other
+# make lines are NOT_RUN_HERE.
 MAKE_TARGETS = ("redraw", "bench")
 # Where a placeholder in a README line points (values of key=... after $HOME and ~ are expanded).
 FIGURES = "runs/figures/cpu"
@@ -117,9 +117,9 @@ def torchvision_inputs(home: Path) -> None:
         Image.fromarray(image).save(home / "photos" / f"{Path(name).stem}.jpg")
 
 
-def run(argv: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -155,26 +155,17 @@ def work(tmp_path_factory) -> Path:
 
 
 def make_results(work: Path) -> Path:
-    """The ``RESULTS`` of the make lines: a copy of the repository's ``results/`` (made on first use)."""
-    copy = work / "make_results"
-    if not copy.is_dir():
-        shutil.copytree(REPO / "results", copy)
-    return copy
+    """The ``RESULTS`` of the make lines run here: a copy of the repository's ``results/`` (made on first use)."""
+    return results_copy(work / "make_results")
 
 
 def make_command(words: list[str], work: Path) -> list[str]:
-    """A ``make`` line's argv: its target in the repository with this venv, its install step taken as done (a make
-    inside the suite must not reinstall the venv the suite runs in) and RESULTS a copy (``make_results``). ``make
-    bench`` runs its recipe as ``make -n`` prints it, each benchmark at ``--quick`` (a smoke run, not hours)."""
+    """A ``make`` line's argv (``tests.make_runs.make_argv``), RESULTS a copy (``make_results``); ``make bench``
+    is not run here but checked on the session's run (``check_bench``)."""
     target = words[1]
     assert len(words) == 2 and target in MAKE_TARGETS, f"{shlex.join(words)}: no rule runs this make line"
-    venv = BIN.parent
-    argv = ["make", "-C", str(REPO), "--no-print-directory", "-o", f"{venv}/.installed", f"VENV={venv}"]
-    argv.append(f"RESULTS={make_results(work)}")
-    if target != "bench":
-        return [*argv, target]
-    recipe = subprocess.run([*argv, "-n", "bench", "BENCH_ARGS=--quick"], capture_output=True, text=True, check=True)
-    return ["bash", "-ec", re.sub(r"(?<!--quick )--out ", "--quick --out ", recipe.stdout)]
+    assert target != "bench", "make bench runs once per session: conftest.bench_run"
+    return [*make_argv(make_results(work)), target]
 
 
 def command(line: str, work: Path) -> tuple[list[str], Path]:
@@ -322,11 +313,6 @@ def ran() -> set[str]:
     return set()
 
 
-def results_state() -> dict[str, int]:
-    """Each file of the repository's results/ and when it was last written."""
-    return {p.name: p.stat().st_mtime_ns for p in (REPO / "results").iterdir()}
-
-
 def check_make(argv: list[str], stdout: str, results: Path, start: float) -> None:
     """What a make line leaves in its copy of results/: the figures redrawn, or every benchmark's CSV and sidecar
     (bench_train.py's sections of their own too, those the recipe runs)."""
@@ -343,8 +329,7 @@ def check_make(argv: list[str], stdout: str, results: Path, start: float) -> Non
 def run_line(line: str, work: Path) -> None:
     argv, cwd = command(line, work)
     before, start, results = run_folders(work), time.time(), results_state()
-    timeout = 1800 if line == "make bench" else 600  # every benchmark's smoke run, one after another
-    result = run(argv, cwd, timeout) if line in PROCESS_LINES else run_zfviz(*argv[1:], cwd=cwd)
+    result = run(argv, cwd) if line in PROCESS_LINES else run_zfviz(*argv[1:], cwd=cwd)
     assert result.returncode == 0 and "Traceback" not in result.stderr, f"{shlex.join(argv)}\n{result.stderr[-3000:]}"
     if line.startswith("make "):
         assert results_state() == results, "a make line wrote into the repository's results/"
@@ -371,11 +356,25 @@ def run_line(line: str, work: Path) -> None:
         assert re.search(r"^zfviz train: run folder \S+", result.stdout, re.M), result.stdout
 
 
+def check_bench(bench: BenchRun) -> None:
+    """The ``make bench`` line as the session ran it (``conftest.bench_run``), checked as ``run_line`` checks a
+    make line: it succeeded, left the repository's results/ alone and wrote every benchmark's CSV and sidecar."""
+    result, argv = bench.result, bench.argv
+    assert result.returncode == 0 and "Traceback" not in result.stderr, f"{shlex.join(argv)}\n{result.stderr[-3000:]}"
+    assert bench.repo_results[0] == bench.repo_results[1], "a make line wrote into the repository's results/"
+    check_make(argv, result.stdout, bench.results, bench.start)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("line", [ln for ln in LINES if ln not in NOT_RUN_HERE])
-def test_readme_line_runs(line, work, ran):
+def test_readme_line_runs(line, request, ran):
     """The line runs at debug=fast and leaves what it says; the earlier lines that write what it reads run
-    first if they have not run yet, so the test passes alone (in README order they already have)."""
+    first if they have not run yet, so the test passes alone (in README order they already have). ``make bench``
+    is the session's run of the benchmarks, which needs none of the working folder's trained nets."""
+    if line == "make bench":
+        check_bench(request.getfixturevalue("bench_run"))
+        return
+    work = request.getfixturevalue("work")
     for earlier in prerequisites(line):
         if earlier not in ran:
             run_line(earlier, work)
