@@ -7,7 +7,7 @@ registered method with cheap options (few integration steps, samples and masks; 
 explaining the net's top class. Random weights are drawn at realistic scales: torchvision zero-initializes
 ViT's head (every map would be zero) and leaves batch norms at mean 0, variance 1 (the signal shrinks layer
 by layer), so the last linear layer is drawn anew, ConvNeXt's layer scale (1e-6) too, and the batch-norm
-statistics are measured on random images. Each (net, method) cell is one of:
+statistics are measured on random images of varied contrast and colour. Each (net, method) cell is one of:
 
 - ``works``: a finite, non-zero map shaped like the input (one channel or the input's), and the model as it
   was: state_dict values, parameters (the same objects, ``requires_grad``, no gradient left), train flags,
@@ -233,8 +233,11 @@ def smallest_size(model: nn.Module, name: str, floor: int) -> int:
 
 
 def measure_batch_norms(model: nn.Module, size: int) -> None:
-    """Batch-norm statistics measured on random images (shifts drawn small), so each norm's output has about
-    unit variance as in a trained net."""
+    """Batch-norm statistics measured on 16 random images of varied contrast and colour (shifts drawn small),
+    so each norm's output has about unit variance as in a trained net. Noise alone varies too little from
+    image to image once the maps are 1 x 1: divided by that variance, the activations grow layer by layer
+    (logits in the thousands: a saturated softmax gives zero occlusion and RISE maps, the deconvnet's signal
+    overflows on efficientnet_v2_s)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -245,7 +248,8 @@ def measure_batch_norms(model: nn.Module, size: int) -> None:
             if norm.bias is not None:
                 norm.bias.uniform_(-0.1, 0.1)
         model.train()
-        model(torch.randn(4, 3, size, size))
+        contrast, colour = 0.5 + 1.5 * torch.rand(16, 1, 1, 1), torch.randn(16, 3, 1, 1)
+        model(torch.randn(16, 3, size, size) * contrast + colour)
     model.eval()
 
 
