@@ -36,8 +36,9 @@ from torch import Tensor, nn
 
 from zfviz.activations import MEANINGS, evaluating, hooks, layer_names, resolve
 from zfviz.attribution.composites import GUIDED_BACKPROP
+from zfviz.attribution.graph import operands_kept, rectify_functions
 from zfviz.attribution.grids import as_grid, on_grid, token_grid
-from zfviz.attribution.mechanism import _prepared, backward, rectify_functions
+from zfviz.attribution.mechanism import _prepared, backward
 from zfviz.attribution.options import FLAG, NAME, Option, choice, optional
 from zfviz.attribution.registry import register_method
 from zfviz.attribution.targets import parse_target, start_signal
@@ -179,7 +180,8 @@ def _guided_last_map(model: nn.Module, inputs: Tensor, target) -> tuple[Tensor, 
     parsed, maps = parse_target(model, target, len(inputs)), _Maps(inputs)
     with _prepared(model, GUIDED_BACKPROP) as state:
         x = inputs.detach().requires_grad_(True)
-        point = _mapped_forward(model, x.clone(), parsed, maps)  # a copy: an in-place first module keeps x a leaf
+        with operands_kept(state):  # as backward's forward pass
+            point = _mapped_forward(model, x.clone(), parsed, maps)  # a copy: an in-place first module keeps x a leaf
         rectify_functions(point, state)
         grad_start, _ = start_signal(point, parsed, "one")
         state.routing = False
