@@ -27,7 +27,8 @@ DATA_ARGS = $(DATA_ARGS_$(PRESET))
 DATA_ROOTS = IMAGENET="$(IMAGENET)" CALTECH101="$(CALTECH101)" CALTECH256="$(CALTECH256)" VOC2012="$(VOC2012)" \
 	BRODEN="$(BRODEN)"
 
-.PHONY: install data test test-fast test-gpu figures stages report chromium lint clean-figures concepts rehearsal check-results redraw
+.PHONY: install data test test-fast test-gpu figures stages report chromium lint clean-figures concepts rehearsal check-results redraw \
+	support-matrix
 
 install: $(VENV)/.installed
 
@@ -76,6 +77,11 @@ bench: install data
 	$(BIN)/python scripts/bench_train.py --fit $(BENCH_ARGS) --out $(RESULTS)
 	@echo "== scripts/bench_train.py --levers"
 	$(BIN)/python scripts/bench_train.py --levers $(BENCH_ARGS) --out $(RESULTS)
+
+# make support-matrix: every attribution method on the smallest torchvision net of each family (random weights):
+# works / refused in one line / FAILED, into $(RESULTS)/support_matrix.csv and docs/models.md's generated table.
+support-matrix: install
+	$(BIN)/python scripts/support_matrix.py --out $(RESULTS) --docs docs/models.md
 
 lint: install
 	$(BIN)/ruff check zfviz tests scripts

@@ -209,6 +209,17 @@ def test_a_cnn_is_refused_naming_the_methods_that_work(method):
     assert {"saliency", "gradcam", "guided_backprop", "lrp"} <= set(works) and not set(METHODS) & set(works)
 
 
+def test_an_empty_container_does_not_strike_methods_from_the_list():
+    """ShuffleNetV2's stride-1 blocks hold an empty ``nn.Sequential`` (branch1): a leaf by its children, but no
+    computation, so the rule-based methods that work on the net stay in the refusal's list."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2))  # fmt: skip
+    with pytest.raises(UserError) as err:
+        attribute(model.eval(), torch.randn(1, 3, 8, 8), 0, "attention_rollout")
+    works = str(err.value).split("methods that work on it: ")[1].split(", ")
+    assert {"deconvnet", "guided_backprop", "lrp", "guided_gradcam"} <= set(works)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_windowed_attention_is_refused_in_one_line(method):
     model = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), ShiftedWindowAttention(8, [2, 2], [0, 0], num_heads=2))

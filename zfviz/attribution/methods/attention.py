@@ -61,7 +61,8 @@ def _attention_paths(model: nn.Module, method: str) -> list[str]:
             raise Unsupported(name, module, ": windowed attention, whose product across layers is not defined")
     paths = [name for name, module in modules.items() if _self_attention(module)]
     if not paths:
-        leaves = [m for m in modules.values() if not any(True for _ in m.children())]
+        containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # an empty one (ShuffleNet's branch1) computes nothing
+        leaves = [m for m in modules.values() if not any(True for _ in m.children()) and not isinstance(m, containers)]
         able = [n for n, m in METHODS.items() if m.supports is not _self_attention and all(map(m.supports, leaves))]
         raise UserError(
             f"{method} needs self-attention (nn.MultiheadAttention, as in torchvision's ViT) and "
