@@ -46,11 +46,11 @@ from torch import nn
 from zfviz.attribution import METHODS, attribute, method_spec
 from zfviz.errors import UserError
 from zfviz.models.load import AUX_KEYS, open_net, torchvision_name
+from zfviz.outputs import SUPPORT_MATRIX
 from zfviz.pipeline import machine
 from zfviz.results import write_csv, write_meta
 from zfviz.utils import atomic_write_text, command_line
 
-SUPPORT_MATRIX = "support_matrix.csv"
 # The smallest member of each family torchvision ships.
 DEFAULT_NETS = (
     "alexnet", "vgg11", "resnet18", "resnext50_32x4d", "wide_resnet50_2", "googlenet", "inception_v3",

@@ -67,6 +67,8 @@ PAPER_COST = "paper_cost.csv"
 REPORT_HTML = "index.html"
 REPORT_MD = "README.md"
 REPORT_SCREENSHOT = "report_top.png"
+# --- beside make figures: make support-matrix (scripts/support_matrix.py) ---
+SUPPORT_MATRIX = "support_matrix.csv"
 
 # The targets of make figures, in the Makefile's order (its FIGURES); the within-domain transfer is the cpu
 # preset's only (at the paper preset the real transfer, ImageNet -> Caltech, is itself within-domain).
