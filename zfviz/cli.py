@@ -43,6 +43,55 @@ def rewrite_lists(args: list[str]) -> list[str]:
     return out
 
 
+# Keys whose value is a path (the last part of the dotted key: data.root, viz.concepts.root, hydra.run.dir, ...).
+PATH_KEYS = {"checkpoint", "resume", "out_dir", "arrays_dir", "root", "cache_dir", "mean_cache", "dir", "images",
+             "weights", "decoder", "decoders", "alexnet", "clipped", "unclipped"}  # fmt: skip
+# Of those, the keys that also take a list (``images=[a.jpg,b.jpg]``, ``images=a.jpg,b.jpg``, indices ``[0,1]``).
+LIST_PATH_KEYS = {"images", "clipped", "unclipped"}
+_HYDRA_SCALAR = re.compile(r"(?i)null|true|false|-?\d+|'.*'|\".*\"")
+
+
+def hydra_quoted(value: str) -> str:
+    """``value`` as one Hydra quoted string that reads back as ``value`` exactly: a quote, and the backslashes
+    before a quote or at the end, escaped (Hydra keeps other backslashes as typed)."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"
+
+
+def unquoted(value: str) -> str:
+    """The text a value quoted for Hydra (``hydra_quoted``, or by the user) stands for; a bare value as it is."""
+    if len(value) < 2 or value[0] != value[-1] or value[0] not in "'\"":
+        return value
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return str(OverridesParser.create().parse_override(f"key={value}").value())
+
+
+def _path_form(value: str, key: str, multirun: bool) -> bool:
+    """Whether ``value`` of a path key is meant in Hydra's grammar (null, true/false, a number, a quoted string,
+    a list, a dict, a sweep), not as a path; a file or folder of that name is always a path."""
+    if Path(value).expanduser().exists():
+        return False
+    lists = key in LIST_PATH_KEYS
+    bracketed = value[:1] + value[-1:] in ("[]", "{}")
+    return bool(_HYDRA_SCALAR.fullmatch(value)) or bracketed or "," in value and (lists or multirun)
+
+
+def quote_paths(args: list[str], multirun: bool = False) -> list[str]:
+    """A path key's value (``PATH_KEYS``) quoted for Hydra, so that it reaches the command verbatim: Hydra's
+    grammar rejects ``( ) [ ] { } # = ' ~`` in a bare value and reads a comma as a list or a sweep.
+
+    Left as typed: a value in Hydra's grammar (``_path_form``) that names no existing file or folder: ``null``,
+    a quoted string, ``[...]``, and for ``images``/``clipped``/``unclipped`` (or under ``-m``) ``a,b``, a list."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        name = key.lstrip("+~").rpartition(".")[2]
+        if eq and not arg.startswith("-") and name in PATH_KEYS and value and not _path_form(value, name, multirun):
+            arg = f"{key}={hydra_quoted(value)}"
+        out.append(arg)
+    return out
+
+
 def quote_home(args: list[str]) -> list[str]:
     """``images=~/photos``: a value starting with ``~`` (bash expands it, zsh and quoting do not) is one
     Hydra's grammar rejects; quoted, it reaches the command, which expands it (``key=~/a,~/b``: a list)."""
@@ -281,7 +330,7 @@ def check_run_folder(overrides: list[str], multirun: bool) -> None:
     place would end in Hydra's traceback: check the nearest existing folder on its path first."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+") == key), "runs")
-    path = Path(given.strip("'\"")).expanduser().absolute()
+    path = Path(unquoted(given)).expanduser().absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
     if not os.access(path, os.W_OK):  # also false for root on a read-only file system
@@ -353,6 +402,7 @@ def checked(command: str, rest: list[str], flags: list[str]) -> list[str]:
     if command not in COMMANDS:
         raise UserError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
     check_command_line(rest)  # a path with spaces the shell split: say how to quote it
+    rest = quote_paths(rest, multirun)
     if not multirun:
         rest = rewrite_lists(quote_home(rest))
     if not _UNCHECKED.intersection(f.partition("=")[0] for f in flags):
