@@ -189,6 +189,9 @@ $(TRANSFER_OUT) &: $(TRANSFER)/$(TABLE4_RUN)/run.json $(TRANSFER)/fig9/run.json 
 		--table5 $(TRANSFER)/fig9 --fig9 $(TRANSFER)/fig9 --table6 $(TRANSFER)/table6
 
 FIGURES += $(TRANSFER_OUT)
+# The transfer sweeps are the longest stages after the trainings: `stages` starts them early, so the short
+# stages fill in at the end instead of one long one running alone (Fig. 9's sweep ran last in a cold run).
+LONG_STAGES := $(TRANSFER)/fig9/run.json
 
 # --- within-domain transfer (issue 18): Fig. 9's comparison on new classes of the same kind of images ---
 # cpu preset only: at the paper preset the real transfer (ImageNet -> Caltech) is itself within-domain.
@@ -207,6 +210,7 @@ $(WITHIN_OUT) &: $(TRANSFER)/within/run.json $(TRANSFER)/fig9/run.json
 		--within $(TRANSFER)/within --cross $(TRANSFER)/fig9
 
 FIGURES += $(WITHIN_OUT)
+LONG_STAGES += $(RUNS)/zfnet_half/run.json $(TRANSFER)/within/run.json
 endif
 
 # --- network dissection (issue 15): the Fashion-MNIST concept set in the Broden layout, built once ---
@@ -307,7 +311,8 @@ $(RESULTS)/seeds/%/table7_$(PRESET).csv: $(RUNS)/zfnet_seed%/run.json
 		features.cache_dir=$(FEATURES) hydra.run.dir=$(RUNS)/table7_seed$* $(TABLE7_ARGS_$(PRESET))
 
 # The first prerequisites of `stages` start first under -j: the Table 3 trainings (the longest stage)
-# beside the Table 2 ones, then the other seeds' (long stages first, the short ones fill in at the end). The end prints each stage's wall time and writes $(RESULTS)/timings.csv.
+# beside the Table 2 ones, then the other seeds', then the transfer sweeps (long stages first, the short ones
+# fill in at the end). The end prints each stage's wall time and writes $(RESULTS)/timings.csv.
 figures: install data
 	@$(DATA_ROOTS) $(BIN)/python -m zfviz.pipeline needs --preset $(PRESET)
 	@$(if $(filter full,$(SCALE)),$(BIN)/python -m zfviz.pipeline cost --preset $(PRESET) --seeds $(SEEDS),:)
@@ -338,7 +343,7 @@ check-results: install
 	@$(BIN)/python -m zfviz.pipeline check --results $(RESULTS) $(FIGURES) $(SEED_FIGURES) $(RESULTS)/index.html \
 		$(RESULTS)/README.md
 
-stages: $(ABLATE)/variants.json $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(SEED_RUNS) $(FIGURES) $(SEED_FIGURES)
+stages: $(ABLATE)/variants.json $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(SEED_RUNS) $(LONG_STAGES) $(FIGURES) $(SEED_FIGURES)
 
 clean-figures:
 	rm -rf $(RUNS)

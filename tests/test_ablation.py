@@ -127,7 +127,7 @@ def test_fc_sizes_scale_with_the_preset():
 def test_experiment_table3_lists_every_variant_and_sets_the_budget_per_preset():
     cpu = compose_cfg(["experiment=table3"])
     assert list(cpu.variant) == list(ablation.VARIANTS)
-    assert (cpu.trainer.epochs, cpu.data.limit, cpu.optim.lr, cpu.optim.warmup_epochs) == (8, 10000, 0.02, 3)
+    assert (cpu.trainer.epochs, cpu.data.limit, cpu.optim.lr, cpu.optim.warmup_epochs) == (6, 10000, 0.02, 3)
     paper = compose_cfg(["experiment=table3", "preset=paper"])
     assert (paper.trainer.epochs, paper.data.limit, paper.optim.lr, paper.optim.schedule) == (70, None, 0.01, "plateau")
     fast = compose_cfg(["experiment=table3", "debug=fast", "variant=[zfnet]"])

@@ -152,3 +152,13 @@ def test_two_runs_started_in_one_second_get_two_folders(command):
     dirs = [cfg.hydra.run.dir for cfg in (first, second)]
     assert dirs[0] != dirs[1], dirs
     assert sorted(dirs) == dirs  # names still sort in time order (resume=true picks the latest)
+
+
+@pytest.mark.parametrize("experiment", ["fig9", "within"])
+def test_transfer_sweeps_draw_the_papers_5_splits_at_the_paper_preset_and_3_at_cpu(experiment):
+    splits = {
+        preset: compose_cfg("transfer", [f"experiment={experiment}", f"preset={preset}"]).splits
+        for preset in ("cpu", "paper")
+    }
+    assert splits == {"cpu": 3, "paper": 5}
+    assert compose_cfg("transfer", [f"experiment={experiment}", "splits=4"]).splits == 4  # the user's choice stands
