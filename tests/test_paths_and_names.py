@@ -4,12 +4,18 @@ messages that named a file or a value wrong."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.cli_args import run_zfviz
+from tests.test_transfer_default import fake_run
 from zfviz.cli import checked, hydra_quoted, quote_paths, unquoted, viz_args
-from zfviz.commands import CONFIG_DIR
+from zfviz.commands import CONFIG_DIR, viz
+from zfviz.errors import UserError
 
 # One folder name per character class Hydra's grammar treats specially (or a shell user types).
 ODD_NAMES = {
@@ -79,3 +85,37 @@ def test_only_path_keys_are_quoted_and_sweeps_stay_sweeps(tmp_path, monkeypatch)
     ]
     assert quote_paths(["checkpoint=a.pt,b.pt"], multirun=True) == ["checkpoint=a.pt,b.pt"]
     assert quote_paths(["+hydra.run.dir=runs/#1"]) == ["+hydra.run.dir='runs/#1'"]
+
+
+# --- zfviz viz without checkpoint= ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_viz_without_a_checkpoint_takes_the_newest_finished_run_and_says_which(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = resolved("viz", ["deconv"])
+    with pytest.raises(UserError, match=r"no finished zfnet run at preset=cpu in .*, or set checkpoint="):
+        viz.default_checkpoint(cfg)
+    fake_run(Path("runs/train/zfnet/2026-01-01_10-00-00"), mtime=1000)
+    newest = fake_run(Path("runs/figures/cpu/zfnet"), mtime=2000)
+    chosen = viz.default_checkpoint(cfg)
+    assert chosen.checkpoint == str(newest / "checkpoint.pt") and cfg.checkpoint is None
+    assert capsys.readouterr().out.splitlines() == [
+        f"zfviz viz deconv: checkpoint={newest / 'checkpoint.pt'}, the newest finished zfnet run at preset=cpu "
+        "(checkpoint= picks another)"
+    ]
+    given = resolved("viz", ["deconv", "checkpoint=mine.pt"])
+    assert viz.default_checkpoint(given) is given and capsys.readouterr().out == ""
+    net = resolved("viz", ["deconv", "net=torchvision:resnet18"])
+    assert viz.default_checkpoint(net) is net
+
+
+@pytest.mark.slow
+def test_zfviz_viz_deconv_runs_on_the_newest_finished_run(tmp_path, fmnist_dir):
+    data = {"name": "fashion_mnist", "root": str(fmnist_dir), "limit": None, "mean": None, "std": None}
+    newest = fake_run(tmp_path / "runs/figures/cpu/zfnet", mtime=2000, data=data)
+    done = run_zfviz("viz", "deconv", "images=[0]", "maps=1", "layer=conv1", "out_dir=out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"checkpoint={newest.relative_to(tmp_path) / 'checkpoint.pt'}, the newest" in done.stdout.splitlines()[0]
+    (meta,) = (tmp_path / "out").glob("*.meta.json")
+    assert json.loads(meta.read_text())["sources"][0]["checkpoint"] == "runs/figures/cpu/zfnet/checkpoint.pt"

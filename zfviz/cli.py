@@ -301,8 +301,9 @@ def method_page(method: str, chosen: str | None = None) -> str:
         f"usage: zfviz viz {method} checkpoint=.../checkpoint.pt [key=value ...] [-m] [--cfg job]", "",
         f"Keys, with their defaults (bare, or under viz.: {keys[0][0]}=... is viz.{keys[0][0]}=...):" if keys else "Keys:",
         *rows, *methods, "",
-        "Shared keys: checkpoint (a zfviz train checkpoint.pt), out_dir (default: the run folder,",
-        f"runs/viz/{method}/<time>/), seed, device; zfviz viz --help lists the methods.", "",
+        "Shared keys: checkpoint (a zfviz train checkpoint.pt; default: the newest finished run of model.name",
+        "at this preset under runs/), out_dir (default: the run folder, runs/viz/<method>/<time>/), seed, device;",
+        "zfviz viz --help lists the methods.", "",
         "Example:",
         f"  zfviz viz {method} checkpoint=runs/figures/cpu/zfnet/checkpoint.pt {example}".rstrip(),
     ])  # fmt: skip

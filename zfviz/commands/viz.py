@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from zfviz.checkpoint import with_checkpoint
 from zfviz.commands import CONFIG_DIR, guarded
 from zfviz.errors import UserError
 from zfviz.validate import check_config
@@ -41,11 +42,25 @@ def check_names(v: DictConfig) -> None:
             )
 
 
+def default_checkpoint(cfg: DictConfig) -> DictConfig:
+    """Without ``checkpoint=`` (and ``net=``), the net ``zfviz transfer`` would take: the newest finished run of
+    ``model.name`` at this preset under ``runs/`` (``zfviz.checkpoint.with_checkpoint``), named on one line."""
+    if cfg.viz.get("net"):
+        return cfg
+    cfg, chosen = with_checkpoint(cfg)
+    if chosen:
+        print(
+            f"zfviz viz {cfg.viz.name}: checkpoint={cfg.checkpoint}, {chosen} (checkpoint= picks another)", flush=True
+        )
+    return cfg
+
+
 def run(cfg: DictConfig):
     check_config(cfg)  # seed, device, ...: one line before any checkpoint is read
     if cfg.get("viz") is None:
         raise UserError(f"name a method: zfviz viz <method> ...; methods: {', '.join(methods()) or 'none yet'}")
     check_names(cfg.viz)
+    cfg = default_checkpoint(cfg)
     module = importlib.import_module(f"zfviz.commands.viz_{cfg.viz.name}")
     return module.run(cfg)
 
