@@ -32,6 +32,7 @@ from torch import nn
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.commands import CONFIG_DIR
 from zfviz.models import build_model
+from zfviz.pipeline import load_average
 from zfviz.results import write_csv, write_meta
 from zfviz.utils import cpu_model
 
@@ -112,11 +113,9 @@ def out_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_1min() -> float | None:
-    """The 1-minute load average (None where the system has none)."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
+    """The 1-minute load average (None where the system has none): the one ``make figures`` records too."""
+    averages = load_average()
+    return averages[0] if averages else None
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ import torch
 
 from zfviz.attribution import attribute
 from zfviz.data.trained import load_data
-from zfviz.errors import UserError
 from zfviz.models.load import load_net
 from zfviz.outputs import FIG_ATTRIBUTION, named
 from zfviz.plotting import plt
 from zfviz.plotting.attribution_grid import attribution_grid
 from zfviz.results import load_run, run_source, runs_parser, save_figure
+from zfviz.script_main import script_main
 
 # column -> (method, options); the z^B bounds are added per net
 COLUMNS = {
@@ -76,17 +76,14 @@ def net_panel(run_dir: Path, count: int, seed: int):
     return summary["model"], stored.numpy(), maps, rows, source
 
 
+@script_main
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--images", type=int, default=5, help="rows: the first test image of this many classes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.perf_counter()
-    try:
-        results = [net_panel(Path(run), args.images, args.seed) for run in args.runs]
-    except UserError as err:
-        print(f"attribution_figure: error: {err}", file=sys.stderr)
-        return 2
+    results = [net_panel(Path(run), args.images, args.seed) for run in args.runs]
     rows = results[0][3]
     if any(r[3] != rows for r in results[1:]):
         print(

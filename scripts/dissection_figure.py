@@ -36,12 +36,12 @@ from zfviz.data.trained import load_data
 from zfviz.dissection import Broden, detector_counts, dissect
 from zfviz.dissection.batches import Batches
 from zfviz.dissection.dissect import resized, strongest_images, unit_maps
-from zfviz.errors import UserError
 from zfviz.models.load import load_net
 from zfviz.outputs import DISSECTION, FIG_DISSECTION, named
 from zfviz.plotting import plt
 from zfviz.plotting.dissection import LAYERS, count_panel
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
+from zfviz.script_main import script_main
 
 
 def normalizer(ckpt: dict, path: Path, known: dict[str, Callable]) -> Callable:
@@ -110,6 +110,7 @@ def unit_rows(sub, shown: pd.DataFrame, model, prepare, batches: Batches, broden
                  "threshold T_k (upsampled as dissection does)", fontsize=9)  # fmt: skip
 
 
+@script_main
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--concepts", required=True, help="the Broden-layout concept folder")
@@ -121,20 +122,16 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
     start = time.perf_counter()
-    try:
-        broden = Broden(args.concepts)
-        nets = [(load_run(run)[0]["model"], Path(run)) for run in args.runs]
-        nets += (
-            [(f"t3:{entry['variant']}", Path(entry["cache_dir"])) for entry in read_manifests(args.ablate)]
-            if args.ablate
-            else []
-        )
-        batches = Batches(broden, args.batch_size)  # the images and masks, decoded once for all nets
-        normalizers: dict[str, Callable] = {}
-        results = [dissect_run(name, run, batches, normalizers) for name, run in nets]
-    except UserError as err:
-        print(f"dissection_figure: error: {err}", file=sys.stderr)
-        return 2
+    broden = Broden(args.concepts)
+    nets = [(load_run(run)[0]["model"], Path(run)) for run in args.runs]
+    nets += (
+        [(f"t3:{entry['variant']}", Path(entry["cache_dir"])) for entry in read_manifests(args.ablate)]
+        if args.ablate
+        else []
+    )
+    batches = Batches(broden, args.batch_size)  # the images and masks, decoded once for all nets
+    normalizers: dict[str, Callable] = {}
+    results = [dissect_run(name, run, batches, normalizers) for name, run in nets]
     df = pd.concat([r[0] for r in results], ignore_index=True)
     df = df[["net", *[c for c in df.columns if c != "net"]]]
     sources = [r[3] for r in results]

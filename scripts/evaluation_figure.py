@@ -69,6 +69,7 @@ from zfviz.outputs import CLAIMS, EVALUATION, FIG_RANDOMIZATION, named
 from zfviz.plotting import plt
 from zfviz.plotting.evaluation import randomization_figure
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_csv, write_meta, write_table
+from zfviz.script_main import script_main
 
 # column -> (attribution method, options); None: a random map, the baseline every method should beat
 METHODS: dict[str, tuple[str | None, dict]] = {
@@ -307,6 +308,7 @@ def ablate_nets(dirs: list[str]) -> list[tuple[str, Path]]:
     return found
 
 
+@script_main
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--concepts", required=True, help="the Broden-layout concept folder (object masks)")
@@ -334,39 +336,33 @@ def main() -> int:
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     rows, claims, sources, cascades, normalizers, focus, shown = [], [], [], {}, {}, [], {}
-    try:
-        canvases = concept_canvases(args.concepts, max(args.canvases, args.focus_canvases))
-        for run in args.runs:
-            summary, history = load_run(run)
-            name, path = summary["model"], Path(run) / "checkpoint.pt"
-            model, ckpt = load_net(path, torch.device("cpu"))
-            stored, x, labels, normalize = _test_images(ckpt, path, args.images)
-            prepare = resized(normalize, int(ckpt["config"]["model"]["input_size"]))
-            shown_canvases = prepare(canvases[0][: args.canvases])
-            classes = explained(model, shown_canvases, canvases[1][: args.canvases])
-            canvas = (shown_canvases, classes, canvases[2][: args.canvases])
-            net_rows, per_image, cascades[name] = measure(
-                name, model, {"test": (x, labels), "canvas": canvas}, args, rng
-            )
-            shown.setdefault("image", stored[0].numpy())
-            rows += net_rows
-            claims += rise_claims(name, per_image, rng, args.resamples)
-            focus.append(
-                _focus_row(name, run, history, model, prepare, canvases, args.focus_canvases, args.occlusion_stride)
-            )
-            sources.append(run_source(summary, net=name, checkpoint=str(path), epoch=ckpt.get("epoch")))
-        for name, run in ablate_nets(args.ablate):
-            summary, history = load_run(run)
-            model, ckpt = load_net(run / "checkpoint.pt", torch.device("cpu"))
-            size = int(ckpt["config"]["model"]["input_size"])
-            prepare = resized(normalizer(ckpt, run / "checkpoint.pt", normalizers), size)
-            focus.append(
-                _focus_row(name, run, history, model, prepare, canvases, args.focus_canvases, args.occlusion_stride)
-            )
-            sources.append(run_source(summary, net=name, checkpoint=str(run / "checkpoint.pt")))
-    except UserError as err:
-        print(f"evaluation_figure: error: {err}", file=sys.stderr)
-        return 2
+    canvases = concept_canvases(args.concepts, max(args.canvases, args.focus_canvases))
+    for run in args.runs:
+        summary, history = load_run(run)
+        name, path = summary["model"], Path(run) / "checkpoint.pt"
+        model, ckpt = load_net(path, torch.device("cpu"))
+        stored, x, labels, normalize = _test_images(ckpt, path, args.images)
+        prepare = resized(normalize, int(ckpt["config"]["model"]["input_size"]))
+        shown_canvases = prepare(canvases[0][: args.canvases])
+        classes = explained(model, shown_canvases, canvases[1][: args.canvases])
+        canvas = (shown_canvases, classes, canvases[2][: args.canvases])
+        net_rows, per_image, cascades[name] = measure(name, model, {"test": (x, labels), "canvas": canvas}, args, rng)
+        shown.setdefault("image", stored[0].numpy())
+        rows += net_rows
+        claims += rise_claims(name, per_image, rng, args.resamples)
+        focus.append(
+            _focus_row(name, run, history, model, prepare, canvases, args.focus_canvases, args.occlusion_stride)
+        )
+        sources.append(run_source(summary, net=name, checkpoint=str(path), epoch=ckpt.get("epoch")))
+    for name, run in ablate_nets(args.ablate):
+        summary, history = load_run(run)
+        model, ckpt = load_net(run / "checkpoint.pt", torch.device("cpu"))
+        size = int(ckpt["config"]["model"]["input_size"])
+        prepare = resized(normalizer(ckpt, run / "checkpoint.pt", normalizers), size)
+        focus.append(
+            _focus_row(name, run, history, model, prepare, canvases, args.focus_canvases, args.occlusion_stride)
+        )
+        sources.append(run_source(summary, net=name, checkpoint=str(run / "checkpoint.pt")))
     nets = pd.DataFrame(focus)
     claims += focus_claims(nets, rng, args.resamples)
     if len(nets) < 3:

@@ -47,6 +47,7 @@ from zfviz.reconstruction.maximize import (
 )
 from zfviz.reconstruction.parameterization import color_basis, data_color
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
+from zfviz.script_main import script_main
 from zfviz.viz.top9 import ordered_batches
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
@@ -154,6 +155,7 @@ def _caption(target: Target, activation, real) -> str:
     return f"{name}\n{ratio_caption(float(activation), float(real))}"
 
 
+@script_main
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--decoders", type=Path, default=None, help="folder of fc6 decoder runs, one per net name")
@@ -167,11 +169,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.perf_counter()
-    try:
-        results = [maximize_run(Path(run), args) for run in args.runs]
-    except UserError as err:
-        print(f"maximize_figure: error: {err}", file=sys.stderr)
-        return 2
+    results = [maximize_run(Path(run), args) for run in args.runs]
     df = pd.concat([r[0] for r in results], ignore_index=True)
     sources = [r[2] for r in results]
     out = Path(args.out)

@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 from zfviz.data.trained import load_data
-from zfviz.errors import UserError
 from zfviz.models.load import load_net
 from zfviz.outputs import FIG_RECONSTRUCTION, RECONSTRUCTION, named
 from zfviz.plotting import plt
@@ -32,6 +31,7 @@ from zfviz.reconstruction.decoder import Recipe, layer_features_of, load_decoder
 from zfviz.reconstruction.invert import Descent, invert, normalized_error, psnr, to_pixels
 from zfviz.reconstruction.parameterization import data_color
 from zfviz.results import load_run, run_source, runs_parser, save_figure, write_table
+from zfviz.script_main import script_main
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 METHODS = ("regularized", "learned")
@@ -92,6 +92,7 @@ def claims(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+@script_main
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--decoders", required=True, help="folder of the trained decoders (cached runs)")
@@ -107,11 +108,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     recipe = Recipe(images=args.decoder_images, epochs=args.decoder_epochs, seed=args.seed)
-    try:
-        results = [reconstruct(Path(run), args, recipe) for run in args.runs]
-    except UserError as err:
-        print(f"reconstruction_figure: error: {err}", file=sys.stderr)
-        return 2
+    results = [reconstruct(Path(run), args, recipe) for run in args.runs]
     df = pd.DataFrame([row for r in results for row in r[0]], columns=["net", "layer", "method", "error", "psnr"])
     sources = [r[3] for r in results]
     out = Path(args.out)

@@ -9,25 +9,22 @@ import sys
 
 import pandas as pd
 
-from zfviz.errors import UserError
 from zfviz.outputs import TABLE2, TRAINING_CURVES, named
 from zfviz.plotting.training import training_curves
 from zfviz.results import load_run, run_source, runs_parser, save_figure, table2, write_table
+from zfviz.script_main import script_main
 
 
+@script_main
 def main() -> int:
     args = runs_parser(__doc__).parse_args()
-    try:
-        df = table2(args.runs)
-        sources = []
-        histories: dict[str, pd.DataFrame] = {}
-        for run_dir in args.runs:
-            summary, history = load_run(run_dir)
-            histories[summary["model"]] = history
-            sources.append(run_source(summary, model=summary["model"]))
-    except UserError as err:
-        print(f"table2: error: {err}", file=sys.stderr)
-        return 2
+    df = table2(args.runs)
+    sources = []
+    histories: dict[str, pd.DataFrame] = {}
+    for run_dir in args.runs:
+        summary, history = load_run(run_dir)
+        histories[summary["model"]] = history
+        sources.append(run_source(summary, model=summary["model"]))
     write_table(
         df, f"{args.out}/{named(TABLE2, args.preset)}", sources=sources, wall_time_s=float(df["wall_time_s"].sum())
     )

@@ -23,28 +23,26 @@ from zfviz.errors import UserError
 from zfviz.outputs import FIG_TABLE3, TABLE3, TABLE3_RERUN, named
 from zfviz.plotting.redraw import redraw
 from zfviz.results import load_run, run_source, runs_parser, write_table
+from zfviz.script_main import script_main
 
 
 def provenance(entries: list[dict]) -> list[dict]:
     return [run_source(load_run(e["cache_dir"])[0], variant=e["variant"]) for e in entries]
 
 
+@script_main
 def main() -> int:
     parser = runs_parser(__doc__)
     parser.add_argument("--repeat", nargs="+", default=[], metavar="DIR", help="a second run of the same variants")
     parser.add_argument("--repeat-name", default="repeat", help="writes table3_<preset>_<name>.csv (e.g. seed1)")
     args = parser.parse_args()
-    try:
-        if not re.fullmatch(r"[\w-]+", args.repeat_name):
-            raise UserError(f"--repeat-name must be letters, digits, - or _, got {args.repeat_name!r}")
-        entries = read_manifests(args.runs)
-        df = table3(entries)
-        sources = provenance(entries)
-        repeats = read_manifests(args.repeat) if args.repeat else []
-        again = repeat_table(df, table3(repeats)) if repeats else None
-    except UserError as err:
-        print(f"table3: error: {err}", file=sys.stderr)
-        return 2
+    if not re.fullmatch(r"[\w-]+", args.repeat_name):
+        raise UserError(f"--repeat-name must be letters, digits, - or _, got {args.repeat_name!r}")
+    entries = read_manifests(args.runs)
+    df = table3(entries)
+    sources = provenance(entries)
+    repeats = read_manifests(args.repeat) if args.repeat else []
+    again = repeat_table(df, table3(repeats)) if repeats else None
     write_table(
         df, f"{args.out}/{named(TABLE3, args.preset)}", sources=sources, wall_time_s=float(df["wall_time_s"].sum())
     )

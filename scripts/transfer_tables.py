@@ -21,6 +21,7 @@ from zfviz.errors import UserError
 from zfviz.outputs import FIG9_TRANSFER, FIG9_TRANSFER_TABLE, FIG_TABLE6_AP, TABLE4, TABLE5, TABLE6, named
 from zfviz.plotting.redraw import redraw
 from zfviz.results import load_run, paper_table, run_source, write_table
+from zfviz.script_main import script_main
 
 # Our heads -> the paper's row of the same method; the SVM's paper numbers are Table 7's layer-7 SVM.
 OURS = {
@@ -116,6 +117,7 @@ def pascal_table(run: dict, rows: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in table.columns if c != "note"] + ["note"]]
 
 
+@script_main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
@@ -129,30 +131,26 @@ def main() -> int:
     parser.add_argument("--table5-n", default=[15, 30, 45, 60], help="images per class of Table 5's columns", **ns)
     args = parser.parse_args()
     out = Path(args.out)
-    try:
-        if args.table4:
-            run, summary = load_run(args.table4, "summary.csv", command=TRANSFER)
-            table = caltech_table(run, summary, "table4_caltech101", args.table4_n)
-            write_table(table, out / named(TABLE4, args.preset), sources=[source(run, args.table4)], wall_time_s=run["wall_time_s"])  # fmt: skip
-            print(table.to_string(index=False), "\n")
-        if args.table5:
-            run, summary = load_run(args.table5, "summary.csv", command=TRANSFER)
-            table = caltech_table(run, summary, "table5_caltech256", args.table5_n)
-            write_table(table, out / named(TABLE5, args.preset), sources=[source(run, args.table5)], wall_time_s=run["wall_time_s"])  # fmt: skip
-            print(table.to_string(index=False), "\n")
-        if args.fig9:
-            run, summary = load_run(args.fig9, "summary.csv", command=TRANSFER)
-            write_table(fig9_table(run, summary), out / named(FIG9_TRANSFER_TABLE, args.preset), sources=[source(run, args.fig9)], wall_time_s=run["wall_time_s"])  # fmt: skip
-            redraw(out, args.preset, FIG9_TRANSFER)  # the figure from the table just written
-        if args.table6:
-            run, rows = load_run(args.table6, "rows.csv", command=TRANSFER)
-            table = pascal_table(run, rows)
-            write_table(table, out / named(TABLE6, args.preset), sources=[source(run, args.table6)], wall_time_s=run["wall_time_s"])  # fmt: skip
-            redraw(out, args.preset, FIG_TABLE6_AP)  # the figure from the table just written
-            print(table.to_string(index=False))
-    except UserError as err:
-        print(f"transfer_tables: error: {err}", file=sys.stderr)
-        return 2
+    if args.table4:
+        run, summary = load_run(args.table4, "summary.csv", command=TRANSFER)
+        table = caltech_table(run, summary, "table4_caltech101", args.table4_n)
+        write_table(table, out / named(TABLE4, args.preset), sources=[source(run, args.table4)], wall_time_s=run["wall_time_s"])  # fmt: skip
+        print(table.to_string(index=False), "\n")
+    if args.table5:
+        run, summary = load_run(args.table5, "summary.csv", command=TRANSFER)
+        table = caltech_table(run, summary, "table5_caltech256", args.table5_n)
+        write_table(table, out / named(TABLE5, args.preset), sources=[source(run, args.table5)], wall_time_s=run["wall_time_s"])  # fmt: skip
+        print(table.to_string(index=False), "\n")
+    if args.fig9:
+        run, summary = load_run(args.fig9, "summary.csv", command=TRANSFER)
+        write_table(fig9_table(run, summary), out / named(FIG9_TRANSFER_TABLE, args.preset), sources=[source(run, args.fig9)], wall_time_s=run["wall_time_s"])  # fmt: skip
+        redraw(out, args.preset, FIG9_TRANSFER)  # the figure from the table just written
+    if args.table6:
+        run, rows = load_run(args.table6, "rows.csv", command=TRANSFER)
+        table = pascal_table(run, rows)
+        write_table(table, out / named(TABLE6, args.preset), sources=[source(run, args.table6)], wall_time_s=run["wall_time_s"])  # fmt: skip
+        redraw(out, args.preset, FIG_TABLE6_AP)  # the figure from the table just written
+        print(table.to_string(index=False))
     return 0
 
 

@@ -27,6 +27,7 @@ from zfviz.errors import UserError
 from zfviz.outputs import FIG_TRANSFER_WITHIN, TRANSFER_WITHIN, named
 from zfviz.plotting.redraw import redraw
 from zfviz.results import load_run, run_source, write_table
+from zfviz.script_main import script_main
 
 TRANSFER = "zfviz transfer"
 COLUMNS = ["stand_in", "pretrained_on", "transfer_to", "head", "pretrained", "n_per_class", "accuracy", "std",
@@ -101,6 +102,7 @@ def headline(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+@script_main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
@@ -109,13 +111,9 @@ def main() -> int:
     parser.add_argument("--cross", required=True, metavar="RUN_DIR_OR_CSV")
     args = parser.parse_args()
     out = Path(args.out)
-    try:
-        within, within_prov, w_from, w_to = within_source(args.within)
-        cross, cross_prov, c_from, c_to = cross_source(args.cross)
-        table = side_by_side({"cross-domain": (cross, c_from, c_to), "within-domain": (within, w_from, w_to)})
-    except UserError as err:
-        print(f"transfer_within: error: {err}", file=sys.stderr)
-        return 2
+    within, within_prov, w_from, w_to = within_source(args.within)
+    cross, cross_prov, c_from, c_to = cross_source(args.cross)
+    table = side_by_side({"cross-domain": (cross, c_from, c_to), "within-domain": (within, w_from, w_to)})
     sources = [cross_prov, within_prov]
     table_name, figure = named(TRANSFER_WITHIN, args.preset), named(FIG_TRANSFER_WITHIN, args.preset)
     write_table(table, out / table_name, sources=sources)

@@ -55,6 +55,7 @@ from zfviz.plotting.evaluation import randomization_summary
 from zfviz.plotting.occlusion import OcclusionMaps, occlusion_figure
 from zfviz.plotting.transfer import accuracy_vs_examples, ap_bars, stand_ins_side_by_side
 from zfviz.results import paper_table, save_figure, write_meta
+from zfviz.script_main import script_main
 from zfviz.utils import atomic_write_text, git_state
 
 
@@ -239,6 +240,7 @@ def redraw(results: str | Path, preset: str, figure: str) -> Path:
     return path
 
 
+@script_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results", help="the folder of the data files and figures")
@@ -247,17 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chosen = {named(p, args.preset): p for p in DRAWN}
     unknown = sorted(set(args.only) - set(chosen))
-    try:
-        if unknown:
-            raise UserError(f"--only: {', '.join(unknown)} is not redrawn from data; choose from {', '.join(chosen)}")
-        for name, pattern in chosen.items():
-            wanted = name in args.only if args.only else pattern not in PARTIAL
-            if not wanted:
-                continue
-            print(f"redraw: {redraw(args.results, args.preset, pattern)}")
-    except UserError as err:
-        print(f"redraw: error: {err}", file=sys.stderr)
-        return 2
+    if unknown:
+        raise UserError(f"--only: {', '.join(unknown)} is not redrawn from data; choose from {', '.join(chosen)}")
+    for name, pattern in chosen.items():
+        wanted = name in args.only if args.only else pattern not in PARTIAL
+        if not wanted:
+            continue
+        print(f"redraw: {redraw(args.results, args.preset, pattern)}")
     return 0
 
 
