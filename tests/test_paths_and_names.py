@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -16,6 +17,8 @@ from tests.test_transfer_default import fake_run
 from zfviz.cli import checked, hydra_quoted, quote_paths, unquoted, viz_args
 from zfviz.commands import CONFIG_DIR, viz
 from zfviz.errors import UserError
+from zfviz.plotting import plt
+from zfviz.plotting.reconstruction import reconstruction_panels
 
 # One folder name per character class Hydra's grammar treats specially (or a shell user types).
 ODD_NAMES = {
@@ -119,3 +122,29 @@ def test_zfviz_viz_deconv_runs_on_the_newest_finished_run(tmp_path, fmnist_dir):
     assert f"checkpoint={newest.relative_to(tmp_path) / 'checkpoint.pt'}, the newest" in done.stdout.splitlines()[0]
     (meta,) = (tmp_path / "out").glob("*.meta.json")
     assert json.loads(meta.read_text())["sources"][0]["checkpoint"] == "runs/figures/cpu/zfnet/checkpoint.pt"
+
+
+# --- messages and figures ------------------------------------------------------------------------------------
+
+
+def _boxes(fig):
+    """(the title's box, the axes titles' boxes, the y labels' boxes, the figure's box), in display pixels."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = [t.get_window_extent(renderer) for ax in fig.axes for t in (ax.title, ax._left_title) if t.get_text()]
+    labels = [ax.yaxis.label.get_window_extent(renderer) for ax in fig.axes if ax.get_ylabel()]
+    return fig._suptitle.get_window_extent(renderer), titles, labels, fig.bbox
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layers", [["conv1"], ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]])
+def test_the_inversion_figures_title_clears_the_column_titles_and_row_labels_stay_inside(layers):
+    originals = np.zeros((2, 1, 8, 8))
+    recon = {(method, layer): originals for method in ("regularized", "learned") for layer in layers}
+    title = "regularized inversion of zfnet (test images 0, 1, 2, 3, 4, 5, 6, 7)"
+    fig = reconstruction_panels([("zfnet", originals, recon)], layers, ["regularized", "learned"], title=title)
+    suptitle, titles, labels, whole = _boxes(fig)
+    assert titles and not any(suptitle.overlaps(box) for box in titles)
+    assert len(labels) == 4 and all(whole.x0 <= box.x0 and box.x1 <= whole.x1 for box in labels)
+    assert whole.x0 <= suptitle.x0 and suptitle.x1 <= whole.x1 and suptitle.y1 <= whole.y1
+    plt.close(fig)

@@ -51,6 +51,8 @@ README = "\n".join(path.read_text() for path in DOCUMENTS)
 NOT_RUN_HERE = {
     "make figures": "the whole pipeline itself (about an hour); its pieces are the zfviz/scripts lines tested here",
     "make test": "this test suite itself; CI (.ci/run) runs it",
+    "make install && source .venv/bin/activate": "the venv this suite runs in (make test depends on make install); "
+    "the lines after it run its zfviz",
     "pip install /path/to/zfviz": "tests/test_install.py installs a wheel into a fresh venv and trains with it",
     "make rehearsal": "CI (.ci/run) runs it after make test; tests/test_scale.py checks every stage's config",
     "make figures PRESET=paper SCALE=mini RESULTS=runs/mini IMAGENET=/data/ILSVRC2012 CALTECH101=/data/caltech101 "
@@ -304,7 +306,9 @@ def test_lines_that_read_an_earlier_lines_output_run_it_first():
     assert prerequisites(within) == [next(ln for ln in LINES if "hydra.run.dir=runs/figures/cpu/zfnet_half" in ln)]
     report = next(ln for ln in LINES if ln.startswith("python scripts/report.py"))
     assert set(prerequisites(report)) >= {table3, *prerequisites(table3)}
-    assert prerequisites(next(ln for ln in LINES if ln.startswith("zfviz viz deconv"))) == []
+    assert prerequisites(next(ln for ln in LINES if "checkpoint=runs/.../checkpoint.pt" in ln)) == []
+    first = next(ln for ln in LINES if ln.startswith("zfviz viz deconv checkpoint=runs/first/"))
+    assert prerequisites(first) == ["zfviz train debug=fast hydra.run.dir=runs/first"]
 
 
 @pytest.fixture(scope="session")

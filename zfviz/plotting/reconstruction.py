@@ -1,10 +1,18 @@
-"""Reconstructions beside their originals (issue 14: network inversion, regularized and learned)."""
+"""Reconstructions beside their originals (issue 14: network inversion, regularized and learned).
+
+Laid out by matplotlib's constrained layout: the title sits above the column titles and the row labels
+(methods, right-aligned beside the first column) inside the figure, however long (issue 29).
+"""
 
 from __future__ import annotations
+
+import textwrap
 
 import numpy as np
 
 from zfviz.plotting import plt
+
+FONT = 8  # points: the smallest text of the figure (issue 27: readable at 100 %)
 
 
 def _tile(image: np.ndarray, data_range: float) -> np.ndarray:
@@ -45,8 +53,9 @@ def reconstruction_panels(
     rows, cols = n * len(methods), 1 + len(layers)
     tile = 0.62
     fig, axes = plt.subplots(
-        rows, cols * len(panels), figsize=(tile * cols * len(panels) + 0.8, tile * rows + 0.9), squeeze=False
-    )
+        rows, cols * len(panels), figsize=(tile * cols * len(panels) + 1.2, tile * rows + 1.1), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
     for p, (name, originals, recon) in enumerate(panels):
         for i in range(n):
             for m, method in enumerate(methods):
@@ -54,15 +63,15 @@ def reconstruction_panels(
                 row = axes[r, p * cols : (p + 1) * cols]
                 _draw_row(row, originals[i], [recon.get((method, layer)) for layer in layers], i, data_range)
                 if m == 0 and i == 0:
-                    row[0].set_title(f"{name}\noriginal", fontsize=7)
+                    row[0].set_title(f"{name}\noriginal", fontsize=FONT)
                 if p == 0:
-                    row[0].set_ylabel(method, fontsize=6, rotation=0, ha="right", va="center")
+                    row[0].set_ylabel(method, fontsize=FONT, rotation=0, ha="right", va="center")
                 if r == 0:
                     for c, layer in enumerate(layers, start=1):
-                        row[c].set_title(layer, fontsize=7)
+                        row[c].set_title(layer, fontsize=FONT)
         for ax in axes[:, p * cols : (p + 1) * cols].flat:
             _bare(ax)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=0.93 if title else 0.96, wspace=0.04, hspace=0.06)
+    if title:  # wrapped to the figure's width (about 12 characters of 9 pt per inch)
+        fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=FONT + 1)
+    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
     return fig
