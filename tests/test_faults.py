@@ -206,20 +206,23 @@ def tiny_checkpoint(folder: Path, fmnist_dir: Path) -> Path:
     return folder / "checkpoint.pt"
 
 
+OTHER_FOLDER = "choose another folder with out_dir=..."
+
+
 @pytest.mark.slow
 def test_a_read_only_output_folder_is_one_line(read_only, tmp_path, fmnist_dir, monkeypatch, capsys):
     folder, ckpt = read_only(), tiny_checkpoint(tmp_path, fmnist_dir)
     monkeypatch.chdir(tmp_path)  # Hydra's own run folder goes under runs/ here
     reason = "permission denied" if os.geteuid() != 0 else "the file system is read-only"
     common = ["viz", "top9", "device=cpu", f"checkpoint={ckpt}", "viz.layers=[conv1]", "viz.maps=[0]"]
-    for out, message in [
-        (folder, f"cannot write {folder / 'fig2_top9.png'}: {reason}; nothing was written"),  # the folder is there
-        (folder / "new", f"{folder / 'new'}: {reason}"),  # the folder must be made
+    for out, message in [  # found before the work (issue 29), in the folder or where it must be made
+        (folder, f"out_dir={folder} cannot be written: {reason}"),
+        (folder / "new", f"out_dir={folder / 'new'} cannot be written: {folder}: {reason}"),
     ]:
         with pytest.raises(SystemExit) as status:
             zfviz_main([*common, f"out_dir={out}"])
         assert status.value.code == 2
-        assert capsys.readouterr().err.strip().splitlines()[-1] == f"zfviz: error: {message}"
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"zfviz: error: {message}; {OTHER_FOLDER}"
     assert list(folder.iterdir()) == []
 
 

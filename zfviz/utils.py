@@ -142,6 +142,28 @@ def atomic_path(path: str | os.PathLike):
                 os.unlink(tmp)
 
 
+def check_writable(folder: str | os.PathLike, key: str) -> None:
+    """Refuse ``folder`` (the value of ``key``) before any work if no file can be made in it (issue 29: a
+    read-only output folder was found only after minutes of computation). The nearest folder on its path
+    that exists must take a file: one is made there and removed, which asks the file system itself (root
+    ignores permission bits, ``os.access`` misses /proc; a read-only mount and a path under a file refuse)."""
+    path = Path(folder).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if os.path.exists(p))
+    if not existing.is_dir():
+        reason = f"{existing} is a file, not a folder"
+    else:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".zfviz-probe.", dir=existing)
+        except OSError as err:
+            why = CANNOT_WRITE.get(err.errno) or (err.strerror or str(err)).lower()
+            reason = why if existing == path else f"{existing}: {why}"
+        else:
+            os.close(fd)
+            os.unlink(probe)
+            return
+    raise OutputError(f"{key}={folder} cannot be written: {reason}; choose another folder with {key}=...")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

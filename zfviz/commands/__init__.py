@@ -3,38 +3,87 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
+import threading
 
 from zfviz.config_dir import CONFIG_DIR as CONFIG_DIR  # re-exported: the commands and the tests import it from here
-from zfviz.errors import Interrupted, UserError
+from zfviz.errors import Interrupted, Terminated, UserError
+
+# The keys naming folders a command writes into (viz, transfer): checked before the work starts.
+OUTPUT_KEYS = ("out_dir", "arrays_dir")
 
 
 def guarded(run, cfg):
     """Call ``run(cfg)``; what the user must act on ends in one line on stderr, never a traceback.
 
-    A UserError (a bad value; a file that cannot be written: disk full, read-only) exits with
-    status 2; Ctrl-C with 130, saying what was kept and how to continue.
+    The output folders are checked first (a read-only one is found before the work, not after). A
+    UserError (a bad value; a file that cannot be written: disk full, read-only) exits with status 2;
+    Ctrl-C with 130, saying what was kept and how to continue; SIGTERM as Ctrl-C, with 143.
     """
-    try:
-        return run(cfg)
-    except Interrupted as err:
-        print(f"zfviz: {err}{_how_to_continue(err.resume_dir)}", file=sys.stderr)
-        sys.exit(err.exit_status)
-    except UserError as err:
-        print(f"zfviz: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        from zfviz.utils import CANNOT_WRITE  # imports torch: only once there is an error to report
+    with _SigtermAsInterrupt() as sigterm:
+        try:
+            check_outputs(cfg)
+            return run(cfg)
+        except Interrupted as err:
+            print(f"zfviz: {sigterm.said}{err}{_how_to_continue(err.resume_dir)}", file=sys.stderr)
+            sys.exit(Terminated.exit_status if sigterm.received else err.exit_status)
+        except UserError as err:
+            print(f"zfviz: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as err:
+            from zfviz.utils import CANNOT_WRITE  # imports torch: only once there is an error to report
 
-        if err.errno not in CANNOT_WRITE:
-            raise
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"zfviz: error: {where}{CANNOT_WRITE[err.errno]}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        # Every file is written to a temporary one and renamed, so none is left half-written.
-        print("zfviz: interrupted; the files written before are whole, none is half-written", file=sys.stderr)
-        sys.exit(Interrupted.exit_status)
+            if err.errno not in CANNOT_WRITE:
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"zfviz: error: {where}{CANNOT_WRITE[err.errno]}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            # Every file is written to a temporary one and renamed, so none is left half-written.
+            print(f"zfviz: {sigterm.said}interrupted; the files written before are whole, none is half-written",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(Terminated.exit_status if sigterm.received else Interrupted.exit_status)
+
+
+def check_outputs(cfg) -> None:
+    """One line (an ``OutputError``) if a folder the command writes into cannot take a file."""
+    if cfg is None:  # a run that reads no config
+        return
+    from zfviz.utils import check_writable  # imports torch, as every command does next
+
+    for key in OUTPUT_KEYS:
+        if cfg.get(key):
+            check_writable(cfg[key], key)
+
+
+class _SigtermAsInterrupt:
+    """While active, SIGTERM (``kill``, Slurm, ``docker stop``) raises ``Terminated``, a KeyboardInterrupt:
+    the command stops as Ctrl-C stops it, so no temporary file stays (the default action ended the
+    process inside ``atomic_path``, leaving a 0-byte ``.<name>.<rand>.tmp``). A second SIGTERM is
+    ignored: it must not cut that cleanup short. Only in the main thread and over the default action:
+    someone else's handler is theirs to keep."""
+
+    def __init__(self) -> None:
+        self.received, self.before = False, None
+
+    @property
+    def said(self) -> str:
+        return "SIGTERM: " if self.received else ""
+
+    def __enter__(self) -> _SigtermAsInterrupt:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self.before = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.before is not None:
+            signal.signal(signal.SIGTERM, self.before)
+
+    def _raise(self, signum, frame) -> None:
+        if not self.received:
+            self.received = True
+            raise Terminated
 
 
 def _how_to_continue(resume_dir) -> str:

@@ -4,11 +4,18 @@ One panel per net, stacked (so the figure is as wide as one net's methods, not a
 images, columns the input and one attribution method each, so a column compares images and a row
 compares methods. Arrays in, a ``Figure`` out; ``results.save_figure`` writes it.
 
-Two scales, each with its colour bar. A signed map (gradients, relevance, projections) is summed over
-colour channels and shown as ``zfviz.plotting.deconv`` shows a projection: on a diverging scale centred
-at 0 (white), scaled to its own contrast (the 99.5th percentile of its magnitudes), red positive and
-blue negative; one scale per map, as the methods' units differ. A non-negative coarse map (Grad-CAM) is
-scaled to its maximum and laid over its image on a sequential scale, as Selvaraju et al. (2017) show it.
+Three scales, each used with its colour bar; each method's maps get the one that fits them (issue 29). A
+signed map (gradients, relevance, projections) is summed over colour channels and shown as
+``zfviz.plotting.deconv`` shows a projection: on a diverging scale centred at 0 (white), scaled to its own
+contrast (the 99.5th percentile of its magnitudes), red positive and blue negative; one scale per map, as
+the methods' units differ. A method whose maps are all non-negative (RISE's expected scores, a magnitude)
+is drawn on a sequential scale from 0 to its maximum: on the diverging scale its large baseline would be
+one uniform red. A non-negative coarse map (Grad-CAM) is scaled to its maximum and laid over its image on
+a sequential scale, as Selvaraju et al. (2017) show it.
+
+A figure shows at most ``MAX_ROWS`` images and says so when it shows fewer than it was given: a thousand
+rows would be a PNG tens of thousands of pixels tall that matplotlib spends minutes and gigabytes laying
+out, and no reader can use. The maps of every image are the arrays' business (the ``.npz`` beside it).
 """
 
 from __future__ import annotations
@@ -25,8 +32,13 @@ from zfviz.plotting import plt
 from zfviz.plotting.deconv import show_image
 
 FONT = 8  # points: the smallest text of the figure (issue 27)
-SIGNED = ("bwr", "signed maps: map / its 99.5th percentile of |map| (red: for the class, blue: against)")
-HEAT = ("jet", "maps over the image (non-negative): map / its maximum")
+MAX_ROWS = 16  # images a figure shows: at 2 inches a row and 120 dpi, about 4,000 px tall at most
+# The scales, by name: (colormap, what the colour bar says, the bar's low end).
+SCALES = {
+    "signed": ("bwr", "signed maps: map / its 99.5th percentile of |map| (red: for the class, blue: against)", -1.0),
+    "positive": ("viridis", "non-negative maps: map / its maximum, from 0", 0.0),
+    "heat": ("jet", "maps over the image (non-negative): map / its maximum", 0.0),
+}
 HEAT_ALPHA = 0.5
 
 
@@ -45,27 +57,43 @@ def heat(tile: np.ndarray) -> np.ndarray:
     return np.clip(tile / top, 0.0, 1.0) if top > 0 else np.zeros_like(tile)
 
 
-def draw_map(ax, picture: np.ndarray, tile: np.ndarray, overlay: bool) -> None:
-    """One map on ``ax``: over ``picture`` on the sequential scale (``overlay``), else alone, signed."""
+def scale_of(maps: np.ndarray, overlay: bool) -> str:
+    """The scale that fits one method's ``maps`` (all its images): ``heat`` over the image (``overlay``),
+    ``positive`` if no value is negative, else ``signed``."""
     if overlay:
+        return "heat"
+    return "positive" if float(np.min(maps)) >= 0 else "signed"
+
+
+def draw_map(ax, picture: np.ndarray, tile: np.ndarray, scale: str) -> None:
+    """One map on ``ax`` on its ``scale`` (a key of ``SCALES``): ``heat`` over ``picture``, else alone."""
+    cmap = SCALES[scale][0]
+    if scale == "heat":
         ax.imshow(picture)
-        ax.imshow(heat(tile), cmap=HEAT[0], alpha=HEAT_ALPHA, vmin=0.0, vmax=1.0)
+        ax.imshow(heat(tile), cmap=cmap, alpha=HEAT_ALPHA, vmin=0.0, vmax=1.0)
+    elif scale == "positive":
+        ax.imshow(heat(tile), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
-        ax.imshow(signed_map(tile), cmap=SIGNED[0], vmin=-1.0, vmax=1.0, interpolation="nearest")
+        ax.imshow(signed_map(tile), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
 
 
-def colour_bars(fig, signed: bool, overlaid: bool) -> None:
-    """On ``fig`` (a figure or a subfigure of its own), one horizontal colour bar per scale used, side by
-    side, each labelled with what it means."""
-    scales = [
-        (cmap, label, low) for used, (cmap, label), low in ((signed, SIGNED, -1.0), (overlaid, HEAT, 0.0)) if used
-    ]
+def colour_bars(fig, used: Collection[str]) -> None:
+    """On ``fig`` (a figure or a subfigure of its own), one horizontal colour bar per scale ``used``, side by
+    side in ``SCALES``' order, each labelled with what it means."""
+    scales = [SCALES[name] for name in SCALES if name in used]
     if not scales:
         return
     for cax, (cmap, label, low) in zip(np.atleast_1d(fig.subplots(1, len(scales))), scales, strict=True):
         bar = fig.colorbar(ScalarMappable(Normalize(low, 1.0), cmap), cax=cax, orientation="horizontal")
         bar.set_label(textwrap.fill(label, 60), fontsize=FONT)
         bar.ax.tick_params(labelsize=FONT)
+
+
+def shown_rows(n: int, max_rows: int = MAX_ROWS) -> tuple[int, str]:
+    """How many of ``n`` images a figure shows, and the caption that says so ("" when it shows them all)."""
+    if n <= max_rows:
+        return n, ""
+    return max_rows, f"the first {max_rows} of {n} images shown; the arrays (.npz) beside it hold all {n} maps"
 
 
 def attribution_grid(
@@ -79,7 +107,8 @@ def attribution_grid(
     """``panels``: net name -> (uint8 images ``N x C x H x W``, method -> maps ``N x C' x H x W``).
 
     Every panel must hold the same ``N`` images (``row_labels``, one per row); methods are columns in
-    the order given; the methods in ``overlaid`` are non-negative and drawn over the image.
+    the order given; the methods in ``overlaid`` are non-negative and drawn over the image, every other
+    method on the scale its maps fit (``scale_of``).
     """
     names = list(panels)
     n = len(row_labels)
@@ -87,12 +116,13 @@ def attribution_grid(
     height = tile_inches * n + 0.9
     fig = plt.figure(figsize=(tile_inches * columns + 1.4, height * len(names) + 1.6), layout="constrained")
     *subfigs, bars = fig.subfigures(len(names) + 1, 1, height_ratios=[height] * len(names) + [0.9])
-    methods = set()
+    used = set()
     for sub, name in zip(subfigs, names, strict=True):
         images, maps = panels[name]
         if len(images) != n or any(len(m) != n for m in maps.values()):
             raise ValueError(f"panel {name}: every method needs one map per row ({n})")
-        methods |= set(maps)
+        scales = {method: scale_of(m, method in overlaid) for method, m in maps.items()}
+        used |= set(scales.values())
         axes = np.asarray(sub.subplots(n, columns, squeeze=False))
         sub.suptitle(name, fontsize=FONT + 3, fontweight="bold")
         for i in range(n):
@@ -100,7 +130,7 @@ def attribution_grid(
             axes[i, 0].imshow(picture)
             axes[i, 0].set_ylabel(textwrap.fill(row_labels[i], 14), fontsize=FONT)
             for j, (method, m) in enumerate(maps.items(), start=1):
-                draw_map(axes[i, j], picture, m[i], method in overlaid)
+                draw_map(axes[i, j], picture, m[i], scales[method])
                 if i == 0:
                     over = " (over the image)" if method in overlaid else ""
                     axes[i, j].set_title(textwrap.fill(method.replace("_", " ") + over, 13), fontsize=FONT)
@@ -110,7 +140,7 @@ def attribution_grid(
             ax.set_yticks([])
         for ax in axes[:, 1 + len(maps) :].flat:
             ax.axis("off")
-    colour_bars(bars, signed=bool(methods - set(overlaid)), overlaid=bool(methods & set(overlaid)))
+    colour_bars(bars, used)
     if title:
         fig.suptitle(title, fontsize=FONT + 3)
     return fig

@@ -17,15 +17,20 @@ The masks are drawn once per call from ``seed`` (a ``torch.Generator``: nothing 
 touched) and shared by all images, as in the paper; the batch size only groups masked copies
 into forward passes, so it cannot change a map beyond float summation order. As the attribution
 method ``rise`` (``attribute(model, x, target, "rise")``), the map is N x 1 x H x W.
+
+Thousands of masked forward passes take minutes on a CPU, so the masks done show in a tqdm bar on
+stderr, as training's steps do; only on a terminal (``make figures`` logs and tests stay clean).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from zfviz.activations import evaluating
 from zfviz.attribution.options import Option, number, whole
@@ -101,7 +106,8 @@ def rise(
     images_per_pass = max(1, batch_size // per_pass)
     saliency = torch.zeros(n, h * w, dtype=torch.float64, device=images.device)
     classes = None
-    with evaluating(model):
+    bar = tqdm(total=masks, desc="rise", unit="mask", disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True)
+    with evaluating(model), bar:
         for start in range(0, masks, per_pass):
             chunk = mask_set.masks(start, start + per_pass).to(images.device, images.dtype)  # (K, H, W)
             for first in range(0, n, images_per_pass):
@@ -114,6 +120,7 @@ def rise(
                 scores = probs[:, None].reshape(len(group), len(chunk), classes)  # (G, K, classes)
                 score = scores.gather(2, target[first : first + len(group), None, None].expand(-1, len(chunk), 1))
                 saliency[first : first + len(group)] += score[:, :, 0].double() @ chunk.flatten(1).double()
+            bar.update(len(chunk))
     return (saliency / (masks * mask_set.p)).reshape(n, h, w).to(images.dtype)
 
 
