@@ -348,3 +348,14 @@ def test_script_screenshot(results, monkeypatch, capsys, chromium):
     with Image.open(results / "report_top.png") as shot:
         low, high = shot.convert("L").getextrema()
     assert shot.size == (1200, 900) and high - low > 100  # text drawn on white, not a blank page
+
+
+def test_the_support_matrix_is_counted_from_its_csv_and_a_failing_cell_is_named(tmp_path):
+    rows = [{"net": net, "method": method, "status": status, "detail": "", "seconds": 0.1}
+            for net, method, status in [("vgg11", "lrp", "works"), ("vgg11", "gradcam", "works"),
+                                        ("vit_b_16", "lrp", "refused"), ("vit_b_16", "gradcam", "FAILED")]]  # fmt: skip
+    write_csv(tmp_path, "support_matrix.csv", rows)
+    entry = next(e for e in build_report(tmp_path, "cpu").entries if e.key == "support")
+    assert entry.finding.text.startswith("2 nets x 2 methods")
+    assert "2 cells work, 1 are refused" in entry.finding.text and "1 fail (vit_b_16/gradcam)" in entry.finding.text
+    assert entry.finding.shown == "n/a"  # coverage, not a claim: no verdict

@@ -172,6 +172,27 @@ def _measure(claim: str, m) -> ev.Evidence:
                             int(n.group(1)) if n else 1, n.group(2) if n else "set", sign)  # fmt: skip
 
 
+def support(r: Results) -> Finding:
+    """The support matrix (``make support-matrix``): coverage, not a claim, so its verdict is n/a."""
+    t = r.csv(outputs.SUPPORT_MATRIX, ("net", "method", "status"))
+    counts = t["status"].value_counts()
+    refused = t[t["status"] == "refused"].groupby("net", sort=False).size().sort_values(ascending=False)
+    failed = t[~t["status"].isin(["works", "refused"])]
+    text = (
+        f"{t['net'].nunique()} nets x {t['method'].nunique()} methods (random weights, one image each): "
+        f"{counts.get('works', 0)} cells work, {counts.get('refused', 0)} are refused in one line naming the module "
+        f"and the methods that can, {len(failed)} fail"
+        + (f" ({', '.join(f'{x.net}/{x.method}' for x in failed.itertuples())})" if len(failed) else "")
+        + (f"; most refusals: {', '.join(f'{net} {n}' for net, n in refused.head(3).items())}" if len(refused) else "")
+    )
+    return Finding(text + ".", "n/a", f"{counts.get('works', 0)} of {len(t)} cells work, {len(failed)} fail")
+
+
+def _support_view(t: pd.DataFrame) -> pd.DataFrame:
+    """Net x method, one word per cell (the refusal's line is in the CSV)."""
+    return t.pivot_table(index="net", columns="method", values="status", aggfunc="first", sort=False).reset_index()
+
+
 def _reconstruction_view(t: pd.DataFrame) -> pd.DataFrame:
     wide = t.pivot_table(index="layer", columns=["net", "method"], values="error", sort=False)
     wide.columns = [f"{n} {m}" for n, m in wide.columns]
@@ -202,6 +223,11 @@ ARTIFACTS = (
              "The taxonomy's deconvolutional class: the deconvnet, the gradient (saliency) and guided backprop "
              "differ only in how the signal passes each ReLU; LRP redistributes relevance layer by layer and "
              "Grad-CAM weighs the last conv maps by their gradient.", attribution),
+    Artifact("support", "work-attribution", "Which method runs on which net (the support matrix)",
+             (outputs.SUPPORT_MATRIX,), "every method on the nets people use, or one line saying why not",
+             "Not a claim of the companion works, which show their methods on 2015-era nets: Captum and Zennit "
+             "leave modern modules (SiLU, LayerNorm, attention) to their users; this is where ours stand.",
+             support, _support_view, presets=("cpu",)),
     Artifact("reconstruction", "work-reconstruction", "Inversion from every layer: regularized and learned",
              (outputs.RECONSTRUCTION, outputs.FIG_RECONSTRUCTION),
              "deeper layers keep less; learned decoders beat optimization at depth",
