@@ -9,14 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torch import nn
 
 from tests.cli_args import run_zfviz
 from tests.test_transfer_default import fake_run
+from zfviz.attribution.targets import class_named
 from zfviz.cli import checked, hydra_quoted, quote_paths, unquoted, viz_args
-from zfviz.commands import CONFIG_DIR, viz
+from zfviz.commands import CONFIG_DIR, viz, viz_maximize
 from zfviz.errors import UserError
+from zfviz.models.load import open_net
 from zfviz.plotting import plt
 from zfviz.plotting.reconstruction import reconstruction_panels
 
@@ -148,3 +152,51 @@ def test_the_inversion_figures_title_clears_the_column_titles_and_row_labels_sta
     assert len(labels) == 4 and all(whole.x0 <= box.x0 and box.x1 <= whole.x1 for box in labels)
     assert whole.x0 <= suptitle.x0 and suptitle.x1 <= whole.x1 and suptitle.y1 <= whole.y1
     plt.close(fig)
+
+
+# --- class names ---------------------------------------------------------------------------------------------
+
+
+def test_a_class_name_is_its_index_in_any_case_and_an_unknown_one_lists_the_names():
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+    assert [class_named(n, classes) for n in ("Sandal", "sandal", "SANDAL", "ankle BOOT", "t-shirt/top")] == [
+        5,
+        5,
+        5,
+        9,
+        0,
+    ]
+    with pytest.raises(
+        UserError,
+        match=r"^target=Sandals is not a class of this net; its classes: T-shirt/top, Trouser, .*, Ankle boot$",
+    ):
+        class_named("Sandals", classes)
+    many = [f"kind {i}" for i in range(30)]
+    with pytest.raises(
+        UserError, match=r"^classes=kind 300 is not one of this net's 30 class names; the closest: kind 30?"
+    ):
+        class_named("kind 300", many, "classes")
+    with pytest.raises(UserError, match="this net has no class names; give a class index"):
+        class_named("Sandal", ())
+
+
+@pytest.mark.slow
+def test_maximize_takes_class_names(tmp_path, fmnist_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = {"name": "fashion_mnist", "root": str(fmnist_dir), "limit": None, "mean": None, "std": None}
+    run = fake_run(tmp_path / "runs/figures/cpu/zfnet", mtime=2000, data=data)
+    args = [f"checkpoint={run / 'checkpoint.pt'}", "steps=1", "real_images=8", "out_dir=out"]
+    result = viz_maximize.run(resolved("viz", ["maximize", *args, "classes=[sandal,Bag,3]"]))
+    assert result["targets"] == ["class:5", "class:8", "class:3"]
+    with pytest.raises(UserError, match="classes=Sandle is not a class of this net; its classes: T-shirt/top"):
+        viz_maximize.run(resolved("viz", ["maximize", *args, "classes=[Sandle]"]))
+
+
+def test_a_pickled_model_as_weights_is_one_line_saying_to_save_its_state_dict(tmp_path):
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3)), tmp_path / "whole.pth")
+    with pytest.raises(UserError) as err:
+        open_net("torchvision:squeezenet1_1", str(tmp_path / "whole.pth"), torch.device("cpu"))
+    assert str(err.value) == (
+        f"weights={tmp_path / 'whole.pth'} holds a pickled torch.nn.modules.container.Sequential, not a state_dict; "
+        "save the weights alone with torch.save(model.state_dict(), path) and give that file"
+    )

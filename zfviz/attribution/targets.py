@@ -3,7 +3,8 @@
 A target is a class score of the model's output, or a unit of a layer (as the deconvnet of Zeiler &
 Fergus 2014, Section 2.1, examines one activation of ``conv5``):
 
-- ``int`` / list / 1-D tensor: a class index, one for all images or one per image;
+- ``int`` / list / 1-D tensor: a class index, one for all images or one per image (a class's name,
+  as the net's class names spell it in any case, becomes its index: ``class_named``);
 - ``(layer, channel)`` or ``(layer, channel, position)``: map ``channel`` (one or one per image) of
   the layer's output (``zfviz.activations.resolve(model, layer, "output")``), at ``position``:
   ``None`` the strongest cell of the map in each image (as ``viz.deconv.project``), ``"all"`` the
@@ -20,6 +21,8 @@ only (``class_targets``).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +32,7 @@ from zfviz.activations import resolve
 from zfviz.errors import UserError
 
 STARTS = ("one", "value")
+LISTED = 20  # class names a refusal lists in full; a longer list is named by its closest matches
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,21 @@ def check_classes(index: Tensor, classes: int, what: str = "class index") -> Non
     if int(low) < 0 or int(high) >= classes:
         bad = ", ".join(str(i) for i in sorted({int(i) for i in index.tolist() if not 0 <= i < classes}))
         raise UserError(f"{what} {bad} is not a class of this net: it has classes 0..{classes - 1}")
+
+
+def class_named(name: str, classes: Sequence[str], key: str = "target") -> int:
+    """The index of the class ``name`` names among the net's ``classes``, in any case (``sandal``, ``Sandal``);
+    an unknown name is one line listing the names (a long list: the closest ones and how many there are)."""
+    folded = [str(c).casefold() for c in classes]
+    if str(name).casefold() in folded:
+        return folded.index(str(name).casefold())
+    if not classes:
+        raise UserError(f"{key}={name}: this net has no class names; give a class index")
+    if len(classes) <= LISTED:
+        raise UserError(f"{key}={name} is not a class of this net; its classes: {', '.join(map(str, classes))}")
+    close = difflib.get_close_matches(str(name), [str(c) for c in classes], n=5, cutoff=0.5)
+    hint = f"the closest: {', '.join(close)}" if close else "give a class index"
+    raise UserError(f"{key}={name} is not one of this net's {len(classes)} class names; {hint}")
 
 
 def strongest(maps: Tensor) -> Tensor:

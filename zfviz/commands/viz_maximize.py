@@ -1,6 +1,7 @@
 """``zfviz viz maximize``: activation maximization of a trained net's classes or units (issue 14).
 
-Targets: ``classes=[...]`` (class logits, the unnormalized scores Simonyan et al. 2014 maximize), or
+Targets: ``classes=[...]`` (class logits, the unnormalized scores Simonyan et al. 2014 maximize; by index or
+by name, ``classes=[Sandal,Bag]``), or
 ``layer`` + ``channels`` (+ ``position``: one cell [row, col], or ``mean``: the whole map's mean;
 ``null``, its old spelling, is still read as ``mean``). ``layer=fc8`` is the logits too, since fc8's
 output is the net's. All targets are optimized in one batch (``zfviz.reconstruction.maximize``). Each target's strongest activation over the first
@@ -20,6 +21,7 @@ import time
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from zfviz.attribution.targets import class_named
 from zfviz.commands.shared import Outputs, open_viz, pixels, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.maximize import maximize_grid, ratio_caption
@@ -54,12 +56,20 @@ def _whole(value, what: str) -> int:
     return value
 
 
-def targets_of(v: DictConfig) -> list[Target]:
-    """The targets the config names: ``classes`` (logits), else ``layer``'s ``channels`` at ``position``."""
+def _class(value, names) -> int:
+    """A class of ``classes=``: an index, or a name of ``names`` (the net's classes; None: not known yet, 0)."""
+    if not isinstance(value, str):
+        return _whole(value, "classes")
+    return 0 if names is None else class_named(value, names, "classes")
+
+
+def targets_of(v: DictConfig, names=None) -> list[Target]:
+    """The targets the config names: ``classes`` (logits; a name is looked up in ``names``, the net's class
+    names), else ``layer``'s ``channels`` at ``position``."""
     classes, channels, position = _plain(v.classes), _plain(v.channels), _plain(v.position)
     if classes is not None:
         classes = classes if isinstance(classes, list) else [classes]
-        return [Target(None, _whole(c, "classes")) for c in classes]
+        return [Target(None, _class(c, names)) for c in classes]
     if not v.layer:
         raise UserError("name the units' layer (layer=conv5) or give classes=[0,1,...]")
     channels = channels if isinstance(channels, list) else [channels]
@@ -88,8 +98,9 @@ def _checked(v: DictConfig) -> tuple[list[Target], Priors]:
 
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
-    targets, priors = _checked(v)
+    _, priors = _checked(v)
     opened = open_viz(cfg)
+    targets = targets_of(v, opened.data.classes)  # class names read now, with the net's
     model, device = opened.model, opened.device
     images, prepare = split_images(opened.data, v.split, v.real_images, device)
     loader = getattr(opened.data, v.split)

@@ -26,6 +26,8 @@ import importlib
 import inspect
 import math
 import os
+import pickle
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,14 +334,24 @@ def _weights_path(weights) -> Path:
 
 
 def _read_weights(path: Path):
+    """The object a weights file holds, read as tensors only; a file that is not one is one line. PyTorch's
+    own message for a pickled model (several lines with terminal colour codes) suggests ``weights_only=False``,
+    which would run whatever code the file holds: it is not passed on."""
     try:
         if path.suffix == ".safetensors":  # Hugging Face's format (timm's files): tensors only, no pickle
             from safetensors.torch import load_file
 
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip or format errors: the message is all the user can act on
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
+        raise UserError(
+            f"weights={path} holds {what}, not a state_dict; save the weights alone with "
+            "torch.save(model.state_dict(), path) and give that file"
+        ) from None
+    except Exception as err:  # zip or format errors: the message is all the user can act on
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(err).strip().splitlines() or [type(err).__name__])[0])
         raise UserError(f"weights={path} is not a file torch.load(weights_only=True) can read: {first}") from None
 
 
