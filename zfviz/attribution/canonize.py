@@ -4,8 +4,14 @@ LRP's rules are stated for a chain of linear layers and ReLUs (Montavon et al. 2
 
 - ``OutOfPlace``: ``inplace=True`` modules (torchvision's ReLUs) run out of place, so the input a
   rule needs still exists in the backward pass. Every method uses it.
+- ``StandardizedWeights``: timm's ``StdConv2d`` and ``ScaledStdConv2d`` standardize their weight inside
+  ``forward``; the standardized weight becomes the layer's weight and nn.Conv2d's forward its forward, so
+  a rule reading ``module.weight`` reads the weight the net computes with (the raw one gave wrong relevance).
+  The mechanism applies it under every composite, first. Any other conv/linear subclass with a forward of
+  its own is refused by the rules that read the weight (``rules``).
 - ``MergeBatchNorm``: a batch norm after a conv/linear layer is folded into that layer's weight and
-  bias, and itself made the identity, so the layer's rule sees the affine map the net computes.
+  bias, and itself made the identity, so the layer's rule sees the affine map the net computes
+  (``folded``; a batch norm called as a function is folded the same way, ``graph``).
 - ``ResidualSum``: torchvision's residual blocks (ResNet's ``BasicBlock``/``Bottleneck``, MobileNetV2/V3's
   ``InvertedResidual``, MNASNet's ``_InvertedResidual``, EfficientNet's ``MBConv``/``FusedMBConv``,
   RegNet's ``ResBottleneckBlock``, ConvNeXt's ``CNBlock``) add their shortcut with ``+``; the block's
@@ -38,7 +44,9 @@ rewrite-and-undo touches only what LRP needs and puts the same objects back.
 
 from __future__ import annotations
 
+import copy
 import sys
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -137,22 +145,39 @@ def rewrite(module: nn.Module, build: Callable[[nn.Module], Callable], **childre
     return undo
 
 
+def folded(
+    layer: nn.Module, mean: Tensor, var: Tensor, eps: float, gamma, beta
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A batch norm (eval-mode statistics ``mean``, ``var``; affine ``gamma``, ``beta``, either may be None) after
+    ``layer``, folded: ``(weight, bias, scale, shift)`` with ``norm(layer(x)) = layer'(x)`` for the layer with that
+    weight and bias, and ``norm(z) = z * scale + shift`` per channel."""
+    with torch.no_grad():
+        scale = var.add(eps).rsqrt()
+        if gamma is not None:
+            scale = scale * gamma
+        bias = ((layer.bias if layer.bias is not None else torch.zeros_like(mean)) - mean) * scale
+        shift = -mean * scale
+        if beta is not None:
+            bias, shift = bias + beta, shift + beta
+        weight = layer.weight * scale.reshape((-1,) + (1,) * (layer.weight.dim() - 1))
+    return weight, bias, scale, shift
+
+
+def with_params(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
+    """A shallow copy of the conv/linear ``layer`` holding ``weight`` and ``bias``: the rules read a layer's
+    parameters and settings only, and ``layer`` itself is untouched (its own parameter table stays its own)."""
+    twin = copy.copy(layer)
+    twin._parameters = {**layer._parameters, "weight": weight, "bias": bias}
+    return twin
+
+
 class MergeBatchNorm:
     """Batch norms folded into the conv/linear layer before them (eval-mode statistics)."""
 
     def apply(self, model: nn.Module, state) -> Callable[[], None]:
         undos = []
         for layer, norm in batchnorm_pairs(model):
-            with torch.no_grad():
-                scale = norm.running_var.add(norm.eps).rsqrt()
-                if norm.weight is not None:
-                    scale = scale * norm.weight
-                bias = layer.bias if layer.bias is not None else torch.zeros_like(norm.running_mean)
-                bias = (bias - norm.running_mean) * scale
-                if norm.bias is not None:
-                    bias = bias + norm.bias
-                shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-                weight = layer.weight * scale.reshape(shape)
+            weight, bias, _, _ = folded(layer, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias)
             undos.append(_swap(layer, "_parameters", "weight", nn.Parameter(weight, layer.weight.requires_grad)))
             undos.append(_swap(layer, "_parameters", "bias", nn.Parameter(bias, layer.weight.requires_grad)))
             # The norm becomes exactly the identity: (x - 0) / sqrt(1 + 0) * 1 + 0.
@@ -166,6 +191,54 @@ class MergeBatchNorm:
             undos.append(_swap(norm, "__dict__", "eps", 0.0))
             state.merged[id(norm)] = layer
             undos.append(lambda norm=norm: state.merged.pop(id(norm), None))
+        return in_reverse(undos)
+
+
+# timm's weight-standardized convolutions (``timm.layers.std_conv``; Qiao et al. 2019, Brock et al. 2021): class
+# name -> the gain their forward multiplies the standardized weight by (None: none). The ``Same`` variants only
+# where they pad statically (``same_pad`` false): a dynamic pad is a step nn.Conv2d's forward does not take.
+_STANDARDIZED: dict[str, Callable[[nn.Module], Tensor | None]] = {
+    "StdConv2d": lambda _conv: None,
+    "StdConv2dSame": lambda _conv: None,
+    "ScaledStdConv2d": lambda conv: (conv.gain * conv.scale).view(-1),
+    "ScaledStdConv2dSame": lambda conv: (conv.gain * conv.scale).view(-1),
+}
+
+
+def standardizes(module: nn.Module) -> bool:
+    """Whether ``module`` is one of timm's weight-standardized convs that ``StandardizedWeights`` rewrites."""
+    kind = type(module)
+    return (
+        kind.__name__ in _STANDARDIZED
+        and kind.__module__.startswith("timm.")
+        and isinstance(module, nn.Conv2d)
+        and not getattr(module, "same_pad", False)
+        and "forward" not in module.__dict__
+    )
+
+
+def standardized_weight(conv: nn.Module) -> Tensor:
+    """The weight timm's forward computes from ``conv.weight``: each filter centred and divided by its (biased)
+    standard deviation, times the gain; the same op timm's forward calls, so the same numbers."""
+    flat = conv.weight.reshape(1, conv.out_channels, -1)
+    gain = _STANDARDIZED[type(conv).__name__](conv)
+    return F.batch_norm(flat, None, None, weight=gain, training=True, momentum=0.0, eps=conv.eps).reshape_as(
+        conv.weight
+    )
+
+
+class StandardizedWeights:
+    """timm's weight-standardized convs compute with a weight made from ``module.weight``; for the call that
+    weight is their ``weight`` and nn.Conv2d's forward their forward, so a rule that reads the layer's weight
+    (LRP's) reads the one the net computes with, and a batch norm after it merges into that weight."""
+
+    def apply(self, model: nn.Module, state) -> Callable[[], None]:
+        undos = []
+        for conv in [m for m in model.modules() if standardizes(m)]:
+            with torch.no_grad():
+                weight = standardized_weight(conv)
+            undos.append(_swap(conv, "_parameters", "weight", nn.Parameter(weight, conv.weight.requires_grad)))
+            undos.append(rewrite(conv, lambda module: types.MethodType(nn.Conv2d.forward, module)))
         return in_reverse(undos)
 
 

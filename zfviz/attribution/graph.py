@@ -22,8 +22,13 @@ asking the composite about a stand-in module:
   operand takes all the relevance, where autograd's gradient scaled it by ``c``);
 - a conv or linear layer (``F.conv2d``, ``F.linear``, ``x @ w``): autograd's gradient where the composite
   gives its module that (the deconvnet's transposed filters); a rule that needs the module (LRP's) refuses;
-- linear and shape ops (a view, ``torch.cat``, a max pool's switches, a batch norm in eval mode):
-  autograd's gradient, their definition under the deconvnet and guided backprop;
+- a batch norm in eval mode (``F.batch_norm``): ``nn.BatchNorm2d``'s rule. Under LRP, right after a
+  conv/linear module it is folded into that layer's rule as ``canonize.MergeBatchNorm`` folds the module
+  (the layer's rule reads the folded weight and bias, the norm passes the relevance); elsewhere it passes
+  it, as the module does. Its bias, which autograd does not keep, ``operands_kept`` records. In training
+  mode (batch statistics) it is refused; the deconvnet and guided backprop keep its gradient;
+- linear and shape ops (a view, ``torch.cat``, a max pool's switches): autograd's gradient, their
+  definition under the deconvnet and guided backprop;
 - anything else (``F.softsign``, a GELU written by hand, a product of two inputs that is no gate, a
   division by the input) is refused in one line naming the op, the module it follows and the methods
   that work: never the plain gradient under another method's name.
@@ -42,10 +47,11 @@ from contextlib import contextmanager, nullcontext
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from zfviz.attribution.canonize import Product, Sum
+from zfviz.attribution.canonize import MergeBatchNorm, Product, Sum, folded, with_params
 from zfviz.attribution.composites import AVG_POOLS, LAYER_NORMS, MAX_POOLS, NORMS, PASS_THROUGH, WEIGHTED
 from zfviz.attribution.state import CallState, Unsupported
 
@@ -94,6 +100,12 @@ _POOLS: dict[str, Callable] = {
     ),
     "AdaptiveAvgPool2DBackward0": lambda _node, grad: nn.AdaptiveAvgPool2d(grad.shape[-2:]),
 }
+# autograd's node of a batch norm called as a function (eval or training mode) -> what it is to a composite
+_BATCH_NORM_OPS = frozenset(
+    "NativeBatchNorm NativeBatchNormLegit NativeBatchNormLegitNoTraining BatchNormNoUpdate CudnnBatchNorm "
+    "MiopenBatchNorm".split()
+)
+_BATCH_NORM = nn.BatchNorm2d(1)
 _SUMS = ("AddBackward0", "SubBackward0")  # of two tensors: a residual's + (a - b is a + (-1) b)
 _REDUCTIONS = ("MeanBackward0", "MeanBackward1", "SumBackward0", "SumBackward1")  # x.mean([2, 3]), torch.sum ...
 _SIGMOID_GATES = ("SigmoidBackward0", "HardsigmoidBackward0")  # a gate in (0, 1): squeeze-and-excitation's
@@ -176,6 +188,8 @@ def _stand_in(node, reach: set) -> nn.Module | None:
         return _SUM
     if name in _REDUCTIONS:
         return _MEAN
+    if _base(name) in _BATCH_NORM_OPS:
+        return _BATCH_NORM
     if name == "MulBackward0" and _inputs_reached(node, reach) == 2 and _gate_of(node) is not None:
         return _PRODUCT
     if _base(name) in _AFFINE and _inputs_reached(node, reach) == 1 and _scales(node, reach):
@@ -232,7 +246,13 @@ def _rectifies(node) -> bool:
 
 def _what(module: nn.Module) -> str:
     """How a refusal names an op called as a function."""
-    names = {_RELU: "a rectification", _SUM: "an addition", _MEAN: "a mean or sum", _PRODUCT: "a gating product"}
+    names = {
+        _RELU: "a rectification",
+        _SUM: "an addition",
+        _MEAN: "a mean or sum",
+        _PRODUCT: "a gating product",
+        _BATCH_NORM: "a batch norm",
+    }
     return next((what for stand_in, what in names.items() if module is stand_in), type(module).__name__)
 
 
@@ -516,8 +536,46 @@ def _passed(node, state: CallState) -> Callable:
     return hook
 
 
+def _batch_norm(rule, node, state: CallState) -> Callable:
+    """A post-hook on a batch norm called as a function: the input's gradient slot becomes ``rule``'s (LRP's
+    pass), the parameters' slots stay. Right after a conv/linear module whose rule a composite merging batch
+    norms applies, the norm is first folded into that rule (``_fold_into``), as ``MergeBatchNorm`` folds a module."""
+    if getattr(node, "_saved_training", False):
+        where = f"a batch norm called as a function after {_made_after(node, state)}"
+        raise Unsupported(where, _BATCH_NORM, ": in training mode (batch statistics): no rule covers it", node.name())
+    below = node.next_functions[0][0]
+    if below in state.made_by and any(isinstance(c, MergeBatchNorm) for c in state.composite.canonizers):
+        _fold_into(below, node, state)
+
+    def hook(grad_inputs, grad_outputs):
+        if not state.routing:
+            return None
+        return (rule.through_node(grad_inputs[0], grad_outputs[0]), *grad_inputs[1:])
+
+    return hook
+
+
+def _fold_into(routed, node, state: CallState) -> None:
+    """The eval-mode batch norm ``node`` folded into the rule of the module whose output it reads (``routed``,
+    its ``mechanism._Routed`` node): that rule reads the folded layer and the norm's output (``folded``)."""
+    layer = routed.module
+    if not isinstance(layer, WEIGHTED):
+        return
+    record = state.kept.get(node)
+    if record is None or hasattr(routed, "folded"):
+        why = ": its rule folds it into that layer, which needs F.batch_norm's bias (this call did not see it)"
+        if record is not None:
+            why = ": its rule folds it into that layer, which another batch norm was already folded into"
+        raise Unsupported(f"a batch norm called as a function after {state.made_by[routed]}", _BATCH_NORM, why)
+    weight, bias, scale, shift = folded(
+        layer, node._saved_running_mean, node._saved_running_var, node._saved_eps, node._saved_weight, record[1]
+    )
+    routed.folded = (with_params(layer, weight, bias), scale, shift)
+
+
 # stand-in type -> the post-hook that applies a rule needing the module, from what the node or the forward pass kept
 _REBUILT: dict[type, Callable] = {
+    nn.BatchNorm2d: _batch_norm,
     nn.AvgPool2d: _rebuilt,
     nn.AdaptiveAvgPool2d: _split_mean,
     Sum: _split_sum,
@@ -544,9 +602,10 @@ _REDUCERS = frozenset(("mean", "sum", "adaptive_avg_pool1d", "adaptive_avg_pool2
 
 
 class _Keeper(TorchFunctionMode):
-    """Records, for the forward pass, the operands autograd's sum and mean nodes do not keep: by node,
+    """Records, for the forward pass, what autograd's sum, mean and batch-norm nodes do not keep: by node,
     each operand detached with its version (a later in-place change is refused, not read) and, for a
-    reduction, the call itself. Only calls the program makes are seen, not those inside a function."""
+    reduction, the call itself; for ``F.batch_norm``, its bias. Only calls the program makes are seen, not
+    those inside a function."""
 
     def __init__(self, kept: dict) -> None:
         super().__init__()
@@ -555,6 +614,8 @@ class _Keeper(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if func is F.batch_norm:
+            return self._batch_norm(func, args, kwargs)
         if name not in _ADDS and name not in _REDUCERS:
             return func(*args, **kwargs)
         operands = [t for t in (*args, *kwargs.values()) if isinstance(t, Tensor)]
@@ -568,6 +629,14 @@ class _Keeper(TorchFunctionMode):
         elif node is not None and name in _REDUCERS and node.name() in _REDUCTIONS and _only_first(operands, args):
             rest = args[1:]
             self.kept[node] = ((_versioned(operands[0].detach()),), lambda t: func(t, *rest, **kwargs))
+        return out
+
+    def _batch_norm(self, func, args: tuple, kwargs: dict) -> Tensor:
+        """``F.batch_norm(input, running_mean, running_var, weight, bias, ...)``: its bias, by its node."""
+        out = func(*args, **kwargs)
+        if out.grad_fn is not None:
+            bias = kwargs["bias"] if "bias" in kwargs else (args[4] if len(args) > 4 else None)
+            self.kept[out.grad_fn] = ((), None if bias is None else bias.detach())
         return out
 
 

@@ -13,7 +13,7 @@ refused in one line (``graph.py``). Modules without a rule keep autograd's gradi
 gone, and the canonizers' rewrites undone, when the call returns or raises. ``backward`` starts from
 one signal at the target (``start``: 1 or the target's value); ``batched_backward`` pushes a batch of
 starting signals down from one forward pass (the deconvnet's many projections of few images, Fig. 2),
-in the same setting.
+in the same setting. ``prepared`` is that setting, for a method that runs its own forward pass.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from zfviz.activations import Capture, evaluating, resolve
-from zfviz.attribution.canonize import Canonizer, OutOfPlace, canonized
+from zfviz.attribution.canonize import Canonizer, OutOfPlace, StandardizedWeights, canonized, standardizes
 from zfviz.attribution.graph import cover_hook, keeps_operands, opaque, operands_kept, rectify_functions, walk_finds
 from zfviz.attribution.rules import vjp
 from zfviz.attribution.state import CallState, Unsupported
@@ -47,7 +47,13 @@ class _Routed(torch.autograd.Function):
     def backward(ctx, grad):
         x, out = ctx.saved_tensors
         if ctx.state.routing:
-            return None, None, None, ctx.rule.backward(ctx.module, x, out, grad), None
+            module = ctx.module
+            folded = getattr(ctx, "folded", None)  # a batch norm called as a function on this output (graph.py)
+            if folded is not None:
+                module, scale, shift = folded
+                shape = (-1,) + (1,) * (out.dim() - 2)
+                out = out * scale.reshape(shape) + shift.reshape(shape)
+            return None, None, None, ctx.rule.backward(module, x, out, grad), None
         # module.forward, not module(...): the call's hooks must not fire again inside the backward pass
         return None, None, None, vjp(ctx.module.forward, x, grad), None
 
@@ -69,6 +75,8 @@ def _hook(composite, name: str, state: CallState) -> Callable:
                 raise Unsupported(name, module, ": a rule needs one input tensor and one output tensor")
             output = _Routed.apply(rule, module, state, inputs[0], output.detach())
             state.made_by[output.grad_fn] = name  # a refusal below it names this module
+        elif merged_into is not None and output.grad_fn is not None:
+            state.claimed.add(output.grad_fn)  # the identity now: the walk must not fold it a second time
         if state.merged and any(module is m for m in state.merged.values()):
             state.last_output[id(module)] = output.data_ptr()
         return output
@@ -118,16 +126,26 @@ class Backward:
 
 
 @contextmanager
-def _prepared(model: nn.Module, composite, canonizers: tuple[Canonizer, ...] = ()) -> Iterator[CallState]:
+def prepared(model: nn.Module, composite, canonizers: tuple[Canonizer, ...] = ()) -> Iterator[CallState]:
     """Eval mode, the canonizers' rewrites and ``composite``'s rules (``None``: autograd's gradient),
-    gradients on: the setting of every backward pass. The model is left as it was, also on an exception."""
+    gradients on: the setting of every backward pass. The model is left as it was, also on an exception.
+
+    The entry point for a method that needs its own forward pass under the rules (guided Grad-CAM's
+    search of its default layer, ``methods/gradcam.py``); ``backward`` is the rest. Inside the block, run
+    the forward pass within ``graph.operands_kept(state)`` (the operands LRP's sums need), then call
+    ``graph.rectify_functions(point, state)`` on the tensor the backward starts from before any backward
+    (the rules for what the forward pass called as functions); ``state.routing = False`` lets autograd's
+    own gradient pass for a while (``_plain_gradient``).
+    """
     extra = tuple(composite.canonizers) if composite is not None else ()
     with ExitStack() as stack:
-        modules = list(model.named_modules())  # one walk for both checks (a walk is ~30 us per call)
+        modules = list(model.named_modules())  # one walk for all three checks (a walk is ~30 us per call)
         if any(module.training for _, module in modules):
             stack.enter_context(evaluating(model))
         out_of_place = () if _in_place_is_safe(modules, composite) else (OutOfPlace(),)
-        state = stack.enter_context(canonized(model, (*out_of_place, *extra, *canonizers)))
+        # first: a batch norm after such a conv merges into the weight it computes with
+        plain = (StandardizedWeights(),) if composite is not None and any(standardizes(m) for _, m in modules) else ()
+        state = stack.enter_context(canonized(model, (*out_of_place, *plain, *extra, *canonizers)))
         if composite is not None:
             stack.enter_context(rules_applied(model, composite, state))
         stack.enter_context(torch.enable_grad())
@@ -157,7 +175,7 @@ def backward(
     wrt_path = None if wrt is None else resolve(model, wrt, "output")
     layers = [path for path in (wrt_path, target.layer) if path is not None]
     with (
-        _prepared(model, composite, canonizers) as state,
+        prepared(model, composite, canonizers) as state,
         Capture(model, layers, stop=target.layer is not None, graph=True) as capture,
     ):
         x = inputs.detach().requires_grad_(True)
@@ -200,7 +218,7 @@ def batched_backward(
     Returns ``K x N x ...`` shaped like ``inputs`` per row.
     """
     path = resolve(model, layer, "output")
-    with _prepared(model, composite) as state, Capture(model, [path], stop=True, graph=True) as capture:
+    with prepared(model, composite) as state, Capture(model, [path], stop=True, graph=True) as capture:
         x = inputs.detach().requires_grad_(True)
         with operands_kept(state):
             capture(x.clone())

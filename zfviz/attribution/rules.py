@@ -35,6 +35,8 @@ applied to ``s`` and ``stab(z) = z + epsilon * sign(z)`` (sign(0) = 1; a zero de
 - ``ZBox`` (z^B, for the pixels, bounded by ``low`` and ``high``):
   ``z = W x - W+ low - W- high``, ``R_in = x T(R/z; W) - low T(R/z; W+) - high T(R/z; W-)``.
 - ``Flat``: every input of a unit's receptive field gets an equal share (W = 1, x = 1, no bias).
+- These four read the layer's ``weight``: a conv/linear subclass whose ``forward`` is not the base class's
+  is refused by them (``ReadsWeight``), unless a canonizer made it plain (timm's weight-standardized convs).
 - ``Proportional``: any linear map without parameters (average pooling, the residual ``Sum``):
   ``R_in = x * J^T (R / stab(out))``, a split in proportion to the inputs' contributions.
 - ``Pass``: the signal crosses unchanged (every activation, contrast normalization and a batch norm
@@ -109,6 +111,27 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     return torch.where(den == 0, torch.ones_like(den), den)
 
 
+class ReadsWeight:
+    """A rule that reads the layer's ``weight`` and ``bias`` (LRP's on conv/linear layers): it holds for a layer
+    that computes with them as nn.Conv2d's or nn.Linear's forward does. A subclass with a forward of its own
+    (a weight standardized, masked or quantized inside ``forward``) may compute with another weight, so the
+    relevance would be silently wrong: refused, unless a canonizer made it plain for the call
+    (``canonize.StandardizedWeights``, which sets nn.Conv2d's forward on the instance)."""
+
+    def refusal(self, module: nn.Module) -> str | None:
+        """Why the rule cannot read ``module``'s weight (None: it can)."""
+        base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+        if not isinstance(module, base):
+            return None
+        forward = module.__dict__.get("forward", type(module).forward)
+        if getattr(forward, "__func__", forward) is base.forward:
+            return None
+        return (
+            f": its forward is not nn.{base.__name__}'s, and the rule reads the module's weight, "
+            "which that forward may not compute with"
+        )
+
+
 def _params(module: nn.Module) -> tuple[Tensor, Tensor | None]:
     return module.weight.detach(), None if module.bias is None else module.bias.detach()
 
@@ -139,7 +162,7 @@ def vjp(fn, x: Tensor, s: Tensor) -> Tensor:
     return grad
 
 
-class Epsilon:
+class Epsilon(ReadsWeight):
     """LRP-epsilon (Bach et al. 2015); ``epsilon=0`` is LRP-0."""
 
     def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False):
@@ -151,7 +174,7 @@ class Epsilon:
         return x * transpose(module, grad / stabilize(z, self.epsilon), x.shape, weight)
 
 
-class AlphaBeta:
+class AlphaBeta(ReadsWeight):
     """LRP-alpha-beta (Bach et al. 2015); ``alpha - beta = 1`` keeps relevance conserved."""
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-6):
@@ -187,7 +210,7 @@ class ZPlus(AlphaBeta):
         super().__init__(1.0, 0.0, epsilon)
 
 
-class ZBox:
+class ZBox(ReadsWeight):
     """LRP-z^B for the first layer, inputs bounded by ``low`` and ``high`` (Montavon et al. 2017).
 
     ``low``/``high`` are numbers or tensors broadcasting to one image (e.g. ``3 x 1 x 1`` per channel),
@@ -212,7 +235,7 @@ class ZBox:
         )
 
 
-class Flat:
+class Flat(ReadsWeight):
     """LRP-flat (Lapuschkin et al. 2019): a unit's relevance spread evenly over its receptive field."""
 
     def __init__(self, epsilon: float = 1e-6):

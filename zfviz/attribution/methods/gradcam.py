@@ -38,7 +38,7 @@ from zfviz.activations import MEANINGS, evaluating, hooks, layer_names, resolve
 from zfviz.attribution.composites import GUIDED_BACKPROP
 from zfviz.attribution.graph import operands_kept, rectify_functions
 from zfviz.attribution.grids import as_grid, on_grid, token_grid
-from zfviz.attribution.mechanism import _prepared, backward
+from zfviz.attribution.mechanism import backward, prepared
 from zfviz.attribution.options import FLAG, NAME, Option, choice, optional
 from zfviz.attribution.registry import register_method
 from zfviz.attribution.targets import parse_target, start_signal
@@ -178,7 +178,7 @@ def _guided_last_map(model: nn.Module, inputs: Tensor, target) -> tuple[Tensor, 
     (``_last_map``'s), from one forward pass under guided backprop's rules: the search's gradients with the rules
     standing aside (as ``backward(plain_wrt=True)``'s at a named layer), then the rules' pass over the same graph."""
     parsed, maps = parse_target(model, target, len(inputs)), _Maps(inputs)
-    with _prepared(model, GUIDED_BACKPROP) as state:
+    with prepared(model, GUIDED_BACKPROP) as state:
         x = inputs.detach().requires_grad_(True)
         with operands_kept(state):  # as backward's forward pass
             point = _mapped_forward(model, x.clone(), parsed, maps)  # a copy: an in-place first module keeps x a leaf
