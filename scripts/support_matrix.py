@@ -1,7 +1,8 @@
 """Write results/support_matrix.csv: which attribution method works on which torchvision net (issue 28).
 
 The sweep a new user would make: every classification net torchvision ships (default: the smallest member of
-each family; ``--all``: every one; ``--nets``: those named), random weights saved to a file and opened as a
+each family; ``--all``: every one; ``--nets``: those named; ``--quick``: ``QUICK_NETS``, a residual CNN and a
+transformer, the check the docs' command line runs in seconds), random weights saved to a file and opened as a
 user's own (``net=torchvision:<name> weights=<file>``), one image at the smallest size the net allows, every
 registered method with cheap options (few integration steps, samples and masks; 3 x 3 occlusion positions),
 explaining the net's top class. Random weights are drawn at realistic scales: torchvision zero-initializes
@@ -22,7 +23,7 @@ FILE's generated block ``<!-- support: begin -->`` ... ``<!-- support: end -->``
 table nets x methods, each refusal and failure a numbered note below it; with ``--no-sweep`` only that, from
 the CSV in ``--out``.
 
-usage: python scripts/support_matrix.py [--out results] [--nets alexnet vit_b_16 ... | --all] [--methods ...]
+usage: python scripts/support_matrix.py [--out results] [--nets alexnet vit_b_16 ... | --all | --quick] [--methods ...]
        [--size 32] [--seed 0] [--docs docs/models.md] [--no-sweep]
 """
 
@@ -58,6 +59,8 @@ DEFAULT_NETS = (
     "efficientnet_b0", "efficientnet_v2_s", "regnet_x_400mf", "regnet_y_400mf", "convnext_tiny", "vit_b_16",
     "swin_t", "swin_v2_t", "maxvit_t",
 )  # fmt: skip
+# --quick: one residual CNN and one transformer, each among the cheapest of its kind to build and sweep
+QUICK_NETS = ("resnet18", "swin_t")
 # Options that keep a cell cheap (the rest stay at their defaults); occlusion's depend on the size (``options``).
 CHEAP = {
     "integrated_gradients": {"steps": 4},
@@ -340,6 +343,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--nets", nargs="+", default=list(DEFAULT_NETS), help="torchvision names (DEFAULT_NETS)")
     which.add_argument("--all", action="store_true", help="every classification net torchvision ships (hours)")
+    which.add_argument("--quick", action="store_true", help="only QUICK_NETS: a residual CNN and a transformer")
     parser.add_argument("--methods", nargs="+", help="registered methods (default: every one)")
     parser.add_argument("--size", type=int, default=32, help="the image's side where the net allows it")
     parser.add_argument("--seed", type=int, default=0, help="the weights' and the image's seed")
@@ -351,6 +355,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def sweep(args: argparse.Namespace, argv: list[str] | None) -> Path:
     """Every cell of the nets and methods ``args`` name, written to ``<out>/support_matrix.csv`` and its sidecar."""
     nets = torchvision.models.list_models(module=torchvision.models) if args.all else args.nets
+    nets = list(QUICK_NETS) if args.quick else nets
     nets = [torchvision_name(f"torchvision:{net}") for net in nets]  # an unknown one: one line, before any work
     methods = [method_spec(m).name for m in args.methods] if args.methods else sorted(METHODS)
     start, rows, sources = time.perf_counter(), [], []

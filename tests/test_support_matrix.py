@@ -309,3 +309,20 @@ def test_the_sweep_on_small_torchvision_nets(tmp_path, one_thread):
     assert [(s["net"], s["input_size"]) for s in meta["sources"]] == [(n, 32) for n in nets]
     assert all(0 <= s["target"] < 1000 for s in meta["sources"])
     assert page.read_text() == "<!-- support: begin -->\n" + matrix.render(df) + "\n<!-- support: end -->\n"
+
+
+def test_quick_sweeps_the_quick_nets_only(tmp_path, monkeypatch):
+    """``--quick`` (the docs' command line, docs/models.md) sweeps ``QUICK_NETS``, a CNN and a transformer,
+    with every method, and is one choice with ``--nets`` and ``--all``; the cells here are stand-ins."""
+    swept = []
+
+    def sweep_net(name, methods, floor, seed):
+        swept.append((name, tuple(methods), floor))
+        return [{"net": name, "method": m, "status": "works", "detail": "", "seconds": 0.0} for m in methods], {}
+
+    monkeypatch.setattr(matrix, "sweep_net", sweep_net)
+    assert matrix.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert swept == [(net, tuple(sorted(METHODS)), 32) for net in ("resnet18", "swin_t")] and len(swept) == 2
+    assert pd.read_csv(tmp_path / "support_matrix.csv")["net"].unique().tolist() == ["resnet18", "swin_t"]
+    with pytest.raises(SystemExit):
+        matrix.parse(["--quick", "--nets", "alexnet"])
