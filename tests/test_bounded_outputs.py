@@ -8,6 +8,7 @@ import io
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from tests.cli_args import run_zfviz
+from tests.cli_args import run_zfviz, train_args
 from zfviz.attribution.methods.rise import rise
 from zfviz.commands import guarded
 from zfviz.errors import Terminated
@@ -244,3 +245,19 @@ guarded(run, None)
         "zfviz: SIGTERM: interrupted; the files written before are whole, none is half-written"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # a short training in its own process
+def test_sigterm_during_training_keeps_the_checkpoint_and_says_how_to_resume(fmnist_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["-m", "zfviz", *train_args(fmnist_dir, run_dir, "trainer.epochs=3", "trainer.ckpt_every_steps=2")]
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (run_dir / "checkpoint.pt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.terminate()  # SIGTERM, as kill, Slurm and docker stop send it
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and not list(run_dir.rglob("*.tmp"))
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("zfviz: SIGTERM: interrupted ") and f"checkpoint kept at {run_dir / 'checkpoint.pt'}" in line
+    assert "; resume with: zfviz train " in line
