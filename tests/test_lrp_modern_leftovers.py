@@ -259,3 +259,49 @@ def test_a_batch_norm_in_training_mode_called_as_a_function_is_refused_by_lrp():
 
     with pytest.raises(UserError, match=r"^lrp cannot handle a batch norm called as a function after conv "):
         attribute(BatchStatistics(), torch.randn(2, 3, 8, 8), 0, "lrp")
+
+
+def standardized_resnet18() -> nn.Module:
+    """torchvision's resnet18 (random weights, batch-norm statistics and head drawn anew) with every conv a
+    ``StdConv2d`` holding the same raw weight, as BiT builds its ResNets from them."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=10)
+    for parent in list(net.modules()):
+        for name, conv in list(parent.named_children()):
+            if type(conv) is nn.Conv2d:
+                std = StdConv2d(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding)
+                std.weight = conv.weight
+                setattr(parent, name, std)
+    with torch.no_grad():
+        for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.1, 0.1)
+        nn.init.normal_(net.fc.weight, std=0.1)
+    return net.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", ["epsilon", "epsilon_plus"])
+def test_lrp_on_a_resnet_of_standardized_convs_equals_the_weights_baked_in(options):
+    """Its batch norms merge into the standardized weights and its residual sums split, as on a plain resnet18."""
+    net = standardized_resnet18()
+    twin = standardized_resnet18()
+    for name, module in list(net.named_modules()):  # the twin is the same net (the same seed), its convs replaced
+        if isinstance(module, StdConv2d):
+            replacement = nn.Conv2d(
+                module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding, bias=False
+            )
+            replacement.weight = nn.Parameter(by_hand(module))
+            parent, _, child = name.rpartition(".")
+            setattr(twin.get_submodule(parent), child, replacement)
+    x = torch.randn(1, 3, 64, 64)
+    before = snapshot(net)
+    ours = attribute(net, x, 3, "lrp", **LRP_OPTIONS[options])
+    oracle = attribute(twin, x, 3, "lrp", **LRP_OPTIONS[options])
+    # float32 over 20 layers: the hand-standardized weights' rounding grows with depth, still far below the map
+    torch.testing.assert_close(ours, oracle, rtol=1e-3, atol=1e-4 * oracle.abs().max().item())
+    assert_unchanged(net, before)
