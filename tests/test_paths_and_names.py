@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from PIL import Image
 from torch import nn
 
 from tests.cli_args import run_zfviz
@@ -19,6 +20,7 @@ from tests.test_transfer_default import fake_run
 from zfviz.attribution.targets import class_named
 from zfviz.cli import checked, hydra_quoted, quote_paths, unquoted, viz_args
 from zfviz.commands import CONFIG_DIR, viz, viz_maximize
+from zfviz.data.images import IMAGE_SUFFIXES, ORIENTATION, image_paths, load_image, read_images
 from zfviz.errors import UserError
 from zfviz.models.load import open_net
 from zfviz.plotting import plt
@@ -200,3 +202,30 @@ def test_a_pickled_model_as_weights_is_one_line_saying_to_save_its_state_dict(tm
         f"weights={tmp_path / 'whole.pth'} holds a pickled torch.nn.modules.container.Sequential, not a state_dict; "
         "save the weights alone with torch.save(model.state_dict(), path) and give that file"
     )
+
+
+# --- image files as cameras and browsers save them -----------------------------------------------------------
+
+
+def test_a_gif_is_read_as_its_first_frame_and_other_files_are_named(tmp_path, capsys):
+    red, blue = (Image.new("RGB", (6, 4), colour) for colour in ((255, 0, 0), (0, 0, 255)))
+    red.save(tmp_path / "anim.gif", save_all=True, append_images=[blue])
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "b.png").write_bytes((tmp_path / "anim.gif").read_bytes())  # a GIF under another name: read too
+    paths = image_paths(tmp_path)
+    assert paths == [tmp_path / "anim.gif", tmp_path / "b.png"]
+    assert capsys.readouterr().out == (
+        f"zfviz: images={tmp_path}: left out 1 files that are not images ({' '.join(IMAGE_SUFFIXES)}): notes.txt\n"
+    )
+    pixels = read_images(paths, 4)
+    assert pixels.shape == (2, 3, 4, 4) and (pixels[:, 0] == 255).all() and (pixels[:, 1:] == 0).all()
+
+
+@pytest.mark.parametrize(("orientation", "upright"), [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)),
+                                                      (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])  # fmt: skip
+def test_exif_orientation_is_applied(tmp_path, orientation, upright):
+    stored = np.arange(2 * 3, dtype=np.uint8).reshape(2, 3) * 40  # 3 wide, 2 high, every pixel distinct
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    Image.fromarray(stored, "L").save(tmp_path / "photo.png", exif=exif)
+    np.testing.assert_array_equal(load_image(tmp_path / "photo.png", channels=1)[0].numpy(), upright(stored))

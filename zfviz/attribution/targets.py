@@ -95,9 +95,10 @@ def check_classes(index: Tensor, classes: int, what: str = "class index") -> Non
         raise UserError(f"{what} {bad} is not a class of this net: it has classes 0..{classes - 1}")
 
 
-def class_named(name: str, classes: Sequence[str], key: str = "target") -> int:
+def class_named(name: str, classes: Sequence[str] | None, key: str = "target") -> int:
     """The index of the class ``name`` names among the net's ``classes``, in any case (``sandal``, ``Sandal``);
     an unknown name is one line listing the names (a long list: the closest ones and how many there are)."""
+    classes = list(classes or ())
     folded = [str(c).casefold() for c in classes]
     if str(name).casefold() in folded:
         return folded.index(str(name).casefold())

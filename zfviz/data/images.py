@@ -4,7 +4,10 @@ ImageNet (the training recipe), Caltech-101/256 and PASCAL VOC (transfer) all de
 its shorter side to a size and keep the central square. One copy of that, so the data sets cannot
 drift apart again. Where the copies had drifted, the kept behaviour is:
 
-- suffixes: the widest list (``.tif``, ``.tiff`` and ``.webp`` too), so no readable image is skipped;
+- suffixes: the widest list (``.tif``, ``.tiff``, ``.webp`` and ``.gif`` too, a GIF's first frame), so no
+  readable image is skipped; ``images=<folder>`` says how many other files it left out;
+- EXIF orientation applied (a phone's portrait photo is stored sideways with a tag that says so), as
+  ``PIL.ImageOps.exif_transpose``;
 - resize and crop: torchvision's ``Resize(size)`` + ``CenterCrop(size)`` exactly (the longer side is
   truncated, the crop offset rounded half to even), what ImageNet always did and what the
   published preprocessing of most pretrained nets means;
@@ -26,15 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from zfviz.errors import UserError
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 # What PIL raises on a file it cannot decode (truncated, corrupt, not an image, absurdly large).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-DECODER_VERSION = 3  # 1: Caltech/VOC's own copy (rounded long side, floor offsets, no RGBA step);
-# 2: 32-bit "I" images (16-bit PGM) clipped at 255 (white)
+DECODER_VERSION = 4  # 1: Caltech/VOC's own copy (rounded long side, floor offsets, no RGBA step);
+# 2: 32-bit "I" images (16-bit PGM) clipped at 255 (white); 3: EXIF orientation ignored, GIFs left out
+ORIENTATION = 0x0112  # the EXIF tag; 1 = stored upright
 
 
 def subfolders(folder: str | os.PathLike) -> list[str]:
@@ -68,6 +72,8 @@ def centre_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
 
 
 def _decoded(img: Image.Image, channels: int) -> Image.Image:
+    if img.getexif().get(ORIENTATION, 1) != 1:  # read from the header: upright files pay no copy
+        img = ImageOps.exif_transpose(img)
     if img.mode.startswith("I;16") or img.mode == "I":  # PIL's own conversion clips at 255
         sixteen = np.asarray(img).astype(np.int64).clip(0, 65535)
         img = Image.fromarray((sixteen >> 8).astype(np.uint8), "L")
@@ -144,6 +150,21 @@ def files_fingerprint(root: Path, paths: Sequence[Path], channels: int) -> str:
     return f"{digest.hexdigest()[:16]}-c{channels}-decoder{DECODER_VERSION}"
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files of ``folder``, and one line naming how many other files it left out (never silently)."""
+    names = image_files(folder)
+    kept = set(names)
+    others = sorted(
+        e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".") and e.name not in kept
+    )
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        print(
+            f"zfviz: images={folder}: left out {len(others)} files that are not images ({' '.join(IMAGE_SUFFIXES)}): {shown}"
+        )
+    return [folder / name for name in names]
+
+
 def image_paths(images) -> list[Path]:
     """``images=``: a folder (its image files, sorted) or a list of files and folders; ``~`` expanded."""
     entries = [images] if isinstance(images, (str, Path)) else list(images)
@@ -151,7 +172,7 @@ def image_paths(images) -> list[Path]:
     for entry in entries:
         path = Path(str(entry)).expanduser()
         if path.is_dir():
-            paths += [path / name for name in image_files(path)]
+            paths += folder_images(path)
         elif path.is_file():
             paths.append(path)
         else:

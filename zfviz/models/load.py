@@ -345,9 +345,11 @@ def _read_weights(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
+        if not found:  # not a pickle at all (torch's page says the same as for a model: retry unsafely)
+            raise UserError(f"weights={path} is not a file torch.load(weights_only=True) can read: "
+                            "not one torch.save wrote, or damaged") from None  # fmt: skip
         raise UserError(
-            f"weights={path} holds {what}, not a state_dict; save the weights alone with "
+            f"weights={path} holds a pickled {found.group(1)}, not a state_dict; save the weights alone with "
             "torch.save(model.state_dict(), path) and give that file"
         ) from None
     except Exception as err:  # zip or format errors: the message is all the user can act on
