@@ -32,6 +32,7 @@ from zfviz.distributed import all_reduce_sum
 from zfviz.errors import UserError
 from zfviz.run_state import Checkpoints, Optimization, Position, Run, summed_over_ranks
 from zfviz.schedules import cosine
+from zfviz.validate import check_amp
 
 
 class _HaltTraining(Exception):
@@ -332,6 +333,18 @@ def _placed(model: nn.Module, settings: Settings, run: Run) -> nn.Module:
     )
 
 
+def _say_amp(amp: str | None, run: Run) -> None:
+    """What ``trainer.amp`` does off CUDA, said once: fp16 is refused (``validate.check_amp``, also for
+    in-process callers that skip the command's check); bf16 runs under CPU autocast."""
+    check_amp(amp, run.device)
+    if amp == "bf16" and run.device.type != "cuda" and run.dist_info.is_main:
+        print(
+            f"zfviz: trainer.amp=bf16 on {run.device.type}: PyTorch's {run.device.type} autocast, convolutions and "
+            "linear layers computed in bfloat16, the weights kept in float32, no gradient scaler (bf16 needs none)",
+            file=sys.stderr,
+        )
+
+
 def fit(
     model: nn.Module, train_loader, val_loader, optim_cfg, trainer_cfg, run: Run, task: Task = CLASSIFICATION
 ) -> list[dict]:
@@ -345,6 +358,7 @@ def fit(
     settings = dataclasses.replace(settings, progress=settings.progress and run.dist_info.is_main)
     net, steps = _placed(model, settings, run), len(train_loader)
     optim = Optimization(*build_optimizer(net, optim_cfg, steps, settings.epochs))
+    _say_amp(settings.amp, run)
     if settings.amp == "fp16" and run.device.type == "cuda":
         optim.scaler = torch.amp.GradScaler("cuda")
     ckpt = Checkpoints(model, optim, run)

@@ -50,6 +50,11 @@ def list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda v: isinstance(v, (list, tuple)) and all(check(x) for x in v)
 
 
+def maps(v) -> bool:
+    """``viz.maps``: how many maps (1 or more), or which (a non-empty list of indices 0 or more)."""
+    return whole(1)(v) or (isinstance(v, (list, tuple)) and len(v) > 0 and list_of(whole(0))(v))
+
+
 @dataclass(frozen=True)
 class Rule:
     key: str  # dotted, as typed on the command line
@@ -86,6 +91,11 @@ RULES: tuple[Rule, ...] = (
     Rule("splits", whole(1), "a whole number of random splits, 1 or more"),
     Rule("threads", optional(whole(1)), "null (torch's default) or a whole number of threads, 1 or more"),
     Rule("features.batch_size", whole(1), "a whole number, 1 or more"),
+    # zfviz viz <method>: the same key means the same thing in every method that has it.
+    Rule("viz.batch_size", whole(1), "a whole number of images per pass, 1 or more, e.g. batch_size=16"),
+    Rule("viz.maps", maps, "a whole number of maps, 1 or more, or a list of map indices, e.g. maps=[0,5]"),
+    Rule("viz.limit", optional(whole(1)), "null (every image) or a whole number of images, 1 or more"),
+    Rule("viz.k", whole(1), "a whole number, 1 or more"),
 )
 
 
@@ -114,6 +124,24 @@ def check_config(cfg: DictConfig) -> None:
         from zfviz.distributed import check_device  # here: it imports torch, which zfviz --help need not wait for
 
         check_device(device)
+        check_amp(_value(cfg, "trainer.amp"), device)
+
+
+def check_amp(amp, device) -> None:
+    """``trainer.amp=fp16`` only on CUDA: fp16 needs the gradient scaler (small gradients flush to zero in
+    float16 without it), which ``engine.fit`` runs on CUDA only, and a CPU computes float16 slower than
+    float32. bf16 has float32's range and needs no scaler: it runs on a CPU, and ``engine.fit`` says so."""
+    if amp != "fp16":
+        return
+    import torch  # here, as check_device's: zfviz --help need not wait for it
+
+    kind = str(device).partition(":")[0]
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        return
+    where = "no GPU here" if kind == "auto" else f"device={device}"
+    raise UserError(
+        f"trainer.amp=fp16 needs a CUDA GPU and its gradient scaler ({where}): give trainer.amp=bf16 or null"
+    )
 
 
 def check_command_line(args: list[str]) -> None:
@@ -132,4 +160,61 @@ def check_command_line(args: list[str]) -> None:
         raise UserError(
             f"{arg!r} is not key=value: a value with spaces must be quoted for Hydra and for the shell, "
             f"as \"{key}='{value}'\""
+        )
+
+
+def check_input_size(model, size: int, net: str) -> None:
+    """``size=`` against a net of ``net=``, before any image is read: one blank image through the net at
+    ``size`` px. A size it cannot take is one line naming the sizes it can: a ViT takes its own size only
+    (its position embedding has one entry per patch), a CNN any size from the smallest its strides and
+    pools leave a map at (found by bisection between ``size`` and a size that fits: a dozen passes of
+    one small image). A net that fails at its own size too fails for another reason: not a size's."""
+    own = _native_size(model)
+    if size == own or _fits(model, size) or not _fits(model, own):
+        return
+    fixed = UserError(f"size={size} does not fit {net}: give size={own}, the size it takes")
+    if size > own:
+        raise fixed
+    low, high = size + 1, own  # the smallest size that fits is in (size, own]
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if _fits(model, mid) else (mid + 1, high)
+    if high == own:
+        raise fixed
+    raise UserError(f"size={size} is too small for {net}: give size={high} or more (its own is {own})")
+
+
+def _native_size(model) -> int:
+    """The input side ``model`` was built for: torchvision's ViT says it, timm's nets carry it in their
+    ``pretrained_cfg``; any other net is taken at ImageNet's crop."""
+    from zfviz.models.load import IMAGENET_CROP  # here: it imports torch
+
+    if isinstance(getattr(model, "image_size", None), int):
+        return model.image_size
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        return int(cfg["input_size"][-1])
+    return IMAGENET_CROP
+
+
+def _fits(model, side: int) -> bool:
+    """Whether ``model`` (in eval mode) takes one blank 3-channel image of ``side`` x ``side``."""
+    import torch
+
+    parameter = next(model.parameters(), None)
+    x = torch.zeros(1, 3, side, side, device=None if parameter is None else parameter.device)
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, AssertionError, ValueError):  # what torch's layers and a ViT's shape check raise
+        return False
+    return True
+
+
+def check_map_count(maps, count: int, layer: str) -> None:
+    """``viz.maps=N`` (a number of maps: ``RULES`` checked it is 1 or more) against the ``count`` maps
+    ``layer`` has: asking for more is a mistake, not a quiet "all of them"."""
+    if isinstance(maps, int) and maps > count:
+        raise UserError(
+            f"viz.maps={maps} is more maps than {layer} has: give 1 to {count}, or a list of map indices 0..{count - 1}"
         )

@@ -167,6 +167,7 @@ GUIDED_BACKPROP = gradient_composite("guided_backprop", rules.ReluGuided(), rule
 LRP = lrp_composite("lrp-epsilon", rules.Epsilon(), rules.Epsilon())
 
 RULES = ("epsilon", "alpha_beta", "zplus")
+EPSILON = 1e-6  # the epsilon rule's stabilizer when none is given (the lrp method's declared default)
 FIRST_RULES = ("zbox", "flat", *RULES)
 # name -> (conv rule, dense rule, first-layer rule), by rule name
 COMPOSITES = {
@@ -198,6 +199,19 @@ def make_rule(name: str, *, epsilon: float, alpha: float | None, beta: float | N
     raise UserError(f"unknown LRP rule {name!r}; choose one of: {', '.join(FIRST_RULES)}")
 
 
+def _refuse_unused(chosen: tuple[str | None, ...], kw: dict) -> None:
+    """An option no chosen rule reads is a mistake, not a no-op: ``epsilon=`` (other than its default,
+    ``EPSILON``) with no epsilon layer, ``alpha=``/``beta=`` with no alpha-beta layer, ``low=``/``high=``
+    without the z^B first rule. ``epsilon=0`` on an epsilon layer is LRP-0, defined (``rules.stabilize``)."""
+    if kw["epsilon"] != EPSILON and "epsilon" not in chosen:
+        raise UserError(f"epsilon={kw['epsilon']:g} belongs to rule=epsilon (or a composite with epsilon layers); "
+                        f"these layers' rules ({', '.join(r for r in chosen if r)}) do not read it")  # fmt: skip
+    if (kw["alpha"] is not None or kw["beta"] is not None) and "alpha_beta" not in chosen:
+        raise UserError("alpha= and beta= belong to rule=alpha_beta (or an alpha2_beta1 composite)")
+    if (kw["low"] is not None or kw["high"] is not None) and chosen[2] != "zbox":
+        raise UserError("low= and high= belong to first_rule=zbox")
+
+
 def lrp_from_options(
     *,
     composite: str | None,
@@ -217,10 +231,7 @@ def lrp_from_options(
     conv, dense, first = COMPOSITES[composite] if composite else (rule or "epsilon", rule or "epsilon", None)
     first = first_rule or first
     kw = {"epsilon": epsilon, "alpha": alpha, "beta": beta, "low": low, "high": high}
-    if (alpha is not None or beta is not None) and "alpha_beta" not in (conv, dense, first):
-        raise UserError("alpha= and beta= belong to rule=alpha_beta (or an alpha2_beta1 composite)")
-    if (low is not None or high is not None) and first != "zbox":
-        raise UserError("low= and high= belong to first_rule=zbox")
+    _refuse_unused((conv, dense, first), kw)
     return lrp_composite(
         composite or f"lrp-{conv}",
         make_rule(conv, **kw),

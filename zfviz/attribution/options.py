@@ -29,8 +29,12 @@ class Accepts:
     ok: Callable[[Any], bool]
 
 
-def whole(at_least: int) -> Accepts:
-    return Accepts("int", f"a whole number >= {at_least}", validate.whole(at_least))
+def whole(at_least: int, at_most: int | None = None) -> Accepts:
+    """A whole number (true/false are not) from ``at_least`` up to ``at_most`` (None: no bound)."""
+    if at_most is None:
+        return Accepts("int", f"a whole number >= {at_least}", validate.whole(at_least))
+    within = validate.whole(at_least)
+    return Accepts("int", f"a whole number >= {at_least} and <= {at_most}", lambda v: within(v) and v <= at_most)
 
 
 def number(*, above: float | None = None, at_least: float | None = None, at_most: float | None = None) -> Accepts:

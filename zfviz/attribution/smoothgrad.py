@@ -48,7 +48,7 @@ def smooth(
     """
     inputs = inputs.detach()
     n = len(inputs)
-    per = smooth_batch or max(1, default_rows(inputs) // max(n, 1))
+    per = max(1, default_rows(inputs) // max(n, 1)) if smooth_batch is None else smooth_batch
     generator = torch.Generator()
     if smooth_seed is None:
         generator.seed()

@@ -36,6 +36,7 @@ from zfviz.data.images import image_paths, read_images
 from zfviz.errors import UserError
 from zfviz.plotting.attribution import attribution_figure
 from zfviz.plotting.deconv import as_image_channels
+from zfviz.validate import check_input_size
 
 # The keys of configs/viz/attribution.yaml this command reads itself; every other key there is a method
 # option, typed bare, declared (and checked) with its method (``zfviz.attribution.registry``). ``seed=`` is
@@ -109,6 +110,7 @@ def _net_inputs(cfg: DictConfig):
     """(model, uint8 images, normalize, names, class names, provenance) for ``net=`` and ``images=``."""
     paths = net_image_paths(cfg, cfg.viz.n)
     model, preprocessing, info, _ = open_net_of(cfg)
+    check_input_size(model, preprocessing.crop, cfg.viz.net)  # before the files are read
     data = file_data(paths, preprocessing, info)
     names = [str(p) for p in paths]
     return model, data.test.images, preprocessing.normalize, names, info["categories"], net_source(cfg, info)

@@ -16,6 +16,7 @@ from zfviz.activations import Capture, evaluating, resolve
 from zfviz.commands.shared import Outputs, open_viz, pick_maps, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, projections_figure
+from zfviz.validate import check_input_size, check_map_count
 from zfviz.viz.deconv import project_with_values
 
 
@@ -24,6 +25,8 @@ def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     opened = open_viz(cfg)
     model, device = opened.model, opened.device
+    if opened.preprocessing is not None:  # a net of net=: size= checked before the projections
+        check_input_size(model, opened.preprocessing.crop, opened.name)
     images, prepare = split_images(opened.data, v.split, None, device)
     # A net of net= reads the files of images= as its split: all of them are shown.
     index = torch.as_tensor(list(v.images) if opened.ckpt else range(len(images)), dtype=torch.long)
@@ -36,10 +39,11 @@ def run(cfg: DictConfig) -> dict:
             capture(x)
     activation = capture.outputs["act"]
     count = activation.shape[1]
+    check_map_count(v.maps, count, v.layer)
     if isinstance(v.maps, int):
         # Each image's own most active maps (strongest single activation).
         strength = activation.reshape(len(x), count, -1).amax(dim=2)
-        chosen = strength.topk(min(v.maps, count), dim=1).indices
+        chosen = strength.topk(v.maps, dim=1).indices
     else:
         chosen = torch.as_tensor(pick_maps(list(v.maps), count, 0, v.layer)).expand(len(x), -1)
     position = OmegaConf.to_container(v.position) if OmegaConf.is_config(v.position) else v.position

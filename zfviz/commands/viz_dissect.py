@@ -15,8 +15,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from zfviz.activations import Capture, evaluating
 from zfviz.commands.shared import Outputs, checkpoint_source, open_viz, refuse_net_keys
 from zfviz.data.trained import load_data
 from zfviz.dissection import Broden, detector_counts, dissect
@@ -24,8 +27,10 @@ from zfviz.dissection.dissect import probed_layers, resized
 from zfviz.errors import UserError
 from zfviz.models.load import load_net
 from zfviz.utils import resolve_device
+from zfviz.validate import check_input_size
 
 CSV_COLUMNS = ["unit", "concept", "category", "iou", "threshold", "detector"]
+_SHOWN = 12  # conv layers named in an error message
 
 
 def concept_folder(cfg: DictConfig, source: str | None) -> Path:
@@ -50,14 +55,35 @@ def _net(cfg: DictConfig, layers: list[str]):
     name is one line before any data is read."""
     if cfg.viz.get("net"):
         opened = open_viz(cfg, files=False)
-        probed_layers(opened.model, layers)
-        return opened.model, resized(opened.preprocessing.normalize, opened.preprocessing.crop), opened.source, None
+        check_input_size(opened.model, opened.preprocessing.crop, opened.name)
+        prepare = resized(opened.preprocessing.normalize, opened.preprocessing.crop)
+        spatial_only(opened.model, layers, prepare)
+        return opened.model, prepare, opened.source, None
     refuse_net_keys(cfg.viz)
     model, ckpt = load_net(cfg.checkpoint, resolve_device(cfg.device))
     probed_layers(model, layers)
     data = load_data(ckpt, cfg.checkpoint)  # the training statistics
     prepare = resized(data.test.normalize, int(ckpt["config"]["model"]["input_size"]))
+    spatial_only(model, layers, prepare)
     return model, prepare, checkpoint_source(cfg, ckpt), ckpt["config"]["data"].get("root")
+
+
+def spatial_only(model: nn.Module, layers: list[str], prepare) -> None:
+    """Dissection thresholds each unit's map and lays it over the concepts' pixel masks: a layer whose
+    output has no map (fc6: one number per unit) is one line naming the layers that have one, found by
+    one blank image through the net (any conv layer's output is a map)."""
+    paths = probed_layers(model, layers)
+    device = next(model.parameters()).device
+    with evaluating(model), Capture(model, paths, stop=True) as capture, torch.no_grad():
+        capture(prepare(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)).to(device))
+    flat = [layer for layer in layers if capture.outputs[layer].dim() != 4]
+    if flat:
+        convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+        shown = ", ".join(convs[:_SHOWN]) + (f", ... ({len(convs) - _SHOWN} more)" if len(convs) > _SHOWN else "")
+        raise UserError(
+            f"viz.layers: no spatial map to dissect at {', '.join(flat)} (one number per unit); give conv layers, "
+            f"e.g. layers=[{convs[-1] if convs else 'conv5'}]; the net's: {shown}"
+        )
 
 
 def run(cfg: DictConfig) -> dict:

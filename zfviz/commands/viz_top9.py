@@ -16,10 +16,21 @@ import time
 
 from omegaconf import DictConfig
 
-from zfviz.commands.shared import Outputs, attribution_options, open_viz, pick_maps, split_images
+from zfviz.commands.shared import Outputs, attribution_options, map_count, open_viz, pick_maps, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, top9_figure
+from zfviz.validate import check_input_size, check_map_count
 from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
+
+
+def check_maps(model, layers: list[str], maps, sample) -> None:
+    """``maps`` against each layer's maps (one image's pass up to it), before the search: more maps than a
+    layer has, or an index it lacks, is one line naming how many it has."""
+    for layer in layers:
+        count = map_count(model, layer, sample)
+        check_map_count(maps, count, layer)
+        if not isinstance(maps, int):
+            pick_maps(list(maps), count, 0, layer)  # a bad index is one line
 
 
 def run(cfg: DictConfig) -> dict:
@@ -32,7 +43,10 @@ def run(cfg: DictConfig) -> dict:
     stem = v.stem or ("fig2_top9" if v.method == "deconvnet" else f"fig2_top9_{v.method}")
     opened = open_viz(cfg)
     model = opened.model
+    if opened.preprocessing is not None:  # a net of net=: size= checked before the search
+        check_input_size(model, opened.preprocessing.crop, opened.name)
     images, prepare = split_images(opened.data, v.split, v.limit, opened.device)
+    check_maps(model, list(v.layers), v.maps, prepare(images[:1]))
     start = time.perf_counter()
     tops = top_activations(model, ordered_batches(images, prepare, v.batch_size), list(v.layers), k=v.k)
     search_s = time.perf_counter() - start

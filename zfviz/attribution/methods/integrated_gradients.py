@@ -24,6 +24,11 @@ from zfviz.attribution.rows import default_rows, row_targets, take
 from zfviz.errors import UserError
 
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
+# Steps past this buy nothing a map can show and cost what no run should: each step is a forward and a
+# backward pass of every image (Captum's default is 50), Gauss-Legendre's n nodes already integrate
+# polynomials of degree 2n - 1 exactly, and numpy finds the nodes as the eigenvalues of an n x n matrix
+# (O(n^2) memory, O(n^3) time: a hundred thousand steps asked for tens of GiB).
+MAX_STEPS = 1000
 
 
 def quadrature(steps: int, integration: str) -> tuple[Tensor, Tensor]:
@@ -43,7 +48,7 @@ def quadrature(steps: int, integration: str) -> tuple[Tensor, Tensor]:
     "integrated_gradients",
     gradient=True,
     options=(
-        Option("steps", whole(1), 50, "quadrature nodes on the path (riemann_trapezoid: 2 or more)"),
+        Option("steps", whole(1, MAX_STEPS), 50, "quadrature nodes on the path (riemann_trapezoid: 2 or more)"),
         Option("baseline", either(number(), choice(*BASELINES), TENSOR), 0.0, "the path's start x'"),
         Option("integration", choice(*QUADRATURES), "gausslegendre", "the quadrature rule"),
         Option(
@@ -70,7 +75,7 @@ def integrated_gradients(
     inputs = inputs.detach()
     base = make_baseline(inputs, baseline)
     delta = inputs - base
-    n, rows = len(inputs), internal_batch_size or default_rows(inputs)
+    n, rows = len(inputs), default_rows(inputs) if internal_batch_size is None else internal_batch_size
     every = torch.arange(n).repeat(steps)
     targets = row_targets(model, inputs, target, every)
     single = (1,) * (inputs.dim() - 1)
