@@ -22,6 +22,7 @@ from tests.test_attribution_core import assert_unchanged, snapshot
 from zfviz.attribution import attribute
 from zfviz.attribution.composites import LRP
 from zfviz.attribution.mechanism import prepared
+from zfviz.attribution.rules import stabilize
 from zfviz.errors import UserError
 
 LRP_OPTIONS = {
@@ -305,3 +306,16 @@ def test_lrp_on_a_resnet_of_standardized_convs_equals_the_weights_baked_in(optio
     # float32 over 20 layers: the hand-standardized weights' rounding grows with depth, still far below the map
     torch.testing.assert_close(ours, oracle, rtol=1e-3, atol=1e-4 * oracle.abs().max().item())
     assert_unchanged(net, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("epsilon", [0.0, 1e-6, 0.25])
+def test_the_stabilizer_is_z_plus_epsilon_times_its_sign_zero_made_one(epsilon, dtype):
+    """``z + epsilon * sign(z)`` with sign(0) = sign(-0) = 1; a zero left (epsilon 0) becomes 1: exactly, on the
+    one-``where`` path (epsilon > 0) as on the general one."""
+    z = torch.tensor([-2.0, -1e-7, -0.0, 0.0, 3e-7, 5.0], dtype=dtype)
+    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0, 1.0, 1.0], dtype=dtype)
+    expected = z + epsilon * sign
+    expected[expected == 0] = 1.0
+    assert torch.equal(stabilize(z, epsilon), expected)
+    assert stabilize(z, epsilon).dtype == dtype

