@@ -93,8 +93,6 @@ def run(cfg: DictConfig) -> dict:
         raise UserError("viz.layers is empty; name at least one layer, e.g. layers=[conv5]")
     if not 0 < float(v.quantile) < 1:
         raise UserError(f"viz.quantile={v.quantile} is not valid: give a fraction in (0, 1), e.g. 0.005")
-    if not isinstance(v.batch_size, int) or v.batch_size < 1:
-        raise UserError(f"viz.batch_size={v.batch_size} is not valid: give a whole number, 1 or more")
     model, prepare, source, concepts = _net(cfg, layers)
     broden = Broden(concept_folder(cfg, concepts))
     start = time.perf_counter()
