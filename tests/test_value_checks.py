@@ -94,6 +94,21 @@ def test_top9_limit_below_one(viz):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["k=0"], "viz.k=0 is not valid: give a whole number, 1 or more"),  # top9
+        (["chunk_size=0"], "viz.chunk_size=0 is not valid: give null (by memory)"),  # was: range() arg 3 ...
+        (["projections=-1"], "viz.projections=-1 is not valid: give 0 (no panel (c)), 1, 2 or 3"),  # was: 2 drawn
+        (["projections=7"], "viz.projections=7 is not valid"),  # was: 3 drawn, without a word
+    ],
+    ids=["top9 k=0", "occlusion chunk_size=0", "occlusion projections=-1", "occlusion projections=7"],
+)
+def test_found_while_fixing(viz, args, says):
+    one_line(viz("top9" if args == ["k=0"] else "occlusion", *args), says)
+
+
+@pytest.mark.slow
 def test_dissect_a_layer_without_a_spatial_map(viz):
     # was: IndexError: Dimension out of range
     line = one_line(viz("dissect", "layers=[conv5,fc6]"), "viz.layers: no spatial map to dissect at fc6 ")

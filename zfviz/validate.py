@@ -96,6 +96,8 @@ RULES: tuple[Rule, ...] = (
     Rule("viz.maps", maps, "a whole number of maps, 1 or more, or a list of map indices, e.g. maps=[0,5]"),
     Rule("viz.limit", optional(whole(1)), "null (every image) or a whole number of images, 1 or more"),
     Rule("viz.k", whole(1), "a whole number, 1 or more"),
+    Rule("viz.chunk_size", optional(whole(1)), "null (by memory) or a whole number of copies per pass, 1 or more"),
+    Rule("viz.projections", lambda v: whole(0)(v) and v <= 3, "0 (no panel (c)), 1, 2 or 3 occluded inputs projected"),
 )
 
 
