@@ -19,7 +19,7 @@ from zfviz.attribution.composites import lrp_from_options
 from zfviz.attribution.methods.integrated_gradients import MAX_STEPS, quadrature
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.errors import UserError
-from zfviz.validate import check_amp
+from zfviz.validate import check_amp, check_input_size
 
 LRP_DEFAULTS = dict.fromkeys(("composite", "rule", "first_rule", "alpha", "beta", "low", "high"))
 
@@ -171,6 +171,24 @@ def test_a_size_too_small_for_a_cnn_names_the_smallest_that_fits(net_of):
     # was (alexnet size=32): RuntimeError: ... Output size is too small
     one_line(net_of("cnn", "size=12"), "size=12 is too small for tiny_nets:cnn: give size=13 or more (its own is 224)")
     assert net_of("cnn", "size=13", "out_dir=fits").returncode == 0  # the size named works
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, size, says",
+    [
+        ("vit_b_16", 64, "size=64 does not fit torchvision:vit_b_16: give size=224, the size it takes"),
+        ("alexnet", 32, "size=32 is too small for torchvision:alexnet: give size=63 or more (its own is 224)"),
+    ],
+)
+def test_the_issues_nets_at_the_issues_sizes(name, size, says):
+    # The check itself on the nets the issue names (random weights): what viz attribution says for them.
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None).eval()
+    with pytest.raises(UserError) as err:
+        check_input_size(model, size, f"torchvision:{name}")
+    assert str(err.value) == says
 
 
 @pytest.mark.slow
