@@ -6,6 +6,11 @@ Hydra checks that a key exists, not what it holds: ``seed=abc``, ``trainer.batch
 ``run.json``. ``RULES`` is the table of what each key may hold; ``check_config`` applies every rule
 whose key the command's config has, and raises one ``UserError`` line naming the key, the value
 given and what would be right. ``check_command_line`` catches a path with spaces the shell split.
+
+What only the net can tell is checked as soon as the net is open, before the work (issue 29):
+``check_input_size`` (``size=`` of a ``net=``: one blank image through it) and ``check_map_count``
+(``viz.maps`` against a layer's maps), called by the viz commands; ``check_amp`` (fp16 only on CUDA)
+by ``check_config`` and again by ``engine.fit`` for in-process callers.
 """
 
 from __future__ import annotations
@@ -113,7 +118,8 @@ def _shown(value) -> str:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Every rule whose key ``cfg`` has, then the device; the first problem is a UserError.
+    """Every rule whose key ``cfg`` has, then the device and ``trainer.amp`` on it; the first problem is a
+    UserError.
 
     ``trainer.save_epochs`` past ``trainer.epochs`` are allowed: table2's list stays valid in a
     shortened run (``debug=fast``), its later epochs are simply not reached."""
