@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
-import threading
 
 from zfviz.config_dir import CONFIG_DIR as CONFIG_DIR  # re-exported: the commands and the tests import it from here
-from zfviz.errors import Interrupted, Terminated, UserError
+from zfviz.errors import INTERRUPTED, Interrupted, SigtermAsInterrupt, UserError
 
 # The keys naming folders a command writes into (viz, transfer): checked before the work starts.
 OUTPUT_KEYS = ("out_dir", "arrays_dir")
@@ -21,13 +19,13 @@ def guarded(run, cfg):
     UserError (a bad value; a file that cannot be written: disk full, read-only) exits with status 2;
     Ctrl-C with 130, saying what was kept and how to continue; SIGTERM as Ctrl-C, with 143.
     """
-    with _SigtermAsInterrupt() as sigterm:
+    with SigtermAsInterrupt() as sigterm:
         try:
             check_outputs(cfg)
             return run(cfg)
         except Interrupted as err:
             print(f"zfviz: {sigterm.said}{err}{_how_to_continue(err.resume_dir)}", file=sys.stderr)
-            sys.exit(Terminated.exit_status if sigterm.received else err.exit_status)
+            sys.exit(sigterm.exit_status)
         except UserError as err:
             print(f"zfviz: error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -40,10 +38,8 @@ def guarded(run, cfg):
             print(f"zfviz: error: {where}{CANNOT_WRITE[err.errno]}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
-            # Every file is written to a temporary one and renamed, so none is left half-written.
-            print(f"zfviz: {sigterm.said}interrupted; the files written before are whole, none is half-written",
-                  file=sys.stderr)  # fmt: skip
-            sys.exit(Terminated.exit_status if sigterm.received else Interrupted.exit_status)
+            print(f"zfviz: {sigterm.said}{INTERRUPTED}", file=sys.stderr)
+            sys.exit(sigterm.exit_status)
 
 
 def check_outputs(cfg) -> None:
@@ -55,35 +51,6 @@ def check_outputs(cfg) -> None:
     for key in OUTPUT_KEYS:
         if cfg.get(key):
             check_writable(cfg[key], key)
-
-
-class _SigtermAsInterrupt:
-    """While active, SIGTERM (``kill``, Slurm, ``docker stop``) raises ``Terminated``, a KeyboardInterrupt:
-    the command stops as Ctrl-C stops it, so no temporary file stays (the default action ended the
-    process inside ``atomic_path``, leaving a 0-byte ``.<name>.<rand>.tmp``). A second SIGTERM is
-    ignored: it must not cut that cleanup short. Only in the main thread and over the default action:
-    someone else's handler is theirs to keep."""
-
-    def __init__(self) -> None:
-        self.received, self.before = False, None
-
-    @property
-    def said(self) -> str:
-        return "SIGTERM: " if self.received else ""
-
-    def __enter__(self) -> _SigtermAsInterrupt:
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            self.before = signal.signal(signal.SIGTERM, self._raise)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.before is not None:
-            signal.signal(signal.SIGTERM, self.before)
-
-    def _raise(self, signum, frame) -> None:
-        if not self.received:
-            self.received = True
-            raise Terminated
 
 
 def _how_to_continue(resume_dir) -> str:
