@@ -24,7 +24,8 @@ from zfviz.commands import guarded
 from zfviz.errors import Terminated
 from zfviz.plotting import plt
 from zfviz.plotting.attribution import attribution_figure
-from zfviz.plotting.attribution_grid import MAX_ROWS, SCALES, attribution_grid
+from zfviz.plotting.attribution_grid import SCALES, attribution_grid
+from zfviz.plotting.bounded import MAX_ROWS
 from zfviz.results import save_figure
 from zfviz.utils import atomic_path
 
@@ -76,6 +77,7 @@ def test_the_command_writes_every_map_to_the_arrays_and_a_bounded_figure(viz_che
     args = [f"checkpoint={viz_checkpoint}", f"data.root={viz_checkpoint.parent}", "device=cpu", f"out_dir={tmp_path}"]
     done = run_zfviz("viz", "attribution", *args, f"n={n}", "method=saliency", "stem=many", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert f"many.png: the first {MAX_ROWS} of {n} images shown; the arrays beside it hold all {n}" in done.stdout
     arrays = np.load(tmp_path / "many.npz")
     assert arrays["maps"].shape[0] == len(arrays["names"]) == n and np.isfinite(arrays["maps"]).all()
     width, height = Image.open(tmp_path / "many.png").size

@@ -134,9 +134,15 @@ def write_meta(path: str | Path, *, sources: list[dict], wall_time_s: float | No
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120, *, sources: list[dict] | None = None, **fields) -> None:
-    """``fig`` at ``path``, atomically; with ``sources``, also its ``.meta.json`` (``write_meta``'s fields)."""
+    """``fig`` at ``path``, atomically; with ``sources``, also its ``.meta.json`` (``write_meta``'s fields).
+    What the figure left out of its request (``plotting.bounded``: the first 16 of 2000 images) is said on
+    stdout, beside the file, as its caption says it."""
+    from zfviz.plotting.bounded import notes  # imports pyplot: only once there is a figure
+
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."))
+    for note in notes(fig):
+        print(f"{path}: {note}")
     if sources is not None:
         write_meta(path, figure=path.name, sources=sources, **fields)

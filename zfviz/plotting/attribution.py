@@ -8,8 +8,8 @@ whose maps are all non-negative (RISE) on a sequential scale from 0 to each map'
 non-negative and coarse: it is laid over the image as a heatmap, as Selvaraju et al. (2017) show it. The
 scale used has its colour bar under the maps.
 
-At most ``MAX_ROWS`` images are drawn (issue 29: 2,000 images were a 4,000-inch figure of 4,000 axes that
-matplotlib never finished laying out); the figure then says, under its title, how many it shows of how many.
+At most ``bounded.MAX_ROWS`` images are drawn (issue 29: 2,000 images were a 4,000-inch figure of 4,000 axes
+that matplotlib never finished laying out); the figure then says, under its title, how many it shows of how many.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from zfviz.plotting import plt
-from zfviz.plotting.attribution_grid import FONT, MAX_ROWS, colour_bars, draw_map, scale_of, shown_rows
+from zfviz.plotting.attribution_grid import FONT, colour_bars, draw_map, scale_of
+from zfviz.plotting.bounded import MAX_ROWS, cap, record
 from zfviz.plotting.deconv import show_image
 
 
@@ -45,7 +46,7 @@ def attribution_figure(
     if len(maps) != n or len(row_labels) != n:
         raise ValueError(f"one map and one label per image: {n} images, {len(maps)} maps, {len(row_labels)} labels")
     scale = scale_of(maps, overlay)
-    rows, note = shown_rows(n, max_rows)
+    rows, note = cap(n, "images", max_rows)
     fig = plt.figure(figsize=(2 * tile_inches + 1.0, tile_inches * rows + 1.6), layout="constrained")
     top, bars = fig.subfigures(2, 1, height_ratios=[tile_inches * rows, 0.9])
     axes = np.asarray(top.subplots(rows, 2, squeeze=False))
@@ -63,4 +64,4 @@ def attribution_figure(
     caption = "\n".join(textwrap.fill(part, 50) for part in (title, note) if part)
     if caption:
         fig.suptitle(caption, fontsize=FONT + 2)
-    return fig
+    return record(fig, [note])

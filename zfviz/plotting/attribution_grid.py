@@ -13,9 +13,9 @@ is drawn on a sequential scale from 0 to its maximum: on the diverging scale its
 one uniform red. A non-negative coarse map (Grad-CAM) is scaled to its maximum and laid over its image on
 a sequential scale, as Selvaraju et al. (2017) show it.
 
-A figure shows at most ``MAX_ROWS`` images and says so when it shows fewer than it was given: a thousand
-rows would be a PNG tens of thousands of pixels tall that matplotlib spends minutes and gigabytes laying
-out, and no reader can use. The maps of every image are the arrays' business (the ``.npz`` beside it).
+A figure shows at most ``bounded.MAX_ROWS`` images of ``bounded.MAX_PANELS`` nets and says so when it
+shows fewer than it was given: a thousand rows would be a PNG tens of thousands of pixels tall that
+matplotlib spends minutes and gigabytes laying out, and no reader can use.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from zfviz.plotting import plt
+from zfviz.plotting.bounded import MAX_PANELS, cap, caption, record
 from zfviz.plotting.deconv import show_image
 
 FONT = 8  # points: the smallest text of the figure (issue 27)
-MAX_ROWS = 16  # images a figure shows: at 2 inches a row and 120 dpi, about 4,000 px tall at most
 # The scales, by name: (colormap, what the colour bar says, the bar's low end).
 SCALES = {
     "signed": ("bwr", "signed maps: map / its 99.5th percentile of |map| (red: for the class, blue: against)", -1.0),
@@ -89,13 +89,6 @@ def colour_bars(fig, used: Collection[str]) -> None:
         bar.ax.tick_params(labelsize=FONT)
 
 
-def shown_rows(n: int, max_rows: int = MAX_ROWS) -> tuple[int, str]:
-    """How many of ``n`` images a figure shows, and the caption that says so ("" when it shows them all)."""
-    if n <= max_rows:
-        return n, ""
-    return max_rows, f"the first {max_rows} of {n} images shown; the arrays (.npz) beside it hold all {n} maps"
-
-
 def attribution_grid(
     panels: Mapping[str, tuple[np.ndarray, Mapping[str, np.ndarray]]],
     row_labels: Sequence[str],
@@ -108,10 +101,12 @@ def attribution_grid(
 
     Every panel must hold the same ``N`` images (``row_labels``, one per row); methods are columns in
     the order given; the methods in ``overlaid`` are non-negative and drawn over the image, every other
-    method on the scale its maps fit (``scale_of``).
+    method on the scale its maps fit (``scale_of``). The first ``MAX_ROWS`` images of the first
+    ``MAX_PANELS`` nets are drawn (``bounded.cap``); the title says what was left out.
     """
-    names = list(panels)
-    n = len(row_labels)
+    shown_nets, net_note = cap(len(panels), "nets", MAX_PANELS, kept="")
+    names = list(panels)[:shown_nets]
+    n, note = cap(len(row_labels), "images", kept="")
     columns = max(1 + len(maps) for _, maps in panels.values())
     height = tile_inches * n + 0.9
     fig = plt.figure(figsize=(tile_inches * columns + 1.4, height * len(names) + 1.6), layout="constrained")
@@ -119,8 +114,8 @@ def attribution_grid(
     used = set()
     for sub, name in zip(subfigs, names, strict=True):
         images, maps = panels[name]
-        if len(images) != n or any(len(m) != n for m in maps.values()):
-            raise ValueError(f"panel {name}: every method needs one map per row ({n})")
+        if len(images) != len(row_labels) or any(len(m) != len(row_labels) for m in maps.values()):
+            raise ValueError(f"panel {name}: every method needs one map per row ({len(row_labels)})")
         scales = {method: scale_of(m, method in overlaid) for method, m in maps.items()}
         used |= set(scales.values())
         axes = np.asarray(sub.subplots(n, columns, squeeze=False))
@@ -141,6 +136,6 @@ def attribution_grid(
         for ax in axes[:, 1 + len(maps) :].flat:
             ax.axis("off")
     colour_bars(bars, used)
-    if title:
-        fig.suptitle(title, fontsize=FONT + 3)
-    return fig
+    if title or note or net_note:
+        fig.suptitle(caption(title, [note, net_note]), fontsize=FONT + 3)
+    return record(fig, [note, net_note])

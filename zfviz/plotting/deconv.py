@@ -3,7 +3,9 @@
 Arrays in, a matplotlib ``Figure`` out. Grids of many small images are assembled as one mosaic
 array per panel (one ``imshow``), which keeps hundreds of tiles fast to draw.
 Projections are shown as the paper does, zero at mid-gray: each contrast-stretched on its own, or (Fig. 2)
-each map's top 9 stretched together.
+each map's top 9 stretched together. A figure draws at most ``bounded.MAX_ROWS`` images, maps or top
+activations along a side and ``bounded.MAX_PANELS`` layers, and says in its title what it left out (the
+.npz beside it keeps them all).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from zfviz.plotting import plt
+from zfviz.plotting.bounded import MAX_PANELS, MAX_ROWS, cap, caption, record
 
 GAP = 1.0  # white between tiles
 
@@ -105,11 +108,17 @@ def top9_block(projection: np.ndarray, patch: np.ndarray) -> np.ndarray:
 def top9_figure(layers: dict[str, dict[str, np.ndarray]], title: str = "") -> Figure:
     """Fig. 2: per layer, a grid of maps; per map its top-k projections (left) and image patches (right).
 
-    ``layers[name]`` holds ``projection`` (M, k, C, h, w), ``patch`` (M, k, C, h, w) and ``maps`` (M,).
+    ``layers[name]`` holds ``projection`` (M, k, C, h, w), ``patch`` (M, k, C, h, w) and ``maps`` (M,). The
+    first ``MAX_PANELS`` layers, ``MAX_ROWS`` maps of each and ``MAX_ROWS`` activations of each map are drawn.
     """
+    shown, layer_note = cap(len(layers), "layers", MAX_PANELS)
+    names = list(layers)[:shown]
+    _, map_note = cap(max(len(layers[n]["maps"]) for n in names), "maps per layer")
+    k, k_note = cap(max(layers[n]["projection"].shape[1] for n in names), "top activations per map")
     panels = []
-    for name, arrays in layers.items():
-        blocks = [top9_block(p, q) for p, q in zip(arrays["projection"], arrays["patch"], strict=True)]
+    for name in names:
+        arrays = {key: value[:MAX_ROWS] for key, value in layers[name].items()}  # its first maps
+        blocks = [top9_block(p[:k], q[:k]) for p, q in zip(arrays["projection"], arrays["patch"], strict=True)]
         size = max(b.shape[0] for b in blocks)
         panels.append((name, arrays, mosaic(square(blocks), gap=max(3, size // 10))))
     width = 9.0
@@ -121,34 +130,37 @@ def top9_figure(layers: dict[str, dict[str, np.ndarray]], title: str = "") -> Fi
     for ax, (name, arrays, image) in zip(axes[:, 0], panels, strict=True):
         ax.imshow(image, interpolation="nearest")
         ax.set_axis_off()
-        shown = ", ".join(str(int(m)) for m in arrays["maps"])
-        k = arrays["projection"].shape[1]
-        ax.set_title(f"{name}: maps {shown} (per map: top {k} projections, one contrast scale, grey = 0 | "
+        maps = ", ".join(str(int(m)) for m in arrays["maps"])
+        top = min(k, arrays["projection"].shape[1])
+        ax.set_title(f"{name}: maps {maps} (per map: top {top} projections, one contrast scale, grey = 0 | "
                      "image patches)", fontsize=9)  # fmt: skip
-    if title:
-        fig.suptitle(title)
-    return fig
+    notes = [layer_note, map_note, k_note]
+    if title or any(notes):
+        fig.suptitle(caption(title, notes))
+    return record(fig, notes)
 
 
 def evolution_figure(
     projections: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], epochs: Sequence[int], title: str = ""
 ) -> Figure:
-    """Fig. 4: rows = maps, columns = epochs; each tile the strongest activation's (C, h, w) projection."""
+    """Fig. 4: rows = maps, columns = epochs; each tile the strongest activation's (C, h, w) projection.
+    The first ``MAX_ROWS`` maps are drawn; every epoch is (a training's saved epochs, not a request)."""
     tile = 48
-    rows = [[resize(show_projection(p), tile) for p in row] for row in projections]
+    shown, note = cap(len(projections), "maps")
+    rows = [[resize(show_projection(p), tile) for p in row] for row in projections[:shown]]
     image = mosaic(rows, gap=2)
     width = max(4.5, 1.0 + 0.75 * len(epochs))  # room for the title when few epochs were saved
     fig, ax = plt.subplots(figsize=(width, 0.6 + 0.75 * len(rows)), constrained_layout=True)
     ax.imshow(image, interpolation="nearest")
     step = tile + 2
     ax.set_xticks([c * step + tile / 2 for c in range(len(epochs))], [f"epoch {e}" for e in epochs], fontsize=7)
-    ax.set_yticks([r * step + tile / 2 for r in range(len(rows))], list(row_labels), fontsize=7)
+    ax.set_yticks([r * step + tile / 2 for r in range(len(rows))], list(row_labels)[:shown], fontsize=7)
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=8, wrap=True)
-    return fig
+    if title or note:
+        ax.set_title(caption(title, [note]), fontsize=8, wrap=True)
+    return record(fig, [note])
 
 
 def filter_bank(weight: np.ndarray, ncols: int | None = None) -> np.ndarray:
@@ -280,8 +292,10 @@ def architecture_from_arrays(arrays: dict[str, np.ndarray], title: str = "Fig. 6
 def projections_figure(
     images: np.ndarray, projections: np.ndarray, labels: Sequence[Sequence[str]], title: str = ""
 ) -> Figure:
-    """Per image (row): the image, then the projections of several maps (labels per cell)."""
-    n, m = projections.shape[:2]
+    """Per image (row): the image, then the projections of several maps (labels per cell); the first
+    ``MAX_ROWS`` images and ``MAX_ROWS`` maps of each are drawn."""
+    n, row_note = cap(len(projections), "images")
+    m, map_note = cap(projections.shape[1], "maps per image")
     fig, axes = plt.subplots(n, m + 1, figsize=(1.6 * (m + 1), 1.7 * n), squeeze=False, constrained_layout=True)
     for i in range(n):
         axes[i, 0].imshow(show_image(images[i]), interpolation="nearest")
@@ -291,6 +305,6 @@ def projections_figure(
             axes[i, j + 1].set_title(labels[i][j], fontsize=7)
     for ax in axes.flat:
         ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return fig
+    if title or row_note or map_note:
+        fig.suptitle(caption(title, [row_note, map_note]), fontsize=9)
+    return record(fig, [row_note, map_note])

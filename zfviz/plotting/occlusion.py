@@ -2,6 +2,9 @@
 
 Arrays in, a matplotlib ``Figure`` out. Images come as (C, H, W) pixel values (0..255, any float),
 deconvnet projections as raw (C, H, W) arrays; tiles are drawn with the deconvnet figures' helpers.
+A figure draws at most ``bounded.MAX_ROWS`` images (rows, or curves) and occluded parts or examples,
+and ``bounded.MAX_PANELS`` layers, and says in its title what it left out; the arrays and tables beside
+it keep every value.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from zfviz.plotting import plt
+from zfviz.plotting.bounded import MAX_PANELS, MAX_ROWS, cap, caption, record
 from zfviz.plotting.deconv import mosaic, show_image, show_projection, square
 
 TRANSFORM_TITLES = {
@@ -72,10 +76,10 @@ def occlusion_figure(
 
     Without ``projections`` panel (c) is left out; without ``images`` (the maps alone, as their .npz
     keeps them) panel (a). ``occluded``: each image occluded where p(true) is lowest, shown in (a) in
-    place of the plain image.
+    place of the plain image. The first ``MAX_ROWS`` images are drawn.
     """
     maps, origins, window = sweep.maps, sweep.origins, sweep.window
-    n = len(maps["p_true"])
+    n, note = cap(len(maps["p_true"]), "images")
     size = images.shape[-1] if images is not None else int(origins[-1] + window)
     panels = (["a"] if images is not None else []) + ["b"] + (["c"] if projections is not None else []) + ["d", "e"]
     fig, axes = plt.subplots(n, len(panels), figsize=(3.3 * len(panels), 3.0 * n), squeeze=False)
@@ -95,10 +99,10 @@ def occlusion_figure(
         _colorbar(fig, im, row["d"], "p(true class)")
         row["d"].set_title("(d) p(true class)", fontsize=9)
         _top_class_panel(fig, row["e"], sweep, i, class_names, size)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title or note:
+        fig.suptitle(caption(title, [note]), fontsize=10)
     fig.tight_layout()
-    return fig
+    return record(fig, [note])
 
 
 def _colorbar(fig, im, ax, label: str) -> None:
@@ -158,19 +162,21 @@ def _top_class_panel(fig, ax, sweep: OcclusionMaps, i: int, class_names, size: i
 
 
 def correspondence_figure(images: np.ndarray, occluded: dict[str, np.ndarray], title: str = "") -> Figure:
-    """Fig. 8: one row per image, the original then each occluded version (parts, then random)."""
-    columns = {"original": images, **occluded}
-    k = len(images)
+    """Fig. 8: one row per image, the original then each occluded version (parts, then random); the first
+    ``MAX_ROWS`` images, each in at most ``MAX_ROWS`` columns, are drawn."""
+    shown, column_note = cap(len(occluded), "occluded versions", MAX_ROWS - 1, kept="the table beside it scores all")
+    columns = {"original": images, **dict(list(occluded.items())[:shown])}
+    k, note = cap(len(images), "images", kept="")
     fig, axes = plt.subplots(k, len(columns), figsize=(1.6 * len(columns), 1.6 * k + 0.4), squeeze=False)
     for j, (name, stack) in enumerate(columns.items()):
         for i in range(k):
             axes[i, j].imshow(show_image(stack[i]))
             axes[i, j].set(xticks=[], yticks=[])
         axes[0, j].set_title(name.replace("_", " "), fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title or note or column_note:
+        fig.suptitle(caption(title, [note, column_note]), fontsize=10)
     fig.tight_layout()
-    return fig
+    return record(fig, [note, column_note])
 
 
 def invariance_figure(
@@ -183,18 +189,20 @@ def invariance_figure(
 ) -> Figure:
     """Fig. 5: one row per transform; columns: examples, distance at ``layers[0]``, at ``layers[1]``, p(true).
 
-    Translations are given as fractions of the image ``height`` and drawn in pixels, as in the paper.
+    Translations are given as fractions of the image ``height`` and drawn in pixels, as in the paper. The
+    first ``MAX_PANELS`` layers, ``MAX_ROWS`` images (curves) and ``MAX_ROWS`` examples are drawn.
     """
+    shown, layer_note = cap(len(layers), "layers", MAX_PANELS, kept="the table beside it holds all")
+    layers = list(layers)[:shown]
+    shown, image_note = cap(len(image_names), "images", kept="the table beside it holds all")
+    image_names = list(image_names)[:shown]
+    shown, example_note = cap(max(len(e) for e in examples.values()), "examples per transform", kept="")
     kinds = list(examples)
     fig, axes = plt.subplots(len(kinds), 2 + len(layers), figsize=(4.0 * (2 + len(layers)), 3.2 * len(kinds)))
     axes = np.atleast_2d(axes)
     for r, kind in enumerate(kinds):
-        tiles = [show_image(img) for _, img in examples[kind]]
-        axes[r, 0].imshow(mosaic([tiles], gap=2))
-        axes[r, 0].set(xticks=[], yticks=[])
         scale = height if kind == "translate" else 1
-        axes[r, 0].set_title(", ".join(f"{a * scale:.3g}" for a, _ in examples[kind]), fontsize=8)
-        axes[r, 0].set_ylabel(kind)
+        _examples_panel(axes[r, 0], examples[kind][:shown], kind, scale)
         df = rows[rows["transform"] == kind]
         columns = [f"dist_{layer}" for layer in layers] + ["p_true"]
         ylabels = [f"Euclidean distance, {layer}" for layer in layers] + ["p(true class)"]
@@ -209,7 +217,16 @@ def invariance_figure(
                 ax.set_ylim(-0.02, 1.02)
         if r == 0:
             axes[r, -1].legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
+    notes = [layer_note, image_note, example_note]
+    if title or any(notes):
+        fig.suptitle(caption(title, notes))
     fig.tight_layout()
-    return fig
+    return record(fig, notes)
+
+
+def _examples_panel(ax, examples: list[tuple[float, np.ndarray]], kind: str, scale: float) -> None:
+    """A transform's examples side by side, titled with their amounts (``scale``: drawn in pixels)."""
+    ax.imshow(mosaic([[show_image(img) for _, img in examples]], gap=2))
+    ax.set(xticks=[], yticks=[])
+    ax.set_title(", ".join(f"{a * scale:.3g}" for a, _ in examples), fontsize=8)
+    ax.set_ylabel(kind)
