@@ -1,0 +1,93 @@
+"""``zfviz viz atlas`` through the CLI (issue 26): on a debug-sized checkpoint of ours and a torchvision net."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+from tests.cli_args import run_zfviz
+from zfviz.atlas.collect import collect, weighted_layers
+from zfviz.checkpoint import model_from_checkpoint
+from zfviz.data.images import read_images
+from zfviz.data.trained import load_data
+from zfviz.models.load import open_net
+from zfviz.viz.top9 import ordered_batches
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def atlas_args(checkpoint, out, *extra: str) -> list[str]:
+    return [
+        "viz", "atlas", f"checkpoint={checkpoint}", f"data.root={checkpoint.parent}", "device=cpu", f"out_dir={out}",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow  # the CLI composes Hydra's config and loads the checkpoint and its data: about 2 s
+def test_the_command_writes_what_one_pass_finds_and_a_thumbnail_per_live_unit(viz_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    done = run_zfviz(*atlas_args(viz_checkpoint, out, "units=4", "top_k=3", "limit=40", "batch_size=16"))
+    assert done.returncode == 0, done.stderr
+    atlas = json.loads((out / "atlas.json").read_text())
+    model, ckpt = model_from_checkpoint(viz_checkpoint)
+    data = load_data(ckpt, viz_checkpoint, root=viz_checkpoint.parent)
+    test = data.test
+    layers = weighted_layers(model)
+    stats = collect(model, ordered_batches(test.images[:40], test.normalize, 16), layers, test.labels[:40], 10, k=3)
+    assert list(atlas["layers"]) == layers and atlas["images"] == 40 and atlas["classes"] == list(data.classes)
+    for layer in layers:
+        entry = atlas["layers"][layer]
+        assert entry["units"] == stats[layer].top.maps and [u["unit"] for u in entry["unit"]] == [0, 1, 2, 3]
+        for unit in entry["unit"]:
+            u = unit["unit"]
+            assert [t[0] for t in unit["top"]] == stats[layer].top.image[u].tolist()
+            assert [t[1] for t in unit["top"]] == stats[layer].top.values[u].tolist()  # same batches: same kernels
+            assert unit["histogram"]["counts"] == stats[layer].histogram.counts[u].tolist()
+            assert len(unit["class_means"]) == 10
+            if unit["dead"]:
+                assert unit["thumbnail"] is None
+            else:
+                assert (out / unit["thumbnail"]).is_file()
+    assert atlas["layers"][layers[0]]["next_layer"] == layers[1]
+    meta = json.loads((out / "atlas.meta.json").read_text())
+    assert meta["files"] == ["atlas.json"] and meta["sources"][0]["checkpoint"] == str(viz_checkpoint)
+    shown = [u["thumbnail"] for layer in layers for u in atlas["layers"][layer]["unit"] if u["thumbnail"]]
+    assert shown and sorted(str(p.relative_to(out)) for p in out.rglob("*.jpg")) == sorted(shown)
+
+
+@pytest.mark.slow  # each refusal composes Hydra's config; the last reads the checkpoint: about 2 s
+def test_mistakes_are_one_line(viz_checkpoint, tmp_path):
+    for extra, says in [
+        (["top_k=0"], "viz.top_k=0 is not valid"),
+        (["units=[]"], "viz.units=[] is not valid"),
+        (["units=[0,999]", "layers=[conv1]", "limit=4"], "viz.units: conv1 has"),
+        (["layers=[conv9]", "limit=4"], "unknown layer 'conv9'"),
+    ]:
+        done = run_zfviz(*atlas_args(viz_checkpoint, tmp_path / "out", *extra))
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], done.stderr
+    assert not (tmp_path / "out" / "atlas.json").exists()
+
+
+@pytest.mark.slow  # resnet18 at 64 px: about 2 s
+def test_a_torchvision_net_searches_the_image_files(photo_folder, tmp_path):
+    torch.save(torchvision.models.get_model("resnet18", weights=None).state_dict(), tmp_path / "r18.pth")
+    done = run_zfviz(
+        "viz", "atlas", "net=torchvision:resnet18", "weights=r18.pth", f"images={photo_folder}", "size=64",
+        "layers=[layer1.0.conv1,fc]", "units=3", "top_k=2", "out_dir=out", "device=cpu", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    atlas = json.loads((tmp_path / "out/atlas.json").read_text())
+    model, pre, _ = open_net("torchvision:resnet18", tmp_path / "r18.pth", torch.device("cpu"), size=64)
+    stored = read_images(sorted(photo_folder.iterdir()), 64, 3, pre.resize, pre.interpolation)
+    stats = collect(model, ordered_batches(stored, pre.normalize, 250), ["layer1.0.conv1", "fc"], k=2)
+    for layer in ("layer1.0.conv1", "fc"):
+        values = [[t[1] for t in u["top"]] for u in atlas["layers"][layer]["unit"]]
+        torch.testing.assert_close(torch.tensor(values), stats[layer].top.values[:3])
+    assert atlas["classes"] == [] and atlas["layers"]["fc"]["unit"][0]["class_means"] == []
+    assert atlas["layers"]["layer1.0.conv1"]["next_layer"] == "layer1.0.conv2"
+    assert atlas["layers"]["fc"]["unit"][0]["top"][0][2] == [0, 0, 64, 64]
