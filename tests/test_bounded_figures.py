@@ -19,7 +19,7 @@ from zfviz.errors import INTERRUPTED
 from zfviz.plotting import plt
 from zfviz.plotting.attribution_grid import attribution_grid
 from zfviz.plotting.bounded import MAX_PANELS, MAX_ROWS, cap, caption, notes, record
-from zfviz.plotting.deconv import evolution_figure, projections_figure, top9_figure
+from zfviz.plotting.deconv import architecture_figure, evolution_figure, projections_figure, top9_figure
 from zfviz.plotting.occlusion import OcclusionMaps, correspondence_figure, invariance_figure, occlusion_figure
 from zfviz.results import save_figure
 from zfviz.script_main import script_main
@@ -111,6 +111,28 @@ def test_evolution_draws_the_first_maps_at_every_epoch(tmp_path, capsys):
     save_figure(fig, tmp_path / "evolution.png")
     assert Image.open(tmp_path / "evolution.png").size == (540, round((0.6 + 0.75 * MAX_ROWS) * DPI))
     assert f"evolution.png: the first {MAX_ROWS} of 40 maps shown" in capsys.readouterr().out
+    plt.close(fig)
+
+
+@pytest.mark.slow  # a 12-inch figure of 12 filter banks and mosaics laid out
+def test_architecture_draws_the_first_maps_and_nets():
+    others = MAX_PANELS + 2
+    filters = {name: signed(4, 1, 3, 3) for name in ["alexnet", "zfnet", *(f"seed {i}" for i in range(others))]}
+    projections = {"alexnet": signed(40, 1, 4, 4), "zfnet": signed(40, 1, 4, 4)}
+    fig = architecture_figure(filters, projections, title="Fig. 6")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[2:4] == ["alexnet: layer-2 projections (tile: map, its strongest activation)"] + [
+        "zfnet: layer-2 projections (tile: map, its strongest activation)"
+    ]
+    assert sum("layer-1 filters" in t for t in titles) == 2 + MAX_PANELS
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts.count("map 0") == 2 and f"map {MAX_ROWS - 1}" in texts and f"map {MAX_ROWS}" not in texts
+    rows = 1 + 1 + MAX_PANELS // 2  # compared filters, projections, the others in pairs
+    assert fig.get_size_inches()[1] == pytest.approx(3.4 * (rows - 1) + 1.3 * MAX_ROWS / 4 + 0.5 + 3 * 0.4)
+    assert [note.split(";")[0] for note in notes(fig)] == [
+        f"the first {MAX_ROWS} of 40 layer-2 maps per net shown",
+        f"the first {MAX_PANELS} of {others} nets with layer-1 filters alone shown",
+    ]
     plt.close(fig)
 
 

@@ -240,16 +240,22 @@ def architecture_figure(
     shown (AlexNet, ZFNet), their layer-2 projections (one tile per map, named by ``map_labels[name]``,
     default "map <i>"), then the other nets' layer-1 filters in pairs (without, with clipping).
 
-    ``projections[name]`` is (M, C, h, w): one projection per shown layer-2 map.
+    ``projections[name]`` is (M, C, h, w): one projection per shown layer-2 map; the first ``MAX_ROWS`` of
+    them and the first ``MAX_PANELS`` other nets are drawn.
     """
+    _, map_note = cap(max((len(p) for p in projections.values()), default=0), "layer-2 maps per net")
+    projections = {name: p[:MAX_ROWS] for name, p in projections.items()}
     compared = [n for n in filters if n in projections]
     others = [n for n in filters if n not in projections]
+    shown, net_note = cap(len(others), "nets with layer-1 filters alone", MAX_PANELS, "the table beside it holds all")
+    others = others[:shown]
     rows = [("filters", compared), ("projections", list(projections))]
     rows += [("filters", others[i : i + 2]) for i in range(0, len(others), 2)]
     rows = [(kind, names) for kind, names in rows if names]
     side = max((math.ceil(len(p) / PROJECTION_COLS) for p in projections.values()), default=1)
     heights = [TILE * side + 0.5 if kind == "projections" else FILTER_HEIGHT for kind, _ in rows]
-    fig = plt.figure(figsize=(FIGURE_WIDTH, sum(heights) + (0.4 if title else 0.0)), layout="constrained")
+    heading = caption(title, [map_note, net_note])
+    fig = plt.figure(figsize=(FIGURE_WIDTH, sum(heights) + 0.4 * len(heading.splitlines())), layout="constrained")
     subs = np.atleast_1d(fig.subfigures(len(rows), 1, height_ratios=heights))
     for sub, (kind, names) in zip(subs, rows, strict=True):
         for cell, name in zip(np.atleast_1d(sub.subfigures(1, 2)), names, strict=False):
@@ -258,9 +264,9 @@ def architecture_figure(
             else:
                 labels = (map_labels or {}).get(name) or [f"map {i}" for i in range(len(projections[name]))]
                 _projections_cell(cell, name, projections[name], labels)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
+    if heading:
+        fig.suptitle(heading, fontsize=10)
+    return record(fig, [map_note, net_note])
 
 
 NET_NAMES = {"alexnet": "AlexNet", "zfnet": "ZFNet", "zfnet, no clipping": "ZFNet, no clipping",
