@@ -331,7 +331,8 @@ def check_run_folder(overrides: list[str], multirun: bool) -> None:
     place would end in Hydra's traceback: check the nearest existing folder on its path first."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+") == key), "runs")
-    path = Path(unquoted(given)).expanduser().absolute()
+    given = unquoted(given)  # as typed: quote_paths may have quoted it for Hydra
+    path = Path(given).expanduser().absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
     if not os.access(path, os.W_OK):  # also false for root on a read-only file system
