@@ -18,7 +18,7 @@ from PIL import Image
 from zfviz.errors import INTERRUPTED
 from zfviz.plotting import plt
 from zfviz.plotting.attribution_grid import attribution_grid
-from zfviz.plotting.bounded import MAX_PANELS, MAX_ROWS, cap, caption, notes, record
+from zfviz.plotting.bounded import MAX_PANELS, MAX_ROWS, cap, caption, notes, record, spread
 from zfviz.plotting.deconv import architecture_figure, evolution_figure, projections_figure, top9_figure
 from zfviz.plotting.occlusion import OcclusionMaps, correspondence_figure, invariance_figure, occlusion_figure
 from zfviz.results import save_figure
@@ -53,6 +53,11 @@ def test_cap_draws_everything_up_to_the_limit_and_says_what_it_left_out():
     )
     assert cap(9, "layers", 6, kept="") == (6, "the first 6 of 9 layers shown")
     assert caption("title", ["", "a note"]) == "title\na note" and caption("", ["a note"]) == "a note"
+    assert spread(3, "epochs", 4) == ([0, 1, 2], "")
+    assert spread(9, "epochs", 4) == (
+        [0, 3, 5, 8],
+        "4 of 9 epochs shown, evenly spread; the arrays beside it hold all 9",
+    )
 
 
 def test_a_figure_keeps_its_notes_and_save_figure_says_them_beside_the_file(tmp_path, capsys):
@@ -100,6 +105,7 @@ def test_top9_draws_the_first_layers_maps_and_activations():
     plt.close(fig)
 
 
+@pytest.mark.slow  # a PNG written
 def test_evolution_draws_the_first_maps_at_every_epoch(tmp_path, capsys):
     rows = [[signed(1, 4, 4) for _ in range(3)] for _ in range(40)]
     fig = evolution_figure(rows, [f"conv1 #{i}" for i in range(40)], [1, 2, 5], title="evolution")
@@ -111,6 +117,16 @@ def test_evolution_draws_the_first_maps_at_every_epoch(tmp_path, capsys):
     save_figure(fig, tmp_path / "evolution.png")
     assert Image.open(tmp_path / "evolution.png").size == (540, round((0.6 + 0.75 * MAX_ROWS) * DPI))
     assert f"evolution.png: the first {MAX_ROWS} of 40 maps shown" in capsys.readouterr().out
+    plt.close(fig)
+
+
+def test_evolution_draws_epochs_evenly_spread_with_the_first_and_last():
+    epochs = list(range(1, 41))
+    fig = evolution_figure([[signed(1, 4, 4) for _ in epochs]], ["conv1 #0"], epochs)
+    shown = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert len(shown) == MAX_ROWS and shown[0] == "epoch 1" and shown[-1] == "epoch 40"
+    assert fig.axes[0].images[0].get_array().shape[1] == MAX_ROWS * 50 - 2  # 48-px tiles, 2 px apart
+    assert notes(fig) == [f"{MAX_ROWS} of 40 epochs shown, evenly spread; the arrays beside it hold all 40"]
     plt.close(fig)
 
 

@@ -31,6 +31,15 @@ def cap(total: int, what: str, limit: int = MAX_ROWS, kept: str = "the arrays be
     return limit, f"{note}; {kept} {total}" if kept else note
 
 
+def spread(total: int, what: str, limit: int = MAX_ROWS) -> tuple[list[int], str]:
+    """For a sequence whose ends matter (epochs of training): which of ``total`` to draw, at most ``limit``
+    evenly spread with the first and the last among them, and the note that says so ("" for all)."""
+    if total <= limit:
+        return list(range(total)), ""
+    picked = sorted({round(i * (total - 1) / (limit - 1)) for i in range(limit)})
+    return picked, f"{len(picked)} of {total} {what} shown, evenly spread; the arrays beside it hold all {total}"
+
+
 def caption(title: str, notes: Iterable[str]) -> str:
     """``title`` with each non-empty note on a line of its own under it."""
     return "\n".join(part for part in (title, *notes) if part)

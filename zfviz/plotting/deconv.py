@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from zfviz.plotting import plt
-from zfviz.plotting.bounded import MAX_PANELS, MAX_ROWS, cap, caption, record
+from zfviz.plotting.bounded import MAX_PANELS, MAX_ROWS, cap, caption, record, spread
 
 GAP = 1.0  # white between tiles
 
@@ -144,10 +144,12 @@ def evolution_figure(
     projections: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], epochs: Sequence[int], title: str = ""
 ) -> Figure:
     """Fig. 4: rows = maps, columns = epochs; each tile the strongest activation's (C, h, w) projection.
-    The first ``MAX_ROWS`` maps are drawn; every epoch is (a training's saved epochs, not a request)."""
+    The first ``MAX_ROWS`` maps are drawn, at ``MAX_ROWS`` epochs at most, the first and last among them."""
     tile = 48
     shown, note = cap(len(projections), "maps")
-    rows = [[resize(show_projection(p), tile) for p in row] for row in projections[:shown]]
+    columns, epoch_note = spread(len(epochs), "epochs")
+    epochs = [epochs[c] for c in columns]
+    rows = [[resize(show_projection(row[c]), tile) for c in columns] for row in projections[:shown]]
     image = mosaic(rows, gap=2)
     width = max(4.5, 1.0 + 0.75 * len(epochs))  # room for the title when few epochs were saved
     fig, ax = plt.subplots(figsize=(width, 0.6 + 0.75 * len(rows)), constrained_layout=True)
@@ -158,9 +160,9 @@ def evolution_figure(
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
-    if title or note:
-        ax.set_title(caption(title, [note]), fontsize=8, wrap=True)
-    return record(fig, [note])
+    if title or note or epoch_note:
+        ax.set_title(caption(title, [note, epoch_note]), fontsize=8, wrap=True)
+    return record(fig, [note, epoch_note])
 
 
 def filter_bank(weight: np.ndarray, ncols: int | None = None) -> np.ndarray:
