@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zfviz.attribution import attribute
+from zfviz.attribution.targets import class_named
 from zfviz.commands.shared import (
     Outputs,
     attribution_options,
@@ -64,7 +65,7 @@ def run(cfg: DictConfig) -> dict:
     device = next(model.parameters()).device
     x = prepare(images).to(device)
     predicted, probability = predictions(model, x, v.batch_size)
-    target = _target(v.target, predicted, labels, len(x))
+    target = _target(v.target, predicted, labels, len(x), classes)
     options = _zbox_bounds(options, prepare, images, device)
     maps = []
     for at in range(0, len(x), v.batch_size):  # one call per batch: the methods batch over images
@@ -144,8 +145,9 @@ def _indices(images) -> bool:
     return isinstance(values, list) and bool(values) and all(isinstance(i, int) for i in values)
 
 
-def _target(spec, predicted: torch.Tensor, labels, n: int):
-    """``target=`` as ``attribute`` takes it: a class per image, or a (layer, channel[, "all"]) unit."""
+def _target(spec, predicted: torch.Tensor, labels, n: int, classes=None):
+    """``target=`` as ``attribute`` takes it: a class per image (an index, or a name of ``classes`` in any
+    case), or a (layer, channel[, "all"]) unit."""
     spec = OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec
     if spec == "predicted":
         return predicted
@@ -163,6 +165,8 @@ def _target(spec, predicted: torch.Tensor, labels, n: int):
         return tuple(spec)
     if isinstance(spec, list) and len(spec) == n and all(isinstance(c, int) for c in spec):
         return torch.as_tensor(spec)
+    if isinstance(spec, str):  # a class by name (target=Sandal); an unknown name is one line listing them
+        return torch.full((n,), class_named(spec, classes), dtype=torch.long)
     raise UserError(
         f"target={spec} is not valid: give predicted, label, a class index, one index per image ({n}), "
         "or a unit [layer,channel] / [layer,channel,all]"
