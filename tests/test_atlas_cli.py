@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 from tests.cli_args import run_zfviz
+from tests.test_atlas_pages import broken_links
 from zfviz.atlas.collect import collect, weighted_layers
 from zfviz.checkpoint import model_from_checkpoint
 from zfviz.data.images import read_images
@@ -56,6 +57,8 @@ def test_the_command_writes_what_one_pass_finds_and_a_thumbnail_per_live_unit(vi
     assert meta["files"] == ["atlas.json"] and meta["sources"][0]["checkpoint"] == str(viz_checkpoint)
     shown = [u["thumbnail"] for layer in layers for u in atlas["layers"][layer]["unit"] if u["thumbnail"]]
     assert shown and sorted(str(p.relative_to(out)) for p in out.rglob("*.jpg")) == sorted(shown)
+    assert (out / "index.html").is_file() and len(list(out.glob("layer_*.html"))) == len(layers)
+    assert broken_links(out) == []
 
 
 @pytest.mark.slow  # each refusal composes Hydra's config; the last reads the checkpoint: about 2 s
@@ -91,3 +94,4 @@ def test_a_torchvision_net_searches_the_image_files(photo_folder, tmp_path):
     assert atlas["classes"] == [] and atlas["layers"]["fc"]["unit"][0]["class_means"] == []
     assert atlas["layers"]["layer1.0.conv1"]["next_layer"] == "layer1.0.conv2"
     assert atlas["layers"]["fc"]["unit"][0]["top"][0][2] == [0, 0, 64, 64]
+    assert broken_links(tmp_path / "out") == []

@@ -3,7 +3,8 @@
 The net is ours (``checkpoint=``, searched over a split, with its class names for the per-class means)
 or any ``net=`` of ``zfviz viz attribution`` (searched over the files of ``images=``; no labels, so no
 class means). ``zfviz.atlas.collect`` makes the one pass; ``zfviz.atlas.export`` writes ``atlas.json``
-and ``thumbs/<layer>/<unit>.jpg`` (each live unit's strongest crop), with ``atlas.meta.json``.
+and ``thumbs/<layer>/<unit>.jpg`` (each live unit's strongest crop), with ``atlas.meta.json``;
+``zfviz.atlas.pages`` the static ``index.html`` and a page per layer that show them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zfviz.atlas.collect import collect, crop_boxes, next_units, weighted_layers
 from zfviz.atlas.export import LayerAtlas, write_atlas, write_thumbnails
+from zfviz.atlas.pages import write_pages
 from zfviz.commands.shared import Outputs, open_viz, split_images
 from zfviz.errors import UserError
 from zfviz.validate import check_input_size, whole
@@ -86,11 +88,12 @@ def run(cfg: DictConfig) -> dict:
         name: write_thumbnails(out.folder, name, layer, images, int(v.thumbnail)) for name, layer in atlas.items()
     }
     about = {"net": opened.name, "images": len(images), "split": split, "image_size": list(image_shape[1:])}
-    write_atlas(out.folder / "atlas.json", atlas, thumbs, **about, classes=classes, top_k=int(v.top_k))
+    document = write_atlas(out.folder / "atlas.json", atlas, thumbs, **about, classes=classes, top_k=int(v.top_k))
     out.written.append(out.folder / "atlas.json")
+    write_pages(out.folder, document)
     total_s = time.perf_counter() - start
     out.provenance([opened.source], wall_time_s=total_s)
     count = sum(s.top.maps for s in stats.values())
     print(f"searched {len(images)} images for {count} units of {len(layers)} layers in {search_s:.1f} s; "
-          f"wrote {out.folder / 'atlas.json'} and thumbs/ ({total_s:.1f} s)")  # fmt: skip
+          f"wrote {out.folder / 'index.html'}, atlas.json and thumbs/ ({total_s:.1f} s)")  # fmt: skip
     return {"images": len(images), "layers": layers, "units": count, "out": str(out.folder / "atlas.json")}
