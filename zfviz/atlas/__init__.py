@@ -1,6 +1,7 @@
 """The unit atlas (issue 26): every unit of a net, what drives it, in one browsable folder.
 
-``collect`` makes one streamed pass over an image set and keeps, for every unit of every requested
-layer at once, what the pages show (``UnitStats``); ``write`` turns that into ``atlas.json`` and the
-units' thumbnails. Bottom-up: ``histogram`` (the per-unit histograms), ``collect``, ``write``.
+Bottom-up: ``histogram`` (exact per-unit histograms over a stream), ``collect`` (the one streamed pass
+keeping every unit's top ``k``, histogram, per-class sums; the crops and the next layer's strongest
+units), ``export`` (``atlas.json`` and the thumbnails), ``pages`` (the static index and layer pages).
+``zfviz viz atlas`` (``zfviz.commands.viz_atlas``) runs them in that order.
 """
