@@ -388,7 +388,7 @@ def dissect_cfg(overrides: list[str]):
 
 
 @pytest.mark.slow
-def test_command_writes_one_csv_per_layer_equal_to_dissect(viz_checkpoint, square_folder, tmp_path):
+def test_command_writes_one_csv_per_layer_equal_to_dissect(viz_checkpoint, square_folder, tmp_path, capsys):
     from zfviz.commands import viz_dissect
     from zfviz.data.trained import load_data
     from zfviz.dissection.dissect import resized
@@ -401,6 +401,7 @@ def test_command_writes_one_csv_per_layer_equal_to_dissect(viz_checkpoint, squar
     assert sorted(p.name for p in out.iterdir()) == [
         "dissect_conv1.csv", "dissect_conv1.meta.json", "dissect_conv5.csv", "dissect_conv5.meta.json"
     ]  # fmt: skip
+    assert f"wrote {out / 'dissect_conv1.csv'}, {out / 'dissect_conv5.csv'}" in capsys.readouterr().out  # the names
     model, ckpt = load_net(viz_checkpoint, torch.device("cpu"))
     prepare = resized(load_data(ckpt, viz_checkpoint, root=dissect_cfg([]).data.get("root")).test.normalize, 64)
     want = dissect(model, square_folder, ["conv1", "conv5"], prepare=prepare)

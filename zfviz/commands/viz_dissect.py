@@ -109,7 +109,7 @@ def run(cfg: DictConfig) -> dict:
     print(counts.assign(units=df.groupby("layer", sort=False).size()).to_string())
     rate = len(broden) / wall if wall > 0 else float("inf")
     print(f"dissected {len(layers)} layers over {len(broden)} images in {wall:.1f} s ({rate:.0f} images/s); "
-          f"wrote {out.folder}/{v.stem}_<layer>.csv")  # fmt: skip
+          f"wrote {', '.join(str(out.folder / f'{v.stem}_{layer}.csv') for layer in layers)}")  # fmt: skip
     return {
         "images": len(broden),
         "wall_s": wall,
