@@ -68,6 +68,7 @@ def test_mistakes_are_one_line(viz_checkpoint, tmp_path):
         (["units=[]"], "viz.units=[] is not valid"),
         (["units=[0,999]", "layers=[conv1]", "limit=4"], "viz.units: conv1 has"),
         (["layers=[conv9]", "limit=4"], "unknown layer 'conv9'"),
+        (["layers=conv9", "limit=4"], "unknown layer 'conv9'"),  # one name without brackets: one layer
     ]:
         done = run_zfviz(*atlas_args(viz_checkpoint, tmp_path / "out", *extra))
         assert done.returncode == 2, done.stderr
@@ -92,6 +93,7 @@ def test_a_torchvision_net_searches_the_image_files(photo_folder, tmp_path):
         values = [[t[1] for t in u["top"]] for u in atlas["layers"][layer]["unit"]]
         torch.testing.assert_close(torch.tensor(values), stats[layer].top.values[:3])
     assert atlas["classes"] == [] and atlas["layers"]["fc"]["unit"][0]["class_means"] == []
+    assert atlas["image_files"] == [str(p) for p in sorted(photo_folder.iterdir())]
     assert atlas["layers"]["layer1.0.conv1"]["next_layer"] == "layer1.0.conv2"
     assert atlas["layers"]["fc"]["unit"][0]["top"][0][2] == [0, 0, 64, 64]
     assert broken_links(tmp_path / "out") == []

@@ -19,6 +19,7 @@ from zfviz.atlas.export import LayerAtlas, write_atlas, write_thumbnails
 from zfviz.atlas.pages import write_pages
 from zfviz.commands.shared import Outputs, open_viz, split_images
 from zfviz.errors import UserError
+from zfviz.utils import as_list
 from zfviz.validate import check_input_size, whole
 from zfviz.viz.top9 import ordered_batches
 
@@ -66,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
         check_input_size(model, opened.preprocessing.crop, opened.name)
     split = v.split if opened.ckpt else "test"  # a net= run's files stand in for both splits
     images, prepare = split_images(opened.data, split, v.limit, opened.device)
-    layers = list(v.layers) if v.layers else weighted_layers(model)
+    layers = [str(layer) for layer in as_list(v.layers)] if v.layers else weighted_layers(model)
     labels, classes = labels_of(opened.data, split, len(images))
     image_shape = tuple(prepare(images[:1]).shape[1:])
     units = OmegaConf.to_container(v.units) if OmegaConf.is_config(v.units) else v.units
@@ -88,6 +89,8 @@ def run(cfg: DictConfig) -> dict:
         name: write_thumbnails(out.folder, name, layer, images, int(v.thumbnail)) for name, layer in atlas.items()
     }
     about = {"net": opened.name, "images": len(images), "split": split, "image_size": list(image_shape[1:])}
+    if opened.ckpt is None:  # a net= run's images are files: the indices in atlas.json refer to this list
+        about["image_files"] = opened.source["images"][: len(images)]
     document = write_atlas(out.folder / "atlas.json", atlas, thumbs, **about, classes=classes, top_k=int(v.top_k))
     out.written.append(out.folder / "atlas.json")
     write_pages(out.folder, document)
