@@ -32,7 +32,8 @@ def test_the_command_writes_what_one_pass_finds_and_a_thumbnail_per_live_unit(vi
     out = tmp_path / "out"
     done = run_zfviz(*atlas_args(viz_checkpoint, out, "units=4", "top_k=3", "limit=40", "batch_size=16"))
     assert done.returncode == 0, done.stderr
-    atlas = json.loads((out / "atlas.json").read_text())
+    site = out / "atlas"
+    atlas = json.loads((site / "atlas.json").read_text())
     model, ckpt = model_from_checkpoint(viz_checkpoint)
     data = load_data(ckpt, viz_checkpoint, root=viz_checkpoint.parent)
     test = data.test
@@ -51,14 +52,15 @@ def test_the_command_writes_what_one_pass_finds_and_a_thumbnail_per_live_unit(vi
             if unit["dead"]:
                 assert unit["thumbnail"] is None
             else:
-                assert (out / unit["thumbnail"]).is_file()
+                assert (site / unit["thumbnail"]).is_file()
     assert atlas["layers"][layers[0]]["next_layer"] == layers[1]
     meta = json.loads((out / "atlas.meta.json").read_text())
-    assert meta["files"] == ["atlas.json"] and meta["sources"][0]["checkpoint"] == str(viz_checkpoint)
+    assert meta["files"] == ["atlas"] and meta["sources"][0]["checkpoint"] == str(viz_checkpoint)
+    assert sorted(p.name for p in out.iterdir()) == ["atlas", "atlas.meta.json"]
     shown = [u["thumbnail"] for layer in layers for u in atlas["layers"][layer]["unit"] if u["thumbnail"]]
-    assert shown and sorted(str(p.relative_to(out)) for p in out.rglob("*.jpg")) == sorted(shown)
-    assert (out / "index.html").is_file() and len(list(out.glob("layer_*.html"))) == len(layers)
-    assert broken_links(out) == []
+    assert shown and sorted(str(p.relative_to(site)) for p in site.rglob("*.jpg")) == sorted(shown)
+    assert (site / "index.html").is_file() and len(list(site.glob("layer_*.html"))) == len(layers)
+    assert broken_links(site) == []
 
 
 @pytest.mark.slow  # each refusal composes Hydra's config; the last reads the checkpoint: about 2 s
@@ -74,7 +76,7 @@ def test_mistakes_are_one_line(viz_checkpoint, tmp_path):
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and says in lines[0], done.stderr
-    assert not (tmp_path / "out" / "atlas.json").exists()
+    assert not (tmp_path / "out" / "atlas").exists()
 
 
 @pytest.mark.slow  # resnet18 at 64 px: about 2 s
@@ -85,7 +87,7 @@ def test_a_torchvision_net_searches_the_image_files(photo_folder, tmp_path):
         "layers=[layer1.0.conv1,fc]", "units=3", "top_k=2", "out_dir=out", "device=cpu", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    atlas = json.loads((tmp_path / "out/atlas.json").read_text())
+    atlas = json.loads((tmp_path / "out/atlas/atlas.json").read_text())
     model, pre, _ = open_net("torchvision:resnet18", tmp_path / "r18.pth", torch.device("cpu"), size=64)
     stored = read_images(sorted(photo_folder.iterdir()), 64, 3, pre.resize, pre.interpolation)
     stats = collect(model, ordered_batches(stored, pre.normalize, 250), ["layer1.0.conv1", "fc"], k=2)
@@ -96,4 +98,4 @@ def test_a_torchvision_net_searches_the_image_files(photo_folder, tmp_path):
     assert atlas["image_files"] == [str(p) for p in sorted(photo_folder.iterdir())]
     assert atlas["layers"]["layer1.0.conv1"]["next_layer"] == "layer1.0.conv2"
     assert atlas["layers"]["fc"]["unit"][0]["top"][0][2] == [0, 0, 64, 64]
-    assert broken_links(tmp_path / "out") == []
+    assert broken_links(tmp_path / "out/atlas") == []

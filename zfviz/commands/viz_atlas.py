@@ -3,13 +3,15 @@
 The net is ours (``checkpoint=``, searched over a split, with its class names for the per-class means)
 or any ``net=`` of ``zfviz viz attribution`` (searched over the files of ``images=``; no labels, so no
 class means). ``zfviz.atlas.collect`` makes the one pass; ``zfviz.atlas.export`` writes ``atlas.json``
-and ``thumbs/<layer>/<unit>.jpg`` (each live unit's strongest crop), with ``atlas.meta.json``;
-``zfviz.atlas.pages`` the static ``index.html`` and a page per layer that show them.
+and ``thumbs/<layer>/<unit>.jpg`` (each live unit's strongest crop), ``zfviz.atlas.pages`` the static
+``index.html`` and a page per layer that show them: all in the folder ``atlas/`` of the run folder, with
+``atlas.meta.json`` beside it.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -58,6 +60,16 @@ def labels_of(data, split: str, count: int) -> tuple[torch.Tensor | None, list[s
     return labels, list(data.classes)
 
 
+def write_site(out: Outputs, atlas: dict[str, LayerAtlas], stored, thumbnail: int, **about) -> Path:
+    """The folder ``atlas/`` of the run folder: the thumbnails (cut from the ``stored`` images), ``atlas.json``
+    (``about`` at its top) and the pages; one folder to open or copy, named by ``atlas.meta.json`` beside it."""
+    site = out.folder / "atlas"
+    thumbs = {name: write_thumbnails(site, name, layer, stored, thumbnail) for name, layer in atlas.items()}
+    write_pages(site, write_atlas(site / "atlas.json", atlas, thumbs, **about))
+    out.written.append(site)
+    return site
+
+
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
     check_counts(v)
@@ -85,18 +97,13 @@ def run(cfg: DictConfig) -> dict:
         for name, s in stats.items()
     }
     out = Outputs(cfg)
-    thumbs = {
-        name: write_thumbnails(out.folder, name, layer, images, int(v.thumbnail)) for name, layer in atlas.items()
-    }
     about = {"net": opened.name, "images": len(images), "split": split, "image_size": list(image_shape[1:])}
     if opened.ckpt is None:  # a net= run's images are files: the indices in atlas.json refer to this list
         about["image_files"] = opened.source["images"][: len(images)]
-    document = write_atlas(out.folder / "atlas.json", atlas, thumbs, **about, classes=classes, top_k=int(v.top_k))
-    out.written.append(out.folder / "atlas.json")
-    write_pages(out.folder, document)
+    site = write_site(out, atlas, images, int(v.thumbnail), **about, classes=classes, top_k=int(v.top_k))
     total_s = time.perf_counter() - start
     out.provenance([opened.source], wall_time_s=total_s)
     count = sum(s.top.maps for s in stats.values())
     print(f"searched {len(images)} images for {count} units of {len(layers)} layers in {search_s:.1f} s; "
-          f"wrote {out.folder / 'index.html'}, atlas.json and thumbs/ ({total_s:.1f} s)")  # fmt: skip
-    return {"images": len(images), "layers": layers, "units": count, "out": str(out.folder / "atlas.json")}
+          f"wrote {site / 'index.html'}, atlas.json and thumbs/ ({total_s:.1f} s)")  # fmt: skip
+    return {"images": len(images), "layers": layers, "units": count, "out": str(site / "index.html")}
