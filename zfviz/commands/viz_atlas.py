@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from zfviz.atlas.collect import collect, crop_boxes, next_units, weighted_layers
 from zfviz.atlas.export import LayerAtlas, write_atlas, write_thumbnails
 from zfviz.atlas.pages import write_pages
-from zfviz.commands.shared import Outputs, open_viz, split_images
+from zfviz.commands.shared import Outputs, map_count, open_viz, split_images
 from zfviz.errors import UserError
 from zfviz.utils import as_list
 from zfviz.validate import check_input_size, whole
@@ -81,8 +81,11 @@ def run(cfg: DictConfig) -> dict:
     images, prepare = split_images(opened.data, split, v.limit, opened.device)
     layers = [str(layer) for layer in as_list(v.layers)] if v.layers else weighted_layers(model)
     labels, classes = labels_of(opened.data, split, len(images))
-    image_shape = tuple(prepare(images[:1]).shape[1:])
+    sample = prepare(images[:1])
+    image_shape = tuple(sample.shape[1:])
     units = OmegaConf.to_container(v.units) if OmegaConf.is_config(v.units) else v.units
+    # Checked on one image before the search: a unit a layer lacks is one line, not minutes later.
+    shown = {layer: chosen_units(units, map_count(model, layer, sample), layer) for layer in layers}
     start = time.perf_counter()
     batches = ordered_batches(images, prepare, int(v.batch_size))
     stats = collect(model, batches, layers, labels, len(classes), int(v.top_k))
@@ -92,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
             s,
             crop_boxes(model, name, s.top, image_shape),
             next_units(model, name, s.top.maps, image_shape, int(v.next_units)),
-            chosen_units(units, s.top.maps, name),
+            shown[name],
         )
         for name, s in stats.items()
     }
