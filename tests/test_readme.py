@@ -349,6 +349,10 @@ def run_line(line: str, work: Path) -> None:
         assert (cwd / "results" / "table3_cpu.csv").is_file() and (cwd / "results" / "fig_table3_cpu.png").is_file()
     elif argv[1].endswith("report.py"):  # the report of the results the lines above wrote
         assert (cwd / "results" / "index.html").is_file() and (cwd / "results" / "README.md").is_file()
+    elif argv[1].endswith("support_matrix.py"):  # the quick sweep's table and sidecar; no run folder
+        out = cwd / _option(argv, "--out")
+        assert (out / "support_matrix.csv").is_file() and (out / "support_matrix.meta.json").is_file()
+        return
     else:
         assert made, result.stdout[-2000:]
     out_dir = next((cwd / a.partition("=")[2] for a in argv if a.startswith("out_dir=")), None)
