@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from zfviz.activations import evaluating, hooks, resolve, stream
 from zfviz.atlas.histogram import Histograms
 from zfviz.errors import UserError
-from zfviz.viz.receptive_field import receptive_field
+from zfviz.viz.receptive_field import ReceptiveField, receptive_field
 from zfviz.viz.top9 import TopK, _merge
 
 _WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -103,7 +103,12 @@ def collect(
 def crop_boxes(model: nn.Module, layer: str, top: TopK, image_shape: tuple[int, int, int]) -> Tensor:
     """(units, k, 4): each kept activation's receptive field clipped to the image, ``[y0, x0, y1, x1]``
     in the input's pixels (bottom/right exclusive); the whole image for a fully connected layer."""
-    field = receptive_field(model, layer, image_shape)
+    return field_boxes(receptive_field(model, layer, image_shape), top)
+
+
+def field_boxes(field: ReceptiveField, top: TopK) -> Tensor:
+    """``crop_boxes`` with the layer's field walked already (before a search, so that a module the walk
+    cannot follow is one line before the pass, not after it)."""
     boxes = [field.box(int(y), int(x)) for y, x in top.position.reshape(-1, 2)]
     return torch.tensor(boxes, dtype=torch.long).reshape(*top.position.shape[:2], 4)
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zfviz.atlas.collect import collect, crop_boxes, next_units, weighted_layers
+from zfviz.atlas.collect import collect, field_boxes, next_units, weighted_layers
 from zfviz.atlas.export import LayerAtlas, write_atlas, write_thumbnails
 from zfviz.atlas.pages import write_pages
 from zfviz.commands.shared import Outputs, map_count, open_viz, split_images
 from zfviz.errors import UserError
 from zfviz.utils import as_list
 from zfviz.validate import check_input_size, whole
+from zfviz.viz.receptive_field import receptive_field
 from zfviz.viz.top9 import ordered_batches
 
 
@@ -84,8 +85,10 @@ def run(cfg: DictConfig) -> dict:
     sample = prepare(images[:1])
     image_shape = tuple(sample.shape[1:])
     units = OmegaConf.to_container(v.units) if OmegaConf.is_config(v.units) else v.units
-    # Checked on one image before the search: a unit a layer lacks is one line, not minutes later.
+    # Checked on one image before the search: a unit a layer lacks, or a module the receptive field cannot
+    # follow, is one line, not minutes later.
     shown = {layer: chosen_units(units, map_count(model, layer, sample), layer) for layer in layers}
+    fields = {layer: receptive_field(model, layer, image_shape) for layer in layers}
     start = time.perf_counter()
     batches = ordered_batches(images, prepare, int(v.batch_size))
     stats = collect(model, batches, layers, labels, len(classes), int(v.top_k))
@@ -93,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
     atlas = {
         name: LayerAtlas(
             s,
-            crop_boxes(model, name, s.top, image_shape),
+            field_boxes(fields[name], s.top),
             next_units(model, name, s.top.maps, image_shape, int(v.next_units)),
             shown[name],
         )
