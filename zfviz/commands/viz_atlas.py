@@ -1,4 +1,4 @@
-"""``zfviz viz atlas``: the unit atlas's data (issue 26), every unit of the chosen layers in one pass.
+"""``zfviz viz atlas``: the unit atlas (issue 26), every unit of the chosen layers from one pass, as data and pages.
 
 The net is ours (``checkpoint=``, searched over a split, with its class names for the per-class means)
 or any ``net=`` of ``zfviz viz attribution`` (searched over the files of ``images=``; no labels, so no
