@@ -35,6 +35,7 @@ from zfviz.models.load import Preprocessing, load_net, net_kind, open_net
 from zfviz.plotting import plt
 from zfviz.results import save_figure, write_csv, write_meta
 from zfviz.utils import atomic_path, resolve_device
+from zfviz.validate import check_map_count
 
 SPLITS = ("train", "test")
 NET_KEYS = ("weights", "size", "mean", "std")  # what goes with viz.net=, never with a checkpoint of ours
@@ -172,11 +173,13 @@ def pick_images(data: DataBundle, split: str, indices, device: torch.device):
 
 
 def pick_maps(maps, count: int, seed: int, key: str = "") -> list[int]:
-    """``maps`` as given (a list), or ``maps`` indices drawn without replacement from ``count`` (seeded)."""
+    """``maps`` as given (a list), or ``maps`` indices drawn without replacement from ``count`` (seeded); more
+    maps than the layer has is a mistake (``validate.check_map_count``), not a quiet "all of them"."""
     if isinstance(maps, int):
+        check_map_count(maps, count, key or "this layer")
         # The layer name goes into the seed, so layers draw different subsets.
         gen = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, key)))
-        return sorted(torch.randperm(count, generator=gen)[: min(maps, count)].tolist())
+        return sorted(torch.randperm(count, generator=gen)[:maps].tolist())
     chosen = [int(m) for m in maps]
     bad = [m for m in chosen if not 0 <= m < count]
     if bad:
