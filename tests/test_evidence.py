@@ -171,13 +171,15 @@ def test_transfer_by_welch_over_splits(findings):
     t = pd.read_csv(RESULTS / "table4_cpu.csv").set_index("method")
     pre = t.loc[[m for m in t.index if m.startswith("Pretrained")], ["acc_30", "std_30"]].sort_values("acc_30").iloc[-1]
     scr = t.loc["Non-pretrained convnet", ["acc_30", "std_30"]]
-    se2 = (pre["std_30"] ** 2 + scr["std_30"] ** 2) / 5
-    dof = se2**2 / ((pre["std_30"] ** 2 / 5) ** 2 / 4 + (scr["std_30"] ** 2 / 5) ** 2 / 4)
-    assert 4 <= dof <= 8  # Welch's dof lies between n-1 and 2(n-1)
     e = findings["table4"].evidence[0]
+    n = e.n  # the splits of the run (its sidecar's config): 3 at the cpu preset, the paper's 5 elsewhere
+    assert e.unit == "splits" and n in (3, 5)
+    se2 = (pre["std_30"] ** 2 + scr["std_30"] ** 2) / n
+    dof = se2**2 / ((pre["std_30"] ** 2 / n) ** 2 / (n - 1) + (scr["std_30"] ** 2 / n) ** 2 / (n - 1))
+    assert n - 1 <= dof <= 2 * (n - 1)  # Welch's dof lies between n-1 and 2(n-1)
     diff = pre["acc_30"] - scr["acc_30"]
     assert e.estimate == pytest.approx(diff) and e.high < 0 and findings["table4"].shown == "opposite"
-    assert T_975[8] * math.sqrt(se2) <= e.high - e.estimate <= T_975[4] * math.sqrt(se2)
+    assert T_975[2 * (n - 1)] * math.sqrt(se2) <= e.high - e.estimate <= T_975[n - 1] * math.sqrt(se2)
 
 
 def _lowest(folder: Path) -> np.ndarray:
@@ -214,8 +216,10 @@ def test_the_generous_verdicts_of_issue_27_are_gone(findings):
     """The issue's list: Fig. 4 (2 maps, by construction), Fig. 6 (one comparison), within-domain (1 of 9 at
     about 1.8 SE), Adebayo's randomization: none of them "shown" or "partly" by the rule. With seed folders
     (zfviz/report/seeds.py) the one-net findings are judged over the seeds instead."""
-    assert findings["within"].shown == "not shown"
-    assert findings["randomization"].shown == "not shown"
+    for key in ("within", "randomization"):  # by the rule: "shown"/"partly" only on an interval above zero
+        f = findings[key]
+        assert f.evidence and f.shown == ev.verdict_of(f.evidence), key
+        assert (f.shown in ("shown", "partly")) == any(p.low is not None and p.low > 0 for p in f.evidence), key
     if "holds by construction" in findings["fig4"].text:
         assert findings["fig4"].verdict.endswith("no interval")
     seeds = 1 + len(seed_folders(RESULTS))
