@@ -24,7 +24,7 @@ from zfviz.activations import evaluating, hooks, resolve, stream
 from zfviz.atlas.histogram import Histograms
 from zfviz.errors import UserError
 from zfviz.viz.receptive_field import ReceptiveField, receptive_field
-from zfviz.viz.top9 import TopK, _merge
+from zfviz.viz.top9 import TopK, merge_top
 
 _WEIGHTED = (nn.Conv2d, nn.Linear)
 
@@ -87,7 +87,7 @@ def collect(
             label = labels[first : first + n].cpu() if labels is not None else torch.full((n,), -1)
             known = (label >= 0) & (label < classes)
             for name, (values, index, width) in seen.items():
-                running[name] = _merge(running[name], values, index, first, width, k)
+                running[name] = merge_top(running[name], values, index, first, width, k)
                 if name not in stats:
                     units = values.shape[1]
                     stats[name] = Histograms.empty(units), torch.zeros(classes, units, dtype=torch.float64)

@@ -39,7 +39,7 @@ class TopK:
         return self.values.shape[0]
 
 
-def _merge(running: TopK | None, values: Tensor, flat: Tensor, first: int, width: int, k: int) -> TopK:
+def merge_top(running: TopK | None, values: Tensor, flat: Tensor, first: int, width: int, k: int) -> TopK:
     """Merge one batch's per-image maxima ``values``/``flat`` (N, maps) into the running top ``k``."""
     n = values.shape[0]
     images = torch.arange(first, first + n).expand(values.shape[1], n)
@@ -79,7 +79,7 @@ def top_activations(model: nn.Module, batches: Iterable[Tensor], layers: Sequenc
     with stream(model, batches, paths, keep=per_image_max) as passes:
         for seen, _ in passes:
             for name, (values, index, width) in seen.items():
-                running[name] = _merge(running[name], values, index, first, width, k)
+                running[name] = merge_top(running[name], values, index, first, width, k)
             first += len(values)
     if first == 0:
         raise UserError("no images to search: the data set is empty")
