@@ -271,3 +271,47 @@ def test_a_script_process_killed_with_sigterm_mid_write_exits_143(tmp_path):
     assert done.returncode == 143, done.stderr  # before: -15 (killed), the .fig.png.<rand>.tmp left
     assert done.stderr.splitlines() == [f"a_figure: SIGTERM: {INTERRUPTED}"]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_maximization_draws_the_first_targets_of_each_row():
+    from zfviz.plotting.maximize import maximize_grid
+
+    n = MAX_ROWS + 5
+    tiles = [(images(1)[0], "conv5", f"unit {i}") for i in range(n)]
+    fig = maximize_grid({"zfnet, pixels": tiles, "zfnet, fourier": tiles[:3]}, title="maximization")
+    drawn = [ax for ax in fig.axes if ax.images]
+    assert len(drawn) == MAX_ROWS + 3 and drawn[MAX_ROWS - 1].get_xlabel() == f"unit {MAX_ROWS - 1}"
+    assert notes(fig) == [f"the first {MAX_ROWS} of {n} targets shown; the table beside it holds all {n}"]
+    assert title_of(fig).splitlines()[0] == "maximization" and "the first 16 of 21 targets" in title_of(fig)
+    plt.close(fig)
+    small = maximize_grid({"zfnet, pixels": tiles[:4]}, title="maximization")
+    assert notes(small) == [] and title_of(small) == "maximization"
+    plt.close(small)
+
+
+@pytest.mark.slow  # 16 rows of reconstructions laid out
+def test_inversion_draws_the_first_images():
+    from zfviz.plotting.reconstruction import reconstruction_panels
+
+    n = MAX_ROWS + 2
+    originals = images(n, 8)
+    fig = reconstruction_panels([("zfnet", originals, {("regularized", "conv1"): originals})], ["conv1"],
+                                ["regularized"], title="inversion")  # fmt: skip
+    assert sum(bool(ax.images) for ax in fig.axes) == 2 * MAX_ROWS  # the original and conv1's, per image drawn
+    assert notes(fig) == [f"the first {MAX_ROWS} of {n} images shown; the table beside it holds the errors of all {n}"]
+    assert title_of(fig).splitlines()[0] == "inversion"
+    plt.close(fig)
+
+
+def test_an_attribution_title_with_its_options_stays_inside_the_figure():
+    """Issue 29: the title of `zfviz viz attribution` with options shown ran off the figure's edges; it wraps."""
+    from zfviz.plotting.attribution import attribution_figure
+
+    title = ("lrp on torchvision:resnet18: target predicted, composite=epsilon_plus_flat, epsilon=1e-06, "
+             "rule=epsilon, first_rule=zbox, smooth_samples=8")  # fmt: skip
+    fig = attribution_figure(images(2, 8), signed(2, 1, 8, 8), ["a", "b"], method="lrp", title=title)
+    fig.canvas.draw()
+    box, page = fig._suptitle.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1, (box, page)
+    assert " ".join(title_of(fig).split()) == title  # wrapped, not cut
+    plt.close(fig)

@@ -103,7 +103,8 @@ def test_the_experiment_configs_split_fashion_mnist_into_two_disjoint_halves():
         pre = compose(config_name="train", overrides=["experiment=within_pretrain"])
         within = compose(config_name="transfer", overrides=["experiment=within"])
     assert tuple(pre.data.classes) == HALF and tuple(within.classes) == OTHER
-    assert list(within.n_per_class) == [1, 2, 3, 6, 10, 15, 30, 45, 60] and within.splits == 3  # 5 at the paper preset: test_configs
+    assert list(within.n_per_class) == [1, 2, 3, 6, 10, 15, 30, 45, 60]
+    assert within.splits == 3  # 5 at the paper preset: test_configs
     assert list(within.head) == ["softmax", "svm", "scratch"]
 
 

@@ -18,6 +18,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from zfviz.plotting import plt
+from zfviz.plotting.bounded import cap, record
+from zfviz.plotting.bounded import caption as with_notes
 
 FONT = 8  # points: the smallest text of the figure (issue 27: readable at 100 %)
 
@@ -51,7 +53,10 @@ def maximize_grid(
     """``rows``: row label -> [(image C x H x W, group, caption), ...]; tiles of one group (a layer) are
     adjacent, and the first row's order of groups heads the columns. Rows may differ in length."""
     labels = list(rows)
-    width = max((len(tiles) for tiles in rows.values()), default=1)
+    width, note = cap(
+        max((len(tiles) for tiles in rows.values()), default=1), "targets", kept="the table beside it holds all"
+    )
+    rows = {label: list(tiles)[:width] for label, tiles in rows.items()}
     fig, axes = plt.subplots(
         len(labels), width, figsize=(tile_inches * width + 1.4, (tile_inches + 0.45) * len(labels) + 1.2),
         squeeze=False, layout="constrained",
@@ -69,6 +74,7 @@ def maximize_grid(
             if i == 0 and (j == 0 or rows[label][j - 1][1] != group):
                 ax.set_title(group, fontsize=FONT + 1, loc="left", fontweight="bold")
         axes[i, 0].set_ylabel(label, fontsize=FONT + 1)
-    if title:
-        fig.suptitle(textwrap.fill(title, max(60, int(width * tile_inches * 13))), fontsize=FONT + 2)
-    return fig
+    if title or note:
+        wrap = max(60, int(width * tile_inches * 13))
+        fig.suptitle(with_notes(textwrap.fill(title, wrap), [textwrap.fill(note, wrap)]), fontsize=FONT + 2)
+    return record(fig, [note])

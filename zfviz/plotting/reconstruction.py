@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 
 from zfviz.plotting import plt
+from zfviz.plotting.bounded import cap, caption, record
 
 FONT = 8  # points: the smallest text of the figure (issue 27: readable at 100 %)
 
@@ -49,7 +50,7 @@ def reconstruction_panels(
     """One panel per net, side by side: per image, one row per method; columns the original, then
     the reconstruction from each layer. ``panels``: (name, originals N x C x H x W pixels,
     {(method, layer): reconstructions, same shape}). Missing (method, layer) pairs stay blank."""
-    n = len(panels[0][1])
+    n, note = cap(len(panels[0][1]), "images", kept="the table beside it holds the errors of all")
     rows, cols = n * len(methods), 1 + len(layers)
     tile = 0.62
     fig, axes = plt.subplots(
@@ -71,7 +72,8 @@ def reconstruction_panels(
                         row[c].set_title(layer, fontsize=FONT)
         for ax in axes[:, p * cols : (p + 1) * cols].flat:
             _bare(ax)
-    if title:  # wrapped to the figure's width (about 12 characters of 9 pt per inch)
-        fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=FONT + 1)
+    if title or note:  # wrapped to the figure's width (about 12 characters of 9 pt per inch)
+        wrap = int(fig.get_figwidth() * 12)
+        fig.suptitle(caption(textwrap.fill(title or "", wrap), [textwrap.fill(note, wrap)]), fontsize=FONT + 1)
     fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
-    return fig
+    return record(fig, [note])
