@@ -33,19 +33,23 @@ def one_line(done, *says: str) -> str:
     return lines[0]
 
 
+def viz_into_empty(tmp_path: Path, method: str, *args: str):
+    """``zfviz viz <method> *args`` on the CPU into ``tmp_path/out``, which must stay empty (the check came
+    before the work)."""
+    out = tmp_path / "out"
+    done = run_zfviz("viz", method, "device=cpu", f"out_dir={out}", *args, cwd=tmp_path)
+    assert not out.exists() or not list(out.iterdir())
+    return done
+
+
 @pytest.fixture
 def viz(viz_checkpoint, tmp_path):
     """``viz("deconv", "maps=0")``: ``zfviz viz <method>`` on the tiny checkpoint; the output folder must
     stay empty (the check came before the work)."""
 
     def run(method: str, *args: str):
-        out = tmp_path / "out"
-        done = run_zfviz(
-            "viz", method, f"checkpoint={viz_checkpoint}", f"data.root={viz_checkpoint.parent}", "device=cpu",
-            f"out_dir={out}", *args, cwd=tmp_path,
-        )  # fmt: skip
-        assert not out.exists() or not list(out.iterdir())
-        return done
+        return viz_into_empty(tmp_path, method, f"checkpoint={viz_checkpoint}", f"data.root={viz_checkpoint.parent}",
+                              *args)  # fmt: skip
 
     return run
 
@@ -142,13 +146,7 @@ def net_of(tmp_path):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(photos / f"{i}.png")
 
     def run(name: str, *args: str):
-        out = tmp_path / "out"
-        done = run_zfviz(
-            "viz", "attribution", f"net=tiny_nets:{name}", f"images={photos}", "device=cpu", f"out_dir={out}", *args,
-            cwd=tmp_path,
-        )  # fmt: skip
-        assert not out.exists() or not list(out.iterdir())
-        return done
+        return viz_into_empty(tmp_path, "attribution", f"net=tiny_nets:{name}", f"images={photos}", *args)
 
     return run
 

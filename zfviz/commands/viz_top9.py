@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from zfviz.commands.shared import Outputs, attribution_options, map_count, open_viz, pick_maps, split_images
 from zfviz.errors import UserError
 from zfviz.plotting.deconv import as_image_channels, top9_figure
-from zfviz.validate import check_input_size, check_map_count
+from zfviz.validate import check_input_size
 from zfviz.viz.top9 import Explainer, ordered_batches, project_top, top_activations
 
 
@@ -27,10 +27,7 @@ def check_maps(model, layers: list[str], maps, sample) -> None:
     """``maps`` against each layer's maps (one image's pass up to it), before the search: more maps than a
     layer has, or an index it lacks, is one line naming how many it has."""
     for layer in layers:
-        count = map_count(model, layer, sample)
-        check_map_count(maps, count, layer)
-        if not isinstance(maps, int):
-            pick_maps(list(maps), count, 0, layer)  # a bad index is one line
+        pick_maps(maps, map_count(model, layer, sample), 0, layer)  # a count past the layer's or a bad index: one line
 
 
 def run(cfg: DictConfig) -> dict:
