@@ -38,7 +38,7 @@ return (key==='unit'?x-y:y-x)||a.dataset.unit-b.dataset.unit;});items.forEach(i=
 
 SORT_KEYS = {"activation": "activation", "selectivity": "selectivity", "iou": "concept IoU", "unit": "unit"}
 SHOWN_MAXIMIZATION = ("fourier", "pixels", "generator")  # the layer page's one maximization image: the first found
-SCALE = 2  # a unit page draws the sprite's tiles at twice their pixels
+TILE_SHOWN = 96  # a unit page draws the sprite's tiles this many pixels wide (48-px tiles: twice their size)
 CLASS_ROWS = 10  # a unit page lists the classes that drive it most, not all (ImageNet has 1000)
 HISTOGRAM = (320, 80)  # the histogram's plot area in pixels
 
@@ -190,8 +190,7 @@ def _sprite_rows(document: dict, unit: dict, width: int | None) -> str:
 def top_section(document: dict, unit: dict) -> str:
     """The sprite (or, without one, the strongest patch) over the top-k's images and activations, column
     ``j`` of the sprite above ``top[j]``."""
-    tile = document.get("tile")
-    width = tile * SCALE if tile else None
+    width = TILE_SHOWN if document.get("tile") else None
     columns = "<col>" + f'<col style="width:{width}px">' * len(unit["top"]) if width else ""
     images = "".join(f'<td class="cell">{_image_name(document, t[0])}</td>' for t in unit["top"])
     values = "".join(f'<td class="cell">{t[1]:.4g}</td>' for t in unit["top"])
