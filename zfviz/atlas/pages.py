@@ -21,10 +21,11 @@ from urllib.parse import quote
 from zfviz.utils import atomic_write_text
 
 STYLE = """body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{padding:.2em .8em;
-border-bottom:1px solid #ddd;text-align:left}.units{display:flex;flex-wrap:wrap;gap:6px}.unit{min-width:72px;
-font-size:11px;text-align:center}.unit a{color:inherit;text-decoration:none}.unit img{width:64px;height:64px;
-object-fit:contain;image-rendering:pixelated}.dead{width:64px;height:64px;margin:auto;background:#eee;color:#999;
-line-height:64px}.sprite td,.sprite th{padding:0;border:0;vertical-align:top}.sprite img{image-rendering:pixelated;
+border-bottom:1px solid #ddd;text-align:left}"""
+BOXES = """.units{display:flex;flex-wrap:wrap;gap:6px}.unit{min-width:72px;font-size:11px;text-align:center}
+.unit a{color:inherit;text-decoration:none}.unit img{width:64px;height:64px;object-fit:contain;
+image-rendering:pixelated}.dead{width:64px;height:64px;margin:auto;background:#eee;color:#999;line-height:64px}"""
+UNIT = """.sprite td,.sprite th{padding:0;border:0;vertical-align:top}.sprite img{image-rendering:pixelated;
 display:block}.sprite th{padding-right:.6em;font-weight:normal}.sprite td.cell{font-size:11px;word-break:break-all;
 padding-top:.2em}figure{display:inline-block;margin:0 1em 1em 0}figure img{width:128px;image-rendering:pixelated}
 .bar{display:inline-block;height:.8em;background:#4a7ab5}svg rect{fill:#4a7ab5}svg text{font-size:10px}"""
@@ -36,6 +37,10 @@ const value=i=>i.dataset[key]===undefined?null:Number(i.dataset[key]);items.sort
 y=value(b);if(x===null||y===null)return (x===null)-(y===null)||a.dataset.unit-b.dataset.unit;
 return (key==='unit'?x-y:y-x)||a.dataset.unit-b.dataset.unit;});items.forEach(i=>box.appendChild(i));}"""
 
+LEGEND = (
+    "Each unit: its strongest image patch and, where made, an image that maximizes it (Fourier, else pixels, else "
+    "generator); its strongest activation (max), class selectivity and concept label (IoU) where known."
+)
 SORT_KEYS = {"activation": "activation", "selectivity": "selectivity", "iou": "concept IoU", "unit": "unit"}
 SHOWN_MAXIMIZATION = ("fourier", "pixels", "generator")  # the layer page's one maximization image: the first found
 TILE_SHOWN = 96  # a unit page draws the sprite's tiles this many pixels wide (48-px tiles: twice their size)
@@ -59,12 +64,19 @@ def _url(path: str) -> str:
     return escape(quote(path))
 
 
-def _page(title: str, body: str, script: str = "") -> str:
+def _page(title: str, body: str, style: str = "", script: str = "") -> str:
+    """A whole page; its style and script inline (each kind of page carries only the style it uses: an
+    atlas has a page per unit)."""
     js = f"<script>{script}</script>" if script else ""
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body>{body}{js}</body></html>\n"
+        f"<style>{STYLE}{style}</style></head><body>{body}{js}</body></html>\n"
     )
+
+
+def _n(value: float) -> str:
+    """A coordinate in an SVG, to 0.01 pixel, without trailing zeros."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 def _full_atlas_note(full_atlas: str | None) -> str:
@@ -134,7 +146,7 @@ def _box_pictures(unit: dict) -> str:
 
 
 def _box_lines(unit: dict) -> str:
-    lines = [f"unit {unit['unit']}", f"{_strongest(unit):.3g}"]
+    lines = [f"unit {unit['unit']}", f"max {_strongest(unit):.3g}"]
     if unit.get("selectivity") is not None:
         lines.append(f"selectivity {unit['selectivity']:.2f}")
     if unit.get("concept"):
@@ -158,10 +170,10 @@ def layer_page(name: str, layer: dict, *, unit_pages: bool = False, full_atlas: 
     units = "".join(_unit_box(name, unit, unit_pages) for unit in layer["unit"])
     body = (
         f'<p><a href="index.html">all layers</a></p><h1>{escape(name)}</h1><p>{layer["units"]} units, '
-        f"{layer['dead']} dead on these images.</p>{_full_atlas_note(full_atlas)}<p>Sort by {buttons}</p>"
+        f"{layer['dead']} dead on these images.</p>{_full_atlas_note(full_atlas)}<p>{LEGEND}</p><p>Sort by {buttons}</p>"
         f'<div class="units" id="units">{units}</div>'
     )
-    return _page(f"Unit atlas: {name}", body, SORT)
+    return _page(f"Unit atlas: {name}", body, BOXES, SORT)
 
 
 def _image_name(document: dict, index: int) -> str:
@@ -241,7 +253,7 @@ def histogram_svg(histogram: dict) -> str:
     (width, height), most = HISTOGRAM, max(counts) or 1
     bar = width / len(counts)
     bars = "".join(
-        f'<rect x="{i * bar:.2f}" y="{height - height * c / most:.2f}" width="{bar:.2f}" height="{height * c / most:.2f}"/>'
+        f'<rect x="{_n(i * bar)}" y="{_n(height - height * c / most)}" width="{_n(bar)}" height="{_n(height * c / most)}"/>'
         for i, c in enumerate(counts)
     )
     axis = (
@@ -311,7 +323,7 @@ def unit_page(document: dict, name: str, position: int) -> str:
     else:
         parts = [top_section(document, unit), maximization_section(document, unit), concept_section(document, unit)]
     parts += [histogram_svg(unit["histogram"]), class_means_table(document, unit), next_section(document, name, unit)]
-    return _page(f"Unit atlas: {name} unit {unit['unit']}", head + "".join(parts))
+    return _page(f"Unit atlas: {name} unit {unit['unit']}", head + "".join(parts), UNIT)
 
 
 def _pages(document: dict, unit_pages: bool, full_atlas: str | None) -> Iterator[tuple[str, str]]:
