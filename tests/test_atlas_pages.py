@@ -12,7 +12,7 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from zfviz.atlas.pages import HISTOGRAM, layer_page_name, unit_page_name, write_pages, write_site
+from zfviz.atlas.pages import HISTOGRAM, TILE_SHOWN, layer_page_name, unit_page_name, write_pages, write_site
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -237,8 +237,9 @@ def test_a_unit_page_shows_its_sprite_top_images_maximization_and_concept(site):
     text, page = path.read_text(), parsed(path)
     assert page.images == ["../../sprites/conv1/0.jpg"] + [f"../../maximize/conv1/0_{p}.jpg" for p in
                                                             ("pixels", "fourier", "generator")]  # fmt: skip
-    # the sprite: 3 rows of 4-px tiles, 2 columns, drawn at twice their size beside one label per row
-    assert 'width="16" height="24"' in text and text.count('<tr style="height:8px">') == 3
+    # the sprite: 3 rows of 2 tiles, each drawn TILE_SHOWN pixels wide, beside one label per row
+    assert f'width="{2 * TILE_SHOWN}" height="{3 * TILE_SHOWN}"' in text
+    assert text.count(f'<tr style="height:{TILE_SHOWN}px">') == 3
     assert [f"<th>{row}</th>" in text for row in SPRITE_ROWS] == [True] * 3
     assert '<th>image</th><td class="cell"><span title="/photos/a4.jpg">a4.jpg</span>' in text
     assert '<th>activation</th><td class="cell">2.5</td><td class="cell">1.25</td>' in text
