@@ -12,7 +12,6 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.swin_transformer import ShiftedWindowAttention
 from torchvision.models.vision_transformer import VisionTransformer
 
 from tests.test_attribution_core import assert_unchanged, snapshot
@@ -221,17 +220,6 @@ def test_an_empty_container_does_not_strike_methods_from_the_list():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_windowed_attention_is_refused_in_one_line(method):
-    model = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), ShiftedWindowAttention(8, [2, 2], [0, 0], num_heads=2))
-    with pytest.raises(UserError) as err:
-        attribute(model.eval(), torch.randn(1, 3, 8, 8), 0, method)
-    message = str(err.value)
-    assert message.startswith(f"{method} cannot handle 1 (ShiftedWindowAttention): windowed attention")
-    works = message.split("methods that work on it: ")[1].split(", ")
-    assert "gradcam" in works and "saliency" in works and not set(METHODS) & set(works)
-
-
-@pytest.mark.parametrize("method", METHODS)
 def test_a_torchvision_vit_gives_a_finite_non_zero_map(method):
     torch.manual_seed(0)
     model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
@@ -281,12 +269,3 @@ def test_vit_b_16_random_weights(method):
     got = attribute(model, torch.randn(1, 3, 64, 64), 5, method)
     assert got.shape == (1, 1, 64, 64) and torch.isfinite(got).all() and got.abs().sum() > 0
     assert_unchanged(model, before)
-
-
-@pytest.mark.slow
-def test_swin_t_is_refused_in_one_line():
-    model = torchvision.models.swin_t(weights=None).eval()
-    with pytest.raises(
-        UserError, match=r"^attention_rollout cannot handle features.1.0.attn \(ShiftedWindowAttention\)"
-    ):
-        attribute(model, torch.randn(1, 3, 64, 64), 0, "attention_rollout")

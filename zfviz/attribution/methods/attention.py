@@ -20,21 +20,36 @@ The map is the class token's row of ``R`` over the patch tokens, laid out on the
 lays out tokens (``grids.token_grid``: the class token is the first of the leading extra tokens),
 bilinearly upsampled to the input (``upsample=False``: the grid): ``N x 1 x H x W``.
 
-Windowed attention (Swin's shifted windows, MaxViT's block and grid attention) mixes tokens only inside
-each window, with a different partition per layer: a product of token-to-token matrices across layers
-is not the rollout the paper defines, so it is refused in one line naming the methods that work; a net
-without attention (a CNN) too. So is an attention call with a mask, ``bias_k`` or ``add_zero_attn``.
+Swin (torchvision's v1 and v2; our convention, neither paper defines windowed attention): each block's
+attention is written as the token-to-token matrix it is on the whole ``H x W`` map of its stage. It is
+block-diagonal over the block's windows, with the bottom/right padding and the cyclic shift as
+torchvision applies them and the shifted-window mask in the probabilities (those the module computed;
+a padded token is no token of the image, so its column is left out). The hook recomputes the module's
+output from its own weights as for ViT (v1: the relative position bias; v2: cosine attention, the
+logit scale and the continuous position bias MLP). A patch merging (2 x 2 tokens -> 1) is the matrix
+``M`` whose row averages the rows of the tokens it merges: each merged token is a linear map of those,
+and equal weights are rollout's own assumption for the residual. ``R`` runs from stage 1's tokens to
+the current stage's: ``R <- Â_l R`` (rollout) or ``R <- R + mean_heads(clamp(dy/dA_l * A_l, 0)) R``
+(generic attention) per block, ``R <- M R`` per merge. Swin has no class token but pools every final
+token, so the map is the mean of the final rows of ``R`` on stage 1's patch grid (the channels-last map
+as the image lies), upsampled as above. The block-diagonal matrices are never built: a product gathers
+each window's rows (``_window_product``).
+
+MaxViT is refused in one line naming the methods that work: convolutions mix tokens between its attention
+layers, so a product of attention matrices is not the token flow rollout assumes. So is a net without
+attention (a CNN), and an attention call with a mask, ``bias_k`` or ``add_zero_attn``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
-from torchvision.models.swin_transformer import ShiftedWindowAttention
+from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2, ShiftedWindowAttention
 
 from zfviz.activations import evaluating, hooks
 from zfviz.attribution.grids import token_grid
@@ -42,31 +57,38 @@ from zfviz.attribution.options import FLAG, Option
 from zfviz.attribution.registry import METHODS, register_method
 from zfviz.attribution.state import Unsupported
 from zfviz.attribution.targets import check_classes, parse_target, start_signal
+from zfviz.attribution.transformer import attend, read_swin
 from zfviz.errors import UserError
 
-_WINDOWED = (ShiftedWindowAttention, RelativePositionalMultiHeadAttention)
 _ARGUMENTS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+_MAXVIT = (
+    ": convolutions mix tokens between MaxViT's attention layers, so a product of attention matrices is not the "
+    "token flow rollout assumes"
+)
 
 
 def _self_attention(module: nn.Module) -> bool:
-    """The module these methods read (and so list in another method's refusal)."""
-    return isinstance(module, nn.MultiheadAttention)
+    """The modules these methods read (and so list in another method's refusal)."""
+    return isinstance(module, nn.MultiheadAttention | ShiftedWindowAttention)
 
 
 def _attention_paths(model: nn.Module, method: str) -> list[str]:
-    """The model's attention modules; windowed attention, or none at all, is one line naming what works."""
+    """The model's attention modules, all of one kind; MaxViT's, or none at all, is one line naming what works."""
     modules = dict(model.named_modules())
     for name, module in modules.items():
-        if isinstance(module, _WINDOWED):
-            raise Unsupported(name, module, ": windowed attention, whose product across layers is not defined")
+        if isinstance(module, RelativePositionalMultiHeadAttention):
+            raise Unsupported(name, module, _MAXVIT)
     paths = [name for name, module in modules.items() if _self_attention(module)]
+    if len({isinstance(modules[path], ShiftedWindowAttention) for path in paths}) > 1:
+        raise UserError(f"{method} reads either self-attention (ViT) or windowed attention (Swin), not both in one net")
     if not paths:
-        containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # an empty one (ShuffleNet's branch1) computes nothing
+        # an empty container (ShuffleNet's branch1) computes nothing
+        containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
         leaves = [m for m in modules.values() if not any(True for _ in m.children()) and not isinstance(m, containers)]
         able = [n for n, m in METHODS.items() if m.supports is not _self_attention and all(map(m.supports, leaves))]
         raise UserError(
-            f"{method} needs self-attention (nn.MultiheadAttention, as in torchvision's ViT) and "
-            f"{type(model).__name__} has none; methods that work on it: {', '.join(able)}"
+            f"{method} needs self-attention (nn.MultiheadAttention as in torchvision's ViT, or Swin's windowed "
+            f"attention) and {type(model).__name__} has none; methods that work on it: {', '.join(able)}"
         )
     return paths
 
@@ -94,6 +116,45 @@ def recompute(mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Ten
     return F.linear(mixed, mha.out_proj.weight, mha.out_proj.bias), probs
 
 
+def window_attention(attn: ShiftedWindowAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(output, A, tokens)`` of a Swin attention module on ``x`` (``N x H x W x C``), from its own weights in eval
+    mode (``transformer.read_swin``: the windows cut as torchvision cuts them, its bias, the shift mask): its
+    output, its probabilities (``N*windows x heads x t x t``, ``t`` tokens a window, the batch outermost; the
+    tensor the output was computed from, so a gradient reaches it) and each window's tokens (``windows x t``:
+    indices into the ``H*W`` map, row-major; ``H*W`` for a padded one)."""
+    h, w = x.shape[1:3]
+    heads, to_windows, back = read_swin(attn, x)
+    step = attend(heads, to_windows(x))
+    ids = to_windows(torch.arange(1, h * w + 1, device=x.device).view(1, h, w, 1))[..., 0] - 1  # padding: -1
+    return back(step.out), step.probs, ids.where(ids >= 0, h * w)
+
+
+def _window_product(a: Tensor, tokens: Tensor, r: Tensor) -> Tensor:
+    """``A r`` for the block-diagonal full-map matrix ``A`` given by its windows (``a``: ``N*windows x t x t``,
+    ``tokens`` as ``window_attention`` gives them) and ``r`` (``N x H*W x K``): a padded token's row is zero."""
+    n, count, width = r.shape
+    padded = torch.cat([r, r.new_zeros(n, 1, width)], dim=1)
+    mixed = a.unflatten(0, (n, -1)) @ padded[:, tokens]
+    return mixed.flatten(1, 2)[:, tokens.flatten().argsort()[:count]]
+
+
+def full_map(a: Tensor, tokens: Tensor, count: int) -> Tensor:
+    """The full-map matrix (``N x count x count``) of a block's windows (``a``: ``N*windows x t x t``) on a map
+    of ``count`` tokens."""
+    eye = torch.eye(count, dtype=a.dtype, device=a.device)
+    return _window_product(a, tokens, eye.expand(len(a) // len(tokens), -1, -1))
+
+
+def merge_rows(r: Tensor, grid: tuple[int, int]) -> Tensor:
+    """``M r``: each 2 x 2 patch merging's row the mean of the rows of the tokens it merges (``r``:
+    ``N x h*w x K`` on an ``h x w`` grid, padded at the bottom and right to even sides as torchvision pads)."""
+    h, w = grid
+    cells = F.pad(r.unflatten(1, grid), (0, 0, 0, w % 2, 0, h % 2))
+    counts = F.pad(r.new_ones(1, h, w, 1), (0, 0, 0, w % 2, 0, h % 2))
+    quads = [(slice(None), slice(i, None, 2), slice(j, None, 2)) for i in (0, 1) for j in (0, 1)]
+    return (sum(cells[q] for q in quads) / sum(counts[q] for q in quads)).flatten(1, 2)
+
+
 class _Attentions:
     """Hooks that recompute every attention module's output with its probabilities kept, in call order."""
 
@@ -114,6 +175,12 @@ class _Attentions:
 
         return hook
 
+    def check(self, method: str) -> None:
+        """Every layer attends over one token sequence, so that the layers' matrices multiply."""
+        shapes = sorted({tuple(p.shape[-2:]) for p in self.probs})
+        if len(shapes) != 1 or shapes[0][0] != shapes[0][1]:
+            raise UserError(f"{method} needs self-attention over one token sequence throughout, got T x S: {shapes}")
+
     def __enter__(self) -> _Attentions:
         self.handles = [
             self.model.get_submodule(path).register_forward_hook(self._hook(path), with_kwargs=True)
@@ -126,9 +193,53 @@ class _Attentions:
             handle.remove()
 
 
-def _forward(model: nn.Module, inputs: Tensor, target, method: str) -> tuple[Tensor, Tensor, list[Tensor]]:
+@dataclass
+class _Step:
+    """One step of a Swin: a block's probabilities and windows' tokens, or a patch merging (``probs`` None),
+    on the ``grid`` of tokens it reads."""
+
+    grid: tuple[int, int]
+    probs: Tensor | None = None
+    tokens: Tensor | None = None
+
+
+class _Windows:
+    """Hooks that recompute every Swin attention module's output with its probabilities kept and note every
+    patch merging, in call order (``steps``)."""
+
+    def __init__(self, model: nn.Module, paths: list[str]) -> None:
+        merges = [name for name, m in model.named_modules() if isinstance(m, PatchMerging | PatchMergingV2)]
+        self.model, self.paths, self.steps = model, paths + merges, []
+
+    def _hook(self, module, args, output):
+        grid = tuple(args[0].shape[1:3])
+        if not isinstance(module, ShiftedWindowAttention):
+            self.steps.append(_Step(grid))
+            return None
+        out, probs, tokens = window_attention(module, args[0])
+        self.steps.append(_Step(grid, probs, tokens))
+        return out
+
+    def check(self, method: str) -> None:
+        """Each step reads the grid the step before it left."""
+        grid = self.steps[0].grid if self.steps else None
+        for step in self.steps:
+            if step.grid != grid:
+                raise UserError(f"{method} follows Swin's tokens from stage to stage; a {grid} grid became {step.grid}")
+            grid = grid if step.probs is not None else ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
+
+    def __enter__(self) -> _Windows:
+        self.handles = [self.model.get_submodule(path).register_forward_hook(self._hook) for path in self.paths]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _forward(model: nn.Module, inputs: Tensor, target, method: str) -> tuple[Tensor, Tensor, _Attentions | _Windows]:
     """One forward pass: the target's point (the output, or the unit's layer), where its backward
-    starts (1 at the target), and every layer's attention probabilities."""
+    starts (1 at the target), and the attention it read (a ViT's ``probs`` or a Swin's ``steps``)."""
     paths = _attention_paths(model, method)
     parsed = parse_target(model, target, len(inputs))
     found: dict[str, Tensor] = {}
@@ -137,7 +248,8 @@ def _forward(model: nn.Module, inputs: Tensor, target, method: str) -> tuple[Ten
         found.setdefault("target", output)
 
     pairs = [(parsed.layer, keep)] if parsed.layer is not None else []
-    with evaluating(model), hooks(model, pairs), _Attentions(model, paths) as attention:
+    windowed = isinstance(model.get_submodule(paths[0]), ShiftedWindowAttention)
+    with evaluating(model), hooks(model, pairs), (_Windows if windowed else _Attentions)(model, paths) as attention:
         out = model(inputs.detach())
     point = out if parsed.layer is None else found.get("target")
     if point is None:
@@ -145,10 +257,8 @@ def _forward(model: nn.Module, inputs: Tensor, target, method: str) -> tuple[Ten
     if parsed.layer is None:
         check_classes(parsed.channel, out.shape[1])
     grad_start, _ = start_signal(point, parsed, "one")
-    shapes = sorted({tuple(p.shape[-2:]) for p in attention.probs})
-    if len(shapes) != 1 or shapes[0][0] != shapes[0][1]:
-        raise UserError(f"{method} needs self-attention over one token sequence throughout, got T x S: {shapes}")
-    return point, grad_start, attention.probs
+    attention.check(method)
+    return point, grad_start, attention
 
 
 def _class_row(relevance: Tensor, inputs: Tensor, upsample: bool, method: str) -> Tensor:
@@ -162,10 +272,29 @@ def _class_row(relevance: Tensor, inputs: Tensor, upsample: bool, method: str) -
             f"before a patch grid of the {size[0]}x{size[1]} input"
         )
     extra, h, w = found
-    row = relevance[:, 0, extra:].reshape(len(relevance), 1, h, w)
-    if upsample:
-        row = F.interpolate(row, size=size, mode="bilinear", align_corners=False)
-    return row
+    return _upsampled(relevance[:, 0, extra:].reshape(len(relevance), 1, h, w), inputs, upsample)
+
+
+def _upsampled(grid: Tensor, inputs: Tensor, upsample: bool) -> Tensor:
+    """``grid`` bilinearly upsampled to the input when ``upsample``."""
+    return F.interpolate(grid, size=tuple(inputs.shape[2:]), mode="bilinear", align_corners=False) if upsample else grid
+
+
+def _pooled_rows(steps: list[_Step], block, inputs: Tensor, upsample: bool) -> Tensor:
+    """Swin's map: ``R`` from stage 1's tokens, ``R <- block(step, R)`` per block and ``R <- M R`` per merge,
+    the mean of its final rows (the tokens the net pools) on stage 1's grid, ``N x 1 x h x w``."""
+    first = steps[0].grid
+    relevance = torch.eye(first[0] * first[1], dtype=inputs.dtype, device=inputs.device).expand(len(inputs), -1, -1)
+    for step in steps:
+        relevance = merge_rows(relevance, step.grid) if step.probs is None else block(step, relevance)
+    return _upsampled(relevance.mean(dim=1).unflatten(1, first).unsqueeze(1), inputs, upsample)
+
+
+def _rolled(step: _Step, relevance: Tensor) -> Tensor:
+    """``Â R`` for a Swin block: ``rownorm(mean_heads(A) + I) R`` with ``A`` its full-map matrix."""
+    a = step.probs.mean(dim=1)
+    sums = _window_product(a, step.tokens, relevance.new_ones(*relevance.shape[:2], 1)) + 1
+    return (_window_product(a, step.tokens, relevance) + relevance) / sums
 
 
 _UPSAMPLE = Option("upsample", FLAG, True, "bilinearly to the input's size (false: the patch grid)")
@@ -173,10 +302,14 @@ _UPSAMPLE = Option("upsample", FLAG, True, "bilinearly to the input's size (fals
 
 @register_method("attention_rollout", supports=_self_attention, options=(_UPSAMPLE,))
 def attention_rollout(model: nn.Module, inputs: Tensor, target, *, upsample: bool) -> Tensor:
-    """Attention rollout (Abnar & Zuidema 2020): the class token's attention to each patch, multiplied
-    through the layers with the residual as identity, ``N x 1 x H x W`` (the same for every target)."""
+    """Attention rollout (Abnar & Zuidema 2020): the class token's attention to each patch (Swin: the pooled
+    tokens'), multiplied through the layers with the residual as identity, ``N x 1 x H x W`` (the same for
+    every target)."""
     with torch.no_grad():
-        _, _, probs = _forward(model, inputs, target, "attention_rollout")
+        _, _, attention = _forward(model, inputs, target, "attention_rollout")
+        if isinstance(attention, _Windows):
+            return _pooled_rows(attention.steps, _rolled, inputs, upsample)
+        probs = attention.probs
         eye = torch.eye(probs[0].shape[-1], dtype=probs[0].dtype, device=probs[0].device)
         rollout = eye.expand(len(inputs), -1, -1)
         for layer in probs:
@@ -190,11 +323,25 @@ def generic_attention(model: nn.Module, inputs: Tensor, target, *, upsample: boo
     """Generic attention (Chefer et al. 2021): each layer's attention weighted by the target's gradient
     there, its positive part averaged over heads and accumulated through the layers, ``N x 1 x H x W``."""
     with torch.enable_grad():
-        point, grad_start, probs = _forward(model, inputs, target, "generic_attention")
+        point, grad_start, attention = _forward(model, inputs, target, "generic_attention")
+        windowed = isinstance(attention, _Windows)
+        probs = [s.probs for s in attention.steps if s.probs is not None] if windowed else attention.probs
         grads = torch.autograd.grad(point, probs, grad_start, allow_unused=True)
+    weighted = [None if g is None else (g * a.detach()).clamp(min=0) for a, g in zip(probs, grads, strict=True)]
+    if windowed:
+        found = iter(weighted)
+        return _pooled_rows(attention.steps, lambda step, r: _accumulated(step, next(found), r), inputs, upsample)
     eye = torch.eye(probs[0].shape[-1], dtype=probs[0].dtype, device=probs[0].device)
     relevance = eye.expand(len(inputs), -1, -1)
-    for layer, grad in zip(probs, grads, strict=True):
-        if grad is not None:
-            relevance = relevance + (grad * layer.detach()).clamp(min=0).mean(dim=1) @ relevance
+    for layer in weighted:
+        if layer is not None:
+            relevance = relevance + layer.mean(dim=1) @ relevance
     return _class_row(relevance, inputs, upsample, "generic_attention")
+
+
+def _accumulated(step: _Step, weighted: Tensor | None, relevance: Tensor) -> Tensor:
+    """``R + mean_heads(clamp(dy/dA * A, 0)) R`` for a Swin block (``weighted``: the clamped product per
+    window and head; ``None``: the target does not reach the block)."""
+    if weighted is None:
+        return relevance
+    return relevance + _window_product(weighted.mean(dim=1), step.tokens, relevance)
