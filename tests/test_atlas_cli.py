@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from tests.cli_args import run_zfviz
 from tests.test_atlas_pages import broken_links
@@ -30,7 +31,17 @@ def atlas_args(checkpoint, out, *extra: str) -> list[str]:
 @pytest.mark.slow  # the CLI composes Hydra's config and loads the checkpoint and its data: about 2 s
 def test_the_command_writes_what_one_pass_finds_and_a_thumbnail_per_live_unit(viz_checkpoint, tmp_path):
     out = tmp_path / "out"
-    done = run_zfviz(*atlas_args(viz_checkpoint, out, "units=4", "top_k=3", "limit=40", "batch_size=16"))
+    labels = tmp_path / "dissection.csv"
+    labels.write_text(
+        "net,layer,unit,concept,category,iou,threshold,detector\n"
+        "zfnet,conv1,1,red,color,0.05,1.0,True\nzfnet,conv1,2,dress,object,0.01,1.0,False\n"
+        "alexnet,conv1,3,blue,color,0.5,1.0,True\n"
+    )
+    done = run_zfviz(
+        *atlas_args(
+            viz_checkpoint, out, "units=4", "top_k=3", "limit=40", "batch_size=16", "steps=2", f"labels={labels}"
+        )
+    )
     assert done.returncode == 0, done.stderr
     site = out / "atlas"
     atlas = json.loads((site / "atlas.json").read_text())
@@ -40,6 +51,9 @@ def test_the_command_writes_what_one_pass_finds_and_a_thumbnail_per_live_unit(vi
     layers = weighted_layers(model)
     stats = collect(model, ordered_batches(test.images[:40], test.normalize, 16), layers, test.labels[:40], 10, k=3)
     assert list(atlas["layers"]) == layers and atlas["images"] == 40 and atlas["classes"] == list(data.classes)
+    assert atlas["format"] == 2 and atlas["sprite_rows"] == ["patch", "deconvnet", "guided_backprop"]
+    assert atlas["maximization"] == {"params": ["pixels", "fourier"], "steps": 2, "lr": 0.05}
+    assert atlas["concepts"] == str(labels) and atlas["tile"] == 48
     for layer in layers:
         entry = atlas["layers"][layer]
         assert entry["units"] == stats[layer].top.maps and [u["unit"] for u in entry["unit"]] == [0, 1, 2, 3]
@@ -49,16 +63,25 @@ def test_the_command_writes_what_one_pass_finds_and_a_thumbnail_per_live_unit(vi
             assert [t[1] for t in unit["top"]] == stats[layer].top.values[u].tolist()  # same batches: same kernels
             assert unit["histogram"]["counts"] == stats[layer].histogram.counts[u].tolist()
             assert len(unit["class_means"]) == 10
+            assert unit["concept"] == ({"label": "red", "category": "color", "iou": 0.05}
+                                       if (layer, u) == ("conv1", 1) else None)  # fmt: skip
             if unit["dead"]:
-                assert unit["thumbnail"] is None
-            else:
-                assert (site / unit["thumbnail"]).is_file()
+                assert unit["thumbnail"] is None and unit["sprite"] is None and unit["maximization"] is None
+                continue
+            assert (site / unit["thumbnail"]).is_file()
+            with Image.open(site / unit["sprite"]) as sprite:
+                assert sprite.size == (48 * 3, 48 * 3)  # top_k columns, 3 rows
+            assert sorted(unit["maximization"]) == ["fourier", "pixels"]
+            for found in unit["maximization"].values():
+                with Image.open(site / found["image"]) as picture:
+                    assert picture.size == (64, 64)  # the model's input
+                assert isinstance(found["activation"], float)
     assert atlas["layers"][layers[0]]["next_layer"] == layers[1]
     meta = json.loads((out / "atlas.meta.json").read_text())
     assert meta["files"] == ["atlas"] and meta["sources"][0]["checkpoint"] == str(viz_checkpoint)
     assert sorted(p.name for p in out.iterdir()) == ["atlas", "atlas.meta.json"]
     shown = [u["thumbnail"] for layer in layers for u in atlas["layers"][layer]["unit"] if u["thumbnail"]]
-    assert shown and sorted(str(p.relative_to(site)) for p in site.rglob("*.jpg")) == sorted(shown)
+    assert shown and sorted(str(p.relative_to(site)) for p in (site / "thumbs").rglob("*.jpg")) == sorted(shown)
     assert (site / "index.html").is_file() and len(list(site.glob("layer_*.html"))) == len(layers)
     assert broken_links(site) == []
 
@@ -71,6 +94,10 @@ def test_mistakes_are_one_line(viz_checkpoint, tmp_path):
         (["units=[0,999]", "layers=[conv1]", "limit=4"], "viz.units: conv1 has"),
         (["layers=[conv9]", "limit=4"], "unknown layer 'conv9'"),
         (["layers=conv9", "limit=4"], "unknown layer 'conv9'"),  # one name without brackets: one layer
+        (["maximize=[shiny]"], "viz.maximize: 'shiny' is not one of pixels, fourier"),
+        (["labels=a.csv", "concepts=b"], "not both"),
+        (["labels=missing.csv", "limit=4"], "labels=missing.csv: cannot read it"),
+        ([f"decoders={tmp_path}", "limit=4"], "holds no finished decoder of fc6"),
     ]:
         done = run_zfviz(*atlas_args(viz_checkpoint, tmp_path / "out", *extra))
         assert done.returncode == 2, done.stderr
@@ -84,7 +111,7 @@ def test_a_torchvision_net_searches_the_image_files(photo_folder, tmp_path):
     torch.save(torchvision.models.get_model("resnet18", weights=None).state_dict(), tmp_path / "r18.pth")
     done = run_zfviz(
         "viz", "atlas", "net=torchvision:resnet18", "weights=r18.pth", f"images={photo_folder}", "size=64",
-        "layers=[layer1.0.conv1,fc]", "units=3", "top_k=2", "out_dir=out", "device=cpu", cwd=tmp_path,
+        "layers=[layer1.0.conv1,fc]", "units=3", "top_k=2", "steps=2", "out_dir=out", "device=cpu", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     atlas = json.loads((tmp_path / "out/atlas/atlas.json").read_text())

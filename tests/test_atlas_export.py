@@ -32,7 +32,8 @@ def tiny_atlas(units=None) -> dict[str, LayerAtlas]:
 
 def test_atlas_json_round_trips_what_the_pass_computed(tmp_path):
     layers = tiny_atlas()
-    document = write_atlas(tmp_path / "atlas.json", layers, {"conv1": {0: "thumbs/conv1/0.jpg"}}, images=12)
+    made = {"conv1": {0: {"thumbnail": "thumbs/conv1/0.jpg", "sprite": "sprites/conv1/0.jpg"}}}
+    document = write_atlas(tmp_path / "atlas.json", layers, made, images=12)
     read = json.loads((tmp_path / "atlas.json").read_text())
     assert read == document and read["format"] == FORMAT and read["images"] == 12
     for name, layer in layers.items():
@@ -47,6 +48,8 @@ def test_atlas_json_round_trips_what_the_pass_computed(tmp_path):
             assert unit["dead"] == bool(stats.dead[u])
             assert unit["histogram"]["counts"] == stats.histogram.counts[u].tolist()
             assert unit["histogram"]["range"] == stats.histogram.ranges()[u].tolist()
+            selectivity = float(stats.selectivity[u])
+            assert unit["selectivity"] == (None if selectivity != selectivity else selectivity)  # NaN: null
             means = stats.class_mean[:, u].tolist()
             assert unit["class_means"][:3] == means[:3] and unit["class_means"][3] is None  # class 3: no images
     assert read["layers"]["conv1"]["dead"] == 1 and read["layers"]["conv1"]["unit"][2]["dead"] is True
@@ -58,6 +61,12 @@ def test_atlas_json_round_trips_what_the_pass_computed(tmp_path):
     assert "next" not in read["layers"]["fc"]["unit"][0]
     assert read["layers"]["conv1"]["unit"][0]["thumbnail"] == "thumbs/conv1/0.jpg"
     assert read["layers"]["conv1"]["unit"][1]["thumbnail"] is None
+    assert read["layers"]["conv1"]["unit"][0]["sprite"] == "sprites/conv1/0.jpg"
+    # What was not made for a unit is null, never absent: readers find every key.
+    unmade = read["layers"]["conv2"]["unit"][0]
+    assert [unmade[k] for k in ("thumbnail", "sprite", "maximization", "concept")] == [None] * 4
+    assert read["layers"]["conv1"]["unit"][2]["selectivity"] is None  # the dead unit
+    assert any(u["selectivity"] is not None for u in read["layers"]["conv2"]["unit"])
 
 
 def test_only_the_units_asked_for_are_written(tmp_path):

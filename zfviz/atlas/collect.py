@@ -4,7 +4,8 @@ One pass records, for every unit of every requested layer at once: the top ``k``
 position) as Fig. 2's search keeps them (``zfviz.viz.top9``: an image counts once per unit, at its
 strongest cell; ties go to the earlier image), the histogram of the unit's per-image values
 (``zfviz.atlas.histogram``: exact and independent of the batching), the sum per class of those
-values, and so the mean per class. A unit's per-image value is its maximum over positions on a conv
+values and of their rectified values (so the mean per class, and the class selectivity index of
+Morcos et al. 2018 without a second pass). A unit's per-image value is its maximum over positions on a conv
 layer's map, its value on a fully connected layer. A unit is dead when no image drives it above 0.
 Then, from the net alone: the crop of each kept activation, its receptive field clipped to the image
 (``zfviz.viz.receptive_field``), and the units of the next weighted layer each unit feeds most
@@ -37,6 +38,7 @@ class LayerStats:
     histogram: Histograms
     class_sum: Tensor  # (classes, units) float64: the sum of the units' per-image values per class
     class_count: Tensor  # (classes,) images per class (labels outside 0..classes-1 count in none)
+    class_relu_sum: Tensor  # (classes, units) float64: the same sums of max(value, 0)
 
     @property
     def dead(self) -> Tensor:
@@ -47,6 +49,27 @@ class LayerStats:
     def class_mean(self) -> Tensor:
         """(classes, units): the mean per-image value per class; NaN for a class without images."""
         return self.class_sum / self.class_count[:, None]
+
+    @property
+    def selectivity(self) -> Tensor:
+        """(units,) the class selectivity index of the rectified values; NaN where it is undefined: no
+        labels (or one class with images), a dead unit, a zero denominator (``selectivity_index``)."""
+        seen = self.class_count > 0
+        index = selectivity_index(self.class_relu_sum[seen] / self.class_count[seen, None])
+        return torch.where(self.dead, torch.nan, index)
+
+
+def selectivity_index(means: Tensor) -> Tensor:
+    """(units,) ``(mu_max - mu_rest) / (mu_max + mu_rest)`` of each column of ``means`` (classes, units),
+    the class means of a unit's rectified values (Morcos et al. 2018): ``mu_max`` the largest, ``mu_rest``
+    the mean of the other classes'. In [0, 1]: 0 when every class drives the unit alike, 1 when only one
+    does. NaN with fewer than two classes or a zero denominator (a unit no image drives above 0)."""
+    if len(means) < 2:
+        return torch.full(means.shape[1:], torch.nan, dtype=torch.float64)
+    top = means.max(dim=0).values
+    rest = (means.sum(dim=0) - top) / (len(means) - 1)
+    total = top + rest
+    return torch.where(total > 0, (top - rest) / total.where(total > 0, 1.0), torch.nan)
 
 
 def weighted_layers(model: nn.Module) -> list[str]:
@@ -78,7 +101,7 @@ def collect(
         raise UserError(f"top_k must be at least 1, got {k}")
     paths = {name: resolve(model, name, "output") for name in layers}
     running: dict[str, TopK | None] = dict.fromkeys(layers)
-    stats: dict[str, tuple[Histograms, Tensor]] = {}
+    stats: dict[str, tuple[Histograms, Tensor, Tensor]] = {}
     count = torch.zeros(classes, dtype=torch.float64)
     first = 0
     with stream(model, batches, paths, keep=_per_image_max) as passes:
@@ -90,14 +113,17 @@ def collect(
                 running[name] = merge_top(running[name], values, index, first, width, k)
                 if name not in stats:
                     units = values.shape[1]
-                    stats[name] = Histograms.empty(units), torch.zeros(classes, units, dtype=torch.float64)
+                    sums = torch.zeros(2, classes, units, dtype=torch.float64)
+                    stats[name] = Histograms.empty(units), sums[0], sums[1]
                 stats[name][0].add(values)
-                stats[name][1].index_add_(0, label[known], values.detach().double().cpu()[known])
+                seen_values = values.detach().double().cpu()[known]
+                stats[name][1].index_add_(0, label[known], seen_values)
+                stats[name][2].index_add_(0, label[known], seen_values.clamp_min(0))
             count += torch.bincount(label[known], minlength=classes).double()
             first += n
     if first == 0:
         raise UserError("no images to search: the image set is empty")
-    return {name: LayerStats(running[name], *stats[name], count) for name in layers}
+    return {name: LayerStats(running[name], *stats[name][:2], count, stats[name][2]) for name in layers}
 
 
 def crop_boxes(model: nn.Module, layer: str, top: TopK, image_shape: tuple[int, int, int]) -> Tensor:

@@ -4,9 +4,11 @@
 ``[image, activation, [y0, x0, y1, x1]]`` (the image's index in the image set, the unit's value there,
 the crop in the image's pixels, bottom/right exclusive), ``dead``, the histogram of the per-image
 values (``range`` ``[low, high)`` in equal bins, ``counts``), the mean per class (null for a class with
-no image), the next weighted layer's units it feeds most strongly as ``[unit, weight norm]``, and its
-thumbnail's path relative to the file. Values are the activations' float32 values, written exactly.
-A thumbnail is a unit's strongest crop as a small JPEG; a dead unit has none (nothing to show but noise).
+no image), its class selectivity index, the next weighted layer's units it feeds most strongly as
+``[unit, weight norm]``, and the files and labels made for it (``UNIT_FILES``: its thumbnail's and sprite's
+paths relative to the file, its maximization images, its concept label; null where there are none). Values
+are the activations' float32 values, written exactly. A thumbnail is a unit's strongest crop as a small
+JPEG; a dead unit has none (nothing to show but noise).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from torch import Tensor
 from zfviz.atlas.collect import LayerStats, NextUnits
 from zfviz.utils import atomic_path, atomic_write_text
 
-FORMAT = 1  # atlas.json's layout version: readers check it
+FORMAT = 2  # atlas.json's layout version: readers check it (2: selectivity, sprite, maximization, concept)
+UNIT_FILES = ("thumbnail", "sprite", "maximization", "concept")  # per unit: null unless made
 
 
 @dataclass
@@ -41,8 +44,8 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def unit_entry(layer: LayerAtlas, unit: int, thumbnail: str | None) -> dict:
-    """One unit's record in ``atlas.json``."""
+def unit_entry(layer: LayerAtlas, unit: int, made: dict) -> dict:
+    """One unit's record in ``atlas.json``; ``made``: its ``UNIT_FILES`` (those absent are null)."""
     stats = layer.stats
     top = [
         [int(image), float(value), [int(b) for b in box]]
@@ -55,7 +58,8 @@ def unit_entry(layer: LayerAtlas, unit: int, thumbnail: str | None) -> dict:
         "dead": bool(stats.dead[unit]),
         "histogram": {"range": [low, high], "counts": stats.histogram.counts[unit].tolist()},
         "class_means": [_finite(m) for m in stats.class_mean[:, unit].tolist()],
-        "thumbnail": thumbnail,
+        "selectivity": _finite(float(stats.selectivity[unit])),
+        **{key: made.get(key) for key in UNIT_FILES},
     }
     if layer.next is not None:
         pairs = zip(layer.next.units[unit].tolist(), layer.next.strength[unit].tolist(), strict=True)
@@ -63,23 +67,25 @@ def unit_entry(layer: LayerAtlas, unit: int, thumbnail: str | None) -> dict:
     return entry
 
 
-def layer_entry(layer: LayerAtlas, thumbnails: dict[int, str]) -> dict:
-    """One layer's record: its unit count, dead count, next layer, and the written units."""
+def layer_entry(layer: LayerAtlas, made: dict[int, dict]) -> dict:
+    """One layer's record: its unit count, dead count, next layer, and the written units (``made``: per
+    unit, its ``UNIT_FILES``)."""
     return {
         "units": layer.stats.top.maps,
         "dead": int(layer.stats.dead.sum()),
         "next_layer": layer.next.name if layer.next is not None else None,
-        "unit": [unit_entry(layer, u, thumbnails.get(u)) for u in layer.units],
+        "unit": [unit_entry(layer, u, made.get(u, {})) for u in layer.units],
     }
 
 
-def write_atlas(path: Path, layers: dict[str, LayerAtlas], thumbnails: dict[str, dict[int, str]], **about) -> dict:
-    """Write ``atlas.json`` at ``path`` (atomically) and return what it holds; ``about`` (the net, the image
-    count, the class names, ...) goes in at the top level beside ``format`` and ``layers``."""
+def write_atlas(path: Path, layers: dict[str, LayerAtlas], made: dict[str, dict[int, dict]], **about) -> dict:
+    """Write ``atlas.json`` at ``path`` (atomically) and return what it holds; ``made``: per layer and unit,
+    its ``UNIT_FILES``; ``about`` (the net, the image count, the class names, ...) goes in at the top level
+    beside ``format`` and ``layers``."""
     document = {
         "format": FORMAT,
         **about,
-        "layers": {name: layer_entry(layer, thumbnails.get(name, {})) for name, layer in layers.items()},
+        "layers": {name: layer_entry(layer, made.get(name, {})) for name, layer in layers.items()},
     }
     atomic_write_text(path, json.dumps(document, allow_nan=False))
     return document

@@ -118,11 +118,20 @@ def _positions(position, n: int, k: int):
 
 
 def _projected(
-    model: nn.Module, x: Tensor, target: Target, image: Tensor, slot: Tensor, *, norm: str, rows: int = ROWS
+    model: nn.Module,
+    x: Tensor,
+    target: Target,
+    image: Tensor,
+    slot: Tensor,
+    *,
+    norm: str,
+    rows: int = ROWS,
+    composite=None,
 ) -> Tensor:
     """Row ``b`` of ``target`` (one per unit) explained in ``x[image[b]]``, the units of an image in
-    distinct ``slot``s: one forward pass of ``x``, the ``slots x N`` starts in batched backwards."""
-    composite = deconvnet_composite(norm)
+    distinct ``slot``s: one forward pass of ``x``, the ``slots x N`` starts in batched backwards
+    (``composite``: the deconvnet's rules unless another is given, guided backprop's for the atlas)."""
+    composite = composite or deconvnet_composite(norm)
     slots = int(slot.max()) + 1 if len(slot) else 0
 
     def starts(act: Tensor) -> Tensor:
@@ -131,7 +140,7 @@ def _projected(
         out[slot, image] = signal
         return out
 
-    with refusals_named("deconvnet"):
+    with refusals_named(composite.name):
         projected = batched_backward(model, x, target.layer, starts, composite=composite, rows=rows)
     return projected[slot, image]
 
@@ -175,6 +184,7 @@ def project_batches(
     batch_size: int = 64,
     norm: str = "pass",
     prepare: Callable[[Tensor], Tensor] | None = None,
+    composite=None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Project many activations (``units``) of images among ``images``.
 
@@ -184,6 +194,7 @@ def project_batches(
     most units any of them has, the missing ones zero (a wasted backward row each). Images are
     taken most units first, so the images of a batch have about as many units each and little is
     wasted; a batch holds about ``batch_size`` units. ``prepare`` turns stored images into model input.
+    ``composite``: other rules for the same batched projections (the atlas's guided backprop).
     """
     image = torch.as_tensor(units.image, dtype=torch.long).cpu()
     for group in _groups(image, batch_size):
@@ -191,7 +202,8 @@ def project_batches(
         x = images[group] if prepare is None else prepare(images[group])
         chosen = units.take(selected)
         target = parse_target(model, (layer, chosen.channel.to(x.device), chosen.position), len(selected))
-        yield selected, _projected(model, x, target, u.to(x.device), slot.to(x.device), norm=norm, rows=batch_size)
+        where = u.to(x.device), slot.to(x.device)
+        yield selected, _projected(model, x, target, *where, norm=norm, rows=batch_size, composite=composite)
 
 
 def _groups(image: Tensor, batch_size: int) -> Iterator[Tensor]:
