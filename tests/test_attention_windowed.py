@@ -280,3 +280,20 @@ def test_torchvision_swin_gives_a_map_shaped_like_the_input(name):
         assert (got != got.mean()).any()
     assert_unchanged(model, before)
     assert all(not m._forward_hooks for m in model.modules())
+
+
+class Unused(nn.Module):
+    """Holds a Swin attention module its forward pass never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.head = ShiftedWindowAttention(8, [2, 2], [0, 0], num_heads=2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_windowed_attention_never_called_is_one_line(method):
+    with pytest.raises(UserError, match=f"^{method}: the model's forward pass calls none of its windowed attention"):
+        attribute(Unused().eval(), torch.randn(1, 3, 8, 8), 0, method)

@@ -221,8 +221,10 @@ class _Windows:
         return out
 
     def check(self, method: str) -> None:
-        """Each step reads the grid the step before it left."""
-        grid = self.steps[0].grid if self.steps else None
+        """A block was called, and each step reads the grid the step before it left."""
+        if not any(step.probs is not None for step in self.steps):
+            raise UserError(f"{method}: the model's forward pass calls none of its windowed attention modules")
+        grid = self.steps[0].grid
         for step in self.steps:
             if step.grid != grid:
                 raise UserError(f"{method} follows Swin's tokens from stage to stage; a {grid} grid became {step.grid}")
@@ -302,9 +304,8 @@ _UPSAMPLE = Option("upsample", FLAG, True, "bilinearly to the input's size (fals
 
 @register_method("attention_rollout", supports=_self_attention, options=(_UPSAMPLE,))
 def attention_rollout(model: nn.Module, inputs: Tensor, target, *, upsample: bool) -> Tensor:
-    """Attention rollout (Abnar & Zuidema 2020): the class token's attention to each patch (Swin: the pooled
-    tokens'), multiplied through the layers with the residual as identity, ``N x 1 x H x W`` (the same for
-    every target)."""
+    """Attention rollout (Abnar & Zuidema 2020): the class token's attention to each patch, multiplied
+    through the layers with the residual as identity, ``N x 1 x H x W`` (the same for every target)."""
     with torch.no_grad():
         _, _, attention = _forward(model, inputs, target, "attention_rollout")
         if isinstance(attention, _Windows):
