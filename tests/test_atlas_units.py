@@ -13,8 +13,9 @@ from PIL import Image
 from torch import nn
 
 from tests.test_atlas import tiny_images
+from tests.test_dissect import CATEGORIES, LABELS, RED_UNIT, probe, squares
 from zfviz.atlas.collect import collect, crop_boxes, selectivity_index
-from zfviz.atlas.concepts import read_labels
+from zfviz.atlas.concepts import dissected_labels, read_labels
 from zfviz.atlas.export import LayerAtlas, write_atlas
 from zfviz.atlas.unit_images import (
     ROWS,
@@ -29,6 +30,7 @@ from zfviz.atlas.unit_images import (
 )
 from zfviz.attribution.composites import GUIDED_BACKPROP
 from zfviz.attribution.mechanism import backward
+from zfviz.dissection import write_broden
 from zfviz.errors import UserError
 from zfviz.reconstruction.maximize import Canvas, Priors
 from zfviz.viz.deconv import project
@@ -198,3 +200,16 @@ def test_a_bad_labels_table_is_one_line(tmp_path):
     other = dissection_table(tmp_path, [("alexnet", "conv1", 0, "red", "color", 0.05, 1.0, True)])
     with pytest.raises(UserError, match="no rows of net 'zfnet'.*alexnet"):
         read_labels(other, "zfnet")
+
+
+@pytest.mark.slow  # a dissection of a tiny concept set: about 0.4 s
+def test_concepts_dissects_the_layers_and_labels_only_detectors(tmp_path):
+    folder = write_broden(tmp_path / "squares", squares(6), LABELS, CATEGORIES)
+    # Units 0 and 1 are 1 on red and on blue pixels: detectors of red and blue (IoU 1); unit 2 is never on.
+    labels = dissected_labels(probe(RED_UNIT, bias=[0.0, 0.0, -1.0]), folder, ["conv1"], lambda x: x.float() / 255)
+    assert labels == {
+        ("conv1", 0): {"label": "red", "category": "color", "iou": 1.0},
+        ("conv1", 1): {"label": "blue", "category": "color", "iou": 1.0},
+    }
+    with pytest.raises(UserError, match="concepts=.*no such folder"):
+        dissected_labels(probe(RED_UNIT), tmp_path / "none", ["conv1"], lambda x: x.float() / 255)
