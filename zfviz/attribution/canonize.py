@@ -249,6 +249,14 @@ class Sum(nn.Module):
         return x.sum(dim=-1)
 
 
+class PairSum(Sum):
+    """``Sum`` of two operands without stacking them: for a rule that needs only the sum's output (LRP in
+    gradient form, ``rules.OutputShare``), a copy of both operands saved."""
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        return x + y
+
+
 class Product(nn.Module):
     """The explicit gating: signal and gate stacked on the last dimension (in that order), multiplied."""
 
@@ -258,6 +266,8 @@ class Product(nn.Module):
 
 def added(block: nn.Module, shortcut: Tensor, branch: Tensor) -> Tensor:
     """``shortcut + branch`` through the block's ``Sum`` module (``residual_sum``), which a rule can split."""
+    if isinstance(block.residual_sum, PairSum):
+        return block.residual_sum(shortcut, branch)
     return block.residual_sum(torch.stack([shortcut, branch], dim=-1))
 
 
@@ -353,7 +363,11 @@ def _block_kinds() -> dict[type, tuple]:
 
 
 class ResidualSum:
-    """torchvision's residual blocks add their shortcut through an explicit ``Sum`` module for the call."""
+    """torchvision's residual blocks add their shortcut through an explicit ``Sum`` module for the call
+    (``pairwise``: a ``PairSum``)."""
+
+    def __init__(self, pairwise: bool = False) -> None:
+        self.pairwise = pairwise
 
     def apply(self, model: nn.Module, state) -> Callable[[], None]:
         kinds = _block_kinds()
@@ -366,7 +380,7 @@ class ResidualSum:
                 continue  # the user's own rewrite: leave it (its additions stay plain gradients)
             if hasattr(block, "layer_scale"):
                 undos += _fold_scale(block)
-            undos.append(rewrite(block, build, residual_sum=Sum()))
+            undos.append(rewrite(block, build, residual_sum=PairSum() if self.pairwise else Sum()))
         return in_reverse(undos)
 
 
@@ -378,15 +392,33 @@ def _gated_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
     return forward
 
 
+def squeeze_excitations(model: nn.Module) -> list[nn.Module]:
+    """torchvision's ``SqueezeExcitation`` blocks in ``model`` not rewritten by the user."""
+    misc = sys.modules.get("torchvision.ops.misc")
+    kind = None if misc is None else misc.SqueezeExcitation
+    blocks = [m for m in model.modules() if kind is not None and type(m) is kind]
+    return [b for b in blocks if "gate_product" not in b._modules and "forward" not in b.__dict__]
+
+
 class SqueezeExcitationGate:
     """torchvision's ``SqueezeExcitation`` multiplies by its gate through an explicit ``Product`` for the call."""
 
     def apply(self, model: nn.Module, state) -> Callable[[], None]:
-        misc = sys.modules.get("torchvision.ops.misc")
-        kind = None if misc is None else misc.SqueezeExcitation
-        blocks = [m for m in model.modules() if kind is not None and type(m) is kind]
-        blocks = [b for b in blocks if "gate_product" not in b._modules and "forward" not in b.__dict__]
+        blocks = squeeze_excitations(model)
         return in_reverse([rewrite(block, _gated_forward, gate_product=Product()) for block in blocks])
+
+
+def _constant_gate_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
+    return lambda x: block._scale(x).detach() * x
+
+
+class ConstantGate:
+    """``SqueezeExcitationGate`` for LRP in gradient form (``rules.OutputShare``): the product's backward with
+    the gate detached is the signal-takes-all rule (``g_x = g_y * gate``), and the gate's branch is never
+    run backward. No stacked copy, no extra module."""
+
+    def apply(self, model: nn.Module, state) -> Callable[[], None]:
+        return in_reverse([rewrite(block, _constant_gate_forward) for block in squeeze_excitations(model)])
 
 
 def _densenet_forward(net: nn.Module) -> Callable[[Tensor], Tensor]:

@@ -20,12 +20,15 @@ from torchvision.ops import Permute, StochasticDepth
 
 from zfviz.attribution import rules
 from zfviz.attribution.canonize import (
+    ConstantGate,
     MergeBatchNorm,
     ModulePooling,
     Product,
     ResidualSum,
     SqueezeExcitationGate,
     Sum,
+    batchnorm_pairs,
+    squeeze_excitations,
 )
 from zfviz.attribution.state import Unsupported
 from zfviz.attribution.transformer import AttentionBlocks, AttentionCall, AttnLRP
@@ -82,6 +85,7 @@ class Composite:
     rules: list[tuple[tuple[type, ...], object]]
     first: object = None
     canonizers: tuple = field(default_factory=tuple)
+    lrp: bool = False  # ``lrp_composite``'s table: ``gradient_form`` may translate it
 
     def is_weighted(self, module: nn.Module) -> bool:
         return isinstance(module, WEIGHTED)
@@ -148,6 +152,7 @@ def lrp_composite(name: str, conv, dense, first=None) -> Composite:
         ],
         first,
         (MergeBatchNorm(), ResidualSum(), SqueezeExcitationGate(), ModulePooling(), AttentionBlocks()),
+        lrp=True,
     )
 
 
@@ -238,3 +243,94 @@ def lrp_from_options(
         make_rule(dense, **kw),
         None if first is None else make_rule(first, **kw),
     )
+
+
+# LRP-epsilon as a modified gradient (``rules.OutputShare``; ``mechanism``'s fast path): the activations whose
+# ``h(0) = 0`` (at 0 the gradient form carries no relevance), the ReLU's rule being its own gradient
+ZERO_AT_ZERO = (nn.SiLU, nn.GELU, nn.Hardswish, nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU, nn.Tanh, nn.Mish, nn.Hardtanh)
+SE_GATES = (nn.Sigmoid, nn.Hardsigmoid)  # a squeeze-and-excitation's gate: its branch gets no relevance
+
+
+@dataclass
+class GradientForm(Composite):
+    """An LRP composite's rules in gradient form for one model (``gradient_form``): ``rule_for`` gives a batch
+    norm merged into the layer before it that layer's ``OutputShare`` (applied at the norm's output, autograd's
+    norm backward multiplying by the merged scale), and that layer none."""
+
+    norm_after: dict = field(default_factory=dict)  # id(batch norm) -> the conv/linear layer before it
+
+    def rule_for(self, name: str, module: nn.Module, *, first: bool = False, merged: bool = False):
+        layer = self.norm_after.get(id(module))
+        if layer is not None:
+            return super().rule_for(name, layer)
+        if id(module) in self.before_norm:
+            return None
+        return super().rule_for(name, module)
+
+    def needs_hook(self, module: nn.Module) -> bool:
+        return id(module) in self.norm_after or super().needs_hook(module)
+
+    @property
+    def before_norm(self) -> set:
+        return {id(layer) for layer in self.norm_after.values()}
+
+
+def _epsilon_of(composite: Composite, kind: type) -> float | None:
+    """The epsilon of ``composite``'s rule for a ``kind`` layer, if that rule is plain LRP-epsilon."""
+    rule = next((rule for types, rule in composite.rules if issubclass(kind, types)), None)
+    if type(rule) is not rules.Epsilon or rule.zero_bias:
+        return None
+    return rule.epsilon
+
+
+def _translated(composite: Composite, conv: float, dense: float) -> list:
+    """The rule table of ``lrp_composite`` in gradient form (its proportional and layer-norm rules' epsilons)."""
+    proportional = next(rule for types, rule in composite.rules if Sum in types)
+    layer_norm = next(rule for types, rule in composite.rules if nn.LayerNorm in types)
+    return [
+        ((nn.Conv2d,), rules.OutputShare(conv)),
+        ((nn.Linear,), rules.OutputShare(dense)),
+        ((nn.ReLU, *MAX_POOLS, *PASS_THROUGH, *SE_GATES), None),  # a gate's branch is detached (``ConstantGate``)
+        ((*ZERO_AT_ZERO, nn.LocalResponseNorm), rules.PassRatio()),
+        (AVG_POOLS + (Sum,), rules.OutputShare(proportional.epsilon)),
+        (LAYER_NORMS, rules.NormalizerConstantGradient(layer_norm)),
+        (NORMS, None),  # only those merged (``norm_after``)
+    ]
+
+
+def _fits(module: nn.Module, composite: Composite, table: GradientForm, gates: set) -> bool:
+    """Whether leaf ``module`` has a rule in gradient form (``table``) that equals its explicit rule (``composite``'s;
+    one that refuses the module, a conv with a forward of its own, says so on the explicit path)."""
+    try:
+        composite.rule_for("", module)
+    except Unsupported:
+        return False
+    if isinstance(module, NORMS):
+        return id(module) in table.norm_after
+    if isinstance(module, SE_GATES):
+        return id(module) in gates
+    if isinstance(module, nn.Hardtanh) and not module.min_val <= 0 <= module.max_val:
+        return False
+    return table.supports(module) and not isinstance(module, (Product, AttentionCall))
+
+
+def gradient_form(composite, model: nn.Module) -> GradientForm | None:
+    """``composite`` in gradient form for ``model`` (``rules.OutputShare``), or None where it is not exactly
+    LRP-epsilon there: a composite other than ``lrp_composite``'s with Epsilon (zero_bias False) on every
+    conv/linear layer and no first-layer rule; a batch norm with no layer before it to merge into, a sigmoid
+    that is no squeeze-and-excitation's gate, attention (AttnLRP), a module its rules do not list."""
+    if composite is None or not getattr(composite, "lrp", False) or composite.first is not None:
+        return None
+    conv, dense = _epsilon_of(composite, nn.Conv2d), _epsilon_of(composite, nn.Linear)
+    if conv is None or dense is None:
+        return None
+    canonizers = (ResidualSum(pairwise=True), ConstantGate(), ModulePooling())
+    table = GradientForm(composite.name, _translated(composite, conv, dense), None, canonizers)
+    table.norm_after = {id(norm): layer for layer, norm in batchnorm_pairs(model)}
+    gates = {id(block.scale_activation) for block in squeeze_excitations(model)}
+    for module in model.modules():
+        if "Attention" in type(module).__name__:
+            return None
+        if next(module.children(), None) is None and not _fits(module, composite, table, gates):
+            return None
+    return table

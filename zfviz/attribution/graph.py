@@ -52,7 +52,15 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from zfviz.attribution.canonize import MergeBatchNorm, Product, Sum, folded, with_params
-from zfviz.attribution.composites import AVG_POOLS, LAYER_NORMS, MAX_POOLS, NORMS, PASS_THROUGH, WEIGHTED
+from zfviz.attribution.composites import (
+    AVG_POOLS,
+    LAYER_NORMS,
+    MAX_POOLS,
+    NORMS,
+    PASS_THROUGH,
+    WEIGHTED,
+    GradientForm,
+)
 from zfviz.attribution.state import CallState, Unsupported
 
 _RELU = nn.ReLU()  # what a rectification called as a function is to a composite
@@ -403,10 +411,8 @@ def _refusal(node, reach: set, state: CallState) -> Unsupported | None:
     base = _base(name)
     if name.startswith("torch::autograd::"):
         return None  # the input's leaf (AccumulateGrad); an in-place copy into a slice (CopySlices)
-    if name.endswith("Backward"):  # a torch.autograd.Function's node (``<Function>Backward``): zfviz's own passes
-        forward_cls = getattr(node, "_forward_cls", None)
-        if forward_cls is not None and forward_cls.__module__.startswith("zfviz."):
-            return None
+    if _ours(node):
+        return None
     if base in _MULTILINEAR and _inputs_reached(node, reach) >= 2:
         why = ": a product of two tensors that both depend on the input, neither a sigmoid gate"
     elif base == "Div" and len(node.next_functions) > 1 and node.next_functions[1][0] in reach:
@@ -419,6 +425,12 @@ def _refusal(node, reach: set, state: CallState) -> Unsupported | None:
         why = ": no rule covers it"
     where = f"{base.lower()} called as a function after {_made_after(node, state)}"
     return Unsupported(where, _UNCOVERED, why, kind=name)
+
+
+def _ours(node) -> bool:
+    """Whether ``node`` is a torch.autograd.Function's (``<Function>Backward``) of zfviz's own passes."""
+    forward_cls = getattr(node, "_forward_cls", None) if node.name().endswith("Backward") else None
+    return forward_cls is not None and forward_cls.__module__.startswith("zfviz.")
 
 
 def _weighted_refusal(node, base: str, state: CallState) -> Unsupported | None:
@@ -650,8 +662,47 @@ def _versioned(t: Tensor) -> tuple[Tensor, int]:
 
 
 def keeps_operands(composite) -> bool:
-    """Whether ``composite``'s rule for a sum or a mean needs operands autograd does not keep (LRP's)."""
+    """Whether ``composite``'s rule for a sum or a mean needs operands autograd does not keep (LRP's, not in
+    gradient form: there a sum called as a function is no gradient's business, ``gradient_form_holds``)."""
+    if isinstance(composite, GradientForm):
+        return False
     return any(_plan(composite, module)[0] is not None for module in (_SUM, _MEAN))
+
+
+class NotGradientForm(Exception):
+    """An op of the forward pass whose LRP rule is not autograd's gradient in gradient form (a residual ``+``
+    or a GELU called as a function, attention): the explicit rules run instead (``mechanism.backward``)."""
+
+
+_MAX_POOL_OPS = frozenset("MaxPool2DWithIndices MaxPool2D AdaptiveMaxPool2D MkldnnMaxPool2D".split())
+
+
+def _gradient_is_rule(node, reach: set) -> bool:
+    """Whether LRP-epsilon in gradient form is autograd's own gradient at ``node``, an op no module claimed:
+    the input's leaf and zfviz's own passes, a rectification (its gradient is ``h(x) / x``), a shape op or
+    max pool (the gradient is their rule), a product or quotient by a constant (``y = c x``: ``R_x = R_y``)."""
+    name = node.name()
+    base = _base(name)
+    if name.startswith("torch::autograd::") or _rectifies(node) or base in _SHAPE or base in _MAX_POOL_OPS:
+        return True
+    if _ours(node):
+        return True
+    return base in ("Mul", "Div", "Neg") and _inputs_reached(node, reach) == 1 and _scales(node, reach)
+
+
+def gradient_form_holds(point: Tensor, state: CallState) -> None:
+    """``rectify_functions`` for a composite in gradient form: every op between ``point`` and the input that
+    no module claimed (``cover_hook``) must be one whose gradient is its rule, else ``NotGradientForm``."""
+    if point.grad_fn is None:
+        return
+    reach, inside = _reaching(point.grad_fn, state), set()
+    for node in _graph(point.grad_fn):
+        if node not in reach or node in inside:
+            continue
+        if node in state.opaque:
+            inside |= _below(node, state.opaque[node])
+        elif not _gradient_is_rule(node, reach):
+            raise NotGradientForm(node.name())
 
 
 @contextmanager

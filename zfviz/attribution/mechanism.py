@@ -20,14 +20,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from zfviz.activations import Capture, evaluating, resolve
 from zfviz.attribution.canonize import Canonizer, OutOfPlace, StandardizedWeights, canonized, standardizes
-from zfviz.attribution.graph import cover_hook, keeps_operands, opaque, operands_kept, rectify_functions, walk_finds
+from zfviz.attribution.composites import GradientForm, gradient_form
+from zfviz.attribution.graph import (
+    NotGradientForm,
+    cover_hook,
+    gradient_form_holds,
+    keeps_operands,
+    opaque,
+    operands_kept,
+    rectify_functions,
+    walk_finds,
+)
 from zfviz.attribution.rules import vjp
 from zfviz.attribution.state import CallState, Unsupported
 from zfviz.attribution.targets import Target, parse_target, start_signal
@@ -84,6 +94,43 @@ def _hook(composite, name: str, state: CallState) -> Callable:
     return hook
 
 
+def _gradient_hook(composite: GradientForm, name: str, state: CallState) -> Callable:
+    """``_hook`` for a composite in gradient form: the module's output stays autograd's; a rule scales the
+    gradient arriving at it (``OutputShare``), at the input of an activation's own node (``PassRatio``), or
+    routes it (a layer norm's); the module's ops are claimed (``cover_hook``); a layer a batch norm was merged
+    into records its output, which the norm must read."""
+    cover = cover_hook(state)
+
+    def hook(module, inputs, output):
+        layer = composite.norm_after.get(id(module))
+        if layer is not None and state.last_output.get(id(layer)) != inputs[0].data_ptr():
+            raise NotGradientForm(f"{name} does not read the output of the layer before it")
+        rule = composite.rule_for(name, module)
+        if id(module) in composite.before_norm:
+            state.last_output[id(module)] = output.data_ptr()
+        elif hasattr(rule, "scaled"):
+            output.register_hook(lambda grad: rule.scaled(output, grad) if state.routing else grad)
+        elif rule is not None:
+            rule = rule.at(module, output) if hasattr(rule, "at") else rule
+            output = _Viewed.apply(rule, module, state, inputs[0], output.detach())
+        cover(module, inputs, output)
+        return output
+
+    return hook
+
+
+class _Viewed(_Routed):
+    """``_Routed`` without the copy, in gradient form: the module's ops keep autograd's nodes out of the pass
+    (their backward, a GELU's, would only be thrown away), and the output is a view. ``gradient_form_holds``
+    refuses what would change it in place later, other than a product (whose version check then says so)."""
+
+    @staticmethod
+    def forward(ctx, rule, module, state, x, out):
+        ctx.rule, ctx.module, ctx.state = rule, module, state
+        ctx.save_for_backward(x, out)
+        return out.view_as(out)
+
+
 @contextmanager
 def rules_applied(model: nn.Module, composite, state: CallState | None = None) -> Iterator[CallState]:
     """Inside the block, every leaf module of ``model`` passes signals back by ``composite``'s rules.
@@ -97,6 +144,7 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
     state = state or CallState()
     needs_hook = getattr(composite, "needs_hook", None) or (lambda _module: True)
     merged_into = {id(m) for m in state.merged.values()}
+    make = _gradient_hook if isinstance(composite, GradientForm) else _hook
     state.model, state.composite = model, composite
     handles = []
     try:
@@ -105,7 +153,7 @@ def rules_applied(model: nn.Module, composite, state: CallState | None = None) -
                 continue
             if needs_hook(module) or id(module) in merged_into:
                 if id(module) in merged_into or not walk_finds(composite, name, module):
-                    handles.append(module.register_forward_hook(_hook(composite, name, state)))
+                    handles.append(module.register_forward_hook(make(composite, name, state)))
             elif opaque(module):  # its ops keep the gradient as the module does: the walk leaves them alone
                 handles.append(module.register_forward_hook(cover_hook(state)))
         yield state
@@ -171,6 +219,14 @@ def backward(
     rules stand aside down to ``wrt``) while ``inputs`` still gets the rules' -- guided Grad-CAM
     from one forward pass. Eval mode throughout; the model is left as it was, also on an exception.
     """
+    fast = gradient_form(composite, model) if GRADIENT_FORM and start == "value" and wrt is None else None
+    if fast is not None and not canonizers:
+        try:
+            found = backward(model, inputs, target, composite=fast, start="one")
+        except NotGradientForm:
+            pass  # an op whose rule is not a gradient: the explicit rules below
+        else:
+            return replace(found, inputs=inputs.detach() * found.inputs)
     target: Target = parse_target(model, target, len(inputs))
     wrt_path = None if wrt is None else resolve(model, wrt, "output")
     layers = [path for path in (wrt_path, target.layer) if path is not None]
@@ -182,7 +238,7 @@ def backward(
         with operands_kept(state):
             out = capture(x.clone())  # a copy: an in-place first module must not touch a leaf or the user's tensor
         point = out if target.layer is None else capture.outputs[target.layer]
-        rectify_functions(point, state)
+        (gradient_form_holds if isinstance(composite, GradientForm) else rectify_functions)(point, state)
         if wrt_path is not None and target.layer is not None and capture.order[0] != wrt_path:
             raise UserError(f"layer {wrt} does not run before the target in the model's forward pass")
         grad_start, scores = start_signal(point, target, start)
@@ -196,6 +252,8 @@ def backward(
     layer = wanted[1].detach() if wrt is not None else None
     return Backward(grads[0], scores, layer, grads[1] if wrt is not None else None)
 
+
+GRADIENT_FORM = True  # LRP-epsilon as a modified gradient where it is exactly that (False: the explicit rules)
 
 ROWS = 256  # starting signals per vmapped backward: bounds the memory of one batched pass
 
@@ -259,8 +317,8 @@ def _in_place_is_safe(modules: list[tuple[str, nn.Module]], composite) -> bool:
     gradient at 64 px. Not where the rules read the operands of sums the forward pass recorded (LRP's):
     an in-place ReLU would overwrite one.
     """
-    if composite is not None and keeps_operands(composite):
-        return False
+    if composite is not None and (keeps_operands(composite) or isinstance(composite, GradientForm)):
+        return False  # in gradient form the rules read the activations' inputs and the layers' outputs
     for name, module in modules:
         if module.__dict__.get("inplace", False) is not True:
             continue

@@ -286,12 +286,17 @@ class NormalizerConstant:
         return f": its rule needs nn.LayerNorm's own forward or a LayerNorm2d, not {type(module).__name__}'s"
 
     def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        return x * self.transposed(module, x, grad / stabilize(out, self.epsilon))
+
+    def transposed(self, module: nn.Module, x: Tensor, s: Tensor, rstd: Tensor | None = None) -> Tensor:
+        """``s`` through the transpose of the map with sigma constant, ``gamma * P x / sigma`` (``P`` the
+        centering): symmetric, so the transpose is ``P (gamma s / sigma)``. ``rstd``: ``1 / sigma`` as the
+        forward pass computed it, if known."""
         mean = _group_mean(module, x.shape)
-        sigma = mean((x - mean(x)).square()).add(module.eps).sqrt()
-        scale = _per_channel(module, module.weight, x) / sigma
-        # the map is gamma * P x / sigma with P the centering: symmetric, so its transpose is P (gamma s / sigma)
-        u = scale * grad / stabilize(out, self.epsilon)
-        return x * (u - mean(u))
+        if rstd is None:
+            rstd = mean((x - mean(x)).square()).add(module.eps).rsqrt()
+        u = _per_channel(module, module.weight, x) * rstd * s
+        return u - mean(u)
 
 
 def _channels_first(module: nn.Module) -> bool:
@@ -345,3 +350,80 @@ def product_relevance(a: Tensor, b: Tensor, relevance: Tensor, total: Tensor, ep
     """
     share = relevance / stabilize(2 * total, epsilon)
     return a * (share @ b.transpose(-2, -1)), b * (a.transpose(-2, -1) @ share)
+
+
+# LRP-epsilon as a modified gradient (``mechanism``'s fast path): with ``R_t = t * g_t`` on every tensor, each
+# rule above that ``composites.gradient_form`` translates becomes autograd's backward with the incoming ``g``
+# scaled, so no rule transposes a layer itself.
+
+
+def kept_share(z: Tensor, epsilon: float) -> Tensor:
+    """``z / stab(z)``: the share of its relevance the epsilon rule passes down through ``z``'s layer,
+    ``|z| / (|z| + epsilon)`` (0 at ``z = 0``; for epsilon 0, LRP-0: ``1[z != 0]``), in three kernels where
+    no denominator can be zero (``stabilize``)."""
+    if epsilon >= torch.finfo(z.dtype).tiny:
+        share = z.abs()
+        return share.div_(share + epsilon)
+    return z / stabilize(z, epsilon)
+
+
+def times_share(grad: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """``grad * kept_share(z, epsilon)`` in three kernels: ``grad - epsilon * grad / (|z| + epsilon)`` (exactly 0
+    at ``z = 0``; where ``|z|`` is far below epsilon the share, itself that small, loses digits to the
+    subtraction, not the sum of the relevance)."""
+    if epsilon >= torch.finfo(z.dtype).tiny:
+        return torch.addcdiv(grad, grad, z.abs().add_(epsilon), value=-epsilon)
+    return grad * kept_share(z, epsilon)
+
+
+class OutputShare:
+    """The epsilon rule on a conv/linear layer (a batch norm merged into it: at the norm's output) and the
+    proportional split of a sum or average pool, in gradient form: ``R_x = x * T(R_z / stab(z))`` is
+    ``g_x = T(g_z * z / stab(z))``, autograd's own backward of the layer with ``g_z`` scaled by ``kept_share``."""
+
+    def __init__(self, epsilon: float):
+        self.epsilon = epsilon
+
+    def scaled(self, out: Tensor, grad: Tensor) -> Tensor:
+        return times_share(grad, out, self.epsilon)
+
+
+def _ratio(module: nn.Module, x: Tensor, out: Tensor) -> Tensor:
+    """``h(x) / x`` of an activation, in one kernel where it has a closed form (SiLU: ``sigmoid(x)``, GELU:
+    ``Phi(x)``); else 0 at ``x = 0`` (there ``R_x = x g_x = 0`` whatever ``g_x`` is, and every rule that
+    reads ``g_x`` further down scales it by ``kept_share``, 0 at 0)."""
+    if type(module) is nn.SiLU:
+        return torch.sigmoid(x)
+    if type(module) is nn.GELU and module.approximate == "none":
+        return torch.special.ndtr(x)
+    return torch.where(x == 0, 0.0, out / x)
+
+
+class PassRatio:
+    """``Pass`` in gradient form on an activation with ``h(0) = 0``: ``R_x = R_y`` is ``g_x = g_y * h(x) / x``
+    (a ReLU's is its gradient and needs no rule)."""
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        return grad * _ratio(module, x, out)
+
+
+class NormalizerConstantGradient:
+    """``NormalizerConstant`` in gradient form: ``g_x`` is the layer norm's gradient with sigma constant
+    (``NormalizerConstant.transposed``) of ``g_y * y / stab(y)``."""
+
+    def __init__(self, rule: NormalizerConstant, rstd: Tensor | None = None):
+        self.rule, self.rstd = rule, rstd
+
+    def at(self, module: nn.Module, out: Tensor) -> NormalizerConstantGradient:
+        """The rule for one call of the layer norm that made ``out``, with the ``1 / sigma`` autograd's node
+        of ``F.layer_norm`` kept (behind ``LayerNorm2d``'s permute: permuted back), if it kept one."""
+        node = out.grad_fn
+        if node is not None and node.name() == "PermuteBackward0":
+            node = node.next_functions[0][0]
+        if node is None or node.name() != "NativeLayerNormBackward0":
+            return self
+        rstd = node._saved_result2
+        return NormalizerConstantGradient(self.rule, rstd.permute(0, 3, 1, 2) if _channels_first(module) else rstd)
+
+    def backward(self, module: nn.Module, x: Tensor, out: Tensor, grad: Tensor) -> Tensor:
+        return self.rule.transposed(module, x, times_share(grad, out, self.rule.epsilon), self.rstd)
