@@ -24,7 +24,8 @@ from PIL import Image
 from torch import Tensor
 
 from zfviz.atlas.collect import LayerStats, NextUnits
-from zfviz.utils import atomic_path, atomic_write_text
+from zfviz.atlas.unit_images import save_jpeg
+from zfviz.utils import atomic_write_text
 
 FORMAT = 2  # atlas.json's layout version: readers check it (2: selectivity, sprite, maximization, concept)
 UNIT_FILES = ("thumbnail", "sprite", "maximization", "concept")  # per unit: null unless made
@@ -113,7 +114,6 @@ def write_thumbnails(folder: Path, name: str, layer: LayerAtlas, images, size: i
         index = int(layer.stats.top.image[unit, 0])
         picture = thumbnail(images[torch.tensor([index])][0], layer.boxes[unit, 0].tolist(), size)
         relative = f"thumbs/{name}/{unit}.jpg"
-        with atomic_path(folder / relative) as tmp:
-            picture.save(tmp, format="JPEG", quality=85)
+        save_jpeg(picture, folder / relative)
         written[unit] = relative
     return written

@@ -105,11 +105,10 @@ def generator_canvas(cfg: DictConfig, opened: Opened, images, prepare, image: di
     return Canvas(param="generator", generator=generator, code=code, code_bounds=bounds, **image)
 
 
-def maximizing(cfg: DictConfig, opened: Opened, split: str, images, prepare) -> Maximizing | None:
-    """How the units are maximized: ``maximize=``'s parameterizations and the generator with ``decoders=``,
-    at viz maximize's defaults (bounded to the pixel range, gray data kept gray); None when neither is asked."""
+def maximizing(cfg: DictConfig, opened: Opened, split: str, images, prepare, params: list[str]) -> Maximizing | None:
+    """How the units are maximized: ``params`` (``maximize=``'s) and the generator with ``decoders=``, at viz
+    maximize's defaults (bounded to the pixel range, gray data kept gray); None when neither is asked."""
     v = cfg.viz
-    params = check_options(v)
     loader = getattr(opened.data, split)
     sample = prepare(images[:BATCH])
     image = {"size": int(sample.shape[-1]), "channels": int(sample.shape[1])}
@@ -214,7 +213,7 @@ def search(cfg: DictConfig, opened: Opened, images, prepare, layers: list[str]):
 
 def run(cfg: DictConfig) -> dict:
     v = cfg.viz
-    check_options(v)
+    params = check_options(v)
     opened = open_viz(cfg)
     model = opened.model
     if opened.preprocessing is not None:  # a net of net=: size= checked before the search
@@ -223,7 +222,7 @@ def run(cfg: DictConfig) -> dict:
     images, prepare = split_images(opened.data, split, v.limit, opened.device)
     layers = [str(layer) for layer in as_list(v.layers)] if v.layers else weighted_layers(model)
     labels = labels_given(cfg, opened)
-    how = maximizing(cfg, opened, split, images, prepare)
+    how = maximizing(cfg, opened, split, images, prepare, params)
     start = time.perf_counter()
     atlas, classes, search_s = search(cfg, opened, images, prepare, layers)
     if v.concepts:
