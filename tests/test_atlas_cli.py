@@ -125,4 +125,18 @@ def test_a_torchvision_net_searches_the_image_files(photo_folder, tmp_path):
     assert atlas["image_files"] == [str(p) for p in sorted(photo_folder.iterdir())]
     assert atlas["layers"]["layer1.0.conv1"]["next_layer"] == "layer1.0.conv2"
     assert atlas["layers"]["fc"]["unit"][0]["top"][0][2] == [0, 0, 64, 64]
+    assert atlas["maximization"]["params"] == ["pixels", "fourier"]  # no decoders=: no generator
+    with Image.open(tmp_path / "out/atlas" / atlas["layers"]["fc"]["unit"][0]["maximization"]["fourier"]["image"]) as m:
+        assert m.size == (64, 64) and m.mode == "RGB"  # colour images: a colour net's maximization
     assert broken_links(tmp_path / "out/atlas") == []
+
+
+@pytest.mark.slow  # the CLI composes Hydra's config and loads the checkpoint: about 1 s
+def test_maximize_none_leaves_the_maximization_null(viz_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    done = run_zfviz(*atlas_args(viz_checkpoint, out, "layers=[conv1]", "units=2", "limit=8", "maximize=[]"))
+    assert done.returncode == 0, done.stderr
+    atlas = json.loads((out / "atlas/atlas.json").read_text())
+    assert atlas["maximization"] is None and atlas["concepts"] is None
+    assert all(u["maximization"] is None and u["concept"] is None for u in atlas["layers"]["conv1"]["unit"])
+    assert not (out / "atlas/maxim").exists()
