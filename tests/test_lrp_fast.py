@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.ops import SqueezeExcitation
 
 from zfviz.attribution import attribute, mechanism
-from zfviz.attribution.composites import LRP, gradient_form, lrp_from_options
+from zfviz.attribution.composites import GUIDED_BACKPROP, LRP, gradient_form, lrp_from_options
 
 
 @pytest.fixture
@@ -207,3 +207,21 @@ def test_function_call_falls_back_to_explicit_rules(taken):
     got = attribute(net, x, torch.tensor([0, 1]), "lrp", rule="epsilon")
     assert len(taken) == 1  # tried, and refused by the walk
     assert torch.equal(got, explicit(net, x, torch.tensor([0, 1]), rule="epsilon"))
+
+
+def test_guided_backprop_keeps_in_place_gates_in_place():
+    """Guided backprop's and the deconvnet's rules on an in-place SiLU or hardswish rewrite the gradient of
+    autograd's own node, so the gates stay in place (no copy): the same maps as on an out-of-place copy."""
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.SiLU(inplace=True), nn.Conv2d(4, 4, 1), nn.Hardswish(inplace=True),
+        nn.Flatten(), nn.Linear(4 * 6 * 6, 3),
+    ).eval()  # fmt: skip
+    copy = nn.Sequential(*[nn.SiLU() if isinstance(m, nn.SiLU) else m for m in net])
+    copy[4] = nn.Hardswish()
+    assert mechanism._in_place_is_safe(list(net.named_modules()), GUIDED_BACKPROP)
+    assert not mechanism._in_place_is_safe(list(net.named_modules()), LRP)  # its rules read the inputs
+    x, target = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    for method in ("guided_backprop", "deconvnet", "guided_gradcam"):
+        assert torch.equal(attribute(net, x, target, method), attribute(copy, x, target, method))
+    assert net[2].inplace and net[4].inplace
