@@ -22,6 +22,9 @@ LRP's rules are stated for a chain of linear layers and ReLUs (Montavon et al. 2
 - ``SqueezeExcitationGate``: torchvision's ``SqueezeExcitation`` multiplies its input by a gate computed
   from it; the product goes through an explicit ``Product`` module, so a rule can treat the gate as
   a constant (``rules.SignalTakeAll``).
+- ``ConstantGate`` and ``ResidualSum(pairwise=True)``: the same two rewrites for LRP in gradient form
+  (``rules.OutputShare``): the gate detached from the product (its branch never runs backward), the sum a
+  ``PairSum`` of the two operands (no stacked copy).
 - ``ModulePooling``: torchvision's DenseNet and MobileNetV2 pool globally with
   ``F.adaptive_avg_pool2d``, which PyTorch records as a mean that keeps no input, so no rule could
   split it; for the call they pool through an ``nn.AdaptiveAvgPool2d`` module instead.

@@ -49,6 +49,10 @@ applied to ``s`` and ``stab(z) = z + epsilon * sign(z)`` (sign(0) = 1; a zero de
   conservative propagation", their LN-rule): a LayerNorm or GroupNorm with its standard deviation
   held constant is the linear map ``y = gamma * center(x) / sigma + beta``; the epsilon rule on it,
   ``R_in = x * T(R / stab(y); gamma * center / sigma)``, conserves relevance when ``beta = 0``.
+- In gradient form (``OutputShare``, ``PassRatio``, ``NormalizerConstantGradient``): with ``R_t = t * g_t``,
+  LRP-epsilon, the proportional split, ``Pass`` on an activation with ``h(0) = 0`` and the LN-rule are
+  autograd's backward with the arriving ``g`` scaled (by ``z / stab(z)``, ``h(x) / x``; sigma constant), the
+  same relevance without a transpose of their own (``mechanism``'s fast path).
 - ``softmax_relevance`` and ``product_relevance`` (Achtibat et al. 2024, "AttnLRP: attention-aware
   layer-wise relevance propagation for transformers"): the attention's softmax and its two bilinear
   products, applied by ``transformer.AttnLRP`` inside one attention call.
