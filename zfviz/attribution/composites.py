@@ -258,6 +258,7 @@ class GradientForm(Composite):
     norm backward multiplying by the merged scale), and that layer none."""
 
     norm_after: dict = field(default_factory=dict)  # id(batch norm) -> the conv/linear layer before it
+    before_norm: set = field(default_factory=set)  # id() of those layers
 
     def rule_for(self, name: str, module: nn.Module, *, first: bool = False, merged: bool = False):
         layer = self.norm_after.get(id(module))
@@ -269,10 +270,6 @@ class GradientForm(Composite):
 
     def needs_hook(self, module: nn.Module) -> bool:
         return id(module) in self.norm_after or super().needs_hook(module)
-
-    @property
-    def before_norm(self) -> set:
-        return {id(layer) for layer in self.norm_after.values()}
 
 
 def _epsilon_of(composite: Composite, kind: type) -> float | None:
@@ -327,6 +324,7 @@ def gradient_form(composite, model: nn.Module) -> GradientForm | None:
     canonizers = (ResidualSum(pairwise=True), ConstantGate(), ModulePooling())
     table = GradientForm(composite.name, _translated(composite, conv, dense), None, canonizers)
     table.norm_after = {id(norm): layer for layer, norm in batchnorm_pairs(model)}
+    table.before_norm = {id(layer) for layer in table.norm_after.values()}
     gates = {id(block.scale_activation) for block in squeeze_excitations(model)}
     for module in model.modules():
         if "Attention" in type(module).__name__:
