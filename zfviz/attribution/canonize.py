@@ -326,7 +326,7 @@ def _convnext_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
 
 def _fold_scale(block: nn.Module) -> list[Callable[[], None]]:
     """``layer_scale * linear(x)`` as one linear layer: the scale multiplies its rows and bias."""
-    linear = [m for m in block.block if isinstance(m, nn.Linear)][-1]
+    linear = scaled_linear(block)
     scale = block.layer_scale.detach().reshape(-1)
     with torch.no_grad():
         weight, bias = linear.weight * scale[:, None], None if linear.bias is None else linear.bias * scale
@@ -365,22 +365,57 @@ def _block_kinds() -> dict[type, tuple]:
     return kinds
 
 
+def residual_blocks(model: nn.Module) -> list[tuple[nn.Module, Callable]]:
+    """The torchvision residual blocks of ``model`` that add their shortcut, not rewritten by the user (whose
+    additions stay plain gradients), each with its forward builder."""
+    kinds = _block_kinds()
+    found = []
+    for block in model.modules():
+        build, adds = kinds.get(type(block), (None, None))
+        if build is not None and adds(block) and "residual_sum" not in block._modules:
+            if "forward" not in block.__dict__:
+                found.append((block, build))
+    return found
+
+
+def scaled_linear(block: nn.Module) -> nn.Linear:
+    """The linear layer a ConvNeXt block's layer scale multiplies (its last)."""
+    return [m for m in block.block if isinstance(m, nn.Linear)][-1]
+
+
+class LayerScale(nn.Module):
+    """ConvNeXt's layer scale as a module (``ResidualSum(pairwise=True)``): for LRP in gradient form the rule of
+    the linear layer it scales applies at its output, the folded layer's, with no folded weight written."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "block", block)  # a reference, not a child
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block.layer_scale * x
+
+
+def _convnext_scaled_forward(block: nn.Module) -> Callable[[Tensor], Tensor]:
+    return lambda x: added(block, x, block.stochastic_depth(block.layer_scale_product(block.block(x))))
+
+
 class ResidualSum:
     """torchvision's residual blocks add their shortcut through an explicit ``Sum`` module for the call
-    (``pairwise``: a ``PairSum``)."""
+    (``pairwise``: a ``PairSum``, and ConvNeXt's layer scale a ``LayerScale`` rather than folded)."""
 
     def __init__(self, pairwise: bool = False) -> None:
         self.pairwise = pairwise
 
     def apply(self, model: nn.Module, state) -> Callable[[], None]:
-        kinds = _block_kinds()
         undos = []
-        for block in model.modules():
-            build, adds = kinds.get(type(block), (None, None))
-            if build is None or not adds(block):
+        for block, build in residual_blocks(model):
+            if hasattr(block, "layer_scale") and self.pairwise:
+                undos.append(
+                    rewrite(
+                        block, _convnext_scaled_forward, residual_sum=PairSum(), layer_scale_product=LayerScale(block)
+                    )
+                )
                 continue
-            if "residual_sum" in block._modules or "forward" in block.__dict__:
-                continue  # the user's own rewrite: leave it (its additions stay plain gradients)
             if hasattr(block, "layer_scale"):
                 undos += _fold_scale(block)
             undos.append(rewrite(block, build, residual_sum=PairSum() if self.pairwise else Sum()))

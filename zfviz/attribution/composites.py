@@ -21,6 +21,7 @@ from torchvision.ops import Permute, StochasticDepth
 from zfviz.attribution import rules
 from zfviz.attribution.canonize import (
     ConstantGate,
+    LayerScale,
     MergeBatchNorm,
     ModulePooling,
     Product,
@@ -28,6 +29,8 @@ from zfviz.attribution.canonize import (
     SqueezeExcitationGate,
     Sum,
     batchnorm_pairs,
+    residual_blocks,
+    scaled_linear,
     squeeze_excitations,
 )
 from zfviz.attribution.state import Unsupported
@@ -258,7 +261,7 @@ class GradientForm(Composite):
     norm backward multiplying by the merged scale), and that layer none."""
 
     norm_after: dict = field(default_factory=dict)  # id(batch norm) -> the conv/linear layer before it
-    before_norm: set = field(default_factory=set)  # id() of those layers
+    before_norm: set = field(default_factory=set)  # id() of those layers, and of those a layer scale multiplies
 
     def rule_for(self, name: str, module: nn.Module, *, first: bool = False, merged: bool = False):
         layer = self.norm_after.get(id(module))
@@ -286,7 +289,7 @@ def _translated(composite: Composite, conv: float, dense: float) -> list:
     layer_norm = next(rule for types, rule in composite.rules if nn.LayerNorm in types)
     return [
         ((nn.Conv2d,), rules.OutputShare(conv)),
-        ((nn.Linear,), rules.OutputShare(dense)),
+        ((nn.Linear, LayerScale), rules.OutputShare(dense)),  # a layer scale: its linear layer's, folded
         ((nn.ReLU, *MAX_POOLS, *PASS_THROUGH, *SE_GATES), None),  # a gate's branch is detached (``ConstantGate``)
         ((*ZERO_AT_ZERO, nn.LocalResponseNorm), rules.PassRatio()),
         (AVG_POOLS + (Sum,), rules.OutputShare(proportional.epsilon)),
@@ -324,7 +327,8 @@ def gradient_form(composite, model: nn.Module) -> GradientForm | None:
     canonizers = (ResidualSum(pairwise=True), ConstantGate(), ModulePooling())
     table = GradientForm(composite.name, _translated(composite, conv, dense), None, canonizers)
     table.norm_after = {id(norm): layer for layer, norm in batchnorm_pairs(model)}
-    table.before_norm = {id(layer) for layer in table.norm_after.values()}
+    scaled = [scaled_linear(block) for block, _ in residual_blocks(model) if hasattr(block, "layer_scale")]
+    table.before_norm = {id(layer) for layer in (*table.norm_after.values(), *scaled)}
     gates = {id(block.scale_activation) for block in squeeze_excitations(model)}
     for module in model.modules():
         if "Attention" in type(module).__name__:
