@@ -227,8 +227,9 @@ def backward(
     rules stand aside down to ``wrt``) while ``inputs`` still gets the rules' -- guided Grad-CAM
     from one forward pass. Eval mode throughout; the model is left as it was, also on an exception.
     """
-    fast = gradient_form(composite, model) if GRADIENT_FORM and start == "value" and wrt is None else None
-    if fast is not None and not canonizers:
+    plain_call = GRADIENT_FORM and start == "value" and wrt is None and not canonizers
+    fast = gradient_form(composite, model) if plain_call else None
+    if fast is not None:
         try:
             found = backward(model, inputs, target, composite=fast, start="one")
         except NotGradientForm:
