@@ -255,6 +255,22 @@ $(EVALUATION_OUT) &: $(RUNS)/zfnet/run.json $(RUNS)/alexnet/run.json $(ABLATE)/v
 
 FIGURES += $(EVALUATION_OUT)
 
+# --- the unit atlas (issue 26): every unit of ZFNet and of the AlexNet replication, one page each ---
+# The whole atlas of a net (top 9 patches with their deconvnet and guided-backprop projections, maximization
+# images under the three parameterizations with the fc6 decoder as generator, dissection labels) goes to
+# $(ATLAS)/<net>/ (one page per unit: too large for results/); results/ keeps each atlas's index and layer pages
+# with their thumbnails (scripts/atlas_summary.py), and the table of what the layers' units are.
+ATLAS := $(RUNS)/atlas
+$(ATLAS)/%/atlas.meta.json: $(RUNS)/%/run.json $(RESULTS)/dissection_$(PRESET).csv $(RESULTS)/reconstruction_$(PRESET).csv
+	$(STAGE) atlas_$* -- $(BIN)/zfviz viz atlas checkpoint=$(RUNS)/$*/checkpoint.pt out_dir=$(@D) viz.decoders=$(DECODERS) \
+		viz.labels=$(RESULTS)/dissection_$(PRESET).csv
+
+ATLAS_OUT := $(RESULTS)/atlas_$(PRESET).csv
+$(ATLAS_OUT): $(ATLAS)/zfnet/atlas.meta.json $(ATLAS)/alexnet/atlas.meta.json
+	$(STAGE) atlas_summary -- $(BIN)/python scripts/atlas_summary.py --preset $(PRESET) --out $(RESULTS) $(^D)
+
+FIGURES += $(ATLAS_OUT)
+
 # --- seeds (issue 27): the results that rest on one trained net (Table 2, Figs. 4-7, Table 1, Table 7) again for
 # every seed k > 0 of SEEDS: its nets trained as seed 0's with seed=k into $(RUNS)/<run>_seed<k>, its stages
 # (named <stage>_seed<k>) run as seed 0's on them, writing the same file names into $(RESULTS)/seeds/<k>/

@@ -43,7 +43,8 @@ def test_atlas_json_round_trips_what_the_pass_computed(tmp_path):
         for unit in entry["unit"]:
             u = unit["unit"]
             assert [t[0] for t in unit["top"]] == stats.top.image[u].tolist()
-            assert [t[1] for t in unit["top"]] == stats.top.values[u].tolist()  # float32 values, exactly
+            # float32 values, exactly
+            assert torch.equal(torch.tensor([t[1] for t in unit["top"]]), stats.top.values[u])
             assert [t[2] for t in unit["top"]] == layer.boxes[u].tolist()
             assert unit["dead"] == bool(stats.dead[u])
             assert unit["histogram"]["counts"] == stats.histogram.counts[u].tolist()
@@ -54,10 +55,9 @@ def test_atlas_json_round_trips_what_the_pass_computed(tmp_path):
             assert unit["class_means"][:3] == means[:3] and unit["class_means"][3] is None  # class 3: no images
     assert read["layers"]["conv1"]["dead"] == 1 and read["layers"]["conv1"]["unit"][2]["dead"] is True
     assert read["layers"]["conv1"]["next_layer"] == "conv2" and read["layers"]["fc"]["next_layer"] is None
-    assert read["layers"]["conv1"]["unit"][1]["next"] == [
-        [u, s]
-        for u, s in zip(layers["conv1"].next.units[1].tolist(), layers["conv1"].next.strength[1].tolist(), strict=True)
-    ]
+    written = read["layers"]["conv1"]["unit"][1]["next"]  # the strengths' float32 values, exactly
+    assert [u for u, _ in written] == layers["conv1"].next.units[1].tolist()
+    assert torch.equal(torch.tensor([s for _, s in written]), layers["conv1"].next.strength[1])
     assert "next" not in read["layers"]["fc"]["unit"][0]
     assert read["layers"]["conv1"]["unit"][0]["thumbnail"] == "thumbs/conv1/0.jpg"
     assert read["layers"]["conv1"]["unit"][1]["thumbnail"] is None

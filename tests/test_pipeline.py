@@ -232,6 +232,26 @@ def test_check_covers_each_seeds_folder(tmp_path, capsys):
     assert f"{tmp_path / 'seeds' / '2' / 't.csv'} is missing" in err
 
 
+def test_check_takes_a_folders_sidecar_for_the_files_inside_it(tmp_path, capsys):
+    """The atlas's summary (``atlas_cpu/``: pages and hundreds of thumbnails) is named by ``atlas_cpu.meta.json``
+    beside the folder; a folder without one still needs a sidecar per file."""
+    from zfviz.pipeline import main
+
+    sidecar = json.dumps({"git_sha": "abc", "sources": [{"run": "x"}]})
+    (tmp_path / "atlas_cpu.csv").write_text("a\n1\n")
+    (tmp_path / "atlas_cpu.meta.json").write_text(sidecar)
+    pages = tmp_path / "atlas_cpu" / "zfnet" / "thumbs" / "conv1"
+    pages.mkdir(parents=True)
+    (pages / "0.jpg").write_bytes(b"jpg")
+    (tmp_path / "atlas_cpu" / "zfnet" / "index.html").write_text("<html></html>")
+    assert main(["check", "--results", str(tmp_path), str(tmp_path / "atlas_cpu.csv")]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.png").write_bytes(b"png")
+    assert main(["check", "--results", str(tmp_path), str(tmp_path / "atlas_cpu.csv")]) == 2
+    assert f"{other / 'x.png'} has no readable x.meta.json" in capsys.readouterr().err
+
+
 def test_the_reports_run_line_says_how_loaded_the_machine_was():
     from zfviz.report.provenance import _load_note
 

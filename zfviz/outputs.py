@@ -61,6 +61,12 @@ FIG_MAXIMIZE = "fig_maximize_{preset}.png"
 EVALUATION = "evaluation_{preset}.csv"
 CLAIMS = "claims_{preset}.csv"
 FIG_RANDOMIZATION = "fig_randomization_{preset}.png"
+# --- the unit atlas (zfviz viz atlas into runs/, scripts/atlas_summary.py): its summary table, and the index and
+# layer pages of each net's atlas in a folder whose one sidecar is the table's (atlas_<preset>.meta.json) ---
+ATLAS = "atlas_{preset}.csv"
+ATLAS_FOLDER = "atlas_{preset}"
+ATLAS_ZFNET = "atlas_{preset}/zfnet/index.html"  # the summary's index page per net (the report links them)
+ATLAS_ALEXNET = "atlas_{preset}/alexnet/index.html"
 # --- the run and the report (zfviz.pipeline end, scripts/paper_cost.py, scripts/report.py) ---
 TIMINGS = "timings.csv"
 PAPER_COST = "paper_cost.csv"
@@ -76,7 +82,7 @@ FIGURES = (
     TABLE2, FIG2_TOP9, FIG4_EVOLUTION, FIG6_ARCHITECTURE, FIG7_OCCLUSION, TABLE1, FIG5_INVARIANCE, FIG_ATTRIBUTION,
     TABLE3, TABLE7, TABLE4, TABLE5, TABLE6, FIG9_TRANSFER, FIG_TABLE6_AP, TRANSFER_WITHIN, FIG_TRANSFER_WITHIN,
     DISSECTION, FIG_DISSECTION, RECONSTRUCTION, FIG_RECONSTRUCTION, MAXIMIZE, FIG_MAXIMIZE, EVALUATION, CLAIMS,
-    FIG_RANDOMIZATION,
+    FIG_RANDOMIZATION, ATLAS,
 )  # fmt: skip
 CPU_ONLY = (TRANSFER_WITHIN, FIG_TRANSFER_WITHIN)
 # What make figures makes again for each seed k > 0 (the Makefile's SEED_FIGURES), in the Makefile's order; each

@@ -303,15 +303,26 @@ def cost(preset: str, table: Path | None, seeds: list[int]) -> None:
     print("\n".join(total_lines(with_seeds(df, seeds), source)))
 
 
+def _sidecar(results: Path, path: Path) -> Path:
+    """The sidecar that names ``path``'s sources: its own, or, for a file inside a folder of ``results`` whose
+    name has a sidecar beside it (``atlas_cpu/`` and ``atlas_cpu.meta.json``: a site of many small files), the
+    folder's."""
+    for folder in reversed(path.relative_to(results).parents[:-1]):
+        meta = (results / folder).with_suffix(".meta.json")
+        if meta.is_file():
+            return meta
+    return path.with_suffix(".meta.json")
+
+
 def check_results(results: Path, expected: list[Path]) -> list[str]:
     """What is wrong with a finished run's ``results``: an expected file missing, or a file (expected or
     not, in ``results`` or a folder in it such as ``seeds/<k>/``) without its ``.meta.json`` naming a commit
-    and its sources."""
+    and its sources (a file in a folder with a sidecar of its own, such as ``atlas_cpu/``, is named by that one)."""
     problems = [f"{p} is missing" for p in expected if not p.is_file()]
     for path in sorted(results.rglob("*")):
         if not path.is_file() or path.name.endswith(".meta.json"):
             continue
-        meta = path.with_suffix(".meta.json")
+        meta = _sidecar(results, path)
         try:
             record = json.loads(meta.read_text())
         except (OSError, ValueError):

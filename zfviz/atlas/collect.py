@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -57,6 +58,12 @@ class LayerStats:
         seen = self.class_count > 0
         index = selectivity_index(self.class_relu_sum[seen] / self.class_count[seen, None])
         return torch.where(self.dead, torch.nan, index)
+
+
+def f32(value: float) -> float:
+    """``value`` (a float32's) as the shortest decimal that reads back as the same float32: exact, and about half
+    the characters of the double's repr in ``atlas.json``."""
+    return float(str(np.float32(value)))
 
 
 def selectivity_index(means: Tensor) -> Tensor:

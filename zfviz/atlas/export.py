@@ -7,7 +7,8 @@ values (``range`` ``[low, high)`` in equal bins, ``counts``), the mean per class
 no image), its class selectivity index, the next weighted layer's units it feeds most strongly as
 ``[unit, weight norm]``, and the files and labels made for it (``UNIT_FILES``: its thumbnail's and sprite's
 paths relative to the file, its maximization images, its concept label; null where there are none). Values
-are the activations' float32 values, written exactly. A thumbnail is a unit's strongest crop as a small
+are the activations' float32 values, written exactly (``f32``: the shortest decimal that reads back as the
+same float32). A thumbnail is a unit's strongest crop as a small
 JPEG; a dead unit has none (nothing to show but noise).
 """
 
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from zfviz.atlas.collect import LayerStats, NextUnits
+from zfviz.atlas.collect import LayerStats, NextUnits, f32
 from zfviz.atlas.unit_images import save_jpeg
 from zfviz.utils import atomic_write_text
 
@@ -49,7 +50,7 @@ def unit_entry(layer: LayerAtlas, unit: int, made: dict) -> dict:
     """One unit's record in ``atlas.json``; ``made``: its ``UNIT_FILES`` (those absent are null)."""
     stats = layer.stats
     top = [
-        [int(image), float(value), [int(b) for b in box]]
+        [int(image), f32(value), [int(b) for b in box]]
         for image, value, box in zip(stats.top.image[unit], stats.top.values[unit], layer.boxes[unit], strict=True)
     ]
     low, high = stats.histogram.ranges()[unit].tolist()
@@ -64,7 +65,7 @@ def unit_entry(layer: LayerAtlas, unit: int, made: dict) -> dict:
     }
     if layer.next is not None:
         pairs = zip(layer.next.units[unit].tolist(), layer.next.strength[unit].tolist(), strict=True)
-        entry["next"] = [[int(u), float(s)] for u, s in pairs]
+        entry["next"] = [[int(u), f32(s)] for u, s in pairs]
     return entry
 
 

@@ -43,7 +43,7 @@ LEGEND = (
 )
 SORT_KEYS = {"activation": "activation", "selectivity": "selectivity", "iou": "concept IoU", "unit": "unit"}
 SHOWN_MAXIMIZATION = ("fourier", "pixels", "generator")  # the layer page's one maximization image: the first found
-TILE_SHOWN = 96  # a unit page draws the sprite's tiles this many pixels wide (48-px tiles: twice their size)
+TILE_SHOWN = 96  # a unit page draws the sprite's tiles this many pixels wide (40-px tiles: 2.4 times their size)
 CLASS_ROWS = 10  # a unit page lists the classes that drive it most, not all (ImageNet has 1000)
 HISTOGRAM = (320, 80)  # the histogram's plot area in pixels
 

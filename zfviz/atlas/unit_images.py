@@ -12,7 +12,8 @@ units' starts), never one backward call per unit.
 
 The maximization images are ``zfviz.reconstruction.maximize``'s, one per unit and parameterization, many
 units per call (its K targets in one batch are K single runs), each unit's whole-map mean (a conv unit)
-or its value (a linear one), saved at the model's input size.
+or its value (a linear one), saved at the model's input size; the activation written beside each is the
+unit's value on it as the search measures it (``unit_values``), so it compares with the top ``k``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from zfviz.atlas.collect import LayerStats
+from zfviz.activations import evaluating, resolve
+from zfviz.atlas.collect import LayerStats, f32
 from zfviz.attribution.composites import GUIDED_BACKPROP, deconvnet_composite
 from zfviz.plotting.deconv import as_image_channels, show_projection
+from zfviz.reconstruction.invert import layer_features
 from zfviz.reconstruction.maximize import Canvas, Priors, Target, maximize
 from zfviz.utils import atomic_path
 from zfviz.viz.deconv import Units, project_batches
@@ -163,8 +166,18 @@ def maximized(model: nn.Module, layer: str, units: list[int], how: Maximizing, p
             canvas=how.canvases[param],
         )  # fmt: skip
         images.append(how.to_pixels(result.images))
-        values += result.activation.tolist()
+        values += unit_values(model, layer, result.images, [t.channel for t in targets]).tolist()
     return (np.concatenate(images) if images else np.zeros((0, 1, 1, 3), np.uint8)), values
+
+
+def unit_values(model: nn.Module, layer: str, images: Tensor, units: list[int]) -> Tensor:
+    """Unit ``units[k]``'s per-image value on ``images[k]``, as the search measures it (its strongest cell on a
+    conv map, its value on a linear layer): what the page sets beside its top activations. The objective the
+    images climbed is the whole-map mean, which on a conv map is lower than any cell that fires."""
+    with torch.no_grad(), evaluating(model):
+        out = layer_features(model, images, resolve(model, layer, "output"))
+    picked = out[torch.arange(len(units)), torch.tensor(units)]
+    return picked.flatten(1).amax(1) if picked.dim() > 1 else picked
 
 
 def write_maximization(folder: Path, model: nn.Module, name: str, units: list[int], how: Maximizing) -> dict[int, dict]:
@@ -176,7 +189,7 @@ def write_maximization(folder: Path, model: nn.Module, name: str, units: list[in
         for unit, pixels, value in zip(units, images, values, strict=True):
             relative = f"maxim/{name}/{unit}_{param}.jpg"
             save_jpeg(Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels), folder / relative)
-            found[unit][param] = {"image": relative, "activation": float(value)}
+            found[unit][param] = {"image": relative, "activation": f32(value)}
     return found
 
 

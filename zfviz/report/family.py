@@ -188,6 +188,35 @@ def support(r: Results) -> Finding:
     return Finding(text + ".", "n/a", f"{counts.get('works', 0)} of {len(t)} cells work, {len(failed)} fail")
 
 
+ATLAS_PAGES = (outputs.ATLAS_ZFNET, outputs.ATLAS_ALEXNET)  # the nets make figures builds an atlas of
+
+
+def atlas(r: Results) -> Finding:
+    """The unit atlas (``scripts/atlas_summary.py``): what every unit of each net is, counted per net; coverage,
+    not a claim of the paper (whose Fig. 2 shows nine hand-picked maps per layer), so its verdict is n/a."""
+    t = r.csv(outputs.ATLAS, ("net", "layer", "units", "dead", "labeled", "median_selectivity", "full_mb",
+                              "summary_mb", "atlas_seconds"))  # fmt: skip
+    parts = []
+    for net, g in t.groupby("net", sort=False):
+        sel = g.dropna(subset=["median_selectivity"])
+        trend = (f"; median class selectivity {num(sel['median_selectivity'].iloc[0])} at {sel['layer'].iloc[0]}, "
+                 f"{num(sel['median_selectivity'].iloc[-1])} at {sel['layer'].iloc[-1]}" if len(sel) else "")  # fmt: skip
+        seconds = g["atlas_seconds"].iloc[0]
+        took = f" in {seconds:.0f} s" if pd.notna(seconds) else ""
+        parts.append(
+            f"{net}: {g['units'].sum()} units in {len(g)} layers, {g['dead'].sum()} dead, {g['labeled'].sum()} with a "
+            f"concept label{trend} (whole atlas {g['full_mb'].iloc[0]:.1f} MB{took}, the pages kept here "
+            f"{g['summary_mb'].iloc[0]:.1f} MB)"
+        )
+    text = "; ".join(parts) + ". The unit pages are in the runs folder the index pages name."
+    return Finding(text, "n/a", f"{t['units'].sum()} units, {t['dead'].sum()} dead")
+
+
+def _atlas_view(t: pd.DataFrame) -> pd.DataFrame:
+    """Net and layer: units, dead, labeled, the categories and the median selectivity (the sizes are per net)."""
+    return t[["net", "layer", "units", "dead", "labeled", "categories", "median_selectivity"]]
+
+
 def _support_view(t: pd.DataFrame) -> pd.DataFrame:
     """Net x method, one word per cell (the refusal's line is in the CSV)."""
     return t.pivot_table(index="net", columns="method", values="status", aggfunc="first", sort=False).reset_index()
@@ -228,6 +257,13 @@ ARTIFACTS = (
              "Not a claim of the companion works, which show their methods on 2015-era nets: Captum and Zennit "
              "leave modern modules (SiLU, LayerNorm, attention) to their users; this is where ours stand.",
              support, _support_view, presets=("cpu",)),
+    Artifact("atlas", "work-paper", "Every unit of our nets: the unit atlas (Fig. 2 for all units)",
+             (outputs.ATLAS, *ATLAS_PAGES), "what each unit responds to, for every unit at once",
+             "Fig. 2 shows, for 9 hand-picked maps per layer, the 9 strongest image patches and their deconvnet "
+             "projections; the paper reads the hierarchy off them (edges and colours, then textures, then object "
+             "parts and whole objects). The atlas gives every unit its page: patches, deconvnet and guided "
+             "projections, maximization images, a dissection label, the classes that drive it.",
+             atlas, _atlas_view, presets=("cpu", "paper")),
     Artifact("reconstruction", "work-reconstruction", "Inversion from every layer: regularized and learned",
              (outputs.RECONSTRUCTION, outputs.FIG_RECONSTRUCTION),
              "deeper layers keep less; learned decoders beat optimization at depth",
