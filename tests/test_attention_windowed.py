@@ -265,6 +265,7 @@ def test_maxvit_is_refused_in_one_line_naming_why_and_what_works(method):
     assert "convolutions mix tokens between MaxViT's attention layers" in message
     works = message.split("methods that work on it: ")[1].split(", ")
     assert {"saliency", "gradcam", "integrated_gradients"} <= set(works) and not set(METHODS) & set(works)
+    assert "lrp" in works and attribute(model, torch.randn(1, 3, 32, 32), 0, "lrp").abs().sum() > 0  # AttnLRP's
 
 
 @pytest.mark.slow

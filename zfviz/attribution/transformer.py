@@ -312,6 +312,14 @@ _KINDS = {
 }
 
 
+ATTENTION_MODULES = (
+    nn.MultiheadAttention,
+    swin.ShiftedWindowAttention,
+    swin.ShiftedWindowAttentionV2,
+    maxvit.RelativePositionalMultiHeadAttention,
+)  # the attention modules of the blocks ``AttentionBlocks`` rewrites, whose calls AttnLRP explains
+
+
 class AttentionBlocks:
     """torchvision's ViT, Swin and MaxViT blocks call their attention through an ``AttentionCall`` and add
     through a ``Sum`` for the call (ViT's encoder its position embedding too, MaxViT's MBConv its shortcut)."""

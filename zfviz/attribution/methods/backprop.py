@@ -32,6 +32,7 @@ from zfviz.attribution.mechanism import backward
 from zfviz.attribution.options import TENSOR, Option, choice, either, number, optional
 from zfviz.attribution.registry import register_method
 from zfviz.attribution.targets import STARTS
+from zfviz.attribution.transformer import ATTENTION_MODULES
 
 _BOUND = optional(either(number(), TENSOR))
 
@@ -68,9 +69,14 @@ def guided_backprop(model: nn.Module, inputs: Tensor, target) -> Tensor:
     return backward(model, inputs, target, composite=GUIDED_BACKPROP).inputs
 
 
+def _lrp_supports(module: nn.Module) -> bool:
+    """The modules LRP's composite lists, and the attention modules AttnLRP explains (inside their blocks)."""
+    return LRP.supports(module) or isinstance(module, ATTENTION_MODULES)
+
+
 @register_method(
     "lrp",
-    supports=LRP.supports,
+    supports=_lrp_supports,
     options=(
         Option("composite", optional(choice(*COMPOSITES)), None, "a named composite of rules, instead of rule"),
         Option("rule", optional(choice(*RULES)), None, "the rule of every conv/linear layer (null: epsilon)"),
