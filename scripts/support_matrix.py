@@ -18,18 +18,21 @@ statistics are measured on random images of varied contrast and colour. Each (ne
   a refusal over several lines or one listing the refused method among those that work.
 
 The CSV holds ``net, method, status, detail, seconds`` (detail: the refusal's line, or what failed); its
-sidecar the input size, parameter count and target of each net, and the options. ``--docs FILE`` rewrites
+sidecar the input size, parameter count and target of each net, the options, and the nets ``--skip`` left out
+(``--all`` on this 24 GB machine: vit_h_14 and regnet_y_128gf, whose copies outgrow its memory). ``--docs FILE`` rewrites
 FILE's generated block ``<!-- support: begin -->`` ... ``<!-- support: end -->`` (docs/models.md) with the
 table nets x methods, each refusal and failure a numbered note below it; with ``--no-sweep`` only that, from
 the CSV in ``--out``.
 
-usage: python scripts/support_matrix.py [--out results] [--nets alexnet vit_b_16 ... | --all | --quick] [--methods ...]
+usage: python scripts/support_matrix.py [--out results] [--nets alexnet vit_b_16 ... | --all | --quick] [--skip NET ...]
+       [--methods ...]
        [--size 32] [--seed 0] [--docs docs/models.md] [--no-sweep]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -344,6 +347,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--nets", nargs="+", default=list(DEFAULT_NETS), help="torchvision names (DEFAULT_NETS)")
     which.add_argument("--all", action="store_true", help="every classification net torchvision ships (hours)")
     which.add_argument("--quick", action="store_true", help="only QUICK_NETS: a residual CNN and a transformer")
+    parser.add_argument(
+        "--skip", nargs="+", default=[], metavar="NET",
+        help="leave these nets out (with --all: those too large for the machine; the sidecar and the docs name them)",
+    )  # fmt: skip
     parser.add_argument("--methods", nargs="+", help="registered methods (default: every one)")
     parser.add_argument("--size", type=int, default=32, help="the image's side where the net allows it")
     parser.add_argument("--seed", type=int, default=0, help="the weights' and the image's seed")
@@ -357,6 +364,8 @@ def sweep(args: argparse.Namespace, argv: list[str] | None) -> Path:
     nets = torchvision.models.list_models(module=torchvision.models) if args.all else args.nets
     nets = list(QUICK_NETS) if args.quick else nets
     nets = [torchvision_name(f"torchvision:{net}") for net in nets]  # an unknown one: one line, before any work
+    skipped = [torchvision_name(f"torchvision:{net}") for net in args.skip]
+    nets = [net for net in nets if net not in skipped]
     methods = [method_spec(m).name for m in args.methods] if args.methods else sorted(METHODS)
     start, rows, sources = time.perf_counter(), [], []
     for name in nets:
@@ -374,7 +383,7 @@ def sweep(args: argparse.Namespace, argv: list[str] | None) -> Path:
         path, table=path.name, sources=sources, wall_time_s=round(time.perf_counter() - start, 2),
         command=command_line(None if argv is None else [__file__, *argv]), machine=machine(),
         options={**CHEAP, "occlusion": {"window": "input_size // 2", "stride": "input_size // 4"}}, seed=args.seed,
-        image="one N(0, 1) image per net (seed), explained for the net's top class on it",
+        image="one N(0, 1) image per net (seed), explained for the net's top class on it", skipped=skipped,
     )  # fmt: skip
     return path
 
@@ -387,6 +396,10 @@ def rewrite_docs(docs: Path, out: str) -> None:
     if not path.is_file():
         raise UserError(f"no {path}: run python scripts/support_matrix.py --out {out} first")
     table = render(pd.read_csv(path, keep_default_na=False))
+    meta = path.with_suffix(".meta.json")
+    skipped = json.loads(meta.read_text()).get("skipped") if meta.is_file() else None
+    if skipped:
+        table += f"\n\nLeft out of this sweep (`--skip`): {', '.join(skipped)}."
     atomic_write_text(docs, with_block(docs.read_text(), table, str(docs)))
 
 

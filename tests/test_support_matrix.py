@@ -326,3 +326,23 @@ def test_quick_sweeps_the_quick_nets_only(tmp_path, monkeypatch):
     assert pd.read_csv(tmp_path / "support_matrix.csv")["net"].unique().tolist() == ["resnet18", "swin_t"]
     with pytest.raises(SystemExit):
         matrix.parse(["--quick", "--nets", "alexnet"])
+
+
+def test_skipped_nets_are_left_out_and_named_in_the_sidecar_and_the_docs(tmp_path, monkeypatch):
+    """``--all --skip`` (the nets too large for the machine): the others are swept, the skipped ones are named in the
+    sidecar and under the docs' table, never shown as cells."""
+    swept = []
+
+    def sweep_net(name, methods, floor, seed):
+        swept.append(name)
+        return [{"net": name, "method": m, "status": "works", "detail": "", "seconds": 0.0} for m in methods], {}
+
+    monkeypatch.setattr(matrix, "sweep_net", sweep_net)
+    monkeypatch.setattr(matrix.torchvision.models, "list_models", lambda module: ["alexnet", "vit_h_14", "resnet18"])
+    page = tmp_path / "models.md"
+    page.write_text("<!-- support: begin -->\nold\n<!-- support: end -->\n")
+    args = ["--all", "--skip", "vit_h_14", "--methods", "saliency", "--out", str(tmp_path), "--docs", str(page)]
+    assert matrix.main(args) == 0
+    assert swept == ["alexnet", "resnet18"]
+    assert json.loads((tmp_path / "support_matrix.meta.json").read_text())["skipped"] == ["vit_h_14"]
+    assert page.read_text().endswith("Left out of this sweep (`--skip`): vit_h_14.\n<!-- support: end -->\n")
