@@ -288,8 +288,8 @@ def test_the_summary_without_unit_pages_names_the_full_atlas_without_linking_it(
     assert [p.name for p in written] == ["index.html", "layer_conv1.html", "layer_features_2.html"]
     assert not (tmp_path / "units").exists() and broken_links(tmp_path) == []
     for path in written:
-        assert not [t for t in parsed(path).targets if "units/" in t or "runs/" in t]
-        assert "The full atlas, with a page per unit: runs/figures/cpu/zfnet/atlas" in path.read_text()
+        assert not [t for t in parsed(path).targets if "units/" in t or "runs/" in t or t == "atlas.json"]
+        assert "The full atlas, with a page per unit and atlas.json: runs/figures/cpu/zfnet/atlas" in path.read_text()
 
 
 def test_any_layer_name_is_escaped_and_its_links_resolve(tmp_path):

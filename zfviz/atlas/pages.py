@@ -81,7 +81,16 @@ def _n(value: float) -> str:
 
 def _full_atlas_note(full_atlas: str | None) -> str:
     """Where the full atlas with its unit pages is, as text: this copy may have been moved without it."""
-    return f"<p>The full atlas, with a page per unit: {escape(full_atlas)}</p>" if full_atlas else ""
+    return f"<p>The full atlas, with a page per unit and atlas.json: {escape(full_atlas)}</p>" if full_atlas else ""
+
+
+def _data_link(full_atlas: str | None) -> str:
+    """The data's link; a copy that names the full atlas (the summary in ``results/``) leaves atlas.json there."""
+    return (
+        'the data: <a href="atlas.json">atlas.json</a>'
+        if full_atlas is None
+        else "the data: the full atlas's atlas.json"
+    )
 
 
 def _concept_counts(layer: dict) -> str:
@@ -106,7 +115,7 @@ def index_page(document: dict, full_atlas: str | None = None) -> str:
     source = f"; concept labels from {escape(str(concepts))}" if concepts else ""
     body = (
         f"<h1>Unit atlas: {net}</h1><p>{document.get('images', '')} images searched; top {document.get('top_k', '')}"
-        f' per unit{source}; the data: <a href="atlas.json">atlas.json</a>.</p>{_full_atlas_note(full_atlas)}'
+        f" per unit{source}; {_data_link(full_atlas)}.</p>{_full_atlas_note(full_atlas)}"
         f"<table>{head}{rows}</table>"
     )
     return _page(f"Unit atlas: {net}", body)
