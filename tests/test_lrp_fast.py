@@ -225,3 +225,22 @@ def test_guided_backprop_keeps_in_place_gates_in_place():
     for method in ("guided_backprop", "deconvnet", "guided_gradcam"):
         assert torch.equal(attribute(net, x, target, method), attribute(copy, x, target, method))
     assert net[2].inplace and net[4].inplace
+
+
+def test_relevance_that_overflowed_is_refused_in_one_line(monkeypatch):
+    """A map of NaNs or infinities (float32 overflow of the epsilon rule on a deep random net: DenseNet-161 in the
+    support matrix) is refused in one line that says what to change, never returned."""
+    from types import SimpleNamespace
+
+    from zfviz.attribution.methods import backprop
+    from zfviz.errors import UserError
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    x = torch.ones(1, 3)
+    monkeypatch.setattr(
+        backprop, "backward", lambda *a, **k: SimpleNamespace(inputs=torch.tensor([[1.0, float("inf"), 0.0]]))
+    )
+    with pytest.raises(UserError) as err:
+        attribute(net, x, 0, "lrp")
+    assert "\n" not in str(err.value) and str(err.value).startswith("lrp's relevance overflowed float32 on Sequential")
+    assert "give a larger epsilon=" in str(err.value)

@@ -15,6 +15,7 @@ start (where the backward pass starts: ``targets.start_signal``):
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from zfviz.attribution.composites import (
@@ -33,6 +34,7 @@ from zfviz.attribution.options import TENSOR, Option, choice, either, number, op
 from zfviz.attribution.registry import register_method
 from zfviz.attribution.targets import STARTS
 from zfviz.attribution.transformer import ATTENTION_MODULES
+from zfviz.errors import UserError
 
 _BOUND = optional(either(number(), TENSOR))
 
@@ -91,5 +93,15 @@ def _lrp_supports(module: nn.Module) -> bool:
 def lrp(model: nn.Module, inputs: Tensor, target, **options) -> Tensor:
     """Layer-wise relevance propagation (Bach et al. 2015): the target's score redistributed layer by layer.
 
-    The rules: ``composites.lrp_from_options`` (the declared options, handed on whole)."""
-    return backward(model, inputs, target, composite=lrp_from_options(**options), start="value").inputs
+    The rules: ``composites.lrp_from_options`` (the declared options, handed on whole). Relevance that overflowed
+    the dtype (the epsilon rule divides by pre-activations near zero; a deep net with random or badly scaled
+    weights, DenseNet-161's at 1e-6, multiplies that layer after layer) is refused in one line, never a map of
+    NaNs: a larger ``epsilon`` or float64 is the fix."""
+    relevance = backward(model, inputs, target, composite=lrp_from_options(**options), start="value").inputs
+    if not bool(torch.isfinite(relevance).all()):
+        raise UserError(
+            f"lrp's relevance overflowed {str(relevance.dtype).removeprefix('torch.')} on {type(model).__name__} "
+            f"(epsilon={options.get('epsilon')}: the epsilon rule divides by pre-activations near zero, layer after "
+            "layer); give a larger epsilon=, e.g. 0.01, or run the model and input in float64"
+        )
+    return relevance
