@@ -176,7 +176,7 @@ def makefile_stages() -> set[str]:
     text = re.sub(r"ifeq \(\$\(PRESET\),cpu\).*?endif", "", (REPO / "Makefile").read_text(), flags=re.S)
     names = {n for n in re.findall(r"\$\(STAGE\) (\S+) --", text) if not n.endswith("_seed$*")}  # SEEDS=0 here
     expand = {"train_$*": ["train_zfnet", "train_alexnet"], "transfer_$*": ["transfer_table4", "transfer_fig9",
-              "transfer_table6"]}  # fmt: skip
+              "transfer_table6"], "atlas_$*": ["atlas_zfnet", "atlas_alexnet"]}  # fmt: skip
     names = {n for name in names for n in expand.get(name, [name])}
     return names - {"concepts"}  # the paper preset dissects the Broden folder given (make figures checks it first)
 

@@ -74,7 +74,7 @@ SCRIPTS = {
 EVALUATION_GRADIENTS = {"saliency": 1, "input_x_gradient": 1, "integrated_gradients": 16, "smoothgrad": 16,
                         "guided_backprop": 1, "deconvnet": 1, "gradcam": 1, "guided_gradcam": 2, "lrp_epsilon": 1}  # fmt: skip
 ATTRIBUTION_GRADIENTS = 1 + 1 + 32 + 16 + 1 + 1 + 1 + 1 + 1 + 2  # saliency .. guided_gradcam
-OTHER = ("table2", "table3", "transfer_tables")  # stages that only read CSVs and plot: no net passes
+OTHER = ("table2", "table3", "transfer_tables", "atlas_summary")  # stages that only read CSVs and plot: no net passes
 SEEDED = ("train_zfnet", "train_alexnet", "train_zfnet_clip", "train_zfnet_noclip", "fig4_evolution",
           "fig6_architecture", "fig7_occlusion", "table7")  # fmt: skip
 # Fig. 6's clipping pair: the Makefile's train_zfnet_clip / train_zfnet_noclip at the paper preset (with trainer.clip_rms).
@@ -274,7 +274,7 @@ def analyses(count: Counter, train: DictConfig, variants: list[str]) -> list[Sta
                      f"Table 3's), and at most {shown} more passes of ZFNet for the shown detectors",
                      [Passes(SIZES["broden"], count(n, layer="conv5", variant=v), net=n) for n, v in nets]
                      + [Passes(shown * SIZES["broden"], count(layer="conv5"))]))  # fmt: skip
-    out += [reconstruction(count), maximize(count), evaluation(count, variants)]
+    out += [reconstruction(count), maximize(count), evaluation(count, variants), *(atlas(count, n) for n in ATLAS_NETS)]
     inv, corr = viz("invariance"), viz("correspondence")
     transforms = sum(int(inv[k].steps) for k in ("translate", "scale", "rotate")) + 1
     copies = int(corr.draws) * int(corr.k) * (len(corr.parts) + 2)
@@ -316,6 +316,28 @@ def maximize(count: Counter) -> Stage:
     stage.what = (f"ZFNet and AlexNet: {targets} targets ({CLASSES['imagenet']} classes + {m['units']} units x "
                   f"{len(m['layers'])} layers) x {m['steps']} steps x {len(m['params'])} parameterizations; "
                   f"{m['images']} test images scanned 3 times")  # fmt: skip
+    return stage
+
+
+ATLAS_NETS = ("zfnet", "alexnet")  # the Makefile's atlas_<net> stages
+ATLAS_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")  # every weighted layer: its default
+
+
+def atlas(count: Counter, net: str) -> Stage:
+    """zfviz viz atlas (configs/viz/atlas.yaml) on ``net``: ImageNet val up the net once; per unit of every layer
+    its top ``k`` projected to the input twice (deconvnet, guided backprop) and ``steps`` maximization steps under
+    each parameterization and the generator (its decoder's passes not counted: small beside the net's)."""
+    a, val = viz("atlas"), SIZES["imagenet_val"]
+    k, steps, params = int(a.top_k), int(a.steps), len(a.maximize) + 1
+    stage = Stage(f"atlas_{net}", "", [Passes(val, count(net), False, net)])
+    units = 0
+    for layer in ATLAS_LAYERS:
+        n = count.feature_shape(net, layer)[0]
+        units += n
+        stage.passes += [Passes(2 * k * n, count(net, "input", layer), True, net),
+                         Passes(params * steps * n, count(net, "input", layer), True, net)]  # fmt: skip
+    stage.what = (f"{net}: ImageNet val ({val:,} images) once; {units:,} units x ({2 * k} projections + {params} x "
+                  f"{steps} maximization steps)")  # fmt: skip
     return stage
 
 
