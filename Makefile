@@ -266,7 +266,9 @@ $(ATLAS)/%/atlas.meta.json: $(RUNS)/%/run.json $(RESULTS)/dissection_$(PRESET).c
 		viz.labels=$(RESULTS)/dissection_$(PRESET).csv
 
 ATLAS_OUT := $(RESULTS)/atlas_$(PRESET).csv
-$(ATLAS_OUT): $(ATLAS)/zfnet/atlas.meta.json $(ATLAS)/alexnet/atlas.meta.json
+# ATLAS_NETS: zfviz.outputs.ATLAS_NETS (the report links their pages, zfviz.cost costs their stages)
+ATLAS_NETS := zfnet alexnet
+$(ATLAS_OUT): $(foreach net,$(ATLAS_NETS),$(ATLAS)/$(net)/atlas.meta.json)
 	$(STAGE) atlas_summary -- $(BIN)/python scripts/atlas_summary.py --preset $(PRESET) --out $(RESULTS) $(^D)
 
 FIGURES += $(ATLAS_OUT)

@@ -100,6 +100,20 @@ def test_every_results_file_the_makefile_spells_is_a_name_of_the_table():
 
 def test_every_file_the_report_reads_is_named_in_the_table():
     names = {value for key, value in vars(outputs).items() if key.isupper() and isinstance(value, str)}
+    names |= set(outputs.ATLAS_PAGES)  # the one tuple of names: a page per net of ATLAS_NETS
     read = {name for artifact in catalog() for name in artifact.files}
     assert read <= names, sorted(read - names)
     assert set(outputs.FIGURES) <= read  # and everything make figures builds is in the report
+
+
+def test_the_atlas_nets_are_spelled_once(tmp_path):
+    """The Makefile's ATLAS_NETS, the report's pages and the paper preset's cost: one pair of nets."""
+    from zfviz import cost
+
+    assert make_variable("ATLAS_NETS") == list(outputs.ATLAS_NETS)
+    stages = stage_commands("PRESET=cpu", f"RUNS={tmp_path}", "RESULTS=out")
+    assert {s for s in stages if s.startswith("atlas_") and s != "atlas_summary"} == {
+        f"atlas_{net}" for net in outputs.ATLAS_NETS
+    }
+    assert [page.split("/")[1] for page in outputs.ATLAS_PAGES] == list(outputs.ATLAS_NETS)
+    assert cost.ATLAS_NETS is outputs.ATLAS_NETS

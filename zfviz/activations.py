@@ -167,18 +167,15 @@ def evaluating(model: nn.Module):
             module.training = mode
 
 
-_ONE_WALK = 8  # more paths than this: one walk of the model finds them all faster than a walk down per path
-
-
 @contextmanager
 def hooks(model: nn.Module, pairs: Iterable[tuple[str, Callable]]):
-    """Forward hooks ``(module path, hook)``, registered in order, all removed when the block ends. Many paths are
-    looked up in one walk of the model (a hook on every module of efficientnet_b0, as Grad-CAM's search of its
-    default layer puts, would otherwise walk down from the root once per path)."""
-    handles, pairs = [], list(pairs)
+    """Forward hooks ``(module path, hook)``, registered in order, all removed when the block ends. The paths are
+    looked up in one walk of the model, made at the first (a hook on every module of efficientnet_b0, as Grad-CAM's
+    search of its default layer puts, would otherwise walk down from the root once per path)."""
+    handles, modules = [], None
     try:
-        modules = dict(model.named_modules()) if len(pairs) > _ONE_WALK else {}
         for path, hook in pairs:
+            modules = dict(model.named_modules()) if modules is None else modules
             module = modules[path] if path in modules else model.get_submodule(path)  # its error for a wrong path
             handles.append(module.register_forward_hook(hook))
         yield

@@ -38,6 +38,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from zfviz import outputs
+from zfviz.atlas.collect import weighted_layers
 from zfviz.config_dir import CONFIG_DIR
 from zfviz.engine import Settings, build_optimizer, train_one_epoch
 from zfviz.flops import Counter
@@ -319,8 +321,7 @@ def maximize(count: Counter) -> Stage:
     return stage
 
 
-ATLAS_NETS = ("zfnet", "alexnet")  # the Makefile's atlas_<net> stages
-ATLAS_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")  # every weighted layer: its default
+ATLAS_NETS = outputs.ATLAS_NETS  # the Makefile's atlas_<net> stages
 
 
 def atlas(count: Counter, net: str) -> Stage:
@@ -331,7 +332,7 @@ def atlas(count: Counter, net: str) -> Stage:
     k, steps, params = int(a.top_k), int(a.steps), len(a.maximize) + 1
     stage = Stage(f"atlas_{net}", "", [Passes(val, count(net), False, net)])
     units = 0
-    for layer in ATLAS_LAYERS:
+    for layer in weighted_layers(count.net(net)):  # the atlas's default: every conv and linear layer
         n = count.feature_shape(net, layer)[0]
         units += n
         stage.passes += [Passes(2 * k * n, count(net, "input", layer), True, net),

@@ -65,8 +65,9 @@ FIG_RANDOMIZATION = "fig_randomization_{preset}.png"
 # layer pages of each net's atlas in a folder whose one sidecar is the table's (atlas_<preset>.meta.json) ---
 ATLAS = "atlas_{preset}.csv"
 ATLAS_FOLDER = "atlas_{preset}"
-ATLAS_ZFNET = "atlas_{preset}/zfnet/index.html"  # the summary's index page per net (the report links them)
-ATLAS_ALEXNET = "atlas_{preset}/alexnet/index.html"
+ATLAS_NETS = ("zfnet", "alexnet")  # the nets make figures builds an atlas of (the Makefile's ATLAS_NETS)
+# the summary's index page per net (the report links them)
+ATLAS_PAGES = tuple(f"atlas_{{preset}}/{net}/index.html" for net in ATLAS_NETS)
 # --- the run and the report (zfviz.pipeline end, scripts/paper_cost.py, scripts/report.py) ---
 TIMINGS = "timings.csv"
 PAPER_COST = "paper_cost.csv"

@@ -358,7 +358,9 @@ def parser() -> argparse.ArgumentParser:
     one.add_argument("--scale", default="full", help="configs/scale/<name>.yaml: the sizes this stage runs at")
     for action in ("begin", "end", "stage"):
         (one if action == "stage" else sub.add_parser(action)).add_argument("--runs", required=True, type=Path)
-    sub.choices["begin"].add_argument("--results", type=Path, help="RESULTS: its seed folders outside --seeds move aside")
+    sub.choices["begin"].add_argument(
+        "--results", type=Path, help="RESULTS: its seed folders outside --seeds move aside"
+    )
     sub.choices["begin"].add_argument("--seeds", type=int, nargs="+", help="the Makefile's SEEDS")
     sub.choices["end"].add_argument("--out", required=True, type=Path)
     check = sub.add_parser("check", help="every expected result present, every result with its sidecar")

@@ -188,9 +188,6 @@ def support(r: Results) -> Finding:
     return Finding(text + ".", "n/a", f"{counts.get('works', 0)} of {len(t)} cells work, {len(failed)} fail")
 
 
-ATLAS_PAGES = (outputs.ATLAS_ZFNET, outputs.ATLAS_ALEXNET)  # the nets make figures builds an atlas of
-
-
 def atlas(r: Results) -> Finding:
     """The unit atlas (``scripts/atlas_summary.py``): what every unit of each net is, counted per net; coverage,
     not a claim of the paper (whose Fig. 2 shows nine hand-picked maps per layer), so its verdict is n/a."""
@@ -258,7 +255,7 @@ ARTIFACTS = (
              "leave modern modules (SiLU, LayerNorm, attention) to their users; this is where ours stand.",
              support, _support_view, presets=("cpu",)),
     Artifact("atlas", "work-paper", "Every unit of our nets: the unit atlas (Fig. 2 for all units)",
-             (outputs.ATLAS, *ATLAS_PAGES), "what each unit responds to, for every unit at once",
+             (outputs.ATLAS, *outputs.ATLAS_PAGES), "what each unit responds to, for every unit at once",
              "Fig. 2 shows, for 9 hand-picked maps per layer, the 9 strongest image patches and their deconvnet "
              "projections; the paper reads the hierarchy off them (edges and colours, then textures, then object "
              "parts and whole objects). The atlas gives every unit its page: patches, deconvnet and guided "

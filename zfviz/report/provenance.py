@@ -161,4 +161,3 @@ def _load_note(run: dict, jobs) -> str:
         return ""
     parts = [f"{start[0]:.1f} at start" if start else None, f"{end[2]:.1f} over its last 15 min" if end else None]
     return f" (load average {', '.join(p for p in parts if p)}{f'; {jobs} jobs' if jobs else ''})"
-

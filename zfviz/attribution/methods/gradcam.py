@@ -100,16 +100,21 @@ class _Maps:
     def __init__(self, inputs: Tensor) -> None:
         self.n, self.size = len(inputs), tuple(inputs.shape[2:])
         self.seen: list[tuple[str, Tensor]] = []
-        self.pooled: list[Tensor] = []  # a pool's output, and a block's that returns it unchanged
+        self.pooled: dict[int, Tensor] = {}  # a pool's output, and a block's that returns it unchanged, by id
         self.called: set[str] = set()
 
     def _pooled(self, inputs: tuple, output: Tensor) -> bool:
         """A pooled tensor itself (a block returning it), or a globally pooled one (one cell) with its shape
         kept (ConvNeXt's LayerNorm2d after the global pool): past the pooling, not a map before it."""
-        came = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
-        return any(
-            output is p or (came is p and output.shape == p.shape and p.shape[2:].numel() == 1) for p in self.pooled
-        )
+        if id(output) in self.pooled:  # held there, so an id names one tensor
+            return True
+        p = self.pooled.get(id(inputs[0])) if inputs and isinstance(inputs[0], Tensor) else None
+        return p is not None and output.shape == p.shape and p.shape[2:].numel() == 1
+
+    def release(self) -> None:
+        """Drop the candidates: a backward pass after the search can free their memory as it goes."""
+        self.seen.clear()
+        self.pooled.clear()
 
     def hook(self, path: str):
         def record(module, inputs, output) -> None:
@@ -117,7 +122,7 @@ class _Maps:
                 return
             self.called.add(path)  # a module called twice: its first call, as layer_gradient reads it
             if isinstance(module, _POOLS) or self._pooled(inputs, output):
-                self.pooled.append(output)
+                self.pooled[id(output)] = output
             elif output.dim() > 2 and len(output) == self.n and _fits(output, self.size):
                 self.seen.append((path, output))
 
@@ -189,6 +194,7 @@ def _guided_last_map(model: nn.Module, inputs: Tensor, target) -> tuple[Tensor, 
             path, acts, grads = _search(maps, point, grad_start)
         finally:
             state.routing = True
+            maps.release()  # held, every map would outlive the guided pass, which frees each as it goes
         (guided,) = torch.autograd.grad(point, x, grad_start, allow_unused=True)
     return (torch.zeros_like(x) if guided is None else guided), path, acts, grads
 
