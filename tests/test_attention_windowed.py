@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torchvision.models.maxvit import MaxVit
 from torchvision.models.swin_transformer import (
     PatchMergingV2,
     ShiftedWindowAttention,
@@ -251,21 +250,6 @@ def test_the_model_is_left_as_it_was_also_on_an_exception(method):
         attribute(failing, x, 0, method)
     assert all(not m._forward_hooks for m in model.modules())
     assert_unchanged(model, before)
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_maxvit_is_refused_in_one_line_naming_why_and_what_works(method):
-    torch.manual_seed(0)
-    model = MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8], block_layers=[1],
-                   head_dim=4, stochastic_depth_prob=0.0, num_classes=3).eval()  # fmt: skip
-    with pytest.raises(UserError) as err:
-        attribute(model, torch.randn(1, 3, 32, 32), 0, method)
-    message = str(err.value)
-    assert "\n" not in message and message.startswith(f"{method} cannot handle blocks.0.layers.0.layers.")
-    assert "convolutions mix tokens between MaxViT's attention layers" in message
-    works = message.split("methods that work on it: ")[1].split(", ")
-    assert {"saliency", "gradcam", "integrated_gradients"} <= set(works) and not set(METHODS) & set(works)
-    assert "lrp" in works and attribute(model, torch.randn(1, 3, 32, 32), 0, "lrp").abs().sum() > 0  # AttnLRP's
 
 
 @pytest.mark.slow

@@ -32,23 +32,45 @@ and equal weights are rollout's own assumption for the residual. ``R`` runs from
 the current stage's: ``R <- Â_l R`` (rollout) or ``R <- R + mean_heads(clamp(dy/dA_l * A_l, 0)) R``
 (generic attention) per block, ``R <- M R`` per merge. Swin has no class token but pools every final
 token, so the map is the mean of the final rows of ``R`` on stage 1's patch grid (the channels-last map
-as the image lies), upsampled as above. The block-diagonal matrices are never built: a product gathers
-each window's rows (``_window_product``).
+as the image lies), upsampled as above.
 
-MaxViT is refused in one line naming the methods that work: convolutions mix tokens between its attention
-layers, so a product of attention matrices is not the token flow rollout assumes. So is a net without
-attention (a CNN), and an attention call with a mask, ``bias_k`` or ``add_zero_attn``.
+MaxViT (torchvision's; our convention too): the stem's two convs map the input to the first token grid
+(``ceil(H/2) x ceil(W/2)``), and ``R`` runs from there. Each MaxViT layer is an MBConv, then window
+attention (``PartitionAttentionLayer``: windows of ``P x P`` neighbouring tokens), then grid attention (the
+same layer on a dilated grid: each group the tokens ``H/P`` apart). Each attention is the block-diagonal
+matrix it is on its stage's ``H x W`` map, its groups' tokens found by the layer's own partition (no padding,
+no mask: torchvision needs sides that divide). The MBConv mixes tokens outside the attention: its depthwise
+3 x 3 conv mixes each token with its 3 x 3 neighbourhood. We model it as rollout models attention, with
+equal weights: ``K`` is the row-normalized 3 x 3 neighbourhood average (cells outside the map left out);
+with stride 1 the shortcut is the identity, ``M = 0.5 I + 0.5 K`` as rollout's ``0.5 A + 0.5 I``; with
+stride 2 (a stage's first MBConv) the shortcut is a 3 x 3 average pool and the main path a stride-2
+depthwise conv, both on the same neighbourhoods (padding 1), so ``M = K`` on every second token: each
+output token the mean of its 3 x 3 input neighbourhood, padding excluded. The squeeze-and-excitation gate
+(a per-channel scale from the pooled map) is a gate, not a mixing of tokens, and is left out. ``R <- M R``
+per MBConv, per attention as for Swin; the net pools every final token, so the map is the mean of the final
+rows of ``R`` on the first token grid, upsampled to the input (the stem's stride-2 conv centres token ``i``
+on pixel ``2i``, half a pixel before the upsampling's ``2i + 0.5``).
+
+Neither the block-diagonal matrices nor ``R`` are built: a product gathers each window's rows
+(``_window_product``), and, as ``R`` is linear, the mean of its final rows is the gradient of the mean of
+``R x`` by a column ``x`` run through the steps (``_pooled_rows``), one column instead of ``H*W``.
+
+A net without attention (a CNN) is refused in one line naming the methods that work; so is MaxViT's
+attention outside a ``PartitionAttentionLayer`` (nothing says where its tokens lie), and an attention call
+with a mask, ``bias_k`` or ``add_zero_attn``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.maxvit import MBConv, PartitionAttentionLayer, RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2, ShiftedWindowAttention
 
 from zfviz.activations import evaluating, hooks
@@ -57,38 +79,45 @@ from zfviz.attribution.options import FLAG, Option
 from zfviz.attribution.registry import METHODS, register_method
 from zfviz.attribution.state import Unsupported
 from zfviz.attribution.targets import check_classes, parse_target, start_signal
-from zfviz.attribution.transformer import attend, read_swin
+from zfviz.attribution.transformer import attend, read_maxvit, read_swin
 from zfviz.errors import UserError
 
 _ARGUMENTS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
-_MAXVIT = (
-    ": convolutions mix tokens between MaxViT's attention layers, so a product of attention matrices is not the "
-    "token flow rollout assumes"
-)
+_KINDS = {
+    nn.MultiheadAttention: "ViT's self-attention",
+    ShiftedWindowAttention: "Swin's windowed attention",
+    RelativePositionalMultiHeadAttention: "MaxViT's window and grid attention",
+}  # the attention these methods read, by module type (Swin V2's a subclass of V1's)
+_WINDOWED = (ShiftedWindowAttention, RelativePositionalMultiHeadAttention)
 
 
 def _self_attention(module: nn.Module) -> bool:
     """The modules these methods read (and so list in another method's refusal)."""
-    return isinstance(module, nn.MultiheadAttention | ShiftedWindowAttention)
+    return isinstance(module, tuple(_KINDS))
 
 
 def _attention_paths(model: nn.Module, method: str) -> list[str]:
-    """The model's attention modules, all of one kind; MaxViT's, or none at all, is one line naming what works."""
+    """The model's attention modules, all of one kind; none at all is one line naming what works."""
     modules = dict(model.named_modules())
-    for name, module in modules.items():
-        if isinstance(module, RelativePositionalMultiHeadAttention):
-            raise Unsupported(name, module, _MAXVIT)
     paths = [name for name, module in modules.items() if _self_attention(module)]
-    if len({isinstance(modules[path], ShiftedWindowAttention) for path in paths}) > 1:
-        raise UserError(f"{method} reads either self-attention (ViT) or windowed attention (Swin), not both in one net")
+    placed = {id(m.attn_layer[1]) for m in modules.values() if isinstance(m, PartitionAttentionLayer)}
+    for path in paths:
+        if isinstance(modules[path], RelativePositionalMultiHeadAttention) and id(modules[path]) not in placed:
+            raise UserError(
+                f"{method} cannot place {path} (RelativePositionalMultiHeadAttention) on a token map: it reads MaxViT's "
+                "attention inside torchvision's PartitionAttentionLayer, whose partition says where its tokens lie"
+            )
+    kinds = {_KINDS[next(kind for kind in _KINDS if isinstance(modules[path], kind))] for path in paths}
+    if len(kinds) > 1:
+        raise UserError(f"{method} reads one kind of attention in a net, got {' and '.join(sorted(kinds))}")
     if not paths:
         # an empty container (ShuffleNet's branch1) computes nothing
         containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
         leaves = [m for m in modules.values() if not any(True for _ in m.children()) and not isinstance(m, containers)]
         able = [n for n, m in METHODS.items() if m.supports is not _self_attention and all(map(m.supports, leaves))]
         raise UserError(
-            f"{method} needs self-attention (nn.MultiheadAttention as in torchvision's ViT, or Swin's windowed "
-            f"attention) and {type(model).__name__} has none; methods that work on it: {', '.join(able)}"
+            f"{method} needs self-attention (nn.MultiheadAttention as in torchvision's ViT, or Swin's or MaxViT's "
+            f"windowed attention) and {type(model).__name__} has none; methods that work on it: {', '.join(able)}"
         )
     return paths
 
@@ -129,6 +158,18 @@ def window_attention(attn: ShiftedWindowAttention, x: Tensor) -> tuple[Tensor, T
     return back(step.out), step.probs, ids.where(ids >= 0, h * w)
 
 
+def partition_attention(attn: nn.Module, layer: PartitionAttentionLayer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(output, A, tokens)`` of MaxViT's attention ``attn`` in its ``layer`` on ``x`` (``N x G x P x C``: the G
+    windows or grid cells of P tokens the layer cut), from its own weights in eval mode (``transformer.read_maxvit``):
+    its output, its probabilities (``N*G x heads x P x P``, the batch outermost) and each group's tokens (``G x P``:
+    indices into the layer's ``H*W`` map, row-major), cut from the map by the layer's own partition."""
+    heads, to_groups, back = read_maxvit(attn, x)
+    step = attend(heads, to_groups(x))
+    h, w = layer.grid_size
+    ids = layer.partition_swap(layer.partition_op(torch.arange(h * w, device=x.device).view(1, 1, h, w), layer.p))
+    return back(step.out), step.probs, ids[0, ..., 0]
+
+
 def _window_product(a: Tensor, tokens: Tensor, r: Tensor) -> Tensor:
     """``A r`` for the block-diagonal full-map matrix ``A`` given by its windows (``a``: ``N*windows x t x t``,
     ``tokens`` as ``window_attention`` gives them) and ``r`` (``N x H*W x K``): a padded token's row is zero."""
@@ -153,6 +194,15 @@ def merge_rows(r: Tensor, grid: tuple[int, int]) -> Tensor:
     counts = F.pad(r.new_ones(1, h, w, 1), (0, 0, 0, w % 2, 0, h % 2))
     quads = [(slice(None), slice(i, None, 2), slice(j, None, 2)) for i in (0, 1) for j in (0, 1)]
     return (sum(cells[q] for q in quads) / sum(counts[q] for q in quads)).flatten(1, 2)
+
+
+def neighbourhood_rows(r: Tensor, grid: tuple[int, int], stride: int) -> Tensor:
+    """``M r`` for MaxViT's MBConv (our convention, the module docstring; ``r``: ``N x h*w x K`` on an ``h x w``
+    grid): ``K r``, each row the mean of the rows of the token's 3 x 3 neighbourhood (cells outside the map left
+    out), on every ``stride``-th token as torchvision's depthwise conv (padding 1); stride 1: ``0.5 r + 0.5 K r``."""
+    cells = r.transpose(1, 2).unflatten(2, grid)  # r's columns as channels
+    mean = F.avg_pool2d(cells, 3, stride, padding=1, count_include_pad=False).flatten(2).transpose(1, 2)
+    return mean if stride > 1 else (r + mean) / 2
 
 
 class _Attentions:
@@ -195,30 +245,44 @@ class _Attentions:
 
 @dataclass
 class _Step:
-    """One step of a Swin: a block's probabilities and windows' tokens, or a patch merging (``probs`` None),
-    on the ``grid`` of tokens it reads."""
+    """One step of a Swin or a MaxViT on the ``grid`` of tokens it reads: an attention's probabilities and its
+    windows' (or grid cells') tokens, or (``probs`` None) a mixing of tokens outside the attention, ``R -> M R``
+    (Swin's patch merging, MaxViT's MBConv), leaving a grid ``stride`` times smaller (rounded up)."""
 
     grid: tuple[int, int]
     probs: Tensor | None = None
     tokens: Tensor | None = None
+    mixing: Callable[[Tensor, tuple[int, int]], Tensor] = merge_rows
+    stride: int = 1
 
 
 class _Windows:
-    """Hooks that recompute every Swin attention module's output with its probabilities kept and note every
-    patch merging, in call order (``steps``)."""
+    """Hooks that recompute every windowed attention module's output (Swin's, MaxViT's) with its probabilities
+    kept and note every patch merging and MBConv, in call order (``steps``)."""
 
     def __init__(self, model: nn.Module, paths: list[str]) -> None:
-        merges = [name for name, m in model.named_modules() if isinstance(m, PatchMerging | PatchMergingV2)]
-        self.model, self.paths, self.steps = model, paths + merges, []
+        mixers = [name for name, m in model.named_modules() if isinstance(m, PatchMerging | PatchMergingV2 | MBConv)]
+        self.model, self.paths, self.steps = model, paths + mixers, []
+        self.layers = {id(m.attn_layer[1]): m for m in model.modules() if isinstance(m, PartitionAttentionLayer)}
 
     def _hook(self, module, args, output):
-        grid = tuple(args[0].shape[1:3])
-        if not isinstance(module, ShiftedWindowAttention):
-            self.steps.append(_Step(grid))
-            return None
-        out, probs, tokens = window_attention(module, args[0])
-        self.steps.append(_Step(grid, probs, tokens))
-        return out
+        x = args[0]
+        if isinstance(module, ShiftedWindowAttention):
+            out, probs, tokens = window_attention(module, x)
+            self.steps.append(_Step(tuple(x.shape[1:3]), probs, tokens))
+            return out
+        if isinstance(module, RelativePositionalMultiHeadAttention):
+            layer = self.layers[id(module)]
+            out, probs, tokens = partition_attention(module, layer, x)
+            self.steps.append(_Step(tuple(layer.grid_size), probs, tokens))
+            return out
+        if isinstance(module, MBConv):  # N x C x H x W
+            stride = module.layers.conv_b[0].stride[0]  # its depthwise conv's
+            mixing = partial(neighbourhood_rows, stride=stride)
+            self.steps.append(_Step(tuple(x.shape[2:]), mixing=mixing, stride=stride))
+        else:  # a patch merging, N x H x W x C
+            self.steps.append(_Step(tuple(x.shape[1:3]), stride=2))
+        return None
 
     def check(self, method: str) -> None:
         """A block was called, and each step reads the grid the step before it left."""
@@ -227,8 +291,8 @@ class _Windows:
         grid = self.steps[0].grid
         for step in self.steps:
             if step.grid != grid:
-                raise UserError(f"{method} follows Swin's tokens from stage to stage; a {grid} grid became {step.grid}")
-            grid = grid if step.probs is not None else ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
+                raise UserError(f"{method} follows the tokens from stage to stage; a {grid} grid became {step.grid}")
+            grid = tuple(-(-side // step.stride) for side in grid)
 
     def __enter__(self) -> _Windows:
         self.handles = [self.model.get_submodule(path).register_forward_hook(self._hook) for path in self.paths]
@@ -250,7 +314,7 @@ def _forward(model: nn.Module, inputs: Tensor, target, method: str) -> tuple[Ten
         found.setdefault("target", output)
 
     pairs = [(parsed.layer, keep)] if parsed.layer is not None else []
-    windowed = isinstance(model.get_submodule(paths[0]), ShiftedWindowAttention)
+    windowed = isinstance(model.get_submodule(paths[0]), _WINDOWED)
     with evaluating(model), hooks(model, pairs), (_Windows if windowed else _Attentions)(model, paths) as attention:
         out = model(inputs.detach())
     point = out if parsed.layer is None else found.get("target")
@@ -282,18 +346,27 @@ def _upsampled(grid: Tensor, inputs: Tensor, upsample: bool) -> Tensor:
     return F.interpolate(grid, size=tuple(inputs.shape[2:]), mode="bilinear", align_corners=False) if upsample else grid
 
 
-def _pooled_rows(steps: list[_Step], block, inputs: Tensor, upsample: bool) -> Tensor:
-    """Swin's map: ``R`` from stage 1's tokens, ``R <- block(step, R)`` per block and ``R <- M R`` per merge,
-    the mean of its final rows (the tokens the net pools) on stage 1's grid, ``N x 1 x h x w``."""
-    first = steps[0].grid
-    relevance = torch.eye(first[0] * first[1], dtype=inputs.dtype, device=inputs.device).expand(len(inputs), -1, -1)
+def flow(steps: list[_Step], block, r: Tensor) -> Tensor:
+    """``R r`` (``r``: ``N x h*w x K`` on the first step's grid): ``r <- block(step, r)`` per attention, ``r <- M r``
+    per merge or MBConv; ``r`` the identity gives ``R``."""
     for step in steps:
-        relevance = merge_rows(relevance, step.grid) if step.probs is None else block(step, relevance)
-    return _upsampled(relevance.mean(dim=1).unflatten(1, first).unsqueeze(1), inputs, upsample)
+        r = step.mixing(r, step.grid) if step.probs is None else block(step, r)
+    return r
+
+
+def _pooled_rows(steps: list[_Step], block, inputs: Tensor, upsample: bool) -> Tensor:
+    """A windowed net's map: the mean of the final rows of ``R`` (the tokens the net pools) on the first grid,
+    ``N x 1 x h x w``. ``R x`` is linear in ``x``, so that mean is the gradient of ``mean(R x)`` by ``x``: one column
+    runs through the steps instead of ``R``'s ``h*w`` (12544 on maxvit_t's first grid at 224 px)."""
+    first = steps[0].grid
+    with torch.enable_grad():
+        column = inputs.new_zeros(len(inputs), first[0] * first[1], 1, requires_grad=True)
+        (mean_row,) = torch.autograd.grad(flow(steps, block, column).mean(dim=1).sum(), column)
+    return _upsampled(mean_row.view(len(inputs), 1, *first), inputs, upsample)
 
 
 def _rolled(step: _Step, relevance: Tensor) -> Tensor:
-    """``Â R`` for a Swin block: ``rownorm(mean_heads(A) + I) R`` with ``A`` its full-map matrix."""
+    """``Â R`` for a windowed attention: ``rownorm(mean_heads(A) + I) R`` with ``A`` its full-map matrix."""
     a = step.probs.mean(dim=1)
     sums = _window_product(a, step.tokens, relevance.new_ones(*relevance.shape[:2], 1)) + 1
     return (_window_product(a, step.tokens, relevance) + relevance) / sums
@@ -341,8 +414,8 @@ def generic_attention(model: nn.Module, inputs: Tensor, target, *, upsample: boo
 
 
 def _accumulated(step: _Step, weighted: Tensor | None, relevance: Tensor) -> Tensor:
-    """``R + mean_heads(clamp(dy/dA * A, 0)) R`` for a Swin block (``weighted``: the clamped product per
-    window and head; ``None``: the target does not reach the block)."""
+    """``R + mean_heads(clamp(dy/dA * A, 0)) R`` for a windowed attention (``weighted``: the clamped product per
+    window and head; ``None``: the target does not reach it)."""
     if weighted is None:
         return relevance
     return relevance + _window_product(weighted.mean(dim=1), step.tokens, relevance)
