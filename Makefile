@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 # Fashion-MNIST from Debian's dataset-fashion-mnist when we are root and the files are missing.
 data:
 	@if [ -f $(FMNIST_DEB)/train-images-idx3-ubyte.gz ] || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte ]; then :; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q -o APT::Keep-Downloaded-Packages=false dataset-fashion-mnist; \
 	else echo "Fashion-MNIST is missing: sudo apt-get install dataset-fashion-mnist (or see docs/data.md)"; exit 1; fi
 
 # test: the whole suite. test-fast: without the tests marked slow (CLI launches, trainings, 224 px
@@ -385,6 +385,6 @@ redraw: install
 # Headless Chromium for the report's screenshot and its browser test (Debian's chromium, as root; else a hint).
 chromium:
 	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o APT::Keep-Downloaded-Packages=false chromium; \
 	else echo "headless Chromium is missing: sudo apt-get install chromium (the report's browser test skips)"; fi
 

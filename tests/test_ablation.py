@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from tests.cli_args import run_script, run_zfviz
 from zfviz import ablation
+from zfviz.checkpoint import checkpoint_header, keep_weights_only, model_from_checkpoint
 from zfviz.commands import CONFIG_DIR
 from zfviz.commands import ablate as ablate_command
 from zfviz.errors import UserError
@@ -199,10 +200,17 @@ def test_the_cache_trains_only_what_is_missing(fmnist_dir, tmp_path, monkeypatch
 
     monkeypatch.setattr(ablate_command.training, "run", counting_run)
     cache = tmp_path / "cache"
+    # The first variant keeps its training state, as one killed after its last checkpoint but before run.json would.
+    monkeypatch.setattr(ablate_command, "keep_weights_only", lambda path: None)
     first = ablate_command.run(_tiny(fmnist_dir, cache, "variant=[zfnet_no67]"), tmp_path / "a")
     finished = Path(first[0]["cache_dir"]) / "run.json"
     stamp = finished.stat().st_mtime_ns
+    monkeypatch.setattr(ablate_command, "keep_weights_only", keep_weights_only)
     second = ablate_command.run(_tiny(fmnist_dir, cache, "variant=[alexnet_no3467,zfnet_no67]"), tmp_path / "b")
+    # A finished variant keeps its weights, not its optimizer state (it is never continued); a cached one is untouched.
+    assert not checkpoint_header(Path(second[0]["cache_dir"]) / "checkpoint.pt")["resumable"]
+    assert checkpoint_header(finished.parent / "checkpoint.pt")["resumable"]
+    assert model_from_checkpoint(Path(second[0]["cache_dir"]) / "checkpoint.pt")[0] is not None
     assert trained == [("zfnet", ["fc6", "fc7"]), ("alexnet", ["conv3", "conv4", "fc6", "fc7"])]
     assert [e["cached"] for e in second] == [False, True]
     assert second[1] == {**first[0], "cached": True}
@@ -217,6 +225,7 @@ def test_the_cache_trains_only_what_is_missing(fmnist_dir, tmp_path, monkeypatch
     finished.unlink()
     resumed = ablate_command.run(_tiny(fmnist_dir, cache, "drop=[fc6,fc7]"), tmp_path / "d")
     assert len(trained) == 3 and not resumed[0]["cached"]
+    assert not checkpoint_header(finished.parent / "checkpoint.pt")["resumable"]  # finished now: weights only
     assert {k: resumed[0][k] for k in ("val_top1_err", "train_top1_err")} == {
         k: first[0][k] for k in ("val_top1_err", "train_top1_err")
     }

@@ -141,6 +141,19 @@ def checkpoint_header(path: str | Path) -> dict:
     return {"config": state["config"], "epoch": state.get("epoch"), "resumable": "optimizer" in state}
 
 
+WEIGHTS_KEYS = ("model", "config", "epoch", "metrics", "preprocessing")  # what save_checkpoint writes besides extra
+
+
+def keep_weights_only(path: str | Path) -> None:
+    """Rewrite a checkpoint without its training state (optimizer, schedulers, RNG: ``extra``), atomically: for a
+    finished run that is never continued (an ablation variant in its cache), whose optimizer state (SGD's momentum,
+    as large as the weights) would only take disk."""
+    state = _read(Path(path), mmap=True)
+    kept = {key: state[key] for key in WEIGHTS_KEYS if key in state}
+    with atomic_path(path) as tmp:
+        torch.save(kept, tmp)
+
+
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint was trained as, with its weights; returns (model, checkpoint)."""
     ckpt = load_checkpoint(path)

@@ -11,6 +11,7 @@ gets ``variants.json`` (variant name -> cache folder and final errors), which
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import hydra
@@ -18,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from zfviz import ablation, training
+from zfviz.checkpoint import keep_weights_only
 from zfviz.commands import CONFIG_DIR, guarded
 from zfviz.errors import UserError
 from zfviz.utils import atomic_write_text
@@ -35,7 +37,10 @@ def train_variant(cfg: DictConfig, cache_root: str | Path) -> tuple[dict, bool]:
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "checkpoint.pt").is_file():
         cfg.resume = str(run_dir)  # a run killed midway continues where it stopped
-    return training.run(cfg, run_dir), False
+    summary = training.run(cfg, run_dir)
+    if os.environ.get("RANK", "0") == "0" and ablation.is_finished(run_dir):  # torchrun: rank 0 wrote them
+        keep_weights_only(run_dir / "checkpoint.pt")  # finished: a cached variant is never continued
+    return summary, False
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> list[dict]:
