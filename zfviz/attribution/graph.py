@@ -396,8 +396,9 @@ def _give_rule(node, module: nn.Module, state: CallState) -> None:
     """``module``'s rule on ``node``, by a hook on the node; a refusal raised at once."""
     rule, refusal = _planned(module, state)
     if refusal is not None:
-        where = f"{_what(module)} called as a function after {_made_after(node, state)}"
-        raise Unsupported(where, module, refusal, kind=node.name())
+        after = _made_after(node, state)
+        within = state.model.get_submodule(after) if after != "the input" else None
+        raise Unsupported(f"{_what(module)} called as a function after {after}", module, refusal, node.name(), within)
     if rule is not None:
         build = _REBUILT.get(type(module))
         hook = build(rule, node, state) if build is not None else _through_node(rule, state)

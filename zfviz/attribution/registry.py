@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from zfviz.attribution.options import Option, shown
 from zfviz.attribution.smoothgrad import SMOOTH_KEYS, SMOOTH_OPTIONS
 from zfviz.attribution.state import Unsupported
+from zfviz.attribution.transformer import ATTENTION_MODULES
 from zfviz.errors import UserError
 
 
@@ -113,8 +114,15 @@ def check_options(method: str, options: dict) -> tuple[Method, dict, dict]:
 
 def cannot_handle(method: str, err: Unsupported) -> UserError:
     """``err`` as one line naming the methods that do handle the module (never ``method``: a type it lists
-    may still be refused, as LRP refuses a batch norm with no layer before it to merge into)."""
-    able = [name for name, m in METHODS.items() if name != method and m.supports(err.module)]
+    may still be refused, as LRP refuses a batch norm with no layer before it to merge into). An op called inside
+    an attention module (its softmax) is handled by the methods that read that module whole: LRP's attention rules,
+    the attention maps."""
+    whole = err.within if isinstance(err.within, ATTENTION_MODULES) else None
+    able = [
+        name
+        for name, m in METHODS.items()
+        if name != method and (m.supports(err.module) or (whole is not None and m.supports(whole)))
+    ]
     return UserError(f"{method} cannot handle {err}; methods that work on it: {', '.join(able) or 'none'}")
 
 

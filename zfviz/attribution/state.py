@@ -18,10 +18,13 @@ from zfviz.errors import UserError
 class Unsupported(UserError):
     """A module the rules of a method cannot handle; ``attribute`` names the methods that can."""
 
-    def __init__(self, name: str, module: nn.Module, why: str = "", kind: str | None = None) -> None:
+    def __init__(
+        self, name: str, module: nn.Module, why: str = "", kind: str | None = None, within: nn.Module | None = None
+    ) -> None:
         """``kind``: what the parentheses name (the module's type; for an op called as a function, its autograd
-        node); ``module`` is what ``attribute`` asks the methods about (a stand-in module for such an op)."""
-        self.name, self.module = name, module
+        node); ``module`` is what ``attribute`` asks the methods about (a stand-in module for such an op);
+        ``within``: the model's module such an op was called in (whose parameters it reads), if known."""
+        self.name, self.module, self.within = name, module, within
         super().__init__(f"{name} ({kind or type(module).__name__}){why}")
 
 
