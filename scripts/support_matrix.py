@@ -19,7 +19,7 @@ statistics are measured on random images of varied contrast and colour. Each (ne
 
 The CSV holds ``net, method, status, detail, seconds`` (detail: the refusal's line, or what failed); its
 sidecar the input size, parameter count and target of each net, the options, and the nets ``--skip`` left out
-(``--all`` on this 24 GB machine: vit_h_14 and regnet_y_128gf, whose copies outgrow its memory). ``--docs FILE`` rewrites
+(a machine with less memory than the largest nets' copies need). ``--docs FILE`` rewrites
 FILE's generated block ``<!-- support: begin -->`` ... ``<!-- support: end -->`` (docs/models.md) with the
 table nets x methods, each refusal and failure a numbered note below it; with ``--no-sweep`` only that, from
 the CSV in ``--out``.
@@ -227,15 +227,18 @@ def randomized(name: str) -> nn.Module:
 
 
 def smallest_size(model: nn.Module, name: str, floor: int) -> int:
-    """``floor`` pixels if the net runs on it, else the least size torchvision's metadata names for it
-    (ViT and MaxViT are built for one size; Swin runs below the size its metadata names)."""
-    least = max(floor, list(torchvision.models.get_model_weights(name))[0].meta.get("min_size", (floor,))[0])
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, floor, floor))
-    except Exception:  # ViT asserts its size, others fail in a conv or a reshape
-        return least
-    return floor
+    """The least of ``floor`` pixels and the sizes torchvision's metadata names for the net's weights (ViT and
+    MaxViT are built for one size; Swin runs below the size its metadata names) that the net runs on: ViT-H/14's
+    weights name 518 and 224 px, and the net built without weights takes 224."""
+    sizes = {m.meta.get("min_size", (floor,))[0] for m in torchvision.models.get_model_weights(name)}
+    for size in sorted({floor} | {max(floor, s) for s in sizes}):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size))
+        except Exception:  # ViT asserts its size, others fail in a conv or a reshape
+            continue
+        return size
+    raise ValueError(f"{name} runs on none of {sorted(sizes | {floor})} px")
 
 
 def measure_batch_norms(model: nn.Module, size: int) -> None:

@@ -346,3 +346,22 @@ def test_skipped_nets_are_left_out_and_named_in_the_sidecar_and_the_docs(tmp_pat
     assert swept == ["alexnet", "resnet18"]
     assert json.loads((tmp_path / "support_matrix.meta.json").read_text())["skipped"] == ["vit_h_14"]
     assert page.read_text().endswith("Left out of this sweep (`--skip`): vit_h_14.\n<!-- support: end -->\n")
+
+
+def test_the_smallest_size_is_the_least_the_net_runs_on_not_its_first_weights(monkeypatch):
+    """ViT-H/14's weights name 518 px first and 224 px second; built without weights it takes only 224."""
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            assert x.shape[-1] == 224, "wrong image size"
+            return x.mean(dim=(2, 3))
+
+    class Weights:
+        def __init__(self, size):
+            self.meta = {"min_size": (size, size)}
+
+    monkeypatch.setattr(matrix.torchvision.models, "get_model_weights", lambda name: [Weights(518), Weights(224)])
+    assert matrix.smallest_size(Fixed(), "vit_h_14", 32) == 224
+    assert matrix.smallest_size(nn.AdaptiveAvgPool2d(1), "vit_h_14", 32) == 32  # the floor, where the net allows it
+    with pytest.raises(ValueError, match="runs on none of"):
+        matrix.smallest_size(Fixed(), "vit_h_14", 300)
