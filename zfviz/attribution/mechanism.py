@@ -26,6 +26,7 @@ time in ``stabilize``'s ``where``, output copies and stacking (torch.profiler, o
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -117,7 +118,11 @@ def _gradient_hook(composite: GradientForm, name: str, state: CallState) -> Call
         if id(module) in composite.before_norm:
             state.last_output[id(module)] = output.data_ptr()
         elif hasattr(rule, "scaled"):
-            output.register_hook(lambda grad: rule.scaled(output, grad) if state.routing else grad)
+            # The hook holds a detached view (the same storage and version) and the call's state weakly: a tensor's
+            # hook that held the tensor, or the state that holds it (``kept``), would make a cycle through autograd's
+            # C++ side that Python's collector cannot see, keeping the graph and the model alive after the call.
+            z, call = output.detach(), weakref.ref(state)
+            output.register_hook(lambda grad: rule.scaled(z, grad) if call().routing else grad)
         elif rule is not None:
             rule = rule.at(module, output) if hasattr(rule, "at") else rule
             output = _Viewed.apply(rule, module, state, inputs[0], output.detach())
@@ -194,18 +199,24 @@ def prepared(model: nn.Module, composite, canonizers: tuple[Canonizer, ...] = ()
     own gradient pass for a while (``_plain_gradient``).
     """
     extra = tuple(composite.canonizers) if composite is not None else ()
-    with ExitStack() as stack:
-        modules = list(model.named_modules())  # one walk for all three checks (a walk is ~30 us per call)
-        if any(module.training for _, module in modules):
-            stack.enter_context(evaluating(model))
-        out_of_place = () if _in_place_is_safe(modules, composite) else (OutOfPlace(),)
-        # first: a batch norm after such a conv merges into the weight it computes with
-        plain = (StandardizedWeights(),) if composite is not None and any(standardizes(m) for _, m in modules) else ()
-        state = stack.enter_context(canonized(model, (*out_of_place, *plain, *extra, *canonizers)))
-        if composite is not None:
-            stack.enter_context(rules_applied(model, composite, state))
-        stack.enter_context(torch.enable_grad())
-        yield state
+    state = None
+    try:
+        with ExitStack() as stack:
+            modules = list(model.named_modules())  # one walk for all three checks (a walk is ~30 us per call)
+            if any(module.training for _, module in modules):
+                stack.enter_context(evaluating(model))
+            out_of_place = () if _in_place_is_safe(modules, composite) else (OutOfPlace(),)
+            # first: a batch norm after such a conv merges into the weight it computes with
+            standardized = composite is not None and any(standardizes(m) for _, m in modules)
+            plain = (StandardizedWeights(),) if standardized else ()
+            state = stack.enter_context(canonized(model, (*out_of_place, *plain, *extra, *canonizers)))
+            if composite is not None:
+                stack.enter_context(rules_applied(model, composite, state))
+            stack.enter_context(torch.enable_grad())
+            yield state
+    finally:
+        if state is not None:  # after every rewrite is undone (they read it): nothing of the call stays alive
+            state.release()
 
 
 def backward(

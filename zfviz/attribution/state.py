@@ -45,3 +45,12 @@ class CallState:
     opaque: dict = field(default_factory=dict)  # output node of a module keeping the gradient -> its inputs' nodes
     made_by: dict = field(default_factory=dict)  # autograd node -> the routed module whose output it made
     graph_hooks: list[RemovableHandle] = field(default_factory=list)  # hooks on autograd nodes, removed at the end
+
+    def release(self) -> None:
+        """Drop what the call recorded once it has ended: autograd's nodes, the operands, the model. The graph holds
+        this state (a rule's context does), so these would make a cycle through autograd's C++ side, which Python's
+        collector cannot see: the model and the graph would outlive the call."""
+        for recorded in (self.merged, self.last_output, self.plans, self.kept, self.opaque, self.made_by):
+            recorded.clear()
+        self.claimed.clear()
+        self.model = self.composite = None
