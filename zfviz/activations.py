@@ -170,12 +170,12 @@ def evaluating(model: nn.Module):
 @contextmanager
 def hooks(model: nn.Module, pairs: Iterable[tuple[str, Callable]]):
     """Forward hooks ``(module path, hook)``, registered in order, all removed when the block ends. The paths are
-    looked up in one walk of the model, made at the first (a hook on every module of efficientnet_b0, as Grad-CAM's
-    search of its default layer puts, would otherwise walk down from the root once per path)."""
-    handles, modules = [], None
+    looked up in one walk of the model (a hook on every module of efficientnet_b0, as Grad-CAM's search of its
+    default layer puts, would otherwise walk down from the root once per path)."""
+    handles, pairs = [], list(pairs)
     try:
+        modules = dict(model.named_modules()) if pairs else {}
         for path, hook in pairs:
-            modules = dict(model.named_modules()) if modules is None else modules
             module = modules[path] if path in modules else model.get_submodule(path)  # its error for a wrong path
             handles.append(module.register_forward_hook(hook))
         yield

@@ -276,7 +276,12 @@ def analyses(count: Counter, train: DictConfig, variants: list[str]) -> list[Sta
                      f"Table 3's), and at most {shown} more passes of ZFNet for the shown detectors",
                      [Passes(SIZES["broden"], count(n, layer="conv5", variant=v), net=n) for n, v in nets]
                      + [Passes(shown * SIZES["broden"], count(layer="conv5"))]))  # fmt: skip
-    out += [reconstruction(count), maximize(count), evaluation(count, variants), *(atlas(count, n) for n in ATLAS_NETS)]
+    out += [
+        reconstruction(count),
+        maximize(count),
+        evaluation(count, variants),
+        *(atlas(count, n) for n in outputs.ATLAS_NETS),
+    ]
     inv, corr = viz("invariance"), viz("correspondence")
     transforms = sum(int(inv[k].steps) for k in ("translate", "scale", "rotate")) + 1
     copies = int(corr.draws) * int(corr.k) * (len(corr.parts) + 2)
@@ -319,9 +324,6 @@ def maximize(count: Counter) -> Stage:
                   f"{len(m['layers'])} layers) x {m['steps']} steps x {len(m['params'])} parameterizations; "
                   f"{m['images']} test images scanned 3 times")  # fmt: skip
     return stage
-
-
-ATLAS_NETS = outputs.ATLAS_NETS  # the Makefile's atlas_<net> stages
 
 
 def atlas(count: Counter, net: str) -> Stage:

@@ -26,7 +26,6 @@ time in ``stabilize``'s ``where``, output copies and stacking (torch.profiler, o
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -118,11 +117,11 @@ def _gradient_hook(composite: GradientForm, name: str, state: CallState) -> Call
         if id(module) in composite.before_norm:
             state.last_output[id(module)] = output.data_ptr()
         elif hasattr(rule, "scaled"):
-            # The hook holds a detached view (the same storage and version) and the call's state weakly: a tensor's
-            # hook that held the tensor, or the state that holds it (``kept``), would make a cycle through autograd's
-            # C++ side that Python's collector cannot see, keeping the graph and the model alive after the call.
-            z, call = output.detach(), weakref.ref(state)
-            output.register_hook(lambda grad: rule.scaled(z, grad) if call().routing else grad)
+            # The hook holds a detached view (the same storage and version): a tensor's hook that held the tensor
+            # would make a cycle through autograd's C++ side that Python's collector cannot see, keeping the graph and
+            # the model alive after the call (the state's own records go at the end: ``prepared``, ``release``).
+            z = output.detach()
+            output.register_hook(lambda grad: rule.scaled(z, grad) if state.routing else grad)
         elif rule is not None:
             rule = rule.at(module, output) if hasattr(rule, "at") else rule
             output = _Viewed.apply(rule, module, state, inputs[0], output.detach())
